@@ -1,0 +1,81 @@
+# Shared by scripts/*.sh: package setup, build, and running as a non-root user.
+# Source it; it defines functions only.
+
+MAESTER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_BINDIR=$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
+
+# Debian packages the build, the demo and the tests need
+MAESTER_PACKAGES=(postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev
+                  libipc-run-perl make gcc python3 rsync)
+
+# sudo when not root
+maester_sudo() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Install whatever of MAESTER_PACKAGES is missing; silent when nothing is.
+maester_setup() {
+    local missing=() p
+    for p in "${MAESTER_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "maester: installing ${missing[*]}"
+    maester_sudo apt-get update -qq
+    maester_sudo env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    PG_BINDIR=$(pg_config --bindir)
+}
+
+# Build and install the extension into the server's directories.
+maester_build_install() {
+    make -C "$MAESTER_ROOT" -s
+    maester_sudo make -C "$MAESTER_ROOT" -s install >/dev/null
+}
+
+# The OS user that runs PostgreSQL: ourselves, or postgres when we are root
+# (PostgreSQL refuses to run as root).
+maester_pg_user() {
+    if [ "$(id -u)" -eq 0 ]; then echo postgres; else id -un; fi
+}
+
+# Run a command as maester_pg_user, keeping the environment that matters.
+maester_as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- env PATH="$PG_BINDIR:$PATH" "$@"
+    else
+        env PATH="$PG_BINDIR:$PATH" "$@"
+    fi
+}
+
+# Copy the source tree (with its build products) to a fresh directory the
+# PostgreSQL user owns, and print its path.  Tests write results there.
+maester_workdir() {
+    local dir
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/maester-$1.XXXXXX")
+    rsync -a --exclude .git --exclude tmp_check --exclude tmp_check_regress \
+        --exclude results "$MAESTER_ROOT/" "$dir/"
+    chmod 755 "$dir"
+    if [ "$(id -u)" -eq 0 ]; then chown -R postgres: "$dir"; fi
+    echo "$dir"
+}
+
+# Start a throwaway cluster in $1 (created) on port $2, maester preloaded.
+maester_start_cluster() {
+    local data=$1 port=$2
+    maester_as_pg initdb -D "$data" -A trust -U postgres --no-sync -E UTF8 \
+        --locale=C.UTF-8 >/dev/null
+    cat >>"$data/postgresql.conf" <<CONF
+shared_preload_libraries = 'maester'
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$data'
+fsync = off
+CONF
+    maester_as_pg pg_ctl -D "$data" -l "$data/server.log" -w start >/dev/null
+}
+
+maester_stop_cluster() {
+    maester_as_pg pg_ctl -D "$1" -m fast -w stop >/dev/null 2>&1 || true
+}

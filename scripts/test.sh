@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite: every pg_regress and TAP suite, each on throwaway
+# clusters.  Installs missing Debian packages, builds and installs first.
+# Exits non-zero on any failure and prints pg_regress's diffs.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+maester_setup
+maester_build_install
+
+work=$(maester_workdir test)
+echo "maester: testing in $work as $(maester_pg_user)"
+status=0
+maester_as_pg make -C "$work" -s installcheck PROVE_FLAGS="${PROVE_FLAGS:---timer}" || status=$?
+if [ $status -ne 0 ]; then
+    if [ -s "$work/regression.diffs" ]; then
+        echo "==== regression.diffs ===="
+        cat "$work/regression.diffs"
+    fi
+    for log in "$work"/tmp_check/log/*; do
+        [ -f "$log" ] || continue
+        echo "==== $log (last 50 lines) ===="
+        tail -n 50 "$log"
+    done
+    echo "maester: tests FAILED (work dir kept: $work)"
+    exit $status
+fi
+rm -rf "$work"
+echo "maester: all tests passed"

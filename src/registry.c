@@ -1,0 +1,658 @@
+/*-------------------------------------------------------------------------
+ *
+ * registry.c
+ *	  The prompt registry: prompt_render, its per-backend cache, and the
+ *	  C parts of registration (validation triggers, invalidation).
+ *
+ * Registration itself (prompt_register, prompt_set_label) is SQL in the
+ * install script; the rows it writes are checked here by triggers, so that
+ * a plain INSERT by an admin obeys the same rules:
+ *	 - prompt_version_guard: names valid, templates compile (the error names
+ *	   the character position), `variables` and `template_hash` computed by
+ *	   us, never taken from the caller; UPDATE, DELETE and TRUNCATE refused.
+ *	 - registry_invalidate: after any change to prompt_version or
+ *	   prompt_label, queue a relcache invalidation of that table.
+ *
+ * The render cache.  Each backend keeps, in PromptCacheContext, a hash table
+ * from "name<US>ref" (ref = version or label, empty for latest) to the
+ * resolved version with its compiled templates.  Correctness rests on
+ * PostgreSQL's shared invalidation queue: registry_invalidate queues a
+ * relcache invalidation for the changed table, which other backends receive
+ * only once the change has committed (and this backend at the next command,
+ * or at abort); our relcache callback then marks the cache stale.  The
+ * callback only sets a flag, because it can run in the middle of a cache
+ * load (SPI takes locks, which accepts invalidations); the next lookup
+ * throws the stale cache away.  Every render calls
+ * AcceptInvalidationMessages(), which costs one unlocked read when nothing
+ * is queued, so a long transaction sees other sessions' registrations too.
+ *
+ * Cache misses read the registry with the latest snapshot, like catalog
+ * lookups do: a committed change whose invalidation we already processed is
+ * then always visible, so a stale entry can never be re-cached after the
+ * invalidation that should have removed it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "storage/sinval.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "maester.h"
+#include "template.h"
+
+/* key: name, a unit separator, the ref ("" for latest) */
+#define PROMPT_CACHE_KEYSIZE (2 * (MAESTER_NAME_MAXLEN * 4) + 2)
+
+typedef struct PromptCacheEntry
+{
+	char		key[PROMPT_CACHE_KEYSIZE];	/* hash key, must be first */
+	text	   *name;
+	text	   *version;
+	text	   *template_hash;
+	CompiledTemplate *tmpl;
+	CompiledTemplate *sys;		/* NULL when the version has none */
+} PromptCacheEntry;
+
+static MemoryContext PromptCacheContext = NULL;
+static HTAB *PromptCache = NULL;
+static bool PromptCacheStale = false;
+static Oid	PromptVersionRelid = InvalidOid;
+static Oid	PromptLabelRelid = InvalidOid;
+static SPIPlanPtr LoadPlan = NULL;
+static SPIPlanPtr ExistsPlan = NULL;
+
+/* Relcache callback: mark the cache stale if one of our tables changed */
+static void
+prompt_cache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == PromptVersionRelid ||
+		relid == PromptLabelRelid)
+		PromptCacheStale = true;
+}
+
+/* Called from _PG_init */
+void
+maester_registry_init(void)
+{
+	CacheRegisterRelcacheCallback(prompt_cache_callback, (Datum) 0);
+}
+
+/* Throw the whole cache away (it is rebuilt lazily) */
+static void
+prompt_cache_reset(void)
+{
+	if (PromptCacheContext != NULL)
+		MemoryContextReset(PromptCacheContext);
+	PromptCache = NULL;
+	PromptVersionRelid = InvalidOid;
+	PromptLabelRelid = InvalidOid;
+	PromptCacheStale = false;
+}
+
+static void
+prompt_cache_create(void)
+{
+	HASHCTL		ctl;
+
+	if (PromptCacheContext == NULL)
+		PromptCacheContext = AllocSetContextCreate(TopMemoryContext,
+												   "maester prompt cache",
+												   ALLOCSET_DEFAULT_SIZES);
+	ctl.keysize = PROMPT_CACHE_KEYSIZE;
+	ctl.entrysize = sizeof(PromptCacheEntry);
+	ctl.hcxt = PromptCacheContext;
+	PromptCache = hash_create("maester prompt cache", 64, &ctl,
+							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+/*
+ * Raise 22023 unless `value` is a valid prompt, version or label name:
+ * non-empty, at most MAESTER_NAME_MAXLEN characters, no whitespace or
+ * control characters.  `kind` names it in the message.
+ */
+static void
+check_name(const char *kind, const char *value)
+{
+	int			nchars = pg_mbstrlen(value);
+	const unsigned char *p;
+
+	if (nchars == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s name must not be empty", kind)));
+	if (nchars > MAESTER_NAME_MAXLEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s name is too long (%d characters)", kind, nchars),
+				 errdetail("Names are at most %d characters.",
+						   MAESTER_NAME_MAXLEN)));
+	for (p = (const unsigned char *) value; *p; p++)
+	{
+		/*
+		 * ASCII blanks and controls, plus C1 controls and the no-break space
+		 * in UTF-8 (U+0080..U+009F, U+00A0 are 0xC2 0x80..0xA0).
+		 */
+		if (*p <= ' ' || *p == 0x7f ||
+			(GetDatabaseEncoding() == PG_UTF8 && p[0] == 0xc2 &&
+			 p[1] >= 0x80 && p[1] <= 0xa0))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s name \"%s\" contains whitespace or a control character",
+							kind, value),
+					 errhint("Use names like \"system_summary\" or \"v2\".")));
+	}
+}
+
+PG_FUNCTION_INFO_V1(check_name_sql);
+/*
+ * maester.check_name(kind text, value text) RETURNS text: the name rule for
+ * SQL callers (prompt_register, prompt_set_label, the label trigger).
+ */
+Datum
+check_name_sql(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s name must not be null",
+						PG_ARGISNULL(0) ? "a" : text_to_cstring(PG_GETARG_TEXT_PP(0)))));
+	check_name(PG_ARGISNULL(0) ? "a" : text_to_cstring(PG_GETARG_TEXT_PP(0)),
+			   text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	PG_RETURN_DATUM(PG_GETARG_DATUM(1));
+}
+
+/* Build a text[] of the distinct variables of the given templates */
+static ArrayType *
+variables_array(CompiledTemplate *const *tmpls, int ntmpls)
+{
+	Datum	   *elems;
+	int			n = 0;
+	int			max = 0;
+
+	for (int t = 0; t < ntmpls; t++)
+		if (tmpls[t])
+			max += tmpls[t]->nvars;
+	elems = palloc(sizeof(Datum) * Max(max, 1));
+	for (int t = 0; t < ntmpls; t++)
+	{
+		if (tmpls[t] == NULL)
+			continue;
+		for (int v = 0; v < tmpls[t]->nvars; v++)
+		{
+			bool		dup = false;
+
+			for (int k = 0; k < n && !dup; k++)
+				dup = strcmp(TextDatumGetCString(elems[k]), tmpls[t]->vars[v]) == 0;
+			if (!dup)
+				elems[n++] = CStringGetTextDatum(tmpls[t]->vars[v]);
+		}
+	}
+	return construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT);
+}
+
+PG_FUNCTION_INFO_V1(template_variables);
+/*
+ * maester.template_variables(template text) RETURNS text[]: validate a
+ * template and list its variables in order of first use.
+ */
+Datum
+template_variables(PG_FUNCTION_ARGS)
+{
+	text	   *src = PG_GETARG_TEXT_PP(0);
+	CompiledTemplate *t = template_compile(VARDATA_ANY(src),
+										   VARSIZE_ANY_EXHDR(src), "template");
+
+	PG_RETURN_ARRAYTYPE_P(variables_array(&t, 1));
+}
+
+/*
+ * The identity of a version's content: SHA-256 hex of the jsonb text of
+ * {"template", "system_template", "config", "checks"} (jsonb's text is
+ * canonical: keys sorted, one blank after ':' and ',').  In SQL:
+ *	 encode(sha256(convert_to(jsonb_build_object('template', t,
+ *		 'system_template', s, 'config', c, 'checks', k)::text, 'UTF8')), 'hex')
+ */
+static text *
+content_hash(HeapTuple tuple, TupleDesc desc)
+{
+	StringInfoData sql;
+	const char *parts[1];
+	int			lens[1];
+	char		hex[MAESTER_SHA256_HEXLEN + 1];
+	Datum		values[4];
+	bool		nulls[4];
+	const char *cols[4] = {"template", "system_template", "config", "checks"};
+	Oid			types[4];
+	char		nullflags[4];
+	int			rc;
+	char	   *json;
+
+	for (int i = 0; i < 4; i++)
+	{
+		int			attno = SPI_fnumber(desc, cols[i]);
+
+		if (attno <= 0)
+			elog(ERROR, "column \"%s\" not found in prompt_version", cols[i]);
+		values[i] = SPI_getbinval(tuple, desc, attno, &nulls[i]);
+		types[i] = SPI_gettypeid(desc, attno);
+		nullflags[i] = nulls[i] ? 'n' : ' ';
+	}
+	initStringInfo(&sql);
+	appendStringInfoString(&sql,
+						   "SELECT pg_catalog.jsonb_build_object('template', $1, "
+						   "'system_template', $2, 'config', $3, 'checks', $4)::pg_catalog.text");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute_with_args(sql.data, 4, types, values, nullflags, true, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not build the content of a prompt version");
+	json = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	parts[0] = json;
+	lens[0] = strlen(json);
+	maester_sha256_hex(parts, lens, 1, hex);
+	SPI_finish();
+	return cstring_to_text(hex);
+}
+
+PG_FUNCTION_INFO_V1(prompt_version_guard);
+/*
+ * Trigger on maester.prompt_version.  BEFORE INSERT FOR EACH ROW: check the
+ * names, compile the templates, and set `variables` and `template_hash`.
+ * BEFORE UPDATE, DELETE (row) and TRUNCATE (statement): refuse, since a
+ * version once registered is immutable.
+ */
+Datum
+prompt_version_guard(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	Datum		d;
+	bool		isnull;
+	CompiledTemplate *tmpls[2] = {NULL, NULL};
+	int			attnos[2];
+	Datum		newvals[2];
+	bool		newnulls[2] = {false, false};
+	char	   *name;
+	char	   *version;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "prompt_version_guard: not called by trigger manager");
+
+	if (!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("prompt versions are immutable"),
+				 errdetail("%s on maester.prompt_version is not allowed.",
+						   TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? "UPDATE" :
+						   TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) ? "DELETE" :
+						   "TRUNCATE"),
+				 errhint("Register a new version with maester.prompt_register() and move a label to it.")));
+
+	if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BEFORE(trigdata->tg_event))
+		elog(ERROR, "prompt_version_guard: must fire BEFORE INSERT FOR EACH ROW");
+
+	tuple = trigdata->tg_trigtuple;
+	desc = trigdata->tg_relation->rd_att;
+
+	d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, "name"), &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("prompt name must not be null")));
+	name = TextDatumGetCString(d);
+	check_name("prompt", name);
+	d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, "version"), &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("version name must not be null")));
+	version = TextDatumGetCString(d);
+	check_name("version", version);
+
+	d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, "template"), &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("template must not be null")));
+	{
+		text	   *t = DatumGetTextPP(d);
+
+		tmpls[0] = template_compile(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), "template");
+	}
+	d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, "system_template"), &isnull);
+	if (!isnull)
+	{
+		text	   *t = DatumGetTextPP(d);
+
+		tmpls[1] = template_compile(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
+									"system template");
+	}
+
+	attnos[0] = SPI_fnumber(desc, "variables");
+	attnos[1] = SPI_fnumber(desc, "template_hash");
+	newvals[0] = PointerGetDatum(variables_array(tmpls, 2));
+	newvals[1] = PointerGetDatum(content_hash(tuple, desc));
+
+	tuple = heap_modify_tuple_by_cols(tuple, desc, 2, attnos, newvals, newnulls);
+	return PointerGetDatum(tuple);
+}
+
+PG_FUNCTION_INFO_V1(registry_invalidate);
+/*
+ * Trigger, AFTER INSERT OR UPDATE OR DELETE FOR EACH STATEMENT on
+ * prompt_version and prompt_label: queue a relcache invalidation of the
+ * table, which reaches every backend's render cache at commit.
+ */
+Datum
+registry_invalidate(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "registry_invalidate: not called by trigger manager");
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	return PointerGetDatum(NULL);
+}
+
+/* Raise 42704 for a lookup that found nothing, saying what was missing */
+static void
+report_not_found(const char *name, const char *ref)
+{
+	Datum		arg = CStringGetTextDatum(name);
+	int			rc;
+
+	if (ExistsPlan == NULL)
+	{
+		Oid			argtypes[1] = {TEXTOID};
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare("SELECT 1 FROM maester.prompt p "
+						   "WHERE p.name OPERATOR(pg_catalog.=) $1",
+						   1, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		ExistsPlan = plan;
+	}
+	rc = SPI_execute_snapshot(ExistsPlan, &arg, NULL, GetLatestSnapshot(),
+							  InvalidSnapshot, true, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("prompt \"%s\" does not exist", name),
+				 errhint("Register it with maester.prompt_register().")));
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("prompt \"%s\" has no version or label \"%s\"", name, ref),
+			 errhint("See maester.prompt_versions for its versions and labels.")));
+}
+
+/*
+ * Load the entry for (name, ref) from the registry into `entry`, whose key
+ * is already set.  ref NULL means the label "latest".
+ */
+static void
+prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
+{
+	Datum		args[2];
+	int			rc;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	MemoryContext oldcxt;
+	text	   *tmpl_text;
+	text	   *sys_text = NULL;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	if (LoadPlan == NULL)
+	{
+		Oid			argtypes[2] = {TEXTOID, TEXTOID};
+		SPIPlanPtr	plan;
+
+		/*
+		 * A ref is a version or a label; the registry refuses a label named
+		 * like a version of the same prompt and vice versa, so at most one
+		 * of the two branches can match.
+		 */
+		plan = SPI_prepare("SELECT v.version, v.template, v.system_template, v.template_hash "
+						   "FROM maester.prompt_version v "
+						   "WHERE v.name OPERATOR(pg_catalog.=) $1 "
+						   "AND (v.version OPERATOR(pg_catalog.=) $2 "
+						   "     OR v.version OPERATOR(pg_catalog.=) "
+						   "        (SELECT l.version FROM maester.prompt_label l "
+						   "         WHERE l.name OPERATOR(pg_catalog.=) $1 "
+						   "         AND l.label OPERATOR(pg_catalog.=) $2))",
+						   2, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		LoadPlan = plan;
+	}
+
+	/*
+	 * The table OIDs, for the invalidation callback: known before the query
+	 * runs, so that an invalidation arriving while it takes its locks is not
+	 * missed.
+	 */
+	if (!OidIsValid(PromptVersionRelid))
+	{
+		Oid			nsp = get_namespace_oid("maester", false);
+
+		PromptVersionRelid = get_relname_relid("prompt_version", nsp);
+		PromptLabelRelid = get_relname_relid("prompt_label", nsp);
+	}
+
+	args[0] = CStringGetTextDatum(name);
+	args[1] = CStringGetTextDatum(ref ? ref : "latest");
+	rc = SPI_execute_snapshot(LoadPlan, args, NULL, GetLatestSnapshot(),
+							  InvalidSnapshot, true, false, 2);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		report_not_found(name, ref ? ref : "latest");
+
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+
+	oldcxt = MemoryContextSwitchTo(PromptCacheContext);
+	entry->name = cstring_to_text(name);
+	entry->version = DatumGetTextPCopy(SPI_getbinval(tup, desc, 1, &isnull));
+	tmpl_text = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
+	d = SPI_getbinval(tup, desc, 3, &isnull);
+	if (!isnull)
+		sys_text = DatumGetTextPP(d);
+	entry->template_hash = DatumGetTextPCopy(SPI_getbinval(tup, desc, 4, &isnull));
+	entry->tmpl = template_compile(VARDATA_ANY(tmpl_text),
+								   VARSIZE_ANY_EXHDR(tmpl_text), "template");
+	entry->sys = sys_text ? template_compile(VARDATA_ANY(sys_text),
+											 VARSIZE_ANY_EXHDR(sys_text),
+											 "system template") : NULL;
+	MemoryContextSwitchTo(oldcxt);
+
+	SPI_finish();
+}
+
+/*
+ * Find the cache entry for (name, ref), loading it on a miss.  The last
+ * entry found is remembered, so that rendering one prompt for many rows
+ * skips even the hash lookup.
+ */
+static PromptCacheEntry *
+prompt_cache_lookup(const char *name, const char *ref)
+{
+	static PromptCacheEntry *last = NULL;
+	char		key[PROMPT_CACHE_KEYSIZE];
+	PromptCacheEntry *entry;
+	bool		found;
+	int			nlen = strlen(name);
+	int			rlen = ref ? strlen(ref) : 0;
+
+	AcceptInvalidationMessages();
+	if (PromptCacheStale || PromptCache == NULL)
+	{
+		prompt_cache_reset();
+		prompt_cache_create();
+		last = NULL;
+	}
+
+	/* names were checked to fit by the caller; build the key */
+	memcpy(key, name, nlen);
+	key[nlen] = '\x1f';
+	if (rlen)
+		memcpy(key + nlen + 1, ref, rlen);
+	key[nlen + 1 + rlen] = '\0';
+
+	if (last != NULL && strcmp(last->key, key) == 0)
+		return last;
+
+	entry = hash_search(PromptCache, key, HASH_ENTER, &found);
+	if (!found)
+	{
+		/* fill the entry; drop it again if loading fails */
+		entry->tmpl = NULL;
+		PG_TRY();
+		{
+			prompt_cache_load(entry, name, ref);
+		}
+		PG_CATCH();
+		{
+			if (PromptCache != NULL)
+				hash_search(PromptCache, key, HASH_REMOVE, NULL);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+	}
+	last = entry;
+	return entry;
+}
+
+PG_FUNCTION_INFO_V1(prompt_render);
+/*
+ * maester.prompt_render(name text, variables jsonb DEFAULT '{}',
+ *						 version text DEFAULT NULL)
+ *	 RETURNS maester.rendered_prompt
+ *
+ * `version` is a version or a label; NULL means latest.  `hash` is the
+ * SHA-256 hex of the rendered content, or, when the version has a system
+ * template, of the rendered system prompt, one zero byte, and the content.
+ */
+Datum
+prompt_render(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	char	   *name;
+	char	   *ref = NULL;
+	Jsonb	   *vars = NULL;
+	PromptCacheEntry *entry;
+	StringInfoData missing;
+	text	   *content;
+	text	   *system = NULL;
+	char		hex[MAESTER_SHA256_HEXLEN + 1];
+	const char *parts[3];
+	int			lens[3];
+	int			nparts;
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, false};
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("prompt name must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (!PG_ARGISNULL(1))
+	{
+		vars = PG_GETARG_JSONB_P(1);
+		template_check_variables(vars);
+	}
+	if (!PG_ARGISNULL(2))
+		ref = text_to_cstring(PG_GETARG_TEXT_PP(2));
+
+	/* names longer than any registered one cannot exist (and fit the key) */
+	if (strlen(name) > MAESTER_NAME_MAXLEN * 4 || pg_mbstrlen(name) > MAESTER_NAME_MAXLEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("prompt \"%.40s...\" does not exist", name),
+				 errdetail("Prompt names are at most %d characters.",
+						   MAESTER_NAME_MAXLEN)));
+	if (ref && (strlen(ref) > MAESTER_NAME_MAXLEN * 4 || pg_mbstrlen(ref) > MAESTER_NAME_MAXLEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("prompt \"%s\" has no version or label \"%.40s...\"", name, ref),
+				 errdetail("Versions and labels are at most %d characters.",
+						   MAESTER_NAME_MAXLEN)));
+
+	if (tupdesc == NULL)
+	{
+		MemoryContext oldcxt;
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "prompt_render must return a composite type");
+		oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		MemoryContextSwitchTo(oldcxt);
+		fcinfo->flinfo->fn_extra = tupdesc;
+	}
+
+	entry = prompt_cache_lookup(name, ref);
+
+	initStringInfo(&missing);
+	content = template_render(entry->tmpl, vars ? &vars->root : NULL, &missing);
+	if (entry->sys)
+		system = template_render(entry->sys, vars ? &vars->root : NULL, &missing);
+	if (missing.len > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("missing variables for prompt \"%s\" version \"%s\": %s",
+						name, text_to_cstring(entry->version), missing.data),
+				 errdetail("A variable that is absent or JSON null is missing."),
+				 errhint("Pass every variable the template names in the variables object.")));
+
+	nparts = 0;
+	if (system)
+	{
+		parts[nparts] = VARDATA(system);
+		lens[nparts++] = VARSIZE(system) - VARHDRSZ;
+		parts[nparts] = "";
+		lens[nparts++] = 1;		/* the zero byte */
+	}
+	parts[nparts] = VARDATA(content);
+	lens[nparts++] = VARSIZE(content) - VARHDRSZ;
+	maester_sha256_hex(parts, lens, nparts, hex);
+
+	values[0] = PointerGetDatum(entry->name);
+	values[1] = PointerGetDatum(entry->version);
+	values[2] = PointerGetDatum(content);
+	if (system)
+		values[3] = PointerGetDatum(system);
+	else
+		nulls[3] = true;
+	values[4] = PointerGetDatum(cstring_to_text_with_len(hex, MAESTER_SHA256_HEXLEN));
+	values[5] = PointerGetDatum(entry->template_hash);
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
