@@ -105,7 +105,7 @@ CREATE TABLE maester.prompt_label (
 );
 
 COMMENT ON TABLE maester.prompt_label IS
-    'Movable pointers to versions (production, staging, ...). The label latest is maintained automatically and cannot be set by hand.';
+    'Movable pointers to versions (production, staging, ...). latest is not stored here: it is always the version with the highest seq, and cannot be set by hand.';
 COMMENT ON COLUMN maester.prompt_label.moved_at IS 'When the label last moved.';
 COMMENT ON COLUMN maester.prompt_label.moved_by IS 'Role that last moved the label.';
 
@@ -157,36 +157,15 @@ CREATE TRIGGER prompt_label_invalidate
     AFTER INSERT OR UPDATE OR DELETE ON maester.prompt_label
     FOR EACH STATEMENT EXECUTE FUNCTION maester.registry_invalidate();
 
-CREATE FUNCTION maester.prompt_version_latest()
-RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    INSERT INTO maester.prompt_label AS l (name, label, version)
-    VALUES (NEW.name, 'latest', NEW.version)
-    ON CONFLICT (name, label) DO UPDATE SET version = EXCLUDED.version;
-    RETURN NULL;
-END
-$$;
-
-COMMENT ON FUNCTION maester.prompt_version_latest() IS
-    'Trigger: points the label latest of a prompt at its newly registered version.';
-
-CREATE TRIGGER prompt_version_latest
-    AFTER INSERT ON maester.prompt_version
-    FOR EACH ROW EXECUTE FUNCTION maester.prompt_version_latest();
-
 CREATE FUNCTION maester.prompt_label_guard()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- latest is written only by the prompt_version_latest trigger
-    IF pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.<) 2 AND
-       ((TG_OP OPERATOR(pg_catalog.<>) 'INSERT' AND OLD.label OPERATOR(pg_catalog.=) 'latest') OR
-        (TG_OP OPERATOR(pg_catalog.<>) 'DELETE' AND NEW.label OPERATOR(pg_catalog.=) 'latest')) THEN
+    -- latest is not a stored label: it is always the newest version
+    IF (TG_OP OPERATOR(pg_catalog.<>) 'INSERT' AND OLD.label OPERATOR(pg_catalog.=) 'latest') OR
+       (TG_OP OPERATOR(pg_catalog.<>) 'DELETE' AND NEW.label OPERATOR(pg_catalog.=) 'latest') THEN
         RAISE EXCEPTION 'label "latest" is maintained automatically'
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'It always points at the most recently registered version.',
@@ -194,8 +173,6 @@ BEGIN
     END IF;
 
     IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        INSERT INTO maester.prompt_label_history (name, label, from_version, to_version)
-        VALUES (OLD.name, OLD.label, OLD.version, NULL);
         RETURN OLD;
     END IF;
 
@@ -216,22 +193,45 @@ BEGIN
 
     NEW.moved_at := pg_catalog.now();
     NEW.moved_by := CURRENT_USER;
-    IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' OR OLD.version OPERATOR(pg_catalog.<>) NEW.version THEN
-        INSERT INTO maester.prompt_label_history (name, label, from_version, to_version)
-        VALUES (NEW.name, NEW.label,
-                CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN OLD.version END,
-                NEW.version);
-    END IF;
     RETURN NEW;
 END
 $$;
 
 COMMENT ON FUNCTION maester.prompt_label_guard() IS
-    'Trigger: validates label names, protects latest, and records every move in maester.prompt_label_history.';
+    'Trigger: validates label names, refuses latest, and stamps who moved a label and when.';
 
 CREATE TRIGGER prompt_label_guard
     BEFORE INSERT OR UPDATE OR DELETE ON maester.prompt_label
     FOR EACH ROW EXECUTE FUNCTION maester.prompt_label_guard();
+
+CREATE FUNCTION maester.prompt_label_record()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- AFTER triggers: only rows really inserted, updated or deleted (an
+    -- INSERT ... ON CONFLICT DO UPDATE fires BEFORE INSERT for nothing)
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        INSERT INTO maester.prompt_label_history (name, label, from_version, to_version)
+        VALUES (OLD.name, OLD.label, OLD.version, NULL);
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        INSERT INTO maester.prompt_label_history (name, label, from_version, to_version)
+        VALUES (NEW.name, NEW.label, NULL, NEW.version);
+    ELSIF OLD.version OPERATOR(pg_catalog.<>) NEW.version THEN
+        INSERT INTO maester.prompt_label_history (name, label, from_version, to_version)
+        VALUES (NEW.name, NEW.label, OLD.version, NEW.version);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION maester.prompt_label_record() IS
+    'Trigger: records every label move in maester.prompt_label_history.';
+
+CREATE TRIGGER prompt_label_record
+    AFTER INSERT OR UPDATE OR DELETE ON maester.prompt_label
+    FOR EACH ROW EXECUTE FUNCTION maester.prompt_label_record();
 
 CREATE FUNCTION maester.prompt_label_history_guard()
 RETURNS trigger
@@ -428,6 +428,11 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
+    IF prompt_unset_label.label OPERATOR(pg_catalog.=) 'latest' THEN
+        RAISE EXCEPTION 'label "latest" is maintained automatically'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'It always points at the most recently registered version.';
+    END IF;
     DELETE FROM maester.prompt_label l
     WHERE l.name OPERATOR(pg_catalog.=) prompt_unset_label.name
       AND l.label OPERATOR(pg_catalog.=) prompt_unset_label.label;
@@ -477,11 +482,15 @@ SELECT v.name,
        v.seq,
        v.created_at,
        v.created_by,
-       COALESCE((SELECT pg_catalog.array_agg(l.label ORDER BY l.label)
-                   FROM maester.prompt_label l
-                  WHERE l.name OPERATOR(pg_catalog.=) v.name
-                    AND l.version OPERATOR(pg_catalog.=) v.version),
-                '{}'::text[]) AS labels,
+       ARRAY(SELECT 'latest'::text
+              WHERE v.seq OPERATOR(pg_catalog.=)
+                    (SELECT pg_catalog.max(w.seq) FROM maester.prompt_version w
+                      WHERE w.name OPERATOR(pg_catalog.=) v.name)
+             UNION ALL
+             (SELECT l.label FROM maester.prompt_label l
+               WHERE l.name OPERATOR(pg_catalog.=) v.name
+                 AND l.version OPERATOR(pg_catalog.=) v.version
+               ORDER BY l.label)) AS labels,
        v.template_hash,
        v.variables,
        v.description
@@ -489,7 +498,7 @@ SELECT v.name,
 
 COMMENT ON VIEW maester.prompt_versions IS
     'Every prompt version with its labels, for people and BI tools.';
-COMMENT ON COLUMN maester.prompt_versions.labels IS 'Labels that point at this version (latest among them for the newest).';
+COMMENT ON COLUMN maester.prompt_versions.labels IS 'Labels that point at this version: latest first for the newest version, then the set labels in order.';
 
 --------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC

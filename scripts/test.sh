@@ -2,6 +2,9 @@
 # The whole test suite: every pg_regress and TAP suite, each on throwaway
 # clusters.  Installs missing Debian packages, builds and installs first.
 # Exits non-zero on any failure and prints pg_regress's diffs.
+# Arguments are passed to make, e.g. to run one suite:
+#   scripts/test.sh REGRESS=render TAP_TESTS=
+#   scripts/test.sh REGRESS= PROVE_TESTS=test/t/001_render_cache.pl
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -11,7 +14,7 @@ maester_build_install
 work=$(maester_workdir test)
 echo "maester: testing in $work as $(maester_pg_user)"
 status=0
-maester_as_pg make -C "$work" -s installcheck PROVE_FLAGS="${PROVE_FLAGS:---timer}" || status=$?
+maester_as_pg make -C "$work" -s installcheck PROVE_FLAGS="${PROVE_FLAGS:---timer}" "$@" || status=$?
 if [ $status -ne 0 ]; then
     if [ -s "$work/regression.diffs" ]; then
         echo "==== regression.diffs ===="

@@ -7,8 +7,10 @@ SELECT version FROM maester.prompt_register('lab', 'one {x}');
 SELECT version FROM maester.prompt_register('lab', 'two {x}');
 SELECT version FROM maester.prompt_register('lab', 'three {x}');
 
--- latest follows registration
-SELECT label, version FROM maester.prompt_label WHERE name = 'lab' ORDER BY label;
+-- latest follows registration; it is not a stored label
+SELECT version, labels FROM maester.prompt_versions WHERE name = 'lab' ORDER BY seq;
+SELECT count(*) FROM maester.prompt_label WHERE name = 'lab';
+SELECT version FROM maester.prompt_render('lab', '{"x": 1}', 'latest');
 
 -- set and move a label
 SELECT name, label, version, moved_by = current_user AS by_me FROM maester.prompt_set_label('lab', 'production', 'v1');
@@ -35,9 +37,8 @@ SELECT pg_temp.err($$ SELECT maester.prompt_render('lab', '{"x": 1}', 'staging')
 \set VERBOSITY default
 SELECT maester.prompt_set_label('lab', 'latest', 'v1');
 SELECT pg_temp.err($$ SELECT maester.prompt_unset_label('lab', 'latest') $$);
-SELECT pg_temp.err($$ UPDATE maester.prompt_label SET version = 'v1' WHERE name = 'lab' AND label = 'latest' $$);
+SELECT pg_temp.err($$ UPDATE maester.prompt_label SET label = 'latest' WHERE name = 'lab' AND label = 'production' $$);
 SELECT pg_temp.err($$ INSERT INTO maester.prompt_label (name, label, version) VALUES ('lab', 'latest', 'v1') $$);
-SELECT pg_temp.err($$ DELETE FROM maester.prompt_label WHERE name = 'lab' $$);
 SELECT label, version FROM maester.prompt_label WHERE name = 'lab' ORDER BY label;
 
 -- unknown prompt or version: 42704

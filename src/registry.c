@@ -74,6 +74,7 @@ typedef struct PromptCacheEntry
 static MemoryContext PromptCacheContext = NULL;
 static HTAB *PromptCache = NULL;
 static bool PromptCacheStale = false;
+static uint64 PromptCacheGeneration = 0;	/* bumped by every reset */
 static Oid	PromptVersionRelid = InvalidOid;
 static Oid	PromptLabelRelid = InvalidOid;
 static SPIPlanPtr LoadPlan = NULL;
@@ -102,6 +103,7 @@ prompt_cache_reset(void)
 	if (PromptCacheContext != NULL)
 		MemoryContextReset(PromptCacheContext);
 	PromptCache = NULL;
+	PromptCacheGeneration++;
 	PromptVersionRelid = InvalidOid;
 	PromptLabelRelid = InvalidOid;
 	PromptCacheStale = false;
@@ -437,16 +439,20 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 		/*
 		 * A ref is a version or a label; the registry refuses a label named
 		 * like a version of the same prompt and vice versa, so at most one
-		 * of the two branches can match.
+		 * of the two branches can match.  A NULL ref means latest: the
+		 * version registered last (highest seq); latest is not a stored
+		 * label, so nothing can make it disagree with registration order.
 		 */
 		plan = SPI_prepare("SELECT v.version, v.template, v.system_template, v.template_hash "
 						   "FROM maester.prompt_version v "
 						   "WHERE v.name OPERATOR(pg_catalog.=) $1 "
-						   "AND (v.version OPERATOR(pg_catalog.=) $2 "
+						   "AND ($2 IS NULL "
+						   "     OR v.version OPERATOR(pg_catalog.=) $2 "
 						   "     OR v.version OPERATOR(pg_catalog.=) "
 						   "        (SELECT l.version FROM maester.prompt_label l "
 						   "         WHERE l.name OPERATOR(pg_catalog.=) $1 "
-						   "         AND l.label OPERATOR(pg_catalog.=) $2))",
+						   "         AND l.label OPERATOR(pg_catalog.=) $2)) "
+						   "ORDER BY v.seq DESC LIMIT 1",
 						   2, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -467,14 +473,17 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 		PromptLabelRelid = get_relname_relid("prompt_label", nsp);
 	}
 
+	/* "latest" is the same as no ref at all */
+	if (ref != NULL && strcmp(ref, "latest") == 0)
+		ref = NULL;
 	args[0] = CStringGetTextDatum(name);
-	args[1] = CStringGetTextDatum(ref ? ref : "latest");
-	rc = SPI_execute_snapshot(LoadPlan, args, NULL, GetLatestSnapshot(),
+	args[1] = ref ? CStringGetTextDatum(ref) : (Datum) 0;
+	rc = SPI_execute_snapshot(LoadPlan, args, ref ? "  " : " n", GetLatestSnapshot(),
 							  InvalidSnapshot, true, false, 2);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 0)
-		report_not_found(name, ref ? ref : "latest");
+		report_not_found(name, ref ? ref : "latest");	/* no return */
 
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
@@ -498,27 +507,17 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 }
 
 /*
- * Find the cache entry for (name, ref), loading it on a miss.  The last
- * entry found is remembered, so that rendering one prompt for many rows
- * skips even the hash lookup.
+ * Find the cache entry for (name, ref), loading it on a miss.  The caller
+ * has called prompt_cache_check() in this call.
  */
 static PromptCacheEntry *
 prompt_cache_lookup(const char *name, const char *ref)
 {
-	static PromptCacheEntry *last = NULL;
 	char		key[PROMPT_CACHE_KEYSIZE];
 	PromptCacheEntry *entry;
 	bool		found;
 	int			nlen = strlen(name);
 	int			rlen = ref ? strlen(ref) : 0;
-
-	AcceptInvalidationMessages();
-	if (PromptCacheStale || PromptCache == NULL)
-	{
-		prompt_cache_reset();
-		prompt_cache_create();
-		last = NULL;
-	}
 
 	/* names were checked to fit by the caller; build the key */
 	memcpy(key, name, nlen);
@@ -526,9 +525,6 @@ prompt_cache_lookup(const char *name, const char *ref)
 	if (rlen)
 		memcpy(key + nlen + 1, ref, rlen);
 	key[nlen + 1 + rlen] = '\0';
-
-	if (last != NULL && strcmp(last->key, key) == 0)
-		return last;
 
 	entry = hash_search(PromptCache, key, HASH_ENTER, &found);
 	if (!found)
@@ -547,8 +543,52 @@ prompt_cache_lookup(const char *name, const char *ref)
 		}
 		PG_END_TRY();
 	}
-	last = entry;
 	return entry;
+}
+
+/*
+ * Process pending invalidations and throw the cache away if they touched
+ * the registry.  Costs one unlocked read when nothing is queued.
+ */
+static void
+prompt_cache_check(void)
+{
+	AcceptInvalidationMessages();
+	if (PromptCacheStale || PromptCache == NULL)
+	{
+		prompt_cache_reset();
+		prompt_cache_create();
+	}
+}
+
+/*
+ * What prompt_render keeps in fn_extra: the result descriptor, and the
+ * arguments and entry of the previous call, so that rendering one prompt
+ * for many rows compares two short byte strings instead of converting,
+ * measuring and hashing the names on every row.
+ */
+typedef struct RenderCallCache
+{
+	TupleDesc	tupdesc;
+	uint64		generation;		/* PromptCacheGeneration of `entry` */
+	PromptCacheEntry *entry;	/* NULL: nothing remembered */
+	int			name_len;
+	int			ref_len;		/* -1: ref was NULL */
+	char		args[PROMPT_CACHE_KEYSIZE];	/* name bytes, then ref bytes */
+} RenderCallCache;
+
+/* Does (name, ref) equal the remembered arguments? */
+static inline bool
+render_args_match(RenderCallCache *rc, text *name, text *ref)
+{
+	int			nlen = VARSIZE_ANY_EXHDR(name);
+	int			rlen = ref ? VARSIZE_ANY_EXHDR(ref) : -1;
+
+	return rc->entry != NULL &&
+		rc->generation == PromptCacheGeneration &&
+		rc->name_len == nlen && rc->ref_len == rlen &&
+		memcmp(rc->args, VARDATA_ANY(name), nlen) == 0 &&
+		(rlen <= 0 || memcmp(rc->args + nlen, VARDATA_ANY(ref), rlen) == 0);
 }
 
 PG_FUNCTION_INFO_V1(prompt_render);
@@ -564,15 +604,15 @@ PG_FUNCTION_INFO_V1(prompt_render);
 Datum
 prompt_render(PG_FUNCTION_ARGS)
 {
-	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
-	char	   *name;
-	char	   *ref = NULL;
+	RenderCallCache *rc = (RenderCallCache *) fcinfo->flinfo->fn_extra;
+	text	   *name_t;
+	text	   *ref_t = NULL;
 	Jsonb	   *vars = NULL;
 	PromptCacheEntry *entry;
-	StringInfoData missing;
+	StringInfoData missing = {NULL, 0, 0, 0};
 	text	   *content;
 	text	   *system = NULL;
-	char		hex[MAESTER_SHA256_HEXLEN + 1];
+	text	   *hash;
 	const char *parts[3];
 	int			lens[3];
 	int			nparts;
@@ -583,52 +623,76 @@ prompt_render(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("prompt name must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	name_t = PG_GETARG_TEXT_PP(0);
 	if (!PG_ARGISNULL(1))
 	{
 		vars = PG_GETARG_JSONB_P(1);
 		template_check_variables(vars);
 	}
 	if (!PG_ARGISNULL(2))
-		ref = text_to_cstring(PG_GETARG_TEXT_PP(2));
+		ref_t = PG_GETARG_TEXT_PP(2);
 
-	/* names longer than any registered one cannot exist (and fit the key) */
-	if (strlen(name) > MAESTER_NAME_MAXLEN * 4 || pg_mbstrlen(name) > MAESTER_NAME_MAXLEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("prompt \"%.40s...\" does not exist", name),
-				 errdetail("Prompt names are at most %d characters.",
-						   MAESTER_NAME_MAXLEN)));
-	if (ref && (strlen(ref) > MAESTER_NAME_MAXLEN * 4 || pg_mbstrlen(ref) > MAESTER_NAME_MAXLEN))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("prompt \"%s\" has no version or label \"%.40s...\"", name, ref),
-				 errdetail("Versions and labels are at most %d characters.",
-						   MAESTER_NAME_MAXLEN)));
-
-	if (tupdesc == NULL)
+	if (rc == NULL)
 	{
+		TupleDesc	tupdesc;
 		MemoryContext oldcxt;
 
 		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 			elog(ERROR, "prompt_render must return a composite type");
 		oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		rc = palloc0(sizeof(RenderCallCache));
+		rc->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
 		MemoryContextSwitchTo(oldcxt);
-		fcinfo->flinfo->fn_extra = tupdesc;
+		fcinfo->flinfo->fn_extra = rc;
 	}
 
-	entry = prompt_cache_lookup(name, ref);
+	prompt_cache_check();
+	if (render_args_match(rc, name_t, ref_t))
+		entry = rc->entry;
+	else
+	{
+		char	   *name = text_to_cstring(name_t);
+		char	   *ref = ref_t ? text_to_cstring(ref_t) : NULL;
 
-	initStringInfo(&missing);
+		/* names longer than any registered one cannot exist (and fit the key) */
+		if (strlen(name) > MAESTER_NAME_MAXLEN * 4 ||
+			pg_mbstrlen(name) > MAESTER_NAME_MAXLEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("prompt \"%.40s...\" does not exist", name),
+					 errdetail("Prompt names are at most %d characters.",
+							   MAESTER_NAME_MAXLEN)));
+		if (ref && (strlen(ref) > MAESTER_NAME_MAXLEN * 4 ||
+					pg_mbstrlen(ref) > MAESTER_NAME_MAXLEN))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("prompt \"%s\" has no version or label \"%.40s...\"",
+							name, ref),
+					 errdetail("Versions and labels are at most %d characters.",
+							   MAESTER_NAME_MAXLEN)));
+
+		rc->entry = NULL;
+		entry = prompt_cache_lookup(name, ref);
+
+		/* remember these arguments for the next row */
+		rc->name_len = strlen(name);
+		rc->ref_len = ref ? strlen(ref) : -1;
+		memcpy(rc->args, name, rc->name_len);
+		if (ref)
+			memcpy(rc->args + rc->name_len, ref, rc->ref_len);
+		rc->generation = PromptCacheGeneration;
+		rc->entry = entry;
+	}
+
 	content = template_render(entry->tmpl, vars ? &vars->root : NULL, &missing);
 	if (entry->sys)
 		system = template_render(entry->sys, vars ? &vars->root : NULL, &missing);
-	if (missing.len > 0)
+	if (missing.data != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("missing variables for prompt \"%s\" version \"%s\": %s",
-						name, text_to_cstring(entry->version), missing.data),
+						text_to_cstring(entry->name),
+						text_to_cstring(entry->version), missing.data),
 				 errdetail("A variable that is absent or JSON null is missing."),
 				 errhint("Pass every variable the template names in the variables object.")));
 
@@ -642,7 +706,9 @@ prompt_render(PG_FUNCTION_ARGS)
 	}
 	parts[nparts] = VARDATA(content);
 	lens[nparts++] = VARSIZE(content) - VARHDRSZ;
-	maester_sha256_hex(parts, lens, nparts, hex);
+	hash = (text *) palloc(VARHDRSZ + MAESTER_SHA256_HEXLEN + 1);
+	maester_sha256_hex(parts, lens, nparts, VARDATA(hash));
+	SET_VARSIZE(hash, VARHDRSZ + MAESTER_SHA256_HEXLEN);
 
 	values[0] = PointerGetDatum(entry->name);
 	values[1] = PointerGetDatum(entry->version);
@@ -651,8 +717,8 @@ prompt_render(PG_FUNCTION_ARGS)
 		values[3] = PointerGetDatum(system);
 	else
 		nulls[3] = true;
-	values[4] = PointerGetDatum(cstring_to_text_with_len(hex, MAESTER_SHA256_HEXLEN));
+	values[4] = PointerGetDatum(hash);
 	values[5] = PointerGetDatum(entry->template_hash);
 
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(rc->tupdesc, values, nulls)));
 }

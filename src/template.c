@@ -299,6 +299,8 @@ note_missing(StringInfo missing, const char *name)
 	const char *p;
 	int			qlen;
 
+	if (missing->data == NULL)
+		initStringInfo(missing);
 	initStringInfo(&quoted);
 	appendStringInfo(&quoted, "\"%s\"", name);
 	qlen = quoted.len;
@@ -321,7 +323,8 @@ note_missing(StringInfo missing, const char *name)
  * Render `tmpl` with `variables` (an object container, or NULL for none).
  * Returns the rendered text, palloc'd in the current context; when a
  * variable is absent or JSON null, its quoted name is added to `missing`
- * and NULL is returned once all of them are noted.
+ * (initialised on first use when its data is NULL, so that the common case
+ * allocates nothing for it) and NULL is returned once all are noted.
  */
 text *
 template_render(const CompiledTemplate *tmpl, JsonbContainer *variables,

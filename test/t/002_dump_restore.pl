@@ -1,0 +1,69 @@
+# pg_dump keeps the registry: versions, labels, history and sequences come
+# back when restored with session_replication_role = replica (so that the
+# registry's triggers do not fire on restored rows), and the restored
+# registry works.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('dump');
+$node->init;
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'maester'");
+$node->start;
+$node->safe_psql('postgres', q{
+	CREATE DATABASE src;
+});
+$node->safe_psql('src', q{
+	CREATE EXTENSION maester;
+	SELECT maester.prompt_register('p', 'one {x}');
+	SELECT maester.prompt_register('p', 'two {x}', system_template => 'sys {y}');
+	SELECT maester.prompt_set_label('p', 'production', 'v1');
+	SELECT maester.prompt_set_label('p', 'production', 'v2');
+	SELECT maester.prompt_register('other', 'x', version => 'beta');
+});
+
+my $q_versions = q{SELECT string_agg(format('%s/%s/%s/%s', name, version, labels, template_hash), ';' ORDER BY seq)
+	FROM maester.prompt_versions};
+my $q_history = q{SELECT string_agg(format('%s/%s/%s/%s', name, label, from_version, to_version), ';' ORDER BY id)
+	FROM maester.prompt_label_history};
+my $before_v = $node->safe_psql('src', $q_versions);
+my $before_h = $node->safe_psql('src', $q_history);
+
+my $dump = $node->basedir . '/src.dump';
+$node->command_ok(
+	[ 'pg_dump', '-Fc', '-f', $dump, '-d', $node->connstr('src') ],
+	'pg_dump');
+$node->safe_psql('postgres', 'CREATE DATABASE dst');
+{
+	local $ENV{PGOPTIONS} = '-c session_replication_role=replica';
+	$node->command_ok(
+		[ 'pg_restore', '--exit-on-error', '-d', $node->connstr('dst'), $dump ],
+		'pg_restore with session_replication_role = replica');
+}
+
+is($node->safe_psql('dst', $q_versions), $before_v, 'versions and labels restored');
+is($node->safe_psql('dst', $q_history), $before_h, 'label history restored');
+is($node->safe_psql('dst',
+	q{SELECT content || '|' || system FROM maester.prompt_render('p', '{"x": 1, "y": 2}', 'production')}),
+	'two 1|sys 2', 'restored registry renders');
+
+# registration continues where it stopped: next vN, seq after the old ones
+is($node->safe_psql('dst',
+	q{SELECT version FROM maester.prompt_register('p', 'three {x}')}),
+	'v3', 'next version after restore');
+is($node->safe_psql('dst',
+	q{SELECT string_agg(version, ',' ORDER BY seq) FROM maester.prompt_version WHERE name = 'p'}),
+	'v1,v2,v3', 'registration order kept');
+is($node->safe_psql('dst',
+	q{SELECT version FROM maester.prompt_render('p', '{"x": 1, "y": 2}')}),
+	'v3', 'latest follows the new registration');
+$node->safe_psql('dst', q{SELECT maester.prompt_set_label('p', 'production', 'v3')});
+is($node->safe_psql('dst',
+	q{SELECT count(*) FROM maester.prompt_label_history WHERE name = 'p'}),
+	$node->safe_psql('src', q{SELECT count(*) + 1 FROM maester.prompt_label_history WHERE name = 'p'}),
+	'history continues');
+
+$node->stop;
+done_testing();
