@@ -4,7 +4,9 @@ EXTENSION    = maester
 EXTVERSION   = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 
 MODULE_big   = maester
-OBJS         = src/maester.o src/template.o src/registry.o src/sha256.o
+OBJS         = src/maester.o src/template.o src/registry.o src/sha256.o \
+               src/http.o src/provider.o src/provider_openai.o \
+               src/provider_anthropic.o src/router.o src/gateway.o src/secrets.o
 
 DATA         = $(wildcard maester--*.sql)
 
@@ -19,7 +21,7 @@ REGRESS_OPTS = --inputdir=. --temp-instance=tmp_check_regress \
 TAP_TESTS    = 1
 PROVE_TESTS  = $(sort $(wildcard test/t/*.pl))
 
-PG_CPPFLAGS  = -I$(srcdir)/src
+PG_CPPFLAGS  = -I$(srcdir)/src -DMAESTER_VERSION=\"$(EXTVERSION)\"
 PG_CFLAGS    = -Wall -Wextra -Werror -Wno-unused-parameter \
                -Wno-missing-field-initializers -Wno-sign-compare
 SHLIB_LINK   = -lcurl

@@ -1,4 +1,4 @@
-/* maester--0.1.0.sql: the prompt registry */
+/* maester--0.1.0.sql: the prompt registry and the model gateway */
 
 \echo Use "CREATE EXTENSION maester" to load this file. \quit
 
@@ -142,20 +142,20 @@ CREATE TRIGGER prompt_version_no_truncate
     BEFORE TRUNCATE ON maester.prompt_version
     FOR EACH STATEMENT EXECUTE FUNCTION maester.prompt_version_guard();
 
-CREATE FUNCTION maester.registry_invalidate()
+CREATE FUNCTION maester.cache_invalidate()
 RETURNS trigger
-AS 'MODULE_PATHNAME', 'registry_invalidate'
+AS 'MODULE_PATHNAME', 'cache_invalidate'
 LANGUAGE C;
 
-COMMENT ON FUNCTION maester.registry_invalidate() IS
-    'Trigger: tells every backend''s render cache, at commit, that the registry changed.';
+COMMENT ON FUNCTION maester.cache_invalidate() IS
+    'Trigger: tells every backend''s caches (render cache, gateway configuration), at commit, that the table changed.';
 
 CREATE TRIGGER prompt_version_invalidate
     AFTER INSERT OR UPDATE OR DELETE ON maester.prompt_version
-    FOR EACH STATEMENT EXECUTE FUNCTION maester.registry_invalidate();
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
 CREATE TRIGGER prompt_label_invalidate
     AFTER INSERT OR UPDATE OR DELETE ON maester.prompt_label
-    FOR EACH STATEMENT EXECUTE FUNCTION maester.registry_invalidate();
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
 
 CREATE FUNCTION maester.prompt_label_guard()
 RETURNS trigger
@@ -500,6 +500,251 @@ COMMENT ON VIEW maester.prompt_versions IS
     'Every prompt version with its labels, for people and BI tools.';
 COMMENT ON COLUMN maester.prompt_versions.labels IS 'Labels that point at this version: latest first for the newest version, then the set labels in order.';
 
+
+--------------------------------------------------------------------------
+-- The model gateway: providers, models, routes
+--------------------------------------------------------------------------
+CREATE TABLE maester.provider (
+    name                      text PRIMARY KEY,
+    kind                      text NOT NULL
+        CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['openai', 'anthropic', 'openai_compatible'])),
+    base_url                  text NOT NULL
+        CHECK (base_url OPERATOR(pg_catalog.~) '^https?://[^/?#]+'),
+    api_key_env               text
+        CHECK (api_key_env OPERATOR(pg_catalog.~) '^[A-Za-z_][A-Za-z0-9_]*_(KEY|TOKEN)$'),
+    api_key_file              text
+        CHECK (api_key_file OPERATOR(pg_catalog.~) '^[^/]+$' AND api_key_file OPERATOR(pg_catalog.<>) ALL (ARRAY['.', '..'])),
+    models                    text[] NOT NULL DEFAULT '{}',
+    priority                  integer NOT NULL DEFAULT 100,
+    connect_timeout_ms        integer NOT NULL DEFAULT 5000 CHECK (connect_timeout_ms OPERATOR(pg_catalog.>) 0),
+    timeout_ms                integer NOT NULL DEFAULT 60000 CHECK (timeout_ms OPERATOR(pg_catalog.>) 0),
+    max_attempts              integer NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 20),
+    backoff_base_ms           integer NOT NULL DEFAULT 250 CHECK (backoff_base_ms OPERATOR(pg_catalog.>=) 0),
+    backoff_max_ms            integer NOT NULL DEFAULT 8000 CHECK (backoff_max_ms OPERATOR(pg_catalog.>=) 0),
+    circuit_failure_threshold integer NOT NULL DEFAULT 5 CHECK (circuit_failure_threshold OPERATOR(pg_catalog.>=) 0),
+    circuit_cooldown_ms       integer NOT NULL DEFAULT 30000 CHECK (circuit_cooldown_ms OPERATOR(pg_catalog.>=) 0),
+    anthropic_version         text DEFAULT '2023-06-01',
+    enabled                   boolean NOT NULL DEFAULT true,
+    CHECK (api_key_env IS NULL OR api_key_file IS NULL)
+);
+
+COMMENT ON TABLE maester.provider IS
+    'Model providers the gateway may call (admins only). Keys are never stored: api_key_env names an environment variable of the server, api_key_file a file in maester.key_directory.';
+COMMENT ON COLUMN maester.provider.kind IS 'openai (Chat Completions), anthropic (Messages API), or openai_compatible (Ollama, vLLM, llama.cpp, Groq, Together, ...).';
+COMMENT ON COLUMN maester.provider.base_url IS 'https://api.openai.com/v1, https://api.anthropic.com, http://127.0.0.1:11434/v1 (plain http only for hosts in maester.allow_insecure_hosts).';
+COMMENT ON COLUMN maester.provider.api_key_env IS 'Name of the server environment variable holding the key (ends in _KEY or _TOKEN); NULL for keyless local servers.';
+COMMENT ON COLUMN maester.provider.api_key_file IS 'Name of a file in maester.key_directory holding the key, owned by the server user, mode 0600.';
+COMMENT ON COLUMN maester.provider.models IS 'LIKE patterns of the model names this provider serves, for models without a maester.model row.';
+COMMENT ON COLUMN maester.provider.priority IS 'Lower first, when several providers'' patterns match a model.';
+COMMENT ON COLUMN maester.provider.timeout_ms IS 'Total time allowed for one attempt.';
+COMMENT ON COLUMN maester.provider.max_attempts IS 'Attempts per call on this provider before falling back (options.max_attempts overrides).';
+COMMENT ON COLUMN maester.provider.backoff_base_ms IS 'First retry waits about this long (exponential, with jitter), unless the provider sent Retry-After.';
+COMMENT ON COLUMN maester.provider.circuit_failure_threshold IS 'Consecutive failures (5xx, 429, timeouts, connection errors) that open the circuit breaker; 0 disables it.';
+COMMENT ON COLUMN maester.provider.circuit_cooldown_ms IS 'How long an open circuit skips the provider before one probe call.';
+
+INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, priority) VALUES
+    ('openai', 'openai', 'https://api.openai.com/v1', 'OPENAI_API_KEY',
+     ARRAY['gpt-%', 'o1%', 'o3%', 'o4%', 'chatgpt-%'], 10),
+    ('anthropic', 'anthropic', 'https://api.anthropic.com', 'ANTHROPIC_API_KEY',
+     ARRAY['claude-%'], 20);
+
+CREATE TABLE maester.model (
+    name           text PRIMARY KEY,
+    provider       text NOT NULL REFERENCES maester.provider (name) ON UPDATE CASCADE,
+    provider_model text NOT NULL,
+    aliases        text[] NOT NULL DEFAULT '{}',
+    description    text
+);
+
+COMMENT ON TABLE maester.model IS
+    'Model names and aliases mapped to a provider and the model id it is sent as. Models without a row go to the first enabled provider whose pattern matches.';
+COMMENT ON COLUMN maester.model.provider_model IS 'The model id sent to the provider.';
+COMMENT ON COLUMN maester.model.aliases IS 'Other names callers may use for this model.';
+
+CREATE TABLE maester.route (
+    name        text PRIMARY KEY,
+    description text
+);
+
+COMMENT ON TABLE maester.route IS
+    'Named, ordered fallback chains of (provider, model) targets; llm_generate(model => NULL) uses the route default.';
+
+CREATE TABLE maester.route_target (
+    route    text NOT NULL REFERENCES maester.route (name) ON DELETE CASCADE ON UPDATE CASCADE,
+    position integer NOT NULL,
+    provider text NOT NULL REFERENCES maester.provider (name) ON UPDATE CASCADE,
+    model    text NOT NULL,
+    PRIMARY KEY (route, position)
+);
+
+COMMENT ON TABLE maester.route_target IS
+    'The targets of a route, tried in position order: each target''s attempts, then the next target.';
+COMMENT ON COLUMN maester.route_target.model IS 'The model id sent to the provider.';
+
+INSERT INTO maester.route (name, description) VALUES
+    ('default', 'Used when no model is given: OpenAI first, Anthropic as fallback.');
+INSERT INTO maester.route_target (route, position, provider, model) VALUES
+    ('default', 1, 'openai', 'gpt-4.1-mini'),
+    ('default', 2, 'anthropic', 'claude-haiku-4-5');
+
+CREATE TRIGGER provider_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON maester.provider
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
+CREATE TRIGGER model_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON maester.model
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
+CREATE TRIGGER route_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON maester.route
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
+CREATE TRIGGER route_target_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON maester.route_target
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
+
+--------------------------------------------------------------------------
+-- The call
+--------------------------------------------------------------------------
+CREATE TYPE maester.generation AS (
+    request_id          uuid,
+    trace_id            text,
+    provider            text,
+    model               text,
+    content             text,
+    finish_reason       text,
+    input_tokens        bigint,
+    output_tokens       bigint,
+    cached_input_tokens bigint,
+    cache_write_tokens  bigint,
+    usage_estimated     boolean,
+    latency_ms          double precision,
+    attempts            integer,
+    fallback_used       boolean,
+    prompt_name         text,
+    prompt_version      text,
+    prompt_hash         text,
+    requested_model     text,
+    response_id         text
+);
+
+COMMENT ON TYPE maester.generation IS
+    'The normalized result of a model call: identity (request_id, trace_id, prompt name/version/hash), who served it (provider, model), the output, usage and timing.';
+COMMENT ON COLUMN maester.generation.model IS 'The model as the provider reports it served the call.';
+COMMENT ON COLUMN maester.generation.input_tokens IS 'All prompt tokens, cached ones included (Anthropic''s cache reads and writes are added in).';
+COMMENT ON COLUMN maester.generation.cached_input_tokens IS 'Prompt tokens read from the provider''s prompt cache.';
+COMMENT ON COLUMN maester.generation.cache_write_tokens IS 'Prompt tokens written to the provider''s prompt cache (Anthropic).';
+COMMENT ON COLUMN maester.generation.usage_estimated IS 'True when the provider reported no usage and tokens were estimated (4 characters a token).';
+COMMENT ON COLUMN maester.generation.latency_ms IS 'Wall time of the whole call, retries and fallbacks included.';
+COMMENT ON COLUMN maester.generation.attempts IS 'HTTP attempts made, across all targets.';
+COMMENT ON COLUMN maester.generation.fallback_used IS 'True when a target other than the first one served the call.';
+COMMENT ON COLUMN maester.generation.prompt_hash IS 'SHA-256 hex of what was sent (see maester.rendered_prompt.hash).';
+
+CREATE FUNCTION maester.llm_generate(
+    prompt         text DEFAULT NULL,
+    model          text DEFAULT NULL,
+    max_tokens     integer DEFAULT NULL,
+    system         text DEFAULT NULL,
+    prompt_name    text DEFAULT NULL,
+    variables      jsonb DEFAULT NULL,
+    prompt_version text DEFAULT NULL,
+    options        jsonb DEFAULT '{}')
+RETURNS maester.generation
+AS 'MODULE_PATHNAME', 'llm_generate'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb) IS
+    'Calls a model through the gateway: exactly one of prompt (raw text) and prompt_name (rendered from the registry with variables and prompt_version). model is a model, alias or route; NULL uses the route default. options: temperature, top_p, stop, response_format, timeout_ms, max_attempts, fallback, tags.';
+
+CREATE FUNCTION maester.complete(request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k   text;
+    g   maester.generation;
+BEGIN
+    IF jsonb_typeof(request) OPERATOR(pg_catalog.<>) 'object' THEN
+        RAISE EXCEPTION 'request must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(request) LOOP
+        IF k OPERATOR(pg_catalog.<>) ALL (ARRAY['prompt', 'prompt_name', 'prompt_version', 'variables',
+                                                'model', 'max_tokens', 'system', 'options']) THEN
+            RAISE EXCEPTION 'unknown request field "%"', k
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Fields: prompt or prompt_name, prompt_version, variables, model, max_tokens, system, options.';
+        END IF;
+    END LOOP;
+    FOREACH k IN ARRAY ARRAY['prompt', 'prompt_name', 'prompt_version', 'model', 'system'] LOOP
+        IF request ? k AND jsonb_typeof(request -> k) OPERATOR(pg_catalog.<>) ALL (ARRAY['string', 'null']) THEN
+            RAISE EXCEPTION 'request field "%" must be a string', k
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
+    IF request ? 'max_tokens' AND jsonb_typeof(request -> 'max_tokens') OPERATOR(pg_catalog.<>) ALL (ARRAY['number', 'null']) THEN
+        RAISE EXCEPTION 'request field "max_tokens" must be an integer'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF request ? 'max_tokens' AND jsonb_typeof(request -> 'max_tokens') OPERATOR(pg_catalog.=) 'number'
+       AND (request ->> 'max_tokens')::numeric OPERATOR(pg_catalog.<>) trunc((request ->> 'max_tokens')::numeric) THEN
+        RAISE EXCEPTION 'request field "max_tokens" must be an integer'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    g := maester.llm_generate(
+        prompt         => request ->> 'prompt',
+        model          => request ->> 'model',
+        max_tokens     => (request ->> 'max_tokens')::integer,
+        system         => request ->> 'system',
+        prompt_name    => request ->> 'prompt_name',
+        variables      => CASE WHEN jsonb_typeof(request -> 'variables') OPERATOR(pg_catalog.=) 'null'
+                               THEN NULL ELSE request -> 'variables' END,
+        prompt_version => request ->> 'prompt_version',
+        options        => COALESCE(NULLIF(request -> 'options', 'null'::jsonb), '{}'::jsonb));
+
+    RETURN jsonb_build_object(
+        'provider', g.provider,
+        'model', g.model,
+        'trace_id', g.trace_id,
+        'prompt_name', g.prompt_name,
+        'prompt_version', g.prompt_version,
+        'prompt_hash', g.prompt_hash,
+        'content', g.content,
+        'cost', NULL,
+        'evaluation', NULL);
+END
+$$;
+
+COMMENT ON FUNCTION maester.complete(jsonb) IS
+    'The articles'' API in one call: takes {prompt_name, prompt_version, variables, model, max_tokens} (or prompt) and returns {provider, model, trace_id, prompt_name, prompt_version, prompt_hash, content, cost, evaluation}.';
+
+--------------------------------------------------------------------------
+-- Circuit breakers
+--------------------------------------------------------------------------
+CREATE FUNCTION maester.circuit_status(
+    OUT provider text, OUT state text, OUT consecutive_failures integer,
+    OUT opened_at timestamptz, OUT successes bigint, OUT failures bigint,
+    OUT opens bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'circuit_status'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION maester.circuit_status() IS
+    'Circuit breaker state of every provider called since the server started (shared memory).';
+
+CREATE VIEW maester.circuit AS SELECT * FROM maester.circuit_status();
+
+COMMENT ON VIEW maester.circuit IS
+    'Circuit breaker per provider: closed (calls go through), open (skipped until the cooldown ends), half_open (one probe under way); counters since server start.';
+
+CREATE FUNCTION maester.circuit_reset(provider text DEFAULT NULL)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'circuit_reset'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.circuit_reset(text) IS
+    'Closes the circuit breaker of a provider (NULL: all); returns how many were reset.';
+
 --------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC
 --------------------------------------------------------------------------
@@ -523,6 +768,15 @@ GRANT EXECUTE ON FUNCTION
     maester.prompt_set_label(text, text, text),
     maester.prompt_unset_label(text, text) TO maester_admin;
 
+GRANT EXECUTE ON FUNCTION
+    maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb),
+    maester.complete(jsonb) TO maester_user;
+GRANT SELECT ON maester.circuit TO maester_reader;
+GRANT EXECUTE ON FUNCTION maester.circuit_status() TO maester_reader;
+GRANT SELECT, INSERT, UPDATE, DELETE ON maester.provider, maester.model,
+    maester.route, maester.route_target TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.circuit_reset(text) TO maester_admin;
+
 -- keep user data in pg_dump
 SELECT pg_catalog.pg_extension_config_dump('maester.prompt', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.prompt_version', '');
@@ -530,3 +784,7 @@ SELECT pg_catalog.pg_extension_config_dump('maester.prompt_label', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.prompt_label_history', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.prompt_version_seq_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.prompt_label_history_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('maester.provider', $$WHERE name NOT IN ('openai', 'anthropic')$$);
+SELECT pg_catalog.pg_extension_config_dump('maester.model', '');
+SELECT pg_catalog.pg_extension_config_dump('maester.route', $$WHERE name <> 'default'$$);
+SELECT pg_catalog.pg_extension_config_dump('maester.route_target', $$WHERE route <> 'default'$$);

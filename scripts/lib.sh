@@ -6,7 +6,7 @@ PG_BINDIR=$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
 
 # Debian packages the build, the demo and the tests need
 MAESTER_PACKAGES=(postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev
-                  libipc-run-perl make gcc python3 rsync)
+                  libipc-run-perl make gcc python3 rsync curl)
 
 # sudo when not root
 maester_sudo() {
@@ -78,4 +78,31 @@ CONF
 
 maester_stop_cluster() {
     maester_as_pg pg_ctl -D "$1" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# Start the mock provider (test/mock/mock_llm.py) on a free port; sets
+# MAESTER_MOCK_PID and MAESTER_MOCK_URL.  Extra arguments go to the mock.
+maester_start_mock() {
+    local portfile
+    portfile=$(mktemp "${TMPDIR:-/tmp}/maester-mock-port.XXXXXX")
+    rm -f "$portfile"
+    /usr/bin/python3 "$MAESTER_ROOT/test/mock/mock_llm.py" --port 0 \
+        --port-file "$portfile" "$@" >/dev/null &
+    MAESTER_MOCK_PID=$!
+    for _ in $(seq 1 100); do
+        [ -s "$portfile" ] && break
+        sleep 0.05
+    done
+    if [ ! -s "$portfile" ]; then
+        echo "maester: the mock provider did not start" >&2
+        return 1
+    fi
+    MAESTER_MOCK_URL="http://127.0.0.1:$(cat "$portfile")"
+    rm -f "$portfile"
+    export MAESTER_MOCK_URL MAESTER_MOCK_PID
+}
+
+maester_stop_mock() {
+    [ -n "${MAESTER_MOCK_PID:-}" ] && kill "$MAESTER_MOCK_PID" 2>/dev/null || true
+    MAESTER_MOCK_PID=
 }

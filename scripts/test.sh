@@ -13,6 +13,12 @@ maester_build_install
 
 work=$(maester_workdir test)
 echo "maester: testing in $work as $(maester_pg_user)"
+
+# the mock provider for the pg_regress suites (TAP tests start their own);
+# the key is a test value the servers see in their environment
+export MAESTER_TEST_API_KEY="sk-test-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+maester_start_mock --api-key "$MAESTER_TEST_API_KEY"
+trap maester_stop_mock EXIT
 status=0
 maester_as_pg make -C "$work" -s installcheck PROVE_FLAGS="${PROVE_FLAGS:---timer}" "$@" || status=$?
 if [ $status -ne 0 ]; then

@@ -1,17 +1,30 @@
 /*-------------------------------------------------------------------------
  *
  * maester.c
- *	  Entry point of the maester extension: _PG_init.
+ *	  Entry point of the maester extension: _PG_init, settings, and the
+ *	  shared memory the gateway needs.
  *
- * maester is meant to be loaded with shared_preload_libraries (the gateway
- * and ledger need shared memory and a background worker).  The prompt
- * registry also works when the library is loaded on first use.
+ * maester must be loaded with shared_preload_libraries: the circuit
+ * breaker (and, later, the ledger and budgets) live in shared memory.  The
+ * prompt registry also works when the library is loaded on first use;
+ * gateway calls then fail with 55000 and a hint (maester_require_preload).
+ *
+ * Shared memory: one MaesterShared block, requested in shmem_request_hook
+ * and created under AddinShmemInitLock in shmem_startup_hook, holding
+ * maester.max_providers circuit breaker entries protected by one LWLock of
+ * our own tranche.  Entries are small and looked up by provider name;
+ * every access takes the lock exclusively for a few instructions.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <limits.h>
+
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
 #include "utils/guc.h"
 
 #include "maester.h"
@@ -20,11 +33,166 @@ PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
-/* Module load: register callbacks and reserve the GUC prefix */
+/* settings */
+char	   *maester_allow_insecure_hosts = NULL;
+int			maester_max_response_bytes = 10 * 1024 * 1024;
+int			maester_request_timeout_ms = 120000;
+int			maester_retry_after_max_ms = 60000;
+int			maester_routing_log_level = DEBUG1;
+char	   *maester_key_directory = NULL;
+int			maester_max_providers = 64;
+
+MaesterShared *maester_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static const struct config_enum_entry log_level_options[] = {
+	{"debug5", DEBUG5, false},
+	{"debug4", DEBUG4, false},
+	{"debug3", DEBUG3, false},
+	{"debug2", DEBUG2, false},
+	{"debug1", DEBUG1, false},
+	{"debug", DEBUG2, true},
+	{"info", INFO, false},
+	{"notice", NOTICE, false},
+	{"log", LOG, false},
+	{NULL, 0, false}
+};
+
+static Size
+maester_shmem_size(void)
+{
+	return add_size(offsetof(MaesterShared, circuits),
+					mul_size(sizeof(MaesterCircuit), maester_max_providers));
+}
+
+static void
+maester_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(maester_shmem_size());
+	RequestNamedLWLockTranche("maester", 1);
+}
+
+static void
+maester_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	maester_shared = ShmemInitStruct("maester", maester_shmem_size(), &found);
+	if (!found)
+	{
+		memset(maester_shared, 0, maester_shmem_size());
+		maester_shared->lock = &(GetNamedLWLockTranche("maester"))->lock;
+		maester_shared->maxcircuits = maester_max_providers;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Raise 55000 unless the library was preloaded (so that shared memory
+ * exists).
+ */
+void
+maester_require_preload(void)
+{
+	if (maester_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("maester must be loaded via shared_preload_libraries"),
+				 errhint("Add maester to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* Module load: settings, shared memory hooks, cache callbacks */
 void
 _PG_init(void)
 {
-	maester_registry_init();
+	DefineCustomStringVariable("maester.allow_insecure_hosts",
+							   "Hosts that may be reached over plain http and on private or loopback addresses.",
+							   "Comma-separated host names or addresses, as written in provider URLs "
+							   "(for local servers such as the mock provider or Ollama). "
+							   "All other providers must use https on public addresses.",
+							   &maester_allow_insecure_hosts,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("maester.max_response_bytes",
+							"Largest provider response accepted, in bytes.",
+							"A larger response is abandoned and the call fails.",
+							&maester_max_response_bytes,
+							10 * 1024 * 1024,
+							1024, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("maester.request_timeout_ms",
+							"Overall deadline of one model call, all attempts and fallbacks included.",
+							"The options key timeout_ms overrides it per call.",
+							&maester_request_timeout_ms,
+							120000,
+							1, INT_MAX,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("maester.retry_after_max_ms",
+							"Longest Retry-After wait honoured before a retry.",
+							"When a provider asks to wait longer, the call falls back to the next target instead.",
+							&maester_retry_after_max_ms,
+							60000,
+							0, INT_MAX,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("maester.log_routing",
+							 "Message level of the model_routed line logged for every call.",
+							 NULL,
+							 &maester_routing_log_level,
+							 DEBUG1,
+							 log_level_options,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("maester.key_directory",
+							   "Directory from which providers' api_key_file may be read.",
+							   "Empty disables key files. Files must be owned by the server's user and not readable by others.",
+							   &maester_key_directory,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("maester.max_providers",
+							"Number of providers whose circuit breaker state is kept in shared memory.",
+							NULL,
+							&maester_max_providers,
+							64,
+							1, 10000,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("maester");
+
+	maester_registry_init();
+	router_init();
+
+	if (process_shared_preload_libraries_in_progress)
+	{
+		prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = maester_shmem_request;
+		prev_shmem_startup_hook = shmem_startup_hook;
+		shmem_startup_hook = maester_shmem_startup;
+	}
 }

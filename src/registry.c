@@ -10,13 +10,13 @@
  *	 - prompt_version_guard: names valid, templates compile (the error names
  *	   the character position), `variables` and `template_hash` computed by
  *	   us, never taken from the caller; UPDATE, DELETE and TRUNCATE refused.
- *	 - registry_invalidate: after any change to prompt_version or
+ *	 - cache_invalidate: after any change to prompt_version or
  *	   prompt_label, queue a relcache invalidation of that table.
  *
  * The render cache.  Each backend keeps, in PromptCacheContext, a hash table
  * from "name<US>ref" (ref = version or label, empty for latest) to the
  * resolved version with its compiled templates.  Correctness rests on
- * PostgreSQL's shared invalidation queue: registry_invalidate queues a
+ * PostgreSQL's shared invalidation queue: cache_invalidate queues a
  * relcache invalidation for the changed table, which other backends receive
  * only once the change has committed (and this backend at the next command,
  * or at abort); our relcache callback then marks the cache stale.  The
@@ -359,19 +359,19 @@ prompt_version_guard(PG_FUNCTION_ARGS)
 	return PointerGetDatum(tuple);
 }
 
-PG_FUNCTION_INFO_V1(registry_invalidate);
+PG_FUNCTION_INFO_V1(cache_invalidate);
 /*
  * Trigger, AFTER INSERT OR UPDATE OR DELETE FOR EACH STATEMENT on
  * prompt_version and prompt_label: queue a relcache invalidation of the
  * table, which reaches every backend's render cache at commit.
  */
 Datum
-registry_invalidate(PG_FUNCTION_ARGS)
+cache_invalidate(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "registry_invalidate: not called by trigger manager");
+		elog(ERROR, "cache_invalidate: not called by trigger manager");
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
 	return PointerGetDatum(NULL);
 }
@@ -591,15 +591,98 @@ render_args_match(RenderCallCache *rc, text *name, text *ref)
 		(rlen <= 0 || memcmp(rc->args + nlen, VARDATA_ANY(ref), rlen) == 0);
 }
 
+/*
+ * The prompt hash: SHA-256 hex of `content`, or, with a system prompt, of
+ * `system`, one zero byte, and `content` (text never contains a zero byte,
+ * so the split is unambiguous).  `hex_out` holds MAESTER_SHA256_HEXLEN + 1.
+ */
+void
+maester_prompt_hash(text *system, text *content, char *hex_out)
+{
+	const char *parts[3];
+	int			lens[3];
+	int			nparts = 0;
+
+	if (system)
+	{
+		parts[nparts] = VARDATA_ANY(system);
+		lens[nparts++] = VARSIZE_ANY_EXHDR(system);
+		parts[nparts] = "";
+		lens[nparts++] = 1;		/* the zero byte */
+	}
+	parts[nparts] = VARDATA_ANY(content);
+	lens[nparts++] = VARSIZE_ANY_EXHDR(content);
+	maester_sha256_hex(parts, lens, nparts, hex_out);
+}
+
+/* Render a cached version's templates; raise 22023 naming missing variables */
+static void
+render_entry(PromptCacheEntry *entry, Jsonb *vars, text **content, text **system)
+{
+	StringInfoData missing = {NULL, 0, 0, 0};
+
+	*content = template_render(entry->tmpl, vars ? &vars->root : NULL, &missing);
+	*system = NULL;
+	if (entry->sys)
+		*system = template_render(entry->sys, vars ? &vars->root : NULL, &missing);
+	if (missing.data != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("missing variables for prompt \"%s\" version \"%s\": %s",
+						text_to_cstring(entry->name),
+						text_to_cstring(entry->version), missing.data),
+				 errdetail("A variable that is absent or JSON null is missing."),
+				 errhint("Pass every variable the template names in the variables object.")));
+}
+
+/* Raise 42704 for names too long to have been registered */
+static void
+check_lookup_names(const char *name, const char *ref)
+{
+	if (strlen(name) > MAESTER_NAME_MAXLEN * 4 ||
+		pg_mbstrlen(name) > MAESTER_NAME_MAXLEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("prompt \"%.40s...\" does not exist", name),
+				 errdetail("Prompt names are at most %d characters.",
+						   MAESTER_NAME_MAXLEN)));
+	if (ref && (strlen(ref) > MAESTER_NAME_MAXLEN * 4 ||
+				pg_mbstrlen(ref) > MAESTER_NAME_MAXLEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("prompt \"%s\" has no version or label \"%.40s...\"",
+						name, ref),
+				 errdetail("Versions and labels are at most %d characters.",
+						   MAESTER_NAME_MAXLEN)));
+}
+
+/*
+ * Render prompt `name` at version or label `ref` (NULL: latest) for C
+ * callers (the gateway).  Strings in `out` are palloc'd.
+ */
+void
+maester_render(const char *name, const char *ref, Jsonb *vars, RenderedPrompt *out)
+{
+	PromptCacheEntry *entry;
+
+	template_check_variables(vars);
+	check_lookup_names(name, ref);
+	prompt_cache_check();
+	entry = prompt_cache_lookup(name, ref);
+	out->name = text_to_cstring(entry->name);
+	out->version = text_to_cstring(entry->version);
+	render_entry(entry, vars, &out->content, &out->system);
+	maester_prompt_hash(out->system, out->content, out->hash);
+}
+
 PG_FUNCTION_INFO_V1(prompt_render);
 /*
  * maester.prompt_render(name text, variables jsonb DEFAULT '{}',
  *						 version text DEFAULT NULL)
  *	 RETURNS maester.rendered_prompt
  *
- * `version` is a version or a label; NULL means latest.  `hash` is the
- * SHA-256 hex of the rendered content, or, when the version has a system
- * template, of the rendered system prompt, one zero byte, and the content.
+ * `version` is a version or a label; NULL means latest.  `hash` is
+ * maester_prompt_hash() of what was rendered.
  */
 Datum
 prompt_render(PG_FUNCTION_ARGS)
@@ -609,13 +692,9 @@ prompt_render(PG_FUNCTION_ARGS)
 	text	   *ref_t = NULL;
 	Jsonb	   *vars = NULL;
 	PromptCacheEntry *entry;
-	StringInfoData missing = {NULL, 0, 0, 0};
 	text	   *content;
-	text	   *system = NULL;
+	text	   *system;
 	text	   *hash;
-	const char *parts[3];
-	int			lens[3];
-	int			nparts;
 	Datum		values[6];
 	bool		nulls[6] = {false, false, false, false, false, false};
 
@@ -654,23 +733,7 @@ prompt_render(PG_FUNCTION_ARGS)
 		char	   *name = text_to_cstring(name_t);
 		char	   *ref = ref_t ? text_to_cstring(ref_t) : NULL;
 
-		/* names longer than any registered one cannot exist (and fit the key) */
-		if (strlen(name) > MAESTER_NAME_MAXLEN * 4 ||
-			pg_mbstrlen(name) > MAESTER_NAME_MAXLEN)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("prompt \"%.40s...\" does not exist", name),
-					 errdetail("Prompt names are at most %d characters.",
-							   MAESTER_NAME_MAXLEN)));
-		if (ref && (strlen(ref) > MAESTER_NAME_MAXLEN * 4 ||
-					pg_mbstrlen(ref) > MAESTER_NAME_MAXLEN))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("prompt \"%s\" has no version or label \"%.40s...\"",
-							name, ref),
-					 errdetail("Versions and labels are at most %d characters.",
-							   MAESTER_NAME_MAXLEN)));
-
+		check_lookup_names(name, ref);
 		rc->entry = NULL;
 		entry = prompt_cache_lookup(name, ref);
 
@@ -684,30 +747,9 @@ prompt_render(PG_FUNCTION_ARGS)
 		rc->entry = entry;
 	}
 
-	content = template_render(entry->tmpl, vars ? &vars->root : NULL, &missing);
-	if (entry->sys)
-		system = template_render(entry->sys, vars ? &vars->root : NULL, &missing);
-	if (missing.data != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("missing variables for prompt \"%s\" version \"%s\": %s",
-						text_to_cstring(entry->name),
-						text_to_cstring(entry->version), missing.data),
-				 errdetail("A variable that is absent or JSON null is missing."),
-				 errhint("Pass every variable the template names in the variables object.")));
-
-	nparts = 0;
-	if (system)
-	{
-		parts[nparts] = VARDATA(system);
-		lens[nparts++] = VARSIZE(system) - VARHDRSZ;
-		parts[nparts] = "";
-		lens[nparts++] = 1;		/* the zero byte */
-	}
-	parts[nparts] = VARDATA(content);
-	lens[nparts++] = VARSIZE(content) - VARHDRSZ;
+	render_entry(entry, vars, &content, &system);
 	hash = (text *) palloc(VARHDRSZ + MAESTER_SHA256_HEXLEN + 1);
-	maester_sha256_hex(parts, lens, nparts, VARDATA(hash));
+	maester_prompt_hash(system, content, VARDATA(hash));
 	SET_VARSIZE(hash, VARHDRSZ + MAESTER_SHA256_HEXLEN);
 
 	values[0] = PointerGetDatum(entry->name);

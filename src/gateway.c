@@ -1,0 +1,830 @@
+/*-------------------------------------------------------------------------
+ *
+ * gateway.c
+ *	  maester.llm_generate: one model call, from prompt to normalized
+ *	  result, with retries, fallback and the circuit breaker.
+ *
+ * The path of a call:
+ *	 1. the prompt: raw text, or rendered from the registry (its name,
+ *		version and hash travel with the result);
+ *	 2. the plan: router_plan() turns the requested model (or route; NULL is
+ *		the route "default") into ordered targets;
+ *	 3. for each target in order -- skipping disabled providers, providers
+ *		whose circuit is open and providers whose key is not set -- up to
+ *		max_attempts attempts: build the provider's request, send it over
+ *		http.c, classify the outcome.  429, 500, 502, 503, 504, 529,
+ *		connection failures and timeouts are retried after exponential
+ *		backoff with jitter, or after the provider's Retry-After when it
+ *		gave one (up to maester.retry_after_max_ms; longer than that, we
+ *		fall back instead of waiting).  Other failures move on to the next
+ *		target at once.  An overall deadline (options.timeout_ms, else
+ *		maester.request_timeout_ms) bounds everything, backoff included;
+ *	 4. the first success is normalized (usage estimated at 4 characters a
+ *		token when the provider sent none), logged as the articles'
+ *		model_routed line, and returned as maester.generation.
+ * When every target failed, the error's SQLSTATE is that of the last
+ * failure (class MG, see below) and its detail lists every attempt.
+ *
+ * Waiting -- on the network and between attempts -- is always on the
+ * latch, with CHECK_FOR_INTERRUPTS() at each wake-up, so cancel,
+ * statement_timeout and termination act at once.
+ *
+ * Keys are fetched per call, put only into a curl header list, and wiped
+ * from our memory and curl's list afterwards; error details summarize a
+ * provider's body with the key masked.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/htup_details.h"
+#include "common/pg_prng.h"
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+#include "utils/wait_event.h"
+
+#include "http.h"
+#include "maester.h"
+#include "provider.h"
+#include "router.h"
+
+/* SQLSTATEs of gateway failures (class MG, "maester gateway") */
+#define ERRCODE_MAESTER_PROVIDER_ERROR	MAKE_SQLSTATE('M','G','0','0','1')
+#define ERRCODE_MAESTER_TIMEOUT			MAKE_SQLSTATE('M','G','0','0','2')
+#define ERRCODE_MAESTER_UNREACHABLE		MAKE_SQLSTATE('M','G','0','0','3')
+#define ERRCODE_MAESTER_BAD_RESPONSE	MAKE_SQLSTATE('M','G','0','0','4')
+#define ERRCODE_MAESTER_UNAVAILABLE		MAKE_SQLSTATE('M','G','0','0','5')
+
+#define KNOWN_OPTIONS "temperature, top_p, stop, response_format, timeout_ms, max_attempts, fallback, tags"
+
+/* Per-call options, from the options jsonb */
+typedef struct CallOptions
+{
+	GenRequest	gen;			/* temperature, top_p, stop, json_format */
+	int			timeout_ms;		/* overall deadline */
+	int			max_attempts;	/* 0: each provider's own */
+	bool		fallback;
+} CallOptions;
+
+/* One failed attempt (or skipped target), for the error detail */
+typedef struct Failure
+{
+	const char *error_class;	/* rate_limited, server_error, timeout, ... */
+	int			sqlstate;
+	bool		retryable;
+	bool		counts;			/* says something about provider health */
+	char	   *message;
+	double		retry_after_ms;
+} Failure;
+
+/* Everything llm_generate returns */
+typedef struct Generation
+{
+	pg_uuid_t	request_id;
+	char		trace_id[33];
+	const char *provider;
+	const char *model;
+	GenResponse resp;
+	bool		usage_estimated;
+	double		latency_ms;
+	int			attempts;
+	bool		fallback_used;
+	const char *prompt_name;
+	const char *prompt_version;
+	char		prompt_hash[MAESTER_SHA256_HEXLEN + 1];
+	const char *requested_model;
+} Generation;
+
+/* Raise 22023 for a bad option */
+static void
+option_error(const char *key, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("option \"%s\" must be %s", key, what)));
+}
+
+/* A numeric option value as double */
+static double
+option_number(JsonbValue *v, const char *key, double min, double max)
+{
+	double		d;
+
+	if (v->type != jbvNumeric)
+		option_error(key, psprintf("a number between %g and %g", min, max));
+	d = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
+										   NumericGetDatum(v->val.numeric)));
+	if (!(d >= min && d <= max))
+		option_error(key, psprintf("a number between %g and %g", min, max));
+	return d;
+}
+
+/* An integer option value */
+static int
+option_int(JsonbValue *v, const char *key, int min, int max)
+{
+	double		d = option_number(v, key, min, max);
+
+	if (d != floor(d))
+		option_error(key, psprintf("an integer between %d and %d", min, max));
+	return (int) d;
+}
+
+/* Parse and check the options object */
+static void
+parse_options(Jsonb *opts, CallOptions *o)
+{
+	JsonbIterator *it;
+	JsonbValue	k;
+	JsonbIteratorToken tok;
+
+	memset(o, 0, sizeof(*o));
+	o->timeout_ms = maester_request_timeout_ms;
+	o->fallback = true;
+	if (opts == NULL)
+		return;
+	if (!JB_ROOT_IS_OBJECT(opts))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("options must be a JSON object"),
+				 errhint("Known options: " KNOWN_OPTIONS ".")));
+
+	it = JsonbIteratorInit(&opts->root);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	{
+		char	   *key;
+		JsonbValue	v;
+
+		if (tok != WJB_KEY)
+			continue;
+		key = pnstrdup(k.val.string.val, k.val.string.len);
+		tok = JsonbIteratorNext(&it, &v, true);
+
+		if (strcmp(key, "temperature") == 0)
+		{
+			o->gen.has_temperature = true;
+			o->gen.temperature = option_number(&v, key, 0, 2);
+		}
+		else if (strcmp(key, "top_p") == 0)
+		{
+			o->gen.has_top_p = true;
+			o->gen.top_p = option_number(&v, key, 0, 1);
+		}
+		else if (strcmp(key, "stop") == 0)
+		{
+			if (v.type == jbvString)
+				o->gen.stop = list_make1(pnstrdup(v.val.string.val, v.val.string.len));
+			else if (v.type == jbvBinary && JsonContainerIsArray(v.val.binary.data))
+			{
+				int			n = JsonContainerSize(v.val.binary.data);
+
+				for (int i = 0; i < n; i++)
+				{
+					JsonbValue *e = getIthJsonbValueFromContainer(v.val.binary.data, i);
+
+					if (e->type != jbvString)
+						option_error(key, "a string or an array of strings");
+					o->gen.stop = lappend(o->gen.stop,
+										  pnstrdup(e->val.string.val, e->val.string.len));
+				}
+			}
+			else
+				option_error(key, "a string or an array of strings");
+		}
+		else if (strcmp(key, "response_format") == 0)
+		{
+			char	   *fmt = NULL;
+
+			if (v.type == jbvString)
+				fmt = pnstrdup(v.val.string.val, v.val.string.len);
+			else if (v.type == jbvBinary)
+				fmt = json_get_string(v.val.binary.data, "type");
+			if (fmt && (strcmp(fmt, "json") == 0 || strcmp(fmt, "json_object") == 0))
+				o->gen.json_format = true;
+			else if (fmt && strcmp(fmt, "text") == 0)
+				o->gen.json_format = false;
+			else
+				option_error(key, "\"json\", \"text\" or {\"type\": \"json_object\"}");
+		}
+		else if (strcmp(key, "timeout_ms") == 0)
+			o->timeout_ms = option_int(&v, key, 1, INT_MAX);
+		else if (strcmp(key, "max_attempts") == 0)
+			o->max_attempts = option_int(&v, key, 1, 20);
+		else if (strcmp(key, "fallback") == 0)
+		{
+			if (v.type != jbvBool)
+				option_error(key, "a boolean");
+			o->fallback = v.val.boolean;
+		}
+		else if (strcmp(key, "tags") == 0)
+		{
+			if (v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
+				option_error(key, "a JSON object");
+		}
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown option \"%s\"", key),
+					 errhint("Known options: " KNOWN_OPTIONS ".")));
+	}
+}
+
+/* A fresh version-4 UUID and a W3C trace id (32 lowercase hex digits) */
+static void
+new_ids(pg_uuid_t *uuid, char *trace_id)
+{
+	uint8		t[16];
+
+	if (!pg_strong_random(uuid->data, UUID_LEN) || !pg_strong_random(t, sizeof(t)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;
+	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;
+	hex_encode((char *) t, sizeof(t), trace_id);
+	trace_id[32] = '\0';
+}
+
+static double
+elapsed_ms(TimestampTz since)
+{
+	return (double) (GetCurrentTimestamp() - since) / 1000.0;
+}
+
+/* Sleep `ms` on the latch, honouring interrupts */
+static void
+gateway_sleep(double ms)
+{
+	TimestampTz until = GetCurrentTimestamp() + (TimestampTz) (ms * 1000.0);
+
+	for (;;)
+	{
+		long		left = (long) ((until - GetCurrentTimestamp()) / 1000);
+
+		if (left <= 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 left, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* Fill `f` for an HTTP status that is not a success */
+static void
+classify_status(long status, Failure *f)
+{
+	f->sqlstate = ERRCODE_MAESTER_PROVIDER_ERROR;
+	f->counts = false;
+	f->retryable = false;
+	switch (status)
+	{
+		case 429:
+			f->error_class = "rate_limited";
+			f->retryable = f->counts = true;
+			break;
+		case 500:
+		case 502:
+		case 503:
+		case 504:
+			f->error_class = "server_error";
+			f->retryable = f->counts = true;
+			break;
+		case 529:
+			f->error_class = "overloaded";
+			f->retryable = f->counts = true;
+			break;
+		case 401:
+		case 403:
+			f->error_class = "auth";
+			break;
+		case 404:
+			f->error_class = "not_found";
+			break;
+		default:
+			if (status >= 300 && status < 400)
+			{
+				f->error_class = "redirect";
+				f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+			}
+			else if (status >= 500)
+			{
+				f->error_class = "server_error";
+				f->counts = true;
+			}
+			else
+				f->error_class = "bad_request";
+	}
+}
+
+/* The curl header list for one attempt; the key is copied into it */
+static struct curl_slist *
+build_headers(ProviderConf *p, const char *key, const pg_uuid_t *request_id)
+{
+	struct curl_slist *h = NULL;
+	char		line[1024];
+	char		uuid[37];
+
+	h = curl_slist_append(h, "Content-Type: application/json");
+	h = curl_slist_append(h, "Accept: application/json");
+	h = curl_slist_append(h, "Expect:");
+	snprintf(uuid, sizeof(uuid),
+			 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+			 request_id->data[0], request_id->data[1], request_id->data[2],
+			 request_id->data[3], request_id->data[4], request_id->data[5],
+			 request_id->data[6], request_id->data[7], request_id->data[8],
+			 request_id->data[9], request_id->data[10], request_id->data[11],
+			 request_id->data[12], request_id->data[13], request_id->data[14],
+			 request_id->data[15]);
+	snprintf(line, sizeof(line), "X-Request-Id: %s", uuid);
+	h = curl_slist_append(h, line);
+	if (p->kind == PROVIDER_ANTHROPIC)
+	{
+		snprintf(line, sizeof(line), "anthropic-version: %s",
+				 p->anthropic_version ? p->anthropic_version : "2023-06-01");
+		h = curl_slist_append(h, line);
+	}
+	if (key != NULL)
+	{
+		if (p->kind == PROVIDER_ANTHROPIC)
+			snprintf(line, sizeof(line), "x-api-key: %s", key);
+		else
+			snprintf(line, sizeof(line), "Authorization: Bearer %s", key);
+		h = curl_slist_append(h, line);
+		explicit_bzero(line, sizeof(line));
+	}
+	if (h == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	return h;
+}
+
+/* Wipe and free a header list (one of its lines may hold a key) */
+static void
+free_headers(HttpRequest *req)
+{
+	for (struct curl_slist *h = req->headers; h; h = h->next)
+		explicit_bzero(h->data, strlen(h->data));
+	curl_slist_free_all(req->headers);
+	req->headers = NULL;
+}
+
+/*
+ * One attempt against one target.  Returns true with `out` filled on
+ * success; false with `f` filled otherwise.  `key` may be NULL.
+ */
+static bool
+attempt(RouteTarget *t, const GenRequest *gen, const char *key,
+		const pg_uuid_t *request_id, long timeout_ms, GenResponse *out,
+		Failure *f)
+{
+	ProviderConf *p = t->provider;
+	HttpRequest req;
+	StringInfoData body;
+	bool		ok = false;
+	char	   *url = provider_url(p->kind, p->base_url);
+
+	memset(f, 0, sizeof(*f));
+	f->retry_after_ms = -1;
+	initStringInfo(&body);
+	provider_build_body(p->kind, gen, &body);
+
+	http_request_init(&req);
+	http_check_url(url, &req.allow_private);
+	req.url = url;
+	req.body = body.data;
+	req.body_len = body.len;
+	req.connect_timeout_ms = Min((long) p->connect_timeout_ms, timeout_ms);
+	req.timeout_ms = timeout_ms;
+
+	PG_TRY();
+	{
+		HttpRequest *one = &req;
+
+		req.headers = build_headers(p, key, request_id);
+		http_perform(&one, 1);
+		free_headers(&req);
+
+		switch (req.outcome)
+		{
+			case HTTP_OK:
+				if (req.status >= 200 && req.status < 300)
+				{
+					char	   *problem = NULL;
+
+					if (req.content_type[0] != '\0' &&
+						strstr(req.content_type, "json") == NULL)
+					{
+						f->error_class = "bad_response";
+						f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+						f->counts = true;
+						f->message = psprintf("%s answered with content type \"%s\", not JSON",
+											  p->name, req.content_type);
+					}
+					else if (provider_parse_response(p->kind, req.response, out, &problem))
+						ok = true;
+					else
+					{
+						f->error_class = "bad_response";
+						f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+						f->counts = true;
+						f->message = psprintf("%s: %s", p->name, problem);
+					}
+				}
+				else
+				{
+					classify_status(req.status, f);
+					f->retry_after_ms = req.retry_after_ms;
+					if (strcmp(f->error_class, "redirect") == 0)
+						f->message = psprintf("%s answered HTTP %ld, a redirect, which is not followed",
+											  p->name, req.status);
+					else
+						f->message = psprintf("%s answered HTTP %ld: %s", p->name, req.status,
+											  provider_error_summary(req.response,
+																	 req.response_len, key));
+				}
+				break;
+			case HTTP_TIMEOUT:
+				f->error_class = "timeout";
+				f->sqlstate = ERRCODE_MAESTER_TIMEOUT;
+				f->retryable = f->counts = true;
+				f->message = psprintf("%s did not answer in time", p->name);
+				break;
+			case HTTP_CONNECT_FAILED:
+			case HTTP_NETWORK_ERROR:
+				f->error_class = req.outcome == HTTP_CONNECT_FAILED ? "connection" : "network";
+				f->sqlstate = ERRCODE_MAESTER_UNREACHABLE;
+				f->retryable = f->counts = true;
+				f->message = psprintf("%s: %s", p->name, req.error);
+				break;
+			case HTTP_TOO_LARGE:
+				f->error_class = "too_large";
+				f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+				f->message = psprintf("%s: %s", p->name, req.error);
+				break;
+			case HTTP_EGRESS_DENIED:
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("egress to provider \"%s\" refused", p->name),
+						 errdetail("Its host resolved to %s, a private or loopback address.",
+								   req.egress_reason),
+						 errhint("A superuser can allow a local server by listing its host in maester.allow_insecure_hosts.")));
+				break;
+			case HTTP_INTERNAL_ERROR:
+				f->error_class = "internal";
+				f->sqlstate = ERRCODE_MAESTER_UNREACHABLE;
+				f->message = psprintf("%s: %s", p->name, req.error);
+				break;
+		}
+	}
+	PG_FINALLY();
+	{
+		free_headers(&req);
+		http_request_cleanup(&req);
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/* Backoff before retry `attempt_no` (1-based) of provider `p` */
+static double
+backoff_ms(ProviderConf *p, int attempt_no)
+{
+	double		d = (double) p->backoff_base_ms * pow(2.0, attempt_no - 1);
+
+	d = Min(d, (double) p->backoff_max_ms);
+	/* equal jitter: half fixed, half random */
+	return d / 2 + pg_prng_double(&pg_global_prng_state) * d / 2;
+}
+
+/* State of one call across its targets */
+typedef struct CallState
+{
+	TimestampTz deadline;
+	StringInfoData log;			/* "provider: class; ..." for the error detail */
+	Failure		last;			/* the last failure */
+} CallState;
+
+/* Note a failure (or a skipped target) */
+static void
+note_failure(CallState *cs, const char *provider, const Failure *f)
+{
+	appendStringInfo(&cs->log, "%s%s: %s", cs->log.len ? "; " : "", provider,
+					 f->error_class);
+	cs->last = *f;
+}
+
+/*
+ * The attempts on one target; true when one succeeded (and `g` is filled).
+ */
+static bool
+try_target(RouteTarget *t, int ti, GenRequest *gen, CallOptions *opts,
+		   const char *key, CallState *cs, Generation *g)
+{
+	ProviderConf *p = t->provider;
+	int			max_attempts = opts->max_attempts > 0 ? opts->max_attempts :
+	Max(p->max_attempts, 1);
+
+	for (int a = 1; a <= max_attempts; a++)
+	{
+		CircuitAdmit admit = circuit_admit(p);
+		long		remaining = (long) ((cs->deadline - GetCurrentTimestamp()) / 1000);
+		Failure		f;
+		double		wait;
+
+		if (admit == CIRCUIT_SKIP)
+		{
+			memset(&f, 0, sizeof(f));
+			f.error_class = "circuit_open";
+			f.sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
+			f.message = psprintf("provider \"%s\" is failing: its circuit breaker is open", p->name);
+			note_failure(cs, p->name, &f);
+			return false;
+		}
+		if (remaining <= 0)
+		{
+			memset(&f, 0, sizeof(f));
+			f.error_class = "timeout";
+			f.sqlstate = ERRCODE_MAESTER_TIMEOUT;
+			f.message = psprintf("the call's deadline of %d ms passed", opts->timeout_ms);
+			note_failure(cs, p->name, &f);
+			return false;
+		}
+
+		gen->model = t->model;
+		g->attempts++;
+		if (attempt(t, gen, key, &g->request_id,
+					Min((long) p->timeout_ms, remaining), &g->resp, &f))
+		{
+			circuit_record(p, true, false);
+			g->provider = p->name;
+			g->model = g->resp.served_model ? g->resp.served_model : t->model;
+			g->fallback_used = ti > 0;
+			return true;
+		}
+		circuit_record(p, false, f.counts);
+		note_failure(cs, p->name, &f);
+		if (!f.retryable || a == max_attempts)
+			return false;
+
+		/* wait before the next attempt, within the deadline */
+		if (f.retry_after_ms >= 0)
+		{
+			if (f.retry_after_ms > maester_retry_after_max_ms)
+				return false;	/* too long: fall back instead */
+			wait = f.retry_after_ms;
+		}
+		else
+			wait = backoff_ms(p, a);
+		if (GetCurrentTimestamp() + (TimestampTz) (wait * 1000) >= cs->deadline)
+		{
+			cs->last.error_class = "timeout";
+			cs->last.sqlstate = ERRCODE_MAESTER_TIMEOUT;
+			cs->last.message = psprintf("%s; no time left for a retry within the call's deadline of %d ms",
+										f.message, opts->timeout_ms);
+			return false;
+		}
+		gateway_sleep(wait);
+	}
+	return false;
+}
+
+/*
+ * Fetch the target's key, run its attempts, and wipe the key whatever
+ * happens.  Not inlined, to keep PG_TRY out of the caller's loop.
+ */
+pg_noinline static bool
+try_target_with_key(RouteTarget *t, int ti, GenRequest *gen, CallOptions *opts,
+					CallState *cs, Generation *g)
+{
+	ProviderConf *p = t->provider;
+	char	   *missing = NULL;
+	char	   *key;
+	volatile bool ok = false;
+
+	key = maester_provider_key(p->name, p->api_key_env, p->api_key_file, &missing);
+	if (missing)
+	{
+		Failure		f;
+
+		memset(&f, 0, sizeof(f));
+		f.error_class = "no_api_key";
+		f.sqlstate = ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION;
+		f.message = psprintf("API key of provider \"%s\" is not set: %s", p->name, missing);
+		note_failure(cs, p->name, &f);
+		return false;
+	}
+	PG_TRY();
+	{
+		ok = try_target(t, ti, gen, opts, key, cs, g);
+	}
+	PG_FINALLY();
+	{
+		maester_forget_key(key);
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * Run the call: targets in order, attempts with retries; fill `g` or raise.
+ */
+static void
+gateway_execute(RoutePlan *plan, GenRequest *gen, CallOptions *opts, Generation *g)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	CallState	cs;
+	int			ntargets = opts->fallback ? plan->ntargets : Min(plan->ntargets, 1);
+
+	memset(&cs, 0, sizeof(cs));
+	cs.deadline = start + (TimestampTz) opts->timeout_ms * 1000;
+	initStringInfo(&cs.log);
+	g->attempts = 0;
+
+	for (int ti = 0; ti < ntargets; ti++)
+	{
+		RouteTarget *t = &plan->targets[ti];
+
+		if (!t->provider->enabled)
+		{
+			Failure		f;
+
+			memset(&f, 0, sizeof(f));
+			f.error_class = "disabled";
+			f.sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
+			f.message = psprintf("provider \"%s\" is disabled", t->provider->name);
+			note_failure(&cs, t->provider->name, &f);
+			continue;
+		}
+		if (try_target_with_key(t, ti, gen, opts, &cs, g))
+			break;
+		if (GetCurrentTimestamp() >= cs.deadline)
+			break;
+	}
+
+	g->latency_ms = elapsed_ms(start);
+	if (g->provider == NULL)
+	{
+		if (cs.last.error_class == NULL)
+		{
+			cs.last.sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
+			cs.last.message = pstrdup("no target could be tried");
+		}
+		ereport(ERROR,
+				(errcode(cs.last.sqlstate),
+				 errmsg("model call failed: %s", cs.last.message),
+				 errdetail("Requested model: %s. Attempts: %s.",
+						   plan->requested ? plan->requested : "(default route)",
+						   cs.log.len ? cs.log.data : "none")));
+	}
+}
+
+/* Estimate tokens of a text: about four characters a token */
+static int64
+estimate_tokens(const char *s)
+{
+	return s ? (pg_mbstrlen(s) + 3) / 4 : 0;
+}
+
+PG_FUNCTION_INFO_V1(llm_generate);
+/*
+ * maester.llm_generate(prompt text, model text, max_tokens int, system text,
+ *						prompt_name text, variables jsonb,
+ *						prompt_version text, options jsonb)
+ *	 RETURNS maester.generation
+ */
+Datum
+llm_generate(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	CallOptions opts;
+	Generation	g;
+	RoutePlan  *plan;
+	text	   *content;
+	text	   *system = NULL;
+	Datum		values[19];
+	bool		nulls[19];
+
+	maester_require_preload();
+
+	if (PG_ARGISNULL(0) == PG_ARGISNULL(4))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("give exactly one of prompt and prompt_name"),
+				 errhint("Pass prompt => 'text' for a raw prompt, or prompt_name => 'name' to render one from the registry.")));
+	if (PG_ARGISNULL(4) && (!PG_ARGISNULL(5) || !PG_ARGISNULL(6)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("variables and prompt_version go with prompt_name")));
+	if (!PG_ARGISNULL(2) && PG_GETARG_INT32(2) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_tokens must be positive")));
+	parse_options(PG_ARGISNULL(7) ? NULL : PG_GETARG_JSONB_P(7), &opts);
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "llm_generate must return a composite type");
+	tupdesc = BlessTupleDesc(tupdesc);
+
+	memset(&g, 0, sizeof(g));
+	new_ids(&g.request_id, g.trace_id);
+	g.requested_model = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	/* the prompt */
+	if (!PG_ARGISNULL(4))
+	{
+		RenderedPrompt rp;
+
+		maester_render(text_to_cstring(PG_GETARG_TEXT_PP(4)),
+					   PG_ARGISNULL(6) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(6)),
+					   PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5), &rp);
+		if (rp.system != NULL && !PG_ARGISNULL(3))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("prompt \"%s\" version \"%s\" has a system template; do not pass system",
+							rp.name, rp.version)));
+		content = rp.content;
+		system = rp.system ? rp.system : (PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3));
+		g.prompt_name = rp.name;
+		g.prompt_version = rp.version;
+		if (rp.system == NULL && system != NULL)
+			maester_prompt_hash(system, content, g.prompt_hash);
+		else
+			memcpy(g.prompt_hash, rp.hash, sizeof(g.prompt_hash));
+	}
+	else
+	{
+		content = PG_GETARG_TEXT_PP(0);
+		system = PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3);
+		maester_prompt_hash(system, content, g.prompt_hash);
+	}
+
+	/* route and call */
+	plan = router_plan(g.requested_model);
+	opts.gen.prompt = text_to_cstring(content);
+	opts.gen.system = system ? text_to_cstring(system) : NULL;
+	opts.gen.max_tokens = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2);
+	gateway_execute(plan, &opts.gen, &opts, &g);
+
+	if (!g.resp.usage_present)
+	{
+		g.usage_estimated = true;
+		g.resp.input_tokens = estimate_tokens(opts.gen.prompt) +
+			estimate_tokens(opts.gen.system);
+		g.resp.output_tokens = estimate_tokens(g.resp.content);
+	}
+
+	ereport(maester_routing_log_level,
+			(errmsg("model_routed requested_model=%s selected_provider=%s model=%s fallback_used=%s attempts=%d",
+					g.requested_model ? g.requested_model : "(default)",
+					g.provider, g.model, g.fallback_used ? "true" : "false",
+					g.attempts),
+			 errhidestmt(true)));
+
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = UUIDPGetDatum(&g.request_id);
+	values[1] = CStringGetTextDatum(g.trace_id);
+	values[2] = CStringGetTextDatum(g.provider);
+	values[3] = CStringGetTextDatum(g.model);
+	values[4] = CStringGetTextDatum(g.resp.content);
+	if (g.resp.finish_reason)
+		values[5] = CStringGetTextDatum(g.resp.finish_reason);
+	else
+		nulls[5] = true;
+	values[6] = Int64GetDatum(g.resp.input_tokens);
+	values[7] = Int64GetDatum(g.resp.output_tokens);
+	values[8] = Int64GetDatum(g.resp.cached_input_tokens);
+	values[9] = Int64GetDatum(g.resp.cache_write_tokens);
+	values[10] = BoolGetDatum(g.usage_estimated);
+	values[11] = Float8GetDatum(g.latency_ms);
+	values[12] = Int32GetDatum(g.attempts);
+	values[13] = BoolGetDatum(g.fallback_used);
+	if (g.prompt_name)
+	{
+		values[14] = CStringGetTextDatum(g.prompt_name);
+		values[15] = CStringGetTextDatum(g.prompt_version);
+	}
+	else
+		nulls[14] = nulls[15] = true;
+	values[16] = CStringGetTextDatum(g.prompt_hash);
+	if (g.requested_model)
+		values[17] = CStringGetTextDatum(g.requested_model);
+	else
+		nulls[17] = true;
+	if (g.resp.response_id)
+		values[18] = CStringGetTextDatum(g.resp.response_id);
+	else
+		nulls[18] = true;
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}

@@ -1,0 +1,612 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.c
+ *	  HTTP transfers over libcurl's multi interface, waiting on curl's
+ *	  sockets together with MyLatch in a PostgreSQL WaitEventSet.
+ *
+ * Why this shape:
+ *	 - Cancel, statement_timeout and pg_terminate_backend must stop a call
+ *	   promptly, and waiting on a silent upstream must use no CPU.  So we
+ *	   never block inside curl: curl tells us (socket callback) which
+ *	   sockets it wants and (curl_multi_timeout) when it next needs to run; we
+ *	   sleep in WaitEventSetWait() on those sockets plus the latch, and call
+ *	   CHECK_FOR_INTERRUPTS() on every wake-up.
+ *	 - Nothing that can throw runs inside a curl callback: callbacks only
+ *	   record (malloc'd buffers, flags, static arrays) and return curl's
+ *	   abort code; errors are raised after curl has returned.
+ *	 - When an interrupt (or any error) escapes the wait loop, every
+ *	   unfinished transfer is removed from the multi handle before the
+ *	   error propagates: libcurl closes a connection whose transfer was
+ *	   removed prematurely, so nothing stays open to the upstream.
+ *	 - One multi handle per backend, created on first use, keeps its
+ *	   connection cache across calls (keep-alive reuse); easy handles are
+ *	   pooled too.
+ *	 - Egress: no redirects; http and https only; the address curl is about
+ *	   to connect to (after DNS) is checked in the open-socket callback, and
+ *	   loopback, private, link-local and unspecified addresses are refused
+ *	   unless the URL's host is listed in maester.allow_insecure_hosts, the
+ *	   same superuser-only setting that permits plain http.
+ *	 - Never CURLOPT_VERBOSE: it would print the Authorization header.
+ *
+ * WaitEventSets are not tracked by resource owners in PostgreSQL 15, so one
+ * is created and freed around each wait, and interrupts are checked only
+ * after it is freed.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+#include "utils/wait_event.h"
+
+#include "http.h"
+#include "maester.h"
+
+/* curl's sockets of interest, maintained by the socket callback */
+#define HTTP_MAX_SOCKETS 256
+
+typedef struct HttpSocket
+{
+	curl_socket_t fd;
+	int			what;			/* CURL_POLL_IN / OUT / INOUT */
+} HttpSocket;
+
+static CURLM *http_multi = NULL;
+static HttpSocket http_sockets[HTTP_MAX_SOCKETS];
+static int	http_nsockets = 0;
+static bool http_socket_overflow = false;
+
+#define HTTP_EASY_POOL 16
+static CURL *http_easy_pool[HTTP_EASY_POOL];
+static int	http_easy_pooled = 0;
+
+/* curl socket callback: remember which sockets curl waits on, and how */
+static int
+http_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	int			i;
+
+	for (i = 0; i < http_nsockets; i++)
+		if (http_sockets[i].fd == s)
+			break;
+	if (what == CURL_POLL_REMOVE)
+	{
+		if (i < http_nsockets)
+			http_sockets[i] = http_sockets[--http_nsockets];
+		return 0;
+	}
+	if (i == http_nsockets)
+	{
+		if (http_nsockets == HTTP_MAX_SOCKETS)
+		{
+			http_socket_overflow = true;
+			return -1;
+		}
+		http_nsockets++;
+	}
+	http_sockets[i].fd = s;
+	http_sockets[i].what = what;
+	return 0;
+}
+
+/* Create the backend's multi handle on first use (not inlined: PG_TRY) */
+pg_noinline static CURLM *
+http_get_multi(void)
+{
+	if (http_multi == NULL)
+	{
+		CURLM	   *m;
+
+		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not initialize libcurl")));
+		m = curl_multi_init();
+		if (m == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory"),
+					 errdetail("Could not create a libcurl multi handle.")));
+		curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, http_socket_cb);
+		curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, 64L);
+		http_multi = m;
+	}
+	return http_multi;
+}
+
+/* Is `host` (a name or address) listed in maester.allow_insecure_hosts? */
+bool
+http_host_allowed_insecure(const char *host)
+{
+	const char *p = maester_allow_insecure_hosts;
+	size_t		hlen;
+
+	if (host == NULL || p == NULL)
+		return false;
+	/* curl gives IPv6 hosts as "[::1]"; the list may name them either way */
+	hlen = strlen(host);
+	while (*p)
+	{
+		const char *start;
+		size_t		len;
+
+		while (*p == ',' || *p == ' ' || *p == '\t')
+			p++;
+		start = p;
+		while (*p && *p != ',' && *p != ' ' && *p != '\t')
+			p++;
+		len = p - start;
+		if (len == 0)
+			continue;
+		if ((len == hlen && pg_strncasecmp(start, host, len) == 0) ||
+			(hlen > 2 && host[0] == '[' && len == hlen - 2 &&
+			 pg_strncasecmp(start, host + 1, len) == 0))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Check a URL against the egress policy before anything is sent: it must
+ * parse, be http or https, and plain http is allowed only for hosts listed
+ * in maester.allow_insecure_hosts.  Sets *allow_private for the open-socket
+ * check.  Raises 42501 when refused, 22023 when the URL is not valid.
+ */
+void
+http_check_url(const char *url, bool *allow_private)
+{
+	CURLU	   *u = curl_url();
+	char	   *scheme = NULL;
+	char	   *host = NULL;
+	bool		listed;
+	bool		https;
+
+	if (u == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+		curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+		curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+	{
+		curl_url_cleanup(u);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid provider URL \"%s\"", url)));
+	}
+	listed = http_host_allowed_insecure(host);
+	https = pg_strcasecmp(scheme, "https") == 0;
+	if (!https && !(pg_strcasecmp(scheme, "http") == 0 && listed))
+	{
+		char		msg[256];
+
+		snprintf(msg, sizeof(msg), "%s", host);
+		curl_free(scheme);
+		curl_free(host);
+		curl_url_cleanup(u);
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("egress to \"%s\" refused: only https is allowed", msg),
+				 errhint("A superuser can allow plain http to a local server by listing its host in maester.allow_insecure_hosts.")));
+	}
+	*allow_private = listed;
+	curl_free(scheme);
+	curl_free(host);
+	curl_url_cleanup(u);
+}
+
+/* Is this resolved address loopback, private, link-local or unspecified? */
+static bool
+address_is_private(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+	{
+		uint32		a = ntohl(((const struct sockaddr_in *) sa)->sin_addr.s_addr);
+
+		return (a >> 24) == 0 ||	/* 0.0.0.0/8 */
+			(a >> 24) == 10 ||	/* 10/8 */
+			(a >> 24) == 127 || /* loopback */
+			(a >> 20) == 0xAC1 ||	/* 172.16/12 */
+			(a >> 16) == 0xC0A8 ||	/* 192.168/16 */
+			(a >> 16) == 0xA9FE ||	/* 169.254/16 link-local */
+			(a >> 22) == (100 << 2 | 1) ||	/* 100.64/10 shared */
+			(a >> 28) >= 0xE;	/* multicast and reserved */
+	}
+	if (sa->sa_family == AF_INET6)
+	{
+		const struct in6_addr *a = &((const struct sockaddr_in6 *) sa)->sin6_addr;
+
+		if (IN6_IS_ADDR_V4MAPPED(a) || IN6_IS_ADDR_V4COMPAT(a))
+		{
+			struct sockaddr_in v4;
+
+			memset(&v4, 0, sizeof(v4));
+			v4.sin_family = AF_INET;
+			memcpy(&v4.sin_addr, &a->s6_addr[12], 4);
+			return address_is_private((struct sockaddr *) &v4);
+		}
+		return IN6_IS_ADDR_LOOPBACK(a) || IN6_IS_ADDR_UNSPECIFIED(a) ||
+			IN6_IS_ADDR_LINKLOCAL(a) || IN6_IS_ADDR_SITELOCAL(a) ||
+			IN6_IS_ADDR_MULTICAST(a) ||
+			(a->s6_addr[0] & 0xfe) == 0xfc; /* fc00::/7 unique local */
+	}
+	return true;				/* unknown families are refused */
+}
+
+/* curl open-socket callback: the egress check on the resolved address */
+static curl_socket_t
+http_opensocket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
+{
+	HttpRequest *req = (HttpRequest *) clientp;
+
+	if (!req->allow_private && address_is_private(&address->addr))
+	{
+		char		ip[INET6_ADDRSTRLEN] = "?";
+
+		if (address->family == AF_INET)
+			inet_ntop(AF_INET, &((struct sockaddr_in *) &address->addr)->sin_addr, ip, sizeof(ip));
+		else if (address->family == AF_INET6)
+			inet_ntop(AF_INET6, &((struct sockaddr_in6 *) &address->addr)->sin6_addr, ip, sizeof(ip));
+		req->egress_denied = true;
+		strlcpy(req->egress_reason, ip, sizeof(req->egress_reason));
+		return CURL_SOCKET_BAD;
+	}
+	return socket(address->family, address->socktype, address->protocol);
+}
+
+/* curl write callback: append to the response, within the size cap */
+static size_t
+http_write_cb(char *data, size_t size, size_t nmemb, void *userp)
+{
+	HttpRequest *req = (HttpRequest *) userp;
+	size_t		n = size * nmemb;
+
+	if (req->response_len + n > req->max_response_bytes)
+	{
+		req->too_large = true;
+		return 0;				/* abort the transfer */
+	}
+	if (req->response_len + n + 1 > req->response_cap)
+	{
+		size_t		cap = Max(req->response_cap * 2, req->response_len + n + 1);
+		char	   *p;
+
+		cap = Max(cap, 4096);
+		p = realloc(req->response, cap);
+		if (p == NULL)
+			return 0;
+		req->response = p;
+		req->response_cap = cap;
+	}
+	memcpy(req->response + req->response_len, data, n);
+	req->response_len += n;
+	req->response[req->response_len] = '\0';
+	return n;
+}
+
+/* curl header callback: Retry-After, and a reset on each new status line */
+static size_t
+http_header_cb(char *data, size_t size, size_t nitems, void *userp)
+{
+	HttpRequest *req = (HttpRequest *) userp;
+	size_t		n = size * nitems;
+	char		value[64];
+	size_t		vlen;
+	const char *v;
+	bool		ms = false;
+
+	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0)
+	{
+		req->retry_after_ms = -1;
+		return n;
+	}
+	if (n > 12 && pg_strncasecmp(data, "retry-after:", 12) == 0)
+		v = data + 12;
+	else if (n > 15 && pg_strncasecmp(data, "retry-after-ms:", 15) == 0)
+	{
+		v = data + 15;
+		ms = true;
+	}
+	else
+		return n;
+
+	while (v < data + n && (*v == ' ' || *v == '\t'))
+		v++;
+	vlen = Min((size_t) (data + n - v), sizeof(value) - 1);
+	memcpy(value, v, vlen);
+	while (vlen > 0 && (value[vlen - 1] == '\r' || value[vlen - 1] == '\n' ||
+						value[vlen - 1] == ' '))
+		vlen--;
+	value[vlen] = '\0';
+	if (vlen == 0)
+		return n;
+	if ((value[0] >= '0' && value[0] <= '9') || value[0] == '.')
+	{
+		char	   *end;
+		double		d = strtod(value, &end);
+
+		if (end != value && d >= 0)
+			req->retry_after_ms = ms ? d : d * 1000.0;
+	}
+	else
+	{
+		time_t		t = curl_getdate(value, NULL);
+
+		if (t > 0)
+			req->retry_after_ms = Max(0, (double) (t - time(NULL)) * 1000.0);
+	}
+	return n;
+}
+
+/* Prepare a request struct (no allocation) */
+void
+http_request_init(HttpRequest *req)
+{
+	memset(req, 0, sizeof(*req));
+	req->retry_after_ms = -1;
+	req->max_response_bytes = (size_t) maester_max_response_bytes;
+	req->connect_timeout_ms = 10000;
+	req->timeout_ms = 60000;
+}
+
+/* Take an easy handle from the pool, or make one */
+static CURL *
+http_get_easy(void)
+{
+	CURL	   *e;
+
+	if (http_easy_pooled > 0)
+	{
+		e = http_easy_pool[--http_easy_pooled];
+		curl_easy_reset(e);
+		return e;
+	}
+	e = curl_easy_init();
+	if (e == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory"),
+				 errdetail("Could not create a libcurl easy handle.")));
+	return e;
+}
+
+/* Detach a request's easy handle from the multi handle and pool it */
+static void
+http_release_easy(HttpRequest *req)
+{
+	if (req->easy == NULL)
+		return;
+	if (http_multi != NULL)
+		curl_multi_remove_handle(http_multi, req->easy);
+	if (http_easy_pooled < HTTP_EASY_POOL)
+		http_easy_pool[http_easy_pooled++] = req->easy;
+	else
+		curl_easy_cleanup(req->easy);
+	req->easy = NULL;
+}
+
+/* Free what a request owns; safe to call more than once */
+void
+http_request_cleanup(HttpRequest *req)
+{
+	http_release_easy(req);
+	if (req->headers)
+		curl_slist_free_all(req->headers);
+	req->headers = NULL;
+	free(req->response);
+	req->response = NULL;
+	req->response_len = req->response_cap = 0;
+}
+
+/* Set the options of one transfer and add it to the multi handle */
+static void
+http_start(CURLM *multi, HttpRequest *req)
+{
+	CURL	   *e = http_get_easy();
+	CURLMcode	mc;
+
+	req->easy = e;
+	req->done = false;
+	req->status = 0;
+	req->error[0] = '\0';
+	req->content_type[0] = '\0';
+	curl_easy_setopt(e, CURLOPT_URL, req->url);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
+	curl_easy_setopt(e, CURLOPT_POST, 1L);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, Max(1L, req->connect_timeout_ms));
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, Max(1L, req->timeout_ms));
+	curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) req->max_response_bytes);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, http_write_cb);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, http_header_cb);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
+	curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, http_opensocket_cb);
+	curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, req);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->error);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, req);
+	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "maester/" MAESTER_VERSION);
+	mc = curl_multi_add_handle(multi, e);
+	if (mc != CURLM_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not start HTTP transfer: %s", curl_multi_strerror(mc))));
+}
+
+/* Record how a finished transfer ended */
+static void
+http_finish(HttpRequest *req, CURLcode code)
+{
+	char	   *ct = NULL;
+	double		total = 0;
+
+	req->done = true;
+	curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &req->status);
+	curl_easy_getinfo(req->easy, CURLINFO_TOTAL_TIME, &total);
+	req->elapsed_ms = total * 1000.0;
+	if (curl_easy_getinfo(req->easy, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct)
+		strlcpy(req->content_type, ct, sizeof(req->content_type));
+
+	if (req->egress_denied)
+	{
+		req->outcome = HTTP_EGRESS_DENIED;
+		snprintf(req->error, sizeof(req->error),
+				 "connection to private or loopback address %s refused",
+				 req->egress_reason);
+	}
+	else if (req->too_large || code == CURLE_FILESIZE_EXCEEDED)
+	{
+		req->outcome = HTTP_TOO_LARGE;
+		snprintf(req->error, sizeof(req->error),
+				 "response larger than maester.max_response_bytes (%zu bytes)",
+				 req->max_response_bytes);
+	}
+	else if (code == CURLE_OK)
+		req->outcome = HTTP_OK;
+	else if (code == CURLE_OPERATION_TIMEDOUT)
+		req->outcome = HTTP_TIMEOUT;
+	else if (code == CURLE_COULDNT_RESOLVE_HOST || code == CURLE_COULDNT_CONNECT ||
+			 code == CURLE_COULDNT_RESOLVE_PROXY)
+		req->outcome = HTTP_CONNECT_FAILED;
+	else if (code == CURLE_RECV_ERROR || code == CURLE_SEND_ERROR ||
+			 code == CURLE_GOT_NOTHING || code == CURLE_PARTIAL_FILE ||
+			 code == CURLE_SSL_CONNECT_ERROR || code == CURLE_HTTP2 ||
+			 code == CURLE_HTTP2_STREAM)
+		req->outcome = HTTP_NETWORK_ERROR;
+	else
+		req->outcome = HTTP_INTERNAL_ERROR;
+	if (req->outcome != HTTP_OK && req->error[0] == '\0')
+		strlcpy(req->error, curl_easy_strerror(code), sizeof(req->error));
+	if (req->response == NULL)
+	{
+		req->response = strdup("");
+		req->response_len = 0;
+	}
+	http_release_easy(req);
+}
+
+/* Collect finished transfers from curl */
+static void
+http_collect(CURLM *multi)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
+	{
+		if (msg->msg == CURLMSG_DONE)
+		{
+			HttpRequest *req = NULL;
+
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &req);
+			if (req != NULL && !req->done)
+				http_finish(req, msg->data.result);
+		}
+	}
+}
+
+/*
+ * Run the given requests concurrently until each has finished.  Sleeps on
+ * curl's sockets and MyLatch; interrupts are honoured at every wake-up, and
+ * on any error all unfinished transfers are torn down before it propagates.
+ */
+void
+http_perform(HttpRequest **reqs, int nreqs)
+{
+	CURLM	   *multi = http_get_multi();
+	int			running = 0;
+
+	PG_TRY();
+	{
+		for (int i = 0; i < nreqs; i++)
+			http_start(multi, reqs[i]);
+		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+
+		for (;;)
+		{
+			WaitEventSet *set;
+			WaitEvent	events[HTTP_MAX_SOCKETS + 2];
+			HttpSocket	ready[HTTP_MAX_SOCKETS];
+			int			nready = 0;
+			int			nevents;
+			int			nsock;
+			long		timeout;
+			bool		all_done = true;
+
+			http_collect(multi);
+			for (int i = 0; i < nreqs; i++)
+				all_done &= reqs[i]->done;
+			if (all_done)
+				break;
+			if (http_socket_overflow)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						 errmsg("too many concurrent HTTP connections")));
+
+			/* sleep until a socket is ready, curl's timer fires, or the latch */
+			if (curl_multi_timeout(multi, &timeout) != CURLM_OK || timeout < 0)
+				timeout = 1000;
+			nsock = http_nsockets;
+			if (timeout > 0)
+			{
+				set = CreateWaitEventSet(CurrentMemoryContext, nsock + 2);
+				AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+				AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+				for (int i = 0; i < nsock; i++)
+				{
+					uint32		ev = 0;
+
+					if (http_sockets[i].what & CURL_POLL_IN)
+						ev |= WL_SOCKET_READABLE;
+					if (http_sockets[i].what & CURL_POLL_OUT)
+						ev |= WL_SOCKET_WRITEABLE;
+					AddWaitEventToSet(set, ev, http_sockets[i].fd, NULL, NULL);
+				}
+				nevents = WaitEventSetWait(set, timeout, events, nsock + 2,
+										   PG_WAIT_EXTENSION);
+				for (int i = 0; i < nevents; i++)
+				{
+					if (events[i].events & WL_LATCH_SET)
+						ResetLatch(MyLatch);
+					if (events[i].events & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
+					{
+						ready[nready].fd = events[i].fd;
+						ready[nready].what =
+							((events[i].events & WL_SOCKET_READABLE) ? CURL_CSELECT_IN : 0) |
+							((events[i].events & WL_SOCKET_WRITEABLE) ? CURL_CSELECT_OUT : 0);
+						nready++;
+					}
+				}
+				FreeWaitEventSet(set);
+			}
+
+			CHECK_FOR_INTERRUPTS();
+
+			for (int i = 0; i < nready; i++)
+				curl_multi_socket_action(multi, ready[i].fd, ready[i].what, &running);
+			if (nready == 0)
+				curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+		}
+	}
+	PG_CATCH();
+	{
+		/* tear down unfinished transfers: their connections are closed */
+		for (int i = 0; i < nreqs; i++)
+			if (!reqs[i]->done)
+				http_release_easy(reqs[i]);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}

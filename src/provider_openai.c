@@ -1,0 +1,123 @@
+/*-------------------------------------------------------------------------
+ *
+ * provider_openai.c
+ *	  The OpenAI Chat Completions adapter (kinds openai and
+ *	  openai_compatible): POST {base_url}/chat/completions.
+ *
+ * Request: {"model", "messages": [system?, user], "max_completion_tokens"
+ * (openai) or "max_tokens" (compatible servers such as Ollama, vLLM and
+ * llama.cpp, which do not all know the newer name), "temperature",
+ * "top_p", "stop", "response_format": {"type": "json_object"}}.
+ *
+ * Response: choices[0].message.content (or .refusal), finish_reason,
+ * model, id, usage.{prompt_tokens, completion_tokens,
+ * prompt_tokens_details.cached_tokens}.  prompt_tokens already include the
+ * cached tokens, which is our normalized convention.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "utils/json.h"
+
+#include "provider.h"
+
+/* Append "key": "value" with JSON escaping (value NUL-terminated) */
+static void
+append_string_member(StringInfo out, const char *key, const char *value)
+{
+	escape_json(out, key);
+	appendStringInfoChar(out, ':');
+	escape_json(out, value);
+}
+
+/* Append ,"stop":[...] for a list of stop strings */
+void
+openai_build_body(ProviderKind kind, const GenRequest *req, StringInfo out)
+{
+	ListCell   *lc;
+
+	appendStringInfoChar(out, '{');
+	append_string_member(out, "model", req->model);
+	appendStringInfoString(out, ",\"messages\":[");
+	if (req->system)
+	{
+		appendStringInfoString(out, "{\"role\":\"system\",");
+		append_string_member(out, "content", req->system);
+		appendStringInfoString(out, "},");
+	}
+	appendStringInfoString(out, "{\"role\":\"user\",");
+	append_string_member(out, "content", req->prompt);
+	appendStringInfoString(out, "}]");
+	if (req->max_tokens > 0)
+		appendStringInfo(out, ",\"%s\":%d",
+						 kind == PROVIDER_OPENAI ? "max_completion_tokens" : "max_tokens",
+						 req->max_tokens);
+	if (req->has_temperature)
+		appendStringInfo(out, ",\"temperature\":%.17g", req->temperature);
+	if (req->has_top_p)
+		appendStringInfo(out, ",\"top_p\":%.17g", req->top_p);
+	if (req->stop != NIL)
+	{
+		appendStringInfoString(out, ",\"stop\":[");
+		foreach(lc, req->stop)
+		{
+			if (lc != list_head(req->stop))
+				appendStringInfoChar(out, ',');
+			escape_json(out, (const char *) lfirst(lc));
+		}
+		appendStringInfoChar(out, ']');
+	}
+	if (req->json_format)
+		appendStringInfoString(out, ",\"response_format\":{\"type\":\"json_object\"}");
+	appendStringInfoString(out, ",\"stream\":false}");
+}
+
+/* Normalize a Chat Completions answer; false with *problem if unusable */
+bool
+openai_parse_response(Jsonb *jb, GenResponse *out, char **problem)
+{
+	JsonbContainer *choices = json_get_container(&jb->root, "choices");
+	JsonbValue *first;
+	JsonbContainer *message;
+	JsonbContainer *usage;
+
+	if (choices == NULL || !JsonContainerIsArray(choices) ||
+		(first = getIthJsonbValueFromContainer(choices, 0)) == NULL ||
+		first->type != jbvBinary)
+	{
+		*problem = pstrdup("the response has no \"choices\"");
+		return false;
+	}
+	message = json_get_container(first->val.binary.data, "message");
+	if (message == NULL)
+	{
+		*problem = pstrdup("the response has no \"choices[0].message\"");
+		return false;
+	}
+	out->content = json_get_string(message, "content");
+	if (out->content == NULL)
+		out->content = json_get_string(message, "refusal");
+	if (out->content == NULL)
+	{
+		*problem = pstrdup("the response has no \"choices[0].message.content\"");
+		return false;
+	}
+	out->finish_reason = json_get_string(first->val.binary.data, "finish_reason");
+	out->served_model = json_get_string(&jb->root, "model");
+	out->response_id = json_get_string(&jb->root, "id");
+
+	usage = json_get_container(&jb->root, "usage");
+	if (usage &&
+		json_get_int64(usage, "prompt_tokens", &out->input_tokens) &&
+		json_get_int64(usage, "completion_tokens", &out->output_tokens))
+	{
+		JsonbContainer *details = json_get_container(usage, "prompt_tokens_details");
+
+		out->usage_present = true;
+		if (details == NULL ||
+			!json_get_int64(details, "cached_tokens", &out->cached_input_tokens))
+			out->cached_input_tokens = 0;
+	}
+	return true;
+}

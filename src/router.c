@@ -1,0 +1,550 @@
+/*-------------------------------------------------------------------------
+ *
+ * router.c
+ *	  Model and route resolution over a per-backend cache of the gateway's
+ *	  configuration, and the per-provider circuit breaker in shared memory.
+ *
+ * Configuration cache.  maester.provider, maester.model, maester.route and
+ * maester.route_target are small and read on every call, so each backend
+ * keeps them in RouterContext.  As for the prompt registry, a statement
+ * trigger on each table queues a relcache invalidation, which reaches every
+ * backend at commit; our callback marks the cache stale and the next call
+ * reloads it with the latest snapshot.  The tables are read as their owner,
+ * so maester_user can call models without reading provider rows.
+ *
+ * Resolution of a requested model name, in order:
+ *	 1. NULL: the route named "default";
+ *	 2. a route of that name: its targets, in position order;
+ *	 3. a maester.model row whose name or alias it is: that provider and id;
+ *	 4. the first enabled provider (by priority, then name) one of whose
+ *	    LIKE patterns matches: that provider, the name as given;
+ *	 5. otherwise 42704 -- never a silent substitution.
+ *
+ * Circuit breaker.  Per provider: after circuit_failure_threshold
+ * consecutive failures that say something about the provider's health
+ * (5xx, 429, timeouts, connection and protocol errors), the circuit opens
+ * and calls skip the provider for circuit_cooldown_ms; then one call is let
+ * through as a probe (half-open): success closes the circuit, failure opens
+ * it again.  A probe whose backend died is given up after another cooldown.
+ * State is in MaesterShared, under its lock, taken exclusively and briefly.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "storage/sinval.h"
+
+#include "maester.h"
+#include "router.h"
+
+typedef struct ModelConf
+{
+	char	   *name;
+	int			naliases;
+	char	  **aliases;
+	char	   *provider;
+	char	   *provider_model;
+} ModelConf;
+
+typedef struct RouteConf
+{
+	char	   *name;
+	int			ntargets;
+	char	  **providers;
+	char	  **models;
+} RouteConf;
+
+static MemoryContext RouterContext = NULL;
+static bool RouterStale = true;
+static Oid	RouterRelids[4];
+static int	nproviders;
+static ProviderConf *providers;
+static int	nmodels;
+static ModelConf *models;
+static int	nroutes;
+static RouteConf *routes;
+
+/* Relcache callback: any change to our configuration tables */
+static void
+router_cache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid)
+		RouterStale = true;
+	for (int i = 0; i < lengthof(RouterRelids); i++)
+		if (relid == RouterRelids[i])
+			RouterStale = true;
+}
+
+void
+router_init(void)
+{
+	CacheRegisterRelcacheCallback(router_cache_callback, (Datum) 0);
+}
+
+/* Run a read-only query with the latest snapshot; returns SPI_processed */
+static uint64
+load_query(const char *sql)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, 0, NULL);
+	int			rc;
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	rc = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
+							  InvalidSnapshot, true, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+static char *
+col_string(HeapTuple tup, TupleDesc desc, int col)
+{
+	char	   *v = SPI_getvalue(tup, desc, col);
+
+	return v ? MemoryContextStrdup(RouterContext, v) : NULL;
+}
+
+static int
+col_int(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? 0 : DatumGetInt32(d);
+}
+
+/* Deconstruct a text[] column into palloc'd C strings in RouterContext */
+static int
+col_text_array(HeapTuple tup, TupleDesc desc, int col, char ***out)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			k = 0;
+
+	*out = NULL;
+	if (isnull)
+		return 0;
+	deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	*out = MemoryContextAlloc(RouterContext, sizeof(char *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		if (!nulls[i])
+			(*out)[k++] = MemoryContextStrdup(RouterContext, TextDatumGetCString(elems[i]));
+	return k;
+}
+
+/* Owner of a relation */
+static Oid
+relation_owner(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+/* (Re)load the configuration tables into RouterContext */
+static void
+router_load(void)
+{
+	Oid			nsp = get_namespace_oid("maester", false);
+	Oid			owner;
+	Oid			save_userid;
+	int			save_sec;
+	const char *tables[4] = {"provider", "model", "route", "route_target"};
+
+	if (RouterContext == NULL)
+		RouterContext = AllocSetContextCreate(TopMemoryContext,
+											  "maester router cache",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(RouterContext);
+	nproviders = nmodels = nroutes = 0;
+	RouterStale = false;
+	for (int i = 0; i < lengthof(tables); i++)
+		RouterRelids[i] = get_relname_relid(tables[i], nsp);
+	if (!OidIsValid(RouterRelids[0]))
+		elog(ERROR, "table maester.provider not found");
+	owner = relation_owner(RouterRelids[0]);
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		uint64		n;
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+
+		n = load_query("SELECT p.name, p.kind, p.base_url, p.api_key_env, p.api_key_file, "
+					   "p.models, p.connect_timeout_ms, p.timeout_ms, p.max_attempts, "
+					   "p.backoff_base_ms, p.backoff_max_ms, p.circuit_failure_threshold, "
+					   "p.circuit_cooldown_ms, p.anthropic_version, p.enabled "
+					   "FROM maester.provider p ORDER BY p.priority, p.name");
+		providers = MemoryContextAllocZero(RouterContext, sizeof(ProviderConf) * Max(n, 1));
+		for (uint64 i = 0; i < n; i++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[i];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+			ProviderConf *p = &providers[i];
+			char	  **pats;
+			bool		isnull;
+
+			p->name = col_string(t, d, 1);
+			p->kind = provider_kind_from_name(SPI_getvalue(t, d, 2));
+			p->base_url = col_string(t, d, 3);
+			p->api_key_env = col_string(t, d, 4);
+			p->api_key_file = col_string(t, d, 5);
+			p->npatterns = col_text_array(t, d, 6, &pats);
+			p->patterns = MemoryContextAlloc(RouterContext, sizeof(text *) * Max(p->npatterns, 1));
+			for (int k = 0; k < p->npatterns; k++)
+			{
+				MemoryContext old = MemoryContextSwitchTo(RouterContext);
+
+				p->patterns[k] = cstring_to_text(pats[k]);
+				MemoryContextSwitchTo(old);
+			}
+			p->connect_timeout_ms = col_int(t, d, 7);
+			p->timeout_ms = col_int(t, d, 8);
+			p->max_attempts = col_int(t, d, 9);
+			p->backoff_base_ms = col_int(t, d, 10);
+			p->backoff_max_ms = col_int(t, d, 11);
+			p->circuit_failure_threshold = col_int(t, d, 12);
+			p->circuit_cooldown_ms = col_int(t, d, 13);
+			p->anthropic_version = col_string(t, d, 14);
+			p->enabled = DatumGetBool(SPI_getbinval(t, d, 15, &isnull)) && !isnull;
+		}
+		nproviders = n;
+
+		n = load_query("SELECT m.name, m.aliases, m.provider, m.provider_model "
+					   "FROM maester.model m ORDER BY m.name");
+		models = MemoryContextAllocZero(RouterContext, sizeof(ModelConf) * Max(n, 1));
+		for (uint64 i = 0; i < n; i++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[i];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+
+			models[i].name = col_string(t, d, 1);
+			models[i].naliases = col_text_array(t, d, 2, &models[i].aliases);
+			models[i].provider = col_string(t, d, 3);
+			models[i].provider_model = col_string(t, d, 4);
+		}
+		nmodels = n;
+
+		n = load_query("SELECT r.name, "
+					   "COALESCE(array_agg(t.provider ORDER BY t.position) FILTER (WHERE t.provider IS NOT NULL), '{}'), "
+					   "COALESCE(array_agg(t.model ORDER BY t.position) FILTER (WHERE t.provider IS NOT NULL), '{}') "
+					   "FROM maester.route r LEFT JOIN maester.route_target t "
+					   "ON t.route OPERATOR(pg_catalog.=) r.name GROUP BY r.name");
+		routes = MemoryContextAllocZero(RouterContext, sizeof(RouteConf) * Max(n, 1));
+		for (uint64 i = 0; i < n; i++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[i];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+
+			routes[i].name = col_string(t, d, 1);
+			routes[i].ntargets = col_text_array(t, d, 2, &routes[i].providers);
+			(void) col_text_array(t, d, 3, &routes[i].models);
+		}
+		nroutes = n;
+
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
+}
+
+static ProviderConf *
+find_provider(const char *name)
+{
+	for (int i = 0; i < nproviders; i++)
+		if (strcmp(providers[i].name, name) == 0)
+			return &providers[i];
+	return NULL;
+}
+
+/* Does `model` match one of the provider's LIKE patterns? */
+static bool
+provider_serves(ProviderConf *p, text *model)
+{
+	for (int k = 0; k < p->npatterns; k++)
+		if (DatumGetBool(DirectFunctionCall2Coll(textlike, C_COLLATION_OID,
+												 PointerGetDatum(model),
+												 PointerGetDatum(p->patterns[k]))))
+			return true;
+	return false;
+}
+
+/*
+ * The ordered targets for `requested` (NULL: the default route), allocated
+ * in the current memory context; see the header comment for the rules.
+ */
+RoutePlan *
+router_plan(const char *requested)
+{
+	RoutePlan  *plan = palloc0(sizeof(RoutePlan));
+	const char *name = requested ? requested : "default";
+
+	AcceptInvalidationMessages();
+	if (RouterStale)
+		router_load();
+
+	plan->requested = requested;
+
+	for (int i = 0; i < nroutes; i++)
+	{
+		if (strcmp(routes[i].name, name) != 0)
+			continue;
+		if (routes[i].ntargets == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("route \"%s\" has no targets", name),
+					 errhint("Add targets with INSERT INTO maester.route_target.")));
+		plan->is_route = true;
+		plan->ntargets = routes[i].ntargets;
+		plan->targets = palloc0(sizeof(RouteTarget) * plan->ntargets);
+		for (int k = 0; k < plan->ntargets; k++)
+		{
+			plan->targets[k].provider = find_provider(routes[i].providers[k]);
+			plan->targets[k].model = routes[i].models[k];
+			if (plan->targets[k].provider == NULL)
+				elog(ERROR, "provider \"%s\" of route \"%s\" not found",
+					 routes[i].providers[k], name);
+		}
+		return plan;
+	}
+	if (requested == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("no model was given and there is no route \"default\""),
+				 errhint("Pass model => '...', or create the route \"default\" in maester.route.")));
+
+	for (int i = 0; i < nmodels; i++)
+	{
+		bool		match = strcmp(models[i].name, requested) == 0;
+
+		for (int k = 0; !match && k < models[i].naliases; k++)
+			match = strcmp(models[i].aliases[k], requested) == 0;
+		if (!match)
+			continue;
+		plan->ntargets = 1;
+		plan->targets = palloc0(sizeof(RouteTarget));
+		plan->targets[0].provider = find_provider(models[i].provider);
+		plan->targets[0].model = models[i].provider_model;
+		if (plan->targets[0].provider == NULL)
+			elog(ERROR, "provider \"%s\" of model \"%s\" not found",
+				 models[i].provider, models[i].name);
+		return plan;
+	}
+
+	{
+		text	   *m = cstring_to_text(requested);
+
+		for (int i = 0; i < nproviders; i++)
+		{
+			if (!providers[i].enabled || !provider_serves(&providers[i], m))
+				continue;
+			plan->ntargets = 1;
+			plan->targets = palloc0(sizeof(RouteTarget));
+			plan->targets[0].provider = &providers[i];
+			plan->targets[0].model = pstrdup(requested);
+			return plan;
+		}
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("no provider serves model \"%s\"", requested),
+			 errhint("Add the model to maester.model, a matching pattern to maester.provider.models, or a route of that name to maester.route.")));
+	return NULL;				/* keep compiler quiet */
+}
+
+/* Find (or create) the shared entry of a provider; lock held by caller */
+static MaesterCircuit *
+circuit_entry(const char *name)
+{
+	MaesterShared *s = maester_shared;
+
+	for (int i = 0; i < s->ncircuits; i++)
+		if (strncmp(s->circuits[i].provider, name, MAESTER_PROVIDER_NAMELEN) == 0)
+			return &s->circuits[i];
+	if (s->ncircuits < s->maxcircuits)
+	{
+		MaesterCircuit *c = &s->circuits[s->ncircuits++];
+
+		memset(c, 0, sizeof(*c));
+		strlcpy(c->provider, name, MAESTER_PROVIDER_NAMELEN);
+		return c;
+	}
+	return NULL;				/* full: no breaker for this provider */
+}
+
+/* May we call provider `p` now?  See the header comment */
+CircuitAdmit
+circuit_admit(ProviderConf *p)
+{
+	MaesterCircuit *c;
+	CircuitAdmit result = CIRCUIT_ADMIT;
+	TimestampTz now;
+
+	if (p->circuit_failure_threshold <= 0)
+		return CIRCUIT_ADMIT;
+	now = GetCurrentTimestamp();
+	LWLockAcquire(maester_shared->lock, LW_EXCLUSIVE);
+	c = circuit_entry(p->name);
+	if (c != NULL && c->state != CIRCUIT_CLOSED)
+	{
+		TimestampTz since = c->state == CIRCUIT_OPEN ? c->opened_at : c->probe_started;
+
+		if (TimestampDifferenceExceeds(since, now, p->circuit_cooldown_ms))
+		{
+			c->state = CIRCUIT_HALF_OPEN;
+			c->probe_started = now;
+			result = CIRCUIT_ADMIT_PROBE;
+		}
+		else
+			result = CIRCUIT_SKIP;
+	}
+	LWLockRelease(maester_shared->lock);
+	return result;
+}
+
+/*
+ * Record the outcome of a call to `p`.  `counts` says whether a failure
+ * reflects the provider's health (a 400 does not).
+ */
+void
+circuit_record(ProviderConf *p, bool success, bool counts)
+{
+	MaesterCircuit *c;
+
+	LWLockAcquire(maester_shared->lock, LW_EXCLUSIVE);
+	c = circuit_entry(p->name);
+	if (c != NULL)
+	{
+		if (success)
+		{
+			c->successes++;
+			c->consecutive_failures = 0;
+			c->state = CIRCUIT_CLOSED;
+		}
+		else if (counts)
+		{
+			c->failures++;
+			c->consecutive_failures++;
+			if (p->circuit_failure_threshold > 0 &&
+				(c->state == CIRCUIT_HALF_OPEN ||
+				 (c->state == CIRCUIT_CLOSED &&
+				  c->consecutive_failures >= p->circuit_failure_threshold)))
+			{
+				c->state = CIRCUIT_OPEN;
+				c->opened_at = GetCurrentTimestamp();
+				c->opens++;
+			}
+		}
+		else if (c->state == CIRCUIT_HALF_OPEN)
+		{
+			/* the probe got an answer, just not a good one: the provider is up */
+			c->state = CIRCUIT_CLOSED;
+			c->consecutive_failures = 0;
+		}
+	}
+	LWLockRelease(maester_shared->lock);
+}
+
+PG_FUNCTION_INFO_V1(circuit_status);
+/*
+ * maester.circuit_status() RETURNS SETOF record: the breaker state of every
+ * provider seen since the server started (the maester.circuit view).
+ */
+Datum
+circuit_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MaesterCircuit *copy;
+	int			n;
+
+	maester_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+
+	LWLockAcquire(maester_shared->lock, LW_SHARED);
+	n = maester_shared->ncircuits;
+	copy = palloc(sizeof(MaesterCircuit) * Max(n, 1));
+	memcpy(copy, maester_shared->circuits, sizeof(MaesterCircuit) * n);
+	LWLockRelease(maester_shared->lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[7];
+		bool		nulls[7] = {false, false, false, false, false, false, false};
+		const char *state = copy[i].state == CIRCUIT_OPEN ? "open" :
+		copy[i].state == CIRCUIT_HALF_OPEN ? "half_open" : "closed";
+
+		values[0] = CStringGetTextDatum(copy[i].provider);
+		values[1] = CStringGetTextDatum(state);
+		values[2] = Int32GetDatum(copy[i].consecutive_failures);
+		if (copy[i].opened_at != 0)
+			values[3] = TimestampTzGetDatum(copy[i].opened_at);
+		else
+			nulls[3] = true;
+		values[4] = Int64GetDatum(copy[i].successes);
+		values[5] = Int64GetDatum(copy[i].failures);
+		values[6] = Int64GetDatum(copy[i].opens);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(circuit_reset);
+/*
+ * maester.circuit_reset(provider text DEFAULT NULL) RETURNS integer: close
+ * the circuit of one provider (or all), returning how many were reset.
+ */
+Datum
+circuit_reset(PG_FUNCTION_ARGS)
+{
+	int			count = 0;
+	char	   *name = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	maester_require_preload();
+	LWLockAcquire(maester_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < maester_shared->ncircuits; i++)
+	{
+		MaesterCircuit *c = &maester_shared->circuits[i];
+
+		if (name && strncmp(c->provider, name, MAESTER_PROVIDER_NAMELEN) != 0)
+			continue;
+		c->state = CIRCUIT_CLOSED;
+		c->consecutive_failures = 0;
+		count++;
+	}
+	LWLockRelease(maester_shared->lock);
+	PG_RETURN_INT32(count);
+}

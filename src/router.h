@@ -1,0 +1,64 @@
+/*-------------------------------------------------------------------------
+ *
+ * router.h
+ *	  Providers, models and routes, and the circuit breaker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef MAESTER_ROUTER_H
+#define MAESTER_ROUTER_H
+
+#include "provider.h"
+
+/* One row of maester.provider, as cached per backend */
+typedef struct ProviderConf
+{
+	char	   *name;
+	ProviderKind kind;
+	char	   *base_url;
+	char	   *api_key_env;	/* NULL: none */
+	char	   *api_key_file;	/* NULL: none */
+	int			npatterns;
+	text	  **patterns;		/* LIKE patterns of models served */
+	int			connect_timeout_ms;
+	int			timeout_ms;
+	int			max_attempts;
+	int			backoff_base_ms;
+	int			backoff_max_ms;
+	int			circuit_failure_threshold;	/* 0: no breaker */
+	int			circuit_cooldown_ms;
+	char	   *anthropic_version;
+	bool		enabled;
+} ProviderConf;
+
+/* One place a request can be sent: a provider and its model id */
+typedef struct RouteTarget
+{
+	ProviderConf *provider;
+	char	   *model;
+} RouteTarget;
+
+/* The ordered targets for a requested model (or route) */
+typedef struct RoutePlan
+{
+	const char *requested;		/* what the caller asked for */
+	bool		is_route;		/* a named route (or the default route) */
+	int			ntargets;
+	RouteTarget *targets;
+} RoutePlan;
+
+extern void router_init(void);
+extern RoutePlan *router_plan(const char *requested);
+
+/* circuit breaker */
+typedef enum CircuitAdmit
+{
+	CIRCUIT_ADMIT,				/* closed: go ahead */
+	CIRCUIT_ADMIT_PROBE,		/* half-open: this call is the probe */
+	CIRCUIT_SKIP				/* open: do not call */
+} CircuitAdmit;
+
+extern CircuitAdmit circuit_admit(ProviderConf *p);
+extern void circuit_record(ProviderConf *p, bool success, bool counts);
+
+#endif							/* MAESTER_ROUTER_H */

@@ -1,0 +1,572 @@
+#!/usr/bin/python3
+"""mock_llm.py -- deterministic mock LLM provider for maester's tests.
+
+Speaks realistic OpenAI Chat Completions and Anthropic Messages wire
+formats, records every request, and injects faults on demand.  Standard
+library only (Python >= 3.9).
+
+Usage:
+    python3 test/mock/mock_llm.py [--host 127.0.0.1] [--port 0]
+        [--port-file PATH] [--api-key KEY] [--verbose]
+
+  --port 0 (default) binds a free port; --port-file writes it (plus a
+  newline) atomically once bound.  "mock_llm listening on http://H:P" is
+  printed to stdout.  SIGTERM / SIGINT exit cleanly with status 0.
+
+Endpoints (each also reachable under the keyless prefix /open):
+    POST /v1/chat/completions, POST /chat/completions   OpenAI
+    POST /v1/messages                                    Anthropic
+    GET  /_mock/requests   last 1000 model-endpoint requests, oldest first
+    POST /_mock/reset      clear requests, flaky counters, connection stats
+    GET  /_mock/stats      {"requests", "open_connections", "connections_total"}
+    GET  /_mock/health     {"ok": true}
+
+Answers are deterministic: content is "[Mock:MODEL] Generated response for
+prompt: PROMPT" ("[MockAnthropic:MODEL] ..." on /v1/messages), cut to
+4*max_tokens chars (finish "length" / "max_tokens").  Input tokens =
+ceil(len(system+prompt)/4)+3, output tokens = ceil(len(content)/4).
+Headers x-mock-cached-tokens / x-mock-cache-write-tokens fake prompt caching;
+so does the fault cached-R-W (R tokens read from the cache, W written).
+
+Faults come from header "x-mock-fault: SPEC", else from a model named
+"fault-SPEC".  SPECs: latency-MS, status-CODE, 429, 429-ra-SECONDS,
+flaky-N-CODE, hang, malformed, nousage, missingfields, wrongtype,
+huge[-BYTES], drip[-MS], reset, echo-headers, redirect.  See FAULTS below.
+
+With --api-key KEY, model endpoints outside /open require
+"Authorization: Bearer KEY" (OpenAI) or "x-api-key: KEY" (Anthropic).
+"""
+
+import argparse
+import collections
+import json
+import math
+import os
+import re
+import select
+import signal
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MODEL_PATHS = {
+    "/v1/chat/completions": "openai",
+    "/chat/completions": "openai",
+    "/v1/messages": "anthropic",
+}
+NOT_FOUND = {"error": {"message": "not found", "type": "invalid_request_error"}}
+HUGE_DEFAULT = 20_000_000
+HANG_LIMIT_S = 300.0
+IDLE_TIMEOUT_S = 600          # idle keep-alive connections are dropped after this
+
+# Fault grammar: fullmatch regex -> fault name.  Groups carry the parameters.
+FAULTS = [
+    (re.compile(r"latency-(\d+)"), "latency"),
+    (re.compile(r"status-([1-5]\d\d)"), "status"),
+    (re.compile(r"429(?:-ra-(\d+(?:\.\d+)?))?"), "429"),
+    (re.compile(r"flaky-(\d+)-([1-5]\d\d)"), "flaky"),
+    (re.compile(r"huge(?:-(\d+))?"), "huge"),
+    (re.compile(r"drip(?:-(\d+))?"), "drip"),
+    (re.compile(r"cached-(\d+)-(\d+)"), "cached"),
+    (re.compile(r"(hang|malformed|nousage|missingfields|wrongtype|reset|"
+                r"echo-headers|redirect)"), "simple"),
+]
+
+# Provider error "type" per HTTP status.
+OPENAI_ETYPE = {400: "invalid_request_error", 401: "invalid_request_error",
+                403: "invalid_request_error", 404: "invalid_request_error",
+                422: "invalid_request_error", 429: "requests"}
+ANTHROPIC_ETYPE = {400: "invalid_request_error", 401: "authentication_error",
+                   403: "permission_error", 404: "not_found_error",
+                   413: "request_too_large", 429: "rate_limit_error",
+                   529: "overloaded_error"}
+
+
+class ClientError(Exception):
+    """A 400-class problem with the request: (status, message)."""
+
+
+def error_body(kind, status, message, code=None):
+    """Provider-shaped JSON error document (as a dict)."""
+    if kind == "anthropic":
+        etype = ANTHROPIC_ETYPE.get(status,
+                                    "api_error" if status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": etype, "message": message}}
+    etype = OPENAI_ETYPE.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": etype, "param": None, "code": code}}
+
+
+def text_of(content):
+    """Message content as text: a string, or the text blocks of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content
+                       if isinstance(b, dict) and isinstance(b.get("text"), str))
+    return ""
+
+
+def ceil4(n):
+    return (n + 3) // 4
+
+
+class Answer:
+    """Everything needed to render a normal (deterministic) answer."""
+
+    def __init__(self, kind, req, headers):
+        if not isinstance(req, dict):
+            raise ClientError("request body must be a JSON object")
+        model = req.get("model")
+        if not isinstance(model, str) or not model:
+            raise ClientError("model: field required")
+        msgs = req.get("messages")
+        if not isinstance(msgs, list):
+            raise ClientError("messages: field required (array)")
+        if req.get("stream") is True:
+            raise ClientError("stream=true is not supported by the mock")
+        system = []
+        if kind == "anthropic":
+            system.append(text_of(req.get("system")))
+            limit = req.get("max_tokens")
+            if limit is None:
+                raise ClientError("max_tokens: Field required")
+        else:
+            limit = req.get("max_completion_tokens", req.get("max_tokens"))
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise ClientError("max_tokens must be a positive integer")
+        prompt = []
+        for m in msgs:
+            if not isinstance(m, dict):
+                raise ClientError("messages: each message must be an object")
+            role = m.get("role")
+            if role == "user":
+                prompt.append(text_of(m.get("content")))
+            elif role in ("system", "developer"):
+                system.append(text_of(m.get("content")))
+        self.kind, self.model = kind, model
+        prompt_text, system_text = "".join(prompt), "".join(system)
+
+        rf = req.get("response_format")
+        if kind == "openai" and isinstance(rf, dict) and rf.get("type") == "json_object":
+            content = json.dumps({"model": model, "summary": prompt_text[:80]})
+        else:
+            tag = "MockAnthropic" if kind == "anthropic" else "Mock"
+            content = "[%s:%s] Generated response for prompt: %s" % (tag, model, prompt_text)
+        self.truncated = limit is not None and len(content) > 4 * limit
+        self.content = content[:4 * limit] if self.truncated else content
+        self.input_tokens = max(1, ceil4(len(system_text) + len(prompt_text)) + 3)
+        self.cache_read = self._hdr_int(headers, "x-mock-cached-tokens")
+        self.cache_write = self._hdr_int(headers, "x-mock-cache-write-tokens")
+
+    @staticmethod
+    def _hdr_int(headers, name):
+        v = headers.get(name)
+        if v is None:
+            return 0
+        try:
+            n = int(v.strip())
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise ClientError("bad %s header: %r" % (name, v))
+        return n
+
+    def render(self, content=None, out_tokens=None, usage=True):
+        """The response document as a dict (content/out_tokens overridable)."""
+        content = self.content if content is None else content
+        ct = out_tokens if out_tokens is not None else max(1, ceil4(len(content)))
+        if self.kind == "anthropic":
+            doc = {"id": "msg_" + os.urandom(12).hex(), "type": "message",
+                   "role": "assistant", "model": self.model,
+                   "content": [{"type": "text", "text": content}],
+                   "stop_reason": "max_tokens" if self.truncated else "end_turn",
+                   "stop_sequence": None,
+                   "usage": {"input_tokens": max(self.input_tokens - self.cache_read
+                                                 - self.cache_write, 0),
+                             "output_tokens": ct,
+                             "cache_creation_input_tokens": self.cache_write,
+                             "cache_read_input_tokens": self.cache_read}}
+        else:
+            pt = max(self.input_tokens, self.cache_read)
+            doc = {"id": "chatcmpl-" + os.urandom(12).hex(), "object": "chat.completion",
+                   "created": int(time.time()), "model": self.model,
+                   "choices": [{"index": 0,
+                                "message": {"role": "assistant", "content": content,
+                                            "refusal": None},
+                                "logprobs": None,
+                                "finish_reason": "length" if self.truncated else "stop"}],
+                   "usage": {"prompt_tokens": pt, "completion_tokens": ct,
+                             "total_tokens": pt + ct,
+                             "prompt_tokens_details": {"cached_tokens": self.cache_read,
+                                                       "audio_tokens": 0},
+                             "completion_tokens_details": {
+                                 "reasoning_tokens": 0, "audio_tokens": 0,
+                                 "accepted_prediction_tokens": 0,
+                                 "rejected_prediction_tokens": 0}},
+                   "system_fingerprint": "fp_mock"}
+        if not usage:
+            del doc["usage"]
+        return doc
+
+
+class State:
+    """Shared, lock-protected test-visible state."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.open_connections = 0
+        self.reset()
+
+    def reset(self):
+        self.seq = 0                                   # model requests since reset
+        self.requests = collections.deque(maxlen=1000)
+        self.attempts = {}                             # (x-request-id, spec) -> count
+        self.connections_total = 0
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "mock_llm/1.0"
+    sys_version = ""
+    disable_nagle_algorithm = True
+    timeout = IDLE_TIMEOUT_S
+
+    def log_message(self, fmt, *args):
+        if self.server.verbose:
+            sys.stderr.write("mock_llm: %s %s\n" % (self.address_string(), fmt % args))
+
+    # every method goes through one dispatcher
+    def do_POST(self):
+        try:
+            self._dispatch()
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True       # client went away: stay quiet
+
+    do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_POST
+
+    # ---- plumbing -------------------------------------------------------
+
+    def _read_body(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts = []
+            while True:
+                size = int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16)
+                if size == 0:                  # skip trailers up to the blank line
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        if n < 0:
+            raise ValueError("negative Content-Length")
+        return self.rfile.read(n) if n else b""
+
+    def _head(self, status, ctype, length, extra=()):
+        """Queue status line and headers (sent with the next flush)."""
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        for k, v in extra:
+            self.send_header(k, v)
+        self._headers_buffer.append(b"\r\n")
+
+    def _send(self, status, body, ctype="application/json", extra=()):
+        """Headers and body in a single write (one segment for small answers)."""
+        self._head(status, ctype, len(body), extra)
+        self._headers_buffer.append(body)
+        self.flush_headers()
+
+    def _json(self, status, doc, extra=()):
+        self._send(status, json.dumps(doc).encode(), extra=extra)
+
+    def _error(self, kind, status, message, code=None, extra=()):
+        self._json(status, error_body(kind, status, message, code), extra)
+
+    # ---- routing --------------------------------------------------------
+
+    def _dispatch(self):
+        path = self.path.split("?", 1)[0]
+        keyless = path == "/open" or path.startswith("/open/")
+        if keyless:
+            path = path[5:] or "/"
+        try:
+            body = self._read_body()
+        except ValueError:
+            self.close_connection = True
+            return self._json(400, {"error": {"message": "bad request body framing",
+                                              "type": "invalid_request_error"}})
+        if path.startswith("/_mock/"):
+            return self._control(path)
+        kind = MODEL_PATHS.get(path)
+        if kind is None:
+            return self._json(404, NOT_FOUND)
+        self._model(kind, keyless, body)
+
+    def _control(self, path):
+        st = self.server.state
+        if path == "/_mock/requests":
+            with st.lock:
+                reqs = list(st.requests)
+            return self._json(200, reqs)
+        if path == "/_mock/reset":
+            with st.lock:
+                st.reset()
+            return self._json(200, {"ok": True})
+        if path == "/_mock/stats":
+            with st.lock:
+                doc = {"requests": st.seq, "open_connections": st.open_connections,
+                       "connections_total": st.connections_total}
+            return self._json(200, doc)
+        if path == "/_mock/health":
+            return self._json(200, {"ok": True})
+        return self._json(404, NOT_FOUND)
+
+    def _model(self, kind, keyless, body):
+        st, hdrs = self.server.state, self.headers
+        try:
+            req, parsed = (json.loads(body), True) if body else (None, False)
+        except ValueError:
+            req, parsed = None, False
+        model = req.get("model") if isinstance(req, dict) else None
+        spec = hdrs.get("x-mock-fault")
+        if spec is None and isinstance(model, str) and model.startswith("fault-"):
+            spec = model[len("fault-"):]
+
+        # record (headers lower-cased; repeated headers joined with ", ")
+        hmap = {}
+        for k, v in hdrs.items():
+            k = k.lower()
+            hmap[k] = hmap[k] + ", " + v if k in hmap else v
+        with st.lock:
+            st.seq += 1
+            st.requests.append({"seq": st.seq, "method": self.command, "path": self.path,
+                                "headers": hmap,
+                                "body": req if parsed else body.decode("utf-8", "replace"),
+                                "fault": spec})
+
+        if spec == "echo-headers":             # before auth, by design
+            lines = "\n".join("%s: %s" % (k, v) for k, v in hdrs.items())
+            return self._error(kind, 400, "mock echo-headers:\n" + lines)
+
+        key = self.server.api_key
+        if key is not None and not keyless:
+            if kind == "anthropic":
+                ok = hdrs.get("x-api-key") == key
+            else:
+                ok = hdrs.get("Authorization") == "Bearer " + key
+            if not ok:
+                return self._error(kind, 401, "invalid api key", code="invalid_api_key")
+
+        if self.command != "POST":
+            return self._error(kind, 405, "method not allowed")
+        if kind == "anthropic" and not hdrs.get("anthropic-version"):
+            return self._error(kind, 400, "anthropic-version: header is required")
+        if not parsed:
+            return self._error(kind, 400, "request body is not valid JSON")
+        try:
+            ans = Answer(kind, req, hdrs)
+        except ClientError as e:
+            return self._error(kind, 400, str(e))
+        if spec is None:
+            return self._json(200, ans.render())
+        self._fault(kind, spec, ans)
+
+    # ---- faults ---------------------------------------------------------
+
+    def _fault(self, kind, spec, ans):
+        for rx, name in FAULTS:
+            m = rx.fullmatch(spec)
+            if m:
+                break
+        else:
+            return self._error(kind, 400, 'unknown mock fault "%s"' % spec)
+        arg = m.group(1)
+
+        if name == "latency":
+            time.sleep(int(arg) / 1000.0)
+            return self._json(200, ans.render())
+        if name == "status":
+            return self._error(kind, int(arg), "mock error %s" % arg)
+        if name == "429":
+            return self._error(kind, 429, "mock rate limit exceeded",
+                               code=None if kind == "anthropic" else "rate_limit_exceeded",
+                               extra=[("Retry-After", arg or "1")])
+        if name == "flaky":
+            st = self.server.state
+            k = (self.headers.get("x-request-id"), spec)
+            with st.lock:
+                n = st.attempts[k] = st.attempts.get(k, 0) + 1
+            code = int(m.group(2))
+            if n <= int(arg):
+                extra = [("Retry-After", "0")] if code == 429 else []
+                return self._error(kind, code, "mock flaky error %d (attempt %d)" % (code, n),
+                                   extra=extra)
+            return self._json(200, ans.render())
+        if name == "cached":
+            # prompt caching as the headers would fake it: R tokens read, W written
+            ans.cache_read, ans.cache_write = int(arg), int(m.group(2))
+            ans.input_tokens = max(ans.input_tokens, ans.cache_read + ans.cache_write)
+            return self._json(200, ans.render())
+        if name == "huge":
+            return self._huge(ans, int(arg) if arg else HUGE_DEFAULT)
+        if name == "drip":
+            return self._drip(ans, int(arg) if arg else 100)
+
+        # simple, parameterless faults
+        if arg == "hang":
+            return self._hang()
+        if arg == "reset":
+            self.close_connection = True
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.rfile.close()                 # drop the makefile() ref so close() is real
+            self.connection.close()            # -> RST, no response
+            return None
+        if arg == "malformed":
+            return self._send(200, b'{"id": "x", "choices": [')
+        if arg == "nousage":
+            return self._json(200, ans.render(usage=False))
+        if arg == "missingfields":
+            if kind == "anthropic":
+                doc = {"id": "msg_x", "type": "message", "model": ans.model}
+            else:
+                doc = {"id": "chatcmpl-x", "object": "chat.completion", "model": ans.model}
+            return self._json(200, doc)
+        if arg == "wrongtype":
+            return self._send(200, b"<html><body>Bad gateway page</body></html>",
+                              ctype="text/html")
+        if arg == "redirect":
+            return self._send(302, b"redirecting to http://127.0.0.1:1/elsewhere\n",
+                              ctype="text/plain",
+                              extra=[("Location", "http://127.0.0.1:1/elsewhere")])
+        raise AssertionError(arg)
+
+    def _hang(self):
+        """Send nothing; return once the client closes (or after HANG_LIMIT_S)."""
+        self.close_connection = True
+        sock = self.connection
+        deadline = time.monotonic() + HANG_LIMIT_S
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([sock], [], [], 0.05)
+            if r:
+                try:
+                    if not sock.recv(65536):   # EOF: client closed
+                        return
+                except OSError:
+                    return
+
+    def _huge(self, ans, total):
+        """A valid answer padded with 'x' to exactly `total` bytes, streamed."""
+        mark = "@@MOCKPAD%s@@" % os.urandom(8).hex()
+        ct = None
+        for _ in range(6):                     # fixpoint: token digits change the size
+            doc = ans.render(content=ans.content + mark, out_tokens=ct)
+            head, tail = json.dumps(doc).encode().split(mark.encode())
+            pad = max(total - len(head) - len(tail), 0)
+            new_ct = max(1, ceil4(len(ans.content) + pad))
+            if new_ct == ct:
+                break
+            ct = new_ct
+        self._head(200, "application/json", len(head) + pad + len(tail))
+        self._headers_buffer.append(head)
+        try:
+            self.flush_headers()
+            chunk = b"x" * 65536
+            while pad > 0:
+                n = min(pad, len(chunk))
+                self.wfile.write(chunk if n == len(chunk) else chunk[:n])
+                pad -= n
+            self.wfile.write(tail)
+        except OSError:
+            self.close_connection = True
+
+    def _drip(self, ans, ms):
+        """Correct headers, then the body one byte every `ms` milliseconds."""
+        body = json.dumps(ans.render()).encode()
+        self._head(200, "application/json", len(body))
+        try:
+            self.flush_headers()
+            for i in range(len(body)):
+                time.sleep(ms / 1000.0)
+                self.wfile.write(body[i:i + 1])
+        except OSError:
+            self.close_connection = True
+
+
+class MockServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024                  # many clients connecting at once
+
+    def __init__(self, addr, handler, api_key=None, verbose=False):
+        if ":" in addr[0]:
+            self.address_family = socket.AF_INET6
+        self.api_key, self.verbose, self.state = api_key, verbose, State()
+        super().__init__(addr, handler)
+
+    def server_bind(self):
+        # skip HTTPServer's socket.getfqdn() (a reverse DNS lookup)
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    # Connection accounting: +1 at accept, -1 once the socket is closed.
+    def process_request(self, request, client_address):
+        with self.state.lock:
+            self.state.open_connections += 1
+            self.state.connections_total += 1
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self.state.lock:
+                self.state.open_connections -= 1
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return                             # client disconnects are routine
+        super().handle_error(request, client_address)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Mock OpenAI/Anthropic server for tests.")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0 = pick a free port")
+    ap.add_argument("--port-file", help="write the bound port here (atomically)")
+    ap.add_argument("--api-key", help="require this key outside /open")
+    ap.add_argument("--verbose", action="store_true", help="log each request to stderr")
+    args = ap.parse_args(argv)
+
+    server = MockServer((args.host, args.port), Handler, args.api_key, args.verbose)
+    port = server.server_address[1]
+    if args.port_file:
+        tmp = args.port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % port)
+        os.replace(tmp, args.port_file)
+    host = "[%s]" % args.host if ":" in args.host else args.host
+    print("mock_llm listening on http://%s:%d" % (host, port), flush=True)
+
+    def stop(signum, frame):
+        raise SystemExit(0)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except (SystemExit, KeyboardInterrupt):
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
