@@ -173,26 +173,30 @@ _PG_init(void)
 							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
 
-	DefineCustomIntVariable("maester.max_providers",
-							"Number of providers whose circuit breaker state is kept in shared memory.",
-							NULL,
-							&maester_max_providers,
-							64,
-							1, 10000,
-							PGC_POSTMASTER,
-							0,
-							NULL, NULL, NULL);
-
-	MarkGUCPrefixReserved("maester");
-
-	maester_registry_init();
-	router_init();
-
+	/*
+	 * A PGC_POSTMASTER setting can only be defined while preloading; loaded
+	 * later, the library works without shared memory (registry only).
+	 */
 	if (process_shared_preload_libraries_in_progress)
 	{
+		DefineCustomIntVariable("maester.max_providers",
+								"Number of providers whose circuit breaker state is kept in shared memory.",
+								NULL,
+								&maester_max_providers,
+								64,
+								1, 10000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
 		prev_shmem_request_hook = shmem_request_hook;
 		shmem_request_hook = maester_shmem_request;
 		prev_shmem_startup_hook = shmem_startup_hook;
 		shmem_startup_hook = maester_shmem_startup;
 	}
+
+	MarkGUCPrefixReserved("maester");
+
+	maester_registry_init();
+	router_init();
 }

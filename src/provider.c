@@ -187,12 +187,44 @@ redact(char *s, const char *secret)
 }
 
 /*
+ * Mask the value after every "authorization:" and "x-api-key:" in `s`
+ * (case-insensitive; after "Bearer " for the former), whatever key it is.
+ */
+static void
+redact_headers(char *s)
+{
+	static const char *const names[] = {"authorization:", "x-api-key:"};
+
+	for (int n = 0; n < lengthof(names); n++)
+	{
+		size_t		nlen = strlen(names[n]);
+
+		for (char *p = s; *p; p++)
+		{
+			if (pg_strncasecmp(p, names[n], nlen) != 0)
+				continue;
+			p += nlen;
+			while (*p == ' ' || *p == '\t')
+				p++;
+			if (pg_strncasecmp(p, "bearer ", 7) == 0)
+				p += 7;
+			while (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r' &&
+				   *p != '"' && *p != ',')
+				*p++ = '*';
+			if (*p == '\0')
+				break;
+		}
+	}
+}
+
+/*
  * A short, printable summary of a provider's error body for errdetail: the
  * error message when the body is a provider-shaped JSON error (OpenAI
  * {"error": {"message"}}, Anthropic {"error": {"type", "message"}}),
- * otherwise its first 200 characters.  Control characters become blanks,
- * and `secret` (the API key in use) is masked wherever it appears, in case
- * a server echoes request headers back.
+ * otherwise the body; cut to 300 characters.  Control characters become
+ * blanks.  Before cutting, `secret` (the API key in use) is masked
+ * wherever it appears, and so is any value after "authorization:" or
+ * "x-api-key:", in case a server echoes request headers back.
  */
 char *
 provider_error_summary(const char *body, size_t len, const char *secret)
@@ -223,13 +255,14 @@ provider_error_summary(const char *body, size_t len, const char *secret)
 				msg = json_get_string(&jb->root, "message");
 		}
 	}
-	initStringInfo(&s);
 	if (msg == NULL)
-	{
-		msg = pnstrdup(body, Min(len, 200));
-		if (len > 200)
-			msg = psprintf("%s...", msg);
-	}
+		msg = pnstrdup(body, len);
+
+	/* mask keys in the whole text first, then cut it short */
+	redact(msg, secret);
+	redact_headers(msg);
+
+	initStringInfo(&s);
 	for (const char *p = msg; *p && s.len < 300; p++)
 		appendStringInfoChar(&s, ((unsigned char) *p < ' ') ? ' ' : *p);
 	if (strlen(msg) > 300)
@@ -239,6 +272,5 @@ provider_error_summary(const char *body, size_t len, const char *secret)
 		for (char *p = s.data; *p; p++)
 			if ((unsigned char) *p >= 0x80)
 				*p = '?';
-	redact(s.data, secret);
 	return s.data;
 }
