@@ -1,4 +1,4 @@
--- maester demo: the prompt registry of the first article, in SQL.
+-- maester demo: the first article's prompt registry and requests, in SQL.
 \pset footer off
 \set ECHO queries
 CREATE EXTENSION maester;
@@ -35,3 +35,42 @@ SELECT version, hash
 
 SELECT name, version, labels, variables, left(template_hash, 16) AS template_hash
   FROM maester.prompt_versions ORDER BY seq;
+
+-- The gateway.  Without OPENAI_API_KEY, the local mock provider stands in
+-- for OpenAI: gpt-4.1-mini and the default route go to it.
+\set ECHO none
+\getenv mock_url MAESTER_MOCK_URL
+SELECT coalesce(:'mock_url', '') <> '' AS use_mock \gset
+\if :use_mock
+\set ECHO queries
+INSERT INTO maester.provider (name, kind, base_url, models)
+VALUES ('mock', 'openai_compatible', :'mock_url' || '/v1', '{mock-%}');
+INSERT INTO maester.model (name, provider, provider_model)
+VALUES ('gpt-4.1-mini', 'mock', 'gpt-4.1-mini');
+UPDATE maester.route_target SET provider = 'mock'
+ WHERE route = 'default' AND position = 1;
+\endif
+\set ECHO queries
+SELECT name, kind, base_url, api_key_env, models, enabled FROM maester.provider ORDER BY priority, name;
+
+-- The first article's request v1, through complete():
+SELECT jsonb_pretty(maester.complete('{
+    "prompt_name": "system_summary",
+    "prompt_version": "v1",
+    "variables": {"event_text": "Admin revoked API key for user account 742."},
+    "model": "gpt-4.1-mini",
+    "max_tokens": 120}')) AS response;
+
+-- ... and request v2 (latest, no model: the route "default"):
+SELECT jsonb_pretty(maester.complete('{
+    "prompt_name": "system_summary",
+    "variables": {"event_text": "System latency increased above 300ms for the inference service."}}')) AS response;
+
+-- The same call from SQL, as a row:
+SELECT provider, model, input_tokens, output_tokens, attempts, fallback_used,
+       prompt_version, left(prompt_hash, 16) AS prompt_hash, round(latency_ms::numeric, 2) AS latency_ms
+  FROM maester.llm_generate(prompt_name => 'system_summary',
+                            variables => '{"event_text": "Disk usage above 90% on db-3."}',
+                            model => 'gpt-4.1-mini', max_tokens => 60);
+
+SELECT provider, state, consecutive_failures, successes, failures FROM maester.circuit;

@@ -10,8 +10,19 @@ maester_build_install
 work=$(maester_workdir demo)
 data="$work/data"
 port=${MAESTER_DEMO_PORT:-54329}
-trap 'maester_stop_cluster "$data"; rm -rf "$work"' EXIT
-maester_start_cluster "$data" "$port"
+trap 'maester_stop_cluster "$data"; maester_stop_mock; rm -rf "$work"' EXIT
+
+# With OPENAI_API_KEY in the environment the demo calls OpenAI for real;
+# otherwise it starts the local mock provider and routes gpt-4.1-mini to it.
+if [ -n "${OPENAI_API_KEY:-}" ]; then
+    echo "maester: OPENAI_API_KEY is set: the demo calls OpenAI"
+    MAESTER_MOCK_URL=
+else
+    maester_start_mock
+    echo "maester: no OPENAI_API_KEY: the demo uses the mock provider at $MAESTER_MOCK_URL"
+fi
+export MAESTER_MOCK_URL
+maester_start_cluster "$data" "$port" "maester.allow_insecure_hosts = '127.0.0.1'"
 
 maester_as_pg psql -X -q -h "$data" -p "$port" -U postgres -d postgres \
     -v ON_ERROR_STOP=1 -f "$work/demo/demo.sql"

@@ -61,9 +61,10 @@ maester_workdir() {
     echo "$dir"
 }
 
-# Start a throwaway cluster in $1 (created) on port $2, maester preloaded.
+# Start a throwaway cluster in $1 (created) on port $2, maester preloaded;
+# further arguments are extra postgresql.conf lines.
 maester_start_cluster() {
-    local data=$1 port=$2
+    local data=$1 port=$2 line
     maester_as_pg initdb -D "$data" -A trust -U postgres --no-sync -E UTF8 \
         --locale=C.UTF-8 >/dev/null
     cat >>"$data/postgresql.conf" <<CONF
@@ -73,6 +74,7 @@ listen_addresses = ''
 unix_socket_directories = '$data'
 fsync = off
 CONF
+    for line in "${@:3}"; do echo "$line" >>"$data/postgresql.conf"; done
     maester_as_pg pg_ctl -D "$data" -l "$data/server.log" -w start >/dev/null
 }
 
