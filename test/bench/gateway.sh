@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Benchmark of the gateway's own cost.
+#  1. Added latency: N sequential llm_generate calls against an upstream,
+#     against N sequential requests of the same body to the same upstream
+#     from a C client on libcurl with keep-alive (test/bench/direct_http.c),
+#     median and p99 of each and of the difference.  Two upstreams: nginx
+#     (Debian's, answering a canned Chat Completions JSON) and the mock.
+#  2. Throughput: pgbench, 16 sessions calling llm_generate against nginx.
+# Usage: test/bench/gateway.sh [calls] [pgbench_seconds]   (2000, 15)
+set -euo pipefail
+. "$(dirname "$0")/../../scripts/lib.sh"
+
+calls=${1:-2000}
+seconds=${2:-15}
+MAESTER_PACKAGES+=(nginx-light)
+maester_setup
+maester_build_install
+
+work=$(maester_workdir bench-gw)
+data="$work/data"
+port=${MAESTER_BENCH_PORT:-54349}
+nport=${MAESTER_BENCH_NGINX_PORT:-18089}
+cleanup() {
+    maester_stop_cluster "$data"
+    maester_stop_mock
+    [ -f "$work/nginx/nginx.pid" ] && kill "$(cat "$work/nginx/nginx.pid")" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# the C baseline client
+gcc -O2 -o "$work/direct_http" "$work/test/bench/direct_http.c" -lcurl
+
+# nginx answering every POST with a canned completion
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<CONF
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$nport;
+        location / {
+            default_type application/json;
+            return 200 '{"id":"chatcmpl-bench","object":"chat.completion","created":1767225600,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"A canned answer from nginx."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}';
+        }
+    }
+}
+CONF
+chown -R "$(maester_pg_user)" "$work/nginx"
+maester_as_pg /usr/sbin/nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>/dev/null
+maester_start_mock
+maester_start_cluster "$data" "$port" "maester.allow_insecure_hosts = '127.0.0.1'" \
+    "max_connections = 40" "shared_buffers = 256MB"
+
+psql_q() {
+    maester_as_pg psql -X -q -At -h "$data" -p "$port" -U postgres -d postgres \
+        -v ON_ERROR_STOP=1 "$@"
+}
+psql_q <<SQL
+CREATE EXTENSION maester;
+INSERT INTO maester.provider (name, kind, base_url, models, circuit_failure_threshold)
+VALUES ('nginx', 'openai_compatible', 'http://127.0.0.1:$nport/v1', '{}', 0),
+       ('mock', 'openai_compatible', '$MAESTER_MOCK_URL/v1', '{}', 0);
+INSERT INTO maester.model (name, provider, provider_model)
+VALUES ('bench-nginx', 'nginx', 'bench-model'), ('bench-mock', 'mock', 'bench-model');
+CREATE TABLE lat (upstream text, us double precision);
+SQL
+
+# llm_generate latencies, timed around each call in one session
+sql_latencies() {
+    psql_q <<SQL
+DO \$\$
+DECLARE t0 timestamptz; d double precision;
+BEGIN
+  PERFORM maester.llm_generate('Hello', '$1') FROM generate_series(1, 200);  -- warm-up
+  FOR i IN 1..$calls LOOP
+    t0 := clock_timestamp();
+    PERFORM maester.llm_generate('Hello', '$1');
+    d := extract(epoch FROM clock_timestamp() - t0) * 1e6;
+    INSERT INTO lat VALUES ('$1', d);
+  END LOOP;
+END
+\$\$;
+SQL
+    psql_q -c "COPY (SELECT us FROM lat WHERE upstream = '$1') TO STDOUT"
+}
+
+"$work/direct_http" "http://127.0.0.1:$nport/v1/chat/completions" 200 >/dev/null
+"$work/direct_http" "http://127.0.0.1:$nport/v1/chat/completions" "$calls" >"$work/direct_nginx.txt"
+sql_latencies bench-nginx >"$work/sql_nginx.txt"
+"$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" 200 >/dev/null
+"$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" "$calls" >"$work/direct_mock.txt"
+sql_latencies bench-mock >"$work/sql_mock.txt"
+
+# throughput: 16 sessions against nginx
+echo "SELECT (maester.llm_generate('Hello', 'bench-nginx')).content;" >"$work/pgbench.sql"
+chown "$(maester_pg_user)" "$work/pgbench.sql"
+maester_as_pg pgbench -n -h "$data" -p "$port" -U postgres -c 16 -j 2 -M prepared \
+    -T "$seconds" -f "$work/pgbench.sql" postgres >"$work/pgbench.txt" 2>&1
+tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.txt" | tail -1)
+failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$work/pgbench.txt")
+
+python3 - "$work" "$calls" "$seconds" "$tps" "${failed:-0}" <<'PY'
+import statistics, sys
+work, calls, seconds, tps, failed = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+def load(name):
+    return [float(x) for x in open(f"{work}/{name}.txt") if x.strip()]
+def p(xs, q):
+    xs = sorted(xs); return xs[min(len(xs) - 1, int(q * len(xs)))]
+print("maester gateway benchmark")
+print(f"method: {calls} sequential calls per upstream after 200 warm-up calls, one session;")
+print("        llm_generate timed with clock_timestamp() around each call in PL/pgSQL;")
+print("        direct = the same request body from a C client on libcurl, keep-alive;")
+print("        added = median(llm_generate) - median(direct), and the same for p99.")
+print(f"{'upstream':10}{'direct p50':>12}{'direct p99':>12}{'gw p50':>10}{'gw p99':>10}{'added p50':>11}{'added p99':>11}  (microseconds)")
+for up in ("nginx", "mock"):
+    d, s = load("direct_" + up), load("sql_" + up)
+    print(f"{up:10}{p(d,.5):12.0f}{p(d,.99):12.0f}{p(s,.5):10.0f}{p(s,.99):10.0f}"
+          f"{p(s,.5)-p(d,.5):11.0f}{p(s,.99)-p(d,.99):11.0f}")
+print(f"throughput: pgbench -c 16 -j 2 -M prepared -T {seconds}, llm_generate against nginx: "
+      f"{float(tps):,.0f} calls/s ({failed} failed)")
+PY
