@@ -6,7 +6,8 @@ EXTVERSION   = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION
 MODULE_big   = maester
 OBJS         = src/maester.o src/template.o src/registry.o src/sha256.o \
                src/http.o src/provider.o src/provider_openai.o \
-               src/provider_anthropic.o src/router.o src/gateway.o src/secrets.o
+               src/provider_anthropic.o src/router.o src/gateway.o src/secrets.o \
+               src/meter.o
 
 DATA         = $(wildcard maester--*.sql)
 

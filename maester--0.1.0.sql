@@ -600,6 +600,174 @@ CREATE TRIGGER route_target_invalidate
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON maester.route_target
     FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
 
+
+--------------------------------------------------------------------------
+-- Prices and cost
+--------------------------------------------------------------------------
+CREATE TABLE maester.price (
+    model                                 text NOT NULL,
+    valid_from                            timestamptz NOT NULL,
+    input_cost_per_million                numeric NOT NULL CHECK (input_cost_per_million OPERATOR(pg_catalog.>=) 0),
+    output_cost_per_million               numeric NOT NULL CHECK (output_cost_per_million OPERATOR(pg_catalog.>=) 0),
+    cache_read_input_cost_per_million     numeric CHECK (cache_read_input_cost_per_million OPERATOR(pg_catalog.>=) 0),
+    cache_creation_input_cost_per_million numeric CHECK (cache_creation_input_cost_per_million OPERATOR(pg_catalog.>=) 0),
+    currency                              text NOT NULL DEFAULT 'USD' CHECK (currency OPERATOR(pg_catalog.=) 'USD'),
+    source                                text,
+    PRIMARY KEY (model, valid_from)
+);
+
+COMMENT ON TABLE maester.price IS
+    'Effective-dated model prices in USD per 1M tokens (field names after LiteLLM''s cost map: input, output, cache_read_input, cache_creation_input). Rows are immutable: a price change is a new row with a later valid_from, so a new price never changes what a past call cost.';
+COMMENT ON COLUMN maester.price.model IS 'Model name as providers report it; also prices dated snapshots (gpt-4.1-mini-2025-04-14, claude-sonnet-4-5-20250929) of this name.';
+COMMENT ON COLUMN maester.price.valid_from IS 'The price applies to calls from this time until the next row''s valid_from.';
+COMMENT ON COLUMN maester.price.cache_read_input_cost_per_million IS 'Price of prompt tokens read from the provider''s cache (OpenAI cached input, Anthropic cache reads); NULL: the input price.';
+COMMENT ON COLUMN maester.price.cache_creation_input_cost_per_million IS 'Price of prompt tokens written to the cache (Anthropic); NULL: the input price.';
+
+-- List prices as published by OpenAI and Anthropic (USD per 1M tokens)
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million,
+                           cache_read_input_cost_per_million, cache_creation_input_cost_per_million, source) VALUES
+    ('gpt-4.1',           '2025-04-14', 2.00,  8.00,  0.50,  NULL,  'openai.com/api/pricing'),
+    ('gpt-4.1-mini',      '2025-04-14', 0.40,  1.60,  0.10,  NULL,  'openai.com/api/pricing'),
+    ('gpt-4.1-nano',      '2025-04-14', 0.10,  0.40,  0.025, NULL,  'openai.com/api/pricing'),
+    ('gpt-4o',            '2024-05-13', 2.50,  10.00, 1.25,  NULL,  'openai.com/api/pricing'),
+    ('gpt-4o-mini',       '2024-07-18', 0.15,  0.60,  0.075, NULL,  'openai.com/api/pricing'),
+    ('claude-sonnet-4-5', '2025-09-29', 3.00,  15.00, 0.30,  3.75,  'anthropic.com/pricing'),
+    ('claude-haiku-4-5',  '2025-10-15', 1.00,  5.00,  0.10,  1.25,  'anthropic.com/pricing'),
+    ('claude-opus-4-1',   '2025-08-05', 15.00, 75.00, 1.50,  18.75, 'anthropic.com/pricing');
+
+CREATE FUNCTION maester.price_guard()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'prices are immutable'
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              DETAIL = pg_catalog.format('%s on maester.price is not allowed.', TG_OP),
+              HINT = 'Insert a new price with a later valid_from.';
+END
+$$;
+
+COMMENT ON FUNCTION maester.price_guard() IS
+    'Trigger: refuses UPDATE and DELETE of prices, so that what a call cost can always be recomputed.';
+
+CREATE TRIGGER price_guard
+    BEFORE UPDATE OR DELETE ON maester.price
+    FOR EACH ROW EXECUTE FUNCTION maester.price_guard();
+
+CREATE FUNCTION maester.price_at(model text, at timestamptz DEFAULT pg_catalog.now())
+RETURNS maester.price
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.*
+      FROM maester.price p
+     WHERE (p.model OPERATOR(pg_catalog.=) $1
+            OR (pg_catalog.starts_with($1, p.model OPERATOR(pg_catalog.||) '-')
+                AND pg_catalog.substr($1, pg_catalog.length(p.model) OPERATOR(pg_catalog.+) 2)
+                    OPERATOR(pg_catalog.~) '^([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8}|latest)$'))
+       AND p.valid_from OPERATOR(pg_catalog.<=) $2
+     ORDER BY pg_catalog.length(p.model) DESC, p.valid_from DESC
+     LIMIT 1
+$$;
+
+COMMENT ON FUNCTION maester.price_at(text, timestamptz) IS
+    'The price of a model at a time: the latest row valid then, for the model or the undated name of a dated snapshot (gpt-4.1-mini-2025-04-14 is priced as gpt-4.1-mini). NULL when there is none.';
+
+CREATE FUNCTION maester.cost_exact(
+    model               text,
+    input_tokens        bigint,
+    output_tokens       bigint,
+    cached_input_tokens bigint DEFAULT 0,
+    cache_write_tokens  bigint DEFAULT 0,
+    at                  timestamptz DEFAULT pg_catalog.now(),
+    OUT input_cost      numeric,
+    OUT output_cost     numeric)
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- (OPERATOR() syntax has no arithmetic precedence: every step is parenthesized)
+    SELECT ((((($2 OPERATOR(pg_catalog.-) $4) OPERATOR(pg_catalog.-) $5)
+               OPERATOR(pg_catalog.*) p.input_cost_per_million)
+             OPERATOR(pg_catalog.+) ($4 OPERATOR(pg_catalog.*) COALESCE(p.cache_read_input_cost_per_million, p.input_cost_per_million))
+             OPERATOR(pg_catalog.+) ($5 OPERATOR(pg_catalog.*) COALESCE(p.cache_creation_input_cost_per_million, p.input_cost_per_million)))
+            OPERATOR(pg_catalog./) 1000000)::numeric,
+           (($3 OPERATOR(pg_catalog.*) p.output_cost_per_million) OPERATOR(pg_catalog./) 1000000)::numeric
+      FROM maester.price_at($1, $6) p
+     WHERE p.model IS NOT NULL
+$$;
+
+COMMENT ON FUNCTION maester.cost_exact(text, bigint, bigint, bigint, bigint, timestamptz) IS
+    'Exact, unrounded input and output cost in USD of a call (input_tokens include cached and cache-write tokens, priced at their own rates); NULLs when the model has no price.';
+
+CREATE TYPE maester.cost AS (
+    model           text,
+    input_tokens    bigint,
+    output_tokens   bigint,
+    total_tokens    bigint,
+    input_cost_usd  numeric,
+    output_cost_usd numeric,
+    total_cost_usd  numeric,
+    unit            text
+);
+
+COMMENT ON TYPE maester.cost IS
+    'The articles'' cost shape: each part rounded half-up to 6 decimal places, the total the sum of the shown parts.';
+
+CREATE FUNCTION maester.cost_of(
+    model               text,
+    input_tokens        bigint,
+    output_tokens       bigint,
+    cached_input_tokens bigint DEFAULT 0,
+    at                  timestamptz DEFAULT pg_catalog.now(),
+    cache_write_tokens  bigint DEFAULT 0)
+RETURNS maester.cost
+LANGUAGE plpgsql STABLE CALLED ON NULL INPUT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    c   record;
+    r   maester.cost;
+BEGIN
+    IF model IS NULL OR input_tokens IS NULL OR output_tokens IS NULL THEN
+        RAISE EXCEPTION 'model, input_tokens and output_tokens must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    cached_input_tokens := COALESCE(cached_input_tokens, 0);
+    cache_write_tokens := COALESCE(cache_write_tokens, 0);
+    IF input_tokens OPERATOR(pg_catalog.<) 0 OR output_tokens OPERATOR(pg_catalog.<) 0
+       OR cached_input_tokens OPERATOR(pg_catalog.<) 0 OR cache_write_tokens OPERATOR(pg_catalog.<) 0 THEN
+        RAISE EXCEPTION 'token counts must not be negative'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (cached_input_tokens OPERATOR(pg_catalog.+) cache_write_tokens) OPERATOR(pg_catalog.>) input_tokens THEN
+        RAISE EXCEPTION 'cached_input_tokens and cache_write_tokens are part of input_tokens and cannot exceed it'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO c FROM maester.cost_exact(model, input_tokens, output_tokens,
+                                            cached_input_tokens, cache_write_tokens, COALESCE(at, pg_catalog.now()));
+    IF c.input_cost IS NULL THEN
+        RAISE EXCEPTION 'no price for model "%"', model
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = pg_catalog.format('No price of it is valid at %s.', COALESCE(at, pg_catalog.now())),
+                  HINT = 'Add one with INSERT INTO maester.price.';
+    END IF;
+    r.model := model;
+    r.input_tokens := input_tokens;
+    r.output_tokens := output_tokens;
+    r.total_tokens := input_tokens OPERATOR(pg_catalog.+) output_tokens;
+    r.input_cost_usd := pg_catalog.round(c.input_cost, 6);
+    r.output_cost_usd := pg_catalog.round(c.output_cost, 6);
+    r.total_cost_usd := r.input_cost_usd OPERATOR(pg_catalog.+) r.output_cost_usd;
+    r.unit := 'USD';
+    RETURN r;
+END
+$$;
+
+COMMENT ON FUNCTION maester.cost_of(text, bigint, bigint, bigint, timestamptz, bigint) IS
+    'The cost of a call in the articles'' shape: cost_of(''gpt-4.1-mini'', 40, 48) = 0.000016 + 0.000077 = 0.000093 USD. Cached and cache-write tokens are part of input_tokens, priced at their rates. Unknown model: 42704; negative tokens: 22023.';
+
 --------------------------------------------------------------------------
 -- The call
 --------------------------------------------------------------------------
@@ -622,7 +790,9 @@ CREATE TYPE maester.generation AS (
     prompt_version      text,
     prompt_hash         text,
     requested_model     text,
-    response_id         text
+    response_id         text,
+    cost_usd            numeric,
+    priced              boolean
 );
 
 COMMENT ON TYPE maester.generation IS
@@ -636,6 +806,8 @@ COMMENT ON COLUMN maester.generation.latency_ms IS 'Wall time of the whole call,
 COMMENT ON COLUMN maester.generation.attempts IS 'HTTP attempts made, across all targets.';
 COMMENT ON COLUMN maester.generation.fallback_used IS 'True when a target other than the first one served the call.';
 COMMENT ON COLUMN maester.generation.prompt_hash IS 'SHA-256 hex of what was sent (see maester.rendered_prompt.hash).';
+COMMENT ON COLUMN maester.generation.cost_usd IS 'Exact, unrounded cost in USD at the price in force at the call (NULL when the model has no price).';
+COMMENT ON COLUMN maester.generation.priced IS 'False when the served model has no price.';
 
 CREATE FUNCTION maester.llm_generate(
     prompt         text DEFAULT NULL,
@@ -710,7 +882,18 @@ BEGIN
         'prompt_version', g.prompt_version,
         'prompt_hash', g.prompt_hash,
         'content', g.content,
-        'cost', NULL,
+        'cost', CASE WHEN g.priced THEN
+                    (SELECT pg_catalog.jsonb_build_object(
+                         'model', c.model, 'input_tokens', c.input_tokens,
+                         'output_tokens', c.output_tokens, 'total_tokens', c.total_tokens,
+                         'input_cost_usd', pg_catalog.to_char(c.input_cost_usd, 'FM0.000000'),
+                         'output_cost_usd', pg_catalog.to_char(c.output_cost_usd, 'FM0.000000'),
+                         'total_cost_usd', pg_catalog.to_char(c.total_cost_usd, 'FM0.000000'),
+                         'unit', c.unit)
+                       FROM maester.cost_of(g.model, g.input_tokens, g.output_tokens,
+                                            g.cached_input_tokens, pg_catalog.now(),
+                                            g.cache_write_tokens) c)
+                END,
         'evaluation', NULL);
 END
 $$;
@@ -772,6 +955,13 @@ GRANT EXECUTE ON FUNCTION
     maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb),
     maester.complete(jsonb) TO maester_user;
 GRANT SELECT ON maester.circuit TO maester_reader;
+GRANT SELECT ON maester.price TO maester_reader, maester_user;
+GRANT INSERT ON maester.price TO maester_admin;
+GRANT EXECUTE ON FUNCTION
+    maester.price_at(text, timestamptz),
+    maester.cost_exact(text, bigint, bigint, bigint, bigint, timestamptz),
+    maester.cost_of(text, bigint, bigint, bigint, timestamptz, bigint)
+    TO maester_reader, maester_user;
 GRANT EXECUTE ON FUNCTION maester.circuit_status() TO maester_reader;
 GRANT SELECT, INSERT, UPDATE, DELETE ON maester.provider, maester.model,
     maester.route, maester.route_target TO maester_admin;
@@ -788,3 +978,4 @@ SELECT pg_catalog.pg_extension_config_dump('maester.provider', $$WHERE name NOT 
 SELECT pg_catalog.pg_extension_config_dump('maester.model', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.route', $$WHERE name <> 'default'$$);
 SELECT pg_catalog.pg_extension_config_dump('maester.route_target', $$WHERE route <> 'default'$$);
+SELECT pg_catalog.pg_extension_config_dump('maester.price', $$WHERE source IS DISTINCT FROM 'openai.com/api/pricing' AND source IS DISTINCT FROM 'anthropic.com/pricing'$$);

@@ -2,6 +2,9 @@
 -- which scripts/test.sh starts and names in MAESTER_MOCK_URL; the servers
 -- see the mock's key in MAESTER_TEST_API_KEY.
 \getenv mock_url MAESTER_MOCK_URL
+-- (the mock's models have no price: their once-per-model WARNINGs are
+-- tested in ledger.sql, not shown here)
+SET client_min_messages = error;
 SELECT set_config('test.mock_url', :'mock_url', false) IS NOT NULL AS mock_url_set;
 
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -253,7 +256,9 @@ SELECT pg_temp.err($$ INSERT INTO maester.provider (name, kind, base_url) VALUES
 
 -- the routing decision, as the articles' structured line
 SET maester.log_routing = notice;
+SET client_min_messages = notice;
 SELECT provider FROM maester.llm_generate('x', 'chain');
+SET client_min_messages = error;
 RESET maester.log_routing;
 
 -- complete(): the articles' request and response shapes
@@ -264,15 +269,18 @@ SELECT (maester.prompt_register('system_summary',
     E'You are a production AI assistant focused on reliability.\nSummarize the following system event.\nBe concise, mention operational impact, and keep the tone factual.\n\n{event_text}',
     version => 'v2')).version AS registered;
 INSERT INTO maester.model (name, provider, provider_model) VALUES ('gpt-4.1-mini', 'mock', 'gpt-4.1-mini');
-SELECT r - 'trace_id' AS response, r ->> 'trace_id' ~ '^[0-9a-f]{32}$' AS trace_id_ok
+SELECT jsonb_pretty(r - 'trace_id') AS response, r ->> 'trace_id' ~ '^[0-9a-f]{32}$' AS trace_id_ok
   FROM maester.complete('{"prompt_name": "system_summary", "prompt_version": "v1",
                           "variables": {"event_text": "Admin revoked API key for user account 742."},
                           "model": "gpt-4.1-mini", "max_tokens": 120}') r;
-SELECT r ->> 'prompt_version' AS version, r ->> 'prompt_hash' AS hash
+SELECT r ->> 'prompt_version' AS version, r ->> 'prompt_hash' AS hash, r -> 'cost' AS cost
   FROM maester.complete('{"prompt_name": "system_summary",
                           "variables": {"event_text": "System latency increased above 300ms for the inference service."},
                           "model": "gpt-4.1-mini"}') r;
-SELECT maester.complete('{"prompt": "Hi", "model": "mock-1"}') ->> 'content' AS content;
+-- an unpriced model: cost null
+SELECT r ->> 'content' AS content, r -> 'cost' AS cost
+  FROM maester.complete('{"prompt": "Hi", "model": "mock-1"}') r;
+SELECT cost_usd, priced FROM maester.llm_generate('Hi', 'mock-1');
 SELECT pg_temp.err($$ SELECT maester.complete('{"prompt": "Hi", "modle": "mock-1"}') $$);
 SELECT pg_temp.err($$ SELECT maester.complete('[1]') $$);
 SELECT pg_temp.err($$ SELECT maester.complete('{"prompt": "Hi", "max_tokens": "ten"}') $$);

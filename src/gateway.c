@@ -50,6 +50,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 #include "utils/wait_event.h"
@@ -712,8 +713,11 @@ llm_generate(PG_FUNCTION_ARGS)
 	RoutePlan  *plan;
 	text	   *content;
 	text	   *system = NULL;
-	Datum		values[19];
-	bool		nulls[19];
+	Datum		values[21];
+	bool		nulls[21];
+	TimestampTz call_start = GetCurrentTimestamp();
+	Numeric		cost;
+	bool		priced;
 
 	maester_require_preload();
 
@@ -784,6 +788,10 @@ llm_generate(PG_FUNCTION_ARGS)
 		g.resp.output_tokens = estimate_tokens(g.resp.content);
 	}
 
+	cost = maester_cost(g.model, g.resp.input_tokens, g.resp.output_tokens,
+						g.resp.cached_input_tokens, g.resp.cache_write_tokens,
+						call_start, &priced);
+
 	ereport(maester_routing_log_level,
 			(errmsg("model_routed requested_model=%s selected_provider=%s model=%s fallback_used=%s attempts=%d",
 					g.requested_model ? g.requested_model : "(default)",
@@ -825,6 +833,11 @@ llm_generate(PG_FUNCTION_ARGS)
 		values[18] = CStringGetTextDatum(g.resp.response_id);
 	else
 		nulls[18] = true;
+	if (cost)
+		values[19] = NumericGetDatum(cost);
+	else
+		nulls[19] = true;
+	values[20] = BoolGetDatum(priced);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

@@ -89,6 +89,13 @@ extern void maester_render(const char *name, const char *ref, Jsonb *vars,
 						   RenderedPrompt *out);
 extern void maester_prompt_hash(text *system, text *content, char *hex_out);
 
+/* meter.c */
+extern struct NumericData *maester_cost(const char *model, int64 input_tokens,
+										int64 output_tokens,
+										int64 cached_input_tokens,
+										int64 cache_write_tokens,
+										TimestampTz at, bool *priced);
+
 /* secrets.c */
 extern char *maester_provider_key(const char *provider, const char *key_env,
 								  const char *key_file, char **missing);
