@@ -468,7 +468,7 @@ CREATE FUNCTION maester.prompt_render(
     version   text DEFAULT NULL)
 RETURNS maester.rendered_prompt
 AS 'MODULE_PATHNAME', 'prompt_render'
-LANGUAGE C STABLE CALLED ON NULL INPUT PARALLEL SAFE;
+LANGUAGE C STABLE CALLED ON NULL INPUT PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION maester.prompt_render(text, jsonb, text) IS
     'Renders a prompt version (version is a version or a label; NULL means latest) with a JSON object of variables; returns content, system prompt and SHA-256 hash. Missing variables raise 22023; unknown prompts, versions or labels 42704.';
@@ -505,7 +505,8 @@ COMMENT ON COLUMN maester.prompt_versions.labels IS 'Labels that point at this v
 -- The model gateway: providers, models, routes
 --------------------------------------------------------------------------
 CREATE TABLE maester.provider (
-    name                      text PRIMARY KEY,
+    name                      text PRIMARY KEY
+        CHECK (pg_catalog.octet_length(name) BETWEEN 1 AND 127),
     kind                      text NOT NULL
         CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['openai', 'anthropic', 'openai_compatible'])),
     base_url                  text NOT NULL
@@ -901,6 +902,71 @@ $$;
 COMMENT ON FUNCTION maester.complete(jsonb) IS
     'The articles'' API in one call: takes {prompt_name, prompt_version, variables, model, max_tokens} (or prompt) and returns {provider, model, trace_id, prompt_name, prompt_version, prompt_hash, content, cost, evaluation}.';
 
+
+--------------------------------------------------------------------------
+-- The usage ledger
+--------------------------------------------------------------------------
+CREATE TABLE maester.usage (
+    request_id          uuid NOT NULL,
+    attempt             integer NOT NULL,
+    ts                  timestamptz NOT NULL,
+    settled_at          timestamptz,
+    tenant              text NOT NULL,
+    role                name NOT NULL,
+    purpose             text NOT NULL DEFAULT 'generation',
+    trace_id            text NOT NULL,
+    prompt_name         text,
+    prompt_version      text,
+    prompt_hash         text,
+    provider            text NOT NULL,
+    requested_model     text,
+    model               text NOT NULL,
+    max_tokens          bigint,
+    input_tokens        bigint,
+    output_tokens       bigint,
+    cached_input_tokens bigint,
+    cache_write_tokens  bigint,
+    usage_estimated     boolean,
+    estimated_cost_usd  numeric,
+    cost_usd            numeric,
+    priced              boolean NOT NULL,
+    latency_ms          double precision,
+    status              text NOT NULL CHECK (status OPERATOR(pg_catalog.=) ANY
+        (ARRAY['pending', 'ok', 'error', 'timeout', 'cancelled', 'orphaned', 'blocked'])),
+    error_class         text,
+    http_status         integer,
+    fallback_used       boolean,
+    tags                jsonb,
+    backend_pid         integer,
+    server_epoch        bigint,
+    PRIMARY KEY (request_id, attempt)
+);
+
+CREATE INDEX usage_ts_brin ON maester.usage USING brin (ts);
+CREATE INDEX usage_tenant_ts ON maester.usage (tenant, ts);
+CREATE INDEX usage_pending ON maester.usage (ts) WHERE status OPERATOR(pg_catalog.=) 'pending';
+
+COMMENT ON TABLE maester.usage IS
+    'The ledger: one row per attempt of every model call, written by the maester ledger worker (never by the caller''s transaction), so that no rollback, error or crash loses it. Row-level security by tenant for maester_user and maester_reader.';
+COMMENT ON COLUMN maester.usage.ts IS 'When the attempt started (the row is durable before the request leaves).';
+COMMENT ON COLUMN maester.usage.settled_at IS 'When the attempt''s outcome was recorded (NULL while pending).';
+COMMENT ON COLUMN maester.usage.tenant IS 'maester.tenant of the calling session.';
+COMMENT ON COLUMN maester.usage.role IS 'The calling role (current_user).';
+COMMENT ON COLUMN maester.usage.purpose IS 'generation, or evaluation for calls made by evaluators.';
+COMMENT ON COLUMN maester.usage.model IS 'The model as served (or, before an answer, as requested from the provider).';
+COMMENT ON COLUMN maester.usage.max_tokens IS 'Output tokens reserved by the estimate (the call''s max_tokens, else 4096).';
+COMMENT ON COLUMN maester.usage.estimated_cost_usd IS 'Worst-case cost reserved before the request left: estimated input tokens plus max_tokens at the output price.';
+COMMENT ON COLUMN maester.usage.cost_usd IS 'Exact cost in USD: at the price in force for ok calls; 0 for errors the provider answered; the estimate for timeouts, cancelled and orphaned attempts, which may have been billed; NULL when unpriced.';
+COMMENT ON COLUMN maester.usage.priced IS 'False when the model had no price (cost NULL).';
+COMMENT ON COLUMN maester.usage.status IS 'pending (in flight), ok, error, timeout, cancelled, orphaned (its backend died mid-call; charged at the estimate), blocked (refused by a budget).';
+COMMENT ON COLUMN maester.usage.error_class IS 'rate_limited, server_error, overloaded, auth, not_found, bad_request, redirect, timeout, connection, network, bad_response, too_large, cancelled.';
+COMMENT ON COLUMN maester.usage.server_epoch IS 'Shared memory generation of the server life that made the call (for orphan detection).';
+
+ALTER TABLE maester.usage ENABLE ROW LEVEL SECURITY;
+CREATE POLICY usage_admin ON maester.usage FOR SELECT TO maester_admin USING (true);
+CREATE POLICY usage_tenant ON maester.usage FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) pg_catalog.current_setting('maester.tenant'));
+
 --------------------------------------------------------------------------
 -- Circuit breakers
 --------------------------------------------------------------------------
@@ -956,6 +1022,7 @@ GRANT EXECUTE ON FUNCTION
     maester.complete(jsonb) TO maester_user;
 GRANT SELECT ON maester.circuit TO maester_reader;
 GRANT SELECT ON maester.price TO maester_reader, maester_user;
+GRANT SELECT ON maester.usage TO maester_reader, maester_user, maester_admin;
 GRANT INSERT ON maester.price TO maester_admin;
 GRANT EXECUTE ON FUNCTION
     maester.price_at(text, timestamptz),
@@ -979,3 +1046,4 @@ SELECT pg_catalog.pg_extension_config_dump('maester.model', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.route', $$WHERE name <> 'default'$$);
 SELECT pg_catalog.pg_extension_config_dump('maester.route_target', $$WHERE route <> 'default'$$);
 SELECT pg_catalog.pg_extension_config_dump('maester.price', $$WHERE source IS DISTINCT FROM 'openai.com/api/pricing' AND source IS DISTINCT FROM 'anthropic.com/pricing'$$);
+SELECT pg_catalog.pg_extension_config_dump('maester.usage', '');

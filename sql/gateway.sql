@@ -134,6 +134,7 @@ SELECT pg_temp.errd($$ SELECT maester.llm_generate('x', 'fault-missingfields') $
 UPDATE maester.model SET provider_model = 'fault-missingfields' WHERE name = 'cached-anth';
 SELECT pg_temp.errd($$ SELECT maester.llm_generate('x', 'cached-anth') $$);
 SELECT pg_temp.errd($$ SELECT maester.llm_generate('x', 'fault-wrongtype') $$);
+SELECT pg_temp.errd($$ SELECT maester.llm_generate('x', 'fault-badutf8') $$);
 SELECT pg_temp.errd($$ SELECT maester.llm_generate('x', 'fault-redirect') $$);
 SET maester.max_response_bytes = '1MB';
 SELECT pg_temp.errd($$ SELECT maester.llm_generate('x', 'fault-huge-2000000') $$);
@@ -253,6 +254,27 @@ SELECT regexp_replace(pg_temp.errd($$ SELECT maester.llm_generate('x', 'loop-1')
 SELECT pg_temp.errd($$ SELECT maester.llm_generate('x', 'loop2-1') $$);
 SELECT pg_temp.errd($$ SELECT maester.llm_generate('x', 'priv-1') $$);
 SELECT pg_temp.err($$ INSERT INTO maester.provider (name, kind, base_url) VALUES ('ftp', 'openai', 'ftp://x') $$);
+
+-- provider names fit the circuit breaker's shared memory
+SELECT pg_temp.err($$ INSERT INTO maester.provider (name, kind, base_url) VALUES (repeat('p', 128), 'openai', 'https://x') $$);
+
+-- the configuration is read as its owner with a fixed search_path: an
+-- object a user puts first on the path is never run with those rights
+CREATE ROLE gw_user LOGIN IN ROLE maester_user;
+CREATE SCHEMA gw_evil AUTHORIZATION gw_user;
+SET ROLE gw_user;
+CREATE FUNCTION gw_evil.sfunc(s text[], v text) RETURNS text[] LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'hijacked as %', current_user; END $$;
+CREATE AGGREGATE gw_evil.array_agg(text) (sfunc = gw_evil.sfunc, stype = text[]);
+SET search_path = gw_evil, pg_catalog;
+RESET ROLE;
+UPDATE maester.provider SET enabled = true WHERE name = 'mock';  -- reload the cache
+SET ROLE gw_user;
+SELECT provider FROM maester.llm_generate('x', 'mock-1');
+RESET ROLE;
+RESET search_path;
+DROP SCHEMA gw_evil CASCADE;
+DROP ROLE gw_user;
 
 -- the routing decision, as the articles' structured line
 SET maester.log_routing = notice;

@@ -92,6 +92,13 @@ SELECT version, content FROM maester.prompt_render('static', NULL, 'production')
 -- many rows, one statement
 SELECT count(DISTINCT (maester.prompt_render('system_summary', jsonb_build_object('event_text', i))).hash)
   FROM generate_series(1, 1000) i;
+-- an empty version is not latest
+SELECT pg_temp.err($$ SELECT maester.prompt_render('static', NULL, '') $$);
+-- a query that would run in parallel still renders (the function is not
+-- parallel safe: its cache reads the registry with the latest snapshot)
+SET force_parallel_mode = on;
+SELECT version FROM maester.prompt_render('static');
+RESET force_parallel_mode;
 -- composite result: fields and to_jsonb work
 SELECT to_jsonb(r) - 'content' - 'hash' - 'template_hash' AS r
   FROM maester.prompt_render('fmt', '{"v": 1}') r;

@@ -392,7 +392,7 @@ attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 	ProviderConf *p = t->provider;
 	HttpRequest req;
 	StringInfoData body;
-	bool		ok = false;
+	volatile bool ok = false;
 	char	   *url = provider_url(p->kind, p->base_url);
 
 	memset(f, 0, sizeof(*f));
@@ -403,8 +403,9 @@ attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 	http_request_init(&req);
 	http_check_url(url, &req.allow_private);
 	req.url = url;
-	req.body = body.data;
-	req.body_len = body.len;
+	/* providers speak UTF-8, whatever the database's encoding */
+	req.body = pg_server_to_any(body.data, body.len, PG_UTF8);
+	req.body_len = strlen(req.body);
 	req.connect_timeout_ms = Min((long) p->connect_timeout_ms, timeout_ms);
 	req.timeout_ms = timeout_ms;
 
@@ -432,7 +433,19 @@ attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 						f->message = psprintf("%s answered with content type \"%s\", not JSON",
 											  p->name, req.content_type);
 					}
-					else if (provider_parse_response(p->kind, req.response, out, &problem))
+					else if (!pg_verify_mbstr(PG_UTF8, req.response, req.response_len, true))
+					{
+						f->error_class = "bad_response";
+						f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+						f->counts = true;
+						f->message = psprintf("%s answered with text that is not valid UTF-8",
+											  p->name);
+					}
+					else if (provider_parse_response(p->kind,
+													 pg_any_to_server(req.response,
+																	  req.response_len,
+																	  PG_UTF8),
+													 out, &problem))
 						ok = true;
 					else
 					{
@@ -497,6 +510,31 @@ attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 	return ok;
 }
 
+/*
+ * attempt(), and when it throws (cancel, timeout, egress refusal) after
+ * this call was admitted as the circuit's probe, hand the probe back.
+ */
+pg_noinline static bool
+attempt_releasing_probe(RouteTarget *t, const GenRequest *gen, const char *key,
+						const pg_uuid_t *request_id, long timeout_ms,
+						GenResponse *out, Failure *f, bool probe)
+{
+	volatile bool ok = false;
+
+	PG_TRY();
+	{
+		ok = attempt(t, gen, key, request_id, timeout_ms, out, f);
+	}
+	PG_CATCH();
+	{
+		if (probe)
+			circuit_release_probe(t->provider);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return ok;
+}
+
 /* Backoff before retry `attempt_no` (1-based) of provider `p` */
 static double
 backoff_ms(ProviderConf *p, int attempt_no)
@@ -538,20 +576,12 @@ try_target(RouteTarget *t, int ti, GenRequest *gen, CallOptions *opts,
 
 	for (int a = 1; a <= max_attempts; a++)
 	{
-		CircuitAdmit admit = circuit_admit(p);
 		long		remaining = (long) ((cs->deadline - GetCurrentTimestamp()) / 1000);
+		CircuitAdmit admit;
 		Failure		f;
 		double		wait;
+		bool		ok;
 
-		if (admit == CIRCUIT_SKIP)
-		{
-			memset(&f, 0, sizeof(f));
-			f.error_class = "circuit_open";
-			f.sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
-			f.message = psprintf("provider \"%s\" is failing: its circuit breaker is open", p->name);
-			note_failure(cs, p->name, &f);
-			return false;
-		}
 		if (remaining <= 0)
 		{
 			memset(&f, 0, sizeof(f));
@@ -561,11 +591,23 @@ try_target(RouteTarget *t, int ti, GenRequest *gen, CallOptions *opts,
 			note_failure(cs, p->name, &f);
 			return false;
 		}
+		admit = circuit_admit(p);
+		if (admit == CIRCUIT_SKIP)
+		{
+			memset(&f, 0, sizeof(f));
+			f.error_class = "circuit_open";
+			f.sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
+			f.message = psprintf("provider \"%s\" is failing: its circuit breaker is open", p->name);
+			note_failure(cs, p->name, &f);
+			return false;
+		}
 
 		gen->model = t->model;
 		g->attempts++;
-		if (attempt(t, gen, key, &g->request_id,
-					Min((long) p->timeout_ms, remaining), &g->resp, &f))
+		ok = attempt_releasing_probe(t, gen, key, &g->request_id,
+									 Min((long) p->timeout_ms, remaining),
+									 &g->resp, &f, admit == CIRCUIT_ADMIT_PROBE);
+		if (ok)
 		{
 			circuit_record(p, true, false);
 			g->provider = p->name;

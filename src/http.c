@@ -215,6 +215,7 @@ address_is_private(const struct sockaddr *sa)
 			(a >> 16) == 0xC0A8 ||	/* 192.168/16 */
 			(a >> 16) == 0xA9FE ||	/* 169.254/16 link-local */
 			(a >> 22) == (100 << 2 | 1) ||	/* 100.64/10 shared */
+			(a >> 17) == (0xC612 >> 1) ||	/* 198.18/15 benchmarking */
 			(a >> 28) >= 0xE;	/* multicast and reserved */
 	}
 	if (sa->sa_family == AF_INET6)
@@ -228,6 +229,18 @@ address_is_private(const struct sockaddr *sa)
 			memset(&v4, 0, sizeof(v4));
 			v4.sin_family = AF_INET;
 			memcpy(&v4.sin_addr, &a->s6_addr[12], 4);
+			return address_is_private((struct sockaddr *) &v4);
+		}
+		/* NAT64 (64:ff9b::/96) and 6to4 (2002::/16) embed an IPv4 address */
+		if ((a->s6_addr[0] == 0x00 && a->s6_addr[1] == 0x64 &&
+			 a->s6_addr[2] == 0xff && a->s6_addr[3] == 0x9b) ||
+			(a->s6_addr[0] == 0x20 && a->s6_addr[1] == 0x02))
+		{
+			struct sockaddr_in v4;
+
+			memset(&v4, 0, sizeof(v4));
+			v4.sin_family = AF_INET;
+			memcpy(&v4.sin_addr, a->s6_addr[0] == 0x20 ? &a->s6_addr[2] : &a->s6_addr[12], 4);
 			return address_is_private((struct sockaddr *) &v4);
 		}
 		return IN6_IS_ADDR_LOOPBACK(a) || IN6_IS_ADDR_UNSPECIFIED(a) ||
@@ -418,6 +431,8 @@ http_start(CURLM *multi, HttpRequest *req)
 	curl_easy_setopt(e, CURLOPT_URL, req->url);
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+	/* no proxy from the environment: the egress check must see the target */
+	curl_easy_setopt(e, CURLOPT_PROXY, "");
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
 	curl_easy_setopt(e, CURLOPT_POST, 1L);
@@ -527,7 +542,9 @@ http_perform(HttpRequest **reqs, int nreqs)
 {
 	CURLM	   *multi = http_get_multi();
 	int			running = 0;
+	WaitEventSet *volatile set = NULL;
 
+	http_socket_overflow = false;
 	PG_TRY();
 	{
 		for (int i = 0; i < nreqs; i++)
@@ -536,7 +553,6 @@ http_perform(HttpRequest **reqs, int nreqs)
 
 		for (;;)
 		{
-			WaitEventSet *set;
 			WaitEvent	events[HTTP_MAX_SOCKETS + 2];
 			HttpSocket	ready[HTTP_MAX_SOCKETS];
 			int			nready = 0;
@@ -590,6 +606,7 @@ http_perform(HttpRequest **reqs, int nreqs)
 					}
 				}
 				FreeWaitEventSet(set);
+				set = NULL;
 			}
 
 			CHECK_FOR_INTERRUPTS();
@@ -602,6 +619,8 @@ http_perform(HttpRequest **reqs, int nreqs)
 	}
 	PG_CATCH();
 	{
+		if (set != NULL)
+			FreeWaitEventSet(set);
 		/* tear down unfinished transfers: their connections are closed */
 		for (int i = 0; i < nreqs; i++)
 			if (!reqs[i]->done)

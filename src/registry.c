@@ -519,9 +519,10 @@ prompt_cache_lookup(const char *name, const char *ref)
 	int			nlen = strlen(name);
 	int			rlen = ref ? strlen(ref) : 0;
 
-	/* names were checked to fit by the caller; build the key */
+	/* names were checked to fit by the caller; build the key (a NULL ref,
+	 * latest, is marked apart from an empty one) */
 	memcpy(key, name, nlen);
-	key[nlen] = '\x1f';
+	key[nlen] = ref ? '\x1f' : '\x1e';
 	if (rlen)
 		memcpy(key + nlen + 1, ref, rlen);
 	key[nlen + 1 + rlen] = '\0';

@@ -43,6 +43,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -73,6 +74,7 @@ typedef struct RouteConf
 
 static MemoryContext RouterContext = NULL;
 static bool RouterStale = true;
+static uint64 RouterLoads = 0;	/* bumped by loads and by invalidations */
 static Oid	RouterRelids[4];
 static int	nproviders;
 static ProviderConf *providers;
@@ -85,11 +87,16 @@ static RouteConf *routes;
 static void
 router_cache_callback(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid)
-		RouterStale = true;
+	bool		ours = relid == InvalidOid;
+
 	for (int i = 0; i < lengthof(RouterRelids); i++)
 		if (relid == RouterRelids[i])
-			RouterStale = true;
+			ours = true;
+	if (ours)
+	{
+		RouterStale = true;
+		RouterLoads++;
+	}
 }
 
 void
@@ -176,6 +183,8 @@ router_load(void)
 	Oid			owner;
 	Oid			save_userid;
 	int			save_sec;
+	int			save_nestlevel;
+	uint64		loads_at_start;
 	const char *tables[4] = {"provider", "model", "route", "route_target"};
 
 	if (RouterContext == NULL)
@@ -184,16 +193,24 @@ router_load(void)
 											  ALLOCSET_SMALL_SIZES);
 	MemoryContextReset(RouterContext);
 	nproviders = nmodels = nroutes = 0;
-	RouterStale = false;
+	RouterStale = true;			/* until the load below completes */
+	loads_at_start = ++RouterLoads;
 	for (int i = 0; i < lengthof(tables); i++)
 		RouterRelids[i] = get_relname_relid(tables[i], nsp);
 	if (!OidIsValid(RouterRelids[0]))
 		elog(ERROR, "table maester.provider not found");
 	owner = relation_owner(RouterRelids[0]);
 
+	/*
+	 * Read as the owner, with a safe search_path: nothing the caller put on
+	 * the path can run with the owner's rights.
+	 */
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	PG_TRY();
 	{
 		uint64		n;
@@ -257,8 +274,8 @@ router_load(void)
 		nmodels = n;
 
 		n = load_query("SELECT r.name, "
-					   "COALESCE(array_agg(t.provider ORDER BY t.position) FILTER (WHERE t.provider IS NOT NULL), '{}'), "
-					   "COALESCE(array_agg(t.model ORDER BY t.position) FILTER (WHERE t.provider IS NOT NULL), '{}') "
+					   "COALESCE(pg_catalog.array_agg(t.provider ORDER BY t.position) FILTER (WHERE t.provider IS NOT NULL), '{}'::pg_catalog.text[]), "
+					   "COALESCE(pg_catalog.array_agg(t.model ORDER BY t.position) FILTER (WHERE t.provider IS NOT NULL), '{}'::pg_catalog.text[]) "
 					   "FROM maester.route r LEFT JOIN maester.route_target t "
 					   "ON t.route OPERATOR(pg_catalog.=) r.name GROUP BY r.name");
 		routes = MemoryContextAllocZero(RouterContext, sizeof(RouteConf) * Max(n, 1));
@@ -277,9 +294,14 @@ router_load(void)
 	}
 	PG_FINALLY();
 	{
+		AtEOXact_GUC(false, save_nestlevel);
 		SetUserIdAndSecContext(save_userid, save_sec);
 	}
 	PG_END_TRY();
+
+	/* fresh, unless an invalidation arrived while loading */
+	if (loads_at_start == RouterLoads)
+		RouterStale = false;
 }
 
 static ProviderConf *
@@ -388,12 +410,15 @@ router_plan(const char *requested)
 
 /* Find (or create) the shared entry of a provider; lock held by caller */
 static MaesterCircuit *
-circuit_entry(const char *name)
+circuit_entry(const char *fullname)
 {
 	MaesterShared *s = maester_shared;
+	char		name[MAESTER_PROVIDER_NAMELEN];
 
+	/* compare as stored: cut to the entry's size */
+	strlcpy(name, fullname, sizeof(name));
 	for (int i = 0; i < s->ncircuits; i++)
-		if (strncmp(s->circuits[i].provider, name, MAESTER_PROVIDER_NAMELEN) == 0)
+		if (strcmp(s->circuits[i].provider, name) == 0)
 			return &s->circuits[i];
 	if (s->ncircuits < s->maxcircuits)
 	{
@@ -434,6 +459,23 @@ circuit_admit(ProviderConf *p)
 	}
 	LWLockRelease(maester_shared->lock);
 	return result;
+}
+
+/*
+ * A probe was admitted but no outcome will be recorded (the call ended
+ * before an answer, by its deadline or an error): reopen the circuit, so
+ * that the next call after the cooldown probes again.
+ */
+void
+circuit_release_probe(ProviderConf *p)
+{
+	MaesterCircuit *c;
+
+	LWLockAcquire(maester_shared->lock, LW_EXCLUSIVE);
+	c = circuit_entry(p->name);
+	if (c != NULL && c->state == CIRCUIT_HALF_OPEN)
+		c->state = CIRCUIT_OPEN;
+	LWLockRelease(maester_shared->lock);
 }
 
 /*

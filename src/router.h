@@ -60,5 +60,6 @@ typedef enum CircuitAdmit
 
 extern CircuitAdmit circuit_admit(ProviderConf *p);
 extern void circuit_record(ProviderConf *p, bool success, bool counts);
+extern void circuit_release_probe(ProviderConf *p);
 
 #endif							/* MAESTER_ROUTER_H */

@@ -21,6 +21,7 @@
  */
 #include "postgres.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -50,7 +51,8 @@ read_key_file(const char *provider, const char *file)
 {
 	char		path[MAXPGPATH];
 	struct stat st;
-	FILE	   *f;
+	int			fd;
+	ssize_t		nread;
 	char		buf[1024];
 	size_t		n;
 	char	   *key;
@@ -76,13 +78,15 @@ read_key_file(const char *provider, const char *file)
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("key file of provider \"%s\" has unsafe permissions", provider),
 				 errdetail("It must be owned by the database server's user and have mode 0600 or stricter.")));
-	f = AllocateFile(path, "r");
-	if (f == NULL)
+	/* read(2) into our buffer: no stdio buffer keeps a copy of the key */
+	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	if (fd < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("could not read the key file of provider \"%s\"", provider)));
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	FreeFile(f);
+	nread = read(fd, buf, sizeof(buf) - 1);
+	CloseTransientFile(fd);
+	n = nread > 0 ? (size_t) nread : 0;
 	buf[n] = '\0';
 	/* first line, without surrounding blanks */
 	buf[strcspn(buf, "\r\n")] = '\0';

@@ -1,0 +1,119 @@
+/*-------------------------------------------------------------------------
+ *
+ * ledger.h
+ *	  The usage ledger: records handed from backends to the per-database
+ *	  ledger worker through shared memory, and written durably by it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef MAESTER_LEDGER_H
+#define MAESTER_LEDGER_H
+
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "utils/uuid.h"
+
+#define LEDGER_NAMELEN 256		/* bytes kept of prompt/model names */
+
+typedef enum LedgerKind
+{
+	LEDGER_PENDING,				/* an attempt is about to be sent */
+	LEDGER_SETTLE				/* how it ended */
+} LedgerKind;
+
+/*
+ * One ledger record.  Fixed size, so that it can live in the shared ring;
+ * strings are NUL-terminated and cut at a character boundary; numerics are
+ * their text ("" = NULL).
+ */
+typedef struct LedgerRecord
+{
+	uint64		seq;			/* assigned when queued */
+	LedgerKind	kind;
+	int			procno;			/* the backend to wake when it is durable */
+	int			backend_pid;
+	int64		epoch;			/* shared memory generation (server start) */
+	pg_uuid_t	request_id;
+	int32		attempt;
+	TimestampTz ts;				/* when the attempt started */
+	TimestampTz settled_at;
+	char		tenant[NAMEDATALEN];
+	char		role[NAMEDATALEN];
+	char		trace_id[33];
+	char		prompt_hash[65];
+	char		prompt_name[LEDGER_NAMELEN];
+	char		prompt_version[LEDGER_NAMELEN];
+	char		provider[128];
+	char		requested_model[LEDGER_NAMELEN];
+	char		model[LEDGER_NAMELEN];
+	char		status[16];
+	char		error_class[32];
+	char		purpose[16];
+	char		cost[48];
+	char		estimate[48];
+	bool		has_usage;
+	bool		usage_estimated;
+	bool		priced;
+	bool		fallback_used;
+	int64		input_tokens;
+	int64		output_tokens;
+	int64		cached_input_tokens;
+	int64		cache_write_tokens;
+	int32		http_status;
+	int32		max_tokens;		/* output tokens reserved by the estimate */
+	double		latency_ms;
+	char		tags[512];		/* options.tags as JSON text, "" = none */
+} LedgerRecord;
+
+/*
+ * The queue of one database.  Protected by `lock`.  Records in
+ * [tail, head) wait to be written; the worker advances tail and
+ * durable_seq after its commit.
+ */
+typedef struct LedgerSlot
+{
+	LWLock	   *lock;
+	Oid			dboid;			/* InvalidOid: free */
+	pid_t		worker_pid;		/* 0: no worker */
+	Latch	   *worker_latch;
+	bool		ready;			/* the worker has recovered and serves */
+	uint64		next_seq;
+	uint64		durable_seq;
+	uint64		head;
+	uint64		tail;
+	int64		written;		/* records written since server start */
+	/* the ring follows: ledger_queue_size records */
+} LedgerSlot;
+
+typedef struct LedgerShared
+{
+	int64		epoch;			/* new at every shared memory init */
+	Latch	   *launcher_latch;
+	pid_t		launcher_pid;
+	int			nslots;
+	int			queue_size;
+	Size		slot_size;
+	char		slots[FLEXIBLE_ARRAY_MEMBER];
+} LedgerShared;
+
+extern LedgerShared *ledger_shared;
+extern int	maester_max_databases;
+extern int	maester_ledger_queue_size;
+extern int	maester_ledger_timeout_ms;
+extern char *maester_tenant;
+
+extern Size ledger_shmem_size(void);
+extern void ledger_shmem_init(void);
+extern LedgerSlot *ledger_slot(int i);
+extern LedgerRecord *ledger_ring(LedgerSlot *slot);
+
+/* backends */
+extern LedgerSlot *ledger_attach(void);
+extern uint64 ledger_enqueue(LedgerSlot *slot, LedgerRecord *rec);
+extern bool ledger_wait_durable(LedgerSlot *slot, uint64 seq, bool must);
+extern void ledger_copy_name(char *dst, const char *src, int size);
+
+/* worker.c */
+extern void maester_register_launcher(void);
+
+#endif							/* MAESTER_LEDGER_H */

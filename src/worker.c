@@ -1,0 +1,578 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The ledger launcher and the per-database ledger workers.
+ *
+ * The launcher is a static background worker (registered in _PG_init, so
+ * only with shared_preload_libraries).  It starts one dynamic ledger
+ * worker per database that needs one and restarts a worker that exits:
+ *	 - every database that accepts connections, at launcher start and every
+ *	   LAUNCHER_SCAN_SECS, so that after a crash or restart the databases
+ *	   with the extension recover their orphaned rows without waiting for a
+ *	   call (a worker for a database without the extension exits at once);
+ *	 - at once, every database whose ledger slot a backend has claimed
+ *	   (backends set the launcher's latch).
+ * No setting beyond shared_preload_libraries is needed for this.
+ *
+ * A ledger worker connects to its database, claims the database's slot,
+ * turns stale PENDING rows into 'orphaned' ones (their backend is gone:
+ * another server life, or a dead pid), says it is ready, and then loops:
+ * take what is queued, write it in one transaction with synchronous commit
+ * (INSERT for PENDING, UPDATE for SETTLE; both idempotent, so records
+ * written before a crash of the worker and taken again are not counted
+ * twice), advance durable_seq, and set the latches of the waiting
+ * backends.  It never holds a transaction open while waiting.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+#include "utils/wait_event.h"
+
+#include "ledger.h"
+#include "maester.h"
+
+#define LAUNCHER_SCAN_SECS 30
+#define WORKER_BATCH 256
+
+PGDLLEXPORT void maester_launcher_main(Datum arg);
+PGDLLEXPORT void maester_ledger_main(Datum arg);
+
+/* Register the launcher; called from _PG_init while preloading */
+void
+maester_register_launcher(void)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = 1;
+	strlcpy(bgw.bgw_library_name, "maester", BGW_MAXLEN);
+	strlcpy(bgw.bgw_function_name, "maester_launcher_main", BGW_MAXLEN);
+	strlcpy(bgw.bgw_name, "maester launcher", BGW_MAXLEN);
+	strlcpy(bgw.bgw_type, "maester launcher", BGW_MAXLEN);
+	RegisterBackgroundWorker(&bgw);
+}
+
+/* Launcher state: a worker handle per database it started */
+typedef struct LaunchedWorker
+{
+	Oid			dboid;
+	BackgroundWorkerHandle *handle;
+} LaunchedWorker;
+
+static LaunchedWorker *launched = NULL;
+static int	nlaunched = 0;
+static int	maxlaunched = 0;
+
+/* Is a worker for `dboid` running (or starting)? */
+static bool
+worker_running(Oid dboid)
+{
+	for (int i = 0; i < nlaunched; i++)
+	{
+		pid_t		pid;
+
+		if (launched[i].dboid != dboid)
+			continue;
+		if (GetBackgroundWorkerPid(launched[i].handle, &pid) != BGWH_STOPPED)
+			return true;
+		/* stopped: forget it */
+		pfree(launched[i].handle);
+		launched[i] = launched[--nlaunched];
+		return false;
+	}
+	return false;
+}
+
+/* Start a ledger worker for `dboid` unless one runs */
+static void
+start_worker(Oid dboid)
+{
+	BackgroundWorker bgw;
+	BackgroundWorkerHandle *handle;
+
+	if (worker_running(dboid))
+		return;
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(bgw.bgw_library_name, "maester", BGW_MAXLEN);
+	strlcpy(bgw.bgw_function_name, "maester_ledger_main", BGW_MAXLEN);
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "maester ledger worker for database %u", dboid);
+	strlcpy(bgw.bgw_type, "maester ledger worker", BGW_MAXLEN);
+	bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
+	bgw.bgw_notify_pid = MyProcPid;
+	if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
+	{
+		ereport(LOG,
+				(errmsg("maester launcher could not start a ledger worker for database %u", dboid),
+				 errhint("Raise max_worker_processes.")));
+		return;
+	}
+	if (nlaunched == maxlaunched)
+	{
+		maxlaunched = Max(16, maxlaunched * 2);
+		launched = launched ? repalloc(launched, sizeof(LaunchedWorker) * maxlaunched)
+			: palloc(sizeof(LaunchedWorker) * maxlaunched);
+	}
+	launched[nlaunched].dboid = dboid;
+	launched[nlaunched].handle = handle;
+	nlaunched++;
+}
+
+/* The databases that accept connections */
+static List *
+list_databases(void)
+{
+	List	   *result = NIL;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	StartTransactionCommand();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (db->datallowconn && !db->datistemplate)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			result = lappend_oid(result, db->oid);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return result;
+}
+
+static void
+launcher_exit(int code, Datum arg)
+{
+	ledger_shared->launcher_latch = NULL;
+	ledger_shared->launcher_pid = 0;
+}
+
+/* The launcher's main loop */
+void
+maester_launcher_main(Datum arg)
+{
+	TimestampTz last_scan = 0;
+
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	ledger_shared->launcher_pid = MyProcPid;
+	ledger_shared->launcher_latch = &MyProc->procLatch;
+	before_shmem_exit(launcher_exit, (Datum) 0);
+
+	while (!ShutdownRequestPending)
+	{
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		/* databases a backend asked for, and databases with a live slot */
+		for (int i = 0; i < ledger_shared->nslots; i++)
+		{
+			LedgerSlot *slot = ledger_slot(i);
+			Oid			dboid;
+
+			LWLockAcquire(slot->lock, LW_SHARED);
+			dboid = slot->dboid;
+			LWLockRelease(slot->lock);
+			if (OidIsValid(dboid))
+				start_worker(dboid);
+		}
+
+		/* every database, now and then */
+		if (TimestampDifferenceExceeds(last_scan, GetCurrentTimestamp(),
+									   LAUNCHER_SCAN_SECS * 1000))
+		{
+			List	   *dbs = list_databases();
+			ListCell   *lc;
+
+			foreach(lc, dbs)
+				start_worker(lfirst_oid(lc));
+			list_free(dbs);
+			last_scan = GetCurrentTimestamp();
+		}
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	proc_exit(0);
+}
+
+static LedgerSlot *WorkerSlot = NULL;
+
+/* On exit: the slot has no worker any more; waiting backends notice */
+static void
+worker_exit(int code, Datum arg)
+{
+	if (WorkerSlot == NULL)
+		return;
+	LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
+	if (WorkerSlot->worker_pid == MyProcPid)
+	{
+		WorkerSlot->worker_pid = 0;
+		WorkerSlot->worker_latch = NULL;
+		WorkerSlot->ready = false;
+	}
+	LWLockRelease(WorkerSlot->lock);
+	if (ledger_shared->launcher_latch)
+		SetLatch(ledger_shared->launcher_latch);
+}
+
+/* Claim the slot of this database; false when another worker has it */
+static bool
+claim_slot(void)
+{
+	LedgerSlot *found = NULL;
+
+	for (int i = 0; i < ledger_shared->nslots && found == NULL; i++)
+	{
+		LedgerSlot *slot = ledger_slot(i);
+
+		LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+		if (slot->dboid == MyDatabaseId || slot->dboid == InvalidOid)
+		{
+			if (slot->worker_pid != 0 && slot->worker_pid != MyProcPid)
+			{
+				LWLockRelease(slot->lock);
+				return false;
+			}
+			slot->dboid = MyDatabaseId;
+			slot->worker_pid = MyProcPid;
+			slot->worker_latch = &MyProc->procLatch;
+			slot->ready = false;
+			found = slot;
+		}
+		LWLockRelease(slot->lock);
+	}
+	if (found == NULL)
+	{
+		ereport(LOG,
+				(errmsg("maester ledger worker: no free slot for database %u", MyDatabaseId),
+				 errhint("Raise maester.max_databases.")));
+		return false;
+	}
+	WorkerSlot = found;
+	return true;
+}
+
+/*
+ * Turn stale PENDING rows into 'orphaned' ones charged at their estimate:
+ * rows of another server life, or of a backend that is gone.
+ */
+static void
+recover_orphans(void)
+{
+	StringInfoData sql;
+	int			rc;
+
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT u.request_id, u.attempt, u.backend_pid, u.server_epoch "
+					 "FROM maester.usage u WHERE u.status OPERATOR(pg_catalog.=) 'pending'");
+	rc = SPI_execute(sql.data, true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read pending ledger rows");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[i];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int32		pid = DatumGetInt32(SPI_getbinval(t, d, 3, &isnull));
+		int64		epoch = DatumGetInt64(SPI_getbinval(t, d, 4, &isnull));
+		Datum		args[2];
+		Oid			types[2] = {UUIDOID, INT4OID};
+
+		if (epoch == ledger_shared->epoch && BackendPidGetProc(pid) != NULL)
+			continue;			/* its backend still runs: it will settle */
+		args[0] = SPI_getbinval(t, d, 1, &isnull);
+		args[1] = SPI_getbinval(t, d, 2, &isnull);
+		rc = SPI_execute_with_args("UPDATE maester.usage SET status = 'orphaned', "
+								   "cost_usd = estimated_cost_usd, settled_at = pg_catalog.now() "
+								   "WHERE request_id OPERATOR(pg_catalog.=) $1 "
+								   "AND attempt OPERATOR(pg_catalog.=) $2 "
+								   "AND status OPERATOR(pg_catalog.=) 'pending'",
+								   2, types, args, NULL, false, 0);
+		if (rc != SPI_OK_UPDATE)
+			elog(ERROR, "could not mark an orphaned ledger row");
+		if (SPI_processed > 0)
+			ereport(LOG,
+					(errmsg("maester: ledger row of a call by a backend that is gone marked orphaned"),
+					 errdetail("Backend %d; it is charged at its estimated cost.", pid)));
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+static SPIPlanPtr InsertPlan = NULL;
+static SPIPlanPtr SettlePlan = NULL;
+
+#define NULL_IF_EMPTY(s) ((s)[0] == '\0')
+
+/* Write one record through SPI (in the worker's batch transaction) */
+static void
+write_record(LedgerRecord *r)
+{
+	Datum		v[28];
+	char		n[28];
+	int			rc;
+
+	memset(n, ' ', sizeof(n));
+	if (InsertPlan == NULL)
+	{
+		Oid			t[22] = {UUIDOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
+			TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID,
+		INT8OID, BOOLOID, TEXTOID, TEXTOID};
+		Oid			st[17] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
+			INT8OID, INT8OID, INT8OID, INT8OID, BOOLOID, TEXTOID, BOOLOID,
+		FLOAT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID, BOOLOID};
+
+		InsertPlan = SPI_prepare(
+			"INSERT INTO maester.usage (request_id, attempt, ts, tenant, role, trace_id, "
+			" prompt_name, prompt_version, prompt_hash, provider, requested_model, model, "
+			" status, backend_pid, server_epoch, estimated_cost_usd, purpose, tags, "
+			" max_tokens, priced, error_class, cost_usd) "
+			"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+			" $16::pg_catalog.numeric, $17, $18::pg_catalog.jsonb, $19, $20, $21, $22::pg_catalog.numeric) "
+			"ON CONFLICT (request_id, attempt) DO NOTHING", 22, t);
+		if (InsertPlan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(InsertPlan);
+		SettlePlan = SPI_prepare(
+			"UPDATE maester.usage SET status = $3, error_class = $4, model = COALESCE($5, model), "
+			" input_tokens = $6, output_tokens = $7, cached_input_tokens = $8, "
+			" cache_write_tokens = $9, usage_estimated = $10, "
+			" cost_usd = CASE WHEN $12 THEN $11::pg_catalog.numeric ELSE estimated_cost_usd END, "
+			" priced = priced AND $16, latency_ms = $13, http_status = $14, settled_at = $15, "
+			" fallback_used = $17 "
+			"WHERE request_id OPERATOR(pg_catalog.=) $1 AND attempt OPERATOR(pg_catalog.=) $2",
+			17, st);
+		if (SettlePlan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(SettlePlan);
+	}
+
+	if (r->kind == LEDGER_PENDING)
+	{
+		v[0] = UUIDPGetDatum(&r->request_id);
+		v[1] = Int32GetDatum(r->attempt);
+		v[2] = TimestampTzGetDatum(r->ts);
+		v[3] = CStringGetTextDatum(r->tenant);
+		v[4] = CStringGetTextDatum(r->role);
+		v[5] = CStringGetTextDatum(r->trace_id);
+		v[6] = CStringGetTextDatum(r->prompt_name);
+		n[6] = NULL_IF_EMPTY(r->prompt_name) ? 'n' : ' ';
+		v[7] = CStringGetTextDatum(r->prompt_version);
+		n[7] = NULL_IF_EMPTY(r->prompt_version) ? 'n' : ' ';
+		v[8] = CStringGetTextDatum(r->prompt_hash);
+		v[9] = CStringGetTextDatum(r->provider);
+		v[10] = CStringGetTextDatum(r->requested_model);
+		n[10] = NULL_IF_EMPTY(r->requested_model) ? 'n' : ' ';
+		v[11] = CStringGetTextDatum(r->model);
+		v[12] = CStringGetTextDatum(r->status);
+		v[13] = Int32GetDatum(r->backend_pid);
+		v[14] = Int64GetDatum(r->epoch);
+		v[15] = CStringGetTextDatum(r->estimate);
+		n[15] = NULL_IF_EMPTY(r->estimate) ? 'n' : ' ';
+		v[16] = CStringGetTextDatum(r->purpose);
+		v[17] = CStringGetTextDatum(r->tags);
+		n[17] = NULL_IF_EMPTY(r->tags) ? 'n' : ' ';
+		v[18] = Int64GetDatum(r->max_tokens);
+		v[19] = BoolGetDatum(r->priced);
+		v[20] = CStringGetTextDatum(r->error_class);
+		n[20] = NULL_IF_EMPTY(r->error_class) ? 'n' : ' ';
+		v[21] = CStringGetTextDatum(r->cost);
+		n[21] = NULL_IF_EMPTY(r->cost) ? 'n' : ' ';
+		rc = SPI_execute_plan(InsertPlan, v, n, false, 0);
+		if (rc != SPI_OK_INSERT)
+			elog(ERROR, "could not write a ledger row: %s", SPI_result_code_string(rc));
+	}
+	else
+	{
+		v[0] = UUIDPGetDatum(&r->request_id);
+		v[1] = Int32GetDatum(r->attempt);
+		v[2] = CStringGetTextDatum(r->status);
+		v[3] = CStringGetTextDatum(r->error_class);
+		n[3] = NULL_IF_EMPTY(r->error_class) ? 'n' : ' ';
+		v[4] = CStringGetTextDatum(r->model);
+		n[4] = NULL_IF_EMPTY(r->model) ? 'n' : ' ';
+		v[5] = Int64GetDatum(r->input_tokens);
+		v[6] = Int64GetDatum(r->output_tokens);
+		v[7] = Int64GetDatum(r->cached_input_tokens);
+		v[8] = Int64GetDatum(r->cache_write_tokens);
+		n[5] = n[6] = n[7] = n[8] = r->has_usage ? ' ' : 'n';
+		v[9] = BoolGetDatum(r->usage_estimated);
+		v[10] = CStringGetTextDatum(r->cost);
+		n[10] = NULL_IF_EMPTY(r->cost) ? 'n' : ' ';
+		v[11] = BoolGetDatum(!NULL_IF_EMPTY(r->cost) || r->has_usage);
+		v[12] = Float8GetDatum(r->latency_ms);
+		v[13] = Int32GetDatum(r->http_status);
+		n[13] = r->http_status ? ' ' : 'n';
+		v[14] = TimestampTzGetDatum(r->settled_at);
+		v[15] = BoolGetDatum(r->priced);
+		v[16] = BoolGetDatum(r->fallback_used);
+		rc = SPI_execute_plan(SettlePlan, v, n, false, 0);
+		if (rc != SPI_OK_UPDATE)
+			elog(ERROR, "could not settle a ledger row: %s", SPI_result_code_string(rc));
+	}
+}
+
+/* Does the extension still exist in this database? */
+static bool
+extension_exists(void)
+{
+	bool		exists;
+
+	StartTransactionCommand();
+	exists = OidIsValid(get_extension_oid("maester", true));
+	CommitTransactionCommand();
+	return exists;
+}
+
+/* A ledger worker's main loop */
+void
+maester_ledger_main(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	LedgerRecord *batch;
+	MemoryContext batchcxt;
+
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	if (!extension_exists())
+		proc_exit(0);			/* nothing to do here */
+
+	/* the ledger's commits are durable, whatever the server's default */
+	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("application_name", "maester ledger worker", PGC_USERSET, PGC_S_OVERRIDE);
+
+	before_shmem_exit(worker_exit, (Datum) 0);
+	if (!claim_slot())
+		proc_exit(0);
+
+	pgstat_report_activity(STATE_RUNNING, "recovering orphaned ledger rows");
+	recover_orphans();
+
+	LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
+	WorkerSlot->ready = true;
+	LWLockRelease(WorkerSlot->lock);
+	ereport(LOG, (errmsg("maester ledger worker ready for database %u", dboid)));
+
+	batch = palloc(sizeof(LedgerRecord) * WORKER_BATCH);
+	batchcxt = AllocSetContextCreate(TopMemoryContext, "maester ledger batch",
+									 ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		int			n = 0;
+		uint64		tail;
+		int			qsize = ledger_shared->queue_size;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		LWLockAcquire(WorkerSlot->lock, LW_SHARED);
+		tail = WorkerSlot->tail;
+		while (n < WORKER_BATCH && tail + n < WorkerSlot->head)
+		{
+			memcpy(&batch[n], &ledger_ring(WorkerSlot)[(tail + n) % qsize],
+				   sizeof(LedgerRecord));
+			n++;
+		}
+		LWLockRelease(WorkerSlot->lock);
+
+		if (n == 0)
+		{
+			if (ShutdownRequestPending)
+				break;
+			pgstat_report_activity(STATE_IDLE, NULL);
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 1000, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			continue;
+		}
+
+		pgstat_report_activity(STATE_RUNNING, "writing ledger rows");
+		MemoryContextReset(batchcxt);
+		{
+			MemoryContext old = MemoryContextSwitchTo(batchcxt);
+
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			SPI_connect();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			for (int i = 0; i < n; i++)
+				write_record(&batch[i]);
+			SPI_finish();
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			MemoryContextSwitchTo(old);
+		}
+
+		/* durable: advance, and wake whoever waits for these records */
+		LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
+		WorkerSlot->tail = tail + n;
+		WorkerSlot->durable_seq = batch[n - 1].seq;
+		WorkerSlot->written += n;
+		LWLockRelease(WorkerSlot->lock);
+		for (int i = 0; i < n; i++)
+			SetLatch(&ProcGlobal->allProcs[batch[i].procno].procLatch);
+	}
+	proc_exit(0);
+}
