@@ -687,13 +687,14 @@ CREATE FUNCTION maester.cost_exact(
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- (OPERATOR() syntax has no arithmetic precedence: every step is parenthesized)
-    SELECT ((((($2 OPERATOR(pg_catalog.-) $4) OPERATOR(pg_catalog.-) $5)
+    -- (OPERATOR() syntax has no arithmetic precedence: every step is
+    -- parenthesized; trim_scale drops the division's trailing zeros)
+    SELECT pg_catalog.trim_scale(((((($2 OPERATOR(pg_catalog.-) $4) OPERATOR(pg_catalog.-) $5)
                OPERATOR(pg_catalog.*) p.input_cost_per_million)
              OPERATOR(pg_catalog.+) ($4 OPERATOR(pg_catalog.*) COALESCE(p.cache_read_input_cost_per_million, p.input_cost_per_million))
              OPERATOR(pg_catalog.+) ($5 OPERATOR(pg_catalog.*) COALESCE(p.cache_creation_input_cost_per_million, p.input_cost_per_million)))
-            OPERATOR(pg_catalog./) 1000000)::numeric,
-           (($3 OPERATOR(pg_catalog.*) p.output_cost_per_million) OPERATOR(pg_catalog./) 1000000)::numeric
+            OPERATOR(pg_catalog./) 1000000)::numeric),
+           pg_catalog.trim_scale((($3 OPERATOR(pg_catalog.*) p.output_cost_per_million) OPERATOR(pg_catalog./) 1000000)::numeric)
       FROM maester.price_at($1, $6) p
      WHERE p.model IS NOT NULL
 $$;

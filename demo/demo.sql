@@ -74,3 +74,8 @@ SELECT provider, model, input_tokens, output_tokens, attempts, fallback_used,
                             model => 'gpt-4.1-mini', max_tokens => 60);
 
 SELECT provider, state, consecutive_failures, successes, failures FROM maester.circuit;
+
+-- The ledger: one durable row per attempt, written by the ledger worker.
+SELECT ts::time(0) AS time, tenant, provider, model, prompt_name, prompt_version,
+       input_tokens, output_tokens, cost_usd, estimated_cost_usd, status
+  FROM maester.usage ORDER BY ts;

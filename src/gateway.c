@@ -46,6 +46,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -56,9 +57,13 @@
 #include "utils/wait_event.h"
 
 #include "http.h"
+#include "ledger.h"
 #include "maester.h"
+#include "template.h"
 #include "provider.h"
 #include "router.h"
+
+static int64 estimate_tokens(const char *s);
 
 /* SQLSTATEs of gateway failures (class MG, "maester gateway") */
 #define ERRCODE_MAESTER_PROVIDER_ERROR	MAKE_SQLSTATE('M','G','0','0','1')
@@ -76,6 +81,7 @@ typedef struct CallOptions
 	int			timeout_ms;		/* overall deadline */
 	int			max_attempts;	/* 0: each provider's own */
 	bool		fallback;
+	char	   *tags;			/* JSON text of options.tags, or NULL */
 } CallOptions;
 
 /* One failed attempt (or skipped target), for the error detail */
@@ -87,6 +93,7 @@ typedef struct Failure
 	bool		counts;			/* says something about provider health */
 	char	   *message;
 	double		retry_after_ms;
+	int			http_status;
 } Failure;
 
 /* Everything llm_generate returns */
@@ -105,7 +112,21 @@ typedef struct Generation
 	const char *prompt_version;
 	char		prompt_hash[MAESTER_SHA256_HEXLEN + 1];
 	const char *requested_model;
+	Numeric		cost;			/* exact cost of the successful attempt */
+	bool		priced;
+	const char *tags;			/* options.tags as JSON text, or NULL */
 } Generation;
+
+/* State of one call across its targets */
+typedef struct CallState
+{
+	LedgerSlot *slot;			/* this database's ledger queue */
+	int64		est_input_tokens;	/* for the worst-case estimate */
+	int			est_output_tokens;
+	TimestampTz deadline;
+	StringInfoData log;			/* "provider: class; ..." for the error detail */
+	Failure		last;			/* the last failure */
+} CallState;
 
 /* Raise 22023 for a bad option */
 static void
@@ -230,8 +251,16 @@ parse_options(Jsonb *opts, CallOptions *o)
 		}
 		else if (strcmp(key, "tags") == 0)
 		{
+			StringInfoData t;
+
 			if (v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
 				option_error(key, "a JSON object");
+			initStringInfo(&t);
+			jsonb_to_compact_text(&t, v.val.binary.data);
+			if (t.len >= (int) sizeof(((LedgerRecord *) NULL)->tags))
+				option_error(key, psprintf("a JSON object of less than %d bytes",
+										   (int) sizeof(((LedgerRecord *) NULL)->tags)));
+			o->tags = t.data;
 		}
 		else
 			ereport(ERROR,
@@ -458,6 +487,7 @@ attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 				else
 				{
 					classify_status(req.status, f);
+					f->http_status = (int) req.status;
 					f->retry_after_ms = req.retry_after_ms;
 					if (strcmp(f->error_class, "redirect") == 0)
 						f->message = psprintf("%s answered HTTP %ld, a redirect, which is not followed",
@@ -535,6 +565,195 @@ attempt_releasing_probe(RouteTarget *t, const GenRequest *gen, const char *key,
 	return ok;
 }
 
+/* Estimated output tokens when the caller gives no max_tokens */
+#define ESTIMATE_DEFAULT_MAX_TOKENS 4096
+
+/* The attempt whose ledger row is in flight, for the exit callback */
+static LedgerRecord *InFlight = NULL;
+static LedgerSlot *InFlightSlot = NULL;
+static bool ExitCallbackRegistered = false;
+
+/*
+ * Backend exit (pg_terminate_backend during a call, which does not unwind
+ * through PG_CATCH): settle the in-flight attempt as cancelled, charged at
+ * its estimate, without waiting.
+ */
+static void
+ledger_backend_exit(int code, Datum arg)
+{
+	if (InFlight == NULL || InFlightSlot == NULL)
+		return;
+	InFlight->kind = LEDGER_SETTLE;
+	strlcpy(InFlight->status, "cancelled", sizeof(InFlight->status));
+	strlcpy(InFlight->error_class, "terminated", sizeof(InFlight->error_class));
+	InFlight->cost[0] = '\0';	/* keep the estimate */
+	InFlight->settled_at = GetCurrentTimestamp();
+	(void) ledger_try_enqueue(InFlightSlot, InFlight);
+	InFlight = NULL;
+}
+
+/* Numeric as text into a ledger field ("" for NULL) */
+static void
+numeric_to_field(Numeric n, char *dst, size_t size)
+{
+	char	   *s;
+
+	if (n == NULL)
+	{
+		dst[0] = '\0';
+		return;
+	}
+	s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(n)));
+	if (strlen(s) >= size)
+		elog(ERROR, "cost \"%s\" too long for the ledger", s);
+	strlcpy(dst, s, size);
+}
+
+/* Fill the PENDING record of an attempt */
+static void
+fill_pending(LedgerRecord *r, RouteTarget *t, Generation *g, CallState *cs,
+			 int max_tokens)
+{
+	Numeric		estimate;
+	bool		priced;
+
+	memset(r, 0, sizeof(*r));
+	r->kind = LEDGER_PENDING;
+	r->request_id = g->request_id;
+	r->attempt = g->attempts;
+	r->ts = GetCurrentTimestamp();
+	ledger_copy_name(r->tenant, maester_tenant, sizeof(r->tenant));
+	ledger_copy_name(r->role, GetUserNameFromId(GetUserId(), false), sizeof(r->role));
+	strlcpy(r->trace_id, g->trace_id, sizeof(r->trace_id));
+	strlcpy(r->prompt_hash, g->prompt_hash, sizeof(r->prompt_hash));
+	ledger_copy_name(r->prompt_name, g->prompt_name, sizeof(r->prompt_name));
+	ledger_copy_name(r->prompt_version, g->prompt_version, sizeof(r->prompt_version));
+	ledger_copy_name(r->provider, t->provider->name, sizeof(r->provider));
+	ledger_copy_name(r->requested_model, g->requested_model, sizeof(r->requested_model));
+	ledger_copy_name(r->model, t->model, sizeof(r->model));
+	strlcpy(r->status, "pending", sizeof(r->status));
+	strlcpy(r->purpose, "generation", sizeof(r->purpose));
+	if (g->tags)
+		strlcpy(r->tags, g->tags, sizeof(r->tags));
+	r->max_tokens = max_tokens > 0 ? max_tokens : ESTIMATE_DEFAULT_MAX_TOKENS;
+	estimate = maester_cost(t->model, cs->est_input_tokens, r->max_tokens, 0, 0,
+							r->ts, &priced);
+	numeric_to_field(estimate, r->estimate, sizeof(r->estimate));
+	r->priced = priced;
+}
+
+/*
+ * One attempt with its ledger row: PENDING made durable before anything
+ * is sent (else MG006 and nothing leaves), then the attempt, then SETTLE,
+ * made durable before returning.  On an error or cancel the row is
+ * settled as cancelled -- charged at its estimate if the request may have
+ * left -- and the error goes on.
+ */
+pg_noinline static bool
+ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
+				 CallState *cs, Generation *g, long timeout_ms, Failure *f,
+				 bool probe)
+{
+	LedgerRecord *r = palloc(sizeof(LedgerRecord));
+	volatile bool sent = false;
+	bool		ok = false;
+	uint64		seq;
+	TimestampTz start;
+
+	fill_pending(r, t, g, cs, gen->max_tokens);
+	if (!ExitCallbackRegistered)
+	{
+		before_shmem_exit(ledger_backend_exit, (Datum) 0);
+		ExitCallbackRegistered = true;
+	}
+
+	PG_TRY();
+	{
+		seq = ledger_enqueue(cs->slot, r);
+		ledger_wait_durable(cs->slot, seq, true);
+
+		/* durable: from here on the request may leave */
+		InFlight = MemoryContextAlloc(TopMemoryContext, sizeof(LedgerRecord));
+		memcpy(InFlight, r, sizeof(LedgerRecord));
+		InFlightSlot = cs->slot;
+		sent = true;
+		start = GetCurrentTimestamp();
+		ok = attempt_releasing_probe(t, gen, key, &g->request_id, timeout_ms,
+									 &g->resp, f, probe);
+		pfree(InFlight);
+		InFlight = NULL;
+	}
+	PG_CATCH();
+	{
+		if (InFlight)
+		{
+			pfree(InFlight);
+			InFlight = NULL;
+		}
+		HOLD_INTERRUPTS();
+		r->kind = LEDGER_SETTLE;
+		strlcpy(r->status, "cancelled", sizeof(r->status));
+		strlcpy(r->error_class, "cancelled", sizeof(r->error_class));
+		if (!sent)
+			strlcpy(r->cost, "0", sizeof(r->cost));
+		r->settled_at = GetCurrentTimestamp();
+		(void) ledger_try_enqueue(cs->slot, r);
+		RESUME_INTERRUPTS();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	/* settle */
+	r->kind = LEDGER_SETTLE;
+	r->settled_at = GetCurrentTimestamp();
+	r->latency_ms = (double) (r->settled_at - start) / 1000.0;
+	if (ok)
+	{
+		if (!g->resp.usage_present)
+		{
+			/* no usage from the provider: estimate it, and say so */
+			g->resp.input_tokens = estimate_tokens(gen->prompt) +
+				estimate_tokens(gen->system);
+			g->resp.output_tokens = estimate_tokens(g->resp.content);
+			g->resp.cached_input_tokens = g->resp.cache_write_tokens = 0;
+		}
+		g->cost = maester_cost(g->resp.served_model ? g->resp.served_model : t->model,
+							   g->resp.input_tokens, g->resp.output_tokens,
+							   g->resp.cached_input_tokens, g->resp.cache_write_tokens,
+							   r->ts, &g->priced);
+		strlcpy(r->status, "ok", sizeof(r->status));
+		if (g->resp.served_model)
+			ledger_copy_name(r->model, g->resp.served_model, sizeof(r->model));
+		r->has_usage = true;
+		r->usage_estimated = !g->resp.usage_present;
+		r->input_tokens = g->resp.input_tokens;
+		r->output_tokens = g->resp.output_tokens;
+		r->cached_input_tokens = g->resp.cached_input_tokens;
+		r->cache_write_tokens = g->resp.cache_write_tokens;
+		r->priced = g->priced;
+		r->fallback_used = g->fallback_used;
+		r->http_status = 200;
+		numeric_to_field(g->cost, r->cost, sizeof(r->cost));
+	}
+	else
+	{
+		/* a timeout may have been billed: keep the estimate; else nothing */
+		bool		maybe_billed = strcmp(f->error_class, "timeout") == 0 ||
+			strcmp(f->error_class, "network") == 0;
+
+		strlcpy(r->status, strcmp(f->error_class, "timeout") == 0 ? "timeout" : "error",
+				sizeof(r->status));
+		strlcpy(r->error_class, f->error_class, sizeof(r->error_class));
+		if (!maybe_billed)
+			strlcpy(r->cost, "0", sizeof(r->cost));
+		r->http_status = f->http_status;
+	}
+	seq = ledger_enqueue(cs->slot, r);
+	(void) ledger_wait_durable(cs->slot, seq, false);
+	pfree(r);
+	return ok;
+}
+
 /* Backoff before retry `attempt_no` (1-based) of provider `p` */
 static double
 backoff_ms(ProviderConf *p, int attempt_no)
@@ -545,14 +764,6 @@ backoff_ms(ProviderConf *p, int attempt_no)
 	/* equal jitter: half fixed, half random */
 	return d / 2 + pg_prng_double(&pg_global_prng_state) * d / 2;
 }
-
-/* State of one call across its targets */
-typedef struct CallState
-{
-	TimestampTz deadline;
-	StringInfoData log;			/* "provider: class; ..." for the error detail */
-	Failure		last;			/* the last failure */
-} CallState;
 
 /* Note a failure (or a skipped target) */
 static void
@@ -604,9 +815,9 @@ try_target(RouteTarget *t, int ti, GenRequest *gen, CallOptions *opts,
 
 		gen->model = t->model;
 		g->attempts++;
-		ok = attempt_releasing_probe(t, gen, key, &g->request_id,
-									 Min((long) p->timeout_ms, remaining),
-									 &g->resp, &f, admit == CIRCUIT_ADMIT_PROBE);
+		g->fallback_used = ti > 0;
+		ok = ledgered_attempt(t, gen, key, cs, g, Min((long) p->timeout_ms, remaining),
+							  &f, admit == CIRCUIT_ADMIT_PROBE);
 		if (ok)
 		{
 			circuit_record(p, true, false);
@@ -691,6 +902,10 @@ gateway_execute(RoutePlan *plan, GenRequest *gen, CallOptions *opts, Generation 
 
 	memset(&cs, 0, sizeof(cs));
 	cs.deadline = start + (TimestampTz) opts->timeout_ms * 1000;
+	/* fail closed: no ledger, no call */
+	cs.slot = ledger_attach();
+	/* worst case: a token per byte, plus the chat format's overhead */
+	cs.est_input_tokens = strlen(gen->prompt) + (gen->system ? strlen(gen->system) : 0) + 16;
 	initStringInfo(&cs.log);
 	g->attempts = 0;
 
@@ -757,7 +972,6 @@ llm_generate(PG_FUNCTION_ARGS)
 	text	   *system = NULL;
 	Datum		values[21];
 	bool		nulls[21];
-	TimestampTz call_start = GetCurrentTimestamp();
 	Numeric		cost;
 	bool		priced;
 
@@ -784,6 +998,7 @@ llm_generate(PG_FUNCTION_ARGS)
 
 	memset(&g, 0, sizeof(g));
 	new_ids(&g.request_id, g.trace_id);
+	g.tags = opts.tags;
 	g.requested_model = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 
 	/* the prompt */
@@ -822,17 +1037,10 @@ llm_generate(PG_FUNCTION_ARGS)
 	opts.gen.max_tokens = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2);
 	gateway_execute(plan, &opts.gen, &opts, &g);
 
-	if (!g.resp.usage_present)
-	{
-		g.usage_estimated = true;
-		g.resp.input_tokens = estimate_tokens(opts.gen.prompt) +
-			estimate_tokens(opts.gen.system);
-		g.resp.output_tokens = estimate_tokens(g.resp.content);
-	}
+	g.usage_estimated = !g.resp.usage_present;
 
-	cost = maester_cost(g.model, g.resp.input_tokens, g.resp.output_tokens,
-						g.resp.cached_input_tokens, g.resp.cache_write_tokens,
-						call_start, &priced);
+	cost = g.cost;
+	priced = g.priced;
 
 	ereport(maester_routing_log_level,
 			(errmsg("model_routed requested_model=%s selected_provider=%s model=%s fallback_used=%s attempts=%d",

@@ -243,6 +243,35 @@ ledger_enqueue(LedgerSlot *slot, LedgerRecord *rec)
 }
 
 /*
+ * Queue `rec` if there is room, without waiting or throwing (for error and
+ * exit paths); false when the ring is full.
+ */
+bool
+ledger_try_enqueue(LedgerSlot *slot, LedgerRecord *rec)
+{
+	Latch	   *wl;
+	bool		queued = false;
+
+	rec->procno = MyProc ? MyProc->pgprocno : 0;
+	rec->backend_pid = MyProcPid;
+	rec->epoch = ledger_shared->epoch;
+	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+	if (slot->head - slot->tail < (uint64) ledger_shared->queue_size)
+	{
+		rec->seq = ++slot->next_seq;
+		memcpy(&ledger_ring(slot)[slot->head % ledger_shared->queue_size],
+			   rec, sizeof(LedgerRecord));
+		slot->head++;
+		queued = true;
+	}
+	wl = slot->worker_latch;
+	LWLockRelease(slot->lock);
+	if (wl)
+		SetLatch(wl);
+	return queued;
+}
+
+/*
  * Wait until record `seq` is committed.  Returns true when it is; after
  * maester.ledger_timeout_ms raises MG006 when `must`, else returns false
  * (the record stays queued and is written when the worker is back).

@@ -110,6 +110,7 @@ extern LedgerRecord *ledger_ring(LedgerSlot *slot);
 /* backends */
 extern LedgerSlot *ledger_attach(void);
 extern uint64 ledger_enqueue(LedgerSlot *slot, LedgerRecord *rec);
+extern bool ledger_try_enqueue(LedgerSlot *slot, LedgerRecord *rec);
 extern bool ledger_wait_durable(LedgerSlot *slot, uint64 seq, bool must);
 extern void ledger_copy_name(char *dst, const char *src, int size);
 

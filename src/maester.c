@@ -27,6 +27,7 @@
 #include "storage/shmem.h"
 #include "utils/guc.h"
 
+#include "ledger.h"
 #include "maester.h"
 
 PG_MODULE_MAGIC;
@@ -74,6 +75,8 @@ maester_shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(maester_shmem_size());
 	RequestNamedLWLockTranche("maester", 1);
+	RequestAddinShmemSpace(ledger_shmem_size());
+	RequestNamedLWLockTranche("maester ledger", maester_max_databases);
 }
 
 static void
@@ -92,6 +95,7 @@ maester_shmem_startup(void)
 		maester_shared->lock = &(GetNamedLWLockTranche("maester"))->lock;
 		maester_shared->maxcircuits = maester_max_providers;
 	}
+	ledger_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -107,6 +111,18 @@ maester_require_preload(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("maester must be loaded via shared_preload_libraries"),
 				 errhint("Add maester to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* maester.tenant: a non-empty name */
+static bool
+check_tenant(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || (*newval)[0] == '\0' || strlen(*newval) >= NAMEDATALEN)
+	{
+		GUC_check_errdetail("maester.tenant must be between 1 and %d bytes.", NAMEDATALEN - 1);
+		return false;
+	}
+	return true;
 }
 
 /* Module load: settings, shared memory hooks, cache callbacks */
@@ -164,6 +180,25 @@ _PG_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomStringVariable("maester.tenant",
+							   "Tenant charged for this session's model calls.",
+							   "Applications set it per transaction (SET LOCAL maester.tenant = ...); every ledger row carries it, and row-level security shows users their tenant's rows.",
+							   &maester_tenant,
+							   "default",
+							   PGC_USERSET,
+							   0,
+							   check_tenant, NULL, NULL);
+
+	DefineCustomIntVariable("maester.ledger_timeout_ms",
+							"How long a call waits for the usage ledger before failing.",
+							"A call whose ledger row cannot be made durable in time fails before anything is sent.",
+							&maester_ledger_timeout_ms,
+							5000,
+							10, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	DefineCustomStringVariable("maester.key_directory",
 							   "Directory from which providers' api_key_file may be read.",
 							   "Empty disables key files. Files must be owned by the server's user and not readable by others.",
@@ -188,6 +223,28 @@ _PG_init(void)
 								PGC_POSTMASTER,
 								0,
 								NULL, NULL, NULL);
+
+		DefineCustomIntVariable("maester.max_databases",
+								"Databases that can use the gateway at the same time (one ledger queue and worker each).",
+								NULL,
+								&maester_max_databases,
+								8,
+								1, 1000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+		DefineCustomIntVariable("maester.ledger_queue_size",
+								"Ledger records that can wait for the ledger worker, per database.",
+								NULL,
+								&maester_ledger_queue_size,
+								512,
+								16, 1000000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+		maester_register_launcher();
 
 		prev_shmem_request_hook = shmem_request_hook;
 		shmem_request_hook = maester_shmem_request;
