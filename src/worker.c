@@ -241,7 +241,8 @@ maester_launcher_main(Datum arg)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
-	proc_exit(0);
+	/* exit code 1: the postmaster restarts us (unless it is shutting down) */
+	proc_exit(1);
 }
 
 static LedgerSlot *WorkerSlot = NULL;
