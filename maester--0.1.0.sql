@@ -965,8 +965,83 @@ COMMENT ON COLUMN maester.usage.server_epoch IS 'Shared memory generation of the
 
 ALTER TABLE maester.usage ENABLE ROW LEVEL SECURITY;
 CREATE POLICY usage_admin ON maester.usage FOR SELECT TO maester_admin USING (true);
+CREATE POLICY usage_admin_delete ON maester.usage FOR DELETE TO maester_admin USING (true);
 CREATE POLICY usage_tenant ON maester.usage FOR SELECT TO maester_user, maester_reader
     USING (tenant OPERATOR(pg_catalog.=) pg_catalog.current_setting('maester.tenant'));
+
+
+CREATE FUNCTION maester.usage_retention(older_than interval)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF older_than OPERATOR(pg_catalog.<) interval '0' THEN
+        RAISE EXCEPTION 'older_than must not be negative'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- pending rows are never removed: their calls may still be in flight
+    DELETE FROM maester.usage u
+     WHERE u.ts OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) older_than)
+       AND u.status OPERATOR(pg_catalog.<>) 'pending';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION maester.usage_retention(interval) IS
+    'Deletes ledger rows older than the given age (never pending ones) and returns how many; schedule it (pg_cron) to keep the ledger bounded.';
+
+CREATE VIEW maester.cost_daily WITH (security_invoker = true) AS
+SELECT pg_catalog.date_trunc('day', u.ts) AS day,
+       u.tenant,
+       u.provider,
+       u.model,
+       pg_catalog.count(*) AS calls,
+       pg_catalog.count(*) FILTER (WHERE u.status OPERATOR(pg_catalog.<>) 'ok') AS errors,
+       COALESCE(pg_catalog.sum(u.input_tokens), 0) AS input_tokens,
+       COALESCE(pg_catalog.sum(u.output_tokens), 0) AS output_tokens,
+       COALESCE(pg_catalog.sum(u.cost_usd), 0) AS cost_usd,
+       pg_catalog.bool_and(u.priced) AS all_priced
+  FROM maester.usage u
+ GROUP BY 1, 2, 3, 4;
+
+COMMENT ON VIEW maester.cost_daily IS
+    'Why did our AI bill jump yesterday? Calls, errors, tokens and cost per day, tenant, provider and model (attempts, from the ledger).';
+COMMENT ON COLUMN maester.cost_daily.day IS 'The day (in the session''s time zone) the attempts started.';
+COMMENT ON COLUMN maester.cost_daily.calls IS 'Attempts recorded (one call may make several).';
+COMMENT ON COLUMN maester.cost_daily.errors IS 'Attempts that did not end ok (errors, timeouts, cancelled, orphaned, blocked, pending).';
+COMMENT ON COLUMN maester.cost_daily.input_tokens IS 'Prompt tokens, cached ones included.';
+COMMENT ON COLUMN maester.cost_daily.output_tokens IS 'Completion tokens.';
+COMMENT ON COLUMN maester.cost_daily.cost_usd IS 'Exact cost in USD (unpriced attempts count as 0; see all_priced).';
+COMMENT ON COLUMN maester.cost_daily.all_priced IS 'False when some attempts had no price.';
+
+CREATE VIEW maester.cost_by_prompt_version WITH (security_invoker = true) AS
+SELECT u.prompt_name AS prompt,
+       u.prompt_version AS version,
+       u.prompt_hash AS hash,
+       pg_catalog.count(*) AS calls,
+       pg_catalog.count(*) FILTER (WHERE u.status OPERATOR(pg_catalog.<>) 'ok') AS errors,
+       pg_catalog.avg(u.latency_ms) AS avg_latency_ms,
+       pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY u.latency_ms) AS p50_latency_ms,
+       pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY u.latency_ms) AS p95_latency_ms,
+       pg_catalog.avg(u.cost_usd) AS avg_cost_usd,
+       COALESCE(pg_catalog.sum(u.cost_usd), 0) AS total_cost_usd
+  FROM maester.usage u
+ WHERE u.prompt_name IS NOT NULL
+ GROUP BY 1, 2, 3;
+
+COMMENT ON VIEW maester.cost_by_prompt_version IS
+    'Which prompt version costs what: attempts, errors, latency (average, p50, p95) and cost per prompt name, version and rendered-prompt hash.';
+COMMENT ON COLUMN maester.cost_by_prompt_version.hash IS 'The rendered prompt''s hash: one row per distinct prompt text sent.';
+COMMENT ON COLUMN maester.cost_by_prompt_version.avg_latency_ms IS 'Average attempt latency in ms.';
+COMMENT ON COLUMN maester.cost_by_prompt_version.p50_latency_ms IS 'Median attempt latency in ms.';
+COMMENT ON COLUMN maester.cost_by_prompt_version.p95_latency_ms IS '95th percentile of attempt latency in ms.';
+COMMENT ON COLUMN maester.cost_by_prompt_version.avg_cost_usd IS 'Average cost of a priced attempt in USD.';
+COMMENT ON COLUMN maester.cost_by_prompt_version.total_cost_usd IS 'Total cost in USD.';
 
 --------------------------------------------------------------------------
 -- Circuit breakers
@@ -1024,6 +1099,9 @@ GRANT EXECUTE ON FUNCTION
 GRANT SELECT ON maester.circuit TO maester_reader;
 GRANT SELECT ON maester.price TO maester_reader, maester_user;
 GRANT SELECT ON maester.usage TO maester_reader, maester_user, maester_admin;
+GRANT SELECT ON maester.cost_daily, maester.cost_by_prompt_version TO maester_reader, maester_user, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.usage_retention(interval) TO maester_admin;
+GRANT DELETE ON maester.usage TO maester_admin;
 GRANT INSERT ON maester.price TO maester_admin;
 GRANT EXECUTE ON FUNCTION
     maester.price_at(text, timestamptz),
