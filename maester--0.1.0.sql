@@ -1043,6 +1043,73 @@ COMMENT ON COLUMN maester.cost_by_prompt_version.p95_latency_ms IS '95th percent
 COMMENT ON COLUMN maester.cost_by_prompt_version.avg_cost_usd IS 'Average cost of a priced attempt in USD.';
 COMMENT ON COLUMN maester.cost_by_prompt_version.total_cost_usd IS 'Total cost in USD.';
 
+
+--------------------------------------------------------------------------
+-- Budgets
+--------------------------------------------------------------------------
+CREATE TABLE maester.budget (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant          text NOT NULL,
+    prompt          text,
+    model           text,
+    period          text NOT NULL CHECK (period OPERATOR(pg_catalog.=) ANY (ARRAY['day', 'month', 'total'])),
+    limit_usd       numeric NOT NULL CHECK (limit_usd OPERATOR(pg_catalog.>) 0),
+    action          text NOT NULL DEFAULT 'block'
+        CHECK (action OPERATOR(pg_catalog.=) ANY (ARRAY['block', 'downgrade', 'warn'])),
+    downgrade_model text,
+    description     text,
+    CHECK ((action OPERATOR(pg_catalog.=) 'downgrade') OPERATOR(pg_catalog.=) (downgrade_model IS NOT NULL))
+);
+
+COMMENT ON TABLE maester.budget IS
+    'Spending limits per tenant (optionally for one prompt or model) per day, month (UTC) or in total. Enforced before each attempt from shared-memory counters: the worst-case cost is reserved, so concurrent calls cannot overspend.';
+COMMENT ON COLUMN maester.budget.prompt IS 'Only calls of this prompt (NULL: all).';
+COMMENT ON COLUMN maester.budget.model IS 'Only calls to this model (NULL: all).';
+COMMENT ON COLUMN maester.budget.action IS 'block: the call fails (MB001) and leaves a blocked ledger row; downgrade: the call goes to downgrade_model; warn: a WARNING, the call proceeds.';
+COMMENT ON COLUMN maester.budget.downgrade_model IS 'The cheaper model (or route) used when the budget would be exceeded (action downgrade).';
+
+CREATE TRIGGER budget_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON maester.budget
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
+
+CREATE FUNCTION maester.budget_counters(
+    OUT id bigint, OUT period_start timestamptz, OUT spent_usd numeric,
+    OUT reserved_usd numeric, OUT loaded boolean)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'budget_counters'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION maester.budget_counters() IS
+    'The shared-memory counters of this database''s budgets: spent and reserved in the current period.';
+
+CREATE VIEW maester.budget_status WITH (security_invoker = true) AS
+SELECT b.id,
+       b.tenant,
+       b.prompt,
+       b.model,
+       b.period,
+       b.limit_usd,
+       b.action,
+       COALESCE(c.spent_usd, 0) AS spent_usd,
+       COALESCE(c.reserved_usd, 0) AS reserved_usd,
+       GREATEST(b.limit_usd OPERATOR(pg_catalog.-) COALESCE(c.spent_usd, 0) OPERATOR(pg_catalog.-) COALESCE(c.reserved_usd, 0), 0) AS remaining_usd,
+       CASE b.period
+           WHEN 'day' THEN pg_catalog.date_trunc('day', pg_catalog.now(), 'UTC')
+           WHEN 'month' THEN pg_catalog.date_trunc('month', pg_catalog.now(), 'UTC')
+       END AS period_start,
+       CASE b.period
+           WHEN 'day' THEN pg_catalog.date_trunc('day', pg_catalog.now(), 'UTC') OPERATOR(pg_catalog.+) interval '1 day'
+           WHEN 'month' THEN pg_catalog.date_trunc('month', pg_catalog.now(), 'UTC') OPERATOR(pg_catalog.+) interval '1 month'
+       END AS period_end,
+       COALESCE(c.loaded, false) AS counters_loaded
+  FROM maester.budget b
+  LEFT JOIN maester.budget_counters() c ON c.id OPERATOR(pg_catalog.=) b.id;
+
+COMMENT ON VIEW maester.budget_status IS
+    'Each budget with its limit, what was spent and is reserved by calls in flight in the current period, what remains, and the period''s window (UTC). Counters are loaded from the ledger when a budget is first used in a period.';
+COMMENT ON COLUMN maester.budget_status.remaining_usd IS 'limit - spent - reserved, at least 0.';
+COMMENT ON COLUMN maester.budget_status.counters_loaded IS 'False until a call used the budget in this period (spent then shows 0).';
+
 --------------------------------------------------------------------------
 -- Circuit breakers
 --------------------------------------------------------------------------
@@ -1101,6 +1168,10 @@ GRANT SELECT ON maester.price TO maester_reader, maester_user;
 GRANT SELECT ON maester.usage TO maester_reader, maester_user, maester_admin;
 GRANT SELECT ON maester.cost_daily, maester.cost_by_prompt_version TO maester_reader, maester_user, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.usage_retention(interval) TO maester_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON maester.budget TO maester_admin;
+GRANT SELECT ON maester.budget TO maester_reader;
+GRANT SELECT ON maester.budget_status TO maester_reader, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.budget_counters() TO maester_reader, maester_admin;
 GRANT DELETE ON maester.usage TO maester_admin;
 GRANT INSERT ON maester.price TO maester_admin;
 GRANT EXECUTE ON FUNCTION
@@ -1126,3 +1197,5 @@ SELECT pg_catalog.pg_extension_config_dump('maester.route', $$WHERE name <> 'def
 SELECT pg_catalog.pg_extension_config_dump('maester.route_target', $$WHERE route <> 'default'$$);
 SELECT pg_catalog.pg_extension_config_dump('maester.price', $$WHERE source IS DISTINCT FROM 'openai.com/api/pricing' AND source IS DISTINCT FROM 'anthropic.com/pricing'$$);
 SELECT pg_catalog.pg_extension_config_dump('maester.usage', '');
+SELECT pg_catalog.pg_extension_config_dump('maester.budget', '');
+SELECT pg_catalog.pg_extension_config_dump('maester.budget_id_seq', '');

@@ -56,6 +56,7 @@
 #include "utils/uuid.h"
 #include "utils/wait_event.h"
 
+#include "budget.h"
 #include "http.h"
 #include "ledger.h"
 #include "maester.h"
@@ -121,6 +122,8 @@ typedef struct Generation
 typedef struct CallState
 {
 	LedgerSlot *slot;			/* this database's ledger queue */
+	char	   *downgrade_to;	/* a budget asked for this model instead */
+	bool		downgraded;
 	int64		est_input_tokens;	/* for the worst-case estimate */
 	int			est_output_tokens;
 	TimestampTz deadline;
@@ -571,6 +574,7 @@ attempt_releasing_probe(RouteTarget *t, const GenRequest *gen, const char *key,
 /* The attempt whose ledger row is in flight, for the exit callback */
 static LedgerRecord *InFlight = NULL;
 static LedgerSlot *InFlightSlot = NULL;
+static BudgetHold InFlightHold;
 static bool ExitCallbackRegistered = false;
 
 /*
@@ -590,6 +594,7 @@ ledger_backend_exit(int code, Datum arg)
 	InFlight->settled_at = GetCurrentTimestamp();
 	(void) ledger_try_enqueue(InFlightSlot, InFlight);
 	InFlight = NULL;
+	budget_settle_at_estimate(&InFlightHold);
 }
 
 /* Numeric as text into a ledger field ("" for NULL) */
@@ -609,8 +614,8 @@ numeric_to_field(Numeric n, char *dst, size_t size)
 	strlcpy(dst, s, size);
 }
 
-/* Fill the PENDING record of an attempt */
-static void
+/* Fill the PENDING record of an attempt; returns the estimate (or NULL) */
+static Numeric
 fill_pending(LedgerRecord *r, RouteTarget *t, Generation *g, CallState *cs,
 			 int max_tokens)
 {
@@ -640,6 +645,29 @@ fill_pending(LedgerRecord *r, RouteTarget *t, Generation *g, CallState *cs,
 							r->ts, &priced);
 	numeric_to_field(estimate, r->estimate, sizeof(r->estimate));
 	r->priced = priced;
+	return estimate;
+}
+
+/* What a budget's on_block callback needs */
+typedef struct BlockArg
+{
+	CallState  *cs;
+	LedgerRecord *r;
+} BlockArg;
+
+/* A blocked call leaves a durable 'blocked' row (nothing was sent) */
+static void
+write_blocked_row(void *arg)
+{
+	BlockArg   *ba = (BlockArg *) arg;
+	LedgerRecord *r = ba->r;
+	uint64		seq;
+
+	strlcpy(r->status, "blocked", sizeof(r->status));
+	strlcpy(r->error_class, "budget", sizeof(r->error_class));
+	strlcpy(r->cost, "0", sizeof(r->cost));
+	seq = ledger_enqueue(ba->cs->slot, r);
+	(void) ledger_wait_durable(ba->cs->slot, seq, false);
 }
 
 /*
@@ -658,13 +686,32 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 	volatile bool sent = false;
 	bool		ok = false;
 	uint64		seq;
-	TimestampTz start;
+	TimestampTz start = 0;
+	Numeric		estimate;
+	BudgetHold	hold;
+	BlockArg	ba;
+	char	   *downgrade = NULL;
 
-	fill_pending(r, t, g, cs, gen->max_tokens);
+	estimate = fill_pending(r, t, g, cs, gen->max_tokens);
 	if (!ExitCallbackRegistered)
 	{
 		before_shmem_exit(ledger_backend_exit, (Datum) 0);
 		ExitCallbackRegistered = true;
+	}
+
+	/* budgets: reserve the worst case, or block (MB001), or downgrade */
+	ba.cs = cs;
+	ba.r = r;
+	if (budget_reserve(r->tenant, g->prompt_name, t->model, estimate, &hold,
+					   &downgrade, write_blocked_row, &ba) == BUDGET_DOWNGRADE)
+	{
+		memset(f, 0, sizeof(*f));
+		f->error_class = "downgrade";
+		f->sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
+		f->message = psprintf("a budget downgraded the call to \"%s\"", downgrade);
+		cs->downgrade_to = downgrade;
+		pfree(r);
+		return false;
 	}
 
 	PG_TRY();
@@ -676,12 +723,14 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 		InFlight = MemoryContextAlloc(TopMemoryContext, sizeof(LedgerRecord));
 		memcpy(InFlight, r, sizeof(LedgerRecord));
 		InFlightSlot = cs->slot;
+		InFlightHold = hold;
 		sent = true;
 		start = GetCurrentTimestamp();
 		ok = attempt_releasing_probe(t, gen, key, &g->request_id, timeout_ms,
 									 &g->resp, f, probe);
 		pfree(InFlight);
 		InFlight = NULL;
+		InFlightHold.n = 0;
 	}
 	PG_CATCH();
 	{
@@ -690,6 +739,7 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 			pfree(InFlight);
 			InFlight = NULL;
 		}
+		InFlightHold.n = 0;
 		HOLD_INTERRUPTS();
 		r->kind = LEDGER_SETTLE;
 		strlcpy(r->status, "cancelled", sizeof(r->status));
@@ -698,6 +748,10 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 			strlcpy(r->cost, "0", sizeof(r->cost));
 		r->settled_at = GetCurrentTimestamp();
 		(void) ledger_try_enqueue(cs->slot, r);
+		if (sent)
+			budget_settle_at_estimate(&hold);
+		else
+			budget_settle(&hold, NULL);
 		RESUME_INTERRUPTS();
 		PG_RE_THROW();
 	}
@@ -749,6 +803,12 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 		r->http_status = f->http_status;
 	}
 	seq = ledger_enqueue(cs->slot, r);
+	if (ok)
+		budget_settle(&hold, g->cost);
+	else if (r->cost[0] == '\0')
+		budget_settle_at_estimate(&hold);
+	else
+		budget_settle(&hold, NULL);
 	(void) ledger_wait_durable(cs->slot, seq, false);
 	pfree(r);
 	return ok;
@@ -826,6 +886,8 @@ try_target(RouteTarget *t, int ti, GenRequest *gen, CallOptions *opts,
 			g->fallback_used = ti > 0;
 			return true;
 		}
+		if (cs->downgrade_to)
+			return false;		/* the caller restarts with the cheaper model */
 		circuit_record(p, false, f.counts);
 		note_failure(cs, p->name, &f);
 		if (!f.retryable || a == max_attempts)
@@ -926,9 +988,24 @@ gateway_execute(RoutePlan *plan, GenRequest *gen, CallOptions *opts, Generation 
 		}
 		if (try_target_with_key(t, ti, gen, opts, &cs, g))
 			break;
+		if (cs.downgrade_to != NULL && !cs.downgraded)
+		{
+			/* a budget asked for a cheaper model: start over with its plan, once */
+			appendStringInfo(&cs.log, "%sbudget: downgrade to %s",
+							 cs.log.len ? "; " : "", cs.downgrade_to);
+			plan = router_plan(cs.downgrade_to);
+			ntargets = opts->fallback ? plan->ntargets : Min(plan->ntargets, 1);
+			cs.downgraded = true;
+			cs.downgrade_to = NULL;
+			ti = -1;
+			g->fallback_used = true;
+			continue;
+		}
 		if (GetCurrentTimestamp() >= cs.deadline)
 			break;
 	}
+	if (cs.downgraded && g->provider != NULL)
+		g->fallback_used = true;
 
 	g->latency_ms = elapsed_ms(start);
 	if (g->provider == NULL)

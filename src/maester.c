@@ -27,6 +27,7 @@
 #include "storage/shmem.h"
 #include "utils/guc.h"
 
+#include "budget.h"
 #include "ledger.h"
 #include "maester.h"
 
@@ -77,6 +78,8 @@ maester_shmem_request(void)
 	RequestNamedLWLockTranche("maester", 1);
 	RequestAddinShmemSpace(ledger_shmem_size());
 	RequestNamedLWLockTranche("maester ledger", maester_max_databases);
+	RequestAddinShmemSpace(budget_shmem_size());
+	RequestNamedLWLockTranche("maester budgets", 1);
 }
 
 static void
@@ -96,6 +99,7 @@ maester_shmem_startup(void)
 		maester_shared->maxcircuits = maester_max_providers;
 	}
 	ledger_shmem_init();
+	budget_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -199,6 +203,15 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("maester.budget_allow_unpriced",
+							 "Lets calls to models without a price pass budgets.",
+							 "By default a budget blocks models it cannot price.",
+							 &maester_budget_allow_unpriced,
+							 false,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
 	DefineCustomStringVariable("maester.key_directory",
 							   "Directory from which providers' api_key_file may be read.",
 							   "Empty disables key files. Files must be owned by the server's user and not readable by others.",
@@ -244,6 +257,16 @@ _PG_init(void)
 								0,
 								NULL, NULL, NULL);
 
+		DefineCustomIntVariable("maester.max_budgets",
+								"Budgets whose counters are kept in shared memory, over all databases.",
+								NULL,
+								&maester_max_budgets,
+								256,
+								1, 100000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
 		maester_register_launcher();
 
 		prev_shmem_request_hook = shmem_request_hook;
@@ -256,4 +279,5 @@ _PG_init(void)
 
 	maester_registry_init();
 	router_init();
+	budget_init();
 }

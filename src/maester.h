@@ -73,6 +73,7 @@ extern void maester_sha256_hex(const char *const *parts, const int *lens,
 
 /* router.c */
 extern void router_init(void);
+extern Oid	maester_relation_owner(Oid relid);
 
 /* registry.c */
 typedef struct RenderedPrompt

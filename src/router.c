@@ -162,8 +162,8 @@ col_text_array(HeapTuple tup, TupleDesc desc, int col, char ***out)
 }
 
 /* Owner of a relation */
-static Oid
-relation_owner(Oid relid)
+Oid
+maester_relation_owner(Oid relid)
 {
 	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 	Oid			owner;
@@ -199,7 +199,7 @@ router_load(void)
 		RouterRelids[i] = get_relname_relid(tables[i], nsp);
 	if (!OidIsValid(RouterRelids[0]))
 		elog(ERROR, "table maester.provider not found");
-	owner = relation_owner(RouterRelids[0]);
+	owner = maester_relation_owner(RouterRelids[0]);
 
 	/*
 	 * Read as the owner, with a safe search_path: nothing the caller put on

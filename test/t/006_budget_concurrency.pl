@@ -1,0 +1,79 @@
+# 16 sessions hammering one budget: total spend never exceeds the limit.
+# Each call reserves its worst case before it is sent, under one lock, so
+# whatever the interleaving, spent + reserved stays within the limit.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use MaesterMock;
+
+my $mock = MaesterMock->start;
+my $url = $mock->url;
+my $node = PostgreSQL::Test::Cluster->new('budget');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'maester'
+maester.allow_insecure_hosts = '127.0.0.1'
+max_connections = 40
+});
+$node->start;
+$node->safe_psql('postgres', qq{
+	CREATE EXTENSION maester;
+	INSERT INTO maester.provider (name, kind, base_url, models, circuit_failure_threshold, max_attempts)
+	VALUES ('mock', 'openai_compatible', '$url/open/v1', '{mock-%}', 0, 1);
+	INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+	VALUES ('mock-b', '2020-01-01', 50, 150);
+	INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('hammer', 'day', 0.25, 'block');
+	CREATE TABLE outcomes (ok boolean, cost numeric);
+	GRANT ALL ON outcomes TO PUBLIC;
+	CREATE FUNCTION try_call() RETURNS void LANGUAGE plpgsql AS \$\$
+	BEGIN
+	  PERFORM set_config('maester.tenant', 'hammer', true);
+	  INSERT INTO outcomes SELECT true, cost_usd
+	    FROM maester.llm_generate('spend some money please', 'mock-b', max_tokens => 100);
+	EXCEPTION WHEN SQLSTATE 'MB001' THEN
+	  INSERT INTO outcomes VALUES (false, 0);
+	END \$\$;
+});
+
+my $script = $node->basedir . '/hammer.sql';
+open(my $fh, '>', $script) or die;
+print $fh "SELECT try_call();\n";
+close $fh;
+$node->command_ok(
+	[ 'pgbench', '-n', '-c', '16', '-j', '2', '-t', '100', '-f', $script,
+	  '-d', $node->connstr('postgres') ],
+	'16 sessions x 100 calls against one budget');
+
+my ($allowed, $blocked) = split /\|/, $node->safe_psql('postgres',
+	q{SELECT count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok) FROM outcomes});
+diag("calls allowed: $allowed, blocked: $blocked");
+cmp_ok($allowed, '>', 0, 'some calls went through');
+cmp_ok($blocked, '>', 0, 'the budget blocked the rest');
+is($node->safe_psql('postgres', q{SELECT sum(cost_usd) <= 0.25 FROM maester.usage WHERE tenant = 'hammer'}),
+	't', 'total spend in the ledger never exceeds the limit');
+diag('spent: ' . $node->safe_psql('postgres', q{SELECT sum(cost_usd) FROM maester.usage WHERE tenant = 'hammer'}));
+is($node->safe_psql('postgres', q{SELECT count(*) FROM maester.usage WHERE tenant = 'hammer' AND status = 'blocked'}),
+	$blocked, 'every blocked call left a blocked row');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM maester.usage WHERE tenant = 'hammer' AND status = 'ok'}),
+	$allowed, 'every allowed call left a settled row');
+is($node->safe_psql('postgres', q{SELECT reserved_usd = 0 AND spent_usd <= limit_usd FROM maester.budget_status WHERE tenant = 'hammer'}),
+	't', 'nothing stays reserved; the counters are within the limit');
+is($node->safe_psql('postgres', q{
+	SELECT b.spent_usd = (SELECT sum(cost_usd) FROM maester.usage WHERE tenant = 'hammer')
+	  FROM maester.budget_status b WHERE tenant = 'hammer'}),
+	't', 'the shared counter matches the ledger');
+
+# the counters come back from the ledger after a restart
+$node->restart;
+$node->safe_psql('postgres', q{SELECT set_config('maester.tenant', 'hammer', false)});
+my ($ret, $out, $err) = $node->psql('postgres', q{SET maester.tenant = 'hammer';
+	SELECT maester.llm_generate('more', 'mock-b', max_tokens => 2000)});
+like($err, qr/budget 1 of tenant "hammer" is exhausted/, 'after a restart the budget is still spent');
+
+$node->stop;
+$mock->stop;
+done_testing();
