@@ -20,7 +20,7 @@ SELECT input_cost_usd FROM maester.cost_of('gpt-4.1-nano', 15, 0);
 -- the shipped models
 SELECT model, input_cost_per_million, output_cost_per_million,
        cache_read_input_cost_per_million, cache_creation_input_cost_per_million
-  FROM maester.price ORDER BY model;
+  FROM maester.price WHERE source IS NOT NULL ORDER BY model;
 SELECT c.* FROM unnest(ARRAY['gpt-4.1', 'gpt-4.1-mini', 'gpt-4.1-nano', 'gpt-4o', 'gpt-4o-mini',
                              'claude-sonnet-4-5', 'claude-haiku-4-5', 'claude-opus-4-1']) m,
                maester.cost_of(m, 1000000, 1000000) c ORDER BY 1;
