@@ -944,7 +944,7 @@ CREATE TABLE maester.usage (
 );
 
 CREATE INDEX usage_ts_brin ON maester.usage USING brin (ts);
-CREATE INDEX usage_tenant_ts ON maester.usage (tenant, ts);
+CREATE INDEX usage_tenant_day ON maester.usage (tenant, ((ts AT TIME ZONE 'UTC')::date));
 CREATE INDEX usage_pending ON maester.usage (ts) WHERE status OPERATOR(pg_catalog.=) 'pending';
 
 COMMENT ON TABLE maester.usage IS
@@ -996,7 +996,7 @@ COMMENT ON FUNCTION maester.usage_retention(interval) IS
     'Deletes ledger rows older than the given age (never pending ones) and returns how many; schedule it (pg_cron) to keep the ledger bounded.';
 
 CREATE VIEW maester.cost_daily WITH (security_invoker = true) AS
-SELECT pg_catalog.date_trunc('day', u.ts) AS day,
+SELECT (u.ts AT TIME ZONE 'UTC')::date AS day,
        u.tenant,
        u.provider,
        u.model,
@@ -1011,7 +1011,7 @@ SELECT pg_catalog.date_trunc('day', u.ts) AS day,
 
 COMMENT ON VIEW maester.cost_daily IS
     'Why did our AI bill jump yesterday? Calls, errors, tokens and cost per day, tenant, provider and model (attempts, from the ledger).';
-COMMENT ON COLUMN maester.cost_daily.day IS 'The day (in the session''s time zone) the attempts started.';
+COMMENT ON COLUMN maester.cost_daily.day IS 'The day (UTC) the attempts started; filter on it: an index on (tenant, day) serves "one tenant, one month".';
 COMMENT ON COLUMN maester.cost_daily.calls IS 'Attempts recorded (one call may make several).';
 COMMENT ON COLUMN maester.cost_daily.errors IS 'Attempts that did not end ok (errors, timeouts, cancelled, orphaned, blocked, pending).';
 COMMENT ON COLUMN maester.cost_daily.input_tokens IS 'Prompt tokens, cached ones included.';

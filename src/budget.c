@@ -309,6 +309,7 @@ ledger_spent(BudgetConf *b, TimestampTz from)
 			"AND ($2::pg_catalog.text IS NULL OR u.prompt_name OPERATOR(pg_catalog.=) $2) "
 			"AND ($3::pg_catalog.text IS NULL OR u.model OPERATOR(pg_catalog.=) $3 "
 			"     OR u.requested_model OPERATOR(pg_catalog.=) $3) "
+			"AND (u.ts AT TIME ZONE 'UTC')::pg_catalog.date OPERATOR(pg_catalog.>=) ($4 AT TIME ZONE 'UTC')::pg_catalog.date "
 			"AND u.ts OPERATOR(pg_catalog.>=) $4 "
 			"AND u.status OPERATOR(pg_catalog.<>) 'pending'",
 			4, types, args, nulls, true, 1);
