@@ -1012,6 +1012,9 @@ SELECT (u.ts AT TIME ZONE 'UTC')::date AS day,
 COMMENT ON VIEW maester.cost_daily IS
     'Why did our AI bill jump yesterday? Calls, errors, tokens and cost per day, tenant, provider and model (attempts, from the ledger).';
 COMMENT ON COLUMN maester.cost_daily.day IS 'The day (UTC) the attempts started; filter on it: an index on (tenant, day) serves "one tenant, one month".';
+COMMENT ON COLUMN maester.cost_daily.tenant IS 'Tenant charged (maester.tenant of the calling session).';
+COMMENT ON COLUMN maester.cost_daily.provider IS 'Provider called.';
+COMMENT ON COLUMN maester.cost_daily.model IS 'Model as served.';
 COMMENT ON COLUMN maester.cost_daily.calls IS 'Attempts recorded (one call may make several).';
 COMMENT ON COLUMN maester.cost_daily.errors IS 'Attempts that did not end ok (errors, timeouts, cancelled, orphaned, blocked, pending).';
 COMMENT ON COLUMN maester.cost_daily.input_tokens IS 'Prompt tokens, cached ones included.';
@@ -1036,6 +1039,10 @@ SELECT u.prompt_name AS prompt,
 
 COMMENT ON VIEW maester.cost_by_prompt_version IS
     'Which prompt version costs what: attempts, errors, latency (average, p50, p95) and cost per prompt name, version and rendered-prompt hash.';
+COMMENT ON COLUMN maester.cost_by_prompt_version.prompt IS 'Prompt name in the registry.';
+COMMENT ON COLUMN maester.cost_by_prompt_version.version IS 'Prompt version.';
+COMMENT ON COLUMN maester.cost_by_prompt_version.calls IS 'Attempts recorded.';
+COMMENT ON COLUMN maester.cost_by_prompt_version.errors IS 'Attempts that did not end ok.';
 COMMENT ON COLUMN maester.cost_by_prompt_version.hash IS 'The rendered prompt''s hash: one row per distinct prompt text sent.';
 COMMENT ON COLUMN maester.cost_by_prompt_version.avg_latency_ms IS 'Average attempt latency in ms.';
 COMMENT ON COLUMN maester.cost_by_prompt_version.p50_latency_ms IS 'Median attempt latency in ms.';
@@ -1090,25 +1097,47 @@ SELECT b.id,
        b.period,
        b.limit_usd,
        b.action,
-       COALESCE(c.spent_usd, 0) AS spent_usd,
+       s.spent_usd,
        COALESCE(c.reserved_usd, 0) AS reserved_usd,
-       GREATEST(b.limit_usd OPERATOR(pg_catalog.-) COALESCE(c.spent_usd, 0) OPERATOR(pg_catalog.-) COALESCE(c.reserved_usd, 0), 0) AS remaining_usd,
+       GREATEST(b.limit_usd OPERATOR(pg_catalog.-) s.spent_usd OPERATOR(pg_catalog.-) COALESCE(c.reserved_usd, 0), 0) AS remaining_usd,
+       w.period_start,
        CASE b.period
-           WHEN 'day' THEN pg_catalog.date_trunc('day', pg_catalog.now(), 'UTC')
-           WHEN 'month' THEN pg_catalog.date_trunc('month', pg_catalog.now(), 'UTC')
-       END AS period_start,
-       CASE b.period
-           WHEN 'day' THEN pg_catalog.date_trunc('day', pg_catalog.now(), 'UTC') OPERATOR(pg_catalog.+) interval '1 day'
-           WHEN 'month' THEN pg_catalog.date_trunc('month', pg_catalog.now(), 'UTC') OPERATOR(pg_catalog.+) interval '1 month'
+           WHEN 'day' THEN w.period_start OPERATOR(pg_catalog.+) interval '1 day'
+           WHEN 'month' THEN w.period_start OPERATOR(pg_catalog.+) interval '1 month'
        END AS period_end,
        COALESCE(c.loaded, false) AS counters_loaded
   FROM maester.budget b
-  LEFT JOIN maester.budget_counters() c ON c.id OPERATOR(pg_catalog.=) b.id;
+  LEFT JOIN maester.budget_counters() c ON c.id OPERATOR(pg_catalog.=) b.id
+  CROSS JOIN LATERAL (SELECT CASE b.period
+                                 WHEN 'day' THEN pg_catalog.date_trunc('day', pg_catalog.now(), 'UTC')
+                                 WHEN 'month' THEN pg_catalog.date_trunc('month', pg_catalog.now(), 'UTC')
+                             END AS period_start) w
+  -- before a call has loaded the counters, what the ledger says
+  CROSS JOIN LATERAL (SELECT CASE WHEN c.loaded THEN c.spent_usd ELSE
+                          (SELECT COALESCE(pg_catalog.sum(COALESCE(u.cost_usd, u.estimated_cost_usd, 0)), 0)
+                             FROM maester.usage u
+                            WHERE u.tenant OPERATOR(pg_catalog.=) b.tenant
+                              AND (b.prompt IS NULL OR u.prompt_name OPERATOR(pg_catalog.=) b.prompt)
+                              AND (b.model IS NULL OR u.model OPERATOR(pg_catalog.=) b.model
+                                   OR u.requested_model OPERATOR(pg_catalog.=) b.model)
+                              AND (w.period_start IS NULL OR u.ts OPERATOR(pg_catalog.>=) w.period_start)
+                              AND u.status OPERATOR(pg_catalog.<>) 'pending') END AS spent_usd) s;
 
 COMMENT ON VIEW maester.budget_status IS
     'Each budget with its limit, what was spent and is reserved by calls in flight in the current period, what remains, and the period''s window (UTC). Counters are loaded from the ledger when a budget is first used in a period.';
+COMMENT ON COLUMN maester.budget_status.id IS 'The budget (maester.budget.id).';
+COMMENT ON COLUMN maester.budget_status.tenant IS 'Tenant the budget applies to.';
+COMMENT ON COLUMN maester.budget_status.prompt IS 'Only this prompt''s calls (NULL: all).';
+COMMENT ON COLUMN maester.budget_status.model IS 'Only this model''s calls (NULL: all).';
+COMMENT ON COLUMN maester.budget_status.period IS 'day, month (UTC) or total.';
+COMMENT ON COLUMN maester.budget_status.limit_usd IS 'The limit in USD per period.';
+COMMENT ON COLUMN maester.budget_status.action IS 'block, downgrade or warn.';
+COMMENT ON COLUMN maester.budget_status.spent_usd IS 'Spent in the current period (the shared counter, or the ledger''s sum before it is loaded).';
+COMMENT ON COLUMN maester.budget_status.reserved_usd IS 'Worst-case cost reserved by calls in flight.';
+COMMENT ON COLUMN maester.budget_status.period_start IS 'Start of the current period (UTC); NULL for total.';
+COMMENT ON COLUMN maester.budget_status.period_end IS 'End of the current period (UTC); NULL for total.';
 COMMENT ON COLUMN maester.budget_status.remaining_usd IS 'limit - spent - reserved, at least 0.';
-COMMENT ON COLUMN maester.budget_status.counters_loaded IS 'False until a call used the budget in this period (spent then shows 0).';
+COMMENT ON COLUMN maester.budget_status.counters_loaded IS 'False until a call used the budget in this period (spent then comes from the ledger).';
 
 --------------------------------------------------------------------------
 -- Circuit breakers

@@ -79,3 +79,16 @@ SELECT provider, state, consecutive_failures, successes, failures FROM maester.c
 SELECT ts::time(0) AS time, tenant, provider, model, prompt_name, prompt_version,
        input_tokens, output_tokens, cost_usd, estimated_cost_usd, status
   FROM maester.usage ORDER BY ts;
+
+-- Why did our AI bill jump?  The ledger, by day, tenant, provider and model:
+SELECT day, tenant, provider, model, calls, errors, input_tokens, output_tokens, cost_usd
+  FROM maester.cost_daily ORDER BY day, tenant, provider, model;
+
+-- A budget: the demo tenant may spend $0.0003 a day; the next call whose
+-- worst case does not fit is refused before anything is sent.
+INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('default', 'day', 0.0003, 'block');
+SELECT id, tenant, period, limit_usd, spent_usd, reserved_usd, remaining_usd FROM maester.budget_status;
+\set ON_ERROR_STOP 0
+SELECT content FROM maester.llm_generate('One more summary, please.', 'gpt-4.1-mini', max_tokens => 500);
+\set ON_ERROR_STOP 1
+SELECT status, model, estimated_cost_usd FROM maester.usage WHERE status = 'blocked';
