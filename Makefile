@@ -7,7 +7,8 @@ MODULE_big   = maester
 OBJS         = src/maester.o src/template.o src/registry.o src/sha256.o \
                src/http.o src/provider.o src/provider_openai.o \
                src/provider_anthropic.o src/router.o src/gateway.o src/secrets.o \
-               src/meter.o src/ledger.o src/worker.o src/budget.o
+               src/meter.o src/ledger.o src/worker.o src/budget.o \
+               src/evaluate.o
 
 DATA         = $(wildcard maester--*.sql)
 
@@ -33,6 +34,10 @@ PG_CONFIG   ?= pg_config
 PGXS        := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+
+# PGXS tracks no header dependencies: rebuild everything when a header
+# changes (shared structs such as the ledger record must agree everywhere)
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
 
 .PHONY: print-version
 print-version:

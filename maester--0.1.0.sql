@@ -794,7 +794,8 @@ CREATE TYPE maester.generation AS (
     requested_model     text,
     response_id         text,
     cost_usd            numeric,
-    priced              boolean
+    priced              boolean,
+    evaluation          jsonb
 );
 
 COMMENT ON TYPE maester.generation IS
@@ -810,6 +811,7 @@ COMMENT ON COLUMN maester.generation.fallback_used IS 'True when a target other 
 COMMENT ON COLUMN maester.generation.prompt_hash IS 'SHA-256 hex of what was sent (see maester.rendered_prompt.hash).';
 COMMENT ON COLUMN maester.generation.cost_usd IS 'Exact, unrounded cost in USD at the price in force at the call (NULL when the model has no price).';
 COMMENT ON COLUMN maester.generation.priced IS 'False when the served model has no price.';
+COMMENT ON COLUMN maester.generation.evaluation IS 'maester.evaluate of the output with the prompt version''s checks (else non_empty and max_length 500): {status, reliability_score, metrics}.';
 
 CREATE FUNCTION maester.llm_generate(
     prompt         text DEFAULT NULL,
@@ -896,7 +898,7 @@ BEGIN
                                             g.cached_input_tokens, pg_catalog.now(),
                                             g.cache_write_tokens) c)
                 END,
-        'evaluation', NULL);
+        'evaluation', g.evaluation);
 END
 $$;
 
@@ -938,6 +940,8 @@ CREATE TABLE maester.usage (
     http_status         integer,
     fallback_used       boolean,
     tags                jsonb,
+    eval_status         text,
+    eval_score          double precision,
     backend_pid         integer,
     server_epoch        bigint,
     PRIMARY KEY (request_id, attempt)
@@ -961,6 +965,8 @@ COMMENT ON COLUMN maester.usage.cost_usd IS 'Exact cost in USD: at the price in 
 COMMENT ON COLUMN maester.usage.priced IS 'False when the model had no price (cost NULL).';
 COMMENT ON COLUMN maester.usage.status IS 'pending (in flight), ok, error, timeout, cancelled, orphaned (its backend died mid-call; charged at the estimate), blocked (refused by a budget).';
 COMMENT ON COLUMN maester.usage.error_class IS 'rate_limited, server_error, overloaded, auth, not_found, bad_request, redirect, timeout, connection, network, bad_response, too_large, cancelled.';
+COMMENT ON COLUMN maester.usage.eval_status IS 'The evaluation of a successful attempt''s output: pass, fail, or error (a check could not run).';
+COMMENT ON COLUMN maester.usage.eval_score IS 'The evaluation''s reliability score (0 to 1).';
 COMMENT ON COLUMN maester.usage.server_epoch IS 'Shared memory generation of the server life that made the call (for orphan detection).';
 
 ALTER TABLE maester.usage ENABLE ROW LEVEL SECURITY;
@@ -1032,7 +1038,10 @@ SELECT u.prompt_name AS prompt,
        pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY u.latency_ms) AS p50_latency_ms,
        pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY u.latency_ms) AS p95_latency_ms,
        pg_catalog.avg(u.cost_usd) AS avg_cost_usd,
-       COALESCE(pg_catalog.sum(u.cost_usd), 0) AS total_cost_usd
+       COALESCE(pg_catalog.sum(u.cost_usd), 0) AS total_cost_usd,
+       pg_catalog.avg(CASE WHEN u.eval_status OPERATOR(pg_catalog.=) 'pass' THEN 1.0 ELSE 0.0 END)
+           FILTER (WHERE u.eval_status IS NOT NULL) AS pass_rate,
+       pg_catalog.avg(u.eval_score) AS mean_score
   FROM maester.usage u
  WHERE u.prompt_name IS NOT NULL
  GROUP BY 1, 2, 3;
@@ -1049,6 +1058,8 @@ COMMENT ON COLUMN maester.cost_by_prompt_version.p50_latency_ms IS 'Median attem
 COMMENT ON COLUMN maester.cost_by_prompt_version.p95_latency_ms IS '95th percentile of attempt latency in ms.';
 COMMENT ON COLUMN maester.cost_by_prompt_version.avg_cost_usd IS 'Average cost of a priced attempt in USD.';
 COMMENT ON COLUMN maester.cost_by_prompt_version.total_cost_usd IS 'Total cost in USD.';
+COMMENT ON COLUMN maester.cost_by_prompt_version.pass_rate IS 'Share of evaluated outputs whose evaluation passed.';
+COMMENT ON COLUMN maester.cost_by_prompt_version.mean_score IS 'Mean reliability score of the evaluated outputs.';
 
 
 --------------------------------------------------------------------------
@@ -1139,6 +1150,18 @@ COMMENT ON COLUMN maester.budget_status.period_end IS 'End of the current period
 COMMENT ON COLUMN maester.budget_status.remaining_usd IS 'limit - spent - reserved, at least 0.';
 COMMENT ON COLUMN maester.budget_status.counters_loaded IS 'False until a call used the budget in this period (spent then comes from the ledger).';
 
+
+--------------------------------------------------------------------------
+-- Evaluation
+--------------------------------------------------------------------------
+CREATE FUNCTION maester.evaluate(content text, checks jsonb DEFAULT NULL, context jsonb DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'evaluate'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.evaluate(text, jsonb, jsonb) IS
+    'Checks an output: {status, reliability_score, metrics[{name, score, passed, reason}]}. checks: an object ({"required_terms": [...], "max_length": 500, "threshold": 0.8}) or an array of assertions ({"type", "value", "weight"}); NULL: non_empty and max_length 500. context: cost_usd, latency_ms.';
+
 --------------------------------------------------------------------------
 -- Circuit breakers
 --------------------------------------------------------------------------
@@ -1191,7 +1214,8 @@ GRANT EXECUTE ON FUNCTION
 
 GRANT EXECUTE ON FUNCTION
     maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb),
-    maester.complete(jsonb) TO maester_user;
+    maester.complete(jsonb),
+    maester.evaluate(text, jsonb, jsonb) TO maester_user;
 GRANT SELECT ON maester.circuit TO maester_reader;
 GRANT SELECT ON maester.price TO maester_reader, maester_user;
 GRANT SELECT ON maester.usage TO maester_reader, maester_user, maester_admin;

@@ -40,7 +40,10 @@
 #include <math.h>
 
 #include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "common/pg_prng.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "funcapi.h"
@@ -50,7 +53,9 @@
 #include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -116,6 +121,8 @@ typedef struct Generation
 	Numeric		cost;			/* exact cost of the successful attempt */
 	bool		priced;
 	const char *tags;			/* options.tags as JSON text, or NULL */
+	Jsonb	   *checks;			/* the prompt version's checks, or NULL */
+	Jsonb	   *evaluation;		/* maester.evaluate's result */
 } Generation;
 
 /* State of one call across its targets */
@@ -568,6 +575,9 @@ attempt_releasing_probe(RouteTarget *t, const GenRequest *gen, const char *key,
 	return ok;
 }
 
+/* generation, or evaluation while an llm_rubric grader runs */
+const char *maester_call_purpose = "generation";
+
 /* Estimated output tokens when the caller gives no max_tokens */
 #define ESTIMATE_DEFAULT_MAX_TOKENS 4096
 
@@ -637,7 +647,7 @@ fill_pending(LedgerRecord *r, RouteTarget *t, Generation *g, CallState *cs,
 	ledger_copy_name(r->requested_model, g->requested_model, sizeof(r->requested_model));
 	ledger_copy_name(r->model, t->model, sizeof(r->model));
 	strlcpy(r->status, "pending", sizeof(r->status));
-	strlcpy(r->purpose, "generation", sizeof(r->purpose));
+	strlcpy(r->purpose, maester_call_purpose, sizeof(r->purpose));
 	if (g->tags)
 		strlcpy(r->tags, g->tags, sizeof(r->tags));
 	r->max_tokens = max_tokens > 0 ? max_tokens : ESTIMATE_DEFAULT_MAX_TOKENS;
@@ -654,6 +664,70 @@ typedef struct BlockArg
 	CallState  *cs;
 	LedgerRecord *r;
 } BlockArg;
+
+/*
+ * Evaluate a successful generation with the prompt version's checks (else
+ * the articles' default), with its cost and latency as context.  A check
+ * that errors (a bad regex, a failing grader) must not lose the generation,
+ * so registered checks run in a subtransaction and an error becomes
+ * {"status": "error", ...} with a WARNING; cancel and termination go on.
+ */
+static Jsonb *
+evaluate_generation(Generation *g, double latency_ms)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	Jsonb	   *ctx;
+	Jsonb	   *volatile result = NULL;
+	const char *content = g->resp.content;
+	int			len = strlen(g->resp.content);
+
+	ctx = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
+		g->cost ? psprintf("{\"latency_ms\": %.3f, \"cost_usd\": %s}", latency_ms,
+						   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(g->cost))))
+		: psprintf("{\"latency_ms\": %.3f}", latency_ms))));
+	if (g->checks == NULL)
+		return maester_evaluate(content, len, NULL, ctx);
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		result = maester_evaluate(content, len, g->checks, ctx);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		ereport(WARNING,
+				(errmsg("evaluation of the output failed: %s", edata->message),
+				 errhint("Check the checks registered with prompt \"%s\".",
+						 g->prompt_name ? g->prompt_name : "")));
+		{
+			StringInfoData j;
+
+			initStringInfo(&j);
+			appendStringInfoString(&j, "{\"status\": \"error\", \"reliability_score\": 0, \"metrics\": [], \"error\": ");
+			escape_json(&j, edata->message);
+			appendStringInfoChar(&j, '}');
+			result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(j.data)));
+		}
+	}
+	PG_END_TRY();
+	return result;
+}
 
 /* A blocked call leaves a durable 'blocked' row (nothing was sent) */
 static void
@@ -788,6 +862,17 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 		r->fallback_used = g->fallback_used;
 		r->http_status = 200;
 		numeric_to_field(g->cost, r->cost, sizeof(r->cost));
+
+		/* every output is evaluated; the ledger row carries the verdict */
+		g->evaluation = evaluate_generation(g, r->latency_ms);
+		{
+			char	   *st = json_get_string(&g->evaluation->root, "status");
+			JsonbValue *sc = json_get(&g->evaluation->root, "reliability_score");
+
+			strlcpy(r->eval_status, st ? st : "error", sizeof(r->eval_status));
+			r->eval_score = sc && sc->type == jbvNumeric ?
+				DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(sc->val.numeric))) : 0;
+		}
 	}
 	else
 	{
@@ -1047,8 +1132,8 @@ llm_generate(PG_FUNCTION_ARGS)
 	RoutePlan  *plan;
 	text	   *content;
 	text	   *system = NULL;
-	Datum		values[21];
-	bool		nulls[21];
+	Datum		values[22];
+	bool		nulls[22];
 	Numeric		cost;
 	bool		priced;
 
@@ -1095,6 +1180,7 @@ llm_generate(PG_FUNCTION_ARGS)
 		system = rp.system ? rp.system : (PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3));
 		g.prompt_name = rp.name;
 		g.prompt_version = rp.version;
+		g.checks = rp.checks ? DatumGetJsonbPCopy(JsonbPGetDatum(rp.checks)) : NULL;
 		if (rp.system == NULL && system != NULL)
 			maester_prompt_hash(system, content, g.prompt_hash);
 		else
@@ -1165,6 +1251,106 @@ llm_generate(PG_FUNCTION_ARGS)
 	else
 		nulls[19] = true;
 	values[20] = BoolGetDatum(priced);
+	if (g.evaluation)
+		values[21] = JsonbPGetDatum(g.evaluation);
+	else
+		nulls[21] = true;
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+#define RUBRIC_SYSTEM "You grade the output of an AI system against a rubric. " \
+	"Answer with one JSON object and nothing else: " \
+	"{\"pass\": true or false, \"score\": a number from 0 to 1, \"reason\": \"one sentence\"}."
+
+/*
+ * The llm_rubric check: a model grades `content` against a rubric, through
+ * the gateway (so its cost is a ledger row, with purpose 'evaluation').
+ * The parameter is the rubric, or {"rubric", "model"}; in an assertion,
+ * "value" is the rubric and "model" may stand beside it.  A grader answer
+ * that is not {"pass", "score"} fails the check, saying so.
+ */
+void
+maester_llm_rubric(JsonbValue *param, JsonbContainer *extra, const char *content,
+				   int len, double *score, bool *passed, char **reason)
+{
+	char	   *rubric = NULL;
+	char	   *volatile model = NULL;
+	char	   *prompt;
+	char	   *volatile answer = NULL;
+	const char *save = maester_call_purpose;
+	Jsonb	   *verdict;
+	char	   *problem = NULL;
+	JsonbValue *pv;
+	JsonbValue *sv;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (param != NULL && param->type == jbvString)
+		rubric = pnstrdup(param->val.string.val, param->val.string.len);
+	else if (param != NULL && param->type == jbvBinary && JsonContainerIsObject(param->val.binary.data))
+	{
+		rubric = json_get_string(param->val.binary.data, "rubric");
+		model = json_get_string(param->val.binary.data, "model");
+	}
+	if (model == NULL && extra != NULL)
+		model = json_get_string(extra, "model");
+	if (rubric == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("check \"llm_rubric\" needs a rubric"),
+				 errhint("Write {\"llm_rubric\": \"The answer names the service.\"} or {\"llm_rubric\": {\"rubric\": \"...\", \"model\": \"...\"}}.")));
+	prompt = psprintf("Rubric:\n%s\n\nOutput to grade:\n%.*s", rubric, len, content);
+
+	maester_call_purpose = "evaluation";
+	PG_TRY();
+	{
+		Datum		args[3];
+		char		nulls[3] = {' ', ' ', ' '};
+		Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
+
+		args[0] = CStringGetTextDatum(prompt);
+		args[1] = model ? CStringGetTextDatum(model) : (Datum) 0;
+		nulls[1] = model ? ' ' : 'n';
+		args[2] = CStringGetTextDatum(RUBRIC_SYSTEM);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute_with_args("SELECT g.content FROM maester.llm_generate(prompt => $1, model => $2, "
+								  "system => $3, options => '{\"response_format\": \"json\", \"temperature\": 0}') g",
+								  3, types, args, nulls, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "the llm_rubric grader returned nothing");
+		{
+			char	   *a = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+			answer = a ? MemoryContextStrdup(cxt, a) : NULL;
+		}
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		maester_call_purpose = save;
+	}
+	PG_END_TRY();
+
+	verdict = answer ? provider_parse_json(answer, &problem) : NULL;
+	pv = verdict ? json_get(&verdict->root, "pass") : NULL;
+	sv = verdict ? json_get(&verdict->root, "score") : NULL;
+	if (pv == NULL || pv->type != jbvBool)
+	{
+		*score = 0;
+		*passed = false;
+		*reason = pstrdup("The grader did not answer with a JSON verdict {pass, score, reason}");
+		return;
+	}
+	*passed = pv->val.boolean;
+	*score = *passed ? 1 : 0;
+	if (sv && sv->type == jbvNumeric)
+	{
+		double		d = DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(sv->val.numeric)));
+
+		if (d >= 0 && d <= 1)
+			*score = d;
+	}
+	*reason = *passed ? NULL : json_get_string(&verdict->root, "reason");
+	if (!*passed && *reason == NULL)
+		*reason = pstrdup("The grader failed the output");
 }

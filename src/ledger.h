@@ -63,6 +63,8 @@ typedef struct LedgerRecord
 	int32		max_tokens;		/* output tokens reserved by the estimate */
 	double		latency_ms;
 	char		tags[512];		/* options.tags as JSON text, "" = none */
+	char		eval_status[8];	/* pass, fail, error; "" = none */
+	double		eval_score;
 } LedgerRecord;
 
 /*

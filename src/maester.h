@@ -83,6 +83,7 @@ typedef struct RenderedPrompt
 	text	   *content;
 	text	   *system;			/* NULL: no system template */
 	char		hash[MAESTER_SHA256_HEXLEN + 1];
+	Jsonb	   *checks;			/* the version's checks (cache memory), or NULL */
 } RenderedPrompt;
 
 extern void maester_registry_init(void);
@@ -96,6 +97,16 @@ extern struct NumericData *maester_cost(const char *model, int64 input_tokens,
 										int64 cached_input_tokens,
 										int64 cache_write_tokens,
 										TimestampTz at, bool *priced);
+
+/* evaluate.c */
+extern Jsonb *maester_evaluate(const char *content, int len, Jsonb *checks,
+							   Jsonb *context);
+
+/* gateway.c */
+extern const char *maester_call_purpose;
+extern void maester_llm_rubric(JsonbValue *param, JsonbContainer *extra,
+							   const char *content, int len, double *score,
+							   bool *passed, char **reason);
 
 /* secrets.c */
 extern char *maester_provider_key(const char *provider, const char *key_env,

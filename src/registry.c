@@ -69,6 +69,7 @@ typedef struct PromptCacheEntry
 	text	   *template_hash;
 	CompiledTemplate *tmpl;
 	CompiledTemplate *sys;		/* NULL when the version has none */
+	Jsonb	   *checks;			/* the version's evaluation checks, or NULL */
 } PromptCacheEntry;
 
 static MemoryContext PromptCacheContext = NULL;
@@ -443,7 +444,7 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 		 * version registered last (highest seq); latest is not a stored
 		 * label, so nothing can make it disagree with registration order.
 		 */
-		plan = SPI_prepare("SELECT v.version, v.template, v.system_template, v.template_hash "
+		plan = SPI_prepare("SELECT v.version, v.template, v.system_template, v.template_hash, v.checks "
 						   "FROM maester.prompt_version v "
 						   "WHERE v.name OPERATOR(pg_catalog.=) $1 "
 						   "AND ($2 IS NULL "
@@ -496,6 +497,8 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 	if (!isnull)
 		sys_text = DatumGetTextPP(d);
 	entry->template_hash = DatumGetTextPCopy(SPI_getbinval(tup, desc, 4, &isnull));
+	d = SPI_getbinval(tup, desc, 5, &isnull);
+	entry->checks = isnull ? NULL : DatumGetJsonbPCopy(d);
 	entry->tmpl = template_compile(VARDATA_ANY(tmpl_text),
 								   VARSIZE_ANY_EXHDR(tmpl_text), "template");
 	entry->sys = sys_text ? template_compile(VARDATA_ANY(sys_text),
@@ -672,6 +675,7 @@ maester_render(const char *name, const char *ref, Jsonb *vars, RenderedPrompt *o
 	entry = prompt_cache_lookup(name, ref);
 	out->name = text_to_cstring(entry->name);
 	out->version = text_to_cstring(entry->version);
+	out->checks = entry->checks;
 	render_entry(entry, vars, &out->content, &out->system);
 	maester_prompt_hash(out->system, out->content, out->hash);
 }

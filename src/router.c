@@ -326,8 +326,33 @@ provider_serves(ProviderConf *p, text *model)
 }
 
 /*
+ * A copy of a provider's configuration in the current memory context, so
+ * that a plan stays valid if the cache is reloaded during the call (an
+ * llm_rubric check makes a nested call, which may reload it).
+ */
+static ProviderConf *
+copy_provider(ProviderConf *p)
+{
+	ProviderConf *c;
+
+	if (p == NULL)
+		return NULL;
+	c = palloc(sizeof(ProviderConf));
+	*c = *p;
+	c->name = pstrdup(p->name);
+	c->base_url = pstrdup(p->base_url);
+	c->api_key_env = p->api_key_env ? pstrdup(p->api_key_env) : NULL;
+	c->api_key_file = p->api_key_file ? pstrdup(p->api_key_file) : NULL;
+	c->anthropic_version = p->anthropic_version ? pstrdup(p->anthropic_version) : NULL;
+	c->npatterns = 0;			/* patterns are only needed for resolution */
+	c->patterns = NULL;
+	return c;
+}
+
+/*
  * The ordered targets for `requested` (NULL: the default route), allocated
- * in the current memory context; see the header comment for the rules.
+ * in the current memory context (nothing points into the cache); see the
+ * header comment for the rules.
  */
 RoutePlan *
 router_plan(const char *requested)
@@ -355,8 +380,8 @@ router_plan(const char *requested)
 		plan->targets = palloc0(sizeof(RouteTarget) * plan->ntargets);
 		for (int k = 0; k < plan->ntargets; k++)
 		{
-			plan->targets[k].provider = find_provider(routes[i].providers[k]);
-			plan->targets[k].model = routes[i].models[k];
+			plan->targets[k].provider = copy_provider(find_provider(routes[i].providers[k]));
+			plan->targets[k].model = pstrdup(routes[i].models[k]);
 			if (plan->targets[k].provider == NULL)
 				elog(ERROR, "provider \"%s\" of route \"%s\" not found",
 					 routes[i].providers[k], name);
@@ -379,8 +404,8 @@ router_plan(const char *requested)
 			continue;
 		plan->ntargets = 1;
 		plan->targets = palloc0(sizeof(RouteTarget));
-		plan->targets[0].provider = find_provider(models[i].provider);
-		plan->targets[0].model = models[i].provider_model;
+		plan->targets[0].provider = copy_provider(find_provider(models[i].provider));
+		plan->targets[0].model = pstrdup(models[i].provider_model);
 		if (plan->targets[0].provider == NULL)
 			elog(ERROR, "provider \"%s\" of model \"%s\" not found",
 				 models[i].provider, models[i].name);
@@ -396,7 +421,7 @@ router_plan(const char *requested)
 				continue;
 			plan->ntargets = 1;
 			plan->targets = palloc0(sizeof(RouteTarget));
-			plan->targets[0].provider = &providers[i];
+			plan->targets[0].provider = copy_provider(&providers[i]);
 			plan->targets[0].model = pstrdup(requested);
 			return plan;
 		}

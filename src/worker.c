@@ -374,9 +374,9 @@ write_record(LedgerRecord *r)
 			TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID,
 		INT8OID, BOOLOID, TEXTOID, TEXTOID};
-		Oid			st[17] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
+		Oid			st[19] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
 			INT8OID, INT8OID, INT8OID, INT8OID, BOOLOID, TEXTOID, BOOLOID,
-		FLOAT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID, BOOLOID};
+		FLOAT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID, BOOLOID, TEXTOID, FLOAT8OID};
 
 		InsertPlan = SPI_prepare(
 			"INSERT INTO maester.usage (request_id, attempt, ts, tenant, role, trace_id, "
@@ -395,9 +395,9 @@ write_record(LedgerRecord *r)
 			" cache_write_tokens = $9, usage_estimated = $10, "
 			" cost_usd = CASE WHEN $12 THEN $11::pg_catalog.numeric ELSE estimated_cost_usd END, "
 			" priced = priced AND $16, latency_ms = $13, http_status = $14, settled_at = $15, "
-			" fallback_used = $17 "
+			" fallback_used = $17, eval_status = $18, eval_score = $19 "
 			"WHERE request_id OPERATOR(pg_catalog.=) $1 AND attempt OPERATOR(pg_catalog.=) $2",
-			17, st);
+			19, st);
 		if (SettlePlan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(SettlePlan);
@@ -462,6 +462,10 @@ write_record(LedgerRecord *r)
 		v[14] = TimestampTzGetDatum(r->settled_at);
 		v[15] = BoolGetDatum(r->priced);
 		v[16] = BoolGetDatum(r->fallback_used);
+		v[17] = CStringGetTextDatum(r->eval_status);
+		n[17] = NULL_IF_EMPTY(r->eval_status) ? 'n' : ' ';
+		v[18] = Float8GetDatum(r->eval_score);
+		n[18] = NULL_IF_EMPTY(r->eval_status) ? 'n' : ' ';
 		rc = SPI_execute_plan(SettlePlan, v, n, false, 0);
 		if (rc != SPI_OK_UPDATE)
 			elog(ERROR, "could not settle a ledger row: %s", SPI_result_code_string(rc));
@@ -574,7 +578,16 @@ maester_ledger_main(Datum arg)
 		WorkerSlot->written += n;
 		LWLockRelease(WorkerSlot->lock);
 		for (int i = 0; i < n; i++)
+		{
+			if (batch[i].procno < 0 || batch[i].procno >= (int) ProcGlobal->allProcCount)
+			{
+				elog(LOG, "maester ledger worker: record %llu (%s, %s) names no backend (%d)",
+					 (unsigned long long) batch[i].seq, batch[i].kind == LEDGER_PENDING ? "pending" : "settle",
+					 batch[i].status, batch[i].procno);
+				continue;
+			}
 			SetLatch(&ProcGlobal->allProcs[batch[i].procno].procLatch);
+		}
 	}
 	proc_exit(0);
 }
