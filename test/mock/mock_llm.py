@@ -27,7 +27,8 @@ prompt: PROMPT" ("[MockAnthropic:MODEL] ..." on /v1/messages), cut to
 ceil(len(system+prompt)/4)+3, output tokens = ceil(len(content)/4).
 Headers x-mock-cached-tokens / x-mock-cache-write-tokens fake prompt caching;
 so does the fault cached-R-W (R tokens read from the cache, W written).
-The fault badutf8 answers with content that is not valid UTF-8.
+The fault badutf8 answers with content that is not valid UTF-8; verdict-pass and
+verdict-fail answer like an llm_rubric grader.
 
 Faults come from header "x-mock-fault: SPEC", else from a model named
 "fault-SPEC".  SPECs: latency-MS, status-CODE, 429, 429-ra-SECONDS,
@@ -74,7 +75,7 @@ FAULTS = [
     (re.compile(r"drip(?:-(\d+))?"), "drip"),
     (re.compile(r"cached-(\d+)-(\d+)"), "cached"),
     (re.compile(r"(hang|malformed|nousage|missingfields|wrongtype|reset|"
-                r"echo-headers|redirect|badutf8)"), "simple"),
+                r"echo-headers|redirect|badutf8|verdict-pass|verdict-fail)"), "simple"),
 ]
 
 # Provider error "type" per HTTP status.
@@ -432,6 +433,12 @@ class Handler(BaseHTTPRequestHandler):
             return None
         if arg == "malformed":
             return self._send(200, b'{"id": "x", "choices": [')
+        if arg in ("verdict-pass", "verdict-fail"):
+            # a grader's answer, for llm_rubric tests
+            ok = arg == "verdict-pass"
+            verdict = json.dumps({"pass": ok, "score": 0.9 if ok else 0.2,
+                                  "reason": "meets the rubric" if ok else "misses the rubric"})
+            return self._json(200, ans.render(content=verdict))
         if arg == "badutf8":
             # a normal answer whose content holds bytes that are not UTF-8
             body = json.dumps(ans.render(content="ok MARK bad")).encode()
