@@ -203,6 +203,15 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("maester.capture_content",
+							 "Keeps the prompts, variables and outputs of calls (for replay).",
+							 "Off by default: prompt and response text are stored only when it is on.",
+							 &maester_capture_content,
+							 false,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
 	DefineCustomBoolVariable("maester.budget_allow_unpriced",
 							 "Lets calls to models without a price pass budgets.",
 							 "By default a budget blocks models it cannot price.",

@@ -104,6 +104,7 @@ extern Jsonb *maester_evaluate(const char *content, int len, Jsonb *checks,
 
 /* gateway.c */
 extern const char *maester_call_purpose;
+extern bool maester_capture_content;
 extern void maester_llm_rubric(JsonbValue *param, JsonbContainer *extra,
 							   const char *content, int len, double *score,
 							   bool *passed, char **reason);
