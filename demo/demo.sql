@@ -84,6 +84,22 @@ SELECT ts::time(0) AS time, tenant, provider, model, prompt_name, prompt_version
 SELECT day, tenant, provider, model, calls, errors, input_tokens, output_tokens, cost_usd
   FROM maester.cost_daily ORDER BY day, tenant, provider, model;
 
+-- Which prompt version is better?  A small evaluation suite, run against
+-- v1 and v2, compared case by case.
+INSERT INTO maester.eval_suite (name, prompt) VALUES ('incidents', 'system_summary');
+INSERT INTO maester.eval_case (suite, case_name, variables, checks) VALUES
+    ('incidents', 'api key', '{"event_text": "Admin revoked API key for user account 742."}',
+     '{"required_terms": ["account 742"], "max_length": 300}'),
+    ('incidents', 'latency', '{"event_text": "System latency increased above 300ms for the inference service."}',
+     '{"required_terms": ["reliability", "latency"], "max_length": 300}'),
+    ('incidents', 'disk', '{"event_text": "Disk usage above 90% on db-3."}',
+     '{"required_terms": ["operational impact"], "max_length": 300}');
+SELECT id, prompt_version, cases, passed, pass_rate, mean_score, total_cost_usd
+  FROM maester.eval_run('incidents', 'v1', 'gpt-4.1-mini');
+SELECT id, prompt_version, cases, passed, pass_rate, mean_score, total_cost_usd
+  FROM maester.eval_run('incidents', 'v2', 'gpt-4.1-mini');
+SELECT * FROM maester.eval_compare(1, 2);
+
 -- A budget: the demo tenant may spend $0.0003 a day; the next call whose
 -- worst case does not fit is refused before anything is sent.
 INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('default', 'day', 0.0003, 'block');
