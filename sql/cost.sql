@@ -49,6 +49,22 @@ SELECT pg_temp.err($$ DELETE FROM maester.price WHERE model = 'test-model' $$);
 SELECT pg_temp.err($$ INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million) VALUES ('x', now(), -1, 1) $$);
 SELECT pg_temp.err($$ INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million, currency) VALUES ('x', now(), 1, 1, 'EUR') $$);
 
+-- the gateway computes costs in C from its cached prices: the same as SQL
+\getenv mock_url MAESTER_MOCK_URL
+INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, priority, circuit_failure_threshold)
+VALUES ('cmock', 'openai_compatible', :'mock_url' || '/v1', 'MAESTER_TEST_API_KEY', '{}', 1, 0);
+INSERT INTO maester.model (name, provider, provider_model) VALUES
+    ('c-mini', 'cmock', 'gpt-4.1-mini-2025-04-14'), ('c-cached', 'cmock', 'fault-cached-30-10'),
+    ('c-test', 'cmock', 'test-model');
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million,
+                           cache_read_input_cost_per_million, cache_creation_input_cost_per_million)
+VALUES ('fault-cached-30-10', '2020-01-01', 3, 15, 0.3, 3.75);
+SELECT g.model, g.cost_usd, g.cost_usd = (SELECT c.input_cost + c.output_cost
+                                            FROM maester.cost_exact(g.model, g.input_tokens, g.output_tokens,
+                                                                    g.cached_input_tokens, g.cache_write_tokens) c) AS same_as_sql
+  FROM unnest(ARRAY['c-mini', 'c-cached', 'c-test']) m, maester.llm_generate('Compute my cost, please', m) g
+ ORDER BY 1;
+
 -- errors
 SELECT pg_temp.err($$ SELECT maester.cost_of('no-such-model', 1, 1) $$);
 SELECT pg_temp.err($$ SELECT maester.cost_of('gpt-4.1-mini', -1, 1) $$);

@@ -289,4 +289,5 @@ _PG_init(void)
 	maester_registry_init();
 	router_init();
 	budget_init();
+	meter_init();
 }

@@ -92,6 +92,7 @@ extern void maester_render(const char *name, const char *ref, Jsonb *vars,
 extern void maester_prompt_hash(text *system, text *content, char *hex_out);
 
 /* meter.c */
+extern void meter_init(void);
 extern struct NumericData *maester_cost(const char *model, int64 input_tokens,
 										int64 output_tokens,
 										int64 cached_input_tokens,

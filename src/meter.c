@@ -3,28 +3,204 @@
  * meter.c
  *	  The cost of a call, at the price in force when it was made.
  *
- * Prices and the arithmetic live in SQL (maester.price_at and
- * maester.cost_exact, numeric throughout), so that cost_of(), the ledger
- * and BI queries can never disagree; the gateway runs cost_exact through a
- * saved SPI plan.  A model without a price costs NULL, and the backend
- * warns once per model.
+ * SQL callers use maester.price_at / maester.cost_exact / maester.cost_of.
+ * The gateway needs a cost twice per attempt (the worst-case estimate and
+ * the real cost), so it does not run those SQL functions: each backend
+ * keeps maester.price in memory (invalidated like the other caches when
+ * the table changes) and computes the same formula with PostgreSQL's
+ * numeric functions:
+ *	 input  = ((input - cached - write) * input_price + cached * cache_read_price
+ *			   + write * cache_creation_price) / 1e6
+ *	 output = output * output_price / 1e6
+ * with the cache prices defaulting to the input price, and the price of a
+ * model being the latest row valid at the call for its name, or for the
+ * undated name of a dated snapshot (name-YYYY-MM-DD, name-YYYYMMDD,
+ * name-latest).  sql/cost.sql checks that both paths agree.
+ *
+ * A model without a price costs NULL, and the backend warns once per model.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <ctype.h>
+
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "nodes/pg_list.h"
+#include "storage/sinval.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "maester.h"
 
-static SPIPlanPtr CostPlan = NULL;
+typedef struct PriceRow
+{
+	char	   *model;
+	TimestampTz valid_from;
+	Numeric		input;
+	Numeric		output;
+	Numeric		cache_read;		/* the input price when not given */
+	Numeric		cache_write;
+} PriceRow;
+
+static MemoryContext PriceContext = NULL;
+static bool PriceStale = true;
+static Oid	PriceRelid = InvalidOid;
+static int	nprices = 0;
+static PriceRow *prices = NULL;
 static List *WarnedModels = NIL;	/* in TopMemoryContext */
+static Numeric Million = NULL;
+
+static void
+price_cache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == PriceRelid)
+		PriceStale = true;
+}
+
+void
+meter_init(void)
+{
+	CacheRegisterRelcacheCallback(price_cache_callback, (Datum) 0);
+}
+
+/* (Re)load maester.price, as its owner, with a fixed search_path */
+static void
+price_load(void)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			save_nestlevel;
+
+	if (PriceContext == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		PriceContext = AllocSetContextCreate(TopMemoryContext, "maester prices",
+											 ALLOCSET_SMALL_SIZES);
+		Million = DatumGetNumericCopy(DirectFunctionCall1(int8_numeric, Int64GetDatum(1000000)));
+		MemoryContextSwitchTo(old);
+	}
+	MemoryContextReset(PriceContext);
+	nprices = 0;
+	prices = NULL;
+	PriceStale = true;
+	PriceRelid = get_relname_relid("price", get_namespace_oid("maester", false));
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(maester_relation_owner(PriceRelid),
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	PG_TRY();
+	{
+		SPIPlanPtr	plan;
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		plan = SPI_prepare("SELECT p.model, p.valid_from, p.input_cost_per_million, "
+						   "p.output_cost_per_million, "
+						   "COALESCE(p.cache_read_input_cost_per_million, p.input_cost_per_million), "
+						   "COALESCE(p.cache_creation_input_cost_per_million, p.input_cost_per_million) "
+						   "FROM maester.price p", 0, NULL);
+		if (plan == NULL ||
+			SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+								 true, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read maester.price");
+		prices = MemoryContextAllocZero(PriceContext, sizeof(PriceRow) * Max(SPI_processed, 1));
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[i];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+			bool		isnull;
+			MemoryContext old = MemoryContextSwitchTo(PriceContext);
+
+			prices[i].model = pstrdup(SPI_getvalue(t, d, 1));
+			prices[i].valid_from = DatumGetTimestampTz(SPI_getbinval(t, d, 2, &isnull));
+			prices[i].input = DatumGetNumericCopy(SPI_getbinval(t, d, 3, &isnull));
+			prices[i].output = DatumGetNumericCopy(SPI_getbinval(t, d, 4, &isnull));
+			prices[i].cache_read = DatumGetNumericCopy(SPI_getbinval(t, d, 5, &isnull));
+			prices[i].cache_write = DatumGetNumericCopy(SPI_getbinval(t, d, 6, &isnull));
+			MemoryContextSwitchTo(old);
+		}
+		nprices = SPI_processed;
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		AtEOXact_GUC(false, save_nestlevel);
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
+	PriceStale = false;
+}
+
+/* Is `suffix` a snapshot date: YYYY-MM-DD, YYYYMMDD, or "latest"? */
+static bool
+snapshot_suffix(const char *s)
+{
+	int			n = strlen(s);
+
+	if (strcmp(s, "latest") == 0)
+		return true;
+	if (n == 8)
+	{
+		for (int i = 0; i < 8; i++)
+			if (!isdigit((unsigned char) s[i]))
+				return false;
+		return true;
+	}
+	if (n == 10)
+	{
+		for (int i = 0; i < 10; i++)
+			if ((i == 4 || i == 7) ? s[i] != '-' : !isdigit((unsigned char) s[i]))
+				return false;
+		return true;
+	}
+	return false;
+}
+
+/* The price of `model` at `at`, as maester.price_at finds it, or NULL */
+static PriceRow *
+price_for(const char *model, TimestampTz at)
+{
+	PriceRow   *best = NULL;
+	int			best_len = -1;
+
+	for (int i = 0; i < nprices; i++)
+	{
+		PriceRow   *p = &prices[i];
+		int			plen = strlen(p->model);
+		bool		match = strcmp(model, p->model) == 0 ||
+			(strncmp(model, p->model, plen) == 0 && model[plen] == '-' &&
+			 snapshot_suffix(model + plen + 1));
+
+		if (!match || p->valid_from > at)
+			continue;
+		if (plen > best_len || (plen == best_len && p->valid_from > best->valid_from))
+		{
+			best = p;
+			best_len = plen;
+		}
+	}
+	return best;
+}
+
+static Datum
+num(int64 v)
+{
+	return DirectFunctionCall1(int8_numeric, Int64GetDatum(v));
+}
 
 /*
  * Exact cost in USD of a call to `model` at `at`, palloc'd in the caller's
@@ -35,52 +211,14 @@ maester_cost(const char *model, int64 input_tokens, int64 output_tokens,
 			 int64 cached_input_tokens, int64 cache_write_tokens,
 			 TimestampTz at, bool *priced)
 {
-	MemoryContext callercxt = CurrentMemoryContext;
-	Datum		args[6];
-	Numeric		result = NULL;
-	int			rc;
+	PriceRow   *p;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (CostPlan == NULL)
-	{
-		Oid			types[6] = {TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID};
-		SPIPlanPtr	plan;
-
-		plan = SPI_prepare("SELECT c.input_cost OPERATOR(pg_catalog.+) c.output_cost "
-						   "FROM maester.cost_exact($1, $2, $3, $4, $5, $6) c",
-						   6, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		CostPlan = plan;
-	}
-	args[0] = CStringGetTextDatum(model);
-	args[1] = Int64GetDatum(input_tokens);
-	args[2] = Int64GetDatum(output_tokens);
-	args[3] = Int64GetDatum(cached_input_tokens);
-	args[4] = Int64GetDatum(cache_write_tokens);
-	args[5] = TimestampTzGetDatum(at);
-	rc = SPI_execute_plan(CostPlan, args, NULL, true, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
-	if (SPI_processed == 1)
-	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-		{
-			MemoryContext old = MemoryContextSwitchTo(callercxt);
-
-			result = DatumGetNumericCopy(d);
-			MemoryContextSwitchTo(old);
-		}
-	}
-	SPI_finish();
-
-	*priced = result != NULL;
-	if (result == NULL)
+	AcceptInvalidationMessages();
+	if (PriceStale)
+		price_load();
+	p = price_for(model, at);
+	*priced = p != NULL;
+	if (p == NULL)
 	{
 		ListCell   *lc;
 		bool		warned = false;
@@ -99,6 +237,30 @@ maester_cost(const char *model, int64 input_tokens, int64 output_tokens,
 					 errmsg("model \"%s\" has no price: its calls are recorded with cost NULL", model),
 					 errhint("Add its price with INSERT INTO maester.price.")));
 		}
+		return NULL;
 	}
-	return result;
+	else
+	{
+		int64		plain = input_tokens - cached_input_tokens - cache_write_tokens;
+		Datum		in;
+		Datum		out;
+		Datum		total;
+
+		in = DirectFunctionCall2(numeric_mul, num(plain), NumericGetDatum(p->input));
+		in = DirectFunctionCall2(numeric_add, in,
+								 DirectFunctionCall2(numeric_mul, num(cached_input_tokens),
+													 NumericGetDatum(p->cache_read)));
+		in = DirectFunctionCall2(numeric_add, in,
+								 DirectFunctionCall2(numeric_mul, num(cache_write_tokens),
+													 NumericGetDatum(p->cache_write)));
+		in = DirectFunctionCall2(numeric_div, in, NumericGetDatum(Million));
+		out = DirectFunctionCall2(numeric_div,
+								  DirectFunctionCall2(numeric_mul, num(output_tokens),
+													  NumericGetDatum(p->output)),
+								  NumericGetDatum(Million));
+		total = DirectFunctionCall2(numeric_add,
+									DirectFunctionCall1(numeric_trim_scale, in),
+									DirectFunctionCall1(numeric_trim_scale, out));
+		return DatumGetNumeric(DirectFunctionCall1(numeric_trim_scale, total));
+	}
 }
