@@ -6,6 +6,7 @@
 #     median and p99 of each and of the difference.  Two upstreams: nginx
 #     (Debian's, answering a canned Chat Completions JSON) and the mock.
 #  2. Throughput: pgbench, 16 sessions calling llm_generate against nginx.
+# The cluster runs with fsync = on (MAESTER_BENCH_FSYNC=off to compare).
 # Usage: test/bench/gateway.sh [calls] [pgbench_seconds]   (2000, 15)
 set -euo pipefail
 . "$(dirname "$0")/../../scripts/lib.sh"
@@ -59,7 +60,7 @@ chown -R "$(maester_pg_user)" "$work/nginx"
 maester_as_pg /usr/sbin/nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>/dev/null
 maester_start_mock
 maester_start_cluster "$data" "$port" "maester.allow_insecure_hosts = '127.0.0.1'" \
-    "max_connections = 40" "shared_buffers = 256MB"
+    "max_connections = 40" "shared_buffers = 256MB" "fsync = ${MAESTER_BENCH_FSYNC:-on}"
 
 psql_q() {
     maester_as_pg psql -X -q -At -h "$data" -p "$port" -U postgres -d postgres \
