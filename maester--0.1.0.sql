@@ -1159,6 +1159,14 @@ RETURNS jsonb
 AS 'MODULE_PATHNAME', 'evaluate'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 
+CREATE FUNCTION maester.validate_checks(checks jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'validate_checks'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION maester.validate_checks(jsonb) IS
+    'Returns the checks if maester.evaluate would accept them, else raises its error (22023, or 2201B for a bad regex); runs no grader. prompt_register validates checks this way.';
+
 COMMENT ON FUNCTION maester.evaluate(text, jsonb, jsonb) IS
     'Checks an output: {status, reliability_score, metrics[{name, score, passed, reason}]}. checks: an object ({"required_terms": [...], "max_length": 500, "threshold": 0.8}) or an array of assertions ({"type", "value", "weight"}); NULL: non_empty and max_length 500. context: cost_usd, latency_ms.';
 
@@ -1485,7 +1493,8 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION
     maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb),
     maester.complete(jsonb),
-    maester.evaluate(text, jsonb, jsonb) TO maester_user;
+    maester.evaluate(text, jsonb, jsonb),
+    maester.validate_checks(jsonb) TO maester_user;
 GRANT SELECT ON maester.circuit TO maester_reader;
 GRANT SELECT ON maester.price TO maester_reader, maester_user;
 GRANT SELECT ON maester.usage TO maester_reader, maester_user, maester_admin;

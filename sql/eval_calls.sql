@@ -39,7 +39,8 @@ SELECT evaluation ->> 'status' AS status,
   FROM maester.llm_generate(prompt_name => 'eval_cost', variables => '{"x": 1}', model => 'emock-1');
 
 -- a check that errors: the generation is kept, the evaluation says error
-SELECT version FROM maester.prompt_register('eval_bad', 'Hi {x}', checks => '{"regex": "(broken"}');
+SELECT version FROM maester.prompt_register('eval_bad', 'Hi {x}',
+    checks => '{"llm_rubric": {"rubric": "Polite.", "model": "no-such-grader"}}');
 SELECT content IS NOT NULL AS generated, evaluation ->> 'status' AS status, evaluation ->> 'error' AS error
   FROM maester.llm_generate(prompt_name => 'eval_bad', variables => '{"x": 1}', model => 'emock-1');
 SELECT status, eval_status FROM maester.usage WHERE prompt_name = 'eval_bad';

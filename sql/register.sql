@@ -72,6 +72,13 @@ SELECT name, version FROM maester.prompt_register('résumé_prompt', 'x', versio
 SELECT pg_temp.err($$ SELECT maester.prompt_register('reg_c', 'x', config => '[1]') $$);
 SELECT pg_temp.err($$ SELECT maester.prompt_register('reg_c', 'x', checks => '"non_empty"') $$);
 SELECT config FROM maester.prompt_register('reg_c', 'x', config => NULL);
+-- checks must be checks evaluate() accepts (validated, no grader is run)
+SELECT pg_temp.err($$ SELECT maester.prompt_register('reg_c', 'x', checks => '{"no_such_check": 1}') $$);
+SELECT pg_temp.err($$ SELECT maester.prompt_register('reg_c', 'x', checks => '{"regex": "(broken"}') $$);
+SELECT pg_temp.err($$ SELECT maester.prompt_register('reg_c', 'x', checks => '{"llm_rubric": 5}') $$);
+SELECT pg_temp.err($$ SELECT maester.prompt_register('reg_c', 'x', checks => '{"json_schema": {"type": "thing"}}') $$);
+SELECT checks FROM maester.prompt_register('reg_checks', 'x',
+    checks => '{"llm_rubric": "Polite.", "cost_max": 0.01, "regex": "^[A-Z]"}');
 
 -- versions are immutable
 SELECT pg_temp.err($$ UPDATE maester.prompt_version SET template = 'changed' WHERE name = 'reg_a' $$);

@@ -63,6 +63,7 @@ typedef struct EvalInput
 	char	   *lower;			/* NULL: not computed */
 	int			lower_len;
 	JsonbContainer *context;	/* NULL: none */
+	bool		validate_only;	/* check the checks, do not run costly ones */
 } EvalInput;
 
 /* One metric of the result */
@@ -659,6 +660,9 @@ run_check(const char *name, JsonbValue *param, JsonbContainer *extra,
 				pstrdup("Not equal to the expected text");
 		}
 	}
+	else if (strcmp(name, "regex") == 0 && in->validate_only)
+		(void) RE_compile_and_cache(cstring_to_text(param_string(name, param)),
+									REG_ADVANCED, DEFAULT_COLLATION_OID);
 	else if (strcmp(name, "regex") == 0)
 	{
 		char	   *pattern = param_string(name, param);
@@ -748,6 +752,8 @@ run_check(const char *name, JsonbValue *param, JsonbContainer *extra,
 		double		limit = param_number(name, param);
 		double		actual;
 
+		if (in->validate_only)
+			return true;
 		if (!context_number(in, cost ? "cost_usd" : "latency_ms", &actual))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -761,6 +767,16 @@ run_check(const char *name, JsonbValue *param, JsonbContainer *extra,
 			m->reason = cost ? psprintf("Cost %g USD exceeds max %g", actual, limit) :
 				psprintf("Latency %g ms exceeds max %g", actual, limit);
 		}
+	}
+	else if (strcmp(name, "llm_rubric") == 0 && in->validate_only)
+	{
+		bool		ok = (param != NULL && param->type == jbvString) ||
+			(param != NULL && param->type == jbvBinary &&
+			 JsonContainerIsObject(param->val.binary.data) &&
+			 json_get_string(param->val.binary.data, "rubric") != NULL);
+
+		if (!ok)
+			check_error(name, "a rubric: a string, or {\"rubric\": \"...\", \"model\": \"...\"}");
 	}
 	else if (strcmp(name, "llm_rubric") == 0)
 		maester_llm_rubric(param, extra, in->s, in->len, &m->score, &m->passed, &m->reason);
@@ -838,10 +854,31 @@ push_scalar(JsonbParseState **st, JsonbIteratorToken tok, JsonbValue *v)
  * Evaluate `content` with `checks` (NULL: the articles' default) and
  * `context` (NULL: none); returns the result jsonb.
  */
+static Jsonb *evaluate_internal(const char *content, int len, Jsonb *checks,
+								Jsonb *context, bool validate_only);
+
 Jsonb *
 maester_evaluate(const char *content, int len, Jsonb *checks, Jsonb *context)
 {
-	EvalInput	in = {content, len, -1, NULL, 0, NULL};
+	return evaluate_internal(content, len, checks, context, false);
+}
+
+/*
+ * Raise the error evaluate() would raise for these checks, without running
+ * a grader or needing a context: for registration.
+ */
+void
+maester_validate_checks(Jsonb *checks)
+{
+	if (checks != NULL)
+		(void) evaluate_internal("", 0, checks, NULL, true);
+}
+
+static Jsonb *
+evaluate_internal(const char *content, int len, Jsonb *checks, Jsonb *context,
+				  bool validate_only)
+{
+	EvalInput	in = {content, len, -1, NULL, 0, NULL, validate_only};
 	List	   *metrics = NIL;
 	bool		has_threshold = false;
 	double		threshold = 0;
@@ -1052,4 +1089,18 @@ evaluate(PG_FUNCTION_ARGS)
 	PG_RETURN_JSONB_P(maester_evaluate(VARDATA_ANY(content), VARSIZE_ANY_EXHDR(content),
 									   PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1),
 									   PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2)));
+}
+
+PG_FUNCTION_INFO_V1(validate_checks);
+/*
+ * maester.validate_checks(checks jsonb) RETURNS jsonb: the checks, if
+ * evaluate() would accept them (else its error); runs no grader.
+ */
+Datum
+validate_checks(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *checks = PG_GETARG_JSONB_P(0);
+
+	maester_validate_checks(checks);
+	PG_RETURN_JSONB_P(checks);
 }

@@ -102,6 +102,7 @@ extern struct NumericData *maester_cost(const char *model, int64 input_tokens,
 /* evaluate.c */
 extern Jsonb *maester_evaluate(const char *content, int len, Jsonb *checks,
 							   Jsonb *context);
+extern void maester_validate_checks(Jsonb *checks);
 
 /* gateway.c */
 extern const char *maester_call_purpose;

@@ -351,6 +351,11 @@ prompt_version_guard(PG_FUNCTION_ARGS)
 									"system template");
 	}
 
+	/* the checks must be ones evaluate() accepts */
+	d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, "checks"), &isnull);
+	if (!isnull)
+		maester_validate_checks(DatumGetJsonbP(d));
+
 	attnos[0] = SPI_fnumber(desc, "variables");
 	attnos[1] = SPI_fnumber(desc, "template_hash");
 	newvals[0] = PointerGetDatum(variables_array(tmpls, 2));
