@@ -1440,6 +1440,119 @@ $$;
 COMMENT ON FUNCTION maester.replay(uuid) IS
     'Re-runs a captured call with the same prompt version, variables and model, and compares: content match, length delta, same provider and model, reliability score delta. Needs maester.capture_content on at the time of the call.';
 
+
+--------------------------------------------------------------------------
+-- Traces and spans
+--------------------------------------------------------------------------
+CREATE TABLE maester.span (
+    trace_id       text NOT NULL,
+    span_id        text NOT NULL,
+    parent_span_id text,
+    name           text NOT NULL,
+    started_at     timestamptz NOT NULL,
+    duration_us    bigint NOT NULL,
+    status         text NOT NULL,
+    attributes     jsonb NOT NULL DEFAULT '{}',
+    tenant         text NOT NULL,
+    request_id     uuid,
+    PRIMARY KEY (trace_id, span_id)
+);
+
+CREATE INDEX span_started_brin ON maester.span USING brin (started_at);
+
+COMMENT ON TABLE maester.span IS
+    'The steps of every sampled call (llm_generate, prompt_render, model_route, budget_check, model_generate per attempt, cost_metering, evaluation), with OpenTelemetry GenAI attribute names; written by the ledger worker, so they survive the caller''s rollback. Row-level security by tenant.';
+COMMENT ON COLUMN maester.span.trace_id IS '32 lowercase hex digits: the application''s trace (maester.traceparent) or a new one.';
+COMMENT ON COLUMN maester.span.span_id IS '16 lowercase hex digits.';
+COMMENT ON COLUMN maester.span.parent_span_id IS 'The parent span: the call''s root span, or for the root the application''s span (NULL without a traceparent).';
+COMMENT ON COLUMN maester.span.duration_us IS 'Duration in microseconds.';
+COMMENT ON COLUMN maester.span.attributes IS 'gen_ai.operation.name, gen_ai.provider.name, gen_ai.request.model, gen_ai.response.model, gen_ai.usage.input_tokens, ..., maester.prompt.version, maester.prompt.hash, maester.cost_usd, maester.evaluation.status.';
+COMMENT ON COLUMN maester.span.request_id IS 'The call''s request id (on the root span).';
+
+ALTER TABLE maester.span ENABLE ROW LEVEL SECURITY;
+CREATE POLICY span_admin ON maester.span FOR ALL TO maester_admin USING (true);
+CREATE POLICY span_tenant ON maester.span FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) pg_catalog.current_setting('maester.tenant'));
+
+CREATE VIEW maester.trace WITH (security_invoker = true) AS
+SELECT s.trace_id,
+       s.request_id,
+       s.started_at,
+       s.duration_us,
+       s.status,
+       s.tenant,
+       s.span_id AS root_span_id,
+       s.parent_span_id AS application_span_id,
+       s.attributes
+  FROM maester.span s
+ WHERE s.name OPERATOR(pg_catalog.=) 'llm_generate';
+
+COMMENT ON VIEW maester.trace IS
+    'One row per traced call: its root span (request id, start, duration, status, the application''s parent span).';
+
+CREATE FUNCTION maester.explain(trace_id text)
+RETURNS SETOF text
+LANGUAGE sql
+STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE tree AS (
+        SELECT s.*, 0 AS depth, ARRAY[s.started_at] AS path
+          FROM maester.span s
+         WHERE s.trace_id OPERATOR(pg_catalog.=) $1 AND s.name OPERATOR(pg_catalog.=) 'llm_generate'
+        UNION ALL
+        SELECT s.*, t.depth OPERATOR(pg_catalog.+) 1, t.path OPERATOR(pg_catalog.||) s.started_at
+          FROM maester.span s
+          JOIN tree t ON s.trace_id OPERATOR(pg_catalog.=) t.trace_id
+                     AND s.parent_span_id OPERATOR(pg_catalog.=) t.span_id
+    )
+    SELECT pg_catalog.repeat('  ', t.depth) OPERATOR(pg_catalog.||)
+           CASE WHEN t.depth OPERATOR(pg_catalog.>) 0 THEN '->  ' ELSE '' END OPERATOR(pg_catalog.||)
+           t.name OPERATOR(pg_catalog.||)
+           pg_catalog.format('  (%s ms%s)', pg_catalog.to_char(t.duration_us OPERATOR(pg_catalog./) 1000.0, 'FM999999990.000'),
+                             CASE WHEN t.status OPERATOR(pg_catalog.<>) 'ok' THEN ', ' OPERATOR(pg_catalog.||) t.status ELSE '' END)
+           OPERATOR(pg_catalog.||)
+           COALESCE('  ' OPERATOR(pg_catalog.||) NULLIF(pg_catalog.concat_ws(' ',
+               'provider=' OPERATOR(pg_catalog.||) (t.attributes ->> 'gen_ai.provider.name'),
+               'model=' OPERATOR(pg_catalog.||) COALESCE(t.attributes ->> 'gen_ai.response.model', t.attributes ->> 'gen_ai.request.model'),
+               'http=' OPERATOR(pg_catalog.||) (t.attributes ->> 'http.response.status_code'),
+               'error=' OPERATOR(pg_catalog.||) (t.attributes ->> 'error.type'),
+               'tokens=' OPERATOR(pg_catalog.||) (t.attributes ->> 'gen_ai.usage.input_tokens') OPERATOR(pg_catalog.||) '/'
+                   OPERATOR(pg_catalog.||) (t.attributes ->> 'gen_ai.usage.output_tokens'),
+               'cost=$' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.cost_usd'),
+               'evaluation=' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.evaluation.status'),
+               'prompt=' OPERATOR(pg_catalog.||) (t.attributes ->> 'gen_ai.prompt.name') OPERATOR(pg_catalog.||) '@'
+                   OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.prompt.version')), ''), '')
+      FROM tree t
+     ORDER BY t.path
+$$;
+
+COMMENT ON FUNCTION maester.explain(text) IS
+    'The span tree of a traced call with timings, tokens, cost and evaluation, the way EXPLAIN ANALYZE reads.';
+
+CREATE FUNCTION maester.trace_retention(older_than interval)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF older_than OPERATOR(pg_catalog.<) interval '0' THEN
+        RAISE EXCEPTION 'older_than must not be negative'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    DELETE FROM maester.span s
+     WHERE s.started_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) older_than);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION maester.trace_retention(interval) IS
+    'Deletes spans older than the given age and returns how many.';
+
 --------------------------------------------------------------------------
 -- Circuit breakers
 --------------------------------------------------------------------------
@@ -1510,6 +1623,10 @@ GRANT EXECUTE ON FUNCTION maester.eval_compare(bigint, bigint) TO maester_user, 
 GRANT SELECT ON maester.capture TO maester_user, maester_reader;
 GRANT INSERT ON maester.capture TO maester_user;
 GRANT SELECT, DELETE ON maester.capture TO maester_admin;
+GRANT SELECT ON maester.span, maester.trace TO maester_user, maester_reader, maester_admin;
+GRANT DELETE ON maester.span TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.explain(text) TO maester_user, maester_reader, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.trace_retention(interval) TO maester_admin;
 GRANT SELECT ON maester.budget TO maester_reader;
 GRANT SELECT ON maester.budget_status TO maester_reader, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.budget_counters() TO maester_reader, maester_admin;
@@ -1546,3 +1663,4 @@ SELECT pg_catalog.pg_extension_config_dump('maester.eval_run', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.eval_run_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.eval_result', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.capture', '');
+SELECT pg_catalog.pg_extension_config_dump('maester.span', '');

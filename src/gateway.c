@@ -68,6 +68,7 @@
 #include "template.h"
 #include "provider.h"
 #include "router.h"
+#include "trace.h"
 
 static int64 estimate_tokens(const char *s);
 
@@ -123,6 +124,8 @@ typedef struct Generation
 	const char *tags;			/* options.tags as JSON text, or NULL */
 	Jsonb	   *checks;			/* the prompt version's checks, or NULL */
 	Jsonb	   *evaluation;		/* maester.evaluate's result */
+	CallTrace  *trace;			/* the call's spans */
+	const char *traceparent;	/* header value for the current attempt */
 } Generation;
 
 /* State of one call across its targets */
@@ -370,7 +373,8 @@ classify_status(long status, Failure *f)
 
 /* The curl header list for one attempt; the key is copied into it */
 static struct curl_slist *
-build_headers(ProviderConf *p, const char *key, const pg_uuid_t *request_id)
+build_headers(ProviderConf *p, const char *key, const pg_uuid_t *request_id,
+			  const char *traceparent)
 {
 	struct curl_slist *h = NULL;
 	char		line[1024];
@@ -404,6 +408,11 @@ build_headers(ProviderConf *p, const char *key, const pg_uuid_t *request_id)
 		h = curl_slist_append(h, line);
 		explicit_bzero(line, sizeof(line));
 	}
+	if (traceparent)
+	{
+		snprintf(line, sizeof(line), "traceparent: %s", traceparent);
+		h = curl_slist_append(h, line);
+	}
 	if (h == NULL)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
 	return h;
@@ -425,8 +434,8 @@ free_headers(HttpRequest *req)
  */
 static bool
 attempt(RouteTarget *t, const GenRequest *gen, const char *key,
-		const pg_uuid_t *request_id, long timeout_ms, GenResponse *out,
-		Failure *f)
+		const pg_uuid_t *request_id, const char *traceparent, long timeout_ms,
+		GenResponse *out, Failure *f)
 {
 	ProviderConf *p = t->provider;
 	HttpRequest req;
@@ -452,7 +461,7 @@ attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 	{
 		HttpRequest *one = &req;
 
-		req.headers = build_headers(p, key, request_id);
+		req.headers = build_headers(p, key, request_id, traceparent);
 		http_perform(&one, 1);
 		free_headers(&req);
 
@@ -556,14 +565,14 @@ attempt(RouteTarget *t, const GenRequest *gen, const char *key,
  */
 pg_noinline static bool
 attempt_releasing_probe(RouteTarget *t, const GenRequest *gen, const char *key,
-						const pg_uuid_t *request_id, long timeout_ms,
-						GenResponse *out, Failure *f, bool probe)
+						const pg_uuid_t *request_id, const char *traceparent,
+						long timeout_ms, GenResponse *out, Failure *f, bool probe)
 {
 	volatile bool ok = false;
 
 	PG_TRY();
 	{
-		ok = attempt(t, gen, key, request_id, timeout_ms, out, f);
+		ok = attempt(t, gen, key, request_id, traceparent, timeout_ms, out, f);
 	}
 	PG_CATCH();
 	{
@@ -657,6 +666,18 @@ ledger_backend_exit(int code, Datum arg)
 	(void) ledger_try_enqueue(InFlightSlot, InFlight);
 	InFlight = NULL;
 	budget_settle_at_estimate(&InFlightHold);
+}
+
+/* The host of a base URL, for the server.address attribute */
+static char *
+server_address(const char *url)
+{
+	const char *p = strstr(url, "://");
+	const char *end;
+
+	p = p ? p + 3 : url;
+	end = p + strcspn(p, ":/?#");
+	return pnstrdup(p, end - p);
 }
 
 /* Numeric as text into a ledger field ("" for NULL) */
@@ -817,6 +838,9 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 	BudgetHold	hold;
 	BlockArg	ba;
 	char	   *downgrade = NULL;
+	BudgetVerdict verdict;
+	Span	   *span;
+	Span	   *volatile gen_span = NULL;
 
 	estimate = fill_pending(r, t, g, cs, gen->max_tokens);
 	if (!ExitCallbackRegistered)
@@ -828,9 +852,16 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 	/* budgets: reserve the worst case, or block (MB001), or downgrade */
 	ba.cs = cs;
 	ba.r = r;
-	if (budget_reserve(r->tenant, g->prompt_name, t->model, estimate, &hold,
-					   &downgrade, write_blocked_row, &ba) == BUDGET_DOWNGRADE)
+	span = trace_span_start(g->trace, "budget_check");
+	if (estimate)
+		trace_attr_raw(span, "maester.estimated_cost_usd",
+					   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(estimate))));
+	verdict = budget_reserve(r->tenant, g->prompt_name, t->model, estimate, &hold,
+							 &downgrade, write_blocked_row, &ba);
+	trace_span_end(span, NULL);
+	if (verdict == BUDGET_DOWNGRADE)
 	{
+		trace_attr_str(span, "maester.budget.downgrade_to", downgrade);
 		memset(f, 0, sizeof(*f));
 		f->error_class = "downgrade";
 		f->sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
@@ -851,9 +882,21 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 		InFlightSlot = cs->slot;
 		InFlightHold = hold;
 		sent = true;
+		gen_span = trace_span_start(g->trace, "model_generate");
+		trace_attr_str(gen_span, "gen_ai.operation.name", "chat");
+		trace_attr_str(gen_span, "gen_ai.provider.name", t->provider->name);
+		trace_attr_str(gen_span, "gen_ai.request.model", t->model);
+		trace_attr_str(gen_span, "server.address", server_address(t->provider->base_url));
+		trace_attr_num(gen_span, "maester.attempt", g->attempts);
+		if (gen->max_tokens > 0)
+			trace_attr_num(gen_span, "gen_ai.request.max_tokens", gen->max_tokens);
+		if (gen->has_temperature)
+			trace_attr_num(gen_span, "gen_ai.request.temperature", gen->temperature);
+		g->traceparent = trace_traceparent_header(g->trace, gen_span);
 		start = GetCurrentTimestamp();
-		ok = attempt_releasing_probe(t, gen, key, &g->request_id, timeout_ms,
-									 &g->resp, f, probe);
+		ok = attempt_releasing_probe(t, gen, key, &g->request_id, g->traceparent,
+									 timeout_ms, &g->resp, f, probe);
+		trace_span_end(gen_span, ok ? "ok" : "error");
 		pfree(InFlight);
 		InFlight = NULL;
 		InFlightHold.n = 0;
@@ -878,6 +921,8 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 			budget_settle_at_estimate(&hold);
 		else
 			budget_settle(&hold, NULL);
+		if (gen_span)
+			gen_span->status = "cancelled";
 		RESUME_INTERRUPTS();
 		PG_RE_THROW();
 	}
@@ -897,10 +942,30 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 			g->resp.output_tokens = estimate_tokens(g->resp.content);
 			g->resp.cached_input_tokens = g->resp.cache_write_tokens = 0;
 		}
+		trace_attr_num(gen_span, "http.response.status_code", 200);
+		trace_attr_str(gen_span, "gen_ai.response.model", g->resp.served_model);
+		trace_attr_str(gen_span, "gen_ai.response.id", g->resp.response_id);
+		trace_attr_num(gen_span, "gen_ai.usage.input_tokens", g->resp.input_tokens);
+		trace_attr_num(gen_span, "gen_ai.usage.output_tokens", g->resp.output_tokens);
+		if (g->resp.finish_reason)
+		{
+			StringInfoData fr;
+
+			initStringInfo(&fr);
+			appendStringInfoChar(&fr, '[');
+			escape_json(&fr, g->resp.finish_reason);
+			appendStringInfoChar(&fr, ']');
+			trace_attr_raw(gen_span, "gen_ai.response.finish_reasons", fr.data);
+		}
+		span = trace_span_start(g->trace, "cost_metering");
 		g->cost = maester_cost(g->resp.served_model ? g->resp.served_model : t->model,
 							   g->resp.input_tokens, g->resp.output_tokens,
 							   g->resp.cached_input_tokens, g->resp.cache_write_tokens,
 							   r->ts, &g->priced);
+		if (g->cost)
+			trace_attr_raw(span, "maester.cost_usd",
+						   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(g->cost))));
+		trace_span_end(span, g->priced ? "ok" : "unpriced");
 		strlcpy(r->status, "ok", sizeof(r->status));
 		if (g->resp.served_model)
 			ledger_copy_name(r->model, g->resp.served_model, sizeof(r->model));
@@ -916,6 +981,7 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 		numeric_to_field(g->cost, r->cost, sizeof(r->cost));
 
 		/* every output is evaluated; the ledger row carries the verdict */
+		span = trace_span_start(g->trace, "evaluation");
 		g->evaluation = evaluate_generation(g, r->latency_ms);
 		{
 			char	   *st = json_get_string(&g->evaluation->root, "status");
@@ -924,6 +990,9 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 			strlcpy(r->eval_status, st ? st : "error", sizeof(r->eval_status));
 			r->eval_score = sc && sc->type == jbvNumeric ?
 				DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(sc->val.numeric))) : 0;
+			trace_attr_str(span, "maester.evaluation.status", r->eval_status);
+			trace_attr_num(span, "maester.evaluation.score", r->eval_score);
+			trace_span_end(span, strcmp(r->eval_status, "error") == 0 ? "error" : "ok");
 		}
 	}
 	else
@@ -938,6 +1007,11 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 		if (!maybe_billed)
 			strlcpy(r->cost, "0", sizeof(r->cost));
 		r->http_status = f->http_status;
+		trace_attr_str(gen_span, "error.type", f->error_class);
+		if (f->http_status)
+			trace_attr_num(gen_span, "http.response.status_code", f->http_status);
+		if (f->retryable)
+			trace_attr_str(gen_span, "maester.retry_reason", f->error_class);
 	}
 	seq = ledger_enqueue(cs->slot, r);
 	if (ok)
@@ -1168,6 +1242,27 @@ estimate_tokens(const char *s)
 	return s ? (pg_mbstrlen(s) + 3) / 4 : 0;
 }
 
+/*
+ * gateway_execute, and when it fails (an error or a cancel), hand the
+ * trace's spans to the worker before the error goes on.
+ */
+pg_noinline static void
+execute_traced(RoutePlan *plan, CallOptions *opts, Generation *g)
+{
+	PG_TRY();
+	{
+		gateway_execute(plan, &opts->gen, opts, g);
+	}
+	PG_CATCH();
+	{
+		HOLD_INTERRUPTS();
+		trace_flush_nothrow(g->trace, maester_tenant, &g->request_id);
+		RESUME_INTERRUPTS();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
 PG_FUNCTION_INFO_V1(llm_generate);
 /*
  * maester.llm_generate(prompt text, model text, max_tokens int, system text,
@@ -1212,6 +1307,9 @@ llm_generate(PG_FUNCTION_ARGS)
 
 	memset(&g, 0, sizeof(g));
 	new_ids(&g.request_id, g.trace_id);
+	g.trace = palloc(sizeof(CallTrace));
+	trace_begin(g.trace);
+	strlcpy(g.trace_id, g.trace->trace_id, sizeof(g.trace_id));
 	g.tags = opts.tags;
 	g.requested_model = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 
@@ -1219,10 +1317,14 @@ llm_generate(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(4))
 	{
 		RenderedPrompt rp;
+		Span	   *span = trace_span_start(g.trace, "prompt_render");
 
 		maester_render(text_to_cstring(PG_GETARG_TEXT_PP(4)),
 					   PG_ARGISNULL(6) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(6)),
 					   PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5), &rp);
+		trace_attr_str(span, "gen_ai.prompt.name", rp.name);
+		trace_attr_str(span, "maester.prompt.version", rp.version);
+		trace_span_end(span, NULL);
 		if (rp.system != NULL && !PG_ARGISNULL(3))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1246,11 +1348,29 @@ llm_generate(PG_FUNCTION_ARGS)
 	}
 
 	/* route and call */
-	plan = router_plan(g.requested_model);
+	{
+		Span	   *span = trace_span_start(g.trace, "model_route");
+
+		trace_attr_str(span, "gen_ai.request.model", g.requested_model ? g.requested_model : "(default route)");
+		plan = router_plan(g.requested_model);
+		trace_attr_num(span, "maester.route.targets", plan->ntargets);
+		trace_span_end(span, NULL);
+	}
 	opts.gen.prompt = text_to_cstring(content);
 	opts.gen.system = system ? text_to_cstring(system) : NULL;
 	opts.gen.max_tokens = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2);
-	gateway_execute(plan, &opts.gen, &opts, &g);
+	{
+		Span	   *root = &g.trace->spans[0];
+
+		trace_attr_str(root, "gen_ai.operation.name", "chat");
+		trace_attr_str(root, "gen_ai.request.model", g.requested_model);
+		trace_attr_str(root, "gen_ai.prompt.name", g.prompt_name);
+		trace_attr_str(root, "maester.prompt.version", g.prompt_version);
+		trace_attr_str(root, "maester.prompt.hash", g.prompt_hash);
+		if (opts.gen.max_tokens > 0)
+			trace_attr_num(root, "gen_ai.request.max_tokens", opts.gen.max_tokens);
+	}
+	execute_traced(plan, &opts, &g);
 
 	g.usage_estimated = !g.resp.usage_present;
 
@@ -1260,6 +1380,24 @@ llm_generate(PG_FUNCTION_ARGS)
 	if (maester_capture_content)
 		capture_call(&g, content, system, PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5),
 					 PG_ARGISNULL(7) ? NULL : PG_GETARG_JSONB_P(7), opts.gen.max_tokens);
+
+	{
+		Span	   *root = &g.trace->spans[0];
+
+		trace_attr_str(root, "gen_ai.provider.name", g.provider);
+		trace_attr_str(root, "gen_ai.response.model", g.model);
+		trace_attr_num(root, "gen_ai.usage.input_tokens", g.resp.input_tokens);
+		trace_attr_num(root, "gen_ai.usage.output_tokens", g.resp.output_tokens);
+		if (cost)
+			trace_attr_raw(root, "maester.cost_usd",
+						   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(cost))));
+		if (g.evaluation)
+		{
+			trace_attr_str(root, "maester.evaluation.status",
+						   json_get_string(&g.evaluation->root, "status"));
+		}
+		trace_flush(g.trace, "ok", maester_tenant, &g.request_id);
+	}
 
 	ereport(maester_routing_log_level,
 			(errmsg("model_routed requested_model=%s selected_provider=%s model=%s fallback_used=%s attempts=%d",

@@ -196,6 +196,15 @@ ledger_attach(void)
 	}
 }
 
+/* This database's slot if it is attached and served, else NULL; no waiting */
+LedgerSlot *
+ledger_slot_if_ready(void)
+{
+	if (MySlot != NULL && MySlot->dboid == MyDatabaseId && MySlot->ready)
+		return MySlot;
+	return NULL;
+}
+
 /*
  * Queue `rec` (its seq, procno and epoch are filled in); returns its seq.
  * Waits while the ring is full.  Never throws once the record is queued.

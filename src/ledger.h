@@ -18,7 +18,8 @@
 typedef enum LedgerKind
 {
 	LEDGER_PENDING,				/* an attempt is about to be sent */
-	LEDGER_SETTLE				/* how it ended */
+	LEDGER_SETTLE,				/* how it ended */
+	LEDGER_SPAN					/* a span of a call's trace */
 } LedgerKind;
 
 /*
@@ -65,6 +66,13 @@ typedef struct LedgerRecord
 	char		tags[512];		/* options.tags as JSON text, "" = none */
 	char		eval_status[8];	/* pass, fail, error; "" = none */
 	double		eval_score;
+	/* spans */
+	char		span_id[17];
+	char		parent_span_id[17];
+	char		span_name[32];
+	int64		duration_us;
+	bool		has_request_id;
+	char		attrs[1024];	/* JSON object */
 } LedgerRecord;
 
 /*
@@ -111,6 +119,7 @@ extern LedgerRecord *ledger_ring(LedgerSlot *slot);
 
 /* backends */
 extern LedgerSlot *ledger_attach(void);
+extern LedgerSlot *ledger_slot_if_ready(void);
 extern uint64 ledger_enqueue(LedgerSlot *slot, LedgerRecord *rec);
 extern bool ledger_try_enqueue(LedgerSlot *slot, LedgerRecord *rec);
 extern bool ledger_wait_durable(LedgerSlot *slot, uint64 seq, bool must);

@@ -28,6 +28,7 @@
 #include "utils/guc.h"
 
 #include "budget.h"
+#include "trace.h"
 #include "ledger.h"
 #include "maester.h"
 
@@ -202,6 +203,25 @@ _PG_init(void)
 							PGC_SUSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("maester.traceparent",
+							   "The application's W3C traceparent: calls become children of its span.",
+							   "Set it per transaction (SET LOCAL maester.traceparent = '00-...'); an invalid value is ignored with a WARNING.",
+							   &maester_traceparent,
+							   "",
+							   PGC_USERSET,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomRealVariable("maester.trace_sample_rate",
+							 "Share of calls whose spans are recorded.",
+							 "Sampling drops whole traces, never ledger rows.",
+							 &maester_trace_sample_rate,
+							 1.0,
+							 0.0, 1.0,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("maester.capture_content",
 							 "Keeps the prompts, variables and outputs of calls (for replay).",

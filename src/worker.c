@@ -356,6 +356,7 @@ recover_orphans(void)
 
 static SPIPlanPtr InsertPlan = NULL;
 static SPIPlanPtr SettlePlan = NULL;
+static SPIPlanPtr SpanPlan = NULL;
 
 #define NULL_IF_EMPTY(s) ((s)[0] == '\0')
 
@@ -403,7 +404,39 @@ write_record(LedgerRecord *r)
 		SPI_keepplan(SettlePlan);
 	}
 
-	if (r->kind == LEDGER_PENDING)
+	if (r->kind == LEDGER_SPAN)
+	{
+		if (SpanPlan == NULL)
+		{
+			Oid			t[10] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID,
+			TEXTOID, TEXTOID, TEXTOID, UUIDOID};
+
+			SpanPlan = SPI_prepare(
+				"INSERT INTO maester.span (trace_id, span_id, parent_span_id, name, started_at, "
+				" duration_us, status, attributes, tenant, request_id) "
+				"VALUES ($1, $2, $3, $4, $5, $6, $7, $8::pg_catalog.jsonb, $9, $10) "
+				"ON CONFLICT (trace_id, span_id) DO NOTHING", 10, t);
+			if (SpanPlan == NULL)
+				elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+			SPI_keepplan(SpanPlan);
+		}
+		v[0] = CStringGetTextDatum(r->trace_id);
+		v[1] = CStringGetTextDatum(r->span_id);
+		v[2] = CStringGetTextDatum(r->parent_span_id);
+		n[2] = NULL_IF_EMPTY(r->parent_span_id) ? 'n' : ' ';
+		v[3] = CStringGetTextDatum(r->span_name);
+		v[4] = TimestampTzGetDatum(r->ts);
+		v[5] = Int64GetDatum(r->duration_us);
+		v[6] = CStringGetTextDatum(r->status);
+		v[7] = CStringGetTextDatum(r->attrs[0] ? r->attrs : "{}");
+		v[8] = CStringGetTextDatum(r->tenant);
+		v[9] = UUIDPGetDatum(&r->request_id);
+		n[9] = r->has_request_id ? ' ' : 'n';
+		rc = SPI_execute_plan(SpanPlan, v, n, false, 0);
+		if (rc != SPI_OK_INSERT)
+			elog(ERROR, "could not write a span: %s", SPI_result_code_string(rc));
+	}
+	else if (r->kind == LEDGER_PENDING)
 	{
 		v[0] = UUIDPGetDatum(&r->request_id);
 		v[1] = Int32GetDatum(r->attempt);
