@@ -28,7 +28,8 @@ INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, priorit
 VALUES ('tmock', 'openai_compatible', :'mock_url' || '/v1', 'MAESTER_TEST_API_KEY', '{tmock-%}', 1, 0, 5, 10);
 INSERT INTO maester.model (name, provider, provider_model) VALUES ('tmock-flaky', 'tmock', 'fault-flaky-1-503');
 INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
-VALUES ('tmock-1', '2020-01-01', 1, 2), ('fault-flaky-1-503', '2020-01-01', 1, 2);
+VALUES ('tmock-1', '2020-01-01', 1, 2), ('fault-flaky-1-503', '2020-01-01', 1, 2)
+ON CONFLICT DO NOTHING;
 SELECT version FROM maester.prompt_register('trace_p', 'Summarize: {event}');
 
 -- every call a trace: the spans, parented to the call's root span
