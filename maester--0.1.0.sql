@@ -1580,6 +1580,39 @@ LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 COMMENT ON FUNCTION maester.circuit_reset(text) IS
     'Closes the circuit breaker of a provider (NULL: all); returns how many were reset.';
 
+
+--------------------------------------------------------------------------
+-- Live statistics
+--------------------------------------------------------------------------
+CREATE FUNCTION maester.stat_entries(
+    OUT provider text, OUT model text, OUT calls bigint, OUT errors bigint,
+    OUT attempts bigint, OUT retries bigint, OUT fallbacks bigint, OUT errors_by_class jsonb,
+    OUT input_tokens bigint, OUT output_tokens bigint, OUT cost_usd numeric,
+    OUT p50_latency_ms double precision, OUT p95_latency_ms double precision,
+    OUT p99_latency_ms double precision)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stat_entries'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION maester.stat_entries() IS
+    'The shared-memory statistics of this database, per provider and model (the maester.stat view).';
+
+CREATE VIEW maester.stat AS
+SELECT s.*, COALESCE(c.state, 'closed') AS circuit_state
+  FROM maester.stat_entries() s
+  LEFT JOIN maester.circuit_status() c ON c.provider OPERATOR(pg_catalog.=) s.provider;
+
+COMMENT ON VIEW maester.stat IS
+    'Live counters per provider and model since the last stat_reset (or server start), like pg_stat_statements: calls, failed calls, attempts, retries, fallbacks, failed attempts by error class, tokens, cost, call latency p50/p95/p99 (from a histogram, within 19%), and the provider''s circuit state.';
+
+CREATE FUNCTION maester.stat_reset()
+RETURNS integer
+AS 'MODULE_PATHNAME', 'stat_reset'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.stat_reset() IS
+    'Zeroes this database''s statistics in maester.stat; returns how many entries were removed.';
+
 --------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC
 --------------------------------------------------------------------------
@@ -1627,6 +1660,9 @@ GRANT SELECT ON maester.span, maester.trace TO maester_user, maester_reader, mae
 GRANT DELETE ON maester.span TO maester_admin;
 GRANT EXECUTE ON FUNCTION maester.explain(text) TO maester_user, maester_reader, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.trace_retention(interval) TO maester_admin;
+GRANT SELECT ON maester.stat TO maester_reader, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.stat_entries() TO maester_reader, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.stat_reset() TO maester_admin;
 GRANT SELECT ON maester.budget TO maester_reader;
 GRANT SELECT ON maester.budget_status TO maester_reader, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.budget_counters() TO maester_reader, maester_admin;

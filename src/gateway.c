@@ -125,6 +125,8 @@ typedef struct Generation
 	Jsonb	   *checks;			/* the prompt version's checks, or NULL */
 	Jsonb	   *evaluation;		/* maester.evaluate's result */
 	CallTrace  *trace;			/* the call's spans */
+	const char *last_provider;	/* the last target tried, for statistics */
+	const char *last_model;
 	const char *traceparent;	/* header value for the current attempt */
 } Generation;
 
@@ -929,6 +931,8 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 	PG_END_TRY();
 
 	/* settle */
+	g->last_provider = t->provider->name;
+	g->last_model = t->model;
 	r->kind = LEDGER_SETTLE;
 	r->settled_at = GetCurrentTimestamp();
 	r->latency_ms = (double) (r->settled_at - start) / 1000.0;
@@ -1013,6 +1017,10 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 		if (f->retryable)
 			trace_attr_str(gen_span, "maester.retry_reason", f->error_class);
 	}
+	stat_attempt(t->provider->name, ok && g->resp.served_model ? g->resp.served_model : t->model,
+				 ok ? NULL : f->error_class,
+				 ok ? g->resp.input_tokens : 0, ok ? g->resp.output_tokens : 0,
+				 ok ? g->cost : NULL);
 	seq = ledger_enqueue(cs->slot, r);
 	if (ok)
 		budget_settle(&hold, g->cost);
@@ -1257,6 +1265,9 @@ execute_traced(RoutePlan *plan, CallOptions *opts, Generation *g)
 	{
 		HOLD_INTERRUPTS();
 		trace_flush_nothrow(g->trace, maester_tenant, &g->request_id);
+		if (g->last_provider)
+			stat_call(g->last_provider, g->last_model, true, g->attempts, g->fallback_used,
+					  (double) (GetCurrentTimestamp() - g->trace->spans[0].start) / 1000.0);
 		RESUME_INTERRUPTS();
 		PG_RE_THROW();
 	}
@@ -1397,6 +1408,7 @@ llm_generate(PG_FUNCTION_ARGS)
 						   json_get_string(&g.evaluation->root, "status"));
 		}
 		trace_flush(g.trace, "ok", maester_tenant, &g.request_id);
+		stat_call(g.provider, g.model, false, g.attempts, g.fallback_used, g.latency_ms);
 	}
 
 	ereport(maester_routing_log_level,

@@ -81,6 +81,8 @@ maester_shmem_request(void)
 	RequestNamedLWLockTranche("maester ledger", maester_max_databases);
 	RequestAddinShmemSpace(budget_shmem_size());
 	RequestNamedLWLockTranche("maester budgets", 1);
+	RequestAddinShmemSpace(stat_shmem_size());
+	RequestNamedLWLockTranche("maester stat", 1);
 }
 
 static void
@@ -101,6 +103,7 @@ maester_shmem_startup(void)
 	}
 	ledger_shmem_init();
 	budget_shmem_init();
+	stat_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -290,6 +293,16 @@ _PG_init(void)
 								"Budgets whose counters are kept in shared memory, over all databases.",
 								NULL,
 								&maester_max_budgets,
+								256,
+								1, 100000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+		DefineCustomIntVariable("maester.max_stat_entries",
+								"Provider and model pairs whose statistics are kept in shared memory (maester.stat).",
+								NULL,
+								&maester_max_stat_entries,
 								256,
 								1, 100000,
 								PGC_POSTMASTER,

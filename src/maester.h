@@ -111,6 +111,16 @@ extern void maester_llm_rubric(JsonbValue *param, JsonbContainer *extra,
 							   const char *content, int len, double *score,
 							   bool *passed, char **reason);
 
+/* stat.c */
+extern int	maester_max_stat_entries;
+extern Size stat_shmem_size(void);
+extern void stat_shmem_init(void);
+extern void stat_attempt(const char *provider, const char *model,
+						 const char *error_class, int64 input_tokens,
+						 int64 output_tokens, struct NumericData *cost);
+extern void stat_call(const char *provider, const char *model, bool failed,
+					  int attempts, bool fallback, double latency_ms);
+
 /* secrets.c */
 extern char *maester_provider_key(const char *provider, const char *key_env,
 								  const char *key_file, char **missing);
