@@ -75,6 +75,15 @@ SELECT provider, model, input_tokens, output_tokens, attempts, fallback_used,
 
 SELECT provider, state, consecutive_failures, successes, failures FROM maester.circuit;
 
+-- Every call is a trace: its span tree, the way EXPLAIN ANALYZE reads.
+SELECT trace_id AS last_trace FROM maester.trace ORDER BY started_at DESC LIMIT 1 \gset
+SELECT maester.explain(:'last_trace');
+
+-- Live statistics per provider and model, like pg_stat_statements:
+SELECT provider, model, calls, errors, retries, input_tokens, output_tokens, cost_usd,
+       round(p50_latency_ms::numeric, 2) AS p50_ms, round(p95_latency_ms::numeric, 2) AS p95_ms, circuit_state
+  FROM maester.stat ORDER BY provider, model;
+
 -- The ledger: one durable row per attempt, written by the ledger worker.
 SELECT ts::time(0) AS time, tenant, provider, model, prompt_name, prompt_version,
        input_tokens, output_tokens, cost_usd, estimated_cost_usd, status
