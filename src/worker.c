@@ -47,7 +47,9 @@
 #include "storage/proc.h"
 #include "storage/procarray.h"
 #include "tcop/tcopprot.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -404,39 +406,7 @@ write_record(LedgerRecord *r)
 		SPI_keepplan(SettlePlan);
 	}
 
-	if (r->kind == LEDGER_SPAN)
-	{
-		if (SpanPlan == NULL)
-		{
-			Oid			t[10] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID,
-			TEXTOID, TEXTOID, TEXTOID, UUIDOID};
-
-			SpanPlan = SPI_prepare(
-				"INSERT INTO maester.span (trace_id, span_id, parent_span_id, name, started_at, "
-				" duration_us, status, attributes, tenant, request_id) "
-				"VALUES ($1, $2, $3, $4, $5, $6, $7, $8::pg_catalog.jsonb, $9, $10) "
-				"ON CONFLICT (trace_id, span_id) DO NOTHING", 10, t);
-			if (SpanPlan == NULL)
-				elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-			SPI_keepplan(SpanPlan);
-		}
-		v[0] = CStringGetTextDatum(r->trace_id);
-		v[1] = CStringGetTextDatum(r->span_id);
-		v[2] = CStringGetTextDatum(r->parent_span_id);
-		n[2] = NULL_IF_EMPTY(r->parent_span_id) ? 'n' : ' ';
-		v[3] = CStringGetTextDatum(r->span_name);
-		v[4] = TimestampTzGetDatum(r->ts);
-		v[5] = Int64GetDatum(r->duration_us);
-		v[6] = CStringGetTextDatum(r->status);
-		v[7] = CStringGetTextDatum(r->attrs[0] ? r->attrs : "{}");
-		v[8] = CStringGetTextDatum(r->tenant);
-		v[9] = UUIDPGetDatum(&r->request_id);
-		n[9] = r->has_request_id ? ' ' : 'n';
-		rc = SPI_execute_plan(SpanPlan, v, n, false, 0);
-		if (rc != SPI_OK_INSERT)
-			elog(ERROR, "could not write a span: %s", SPI_result_code_string(rc));
-	}
-	else if (r->kind == LEDGER_PENDING)
+	if (r->kind == LEDGER_PENDING)
 	{
 		v[0] = UUIDPGetDatum(&r->request_id);
 		v[1] = Int32GetDatum(r->attempt);
@@ -505,6 +475,115 @@ write_record(LedgerRecord *r)
 	}
 }
 
+/*
+ * Write the span records of a batch in their own transaction, with
+ * synchronous_commit off (nobody waits for spans).  A span that cannot be
+ * written must not stop the ledger: on an error the batch's spans are
+ * dropped with a WARNING.
+ */
+static void
+write_spans(LedgerRecord *batch, int n, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	PG_TRY();
+	{
+		Datum	   *cols[10];
+		bool	   *nulls[10];
+		Oid			elemtypes[10] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
+		INT8OID, TEXTOID, TEXTOID, TEXTOID, UUIDOID};
+		Oid			arraytypes[10] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+			TIMESTAMPTZARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		UUIDARRAYOID};
+		Datum		args[10];
+		int			k = 0;
+		int			rc;
+
+		for (int c = 0; c < 10; c++)
+		{
+			cols[c] = palloc(sizeof(Datum) * n);
+			nulls[c] = palloc0(sizeof(bool) * n);
+		}
+		for (int i = 0; i < n; i++)
+		{
+			LedgerRecord *r = &batch[i];
+			pg_uuid_t  *u;
+
+			if (r->kind != LEDGER_SPAN)
+				continue;
+			cols[0][k] = CStringGetTextDatum(r->trace_id);
+			cols[1][k] = CStringGetTextDatum(r->span_id);
+			cols[2][k] = CStringGetTextDatum(r->parent_span_id);
+			nulls[2][k] = r->parent_span_id[0] == '\0';
+			cols[3][k] = CStringGetTextDatum(r->span_name);
+			cols[4][k] = TimestampTzGetDatum(r->ts);
+			cols[5][k] = Int64GetDatum(r->duration_us);
+			cols[6][k] = CStringGetTextDatum(r->status);
+			cols[7][k] = CStringGetTextDatum(r->attrs[0] ? r->attrs : "{}");
+			cols[8][k] = CStringGetTextDatum(r->tenant);
+			u = palloc(sizeof(pg_uuid_t));
+			*u = r->request_id;
+			cols[9][k] = UUIDPGetDatum(u);
+			nulls[9][k] = !r->has_request_id;
+			k++;
+		}
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		/* (type lookups need the transaction) */
+		for (int c = 0; c < 10; c++)
+		{
+			int			dims[1] = {k};
+			int			lbs[1] = {1};
+			int16		typlen;
+			bool		typbyval;
+			char		typalign;
+
+			get_typlenbyvalalign(elemtypes[c], &typlen, &typbyval, &typalign);
+			args[c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
+														 elemtypes[c], typlen, typbyval, typalign));
+		}
+		(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SpanPlan == NULL)
+		{
+			SpanPlan = SPI_prepare(
+				"INSERT INTO maester.span (trace_id, span_id, parent_span_id, name, started_at, "
+				" duration_us, status, attributes, tenant, request_id) "
+				"SELECT s.t, s.s, s.p, s.n, s.st, s.d, s.stat, s.a::pg_catalog.jsonb, s.ten, s.r "
+				"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+				"  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
+				"  pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), "
+				"  pg_catalog.unnest($10)) AS s(t, s, p, n, st, d, stat, a, ten, r) "
+				"ON CONFLICT (trace_id, span_id) DO NOTHING", 10, arraytypes);
+			if (SpanPlan == NULL)
+				elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+			SPI_keepplan(SpanPlan);
+		}
+		rc = SPI_execute_plan(SpanPlan, args, NULL, false, 0);
+		if (rc != SPI_OK_INSERT)
+			elog(ERROR, "could not write spans: %s", SPI_result_code_string(rc));
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		SpanPlan = NULL;		/* it may be half-made; prepare it again */
+		ereport(WARNING,
+				(errmsg("maester ledger worker dropped the spans of a batch: %s", edata->message)));
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+}
+
 /* Does the extension still exist in this database? */
 static bool
 extension_exists(void)
@@ -524,6 +603,7 @@ maester_ledger_main(Datum arg)
 	Oid			dboid = DatumGetObjectId(arg);
 	LedgerRecord *batch;
 	MemoryContext batchcxt;
+	int			nspans;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -589,38 +669,49 @@ maester_ledger_main(Datum arg)
 
 		pgstat_report_activity(STATE_RUNNING, "writing ledger rows");
 		MemoryContextReset(batchcxt);
+		nspans = 0;
 		{
 			MemoryContext old = MemoryContextSwitchTo(batchcxt);
 
+			/* the ledger rows, with a durable commit */
 			SetCurrentStatementStartTimestamp();
 			StartTransactionCommand();
 			SPI_connect();
 			PushActiveSnapshot(GetTransactionSnapshot());
 			for (int i = 0; i < n; i++)
-				write_record(&batch[i]);
+			{
+				if (batch[i].kind == LEDGER_SPAN)
+					nspans++;
+				else
+					write_record(&batch[i]);
+			}
 			SPI_finish();
 			PopActiveSnapshot();
 			CommitTransactionCommand();
 			MemoryContextSwitchTo(old);
 		}
 
-		/* durable: advance, and wake whoever waits for these records */
+		/* durable: tell whoever waits; spans need no durability */
 		LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
-		WorkerSlot->tail = tail + n;
 		WorkerSlot->durable_seq = batch[n - 1].seq;
-		WorkerSlot->written += n;
 		LWLockRelease(WorkerSlot->lock);
 		for (int i = 0; i < n; i++)
 		{
-			if (batch[i].procno < 0 || batch[i].procno >= (int) ProcGlobal->allProcCount)
-			{
-				elog(LOG, "maester ledger worker: record %llu (%s, %s) names no backend (%d)",
-					 (unsigned long long) batch[i].seq, batch[i].kind == LEDGER_PENDING ? "pending" : "settle",
-					 batch[i].status, batch[i].procno);
+			if (batch[i].kind == LEDGER_SPAN)
 				continue;
-			}
+			if (batch[i].procno < 0 || batch[i].procno >= (int) ProcGlobal->allProcCount)
+				continue;
 			SetLatch(&ProcGlobal->allProcs[batch[i].procno].procLatch);
 		}
+
+		/* the spans, after the callers were answered, without waiting for a flush */
+		if (nspans > 0)
+			write_spans(batch, n, batchcxt);
+
+		LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
+		WorkerSlot->tail = tail + n;
+		WorkerSlot->written += n;
+		LWLockRelease(WorkerSlot->lock);
 	}
 	proc_exit(0);
 }

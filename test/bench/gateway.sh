@@ -77,8 +77,10 @@ CREATE TABLE lat (upstream text, us double precision);
 SQL
 
 # llm_generate latencies, timed around each call in one session
+# ($2: maester.trace_sample_rate, 1 unless given)
 sql_latencies() {
     psql_q <<SQL
+SET maester.trace_sample_rate = ${2:-1};
 DO \$\$
 DECLARE t0 timestamptz; d double precision;
 BEGIN
@@ -98,6 +100,9 @@ SQL
 "$work/direct_http" "http://127.0.0.1:$nport/v1/chat/completions" 200 >/dev/null
 "$work/direct_http" "http://127.0.0.1:$nport/v1/chat/completions" "$calls" >"$work/direct_nginx.txt"
 sql_latencies bench-nginx >"$work/sql_nginx.txt"
+psql_q -c "TRUNCATE lat"
+sql_latencies bench-nginx 0 >"$work/sql_nginx_untraced.txt"
+psql_q -c "TRUNCATE lat"
 "$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" 200 >/dev/null
 "$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" "$calls" >"$work/direct_mock.txt"
 sql_latencies bench-mock >"$work/sql_mock.txt"
@@ -127,6 +132,9 @@ for up in ("nginx", "mock"):
     d, s = load("direct_" + up), load("sql_" + up)
     print(f"{up:10}{p(d,.5):12.0f}{p(d,.99):12.0f}{p(s,.5):10.0f}{p(s,.99):10.0f}"
           f"{p(s,.5)-p(d,.5):11.0f}{p(s,.99)-p(d,.99):11.0f}")
+t, u = load("sql_nginx"), load("sql_nginx_untraced")
+print(f"tracing: p50 traced {p(t,.5):.0f} us, untraced (trace_sample_rate = 0) {p(u,.5):.0f} us: "
+      f"overhead {p(t,.5)-p(u,.5):.0f} us per call")
 print(f"throughput: pgbench -c 16 -j 2 -M prepared -T {seconds}, llm_generate against nginx: "
       f"{float(tps):,.0f} calls/s ({failed} failed)")
 PY
