@@ -300,9 +300,12 @@ ledger_spent(BudgetConf *b, TimestampTz from)
 	{
 		int			rc;
 
+		SPIPlanPtr	plan;
+
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		rc = SPI_execute_with_args(
+		/* the latest snapshot: rows the worker wrote (orphans) since the statement began */
+		plan = SPI_prepare(
 			"SELECT COALESCE(pg_catalog.sum(COALESCE(u.cost_usd, u.estimated_cost_usd, 0)), 0) "
 			"FROM maester.usage u "
 			"WHERE u.tenant OPERATOR(pg_catalog.=) $1 "
@@ -312,7 +315,11 @@ ledger_spent(BudgetConf *b, TimestampTz from)
 			"AND (u.ts AT TIME ZONE 'UTC')::pg_catalog.date OPERATOR(pg_catalog.>=) ($4 AT TIME ZONE 'UTC')::pg_catalog.date "
 			"AND u.ts OPERATOR(pg_catalog.>=) $4 "
 			"AND u.status OPERATOR(pg_catalog.<>) 'pending'",
-			4, types, args, nulls, true, 1);
+			4, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		rc = SPI_execute_snapshot(plan, args, nulls, GetLatestSnapshot(), InvalidSnapshot,
+								  true, false, 1);
 		if (rc != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "could not sum a budget's spending");
 		{
@@ -448,6 +455,18 @@ budget_reserve(const char *tenant, const char *prompt, const char *model,
 
 	/* check and reserve together */
 	LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < n; i++)
+	{
+		if (!state_for(conf[i])->loaded)
+		{
+			LWLockRelease(budget_shared->lock);
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("budget %lld is not loaded yet", (long long) conf[i]->id),
+					 errdetail("Its spending is still being summed from the ledger; nothing was sent."),
+					 errhint("Try again.")));
+		}
+	}
 	for (int i = 0; i < n && violated == NULL; i++)
 	{
 		BudgetState *s = state_for(conf[i]);

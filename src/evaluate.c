@@ -35,12 +35,14 @@
 #include "postgres.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <math.h>
 
 #include "catalog/pg_collation.h"
 #include "common/jsonapi.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "regex/regex.h"
 #include "utils/builtins.h"
 #include "utils/formatting.h"
@@ -95,15 +97,19 @@ input_lower(EvalInput *in)
 	return in->lower;
 }
 
-/* memmem on possibly non-NUL-terminated buffers */
+/* memmem on possibly non-NUL-terminated buffers; interruptible on big inputs */
 static bool
 contains_bytes(const char *hay, int hlen, const char *needle, int nlen)
 {
 	if (nlen == 0)
 		return true;
 	for (int i = 0; i + nlen <= hlen; i++)
+	{
+		if ((i & 0xffff) == 0xffff)
+			CHECK_FOR_INTERRUPTS();
 		if (hay[i] == needle[0] && memcmp(hay + i, needle, nlen) == 0)
 			return true;
+	}
 	return false;
 }
 
@@ -196,8 +202,9 @@ context_number(EvalInput *in, const char *key, double *out)
 static bool
 is_valid_json(const char *s, int len)
 {
+	/* need_escapes: \u0000 and lone surrogates, which jsonb refuses, are errors too */
 	JsonLexContext *lex = makeJsonLexContextCstringLen((char *) s, len,
-													   GetDatabaseEncoding(), false);
+													   GetDatabaseEncoding(), true);
 
 	return pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
 }
@@ -738,7 +745,18 @@ run_check(const char *name, JsonbValue *param, JsonbContainer *extra,
 			mv = extra ? json_get(extra, "max") : NULL;
 		}
 		max = mv ? param_number(name, mv) : 0;
-		dist = varstr_levenshtein(in->s, in->len, expected, strlen(expected), 1, 1, 1, true);
+		if (max < 0)
+			check_error(name, "a maximum distance that is not negative");
+		/*
+		 * Exact for ordinary sizes; for huge ones bounded (about (max + 1)
+		 * cells per character), so that no output can make it run for
+		 * minutes: then a failing distance reads as max + 1.
+		 */
+		if ((double) in->len * strlen(expected) <= 4e6)
+			dist = varstr_levenshtein(in->s, in->len, expected, strlen(expected), 1, 1, 1, true);
+		else
+			dist = varstr_levenshtein_less_equal(in->s, in->len, expected, strlen(expected),
+												 1, 1, 1, (int) Min(max + 1, INT_MAX - 1), true);
 		if (dist > max)
 		{
 			m->score = max / dist;

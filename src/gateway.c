@@ -648,6 +648,7 @@ const char *maester_call_purpose = "generation";
 static LedgerRecord *InFlight = NULL;
 static LedgerSlot *InFlightSlot = NULL;
 static BudgetHold InFlightHold;
+static bool InFlightSent = false;	/* the request may have left */
 static bool ExitCallbackRegistered = false;
 
 /*
@@ -663,11 +664,17 @@ ledger_backend_exit(int code, Datum arg)
 	InFlight->kind = LEDGER_SETTLE;
 	strlcpy(InFlight->status, "cancelled", sizeof(InFlight->status));
 	strlcpy(InFlight->error_class, "terminated", sizeof(InFlight->error_class));
-	InFlight->cost[0] = '\0';	/* keep the estimate */
+	if (InFlightSent)
+		InFlight->cost[0] = '\0';	/* keep the estimate */
+	else
+		strlcpy(InFlight->cost, "0", sizeof(InFlight->cost));
 	InFlight->settled_at = GetCurrentTimestamp();
 	(void) ledger_try_enqueue(InFlightSlot, InFlight);
 	InFlight = NULL;
-	budget_settle_at_estimate(&InFlightHold);
+	if (InFlightSent)
+		budget_settle_at_estimate(&InFlightHold);
+	else
+		budget_settle(&InFlightHold, NULL);
 }
 
 /* The host of a base URL, for the server.address attribute */
@@ -820,117 +827,16 @@ write_blocked_row(void *arg)
 }
 
 /*
- * One attempt with its ledger row: PENDING made durable before anything
- * is sent (else MG006 and nothing leaves), then the attempt, then SETTLE,
- * made durable before returning.  On an error or cancel the row is
- * settled as cancelled -- charged at its estimate if the request may have
- * left -- and the error goes on.
+ * Fill the SETTLE record of an attempt that returned (ok or not): tokens,
+ * exact cost, evaluation, error class; and its spans and statistics.
  */
-pg_noinline static bool
-ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
-				 CallState *cs, Generation *g, long timeout_ms, Failure *f,
-				 bool probe)
+static void
+settle_attempt(RouteTarget *t, const GenRequest *gen, CallState *cs, Generation *g,
+			   Failure *f, LedgerRecord *r, bool ok, TimestampTz start,
+			   Numeric estimate, Span *gen_span)
 {
-	LedgerRecord *r = palloc(sizeof(LedgerRecord));
-	volatile bool sent = false;
-	bool		ok = false;
-	uint64		seq;
-	TimestampTz start = 0;
-	Numeric		estimate;
-	BudgetHold	hold;
-	BlockArg	ba;
-	char	   *downgrade = NULL;
-	BudgetVerdict verdict;
 	Span	   *span;
-	Span	   *volatile gen_span = NULL;
 
-	estimate = fill_pending(r, t, g, cs, gen->max_tokens);
-	if (!ExitCallbackRegistered)
-	{
-		before_shmem_exit(ledger_backend_exit, (Datum) 0);
-		ExitCallbackRegistered = true;
-	}
-
-	/* budgets: reserve the worst case, or block (MB001), or downgrade */
-	ba.cs = cs;
-	ba.r = r;
-	span = trace_span_start(g->trace, "budget_check");
-	if (estimate)
-		trace_attr_raw(span, "maester.estimated_cost_usd",
-					   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(estimate))));
-	verdict = budget_reserve(r->tenant, g->prompt_name, t->model, estimate, &hold,
-							 &downgrade, write_blocked_row, &ba);
-	trace_span_end(span, NULL);
-	if (verdict == BUDGET_DOWNGRADE)
-	{
-		trace_attr_str(span, "maester.budget.downgrade_to", downgrade);
-		memset(f, 0, sizeof(*f));
-		f->error_class = "downgrade";
-		f->sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
-		f->message = psprintf("a budget downgraded the call to \"%s\"", downgrade);
-		cs->downgrade_to = downgrade;
-		pfree(r);
-		return false;
-	}
-
-	PG_TRY();
-	{
-		seq = ledger_enqueue(cs->slot, r);
-		ledger_wait_durable(cs->slot, seq, true);
-
-		/* durable: from here on the request may leave */
-		InFlight = MemoryContextAlloc(TopMemoryContext, sizeof(LedgerRecord));
-		memcpy(InFlight, r, sizeof(LedgerRecord));
-		InFlightSlot = cs->slot;
-		InFlightHold = hold;
-		sent = true;
-		gen_span = trace_span_start(g->trace, "model_generate");
-		trace_attr_str(gen_span, "gen_ai.operation.name", "chat");
-		trace_attr_str(gen_span, "gen_ai.provider.name", t->provider->name);
-		trace_attr_str(gen_span, "gen_ai.request.model", t->model);
-		trace_attr_str(gen_span, "server.address", server_address(t->provider->base_url));
-		trace_attr_num(gen_span, "maester.attempt", g->attempts);
-		if (gen->max_tokens > 0)
-			trace_attr_num(gen_span, "gen_ai.request.max_tokens", gen->max_tokens);
-		if (gen->has_temperature)
-			trace_attr_num(gen_span, "gen_ai.request.temperature", gen->temperature);
-		g->traceparent = trace_traceparent_header(g->trace, gen_span);
-		start = GetCurrentTimestamp();
-		ok = attempt_releasing_probe(t, gen, key, &g->request_id, g->traceparent,
-									 timeout_ms, &g->resp, f, probe);
-		trace_span_end(gen_span, ok ? "ok" : "error");
-		pfree(InFlight);
-		InFlight = NULL;
-		InFlightHold.n = 0;
-	}
-	PG_CATCH();
-	{
-		if (InFlight)
-		{
-			pfree(InFlight);
-			InFlight = NULL;
-		}
-		InFlightHold.n = 0;
-		HOLD_INTERRUPTS();
-		r->kind = LEDGER_SETTLE;
-		strlcpy(r->status, "cancelled", sizeof(r->status));
-		strlcpy(r->error_class, "cancelled", sizeof(r->error_class));
-		if (!sent)
-			strlcpy(r->cost, "0", sizeof(r->cost));
-		r->settled_at = GetCurrentTimestamp();
-		(void) ledger_try_enqueue(cs->slot, r);
-		if (sent)
-			budget_settle_at_estimate(&hold);
-		else
-			budget_settle(&hold, NULL);
-		if (gen_span)
-			gen_span->status = "cancelled";
-		RESUME_INTERRUPTS();
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-
-	/* settle */
 	g->last_provider = t->provider->name;
 	g->last_model = t->model;
 	r->kind = LEDGER_SETTLE;
@@ -1021,13 +927,148 @@ ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
 				 ok ? NULL : f->error_class,
 				 ok ? g->resp.input_tokens : 0, ok ? g->resp.output_tokens : 0,
 				 ok ? g->cost : NULL);
-	seq = ledger_enqueue(cs->slot, r);
-	if (ok)
-		budget_settle(&hold, g->cost);
-	else if (r->cost[0] == '\0')
-		budget_settle_at_estimate(&hold);
-	else
-		budget_settle(&hold, NULL);
+}
+
+/*
+ * One attempt with its ledger row: PENDING made durable before anything
+ * is sent (else MG006 and nothing leaves), then the attempt, then SETTLE,
+ * made durable before returning.  On an error or cancel the row is
+ * settled as cancelled -- charged at its estimate if the request may have
+ * left -- and the error goes on.
+ */
+pg_noinline static bool
+ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
+				 CallState *cs, Generation *g, long timeout_ms, Failure *f,
+				 bool probe)
+{
+	LedgerRecord *r = palloc(sizeof(LedgerRecord));
+	volatile bool sent = false;
+	bool		ok = false;
+	uint64		seq;
+	TimestampTz start = 0;
+	Numeric		estimate;
+	BudgetHold	hold;
+	BlockArg	ba;
+	char	   *downgrade = NULL;
+	BudgetVerdict verdict;
+	Span	   *span;
+	Span	   *volatile gen_span = NULL;
+
+	estimate = fill_pending(r, t, g, cs, gen->max_tokens);
+	if (!ExitCallbackRegistered)
+	{
+		before_shmem_exit(ledger_backend_exit, (Datum) 0);
+		ExitCallbackRegistered = true;
+	}
+
+	/* budgets: reserve the worst case, or block (MB001), or downgrade */
+	ba.cs = cs;
+	ba.r = r;
+	span = trace_span_start(g->trace, "budget_check");
+	if (estimate)
+		trace_attr_raw(span, "maester.estimated_cost_usd",
+					   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(estimate))));
+	verdict = budget_reserve(r->tenant, g->prompt_name, t->model, estimate, &hold,
+							 &downgrade, write_blocked_row, &ba);
+	trace_span_end(span, NULL);
+	if (verdict == BUDGET_DOWNGRADE)
+	{
+		trace_attr_str(span, "maester.budget.downgrade_to", downgrade);
+		memset(f, 0, sizeof(*f));
+		f->error_class = "downgrade";
+		f->sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
+		f->message = psprintf("a budget downgraded the call to \"%s\"", downgrade);
+		cs->downgrade_to = downgrade;
+		pfree(r);
+		return false;
+	}
+
+	/*
+	 * A budget reserved max_tokens output tokens (4,096 when the caller gave
+	 * none): ask the provider for no more, so the reservation bounds the cost.
+	 */
+	if (hold.n > 0 && gen->max_tokens <= 0)
+		((GenRequest *) gen)->max_tokens = r->max_tokens;
+
+	/*
+	 * From the PENDING record on, the attempt is in flight: an error or a
+	 * cancel anywhere before its SETTLE record is queued (while waiting,
+	 * sending, metering or evaluating) settles it as cancelled -- charged at
+	 * its estimate if the request may have left -- and releases the budget
+	 * reservation; a FATAL exit does the same through ledger_backend_exit.
+	 */
+	PG_TRY();
+	{
+		seq = ledger_enqueue(cs->slot, r);
+		InFlight = MemoryContextAlloc(TopMemoryContext, sizeof(LedgerRecord));
+		memcpy(InFlight, r, sizeof(LedgerRecord));
+		InFlightSlot = cs->slot;
+		InFlightHold = hold;
+		InFlightSent = false;
+		ledger_wait_durable(cs->slot, seq, true);
+
+		/* durable: from here on the request may leave */
+		sent = true;
+		InFlightSent = true;
+		gen_span = trace_span_start(g->trace, "model_generate");
+		trace_attr_str(gen_span, "gen_ai.operation.name", "chat");
+		trace_attr_str(gen_span, "gen_ai.provider.name", t->provider->name);
+		trace_attr_str(gen_span, "gen_ai.request.model", t->model);
+		trace_attr_str(gen_span, "server.address", server_address(t->provider->base_url));
+		trace_attr_num(gen_span, "maester.attempt", g->attempts);
+		if (gen->max_tokens > 0)
+			trace_attr_num(gen_span, "gen_ai.request.max_tokens", gen->max_tokens);
+		if (gen->has_temperature)
+			trace_attr_num(gen_span, "gen_ai.request.temperature", gen->temperature);
+		g->traceparent = trace_traceparent_header(g->trace, gen_span);
+		start = GetCurrentTimestamp();
+		ok = attempt_releasing_probe(t, gen, key, &g->request_id, g->traceparent,
+									 timeout_ms, &g->resp, f, probe);
+		trace_span_end(gen_span, ok ? "ok" : "error");
+
+		settle_attempt(t, gen, cs, g, f, r, ok, start, estimate, gen_span);
+
+		/* queued: no longer in flight */
+		seq = ledger_enqueue(cs->slot, r);
+		pfree(InFlight);
+		InFlight = NULL;
+		InFlightHold.n = 0;
+		if (ok)
+			budget_settle(&hold, g->cost ? g->cost : estimate);
+		else if (r->cost[0] == '\0')
+			budget_settle_at_estimate(&hold);
+		else
+			budget_settle(&hold, NULL);
+	}
+	PG_CATCH();
+	{
+		HOLD_INTERRUPTS();
+		if (InFlight)
+		{
+			pfree(InFlight);
+			InFlight = NULL;
+			InFlightHold.n = 0;
+			r->kind = LEDGER_SETTLE;
+			strlcpy(r->status, "cancelled", sizeof(r->status));
+			strlcpy(r->error_class, "cancelled", sizeof(r->error_class));
+			if (sent)
+				r->cost[0] = '\0';		/* keep the estimate */
+			else
+				strlcpy(r->cost, "0", sizeof(r->cost));
+			r->settled_at = GetCurrentTimestamp();
+			(void) ledger_try_enqueue(cs->slot, r);
+			if (sent)
+				budget_settle_at_estimate(&hold);
+			else
+				budget_settle(&hold, NULL);
+		}
+		if (gen_span && gen_span->duration_us < 0)
+			gen_span->status = "cancelled";
+		RESUME_INTERRUPTS();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
 	(void) ledger_wait_durable(cs->slot, seq, false);
 	pfree(r);
 	return ok;
@@ -1207,6 +1248,12 @@ gateway_execute(RoutePlan *plan, GenRequest *gen, CallOptions *opts, Generation 
 		}
 		if (try_target_with_key(t, ti, gen, opts, &cs, g))
 			break;
+		if (cs.downgrade_to != NULL && cs.downgraded)
+			ereport(ERROR,
+					(errcode(MAKE_SQLSTATE('M', 'B', '0', '0', '1')),
+					 errmsg("a budget is still exceeded after downgrading the call to \"%s\"",
+							plan->requested ? plan->requested : "(default route)"),
+					 errdetail("Nothing was sent.")));
 		if (cs.downgrade_to != NULL && !cs.downgraded)
 		{
 			/* a budget asked for a cheaper model: start over with its plan, once */

@@ -313,6 +313,8 @@ recover_orphans(void)
 {
 	StringInfoData sql;
 	int			rc;
+	SPITupleTable *pending;
+	uint64		npending;
 
 	StartTransactionCommand();
 	SPI_connect();
@@ -324,10 +326,13 @@ recover_orphans(void)
 	rc = SPI_execute(sql.data, true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read pending ledger rows");
-	for (uint64 i = 0; i < SPI_processed; i++)
+	/* keep the result: the UPDATEs below replace SPI_tuptable */
+	pending = SPI_tuptable;
+	npending = SPI_processed;
+	for (uint64 i = 0; i < npending; i++)
 	{
-		HeapTuple	t = SPI_tuptable->vals[i];
-		TupleDesc	d = SPI_tuptable->tupdesc;
+		HeapTuple	t = pending->vals[i];
+		TupleDesc	d = pending->tupdesc;
 		bool		isnull;
 		int32		pid = DatumGetInt32(SPI_getbinval(t, d, 3, &isnull));
 		int64		epoch = DatumGetInt64(SPI_getbinval(t, d, 4, &isnull));

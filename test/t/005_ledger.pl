@@ -56,24 +56,30 @@ my ($ret) = $node->psql('postgres', q{
 isnt($ret, 0, 'the transaction failed');
 is(usage_count(q{status = 'ok'}), 2, 'an error later in the transaction keeps the row');
 
-# 2. SIGKILL of the caller during a slow upstream call
-my $s = $node->background_psql('postgres', on_error_stop => 0);
-my $pid = $s->query_safe('SELECT pg_backend_pid()');
+# 2. SIGKILL of a caller during slow upstream calls (two in flight: the
+# crash restart ends both, and both rows must be recovered)
+my @sessions;
 my $before = $mock->stats->{requests};
-$s->{stdin} .= "SELECT maester.llm_generate('slow', 'fault-hang', max_tokens => 100, options => '{\"timeout_ms\": 60000}');\n";
-$s->{run}->pump_nb;
-ok($mock->wait_for(sub { $mock->stats->{requests} > $before }, 10), 'the slow call is in flight');
-is(usage_count(q{status = 'pending'}), 1, 'its row is pending while in flight');
-kill 'KILL', $pid;
-eval { $s->quit };
+for my $i (1 .. 2)
+{
+	my $s = $node->background_psql('postgres', on_error_stop => 0);
+	my $p = $s->query_safe('SELECT pg_backend_pid()');
+	$s->{stdin} .= "SELECT maester.llm_generate('slow $i', 'fault-hang', max_tokens => 100, options => '{\"timeout_ms\": 60000}');\n";
+	$s->{run}->pump_nb;
+	push @sessions, [ $s, $p ];
+}
+ok($mock->wait_for(sub { $mock->stats->{requests} >= $before + 2 }, 10), 'the slow calls are in flight');
+is(usage_count(q{status = 'pending'}), 2, 'their rows are pending while in flight');
+kill 'KILL', $sessions[0][1];
+eval { $_->[0]->quit } for @sessions;
 # the postmaster restarts everything; wait until it serves again
 $node->poll_query_until('postgres', 'SELECT true') or die "no recovery";
 ok($node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM maester.usage WHERE status = 'orphaned'}),
-	'after recovery the row is orphaned');
+	q{SELECT count(*) = 2 FROM maester.usage WHERE status = 'orphaned'}),
+	'after recovery both rows are orphaned');
 is($node->safe_psql('postgres',
-	q{SELECT cost_usd = estimated_cost_usd AND cost_usd > 0 FROM maester.usage WHERE status = 'orphaned'}),
-	't', 'the orphaned row is charged at its estimate');
+	q{SELECT bool_and(cost_usd = estimated_cost_usd AND cost_usd > 0) FROM maester.usage WHERE status = 'orphaned'}),
+	't', 'the orphaned rows are charged at their estimate');
 
 # 3. pg_ctl stop -m immediate right after a call returned
 my $rid = $node->safe_psql('postgres',
