@@ -1455,10 +1455,12 @@ CREATE TABLE maester.span (
     attributes     jsonb NOT NULL DEFAULT '{}',
     tenant         text NOT NULL,
     request_id     uuid,
+    seq            bigint GENERATED ALWAYS AS IDENTITY,
     PRIMARY KEY (trace_id, span_id)
 );
 
 CREATE INDEX span_started_brin ON maester.span USING brin (started_at);
+CREATE INDEX span_seq ON maester.span (seq);
 
 COMMENT ON TABLE maester.span IS
     'The steps of every sampled call (llm_generate, prompt_render, model_route, budget_check, model_generate per attempt, cost_metering, evaluation), with OpenTelemetry GenAI attribute names; written by the ledger worker, so they survive the caller''s rollback. Row-level security by tenant.';
@@ -1468,6 +1470,7 @@ COMMENT ON COLUMN maester.span.parent_span_id IS 'The parent span: the call''s r
 COMMENT ON COLUMN maester.span.duration_us IS 'Duration in microseconds.';
 COMMENT ON COLUMN maester.span.attributes IS 'gen_ai.operation.name, gen_ai.provider.name, gen_ai.request.model, gen_ai.response.model, gen_ai.usage.input_tokens, ..., maester.prompt.version, maester.prompt.hash, maester.cost_usd, maester.evaluation.status.';
 COMMENT ON COLUMN maester.span.request_id IS 'The call''s request id (on the root span).';
+COMMENT ON COLUMN maester.span.seq IS 'Order of writing (the OTLP exporter''s position).';
 
 ALTER TABLE maester.span ENABLE ROW LEVEL SECURITY;
 CREATE POLICY span_admin ON maester.span FOR ALL TO maester_admin USING (true);
@@ -1529,6 +1532,60 @@ $$;
 
 COMMENT ON FUNCTION maester.explain(text) IS
     'The span tree of a traced call with timings, tokens, cost and evaluation, the way EXPLAIN ANALYZE reads.';
+
+
+CREATE FUNCTION maester.otlp_payload(after_seq bigint, max_spans integer DEFAULT 512,
+                                     OUT payload text, OUT spans integer, OUT last_seq bigint)
+LANGUAGE sql
+STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.jsonb_build_object('resourceSpans', pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+             'resource', pg_catalog.jsonb_build_object('attributes', pg_catalog.jsonb_build_array(
+                 pg_catalog.jsonb_build_object('key', 'service.name',
+                                               'value', pg_catalog.jsonb_build_object('stringValue', 'maester')))),
+             'scopeSpans', pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+                 'scope', pg_catalog.jsonb_build_object('name', 'maester'),
+                 'spans', COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                     'traceId', s.trace_id,
+                     'spanId', s.span_id,
+                     'parentSpanId', COALESCE(s.parent_span_id, ''),
+                     'name', s.name,
+                     'kind', CASE WHEN s.name OPERATOR(pg_catalog.=) 'model_generate' THEN 3 ELSE 1 END,
+                     'startTimeUnixNano', ((pg_catalog.date_part('epoch', s.started_at)::numeric
+                                            OPERATOR(pg_catalog.*) 1000000000)::numeric(30, 0))::text,
+                     'endTimeUnixNano', (((pg_catalog.date_part('epoch', s.started_at)::numeric
+                                           OPERATOR(pg_catalog.*) 1000000000)
+                                          OPERATOR(pg_catalog.+) (s.duration_us OPERATOR(pg_catalog.*) 1000))::numeric(30, 0))::text,
+                     'attributes', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('key', a.key, 'value',
+                          CASE pg_catalog.jsonb_typeof(a.value)
+                              WHEN 'number' THEN
+                                  CASE WHEN (a.value #>> '{}') OPERATOR(pg_catalog.~) '^-?[0-9]+$'
+                                       THEN pg_catalog.jsonb_build_object('intValue', a.value #>> '{}')
+                                       ELSE pg_catalog.jsonb_build_object('doubleValue', a.value) END
+                              WHEN 'boolean' THEN pg_catalog.jsonb_build_object('boolValue', a.value)
+                              WHEN 'string' THEN pg_catalog.jsonb_build_object('stringValue', a.value #>> '{}')
+                              ELSE pg_catalog.jsonb_build_object('stringValue', a.value::text) END)
+                          ORDER BY a.key), '[]'::jsonb)
+                        FROM pg_catalog.jsonb_each(s.attributes) a),
+                     'status', pg_catalog.jsonb_build_object('code',
+                          CASE WHEN s.status OPERATOR(pg_catalog.=) 'ok' THEN 1 ELSE 2 END))
+                   ORDER BY s.seq), '[]'::jsonb))))))::text,
+           pg_catalog.count(*)::integer,
+           pg_catalog.max(s.seq)
+      FROM (SELECT * FROM maester.span x WHERE x.seq OPERATOR(pg_catalog.>) $1
+             ORDER BY x.seq LIMIT $2) s
+$$;
+
+COMMENT ON FUNCTION maester.otlp_payload(bigint, integer) IS
+    'The OTLP/HTTP JSON (ExportTraceServiceRequest) of up to max_spans spans written after after_seq: what the exporter posts to maester.otlp_endpoint.';
+
+CREATE FUNCTION maester.otlp_status(OUT exported bigint, OUT dropped bigint, OUT failed_posts bigint)
+AS 'MODULE_PATHNAME', 'otlp_status'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION maester.otlp_status() IS
+    'Spans this database''s exporter sent to maester.otlp_endpoint, spans it dropped because the collector stayed down, and failed posts, since the server started.';
 
 CREATE FUNCTION maester.trace_retention(older_than interval)
 RETURNS bigint
@@ -1660,6 +1717,8 @@ GRANT SELECT ON maester.span, maester.trace TO maester_user, maester_reader, mae
 GRANT DELETE ON maester.span TO maester_admin;
 GRANT EXECUTE ON FUNCTION maester.explain(text) TO maester_user, maester_reader, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.trace_retention(interval) TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.otlp_status() TO maester_reader, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.otlp_payload(bigint, integer) TO maester_reader, maester_admin;
 GRANT SELECT ON maester.stat TO maester_reader, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.stat_entries() TO maester_reader, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.stat_reset() TO maester_admin;

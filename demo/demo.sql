@@ -79,6 +79,13 @@ SELECT provider, state, consecutive_failures, successes, failures FROM maester.c
 SELECT trace_id AS last_trace FROM maester.trace ORDER BY started_at DESC LIMIT 1 \gset
 SELECT maester.explain(:'last_trace');
 
+\if :use_mock
+-- The spans also went to an OpenTelemetry collector (here the mock plays
+-- one) as OTLP/HTTP JSON, by an exporter worker; give it a second.
+SELECT pg_sleep(1.5);
+SELECT exported > 0 AS spans_exported, dropped, failed_posts FROM maester.otlp_status();
+\endif
+
 -- Live statistics per provider and model, like pg_stat_statements:
 SELECT provider, model, calls, errors, retries, input_tokens, output_tokens, cost_usd,
        round(p50_latency_ms::numeric, 2) AS p50_ms, round(p95_latency_ms::numeric, 2) AS p95_ms, circuit_state

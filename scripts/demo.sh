@@ -22,7 +22,10 @@ else
     echo "maester: no OPENAI_API_KEY: the demo uses the mock provider at $MAESTER_MOCK_URL"
 fi
 export MAESTER_MOCK_URL
-maester_start_cluster "$data" "$port" "maester.allow_insecure_hosts = '127.0.0.1'"
+# the mock is also an OpenTelemetry collector: spans are exported to it
+otlp=""
+[ -n "$MAESTER_MOCK_URL" ] && otlp="maester.otlp_endpoint = '$MAESTER_MOCK_URL'"
+maester_start_cluster "$data" "$port" "maester.allow_insecure_hosts = '127.0.0.1'" "$otlp"
 
 maester_as_pg psql -X -q -h "$data" -p "$port" -U postgres -d postgres \
     -v ON_ERROR_STOP=1 -f "$work/demo/demo.sql"

@@ -92,6 +92,10 @@ typedef struct LedgerSlot
 	uint64		head;
 	uint64		tail;
 	int64		written;		/* records written since server start */
+	pid_t		exporter_pid;	/* 0: no OTLP exporter */
+	int64		otlp_exported;	/* spans sent to the collector */
+	int64		otlp_dropped;	/* spans given up on */
+	int64		otlp_failed_posts;
 	/* the ring follows: ledger_queue_size records */
 } LedgerSlot;
 

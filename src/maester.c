@@ -43,6 +43,28 @@ int			maester_request_timeout_ms = 120000;
 int			maester_retry_after_max_ms = 60000;
 int			maester_routing_log_level = DEBUG1;
 char	   *maester_key_directory = NULL;
+char	   *maester_otlp_endpoint = NULL;
+
+/* maester.otlp_endpoint: empty, or an http(s) URL without query or fragment */
+static bool
+check_otlp_endpoint(char **newval, void **extra, GucSource source)
+{
+	const char *v = *newval;
+
+	if (v == NULL || v[0] == '\0')
+		return true;
+	if (pg_strncasecmp(v, "http://", 7) != 0 && pg_strncasecmp(v, "https://", 8) != 0)
+	{
+		GUC_check_errdetail("The OTLP endpoint must start with http:// or https://.");
+		return false;
+	}
+	if (strpbrk(v, "?# \t\r\n") != NULL)
+	{
+		GUC_check_errdetail("The OTLP endpoint must not contain a query, a fragment or white space.");
+		return false;
+	}
+	return true;
+}
 int			maester_max_providers = 64;
 
 MaesterShared *maester_shared = NULL;
@@ -252,6 +274,15 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("maester.otlp_endpoint",
+							   "OpenTelemetry collector to which spans are exported (OTLP/HTTP JSON).",
+							   "The base URL; spans are posted to {endpoint}/v1/traces. Empty disables export.",
+							   &maester_otlp_endpoint,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   check_otlp_endpoint, NULL, NULL);
 
 	/*
 	 * A PGC_POSTMASTER setting can only be defined while preloading; loaded

@@ -28,6 +28,7 @@ extern int	maester_request_timeout_ms;
 extern int	maester_retry_after_max_ms;
 extern int	maester_routing_log_level;
 extern char *maester_key_directory;
+extern char *maester_otlp_endpoint;
 extern int	maester_max_providers;
 
 /*

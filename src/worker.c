@@ -65,6 +65,7 @@
 
 PGDLLEXPORT void maester_launcher_main(Datum arg);
 PGDLLEXPORT void maester_ledger_main(Datum arg);
+PGDLLEXPORT void maester_otlp_main(Datum arg);
 
 /* Register the launcher; called from _PG_init while preloading */
 void
@@ -83,10 +84,11 @@ maester_register_launcher(void)
 	RegisterBackgroundWorker(&bgw);
 }
 
-/* Launcher state: a worker handle per database it started */
+/* Launcher state: a worker handle per database and kind it started */
 typedef struct LaunchedWorker
 {
 	Oid			dboid;
+	bool		exporter;		/* the OTLP exporter, else the ledger worker */
 	BackgroundWorkerHandle *handle;
 } LaunchedWorker;
 
@@ -94,15 +96,15 @@ static LaunchedWorker *launched = NULL;
 static int	nlaunched = 0;
 static int	maxlaunched = 0;
 
-/* Is a worker for `dboid` running (or starting)? */
+/* Is a worker of this kind for `dboid` running (or starting)? */
 static bool
-worker_running(Oid dboid)
+worker_running(Oid dboid, bool exporter)
 {
 	for (int i = 0; i < nlaunched; i++)
 	{
 		pid_t		pid;
 
-		if (launched[i].dboid != dboid)
+		if (launched[i].dboid != dboid || launched[i].exporter != exporter)
 			continue;
 		if (GetBackgroundWorkerPid(launched[i].handle, &pid) != BGWH_STOPPED)
 			return true;
@@ -114,29 +116,33 @@ worker_running(Oid dboid)
 	return false;
 }
 
-/* Start a ledger worker for `dboid` unless one runs */
+/* Start a ledger worker (or the OTLP exporter) for `dboid` unless one runs */
 static void
-start_worker(Oid dboid)
+start_worker(Oid dboid, bool exporter)
 {
 	BackgroundWorker bgw;
 	BackgroundWorkerHandle *handle;
 
-	if (worker_running(dboid))
+	if (worker_running(dboid, exporter))
 		return;
 	memset(&bgw, 0, sizeof(bgw));
 	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	bgw.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(bgw.bgw_library_name, "maester", BGW_MAXLEN);
-	strlcpy(bgw.bgw_function_name, "maester_ledger_main", BGW_MAXLEN);
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "maester ledger worker for database %u", dboid);
-	strlcpy(bgw.bgw_type, "maester ledger worker", BGW_MAXLEN);
+	strlcpy(bgw.bgw_function_name,
+			exporter ? "maester_otlp_main" : "maester_ledger_main", BGW_MAXLEN);
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "maester %s for database %u",
+			 exporter ? "OTLP exporter" : "ledger worker", dboid);
+	strlcpy(bgw.bgw_type, exporter ? "maester OTLP exporter" : "maester ledger worker",
+			BGW_MAXLEN);
 	bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
 	bgw.bgw_notify_pid = MyProcPid;
 	if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
 	{
 		ereport(LOG,
-				(errmsg("maester launcher could not start a ledger worker for database %u", dboid),
+				(errmsg("maester launcher could not start a%s for database %u",
+						exporter ? "n OTLP exporter" : " ledger worker", dboid),
 				 errhint("Raise max_worker_processes.")));
 		return;
 	}
@@ -147,6 +153,7 @@ start_worker(Oid dboid)
 			: palloc(sizeof(LaunchedWorker) * maxlaunched);
 	}
 	launched[nlaunched].dboid = dboid;
+	launched[nlaunched].exporter = exporter;
 	launched[nlaunched].handle = handle;
 	nlaunched++;
 }
@@ -222,7 +229,11 @@ maester_launcher_main(Datum arg)
 			dboid = slot->dboid;
 			LWLockRelease(slot->lock);
 			if (OidIsValid(dboid))
-				start_worker(dboid);
+			{
+				start_worker(dboid, false);
+				if (maester_otlp_endpoint[0] != '\0')
+					start_worker(dboid, true);
+			}
 		}
 
 		/* every database, now and then */
@@ -233,7 +244,7 @@ maester_launcher_main(Datum arg)
 			ListCell   *lc;
 
 			foreach(lc, dbs)
-				start_worker(lfirst_oid(lc));
+				start_worker(lfirst_oid(lc), false);
 			list_free(dbs);
 			last_scan = GetCurrentTimestamp();
 		}

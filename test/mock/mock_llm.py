@@ -20,6 +20,9 @@ Endpoints (each also reachable under the keyless prefix /open):
     POST /_mock/reset      clear requests, flaky counters, connection stats
     GET  /_mock/stats      {"requests", "open_connections", "connections_total"}
     GET  /_mock/health     {"ok": true}
+    POST /v1/traces        an OTLP/HTTP JSON collector: stores the spans it is sent
+    GET  /_mock/traces     {"posts", "spans": [every span received, oldest first]}
+    POST /_mock/traces_fail/N   the next N posts to /v1/traces answer 503
 
 Answers are deterministic: content is "[Mock:MODEL] Generated response for
 prompt: PROMPT" ("[MockAnthropic:MODEL] ..." on /v1/messages), cut to
@@ -229,6 +232,9 @@ class State:
         self.requests = collections.deque(maxlen=1000)
         self.attempts = {}                             # (x-request-id, spec) -> count
         self.connections_total = 0
+        self.trace_posts = 0                           # posts to /v1/traces
+        self.trace_spans = []                          # spans received
+        self.trace_fail = 0                            # posts still to refuse
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -306,6 +312,8 @@ class Handler(BaseHTTPRequestHandler):
                                               "type": "invalid_request_error"}})
         if path.startswith("/_mock/"):
             return self._control(path)
+        if path == "/v1/traces":
+            return self._traces(body)
         kind = MODEL_PATHS.get(path)
         if kind is None:
             return self._json(404, NOT_FOUND)
@@ -328,7 +336,37 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, doc)
         if path == "/_mock/health":
             return self._json(200, {"ok": True})
+        if path == "/_mock/traces":
+            with st.lock:
+                doc = {"posts": st.trace_posts, "spans": list(st.trace_spans)}
+            return self._json(200, doc)
+        if path.startswith("/_mock/traces_fail/"):
+            with st.lock:
+                st.trace_fail = int(path.rsplit("/", 1)[1])
+            return self._json(200, {"ok": True})
         return self._json(404, NOT_FOUND)
+
+    def _traces(self, body):
+        """OTLP/HTTP JSON: ExportTraceServiceRequest in, an empty partial success out."""
+        st = self.server.state
+        if self.command != "POST":
+            return self._json(405, {"code": 12, "message": "method not allowed"})
+        if "json" not in self.headers.get("Content-Type", ""):
+            return self._json(415, {"code": 3, "message": "only application/json"})
+        try:
+            doc = json.loads(body)
+            spans = [sp for rs in doc["resourceSpans"] for ss in rs["scopeSpans"]
+                     for sp in ss["spans"]]
+        except (ValueError, KeyError, TypeError):
+            return self._json(400, {"code": 3, "message": "not an ExportTraceServiceRequest"})
+        with st.lock:
+            st.trace_posts += 1
+            if st.trace_fail > 0:
+                st.trace_fail -= 1
+                return self._json(503, {"code": 14, "message": "collector unavailable"},
+                                  extra=(("Retry-After", "0"),))
+            st.trace_spans.extend(spans)
+        return self._json(200, {})
 
     def _model(self, kind, keyless, body):
         st, hdrs = self.server.state, self.headers

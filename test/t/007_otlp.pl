@@ -1,0 +1,122 @@
+# The OTLP exporter: with maester.otlp_endpoint set, every span written
+# from then on reaches the collector as OTLP/HTTP JSON (ids, parents,
+# GenAI attributes typed, status), a collector answering 503 is retried,
+# one that stays down makes the exporter drop and count, clearing the
+# setting stops it, and a bad endpoint is refused.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use MaesterMock;
+
+my $mock = MaesterMock->start;
+my $url = $mock->url;
+my $node = PostgreSQL::Test::Cluster->new('otlp');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'maester'
+maester.allow_insecure_hosts = '127.0.0.1'
+});
+$node->start;
+$node->safe_psql('postgres', qq{
+	CREATE EXTENSION maester;
+	INSERT INTO maester.provider (name, kind, base_url, models, max_attempts)
+	VALUES ('mock', 'openai_compatible', '$url/open/v1', '{mock-%}', 1);
+	INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+	VALUES ('mock-priced', '2020-01-01', 1.25, 3.5);
+});
+
+# spans written before the exporter starts are not sent (and every call
+# below writes as many spans as this one)
+my $first = $node->safe_psql('postgres',
+	q{SELECT trace_id FROM maester.llm_generate('before export', 'mock-priced')});
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) > 0 FROM maester.span WHERE trace_id = '$first' AND name = 'llm_generate'"),
+	'the first call wrote its spans');
+sleep(1);
+my $nspans = $node->safe_psql('postgres', "SELECT count(*) FROM maester.span WHERE trace_id = '$first'");
+cmp_ok($nspans, '>=', 4, 'a call writes at least four spans');
+
+# a bad endpoint is refused
+my ($ret, $out, $err) = $node->psql('postgres', q{ALTER SYSTEM SET maester.otlp_endpoint = 'ftp://x'});
+like($err, qr/must start with http/, 'a non-http endpoint is refused');
+($ret, $out, $err) = $node->psql('postgres', q{ALTER SYSTEM SET maester.otlp_endpoint = 'http://x/?a=b'});
+like($err, qr/must not contain a query/, 'an endpoint with a query is refused');
+
+# the exporter starts on reload
+$node->safe_psql('postgres', qq{ALTER SYSTEM SET maester.otlp_endpoint = '$url/'; SELECT pg_reload_conf()});
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester OTLP exporter'}),
+	'the launcher starts an exporter');
+
+# give the exporter time to take its starting point
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester OTLP exporter' AND state = 'idle'}),
+	'the exporter is idle');
+
+my $trace = $node->safe_psql('postgres',
+	q{SELECT trace_id FROM maester.llm_generate('exported', 'mock-priced')});
+
+ok($mock->wait_for(sub { scalar(@{ $mock->get('/_mock/traces')->{spans} }) >= $nspans }, 20),
+	'the collector received the spans');
+my $got = $mock->get('/_mock/traces');
+my @spans = @{ $got->{spans} };
+is(scalar(grep { $_->{traceId} ne $trace } @spans), 0, 'only spans written after the exporter started');
+is(scalar(@spans), $nspans, 'every span of the call, once');
+my ($root) = grep { $_->{name} eq 'llm_generate' } @spans;
+ok($root, 'the root span is there');
+is($root->{parentSpanId}, '', 'the root has no parent');
+my ($gen) = grep { $_->{name} eq 'model_generate' } @spans;
+is($gen->{kind}, 3, 'model_generate is a CLIENT span');
+my %attr = map { $_->{key} => $_->{value} } @{ $gen->{attributes} };
+is($attr{'gen_ai.request.model'}{stringValue}, 'mock-priced', 'string attribute');
+ok(defined $attr{'gen_ai.usage.input_tokens'}{intValue}, 'integer attribute as intValue');
+my %ids = map { $_->{spanId} => 1 } @spans;
+is(scalar(grep { $_->{parentSpanId} ne '' && !$ids{ $_->{parentSpanId} } } @spans), 0,
+	'every parent is in the trace');
+cmp_ok($gen->{endTimeUnixNano}, '>=', $gen->{startTimeUnixNano}, 'end after start');
+is($node->safe_psql('postgres', 'SELECT exported, dropped FROM maester.otlp_status()'),
+	"$nspans|0", 'otlp_status counts the exported spans');
+
+# a collector answering 503 twice: retried, nothing lost
+$mock->get('/_mock/traces_fail/2');
+my $posts = $got->{posts};
+$node->safe_psql('postgres', q{SELECT maester.llm_generate('retried', 'mock-priced')});
+ok($mock->wait_for(sub { scalar(@{ $mock->get('/_mock/traces')->{spans} }) >= 2 * $nspans }, 30),
+	'spans arrive after two 503s');
+is($mock->get('/_mock/traces')->{posts} - $posts, 3, 'three posts: two refused, one taken');
+is($node->safe_psql('postgres', 'SELECT dropped, failed_posts FROM maester.otlp_status()'),
+	'0|2', 'two failed posts, nothing dropped');
+
+# a collector that stays down: the batch is dropped and counted
+$mock->get('/_mock/traces_fail/3');
+$node->safe_psql('postgres', q{SELECT maester.llm_generate('dropped', 'mock-priced')});
+ok($node->poll_query_until('postgres', 'SELECT dropped > 0 FROM maester.otlp_status()'),
+	'a collector that stays down: spans dropped');
+is($node->safe_psql('postgres', 'SELECT dropped, failed_posts FROM maester.otlp_status()'),
+	"$nspans|5", 'dropped and failed posts counted');
+is(scalar(@{ $mock->get('/_mock/traces')->{spans} }), 2 * $nspans, 'nothing more arrived');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM maester.span}), 4 * $nspans,
+	'the table keeps every span');
+
+# the exporter picks up again
+$node->safe_psql('postgres', q{SELECT maester.llm_generate('after the outage', 'mock-priced')});
+ok($mock->wait_for(sub { scalar(@{ $mock->get('/_mock/traces')->{spans} }) >= 3 * $nspans }, 20),
+	'export resumes when the collector is back');
+
+# clearing the setting stops the exporter
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET maester.otlp_endpoint; SELECT pg_reload_conf()});
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'maester OTLP exporter'}),
+	'clearing maester.otlp_endpoint stops the exporter');
+
+# only a superuser sees the endpoint
+$node->safe_psql('postgres', q{CREATE ROLE plain LOGIN});
+($ret, $out, $err) = $node->psql('postgres', q{SET ROLE plain; SHOW maester.otlp_endpoint});
+like($err, qr/must be superuser|permission denied/, 'the endpoint is hidden from other roles');
+
+$node->stop;
+done_testing();
