@@ -219,6 +219,46 @@ class Answer:
         return doc
 
 
+HEX32 = re.compile(r"[0-9a-f]{32}")
+HEX16 = re.compile(r"[0-9a-f]{16}")
+DIGITS = re.compile(r"[0-9]{1,20}")
+OTLP_VALUE_KINDS = {"stringValue": str, "boolValue": bool, "intValue": (str, int),
+                    "doubleValue": (int, float)}
+
+
+def otlp_span_problem(sp):
+    """What is wrong with one OTLP/JSON span, or None (the collector's checks)."""
+    if not HEX32.fullmatch(sp.get("traceId", "")):
+        return "traceId must be 32 lowercase hex digits"
+    if not HEX16.fullmatch(sp.get("spanId", "")):
+        return "spanId must be 16 lowercase hex digits"
+    parent = sp.get("parentSpanId", "")
+    if parent and not HEX16.fullmatch(parent):
+        return "parentSpanId must be empty or 16 lowercase hex digits"
+    if not isinstance(sp.get("name"), str) or not sp["name"]:
+        return "name must be a non-empty string"
+    start, end = sp.get("startTimeUnixNano"), sp.get("endTimeUnixNano")
+    if not (isinstance(start, str) and isinstance(end, str)
+            and DIGITS.fullmatch(start) and DIGITS.fullmatch(end)):
+        return "times must be unix nanoseconds as decimal strings"
+    if int(end) < int(start) or int(start) < 10 ** 18:
+        return "times out of range"
+    if sp.get("kind") not in (1, 2, 3, 4, 5):
+        return "kind must be a SpanKind 1..5"
+    if not isinstance(sp.get("status"), dict) or sp["status"].get("code") not in (0, 1, 2):
+        return "status.code must be 0, 1 or 2"
+    for a in sp.get("attributes", []):
+        v = a.get("value")
+        if not isinstance(a.get("key"), str) or not isinstance(v, dict) or len(v) != 1:
+            return "an attribute needs a key and exactly one value"
+        (kind, val), = v.items()
+        if kind not in OTLP_VALUE_KINDS or not isinstance(val, OTLP_VALUE_KINDS[kind]):
+            return "attribute %s: bad value %r" % (a["key"], v)
+        if kind == "intValue" and isinstance(val, str) and not re.fullmatch(r"-?[0-9]+", val):
+            return "attribute %s: intValue must be an integer" % a["key"]
+    return None
+
+
 class State:
     """Shared, lock-protected test-visible state."""
 
@@ -235,6 +275,7 @@ class State:
         self.trace_posts = 0                           # posts to /v1/traces
         self.trace_spans = []                          # spans received
         self.trace_fail = 0                            # posts still to refuse
+        self.trace_rejected = []                       # why malformed posts were refused
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -338,7 +379,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, {"ok": True})
         if path == "/_mock/traces":
             with st.lock:
-                doc = {"posts": st.trace_posts, "spans": list(st.trace_spans)}
+                doc = {"posts": st.trace_posts, "spans": list(st.trace_spans),
+                       "rejected": list(st.trace_rejected)}
             return self._json(200, doc)
         if path.startswith("/_mock/traces_fail/"):
             with st.lock:
@@ -357,8 +399,14 @@ class Handler(BaseHTTPRequestHandler):
             doc = json.loads(body)
             spans = [sp for rs in doc["resourceSpans"] for ss in rs["scopeSpans"]
                      for sp in ss["spans"]]
-        except (ValueError, KeyError, TypeError):
-            return self._json(400, {"code": 3, "message": "not an ExportTraceServiceRequest"})
+            problem = next(filter(None, map(otlp_span_problem, spans)), None)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            problem = "not an ExportTraceServiceRequest"
+        if problem:
+            with st.lock:
+                st.trace_posts += 1
+                st.trace_rejected.append(problem)
+            return self._json(400, {"code": 3, "message": problem})
         with st.lock:
             st.trace_posts += 1
             if st.trace_fail > 0:

@@ -64,13 +64,20 @@ ok($mock->wait_for(sub { scalar(@{ $mock->get('/_mock/traces')->{spans} }) >= $n
 	'the collector received the spans');
 my $got = $mock->get('/_mock/traces');
 my @spans = @{ $got->{spans} };
+is_deeply($got->{rejected}, [], 'the collector found nothing malformed');
 is(scalar(grep { $_->{traceId} ne $trace } @spans), 0, 'only spans written after the exporter started');
+is(scalar(grep { $_->{traceId} !~ /^[0-9a-f]{32}$/ || $_->{spanId} !~ /^[0-9a-f]{16}$/ } @spans), 0,
+	'traceId 32 hex, spanId 16 hex');
+is(scalar(grep { $_->{startTimeUnixNano} !~ /^[0-9]{19}$/ } @spans), 0,
+	'times are unix nanoseconds as strings');
 is(scalar(@spans), $nspans, 'every span of the call, once');
 my ($root) = grep { $_->{name} eq 'llm_generate' } @spans;
 ok($root, 'the root span is there');
 is($root->{parentSpanId}, '', 'the root has no parent');
 my ($gen) = grep { $_->{name} eq 'model_generate' } @spans;
 is($gen->{kind}, 3, 'model_generate is a CLIENT span');
+is($root->{kind}, 1, 'llm_generate is an INTERNAL span');
+is($gen->{status}{code}, 1, 'status OK');
 my %attr = map { $_->{key} => $_->{value} } @{ $gen->{attributes} };
 is($attr{'gen_ai.request.model'}{stringValue}, 'mock-priced', 'string attribute');
 ok(defined $attr{'gen_ai.usage.input_tokens'}{intValue}, 'integer attribute as intValue');
