@@ -63,6 +63,17 @@
 #define LAUNCHER_SCAN_SECS 30
 #define WORKER_BATCH 256
 
+/*
+ * Spans wait in the worker's memory and are written when the queue has
+ * been empty for SPAN_IDLE_MS, when SPAN_BUFFER of them wait, or when the
+ * oldest has waited SPAN_MAX_AGE_MS: writing them never delays a ledger
+ * row, and under load they go in large, cheap inserts.
+ */
+#define SPAN_BUFFER 1024
+#define SPAN_CHUNK 512			/* spans per insert: bounds a ledger row's wait */
+#define SPAN_IDLE_MS 2
+#define SPAN_MAX_AGE_MS 1000
+
 PGDLLEXPORT void maester_launcher_main(Datum arg);
 PGDLLEXPORT void maester_ledger_main(Datum arg);
 PGDLLEXPORT void maester_otlp_main(Datum arg);
@@ -600,6 +611,60 @@ write_spans(LedgerRecord *batch, int n, MemoryContext cxt)
 	MemoryContextSwitchTo(old);
 }
 
+/* Is this database's queue empty? */
+static bool
+queue_empty(void)
+{
+	bool		empty;
+
+	LWLockAcquire(WorkerSlot->lock, LW_SHARED);
+	empty = WorkerSlot->tail == WorkerSlot->head;
+	LWLockRelease(WorkerSlot->lock);
+	return empty;
+}
+
+/*
+ * The worker's waiting spans: spans[first .. first + n).  Write them a
+ * chunk at a time, going on while nothing else waits (or to the end when
+ * `all`).
+ */
+static LedgerRecord *SpanBuf;
+static int	SpanFirst = 0;
+static int	SpanCount = 0;
+static TimestampTz SpanOldest = 0;
+
+static void
+flush_spans(MemoryContext cxt, bool all)
+{
+	do
+	{
+		int			k = Min(SpanCount, SPAN_CHUNK);
+
+		MemoryContextReset(cxt);
+		write_spans(SpanBuf + SpanFirst, k, cxt);
+		SpanFirst += k;
+		SpanCount -= k;
+	} while (SpanCount > 0 && (all || queue_empty()));
+	/* (SpanOldest stays: overdue spans go a chunk per round until none wait) */
+	if (SpanCount == 0)
+		SpanFirst = 0;
+}
+
+static void
+keep_span(LedgerRecord *r, MemoryContext cxt)
+{
+	if (SpanFirst + SpanCount == SPAN_BUFFER)
+	{
+		if (SpanCount == SPAN_BUFFER)
+			flush_spans(cxt, false);
+		memmove(SpanBuf, SpanBuf + SpanFirst, sizeof(LedgerRecord) * SpanCount);
+		SpanFirst = 0;
+	}
+	if (SpanCount == 0)
+		SpanOldest = GetCurrentTimestamp();
+	memcpy(&SpanBuf[SpanFirst + SpanCount++], r, sizeof(LedgerRecord));
+}
+
 /* Does the extension still exist in this database? */
 static bool
 extension_exists(void)
@@ -619,7 +684,7 @@ maester_ledger_main(Datum arg)
 	Oid			dboid = DatumGetObjectId(arg);
 	LedgerRecord *batch;
 	MemoryContext batchcxt;
-	int			nspans;
+	MemoryContext spancxt;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -648,6 +713,9 @@ maester_ledger_main(Datum arg)
 	batch = palloc(sizeof(LedgerRecord) * WORKER_BATCH);
 	batchcxt = AllocSetContextCreate(TopMemoryContext, "maester ledger batch",
 									 ALLOCSET_DEFAULT_SIZES);
+	SpanBuf = MemoryContextAllocHuge(TopMemoryContext, sizeof(LedgerRecord) * SPAN_BUFFER);
+	spancxt = AllocSetContextCreate(TopMemoryContext, "maester span batch",
+									ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
@@ -674,18 +742,25 @@ maester_ledger_main(Datum arg)
 
 		if (n == 0)
 		{
+			int			events;
+
 			if (ShutdownRequestPending)
 				break;
 			pgstat_report_activity(STATE_IDLE, NULL);
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 1000, PG_WAIT_EXTENSION);
+			events = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							   SpanCount > 0 ? SPAN_IDLE_MS : 1000, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
+			/* quiet for a moment: the spans' turn */
+			if ((events & WL_TIMEOUT) && SpanCount > 0)
+			{
+				pgstat_report_activity(STATE_RUNNING, "writing spans");
+				flush_spans(spancxt, false);
+			}
 			continue;
 		}
 
 		pgstat_report_activity(STATE_RUNNING, "writing ledger rows");
 		MemoryContextReset(batchcxt);
-		nspans = 0;
 		{
 			MemoryContext old = MemoryContextSwitchTo(batchcxt);
 
@@ -696,9 +771,7 @@ maester_ledger_main(Datum arg)
 			PushActiveSnapshot(GetTransactionSnapshot());
 			for (int i = 0; i < n; i++)
 			{
-				if (batch[i].kind == LEDGER_SPAN)
-					nspans++;
-				else
+				if (batch[i].kind != LEDGER_SPAN)
 					write_record(&batch[i]);
 			}
 			SPI_finish();
@@ -720,14 +793,24 @@ maester_ledger_main(Datum arg)
 			SetLatch(&ProcGlobal->allProcs[batch[i].procno].procLatch);
 		}
 
-		/* the spans, after the callers were answered, without waiting for a flush */
-		if (nspans > 0)
-			write_spans(batch, n, batchcxt);
+		/* the spans wait in memory (see SPAN_BUFFER) */
+		for (int i = 0; i < n; i++)
+		{
+			if (batch[i].kind == LEDGER_SPAN)
+				keep_span(&batch[i], spancxt);
+		}
 
 		LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
 		WorkerSlot->tail = tail + n;
 		WorkerSlot->written += n;
 		LWLockRelease(WorkerSlot->lock);
+
+		/* under constant load, spans still appear within about a second */
+		if (SpanCount > 0 &&
+			TimestampDifferenceExceeds(SpanOldest, GetCurrentTimestamp(), SPAN_MAX_AGE_MS))
+			flush_spans(spancxt, false);
 	}
+	if (SpanCount > 0)
+		flush_spans(spancxt, true);
 	proc_exit(0);
 }

@@ -99,10 +99,16 @@ SQL
 
 "$work/direct_http" "http://127.0.0.1:$nport/v1/chat/completions" 200 >/dev/null
 "$work/direct_http" "http://127.0.0.1:$nport/v1/chat/completions" "$calls" >"$work/direct_nginx.txt"
-sql_latencies bench-nginx >"$work/sql_nginx.txt"
-psql_q -c "TRUNCATE lat"
-sql_latencies bench-nginx 0 >"$work/sql_nginx_untraced.txt"
-psql_q -c "TRUNCATE lat"
+# traced and untraced runs alternate, five rounds each, so that drift
+# (WAL, table growth, the disk) hits both alike
+: >"$work/sql_nginx.txt"
+for round in 1 2 3 4 5; do
+    sql_latencies bench-nginx 1 >"$work/traced_$round.txt"
+    psql_q -c "TRUNCATE lat"
+    sql_latencies bench-nginx 0 >"$work/untraced_$round.txt"
+    psql_q -c "TRUNCATE lat"
+    cat "$work/traced_$round.txt" >>"$work/sql_nginx.txt"
+done
 "$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" 200 >/dev/null
 "$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" "$calls" >"$work/direct_mock.txt"
 sql_latencies bench-mock >"$work/sql_mock.txt"
@@ -132,9 +138,16 @@ for up in ("nginx", "mock"):
     d, s = load("direct_" + up), load("sql_" + up)
     print(f"{up:10}{p(d,.5):12.0f}{p(d,.99):12.0f}{p(s,.5):10.0f}{p(s,.99):10.0f}"
           f"{p(s,.5)-p(d,.5):11.0f}{p(s,.99)-p(d,.99):11.0f}")
-t, u = load("sql_nginx"), load("sql_nginx_untraced")
-print(f"tracing: p50 traced {p(t,.5):.0f} us, untraced (trace_sample_rate = 0) {p(u,.5):.0f} us: "
-      f"overhead {p(t,.5)-p(u,.5):.0f} us per call")
+print(f"tracing: 5 rounds of {calls} traced calls then {calls} untraced (trace_sample_rate = 0), nginx:")
+diffs, mdiffs = [], []
+for r in range(1, 6):
+    t, u = load(f"traced_{r}"), load(f"untraced_{r}")
+    diffs.append(p(t, .5) - p(u, .5))
+    mdiffs.append(statistics.mean(t) - statistics.mean(u))
+    print(f"  round {r}: p50 traced {p(t,.5):.0f} us, untraced {p(u,.5):.0f} us, "
+          f"difference {diffs[-1]:.0f} us (means: {mdiffs[-1]:.0f} us)")
+print(f"tracing overhead per call: median over rounds {statistics.median(diffs):.0f} us at p50, "
+      f"{statistics.median(mdiffs):.0f} us in the mean")
 print(f"throughput: pgbench -c 16 -j 2 -M prepared -T {seconds}, llm_generate against nginx: "
       f"{float(tps):,.0f} calls/s ({failed} failed)")
 PY
