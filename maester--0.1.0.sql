@@ -1580,12 +1580,14 @@ $$;
 COMMENT ON FUNCTION maester.otlp_payload(bigint, integer) IS
     'The OTLP/HTTP JSON (ExportTraceServiceRequest) of up to max_spans spans written after after_seq: what the exporter posts to maester.otlp_endpoint.';
 
-CREATE FUNCTION maester.otlp_status(OUT exported bigint, OUT dropped bigint, OUT failed_posts bigint)
-AS 'MODULE_PATHNAME', 'otlp_status'
+CREATE FUNCTION maester.trace_status(OUT spans_queued bigint, OUT spans_dropped bigint,
+                                     OUT exported bigint, OUT export_dropped bigint,
+                                     OUT failed_posts bigint)
+AS 'MODULE_PATHNAME', 'trace_status'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 
-COMMENT ON FUNCTION maester.otlp_status() IS
-    'Spans this database''s exporter sent to maester.otlp_endpoint, spans it dropped because the collector stayed down, and failed posts, since the server started.';
+COMMENT ON FUNCTION maester.trace_status() IS
+    'This database''s spans waiting for the span writer, spans dropped because its queue was full; spans the OTLP exporter sent to maester.otlp_endpoint, spans it dropped because the collector stayed down, and its failed posts; counters since the server started.';
 
 CREATE FUNCTION maester.trace_retention(older_than interval)
 RETURNS bigint
@@ -1717,7 +1719,7 @@ GRANT SELECT ON maester.span, maester.trace TO maester_user, maester_reader, mae
 GRANT DELETE ON maester.span TO maester_admin;
 GRANT EXECUTE ON FUNCTION maester.explain(text) TO maester_user, maester_reader, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.trace_retention(interval) TO maester_admin;
-GRANT EXECUTE ON FUNCTION maester.otlp_status() TO maester_reader, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.trace_status() TO maester_reader, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.otlp_payload(bigint, integer) TO maester_reader, maester_admin;
 GRANT SELECT ON maester.stat TO maester_reader, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.stat_entries() TO maester_reader, maester_admin;

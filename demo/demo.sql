@@ -83,7 +83,7 @@ SELECT maester.explain(:'last_trace');
 -- The spans also went to an OpenTelemetry collector (here the mock plays
 -- one) as OTLP/HTTP JSON, by an exporter worker; give it a second.
 SELECT pg_sleep(1.5);
-SELECT exported > 0 AS spans_exported, dropped, failed_posts FROM maester.otlp_status();
+SELECT exported > 0 AS spans_exported, export_dropped, failed_posts, spans_dropped FROM maester.trace_status();
 \endif
 
 -- Live statistics per provider and model, like pg_stat_statements:

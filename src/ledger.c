@@ -16,7 +16,9 @@
  * 'orphaned' rows charged at their estimate.
  *
  * Shared memory: LedgerShared, then maester.max_databases slots, each a
- * LedgerSlot followed by a ring of maester.ledger_queue_size records.  A
+ * LedgerSlot followed by two rings of maester.ledger_queue_size records:
+ * the ledger's, and the spans' (written by a separate span writer, so that
+ * ledger rows never wait behind spans; a full span ring drops spans).  A
  * slot is claimed for a database by its first caller (or its worker); each
  * slot has its own LWLock.  Lock order: never two slot locks at once.
  * Records are copied in and out under the slot lock; no pointer into the
@@ -57,7 +59,8 @@ Size
 ledger_shmem_size(void)
 {
 	Size		slot = add_size(MAXALIGN(sizeof(LedgerSlot)),
-								mul_size(sizeof(LedgerRecord), maester_ledger_queue_size));
+								mul_size(sizeof(LedgerRecord),
+										 mul_size(2, maester_ledger_queue_size)));
 
 	return add_size(MAXALIGN(offsetof(LedgerShared, slots)),
 					mul_size(MAXALIGN(slot), maester_max_databases));
@@ -80,7 +83,8 @@ ledger_shmem_init(void)
 		ledger_shared->queue_size = maester_ledger_queue_size;
 		ledger_shared->slot_size =
 			MAXALIGN(add_size(MAXALIGN(sizeof(LedgerSlot)),
-							  mul_size(sizeof(LedgerRecord), maester_ledger_queue_size)));
+							  mul_size(sizeof(LedgerRecord),
+									   mul_size(2, maester_ledger_queue_size))));
 		for (int i = 0; i < ledger_shared->nslots; i++)
 		{
 			LedgerSlot *slot = ledger_slot(i);
@@ -104,6 +108,12 @@ LedgerRecord *
 ledger_ring(LedgerSlot *slot)
 {
 	return (LedgerRecord *) ((char *) slot + MAXALIGN(sizeof(LedgerSlot)));
+}
+
+LedgerRecord *
+span_ring(LedgerSlot *slot)
+{
+	return ledger_ring(slot) + ledger_shared->queue_size;
 }
 
 /* Copy `src` into `dst` of `size` bytes, cut at a character boundary */
@@ -274,6 +284,37 @@ ledger_try_enqueue(LedgerSlot *slot, LedgerRecord *rec)
 		queued = true;
 	}
 	wl = slot->worker_latch;
+	LWLockRelease(slot->lock);
+	if (wl)
+		SetLatch(wl);
+	return queued;
+}
+
+/*
+ * Queue a span for the span writer, without waiting; false (and counted)
+ * when its ring is full.
+ */
+bool
+span_try_enqueue(LedgerSlot *slot, LedgerRecord *rec)
+{
+	Latch	   *wl;
+	bool		queued = false;
+
+	rec->backend_pid = MyProcPid;
+	rec->epoch = ledger_shared->epoch;
+	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+	if (slot->span_head - slot->span_tail < (uint64) ledger_shared->queue_size)
+	{
+		memcpy(&span_ring(slot)[slot->span_head % ledger_shared->queue_size],
+			   rec, sizeof(LedgerRecord));
+		slot->span_head++;
+		queued = true;
+	}
+	else
+		slot->spans_dropped++;
+	/* the writer wakes by itself every SPAN_NAP_MS; wake it early when half full */
+	wl = (slot->span_head - slot->span_tail >= (uint64) ledger_shared->queue_size / 2)
+		? slot->span_latch : NULL;
 	LWLockRelease(slot->lock);
 	if (wl)
 		SetLatch(wl);

@@ -92,11 +92,17 @@ typedef struct LedgerSlot
 	uint64		head;
 	uint64		tail;
 	int64		written;		/* records written since server start */
+	/* the span ring: [span_tail, span_head), written by the span writer */
+	uint64		span_head;
+	uint64		span_tail;
+	pid_t		span_pid;		/* 0: no span writer */
+	Latch	   *span_latch;
+	int64		spans_dropped;	/* spans not queued: the span ring was full */
 	pid_t		exporter_pid;	/* 0: no OTLP exporter */
 	int64		otlp_exported;	/* spans sent to the collector */
 	int64		otlp_dropped;	/* spans given up on */
 	int64		otlp_failed_posts;
-	/* the ring follows: ledger_queue_size records */
+	/* the rings follow: ledger_queue_size records each, ledger then spans */
 } LedgerSlot;
 
 typedef struct LedgerShared
@@ -110,6 +116,9 @@ typedef struct LedgerShared
 	char		slots[FLEXIBLE_ARRAY_MEMBER];
 } LedgerShared;
 
+/* the span writer's nap: spans appear in maester.span within about this */
+#define SPAN_NAP_MS 100
+
 extern LedgerShared *ledger_shared;
 extern int	maester_max_databases;
 extern int	maester_ledger_queue_size;
@@ -120,12 +129,14 @@ extern Size ledger_shmem_size(void);
 extern void ledger_shmem_init(void);
 extern LedgerSlot *ledger_slot(int i);
 extern LedgerRecord *ledger_ring(LedgerSlot *slot);
+extern LedgerRecord *span_ring(LedgerSlot *slot);
 
 /* backends */
 extern LedgerSlot *ledger_attach(void);
 extern LedgerSlot *ledger_slot_if_ready(void);
 extern uint64 ledger_enqueue(LedgerSlot *slot, LedgerRecord *rec);
 extern bool ledger_try_enqueue(LedgerSlot *slot, LedgerRecord *rec);
+extern bool span_try_enqueue(LedgerSlot *slot, LedgerRecord *rec);
 extern bool ledger_wait_durable(LedgerSlot *slot, uint64 seq, bool must);
 extern void ledger_copy_name(char *dst, const char *src, int size);
 

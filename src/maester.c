@@ -311,7 +311,7 @@ _PG_init(void)
 								NULL, NULL, NULL);
 
 		DefineCustomIntVariable("maester.ledger_queue_size",
-								"Ledger records that can wait for the ledger worker, per database.",
+								"Ledger records that can wait for the ledger worker, and spans for the span writer, per database (two queues).",
 								NULL,
 								&maester_ledger_queue_size,
 								512,

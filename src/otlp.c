@@ -13,7 +13,7 @@
  * answers 429, 502, 503 or 504, or cannot be reached, is tried three times
  * (honouring Retry-After up to 5 seconds); then the batch is dropped and
  * counted.  Export never slows a call: the table is the source of truth,
- * the collector a copy.  maester.otlp_status() shows the counters.
+ * the collector a copy.  maester.trace_status() shows the counters.
  *
  *-------------------------------------------------------------------------
  */
@@ -327,16 +327,17 @@ maester_otlp_main(Datum arg)
 	proc_exit(0);
 }
 
-PG_FUNCTION_INFO_V1(otlp_status);
+PG_FUNCTION_INFO_V1(trace_status);
 
-/* maester.otlp_status(): this database's exporter counters */
+/* maester.trace_status(): this database's span writer and exporter counters */
 Datum
-otlp_status(PG_FUNCTION_ARGS)
+trace_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[3] = {0, 0, 0};
-	bool		nulls[3] = {false, false, false};
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
 	LedgerSlot *slot;
+	int64		v[5] = {0, 0, 0, 0, 0};
 
 	maester_require_preload();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -345,16 +346,14 @@ otlp_status(PG_FUNCTION_ARGS)
 	if (slot != NULL)
 	{
 		LWLockAcquire(slot->lock, LW_SHARED);
-		values[0] = Int64GetDatum(slot->otlp_exported);
-		values[1] = Int64GetDatum(slot->otlp_dropped);
-		values[2] = Int64GetDatum(slot->otlp_failed_posts);
+		v[0] = (int64) (slot->span_head - slot->span_tail);
+		v[1] = slot->spans_dropped;
+		v[2] = slot->otlp_exported;
+		v[3] = slot->otlp_dropped;
+		v[4] = slot->otlp_failed_posts;
 		LWLockRelease(slot->lock);
 	}
-	else
-	{
-		values[0] = Int64GetDatum(0);
-		values[1] = Int64GetDatum(0);
-		values[2] = Int64GetDatum(0);
-	}
+	for (int i = 0; i < 5; i++)
+		values[i] = Int64GetDatum(v[i]);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

@@ -194,7 +194,7 @@ trace_traceparent_header(CallTrace *t, Span *s)
 }
 
 /*
- * Hand the trace to the ledger worker: the root span is closed with
+ * Hand the trace to the span writer: the root span is closed with
  * `status`; nothing is written when the trace is not sampled.  Never
  * throws once it starts queueing (a full queue drops the spans).
  */
@@ -268,8 +268,7 @@ trace_enqueue(CallTrace *t, LedgerSlot *slot, const char *tenant,
 			r->request_id = *request_id;
 			r->has_request_id = true;
 		}
-		if (!ledger_try_enqueue(slot, r))
-			break;
+		(void) span_try_enqueue(slot, r);	/* a full ring counts the drop */
 	}
 	pfree(r);
 }

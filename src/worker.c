@@ -62,21 +62,12 @@
 
 #define LAUNCHER_SCAN_SECS 30
 #define WORKER_BATCH 256
-
-/*
- * Spans wait in the worker's memory and are written when the queue has
- * been empty for SPAN_IDLE_MS, when SPAN_BUFFER of them wait, or when the
- * oldest has waited SPAN_MAX_AGE_MS: writing them never delays a ledger
- * row, and under load they go in large, cheap inserts.
- */
-#define SPAN_BUFFER 1024
-#define SPAN_CHUNK 512			/* spans per insert: bounds a ledger row's wait */
-#define SPAN_IDLE_MS 2
-#define SPAN_MAX_AGE_MS 1000
+#define SPAN_BATCH 1024			/* at most the span ring (maester.ledger_queue_size) */
 
 PGDLLEXPORT void maester_launcher_main(Datum arg);
 PGDLLEXPORT void maester_ledger_main(Datum arg);
 PGDLLEXPORT void maester_otlp_main(Datum arg);
+PGDLLEXPORT void maester_span_main(Datum arg);
 
 /* Register the launcher; called from _PG_init while preloading */
 void
@@ -95,11 +86,22 @@ maester_register_launcher(void)
 	RegisterBackgroundWorker(&bgw);
 }
 
+/* The workers the launcher starts per database */
+typedef enum WorkerKind
+{
+	WK_LEDGER,
+	WK_SPANS,
+	WK_OTLP
+} WorkerKind;
+
+static const char *const worker_function[] = {"maester_ledger_main", "maester_span_main", "maester_otlp_main"};
+static const char *const worker_type[] = {"maester ledger worker", "maester span writer", "maester OTLP exporter"};
+
 /* Launcher state: a worker handle per database and kind it started */
 typedef struct LaunchedWorker
 {
 	Oid			dboid;
-	bool		exporter;		/* the OTLP exporter, else the ledger worker */
+	WorkerKind	kind;
 	BackgroundWorkerHandle *handle;
 } LaunchedWorker;
 
@@ -109,13 +111,13 @@ static int	maxlaunched = 0;
 
 /* Is a worker of this kind for `dboid` running (or starting)? */
 static bool
-worker_running(Oid dboid, bool exporter)
+worker_running(Oid dboid, WorkerKind kind)
 {
 	for (int i = 0; i < nlaunched; i++)
 	{
 		pid_t		pid;
 
-		if (launched[i].dboid != dboid || launched[i].exporter != exporter)
+		if (launched[i].dboid != dboid || launched[i].kind != kind)
 			continue;
 		if (GetBackgroundWorkerPid(launched[i].handle, &pid) != BGWH_STOPPED)
 			return true;
@@ -127,33 +129,30 @@ worker_running(Oid dboid, bool exporter)
 	return false;
 }
 
-/* Start a ledger worker (or the OTLP exporter) for `dboid` unless one runs */
+/* Start a worker of this kind for `dboid` unless one runs */
 static void
-start_worker(Oid dboid, bool exporter)
+start_worker(Oid dboid, WorkerKind kind)
 {
 	BackgroundWorker bgw;
 	BackgroundWorkerHandle *handle;
 
-	if (worker_running(dboid, exporter))
+	if (worker_running(dboid, kind))
 		return;
 	memset(&bgw, 0, sizeof(bgw));
 	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	bgw.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(bgw.bgw_library_name, "maester", BGW_MAXLEN);
-	strlcpy(bgw.bgw_function_name,
-			exporter ? "maester_otlp_main" : "maester_ledger_main", BGW_MAXLEN);
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "maester %s for database %u",
-			 exporter ? "OTLP exporter" : "ledger worker", dboid);
-	strlcpy(bgw.bgw_type, exporter ? "maester OTLP exporter" : "maester ledger worker",
-			BGW_MAXLEN);
+	strlcpy(bgw.bgw_function_name, worker_function[kind], BGW_MAXLEN);
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s for database %u", worker_type[kind], dboid);
+	strlcpy(bgw.bgw_type, worker_type[kind], BGW_MAXLEN);
 	bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
 	bgw.bgw_notify_pid = MyProcPid;
 	if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
 	{
 		ereport(LOG,
-				(errmsg("maester launcher could not start a%s for database %u",
-						exporter ? "n OTLP exporter" : " ledger worker", dboid),
+				(errmsg("maester launcher could not start the %s for database %u",
+						worker_type[kind], dboid),
 				 errhint("Raise max_worker_processes.")));
 		return;
 	}
@@ -164,7 +163,7 @@ start_worker(Oid dboid, bool exporter)
 			: palloc(sizeof(LaunchedWorker) * maxlaunched);
 	}
 	launched[nlaunched].dboid = dboid;
-	launched[nlaunched].exporter = exporter;
+	launched[nlaunched].kind = kind;
 	launched[nlaunched].handle = handle;
 	nlaunched++;
 }
@@ -241,9 +240,10 @@ maester_launcher_main(Datum arg)
 			LWLockRelease(slot->lock);
 			if (OidIsValid(dboid))
 			{
-				start_worker(dboid, false);
+				start_worker(dboid, WK_LEDGER);
+				start_worker(dboid, WK_SPANS);
 				if (maester_otlp_endpoint[0] != '\0')
-					start_worker(dboid, true);
+					start_worker(dboid, WK_OTLP);
 			}
 		}
 
@@ -255,7 +255,7 @@ maester_launcher_main(Datum arg)
 			ListCell   *lc;
 
 			foreach(lc, dbs)
-				start_worker(lfirst_oid(lc), false);
+				start_worker(lfirst_oid(lc), WK_LEDGER);
 			list_free(dbs);
 			last_scan = GetCurrentTimestamp();
 		}
@@ -611,60 +611,6 @@ write_spans(LedgerRecord *batch, int n, MemoryContext cxt)
 	MemoryContextSwitchTo(old);
 }
 
-/* Is this database's queue empty? */
-static bool
-queue_empty(void)
-{
-	bool		empty;
-
-	LWLockAcquire(WorkerSlot->lock, LW_SHARED);
-	empty = WorkerSlot->tail == WorkerSlot->head;
-	LWLockRelease(WorkerSlot->lock);
-	return empty;
-}
-
-/*
- * The worker's waiting spans: spans[first .. first + n).  Write them a
- * chunk at a time, going on while nothing else waits (or to the end when
- * `all`).
- */
-static LedgerRecord *SpanBuf;
-static int	SpanFirst = 0;
-static int	SpanCount = 0;
-static TimestampTz SpanOldest = 0;
-
-static void
-flush_spans(MemoryContext cxt, bool all)
-{
-	do
-	{
-		int			k = Min(SpanCount, SPAN_CHUNK);
-
-		MemoryContextReset(cxt);
-		write_spans(SpanBuf + SpanFirst, k, cxt);
-		SpanFirst += k;
-		SpanCount -= k;
-	} while (SpanCount > 0 && (all || queue_empty()));
-	/* (SpanOldest stays: overdue spans go a chunk per round until none wait) */
-	if (SpanCount == 0)
-		SpanFirst = 0;
-}
-
-static void
-keep_span(LedgerRecord *r, MemoryContext cxt)
-{
-	if (SpanFirst + SpanCount == SPAN_BUFFER)
-	{
-		if (SpanCount == SPAN_BUFFER)
-			flush_spans(cxt, false);
-		memmove(SpanBuf, SpanBuf + SpanFirst, sizeof(LedgerRecord) * SpanCount);
-		SpanFirst = 0;
-	}
-	if (SpanCount == 0)
-		SpanOldest = GetCurrentTimestamp();
-	memcpy(&SpanBuf[SpanFirst + SpanCount++], r, sizeof(LedgerRecord));
-}
-
 /* Does the extension still exist in this database? */
 static bool
 extension_exists(void)
@@ -684,7 +630,6 @@ maester_ledger_main(Datum arg)
 	Oid			dboid = DatumGetObjectId(arg);
 	LedgerRecord *batch;
 	MemoryContext batchcxt;
-	MemoryContext spancxt;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -713,9 +658,6 @@ maester_ledger_main(Datum arg)
 	batch = palloc(sizeof(LedgerRecord) * WORKER_BATCH);
 	batchcxt = AllocSetContextCreate(TopMemoryContext, "maester ledger batch",
 									 ALLOCSET_DEFAULT_SIZES);
-	SpanBuf = MemoryContextAllocHuge(TopMemoryContext, sizeof(LedgerRecord) * SPAN_BUFFER);
-	spancxt = AllocSetContextCreate(TopMemoryContext, "maester span batch",
-									ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
@@ -742,20 +684,12 @@ maester_ledger_main(Datum arg)
 
 		if (n == 0)
 		{
-			int			events;
-
 			if (ShutdownRequestPending)
 				break;
 			pgstat_report_activity(STATE_IDLE, NULL);
-			events = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							   SpanCount > 0 ? SPAN_IDLE_MS : 1000, PG_WAIT_EXTENSION);
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 1000, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
-			/* quiet for a moment: the spans' turn */
-			if ((events & WL_TIMEOUT) && SpanCount > 0)
-			{
-				pgstat_report_activity(STATE_RUNNING, "writing spans");
-				flush_spans(spancxt, false);
-			}
 			continue;
 		}
 
@@ -771,7 +705,7 @@ maester_ledger_main(Datum arg)
 			PushActiveSnapshot(GetTransactionSnapshot());
 			for (int i = 0; i < n; i++)
 			{
-				if (batch[i].kind != LEDGER_SPAN)
+				if (batch[i].kind != LEDGER_SPAN)	/* (spans have their ring) */
 					write_record(&batch[i]);
 			}
 			SPI_finish();
@@ -780,37 +714,129 @@ maester_ledger_main(Datum arg)
 			MemoryContextSwitchTo(old);
 		}
 
-		/* durable: tell whoever waits; spans need no durability */
+		/* durable: tell whoever waits */
 		LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
 		WorkerSlot->durable_seq = batch[n - 1].seq;
 		LWLockRelease(WorkerSlot->lock);
 		for (int i = 0; i < n; i++)
 		{
-			if (batch[i].kind == LEDGER_SPAN)
-				continue;
 			if (batch[i].procno < 0 || batch[i].procno >= (int) ProcGlobal->allProcCount)
 				continue;
 			SetLatch(&ProcGlobal->allProcs[batch[i].procno].procLatch);
-		}
-
-		/* the spans wait in memory (see SPAN_BUFFER) */
-		for (int i = 0; i < n; i++)
-		{
-			if (batch[i].kind == LEDGER_SPAN)
-				keep_span(&batch[i], spancxt);
 		}
 
 		LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
 		WorkerSlot->tail = tail + n;
 		WorkerSlot->written += n;
 		LWLockRelease(WorkerSlot->lock);
-
-		/* under constant load, spans still appear within about a second */
-		if (SpanCount > 0 &&
-			TimestampDifferenceExceeds(SpanOldest, GetCurrentTimestamp(), SPAN_MAX_AGE_MS))
-			flush_spans(spancxt, false);
 	}
-	if (SpanCount > 0)
-		flush_spans(spancxt, true);
 	proc_exit(0);
 }
+
+/* On exit: the slot has no span writer any more */
+static void
+span_writer_exit(int code, Datum arg)
+{
+	if (WorkerSlot == NULL)
+		return;
+	LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
+	if (WorkerSlot->span_pid == MyProcPid)
+	{
+		WorkerSlot->span_pid = 0;
+		WorkerSlot->span_latch = NULL;
+	}
+	LWLockRelease(WorkerSlot->lock);
+}
+
+/*
+ * The span writer of a database: takes what waits in the slot's span ring
+ * (everything, up to SPAN_BATCH) and writes it in one insert without
+ * waiting for a flush.  A process of its own, so that ledger rows never
+ * wait behind spans; under load its batches grow and each span costs less.
+ */
+void
+maester_span_main(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	LedgerRecord *batch;
+	MemoryContext batchcxt;
+	bool		taken = false;
+
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	SetConfigOption("application_name", "maester span writer", PGC_USERSET, PGC_S_OVERRIDE);
+
+	if (!extension_exists())
+		proc_exit(0);
+	for (int i = 0; i < ledger_shared->nslots && !taken; i++)
+	{
+		LedgerSlot *slot = ledger_slot(i);
+
+		LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+		if (slot->dboid == MyDatabaseId && slot->span_pid == 0)
+		{
+			slot->span_pid = MyProcPid;
+			slot->span_latch = &MyProc->procLatch;
+			WorkerSlot = slot;
+			taken = true;
+		}
+		LWLockRelease(slot->lock);
+	}
+	if (!taken)
+		proc_exit(0);			/* no slot, or another writer has it */
+	before_shmem_exit(span_writer_exit, (Datum) 0);
+
+	batch = MemoryContextAllocHuge(TopMemoryContext, sizeof(LedgerRecord) * SPAN_BATCH);
+	batchcxt = AllocSetContextCreate(TopMemoryContext, "maester span batch",
+									 ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		int			n = 0;
+		uint64		tail;
+		int			qsize = ledger_shared->queue_size;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		LWLockAcquire(WorkerSlot->lock, LW_SHARED);
+		tail = WorkerSlot->span_tail;
+		while (n < SPAN_BATCH && tail + n < WorkerSlot->span_head)
+		{
+			memcpy(&batch[n], &span_ring(WorkerSlot)[(tail + n) % qsize],
+				   sizeof(LedgerRecord));
+			n++;
+		}
+		LWLockRelease(WorkerSlot->lock);
+
+		if (n == 0)
+		{
+			if (ShutdownRequestPending)
+				break;
+			pgstat_report_activity(STATE_IDLE, NULL);
+		}
+		else
+		{
+			pgstat_report_activity(STATE_RUNNING, "writing spans");
+			MemoryContextReset(batchcxt);
+			write_spans(batch, n, batchcxt);
+
+			LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
+			WorkerSlot->span_tail = tail + n;
+			LWLockRelease(WorkerSlot->lock);
+			if (n >= qsize / 2)
+				continue;		/* a backlog: no nap */
+		}
+		/* a nap between batches: the spans of many calls go in one insert */
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 SPAN_NAP_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	proc_exit(0);
+}
+

@@ -85,8 +85,8 @@ my %ids = map { $_->{spanId} => 1 } @spans;
 is(scalar(grep { $_->{parentSpanId} ne '' && !$ids{ $_->{parentSpanId} } } @spans), 0,
 	'every parent is in the trace');
 cmp_ok($gen->{endTimeUnixNano}, '>=', $gen->{startTimeUnixNano}, 'end after start');
-is($node->safe_psql('postgres', 'SELECT exported, dropped FROM maester.otlp_status()'),
-	"$nspans|0", 'otlp_status counts the exported spans');
+is($node->safe_psql('postgres', 'SELECT exported, export_dropped FROM maester.trace_status()'),
+	"$nspans|0", 'trace_status counts the exported spans');
 
 # a collector answering 503 twice: retried, nothing lost
 $mock->get('/_mock/traces_fail/2');
@@ -95,15 +95,15 @@ $node->safe_psql('postgres', q{SELECT maester.llm_generate('retried', 'mock-pric
 ok($mock->wait_for(sub { scalar(@{ $mock->get('/_mock/traces')->{spans} }) >= 2 * $nspans }, 30),
 	'spans arrive after two 503s');
 is($mock->get('/_mock/traces')->{posts} - $posts, 3, 'three posts: two refused, one taken');
-is($node->safe_psql('postgres', 'SELECT dropped, failed_posts FROM maester.otlp_status()'),
+is($node->safe_psql('postgres', 'SELECT export_dropped, failed_posts FROM maester.trace_status()'),
 	'0|2', 'two failed posts, nothing dropped');
 
 # a collector that stays down: the batch is dropped and counted
 $mock->get('/_mock/traces_fail/3');
 $node->safe_psql('postgres', q{SELECT maester.llm_generate('dropped', 'mock-priced')});
-ok($node->poll_query_until('postgres', 'SELECT dropped > 0 FROM maester.otlp_status()'),
+ok($node->poll_query_until('postgres', 'SELECT export_dropped > 0 FROM maester.trace_status()'),
 	'a collector that stays down: spans dropped');
-is($node->safe_psql('postgres', 'SELECT dropped, failed_posts FROM maester.otlp_status()'),
+is($node->safe_psql('postgres', 'SELECT export_dropped, failed_posts FROM maester.trace_status()'),
 	"$nspans|5", 'dropped and failed posts counted');
 is(scalar(@{ $mock->get('/_mock/traces')->{spans} }), 2 * $nspans, 'nothing more arrived');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM maester.span}), 4 * $nspans,
@@ -119,6 +119,28 @@ $node->safe_psql('postgres', q{ALTER SYSTEM RESET maester.otlp_endpoint; SELECT 
 ok($node->poll_query_until('postgres',
 	q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'maester OTLP exporter'}),
 	'clearing maester.otlp_endpoint stops the exporter');
+
+# a stopped span writer: spans queue up to the queue's size, then new ones
+# are dropped and counted, and calls go on; when it resumes, the queue drains
+my $writer = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester span writer'});
+ok($writer > 0, 'a span writer runs');
+my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM maester.span');
+kill 'STOP', $writer;
+$node->safe_psql('postgres', q{
+	SELECT count(maester.llm_generate('while the writer sleeps', 'mock-priced'))
+	  FROM generate_series(1, 100)});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM maester.usage WHERE prompt_name IS NULL AND status = 'ok'}),
+	5 + 100, 'every call went through and is in the ledger');
+my ($queued, $dropped) = split /\|/, $node->safe_psql('postgres',
+	'SELECT spans_queued, spans_dropped FROM maester.trace_status()');
+is($queued, 512, 'the span queue is full (maester.ledger_queue_size)');
+is($dropped, 100 * $nspans - 512, 'the spans that did not fit are counted as dropped');
+kill 'CONT', $writer;
+ok($node->poll_query_until('postgres', 'SELECT spans_queued = 0 FROM maester.trace_status()'),
+	'the writer drains the queue when it resumes');
+ok($node->poll_query_until('postgres', "SELECT count(*) = $before + 512 FROM maester.span"),
+	'the queued spans are written');
 
 # only a superuser sees the endpoint
 $node->safe_psql('postgres', q{CREATE ROLE plain LOGIN});
