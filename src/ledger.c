@@ -312,8 +312,12 @@ span_try_enqueue(LedgerSlot *slot, LedgerRecord *rec)
 	}
 	else
 		slot->spans_dropped++;
-	/* the writer wakes by itself every SPAN_NAP_MS; wake it early when half full */
-	wl = (slot->span_head - slot->span_tail >= (uint64) ledger_shared->queue_size / 2)
+	/*
+	 * Wake the writer for the first span after it emptied the queue (it then
+	 * gathers for SPAN_NAP_MS), and when the queue is half full.
+	 */
+	wl = (slot->span_head - slot->span_tail == 1 ||
+		  slot->span_head - slot->span_tail >= (uint64) ledger_shared->queue_size / 2)
 		? slot->span_latch : NULL;
 	LWLockRelease(slot->lock);
 	if (wl)

@@ -27,6 +27,8 @@
  */
 #include "postgres.h"
 
+#include <sys/resource.h>
+
 #include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
@@ -749,6 +751,35 @@ span_writer_exit(int code, Datum arg)
 }
 
 /*
+ * Let spans gather for SPAN_NAP_MS, or until the queue is half full, so
+ * that the spans of many calls go in one insert.
+ */
+static void
+gather_spans(void)
+{
+	TimestampTz start = GetCurrentTimestamp();
+
+	for (;;)
+	{
+		long		left = SPAN_NAP_MS -
+			(long) (TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()));
+		uint64		queued;
+
+		if (left <= 0 || ShutdownRequestPending)
+			return;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 left, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		LWLockAcquire(WorkerSlot->lock, LW_SHARED);
+		queued = WorkerSlot->span_head - WorkerSlot->span_tail;
+		LWLockRelease(WorkerSlot->lock);
+		if (queued >= (uint64) ledger_shared->queue_size / 2)
+			return;
+	}
+}
+
+/*
  * The span writer of a database: takes what waits in the slot's span ring
  * (everything, up to SPAN_BATCH) and writes it in one insert without
  * waiting for a flush.  A process of its own, so that ledger rows never
@@ -770,6 +801,14 @@ maester_span_main(Datum arg)
 
 	if (!extension_exists())
 		proc_exit(0);
+
+	/*
+	 * Spans can wait; calls and ledger rows cannot: on a busy machine the
+	 * scheduler should run them first.  (Best effort: errors are ignored.)
+	 */
+	if (setpriority(PRIO_PROCESS, 0, 10) != 0)
+		elog(DEBUG1, "maester span writer could not lower its priority: %m");
+
 	for (int i = 0; i < ledger_shared->nslots && !taken; i++)
 	{
 		LedgerSlot *slot = ledger_slot(i);
@@ -819,6 +858,12 @@ maester_span_main(Datum arg)
 			if (ShutdownRequestPending)
 				break;
 			pgstat_report_activity(STATE_IDLE, NULL);
+			/* until the first span comes */
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 1000, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			if (ShutdownRequestPending)
+				continue;		/* take what is there, then exit */
 		}
 		else
 		{
@@ -832,10 +877,7 @@ maester_span_main(Datum arg)
 			if (n >= qsize / 2)
 				continue;		/* a backlog: no nap */
 		}
-		/* a nap between batches: the spans of many calls go in one insert */
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 SPAN_NAP_MS, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		gather_spans();
 	}
 	proc_exit(0);
 }

@@ -148,6 +148,10 @@ for r in range(1, 6):
           f"difference {diffs[-1]:.0f} us (means: {mdiffs[-1]:.0f} us)")
 print(f"tracing overhead per call: median over rounds {statistics.median(diffs):.0f} us at p50, "
       f"{statistics.median(mdiffs):.0f} us in the mean")
+alltr = [x for r in range(1, 6) for x in load(f"traced_{r}")]
+allun = [x for r in range(1, 6) for x in load(f"untraced_{r}")]
+print(f"all rounds: traced p50/p99 {p(alltr,.5):.0f}/{p(alltr,.99):.0f} us, "
+      f"untraced p50/p99 {p(allun,.5):.0f}/{p(allun,.99):.0f} us")
 print(f"throughput: pgbench -c 16 -j 2 -M prepared -T {seconds}, llm_generate against nginx: "
       f"{float(tps):,.0f} calls/s ({failed} failed)")
 PY
