@@ -76,7 +76,17 @@ SELECT provider, model, input_tokens, output_tokens, attempts, fallback_used,
 SELECT provider, state, consecutive_failures, successes, failures FROM maester.circuit;
 
 -- Every call is a trace: its span tree, the way EXPLAIN ANALYZE reads.
-SELECT trace_id AS last_trace FROM maester.trace ORDER BY started_at DESC LIMIT 1 \gset
+-- (The ledger row is there when the call returns; the span writer writes
+-- the spans within about 100 ms.)
+SELECT set_config('demo.trace', trace_id, false) AS last_trace
+  FROM maester.usage ORDER BY ts DESC LIMIT 1 \gset
+DO $$
+BEGIN
+  FOR i IN 1..100 LOOP
+    EXIT WHEN EXISTS (SELECT FROM maester.trace WHERE trace_id = current_setting('demo.trace'));
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
 SELECT maester.explain(:'last_trace');
 
 \if :use_mock
