@@ -613,6 +613,37 @@ write_spans(LedgerRecord *batch, int n, MemoryContext cxt)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * One round of a worker's loop: handle interrupts and reloads, then copy up
+ * to `max` waiting records of the ledger ring (or the span ring) into
+ * `batch`; *tail is where they start.  Returns how many.
+ */
+static int
+take_batch(bool spans, LedgerRecord *batch, int max, uint64 *tail)
+{
+	int			n = 0;
+	int			qsize = ledger_shared->queue_size;
+	LedgerRecord *ring = spans ? span_ring(WorkerSlot) : ledger_ring(WorkerSlot);
+	uint64		head;
+
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	LWLockAcquire(WorkerSlot->lock, LW_SHARED);
+	*tail = spans ? WorkerSlot->span_tail : WorkerSlot->tail;
+	head = spans ? WorkerSlot->span_head : WorkerSlot->head;
+	while (n < max && *tail + n < head)
+	{
+		memcpy(&batch[n], &ring[(*tail + n) % qsize], sizeof(LedgerRecord));
+		n++;
+	}
+	LWLockRelease(WorkerSlot->lock);
+	return n;
+}
+
 /* Does the extension still exist in this database? */
 static bool
 extension_exists(void)
@@ -663,26 +694,8 @@ maester_ledger_main(Datum arg)
 
 	for (;;)
 	{
-		int			n = 0;
 		uint64		tail;
-		int			qsize = ledger_shared->queue_size;
-
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-
-		LWLockAcquire(WorkerSlot->lock, LW_SHARED);
-		tail = WorkerSlot->tail;
-		while (n < WORKER_BATCH && tail + n < WorkerSlot->head)
-		{
-			memcpy(&batch[n], &ledger_ring(WorkerSlot)[(tail + n) % qsize],
-				   sizeof(LedgerRecord));
-			n++;
-		}
-		LWLockRelease(WorkerSlot->lock);
+		int			n = take_batch(false, batch, WORKER_BATCH, &tail);
 
 		if (n == 0)
 		{
@@ -832,26 +845,9 @@ maester_span_main(Datum arg)
 									 ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
-		int			n = 0;
 		uint64		tail;
+		int			n = take_batch(true, batch, SPAN_BATCH, &tail);
 		int			qsize = ledger_shared->queue_size;
-
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-
-		LWLockAcquire(WorkerSlot->lock, LW_SHARED);
-		tail = WorkerSlot->span_tail;
-		while (n < SPAN_BATCH && tail + n < WorkerSlot->span_head)
-		{
-			memcpy(&batch[n], &span_ring(WorkerSlot)[(tail + n) % qsize],
-				   sizeof(LedgerRecord));
-			n++;
-		}
-		LWLockRelease(WorkerSlot->lock);
 
 		if (n == 0)
 		{
