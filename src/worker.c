@@ -27,7 +27,6 @@
  */
 #include "postgres.h"
 
-#include <sys/resource.h>
 
 #include "access/genam.h"
 #include "access/heapam.h"
@@ -635,12 +634,19 @@ take_batch(bool spans, LedgerRecord *batch, int max, uint64 *tail)
 	LWLockAcquire(WorkerSlot->lock, LW_SHARED);
 	*tail = spans ? WorkerSlot->span_tail : WorkerSlot->tail;
 	head = spans ? WorkerSlot->span_head : WorkerSlot->head;
+	LWLockRelease(WorkerSlot->lock);
+
+	/*
+	 * Copied without the lock: backends write only beyond head, and not
+	 * over [tail, head) until this worker advances tail; the lock taken
+	 * above orders their writes before our reads.  (Holding the lock for a
+	 * ring's worth of copying would stall every call of the database.)
+	 */
 	while (n < max && *tail + n < head)
 	{
 		memcpy(&batch[n], &ring[(*tail + n) % qsize], sizeof(LedgerRecord));
 		n++;
 	}
-	LWLockRelease(WorkerSlot->lock);
 	return n;
 }
 
@@ -815,12 +821,6 @@ maester_span_main(Datum arg)
 	if (!extension_exists())
 		proc_exit(0);
 
-	/*
-	 * Spans can wait; calls and ledger rows cannot: on a busy machine the
-	 * scheduler should run them first.  (Best effort: errors are ignored.)
-	 */
-	if (setpriority(PRIO_PROCESS, 0, 10) != 0)
-		elog(DEBUG1, "maester span writer could not lower its priority: %m");
 
 	for (int i = 0; i < ledger_shared->nslots && !taken; i++)
 	{
