@@ -125,6 +125,12 @@ ok($node->poll_query_until('postgres',
 my $writer = $node->safe_psql('postgres',
 	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester span writer'});
 ok($writer > 0, 'a span writer runs');
+# (stopped while idle, in its latch wait: it holds the queue's lock only
+# for a few instructions, never while waiting)
+ok($node->poll_query_until('postgres', q{
+	SELECT s.spans_queued = 0 AND a.state = 'idle'
+	  FROM maester.trace_status() s, pg_stat_activity a
+	 WHERE a.backend_type = 'maester span writer'}), 'the span writer is idle');
 my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM maester.span');
 kill 'STOP', $writer;
 $node->safe_psql('postgres', q{
