@@ -200,6 +200,29 @@ list_databases(void)
 	return result;
 }
 
+/*
+ * The database of `slot` is gone (dropped, or no longer accepting
+ * connections): once none of its workers runs, the slot is free for
+ * another database.  What its queues held is discarded with it.
+ */
+static void
+free_slot(LedgerSlot *slot, Oid dboid)
+{
+	LWLock	   *lock = slot->lock;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	if (slot->dboid == dboid && slot->worker_pid == 0 && slot->span_pid == 0 &&
+		slot->exporter_pid == 0)
+	{
+		memset(slot, 0, sizeof(LedgerSlot));
+		slot->lock = lock;
+		ereport(LOG,
+				(errmsg("maester launcher freed the ledger slot of database %u, which is gone",
+						dboid)));
+	}
+	LWLockRelease(lock);
+}
+
 static void
 launcher_exit(int code, Datum arg)
 {
@@ -230,22 +253,46 @@ maester_launcher_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		/* databases a backend asked for, and databases with a live slot */
-		for (int i = 0; i < ledger_shared->nslots; i++)
+		/*
+		 * Databases a backend asked for, and databases with a live slot.
+		 * The slots are read before the list of databases is, so that a
+		 * slot's database, created before it was claimed, is on the list
+		 * unless it was dropped since.
+		 */
 		{
-			LedgerSlot *slot = ledger_slot(i);
-			Oid			dboid;
+			Oid		   *dboids = palloc(sizeof(Oid) * ledger_shared->nslots);
+			List	   *dbs = NIL;
+			bool		listed = false;
 
-			LWLockAcquire(slot->lock, LW_SHARED);
-			dboid = slot->dboid;
-			LWLockRelease(slot->lock);
-			if (OidIsValid(dboid))
+			for (int i = 0; i < ledger_shared->nslots; i++)
 			{
-				start_worker(dboid, WK_LEDGER);
-				start_worker(dboid, WK_SPANS);
-				if (maester_otlp_endpoint[0] != '\0')
-					start_worker(dboid, WK_OTLP);
+				LedgerSlot *slot = ledger_slot(i);
+
+				LWLockAcquire(slot->lock, LW_SHARED);
+				dboids[i] = slot->dboid;
+				LWLockRelease(slot->lock);
 			}
+			for (int i = 0; i < ledger_shared->nslots; i++)
+			{
+				if (!OidIsValid(dboids[i]))
+					continue;
+				if (!listed)
+				{
+					dbs = list_databases();
+					listed = true;
+				}
+				if (!list_member_oid(dbs, dboids[i]))
+				{
+					free_slot(ledger_slot(i), dboids[i]);
+					continue;
+				}
+				start_worker(dboids[i], WK_LEDGER);
+				start_worker(dboids[i], WK_SPANS);
+				if (maester_otlp_endpoint[0] != '\0')
+					start_worker(dboids[i], WK_OTLP);
+			}
+			list_free(dbs);
+			pfree(dboids);
 		}
 
 		/* every database, now and then */
