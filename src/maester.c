@@ -19,6 +19,8 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
+
 #include <limits.h>
 
 #include "fmgr.h"
@@ -44,6 +46,47 @@ int			maester_retry_after_max_ms = 60000;
 int			maester_routing_log_level = DEBUG1;
 char	   *maester_key_directory = NULL;
 char	   *maester_otlp_endpoint = NULL;
+char	   *maester_otlp_headers = NULL;
+
+/*
+ * maester.otlp_headers: "name=value,name=value", the format of
+ * OTEL_EXPORTER_OTLP_HEADERS; names are HTTP tokens, values have no
+ * control characters (and no comma).
+ */
+static bool
+check_otlp_headers(char **newval, void **extra, GucSource source)
+{
+	const char *p = *newval;
+
+	if (p == NULL)
+		return true;
+	while (*p != '\0')
+	{
+		const char *name = p;
+
+		while (*p != '\0' && *p != '=' && *p != ',' &&
+			   (isalnum((unsigned char) *p) || strchr("!#$%&'*+-.^_`|~", *p) != NULL))
+			p++;
+		if (p == name || *p != '=')
+		{
+			GUC_check_errdetail("Each header must be name=value, the name an HTTP token; pairs are separated by commas.");
+			return false;
+		}
+		p++;
+		while (*p != '\0' && *p != ',')
+		{
+			if ((unsigned char) *p < 0x20 || *p == 0x7f)
+			{
+				GUC_check_errdetail("Header values must not contain control characters.");
+				return false;
+			}
+			p++;
+		}
+		if (*p == ',')
+			p++;
+	}
+	return true;
+}
 
 /* maester.otlp_endpoint: empty, or an http(s) URL without query or fragment */
 static bool
@@ -283,6 +326,15 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
 							   check_otlp_endpoint, NULL, NULL);
+
+	DefineCustomStringVariable("maester.otlp_headers",
+							   "Headers sent with every OTLP export, as name=value pairs separated by commas.",
+							   "The format of OTEL_EXPORTER_OTLP_HEADERS, e.g. the collector's API key. Visible to superusers only.",
+							   &maester_otlp_headers,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   check_otlp_headers, NULL, NULL);
 
 	/*
 	 * A PGC_POSTMASTER setting can only be defined while preloading; loaded

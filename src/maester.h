@@ -29,6 +29,7 @@ extern int	maester_retry_after_max_ms;
 extern int	maester_routing_log_level;
 extern char *maester_key_directory;
 extern char *maester_otlp_endpoint;
+extern char *maester_otlp_headers;
 extern int	maester_max_providers;
 
 /*

@@ -165,6 +165,37 @@ nap(long ms)
 	return maester_otlp_endpoint[0] != '\0';
 }
 
+/* maester.otlp_headers ("a=b,c=d", checked when set) as "a: b", "c: d" */
+static struct curl_slist *
+add_configured_headers(struct curl_slist *list)
+{
+	char	   *copy = pstrdup(maester_otlp_headers ? maester_otlp_headers : "");
+	char	   *pair = copy;
+
+	while (pair != NULL && *pair != '\0')
+	{
+		char	   *next = strchr(pair, ',');
+		char	   *eq = strchr(pair, '=');
+		char	   *line;
+
+		if (next != NULL)
+			*next++ = '\0';
+		if (eq != NULL)
+		{
+			*eq = '\0';
+			line = psprintf("%s: %s", pair, eq + 1);
+			list = curl_slist_append(list, line);
+			/* the line may hold a key: do not leave it in memory */
+			explicit_bzero(line, strlen(line));
+			pfree(line);
+		}
+		pair = next;
+	}
+	explicit_bzero(copy, strlen(maester_otlp_headers ? maester_otlp_headers : ""));
+	pfree(copy);
+	return list;
+}
+
 /*
  * POST one payload; true when the collector took it.  Errors (the egress
  * policy refusing the endpoint, say) are logged, not thrown: the exporter
@@ -202,6 +233,7 @@ post(const char *payload, int *failed_posts)
 			req.timeout_ms = OTLP_TIMEOUT_MS;
 			req.headers = curl_slist_append(NULL, "Content-Type: application/json");
 			req.headers = curl_slist_append(req.headers, "Expect:");
+			req.headers = add_configured_headers(req.headers);
 			http_perform(&one, 1);
 		}
 		PG_CATCH();

@@ -21,7 +21,8 @@ Endpoints (each also reachable under the keyless prefix /open):
     GET  /_mock/stats      {"requests", "open_connections", "connections_total"}
     GET  /_mock/health     {"ok": true}
     POST /v1/traces        an OTLP/HTTP JSON collector: stores the spans it is sent
-    GET  /_mock/traces     {"posts", "spans": [every span received, oldest first]}
+    GET  /_mock/traces     {"posts", "spans": [every span received, oldest first],
+                            "rejected": [why], "headers": {of the last post}}
     POST /_mock/traces_fail/N   the next N posts to /v1/traces answer 503
 
 Answers are deterministic: content is "[Mock:MODEL] Generated response for
@@ -276,6 +277,7 @@ class State:
         self.trace_spans = []                          # spans received
         self.trace_fail = 0                            # posts still to refuse
         self.trace_rejected = []                       # why malformed posts were refused
+        self.trace_headers = {}                        # headers of the last post
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -380,7 +382,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_mock/traces":
             with st.lock:
                 doc = {"posts": st.trace_posts, "spans": list(st.trace_spans),
-                       "rejected": list(st.trace_rejected)}
+                       "rejected": list(st.trace_rejected), "headers": dict(st.trace_headers)}
             return self._json(200, doc)
         if path.startswith("/_mock/traces_fail/"):
             with st.lock:
@@ -409,6 +411,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(400, {"code": 3, "message": problem})
         with st.lock:
             st.trace_posts += 1
+            st.trace_headers = {k.lower(): v for k, v in self.headers.items()}
             if st.trace_fail > 0:
                 st.trace_fail -= 1
                 return self._json(503, {"code": 14, "message": "collector unavailable"},

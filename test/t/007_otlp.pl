@@ -114,6 +114,25 @@ $node->safe_psql('postgres', q{SELECT maester.llm_generate('after the outage', '
 ok($mock->wait_for(sub { scalar(@{ $mock->get('/_mock/traces')->{spans} }) >= 3 * $nspans }, 20),
 	'export resumes when the collector is back');
 
+# headers for the collector (its API key, say), in the format of
+# OTEL_EXPORTER_OTLP_HEADERS; malformed ones are refused
+($ret, $out, $err) = $node->psql('postgres', q{ALTER SYSTEM SET maester.otlp_headers = 'novalue'});
+like($err, qr/must be name=value/, 'a header without a value is refused');
+($ret, $out, $err) = $node->psql('postgres', qq{ALTER SYSTEM SET maester.otlp_headers = 'x-a=b\ncontent-length=0'});
+like($err, qr/control characters/, 'a header value with a newline is refused');
+$node->safe_psql('postgres', q{
+	ALTER SYSTEM SET maester.otlp_headers = 'x-collector-key=k-123 456,x-team=maester';
+	SELECT pg_reload_conf()});
+my $posts_before = $mock->get('/_mock/traces')->{posts};
+sleep(1);    # (the exporter reloads its configuration between batches)
+$node->safe_psql('postgres', q{SELECT maester.llm_generate('with headers', 'mock-priced')});
+ok($mock->wait_for(sub { $mock->get('/_mock/traces')->{posts} > $posts_before }, 20),
+	'a post after the headers were set');
+my $h = $mock->get('/_mock/traces')->{headers};
+is($h->{'x-collector-key'}, 'k-123 456', 'the configured header is sent');
+is($h->{'x-team'}, 'maester', 'and the second one');
+is($h->{'content-type'}, 'application/json', 'with the JSON content type');
+
 # clearing the setting stops the exporter
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET maester.otlp_endpoint; SELECT pg_reload_conf()});
 ok($node->poll_query_until('postgres',
@@ -137,7 +156,7 @@ $node->safe_psql('postgres', q{
 	SELECT count(maester.llm_generate('while the writer sleeps', 'mock-priced'))
 	  FROM generate_series(1, 100)});
 is($node->safe_psql('postgres', q{SELECT count(*) FROM maester.usage WHERE prompt_name IS NULL AND status = 'ok'}),
-	5 + 100, 'every call went through and is in the ledger');
+	6 + 100, 'every call went through and is in the ledger');
 my ($queued, $dropped) = split /\|/, $node->safe_psql('postgres',
 	'SELECT spans_queued, spans_dropped FROM maester.trace_status()');
 is($queued, 512, 'the span queue is full (maester.ledger_queue_size)');
@@ -152,6 +171,8 @@ ok($node->poll_query_until('postgres', "SELECT count(*) = $before + 512 FROM mae
 $node->safe_psql('postgres', q{CREATE ROLE plain LOGIN});
 ($ret, $out, $err) = $node->psql('postgres', q{SET ROLE plain; SHOW maester.otlp_endpoint});
 like($err, qr/must be superuser|permission denied/, 'the endpoint is hidden from other roles');
+($ret, $out, $err) = $node->psql('postgres', q{SET ROLE plain; SHOW maester.otlp_headers});
+like($err, qr/must be superuser|permission denied/, 'so are the headers');
 
 $node->stop;
 done_testing();
