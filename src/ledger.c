@@ -21,8 +21,9 @@
  * ledger rows never wait behind spans; a full span ring drops spans).  A
  * slot is claimed for a database by its first caller (or its worker); each
  * slot has its own LWLock.  Lock order: never two slot locks at once.
- * Records are copied in and out under the slot lock; no pointer into the
- * ring survives the lock.  A backend waits for durability on its own
+ * Backends copy records in under the slot lock; a worker reads head and
+ * tail under it and copies [tail, head) out without it (backends never
+ * write there until the worker advances tail).  A backend waits for durability on its own
  * latch, which the worker sets after each commit.
  *
  * Fail closed: when no worker serves the database within
@@ -55,15 +56,20 @@ char	   *maester_tenant = NULL;
 
 static LedgerSlot *MySlot = NULL;
 
+/* A slot and its two rings (ledger, spans) */
+static Size
+slot_size(void)
+{
+	return MAXALIGN(add_size(MAXALIGN(sizeof(LedgerSlot)),
+							 mul_size(sizeof(LedgerRecord),
+									  mul_size(2, maester_ledger_queue_size))));
+}
+
 Size
 ledger_shmem_size(void)
 {
-	Size		slot = add_size(MAXALIGN(sizeof(LedgerSlot)),
-								mul_size(sizeof(LedgerRecord),
-										 mul_size(2, maester_ledger_queue_size)));
-
 	return add_size(MAXALIGN(offsetof(LedgerShared, slots)),
-					mul_size(MAXALIGN(slot), maester_max_databases));
+					mul_size(slot_size(), maester_max_databases));
 }
 
 /* Called from maester.c's shmem startup hook, under AddinShmemInitLock */
@@ -81,10 +87,7 @@ ledger_shmem_init(void)
 		ledger_shared->epoch = GetCurrentTimestamp();
 		ledger_shared->nslots = maester_max_databases;
 		ledger_shared->queue_size = maester_ledger_queue_size;
-		ledger_shared->slot_size =
-			MAXALIGN(add_size(MAXALIGN(sizeof(LedgerSlot)),
-							  mul_size(sizeof(LedgerRecord),
-									   mul_size(2, maester_ledger_queue_size))));
+		ledger_shared->slot_size = slot_size();
 		for (int i = 0; i < ledger_shared->nslots; i++)
 		{
 			LedgerSlot *slot = ledger_slot(i);
@@ -291,32 +294,39 @@ ledger_try_enqueue(LedgerSlot *slot, LedgerRecord *rec)
 }
 
 /*
- * Queue a span for the span writer, without waiting; false (and counted)
- * when its ring is full.
+ * Queue the `n` spans of a call for the span writer, under one lock and
+ * without waiting; returns how many fit (the others are counted as
+ * dropped).
  */
-bool
-span_try_enqueue(LedgerSlot *slot, LedgerRecord *rec)
+int
+span_enqueue(LedgerSlot *slot, LedgerRecord *recs, int n)
 {
 	Latch	   *wl;
-	bool		queued = false;
+	uint64		before;
+	int			queued = 0;
 
-	rec->backend_pid = MyProcPid;
-	rec->epoch = ledger_shared->epoch;
+	for (int i = 0; i < n; i++)
+	{
+		recs[i].backend_pid = MyProcPid;
+		recs[i].epoch = ledger_shared->epoch;
+	}
 	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
-	if (slot->span_head - slot->span_tail < (uint64) ledger_shared->queue_size)
+	before = slot->span_head - slot->span_tail;
+	while (queued < n &&
+		   slot->span_head - slot->span_tail < (uint64) ledger_shared->queue_size)
 	{
 		memcpy(&span_ring(slot)[slot->span_head % ledger_shared->queue_size],
-			   rec, sizeof(LedgerRecord));
+			   &recs[queued], sizeof(LedgerRecord));
 		slot->span_head++;
-		queued = true;
+		queued++;
 	}
-	else
-		slot->spans_dropped++;
+	slot->spans_dropped += n - queued;
+
 	/*
-	 * Wake the writer for the first span after it emptied the queue (it then
-	 * gathers for SPAN_NAP_MS), and when the queue is half full.
+	 * Wake the writer for the first spans after it emptied the queue (it
+	 * then gathers for SPAN_NAP_MS), and when the queue is half full.
 	 */
-	wl = (slot->span_head - slot->span_tail == 1 ||
+	wl = (before == 0 ||
 		  slot->span_head - slot->span_tail >= (uint64) ledger_shared->queue_size / 2)
 		? slot->span_latch : NULL;
 	LWLockRelease(slot->lock);

@@ -136,7 +136,7 @@ extern LedgerSlot *ledger_attach(void);
 extern LedgerSlot *ledger_slot_if_ready(void);
 extern uint64 ledger_enqueue(LedgerSlot *slot, LedgerRecord *rec);
 extern bool ledger_try_enqueue(LedgerSlot *slot, LedgerRecord *rec);
-extern bool span_try_enqueue(LedgerSlot *slot, LedgerRecord *rec);
+extern int	span_enqueue(LedgerSlot *slot, LedgerRecord *recs, int n);
 extern bool ledger_wait_durable(LedgerSlot *slot, uint64 seq, bool must);
 extern void ledger_copy_name(char *dst, const char *src, int size);
 

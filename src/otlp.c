@@ -170,6 +170,7 @@ static struct curl_slist *
 add_configured_headers(struct curl_slist *list)
 {
 	char	   *copy = pstrdup(maester_otlp_headers ? maester_otlp_headers : "");
+	size_t		copylen = strlen(copy);
 	char	   *pair = copy;
 
 	while (pair != NULL && *pair != '\0')
@@ -191,7 +192,7 @@ add_configured_headers(struct curl_slist *list)
 		}
 		pair = next;
 	}
-	explicit_bzero(copy, strlen(maester_otlp_headers ? maester_otlp_headers : ""));
+	explicit_bzero(copy, copylen);
 	pfree(copy);
 	return list;
 }

@@ -235,16 +235,15 @@ static void
 trace_enqueue(CallTrace *t, LedgerSlot *slot, const char *tenant,
 			  const pg_uuid_t *request_id)
 {
-	LedgerRecord *r;
+	LedgerRecord *recs = palloc0(sizeof(LedgerRecord) * t->nspans);
 
-	r = palloc0(sizeof(LedgerRecord));
 	for (int i = 0; i < t->nspans; i++)
 	{
 		Span	   *s = &t->spans[i];
+		LedgerRecord *r = &recs[i];
 
 		if (s->duration_us < 0)
 			trace_span_end(s, "error");
-		memset(r, 0, sizeof(*r));
 		r->kind = LEDGER_SPAN;
 		strlcpy(r->trace_id, t->trace_id, sizeof(r->trace_id));
 		strlcpy(r->span_id, s->span_id, sizeof(r->span_id));
@@ -258,7 +257,7 @@ trace_enqueue(CallTrace *t, LedgerSlot *slot, const char *tenant,
 			snprintf(r->attrs, sizeof(r->attrs), "{%s}", s->attrs.data);
 		else
 			strlcpy(r->attrs, "{\"maester.attributes_truncated\": true}", sizeof(r->attrs));
-		/* a record the worker cannot write would hold up the ledger */
+		/* one record the writer cannot insert would lose its whole batch */
 		if (pg_parse_json(makeJsonLexContextCstringLen(r->attrs, strlen(r->attrs),
 													   GetDatabaseEncoding(), false),
 						  &nullSemAction) != JSON_SUCCESS)
@@ -268,7 +267,7 @@ trace_enqueue(CallTrace *t, LedgerSlot *slot, const char *tenant,
 			r->request_id = *request_id;
 			r->has_request_id = true;
 		}
-		(void) span_try_enqueue(slot, r);	/* a full ring counts the drop */
 	}
-	pfree(r);
+	(void) span_enqueue(slot, recs, t->nspans); /* a full ring counts the drops */
+	pfree(recs);
 }
