@@ -526,6 +526,9 @@ CREATE TABLE maester.provider (
     circuit_cooldown_ms       integer NOT NULL DEFAULT 30000 CHECK (circuit_cooldown_ms OPERATOR(pg_catalog.>=) 0),
     anthropic_version         text DEFAULT '2023-06-01',
     enabled                   boolean NOT NULL DEFAULT true,
+    max_connections           integer CHECK (max_connections OPERATOR(pg_catalog.>) 0),
+    requests_per_minute       integer CHECK (requests_per_minute OPERATOR(pg_catalog.>) 0),
+    tokens_per_minute         integer CHECK (tokens_per_minute OPERATOR(pg_catalog.>) 0),
     CHECK (api_key_env IS NULL OR api_key_file IS NULL)
 );
 
@@ -542,6 +545,9 @@ COMMENT ON COLUMN maester.provider.max_attempts IS 'Attempts per call on this pr
 COMMENT ON COLUMN maester.provider.backoff_base_ms IS 'First retry waits about this long (exponential, with jitter), unless the provider sent Retry-After.';
 COMMENT ON COLUMN maester.provider.circuit_failure_threshold IS 'Consecutive failures (5xx, 429, timeouts, connection errors) that open the circuit breaker; 0 disables it.';
 COMMENT ON COLUMN maester.provider.circuit_cooldown_ms IS 'How long an open circuit skips the provider before one probe call.';
+COMMENT ON COLUMN maester.provider.max_connections IS 'Most requests one session (or job worker) has in flight to this provider at once, in generate_batch; NULL: no limit beyond the batch''s concurrency.';
+COMMENT ON COLUMN maester.provider.requests_per_minute IS 'Rate limit, honoured server-wide by spacing calls evenly (they wait, they do not fail); NULL: none.';
+COMMENT ON COLUMN maester.provider.tokens_per_minute IS 'Token rate limit (input estimate plus reserved output tokens per call), honoured server-wide by pacing; NULL: none.';
 
 INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, priority) VALUES
     ('openai', 'openai', 'https://api.openai.com/v1', 'OPENAI_API_KEY',
@@ -828,6 +834,54 @@ LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb) IS
     'Calls a model through the gateway: exactly one of prompt (raw text) and prompt_name (rendered from the registry with variables and prompt_version). model is a model, alias or route; NULL uses the route default. options: temperature, top_p, stop, response_format, timeout_ms, max_attempts, fallback, tags.';
+
+CREATE TYPE maester.batch_result AS (
+    ordinal             integer,
+    request_id          uuid,
+    trace_id            text,
+    provider            text,
+    model               text,
+    content             text,
+    finish_reason       text,
+    input_tokens        bigint,
+    output_tokens       bigint,
+    cached_input_tokens bigint,
+    cache_write_tokens  bigint,
+    usage_estimated     boolean,
+    latency_ms          double precision,
+    attempts            integer,
+    fallback_used       boolean,
+    prompt_name         text,
+    prompt_version      text,
+    prompt_hash         text,
+    requested_model     text,
+    response_id         text,
+    cost_usd            numeric,
+    priced              boolean,
+    evaluation          jsonb,
+    error_code          text,
+    error_class         text,
+    error_message       text,
+    error_detail        text
+);
+
+COMMENT ON TYPE maester.batch_result IS
+    'One request of maester.generate_batch: its ordinal (1-based position in the requests array), the maester.generation fields, and, when it failed, the SQLSTATE, class and message the same call would have raised.';
+COMMENT ON COLUMN maester.batch_result.error_class IS 'NULL on success; else invalid_request, budget, egress_denied, ledger_unavailable, error, or the last attempt''s class (rate_limited, server_error, timeout, connection, auth, bad_response, circuit_open, no_api_key, ...).';
+
+CREATE FUNCTION maester.generate_batch(
+    requests    jsonb[],
+    concurrency integer DEFAULT 16,
+    model       text DEFAULT NULL,
+    prompt_name text DEFAULT NULL,
+    options     jsonb DEFAULT NULL,
+    fail_fast   boolean DEFAULT false)
+RETURNS SETOF maester.batch_result
+AS 'MODULE_PATHNAME', 'generate_batch'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE ROWS 100;
+
+COMMENT ON FUNCTION maester.generate_batch(jsonb[], integer, text, text, jsonb, boolean) IS
+    'Runs many model calls concurrently from one statement (at most concurrency, 1 to 256, in flight on one connection pool): each request is an object with llm_generate''s argument names; model, prompt_name and options are defaults for requests that do not give them (options merge, the request''s win). One row per request, in the order they finish; a failed request is a row with its error, the others go on, unless fail_fast. Every attempt is metered, evaluated and traced as for llm_generate.';
 
 CREATE FUNCTION maester.complete(request jsonb)
 RETURNS jsonb
@@ -1697,6 +1751,7 @@ GRANT EXECUTE ON FUNCTION
 
 GRANT EXECUTE ON FUNCTION
     maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb),
+    maester.generate_batch(jsonb[], integer, text, text, jsonb, boolean),
     maester.complete(jsonb),
     maester.evaluate(text, jsonb, jsonb),
     maester.validate_checks(jsonb) TO maester_user;

@@ -47,6 +47,7 @@
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "funcapi.h"
+#include "lib/ilist.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
@@ -79,6 +80,9 @@ static int64 estimate_tokens(const char *s);
 #define ERRCODE_MAESTER_BAD_RESPONSE	MAKE_SQLSTATE('M','G','0','0','4')
 #define ERRCODE_MAESTER_UNAVAILABLE		MAKE_SQLSTATE('M','G','0','0','5')
 
+/* generate_batch: most requests in flight at once */
+#define MAESTER_MAX_CONCURRENCY 256
+
 #define KNOWN_OPTIONS "temperature, top_p, stop, response_format, timeout_ms, max_attempts, fallback, tags"
 
 /* Per-call options, from the options jsonb */
@@ -98,7 +102,10 @@ typedef struct Failure
 	int			sqlstate;
 	bool		retryable;
 	bool		counts;			/* says something about provider health */
+	bool		fatal;			/* stop the call: trying elsewhere cannot help */
 	char	   *message;
+	char	   *detail;			/* for fatal failures: their own detail, hint */
+	const char *hint;
 	double		retry_after_ms;
 	int			http_status;
 } Failure;
@@ -307,25 +314,6 @@ elapsed_ms(TimestampTz since)
 	return (double) (GetCurrentTimestamp() - since) / 1000.0;
 }
 
-/* Sleep `ms` on the latch, honouring interrupts */
-static void
-gateway_sleep(double ms)
-{
-	TimestampTz until = GetCurrentTimestamp() + (TimestampTz) (ms * 1000.0);
-
-	for (;;)
-	{
-		long		left = (long) ((until - GetCurrentTimestamp()) / 1000);
-
-		if (left <= 0)
-			break;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 left, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
-}
-
 /* Fill `f` for an HTTP status that is not a success */
 static void
 classify_status(long status, Failure *f)
@@ -431,159 +419,133 @@ free_headers(HttpRequest *req)
 }
 
 /*
- * One attempt against one target.  Returns true with `out` filled on
- * success; false with `f` filled otherwise.  `key` may be NULL.
+ * The HTTP request of one attempt against one target: body, URL (checked
+ * against the egress policy: raises 42501 or 22023), timeouts, and a header
+ * list holding the key (wiped by free_headers).
  */
-static bool
-attempt(RouteTarget *t, const GenRequest *gen, const char *key,
-		const pg_uuid_t *request_id, const char *traceparent, long timeout_ms,
-		GenResponse *out, Failure *f)
+static void
+attempt_build(RouteTarget *t, const GenRequest *gen, const char *key,
+			  const pg_uuid_t *request_id, const char *traceparent,
+			  long timeout_ms, HttpRequest *req)
 {
 	ProviderConf *p = t->provider;
-	HttpRequest req;
 	StringInfoData body;
-	volatile bool ok = false;
 	char	   *url = provider_url(p->kind, p->base_url);
 
-	memset(f, 0, sizeof(*f));
-	f->retry_after_ms = -1;
 	initStringInfo(&body);
 	provider_build_body(p->kind, gen, &body);
 
-	http_request_init(&req);
-	http_check_url(url, &req.allow_private);
-	req.url = url;
+	http_request_init(req);
+	http_check_url(url, &req->allow_private);
+	req->url = url;
 	/* providers speak UTF-8, whatever the database's encoding */
-	req.body = pg_server_to_any(body.data, body.len, PG_UTF8);
-	req.body_len = strlen(req.body);
-	req.connect_timeout_ms = Min((long) p->connect_timeout_ms, timeout_ms);
-	req.timeout_ms = timeout_ms;
-
-	PG_TRY();
-	{
-		HttpRequest *one = &req;
-
-		req.headers = build_headers(p, key, request_id, traceparent);
-		http_perform(&one, 1);
-		free_headers(&req);
-
-		switch (req.outcome)
-		{
-			case HTTP_OK:
-				if (req.status >= 200 && req.status < 300)
-				{
-					char	   *problem = NULL;
-
-					if (req.content_type[0] != '\0' &&
-						strstr(req.content_type, "json") == NULL)
-					{
-						f->error_class = "bad_response";
-						f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
-						f->counts = true;
-						f->message = psprintf("%s answered with content type \"%s\", not JSON",
-											  p->name, req.content_type);
-					}
-					else if (!pg_verify_mbstr(PG_UTF8, req.response, req.response_len, true))
-					{
-						f->error_class = "bad_response";
-						f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
-						f->counts = true;
-						f->message = psprintf("%s answered with text that is not valid UTF-8",
-											  p->name);
-					}
-					else if (provider_parse_response(p->kind,
-													 pg_any_to_server(req.response,
-																	  req.response_len,
-																	  PG_UTF8),
-													 out, &problem))
-						ok = true;
-					else
-					{
-						f->error_class = "bad_response";
-						f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
-						f->counts = true;
-						f->message = psprintf("%s: %s", p->name, problem);
-					}
-				}
-				else
-				{
-					classify_status(req.status, f);
-					f->http_status = (int) req.status;
-					f->retry_after_ms = req.retry_after_ms;
-					if (strcmp(f->error_class, "redirect") == 0)
-						f->message = psprintf("%s answered HTTP %ld, a redirect, which is not followed",
-											  p->name, req.status);
-					else
-						f->message = psprintf("%s answered HTTP %ld: %s", p->name, req.status,
-											  provider_error_summary(req.response,
-																	 req.response_len, key));
-				}
-				break;
-			case HTTP_TIMEOUT:
-				f->error_class = "timeout";
-				f->sqlstate = ERRCODE_MAESTER_TIMEOUT;
-				f->retryable = f->counts = true;
-				f->message = psprintf("%s did not answer in time", p->name);
-				break;
-			case HTTP_CONNECT_FAILED:
-			case HTTP_NETWORK_ERROR:
-				f->error_class = req.outcome == HTTP_CONNECT_FAILED ? "connection" : "network";
-				f->sqlstate = ERRCODE_MAESTER_UNREACHABLE;
-				f->retryable = f->counts = true;
-				f->message = psprintf("%s: %s", p->name, req.error);
-				break;
-			case HTTP_TOO_LARGE:
-				f->error_class = "too_large";
-				f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
-				f->message = psprintf("%s: %s", p->name, req.error);
-				break;
-			case HTTP_EGRESS_DENIED:
-				ereport(ERROR,
-						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-						 errmsg("egress to provider \"%s\" refused", p->name),
-						 errdetail("Its host resolved to %s, a private or loopback address.",
-								   req.egress_reason),
-						 errhint("A superuser can allow a local server by listing its host in maester.allow_insecure_hosts.")));
-				break;
-			case HTTP_INTERNAL_ERROR:
-				f->error_class = "internal";
-				f->sqlstate = ERRCODE_MAESTER_UNREACHABLE;
-				f->message = psprintf("%s: %s", p->name, req.error);
-				break;
-		}
-	}
-	PG_FINALLY();
-	{
-		free_headers(&req);
-		http_request_cleanup(&req);
-	}
-	PG_END_TRY();
-	return ok;
+	req->body = pg_server_to_any(body.data, body.len, PG_UTF8);
+	req->body_len = strlen(req->body);
+	req->connect_timeout_ms = Min((long) p->connect_timeout_ms, timeout_ms);
+	req->timeout_ms = timeout_ms;
+	req->headers = build_headers(p, key, request_id, traceparent);
 }
 
 /*
- * attempt(), and when it throws (cancel, timeout, egress refusal) after
- * this call was admitted as the circuit's probe, hand the probe back.
+ * How a finished attempt ended: true with `out` filled on success; false
+ * with `f` filled otherwise.  `key` (may be NULL) is masked in the error
+ * summaries of provider bodies.
  */
-pg_noinline static bool
-attempt_releasing_probe(RouteTarget *t, const GenRequest *gen, const char *key,
-						const pg_uuid_t *request_id, const char *traceparent,
-						long timeout_ms, GenResponse *out, Failure *f, bool probe)
+static bool
+attempt_result(RouteTarget *t, HttpRequest *req, const char *key,
+			   GenResponse *out, Failure *f)
 {
-	volatile bool ok = false;
+	ProviderConf *p = t->provider;
 
-	PG_TRY();
+	memset(f, 0, sizeof(*f));
+	f->retry_after_ms = -1;
+	switch (req->outcome)
 	{
-		ok = attempt(t, gen, key, request_id, traceparent, timeout_ms, out, f);
+		case HTTP_OK:
+			if (req->status >= 200 && req->status < 300)
+			{
+				char	   *problem = NULL;
+
+				if (req->content_type[0] != '\0' &&
+					strstr(req->content_type, "json") == NULL)
+				{
+					f->error_class = "bad_response";
+					f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+					f->counts = true;
+					f->message = psprintf("%s answered with content type \"%s\", not JSON",
+										  p->name, req->content_type);
+				}
+				else if (!pg_verify_mbstr(PG_UTF8, req->response, req->response_len, true))
+				{
+					f->error_class = "bad_response";
+					f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+					f->counts = true;
+					f->message = psprintf("%s answered with text that is not valid UTF-8",
+										  p->name);
+				}
+				else if (provider_parse_response(p->kind,
+												 pg_any_to_server(req->response,
+																  req->response_len,
+																  PG_UTF8),
+												 out, &problem))
+					return true;
+				else
+				{
+					f->error_class = "bad_response";
+					f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+					f->counts = true;
+					f->message = psprintf("%s: %s", p->name, problem);
+				}
+			}
+			else
+			{
+				classify_status(req->status, f);
+				f->http_status = (int) req->status;
+				f->retry_after_ms = req->retry_after_ms;
+				if (strcmp(f->error_class, "redirect") == 0)
+					f->message = psprintf("%s answered HTTP %ld, a redirect, which is not followed",
+										  p->name, req->status);
+				else
+					f->message = psprintf("%s answered HTTP %ld: %s", p->name, req->status,
+										  provider_error_summary(req->response,
+																 req->response_len, key));
+			}
+			break;
+		case HTTP_TIMEOUT:
+			f->error_class = "timeout";
+			f->sqlstate = ERRCODE_MAESTER_TIMEOUT;
+			f->retryable = f->counts = true;
+			f->message = psprintf("%s did not answer in time", p->name);
+			break;
+		case HTTP_CONNECT_FAILED:
+		case HTTP_NETWORK_ERROR:
+			f->error_class = req->outcome == HTTP_CONNECT_FAILED ? "connection" : "network";
+			f->sqlstate = ERRCODE_MAESTER_UNREACHABLE;
+			f->retryable = f->counts = true;
+			f->message = psprintf("%s: %s", p->name, req->error);
+			break;
+		case HTTP_TOO_LARGE:
+			f->error_class = "too_large";
+			f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+			f->message = psprintf("%s: %s", p->name, req->error);
+			break;
+		case HTTP_EGRESS_DENIED:
+			/* nothing left: the connection was refused before it opened */
+			f->error_class = "egress_denied";
+			f->sqlstate = ERRCODE_INSUFFICIENT_PRIVILEGE;
+			f->fatal = true;
+			f->message = psprintf("egress to provider \"%s\" refused", p->name);
+			f->detail = psprintf("Its host resolved to %s, a private or loopback address.",
+								 req->egress_reason);
+			f->hint = "A superuser can allow a local server by listing its host in maester.allow_insecure_hosts.";
+			break;
+		case HTTP_INTERNAL_ERROR:
+			f->error_class = "internal";
+			f->sqlstate = ERRCODE_MAESTER_UNREACHABLE;
+			f->message = psprintf("%s: %s", p->name, req->error);
+			break;
 	}
-	PG_CATCH();
-	{
-		if (probe)
-			circuit_release_probe(t->provider);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	return ok;
+	return false;
 }
 
 /* maester.capture_content: keep prompts, variables and outputs for replay */
@@ -644,37 +606,86 @@ const char *maester_call_purpose = "generation";
 /* Estimated output tokens when the caller gives no max_tokens */
 #define ESTIMATE_DEFAULT_MAX_TOKENS 4096
 
-/* The attempt whose ledger row is in flight, for the exit callback */
-static LedgerRecord *InFlight = NULL;
-static LedgerSlot *InFlightSlot = NULL;
-static BudgetHold InFlightHold;
-static bool InFlightSent = false;	/* the request may have left */
+/*
+ * Attempts whose PENDING row is queued and whose SETTLE row is not yet:
+ * one per call of a batch that is waiting for the ledger or on the wire.
+ * Kept in TopMemoryContext so that the exit callback can settle them.
+ */
+typedef struct InFlight
+{
+	dlist_node	node;
+	LedgerSlot *slot;
+	BudgetHold	hold;
+	bool		sent;			/* the request may have left */
+	LedgerRecord rec;
+} InFlight;
+
+static dlist_head InFlightAttempts = DLIST_STATIC_INIT(InFlightAttempts);
 static bool ExitCallbackRegistered = false;
+
+static void ledger_backend_exit(int code, Datum arg);
+
+/* Register an attempt whose PENDING row `r` was just queued */
+static InFlight *
+inflight_add(LedgerSlot *slot, LedgerRecord *r, BudgetHold *hold)
+{
+	InFlight   *f = MemoryContextAlloc(TopMemoryContext, sizeof(InFlight));
+
+	f->slot = slot;
+	f->hold = *hold;
+	f->sent = false;
+	memcpy(&f->rec, r, sizeof(LedgerRecord));
+	dlist_push_tail(&InFlightAttempts, &f->node);
+	return f;
+}
+
+/* Its SETTLE row is queued: forget it */
+static void
+inflight_done(InFlight *f)
+{
+	dlist_delete(&f->node);
+	pfree(f);
+}
+
+/*
+ * Settle an attempt that will not finish (an error, a cancel, the end of
+ * the backend) as cancelled: charged at its estimate if the request may
+ * have left, else at zero; its budget reservation is settled the same way.
+ * Does not wait and does not throw (a full queue loses the row; the
+ * worker's recovery then settles the PENDING row as an orphan).
+ */
+static void
+inflight_cancel(InFlight *f, const char *error_class)
+{
+	LedgerRecord *r = &f->rec;
+
+	r->kind = LEDGER_SETTLE;
+	strlcpy(r->status, "cancelled", sizeof(r->status));
+	strlcpy(r->error_class, error_class, sizeof(r->error_class));
+	if (f->sent)
+		r->cost[0] = '\0';		/* keep the estimate */
+	else
+		strlcpy(r->cost, "0", sizeof(r->cost));
+	r->settled_at = GetCurrentTimestamp();
+	(void) ledger_try_enqueue(f->slot, r);
+	if (f->sent)
+		budget_settle_at_estimate(&f->hold);
+	else
+		budget_settle(&f->hold, NULL);
+	inflight_done(f);
+}
 
 /*
  * Backend exit (pg_terminate_backend during a call, which does not unwind
- * through PG_CATCH): settle the in-flight attempt as cancelled, charged at
- * its estimate, without waiting.
+ * through PG_CATCH): settle every in-flight attempt as cancelled.
  */
 static void
 ledger_backend_exit(int code, Datum arg)
 {
-	if (InFlight == NULL || InFlightSlot == NULL)
-		return;
-	InFlight->kind = LEDGER_SETTLE;
-	strlcpy(InFlight->status, "cancelled", sizeof(InFlight->status));
-	strlcpy(InFlight->error_class, "terminated", sizeof(InFlight->error_class));
-	if (InFlightSent)
-		InFlight->cost[0] = '\0';	/* keep the estimate */
-	else
-		strlcpy(InFlight->cost, "0", sizeof(InFlight->cost));
-	InFlight->settled_at = GetCurrentTimestamp();
-	(void) ledger_try_enqueue(InFlightSlot, InFlight);
-	InFlight = NULL;
-	if (InFlightSent)
-		budget_settle_at_estimate(&InFlightHold);
-	else
-		budget_settle(&InFlightHold, NULL);
+	dlist_mutable_iter it;
+
+	dlist_foreach_modify(it, &InFlightAttempts)
+		inflight_cancel(dlist_container(InFlight, node, it.cur), "terminated");
 }
 
 /* The host of a base URL, for the server.address attribute */
@@ -929,151 +940,6 @@ settle_attempt(RouteTarget *t, const GenRequest *gen, CallState *cs, Generation 
 				 ok ? g->cost : NULL);
 }
 
-/*
- * One attempt with its ledger row: PENDING made durable before anything
- * is sent (else MG006 and nothing leaves), then the attempt, then SETTLE,
- * made durable before returning.  On an error or cancel the row is
- * settled as cancelled -- charged at its estimate if the request may have
- * left -- and the error goes on.
- */
-pg_noinline static bool
-ledgered_attempt(RouteTarget *t, const GenRequest *gen, const char *key,
-				 CallState *cs, Generation *g, long timeout_ms, Failure *f,
-				 bool probe)
-{
-	LedgerRecord *r = palloc(sizeof(LedgerRecord));
-	volatile bool sent = false;
-	bool		ok = false;
-	uint64		seq;
-	TimestampTz start = 0;
-	Numeric		estimate;
-	BudgetHold	hold;
-	BlockArg	ba;
-	char	   *downgrade = NULL;
-	BudgetVerdict verdict;
-	Span	   *span;
-	Span	   *volatile gen_span = NULL;
-
-	estimate = fill_pending(r, t, g, cs, gen->max_tokens);
-	if (!ExitCallbackRegistered)
-	{
-		before_shmem_exit(ledger_backend_exit, (Datum) 0);
-		ExitCallbackRegistered = true;
-	}
-
-	/* budgets: reserve the worst case, or block (MB001), or downgrade */
-	ba.cs = cs;
-	ba.r = r;
-	span = trace_span_start(g->trace, "budget_check");
-	if (estimate)
-		trace_attr_raw(span, "maester.estimated_cost_usd",
-					   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(estimate))));
-	verdict = budget_reserve(r->tenant, g->prompt_name, t->model, estimate, &hold,
-							 &downgrade, write_blocked_row, &ba);
-	trace_span_end(span, NULL);
-	if (verdict == BUDGET_DOWNGRADE)
-	{
-		trace_attr_str(span, "maester.budget.downgrade_to", downgrade);
-		memset(f, 0, sizeof(*f));
-		f->error_class = "downgrade";
-		f->sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
-		f->message = psprintf("a budget downgraded the call to \"%s\"", downgrade);
-		cs->downgrade_to = downgrade;
-		pfree(r);
-		return false;
-	}
-
-	/*
-	 * A budget reserved max_tokens output tokens (4,096 when the caller gave
-	 * none): ask the provider for no more, so the reservation bounds the cost.
-	 */
-	if (hold.n > 0 && gen->max_tokens <= 0)
-		((GenRequest *) gen)->max_tokens = r->max_tokens;
-
-	/*
-	 * From the PENDING record on, the attempt is in flight: an error or a
-	 * cancel anywhere before its SETTLE record is queued (while waiting,
-	 * sending, metering or evaluating) settles it as cancelled -- charged at
-	 * its estimate if the request may have left -- and releases the budget
-	 * reservation; a FATAL exit does the same through ledger_backend_exit.
-	 */
-	PG_TRY();
-	{
-		seq = ledger_enqueue(cs->slot, r);
-		InFlight = MemoryContextAlloc(TopMemoryContext, sizeof(LedgerRecord));
-		memcpy(InFlight, r, sizeof(LedgerRecord));
-		InFlightSlot = cs->slot;
-		InFlightHold = hold;
-		InFlightSent = false;
-		ledger_wait_durable(cs->slot, seq, true);
-
-		/* durable: from here on the request may leave */
-		sent = true;
-		InFlightSent = true;
-		gen_span = trace_span_start(g->trace, "model_generate");
-		trace_attr_str(gen_span, "gen_ai.operation.name", "chat");
-		trace_attr_str(gen_span, "gen_ai.provider.name", t->provider->name);
-		trace_attr_str(gen_span, "gen_ai.request.model", t->model);
-		trace_attr_str(gen_span, "server.address", server_address(t->provider->base_url));
-		trace_attr_num(gen_span, "maester.attempt", g->attempts);
-		if (gen->max_tokens > 0)
-			trace_attr_num(gen_span, "gen_ai.request.max_tokens", gen->max_tokens);
-		if (gen->has_temperature)
-			trace_attr_num(gen_span, "gen_ai.request.temperature", gen->temperature);
-		g->traceparent = trace_traceparent_header(g->trace, gen_span);
-		start = GetCurrentTimestamp();
-		ok = attempt_releasing_probe(t, gen, key, &g->request_id, g->traceparent,
-									 timeout_ms, &g->resp, f, probe);
-		trace_span_end(gen_span, ok ? "ok" : "error");
-
-		settle_attempt(t, gen, cs, g, f, r, ok, start, estimate, gen_span);
-
-		/* queued: no longer in flight */
-		seq = ledger_enqueue(cs->slot, r);
-		pfree(InFlight);
-		InFlight = NULL;
-		InFlightHold.n = 0;
-		if (ok)
-			budget_settle(&hold, g->cost ? g->cost : estimate);
-		else if (r->cost[0] == '\0')
-			budget_settle_at_estimate(&hold);
-		else
-			budget_settle(&hold, NULL);
-	}
-	PG_CATCH();
-	{
-		HOLD_INTERRUPTS();
-		if (InFlight)
-		{
-			pfree(InFlight);
-			InFlight = NULL;
-			InFlightHold.n = 0;
-			r->kind = LEDGER_SETTLE;
-			strlcpy(r->status, "cancelled", sizeof(r->status));
-			strlcpy(r->error_class, "cancelled", sizeof(r->error_class));
-			if (sent)
-				r->cost[0] = '\0';		/* keep the estimate */
-			else
-				strlcpy(r->cost, "0", sizeof(r->cost));
-			r->settled_at = GetCurrentTimestamp();
-			(void) ledger_try_enqueue(cs->slot, r);
-			if (sent)
-				budget_settle_at_estimate(&hold);
-			else
-				budget_settle(&hold, NULL);
-		}
-		if (gen_span && gen_span->duration_us < 0)
-			gen_span->status = "cancelled";
-		RESUME_INTERRUPTS();
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-
-	(void) ledger_wait_durable(cs->slot, seq, false);
-	pfree(r);
-	return ok;
-}
-
 /* Backoff before retry `attempt_no` (1-based) of provider `p` */
 static double
 backoff_ms(ProviderConf *p, int attempt_no)
@@ -1094,202 +960,6 @@ note_failure(CallState *cs, const char *provider, const Failure *f)
 	cs->last = *f;
 }
 
-/*
- * The attempts on one target; true when one succeeded (and `g` is filled).
- */
-static bool
-try_target(RouteTarget *t, int ti, GenRequest *gen, CallOptions *opts,
-		   const char *key, CallState *cs, Generation *g)
-{
-	ProviderConf *p = t->provider;
-	int			max_attempts = opts->max_attempts > 0 ? opts->max_attempts :
-	Max(p->max_attempts, 1);
-
-	for (int a = 1; a <= max_attempts; a++)
-	{
-		long		remaining = (long) ((cs->deadline - GetCurrentTimestamp()) / 1000);
-		CircuitAdmit admit;
-		Failure		f;
-		double		wait;
-		bool		ok;
-
-		if (remaining <= 0)
-		{
-			memset(&f, 0, sizeof(f));
-			f.error_class = "timeout";
-			f.sqlstate = ERRCODE_MAESTER_TIMEOUT;
-			f.message = psprintf("the call's deadline of %d ms passed", opts->timeout_ms);
-			note_failure(cs, p->name, &f);
-			return false;
-		}
-		admit = circuit_admit(p);
-		if (admit == CIRCUIT_SKIP)
-		{
-			memset(&f, 0, sizeof(f));
-			f.error_class = "circuit_open";
-			f.sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
-			f.message = psprintf("provider \"%s\" is failing: its circuit breaker is open", p->name);
-			note_failure(cs, p->name, &f);
-			return false;
-		}
-
-		gen->model = t->model;
-		g->attempts++;
-		g->fallback_used = ti > 0;
-		ok = ledgered_attempt(t, gen, key, cs, g, Min((long) p->timeout_ms, remaining),
-							  &f, admit == CIRCUIT_ADMIT_PROBE);
-		if (ok)
-		{
-			circuit_record(p, true, false);
-			g->provider = p->name;
-			g->model = g->resp.served_model ? g->resp.served_model : t->model;
-			g->fallback_used = ti > 0;
-			return true;
-		}
-		if (cs->downgrade_to)
-			return false;		/* the caller restarts with the cheaper model */
-		circuit_record(p, false, f.counts);
-		note_failure(cs, p->name, &f);
-		if (!f.retryable || a == max_attempts)
-			return false;
-
-		/* wait before the next attempt, within the deadline */
-		if (f.retry_after_ms >= 0)
-		{
-			if (f.retry_after_ms > maester_retry_after_max_ms)
-				return false;	/* too long: fall back instead */
-			wait = f.retry_after_ms;
-		}
-		else
-			wait = backoff_ms(p, a);
-		if (GetCurrentTimestamp() + (TimestampTz) (wait * 1000) >= cs->deadline)
-		{
-			cs->last.error_class = "timeout";
-			cs->last.sqlstate = ERRCODE_MAESTER_TIMEOUT;
-			cs->last.message = psprintf("%s; no time left for a retry within the call's deadline of %d ms",
-										f.message, opts->timeout_ms);
-			return false;
-		}
-		gateway_sleep(wait);
-	}
-	return false;
-}
-
-/*
- * Fetch the target's key, run its attempts, and wipe the key whatever
- * happens.  Not inlined, to keep PG_TRY out of the caller's loop.
- */
-pg_noinline static bool
-try_target_with_key(RouteTarget *t, int ti, GenRequest *gen, CallOptions *opts,
-					CallState *cs, Generation *g)
-{
-	ProviderConf *p = t->provider;
-	char	   *missing = NULL;
-	char	   *key;
-	volatile bool ok = false;
-
-	key = maester_provider_key(p->name, p->api_key_env, p->api_key_file, &missing);
-	if (missing)
-	{
-		Failure		f;
-
-		memset(&f, 0, sizeof(f));
-		f.error_class = "no_api_key";
-		f.sqlstate = ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION;
-		f.message = psprintf("API key of provider \"%s\" is not set: %s", p->name, missing);
-		note_failure(cs, p->name, &f);
-		return false;
-	}
-	PG_TRY();
-	{
-		ok = try_target(t, ti, gen, opts, key, cs, g);
-	}
-	PG_FINALLY();
-	{
-		maester_forget_key(key);
-	}
-	PG_END_TRY();
-	return ok;
-}
-
-/*
- * Run the call: targets in order, attempts with retries; fill `g` or raise.
- */
-static void
-gateway_execute(RoutePlan *plan, GenRequest *gen, CallOptions *opts, Generation *g)
-{
-	TimestampTz start = GetCurrentTimestamp();
-	CallState	cs;
-	int			ntargets = opts->fallback ? plan->ntargets : Min(plan->ntargets, 1);
-
-	memset(&cs, 0, sizeof(cs));
-	cs.deadline = start + (TimestampTz) opts->timeout_ms * 1000;
-	/* fail closed: no ledger, no call */
-	cs.slot = ledger_attach();
-	/* worst case: a token per byte, plus the chat format's overhead */
-	cs.est_input_tokens = strlen(gen->prompt) + (gen->system ? strlen(gen->system) : 0) + 16;
-	initStringInfo(&cs.log);
-	g->attempts = 0;
-
-	for (int ti = 0; ti < ntargets; ti++)
-	{
-		RouteTarget *t = &plan->targets[ti];
-
-		if (!t->provider->enabled)
-		{
-			Failure		f;
-
-			memset(&f, 0, sizeof(f));
-			f.error_class = "disabled";
-			f.sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
-			f.message = psprintf("provider \"%s\" is disabled", t->provider->name);
-			note_failure(&cs, t->provider->name, &f);
-			continue;
-		}
-		if (try_target_with_key(t, ti, gen, opts, &cs, g))
-			break;
-		if (cs.downgrade_to != NULL && cs.downgraded)
-			ereport(ERROR,
-					(errcode(MAKE_SQLSTATE('M', 'B', '0', '0', '1')),
-					 errmsg("a budget is still exceeded after downgrading the call to \"%s\"",
-							plan->requested ? plan->requested : "(default route)"),
-					 errdetail("Nothing was sent.")));
-		if (cs.downgrade_to != NULL && !cs.downgraded)
-		{
-			/* a budget asked for a cheaper model: start over with its plan, once */
-			appendStringInfo(&cs.log, "%sbudget: downgrade to %s",
-							 cs.log.len ? "; " : "", cs.downgrade_to);
-			plan = router_plan(cs.downgrade_to);
-			ntargets = opts->fallback ? plan->ntargets : Min(plan->ntargets, 1);
-			cs.downgraded = true;
-			cs.downgrade_to = NULL;
-			ti = -1;
-			g->fallback_used = true;
-			continue;
-		}
-		if (GetCurrentTimestamp() >= cs.deadline)
-			break;
-	}
-	if (cs.downgraded && g->provider != NULL)
-		g->fallback_used = true;
-
-	g->latency_ms = elapsed_ms(start);
-	if (g->provider == NULL)
-	{
-		if (cs.last.error_class == NULL)
-		{
-			cs.last.sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
-			cs.last.message = pstrdup("no target could be tried");
-		}
-		ereport(ERROR,
-				(errcode(cs.last.sqlstate),
-				 errmsg("model call failed: %s", cs.last.message),
-				 errdetail("Requested model: %s. Attempts: %s.",
-						   plan->requested ? plan->requested : "(default route)",
-						   cs.log.len ? cs.log.data : "none")));
-	}
-}
-
 /* Estimate tokens of a text: about four characters a token */
 static int64
 estimate_tokens(const char *s)
@@ -1298,27 +968,1029 @@ estimate_tokens(const char *s)
 }
 
 /*
- * gateway_execute, and when it fails (an error or a cancel), hand the
- * trace's spans to the worker before the error goes on.
+ * The call machine.
+ *
+ * A call -- one llm_generate, or one request of generate_batch -- moves
+ * through phases; the driver (run_calls) keeps up to `concurrency` calls
+ * going at once on the backend's one curl multi handle, and sleeps on
+ * curl's sockets and the latch (which the ledger worker sets when a row is
+ * durable) until some call can move again:
+ *
+ *	 TARGET   choose the next target: skip disabled providers and providers
+ *			  whose key is not set;
+ *	 ATTEMPT  the deadline, the provider's max_connections (in this backend),
+ *			  its rate limit (-> PACED until its turn), the circuit breaker,
+ *			  budgets (block, downgrade, or reserve the worst case); queue
+ *			  the PENDING ledger row -> DURABLE;
+ *	 DURABLE  once the ledger worker has made PENDING durable (else MG006
+ *			  after maester.ledger_timeout_ms, nothing sent), build the
+ *			  request with the key and start it -> SENT;
+ *	 SENT	  when curl has finished it: classify, meter, evaluate, queue
+ *			  the SETTLE row; then DONE, or BACKOFF before a retry, or the
+ *			  next TARGET, or FAILED;
+ *	 PACED, BACKOFF  wait until wake_at, then ATTEMPT.
+ *
+ * Every attempt is a ledger row and a span, exactly as for a single call.
+ * Before run_calls returns, it waits (once) for the SETTLE rows it queued
+ * to be durable.  When an error or a cancel escapes, every unfinished call
+ * is torn down: its transfer is removed (curl closes the connection), its
+ * in-flight attempt settled as cancelled (at its estimate if it may have
+ * been sent), its budget reservation and circuit probe released, its spans
+ * queued.  With `isolate` (generate_batch), an error raised while one call
+ * moves (a bad request, a refused egress, a blocked budget) ends that call
+ * only: each move runs in a subtransaction, and only cancel and shutdown
+ * go through to the whole batch.
+ */
+typedef enum CallPhase
+{
+	PHASE_TARGET,
+	PHASE_ATTEMPT,
+	PHASE_PACED,
+	PHASE_BACKOFF,
+	PHASE_DURABLE,
+	PHASE_SENT,
+	PHASE_DONE,
+	PHASE_FAILED
+} CallPhase;
+
+/* The arguments of one call, as llm_generate takes them */
+typedef struct CallArgs
+{
+	text	   *prompt;
+	char	   *model;
+	int			max_tokens;		/* 0: none */
+	text	   *system;
+	char	   *prompt_name;
+	Jsonb	   *variables;
+	char	   *prompt_version;
+	Jsonb	   *options;
+} CallArgs;
+
+typedef struct Call
+{
+	int			ordinal;		/* 1-based position in the batch */
+	MemoryContext cxt;			/* everything of this call */
+	CallPhase	phase;
+	CallArgs	args;
+	CallOptions opts;
+	Generation	g;
+	RoutePlan  *plan;
+	int			ntargets;
+	int			ti;				/* current target */
+	int			tries;			/* attempts on it so far */
+	bool		paced;			/* this attempt has its rate-limit turn */
+	TimestampTz paced_since;
+	TimestampTz started;
+	TimestampTz wake_at;		/* PACED, BACKOFF */
+	CallState	cs;
+	text	   *content;		/* the prompt as sent, for capture */
+	text	   *system;
+	/* the attempt in progress */
+	LedgerRecord *rec;
+	Numeric		estimate;
+	InFlight   *inflight;
+	uint64		pending_seq;
+	TimestampTz pending_at;
+	bool		probe;			/* admitted as the circuit's half-open probe */
+	char	   *key;
+	HttpRequest req;
+	bool		req_live;		/* req holds curl resources */
+	Span	   *gen_span;
+	TimestampTz attempt_start;
+	/* a failed call */
+	int			sqlstate;
+	const char *error_class;
+	char	   *message;
+	char	   *detail;
+	const char *hint;
+} Call;
+
+/* The calls run_calls is moving */
+typedef struct CallSet
+{
+	Call	  **calls;
+	int			ncalls;
+	int			max;
+	uint64		settle_seq;		/* highest SETTLE row queued */
+	LedgerSlot *slot;
+} CallSet;
+
+/* Fail the call: with the last failure and the list of attempts */
+static void
+call_fail(Call *c)
+{
+	CallState  *cs = &c->cs;
+
+	if (cs->last.error_class == NULL)
+	{
+		cs->last.error_class = "unavailable";
+		cs->last.sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
+		cs->last.message = pstrdup("no target could be tried");
+	}
+	c->phase = PHASE_FAILED;
+	c->error_class = cs->last.error_class;
+	c->sqlstate = cs->last.sqlstate;
+	if (cs->last.fatal)
+	{
+		c->message = cs->last.message;
+		c->detail = cs->last.detail;
+		c->hint = cs->last.hint;
+		return;
+	}
+	c->message = psprintf("model call failed: %s", cs->last.message);
+	c->detail = psprintf("Requested model: %s. Attempts: %s.",
+						 c->plan && c->plan->requested ? c->plan->requested : "(default route)",
+						 cs->log.len ? cs->log.data : "none");
+}
+
+/* Fail the call with a failure that is not an attempt's */
+static void
+call_fail_with(Call *c, const char *provider, const char *error_class,
+			   int sqlstate, char *message)
+{
+	Failure		f;
+
+	memset(&f, 0, sizeof(f));
+	f.error_class = error_class;
+	f.sqlstate = sqlstate;
+	f.message = message;
+	note_failure(&c->cs, provider, &f);
+}
+
+/* The key of the current target, or NULL with *missing set */
+static char *
+call_key(Call *c, char **missing)
+{
+	ProviderConf *p = c->plan->targets[c->ti].provider;
+
+	*missing = NULL;
+	return maester_provider_key(p->name, p->api_key_env, p->api_key_file, missing);
+}
+
+/* TARGET: the next target that can be tried, or FAILED */
+static void
+phase_target(Call *c)
+{
+	for (; c->ti < c->ntargets; c->ti++)
+	{
+		RouteTarget *t = &c->plan->targets[c->ti];
+		char	   *missing;
+		char	   *key;
+
+		if (!t->provider->enabled)
+		{
+			call_fail_with(c, t->provider->name, "disabled", ERRCODE_MAESTER_UNAVAILABLE,
+						   psprintf("provider \"%s\" is disabled", t->provider->name));
+			continue;
+		}
+		key = call_key(c, &missing);
+		if (missing)
+		{
+			call_fail_with(c, t->provider->name, "no_api_key",
+						   ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+						   psprintf("API key of provider \"%s\" is not set: %s",
+									t->provider->name, missing));
+			continue;
+		}
+		maester_forget_key(key);
+		c->tries = 0;
+		c->paced = false;
+		c->phase = PHASE_ATTEMPT;
+		return;
+	}
+	call_fail(c);
+}
+
+/* Move on after a failure that ends the current target */
+static void
+next_target(Call *c)
+{
+	c->ti++;
+	c->paced = false;
+	if (GetCurrentTimestamp() >= c->cs.deadline)
+		call_fail(c);
+	else
+		c->phase = PHASE_TARGET;
+}
+
+/* Requests this backend has in flight to a provider */
+static int
+connections_to(CallSet *set, const char *provider)
+{
+	int			n = 0;
+
+	for (int i = 0; i < set->ncalls; i++)
+	{
+		Call	   *o = set->calls[i];
+
+		if ((o->phase == PHASE_DURABLE || o->phase == PHASE_SENT) &&
+			strcmp(o->plan->targets[o->ti].provider->name, provider) == 0)
+			n++;
+	}
+	return n;
+}
+
+/* ATTEMPT: admit an attempt and queue its PENDING row */
+static void
+phase_attempt(Call *c, CallSet *set)
+{
+	RouteTarget *t = &c->plan->targets[c->ti];
+	ProviderConf *p = t->provider;
+	CallState  *cs = &c->cs;
+	TimestampTz now = GetCurrentTimestamp();
+	CircuitAdmit admit;
+	BudgetHold	hold;
+	BudgetVerdict verdict;
+	BlockArg	ba;
+	char	   *downgrade = NULL;
+	Span	   *span;
+	bool		allow_private;
+	LedgerRecord *r;
+
+	if (now >= cs->deadline)
+	{
+		call_fail_with(c, p->name, "timeout", ERRCODE_MAESTER_TIMEOUT,
+					   psprintf("the call's deadline of %d ms passed", c->opts.timeout_ms));
+		call_fail(c);
+		return;
+	}
+
+	/* the provider's rate limit: wait for our turn (not counted in the deadline) */
+	if (!c->paced)
+	{
+		int			max_tokens = c->opts.gen.max_tokens > 0 ?
+			c->opts.gen.max_tokens : ESTIMATE_DEFAULT_MAX_TOKENS;
+		TimestampTz turn = rate_reserve(p, estimate_tokens(c->opts.gen.prompt) +
+										estimate_tokens(c->opts.gen.system) + max_tokens);
+
+		c->paced = true;
+		if (turn > now)
+		{
+			c->wake_at = turn;
+			c->paced_since = now;
+			c->phase = PHASE_PACED;
+			return;
+		}
+	}
+
+	admit = circuit_admit(p);
+	if (admit == CIRCUIT_SKIP)
+	{
+		call_fail_with(c, p->name, "circuit_open", ERRCODE_MAESTER_UNAVAILABLE,
+					   psprintf("provider \"%s\" is failing: its circuit breaker is open", p->name));
+		next_target(c);
+		return;
+	}
+	c->probe = admit == CIRCUIT_ADMIT_PROBE;
+
+	/* refuse a URL our egress policy forbids before anything is queued */
+	http_check_url(provider_url(p->kind, p->base_url), &allow_private);
+
+	c->opts.gen.model = t->model;
+	c->tries++;
+	c->g.attempts++;
+	c->g.fallback_used = c->ti > 0 || cs->downgraded;
+
+	r = palloc(sizeof(LedgerRecord));
+	c->estimate = fill_pending(r, t, &c->g, cs, c->opts.gen.max_tokens);
+
+	/* budgets: reserve the worst case, or block (MB001), or downgrade */
+	ba.cs = cs;
+	ba.r = r;
+	span = trace_span_start(c->g.trace, "budget_check");
+	if (c->estimate)
+		trace_attr_raw(span, "maester.estimated_cost_usd",
+					   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(c->estimate))));
+	verdict = budget_reserve(r->tenant, c->g.prompt_name, t->model, c->estimate, &hold,
+							 &downgrade, write_blocked_row, &ba);
+	trace_span_end(span, NULL);
+	if (verdict == BUDGET_DOWNGRADE)
+	{
+		trace_attr_str(span, "maester.budget.downgrade_to", downgrade);
+		pfree(r);
+		if (c->probe)
+			circuit_release_probe(p);
+		c->probe = false;
+		if (cs->downgraded)
+		{
+			Failure		f;
+
+			memset(&f, 0, sizeof(f));
+			f.error_class = "budget";
+			f.sqlstate = MAKE_SQLSTATE('M', 'B', '0', '0', '1');
+			f.fatal = true;
+			f.message = psprintf("a budget is still exceeded after downgrading the call to \"%s\"",
+								 c->plan->requested ? c->plan->requested : "(default route)");
+			f.detail = "Nothing was sent.";
+			cs->last = f;
+			call_fail(c);
+			return;
+		}
+		/* a budget asked for a cheaper model: start over with its plan, once */
+		appendStringInfo(&cs->log, "%sbudget: downgrade to %s",
+						 cs->log.len ? "; " : "", downgrade);
+		c->plan = router_plan(downgrade);
+		c->ntargets = c->opts.fallback ? c->plan->ntargets : Min(c->plan->ntargets, 1);
+		cs->downgraded = true;
+		c->g.fallback_used = true;
+		c->ti = 0;
+		c->paced = false;
+		c->phase = PHASE_TARGET;
+		return;
+	}
+
+	/*
+	 * A budget reserved max_tokens output tokens (4,096 when the caller gave
+	 * none): ask the provider for no more, so the reservation bounds the cost.
+	 */
+	if (hold.n > 0 && c->opts.gen.max_tokens <= 0)
+		c->opts.gen.max_tokens = r->max_tokens;
+
+	/* from the PENDING row on, the attempt is in flight */
+	c->pending_seq = ledger_enqueue(cs->slot, r);
+	c->inflight = inflight_add(cs->slot, r, &hold);
+	c->rec = r;
+	c->pending_at = GetCurrentTimestamp();
+	c->phase = PHASE_DURABLE;
+	(void) set;
+}
+
+/* DURABLE: PENDING is durable; send */
+static void
+phase_send(Call *c)
+{
+	RouteTarget *t = &c->plan->targets[c->ti];
+	ProviderConf *p = t->provider;
+	GenRequest *gen = &c->opts.gen;
+	Span	   *span;
+	char	   *missing;
+	long		remaining = (long) ((c->cs.deadline - GetCurrentTimestamp()) / 1000);
+
+	/* durable: from here on the request may leave */
+	c->inflight->sent = true;
+	span = trace_span_start(c->g.trace, "model_generate");
+	c->gen_span = span;
+	trace_attr_str(span, "gen_ai.operation.name", "chat");
+	trace_attr_str(span, "gen_ai.provider.name", p->name);
+	trace_attr_str(span, "gen_ai.request.model", t->model);
+	trace_attr_str(span, "server.address", server_address(p->base_url));
+	trace_attr_num(span, "maester.attempt", c->g.attempts);
+	if (gen->max_tokens > 0)
+		trace_attr_num(span, "gen_ai.request.max_tokens", gen->max_tokens);
+	if (gen->has_temperature)
+		trace_attr_num(span, "gen_ai.request.temperature", gen->temperature);
+	c->g.traceparent = trace_traceparent_header(c->g.trace, span);
+
+	c->key = call_key(c, &missing);
+	if (missing)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("API key of provider \"%s\" is not set: %s", p->name, missing)));
+	c->req_live = true;
+	attempt_build(t, gen, c->key, &c->g.request_id, c->g.traceparent,
+				  Max(Min((long) p->timeout_ms, remaining), 1L), &c->req);
+	c->attempt_start = GetCurrentTimestamp();
+	http_submit(&c->req);
+	c->phase = PHASE_SENT;
+}
+
+/* Wipe the key and free the request of the attempt */
+static void
+release_request(Call *c)
+{
+	if (c->req_live)
+	{
+		http_abort(&c->req);
+		free_headers(&c->req);
+		http_request_cleanup(&c->req);
+		c->req_live = false;
+	}
+	if (c->key)
+	{
+		maester_forget_key(c->key);
+		c->key = NULL;
+	}
+}
+
+/* SENT: the transfer finished; settle the attempt and decide what next */
+static void
+phase_settle(Call *c, CallSet *set)
+{
+	RouteTarget *t = &c->plan->targets[c->ti];
+	ProviderConf *p = t->provider;
+	CallState  *cs = &c->cs;
+	LedgerRecord *r = c->rec;
+	BudgetHold	hold = c->inflight->hold;
+	Failure		f;
+	bool		ok;
+	int			max_tries;
+	double		wait;
+
+	ok = attempt_result(t, &c->req, c->key, &c->g.resp, &f);
+	release_request(c);
+	trace_span_end(c->gen_span, ok ? "ok" : "error");
+	settle_attempt(t, &c->opts.gen, cs, &c->g, &f, r, ok, c->attempt_start,
+				   c->estimate, c->gen_span);
+
+	/* queued: no longer in flight */
+	set->settle_seq = Max(set->settle_seq, ledger_enqueue(cs->slot, r));
+	inflight_done(c->inflight);
+	c->inflight = NULL;
+	c->gen_span = NULL;
+	c->rec = NULL;
+	if (ok)
+		budget_settle(&hold, c->g.cost ? c->g.cost : c->estimate);
+	else if (r->cost[0] == '\0')
+		budget_settle_at_estimate(&hold);
+	else
+		budget_settle(&hold, NULL);
+	pfree(r);
+
+	c->probe = false;
+	if (ok)
+	{
+		circuit_record(p, true, false);
+		c->g.provider = p->name;
+		c->g.model = c->g.resp.served_model ? c->g.resp.served_model : t->model;
+		c->phase = PHASE_DONE;
+		return;
+	}
+	circuit_record(p, false, f.counts);
+	note_failure(cs, p->name, &f);
+	if (f.fatal)
+	{
+		call_fail(c);
+		return;
+	}
+	max_tries = c->opts.max_attempts > 0 ? c->opts.max_attempts : Max(p->max_attempts, 1);
+	if (!f.retryable || c->tries >= max_tries)
+	{
+		next_target(c);
+		return;
+	}
+
+	/* wait before the next attempt, within the deadline */
+	if (f.retry_after_ms >= 0)
+	{
+		if (f.retry_after_ms > maester_retry_after_max_ms)
+		{
+			next_target(c);		/* too long: fall back instead */
+			return;
+		}
+		wait = f.retry_after_ms;
+	}
+	else
+		wait = backoff_ms(p, c->tries);
+	if (GetCurrentTimestamp() + (TimestampTz) (wait * 1000) >= cs->deadline)
+	{
+		cs->last.error_class = "timeout";
+		cs->last.sqlstate = ERRCODE_MAESTER_TIMEOUT;
+		cs->last.message = psprintf("%s; no time left for a retry within the call's deadline of %d ms",
+									f.message, c->opts.timeout_ms);
+		call_fail(c);
+		return;
+	}
+	c->wake_at = GetCurrentTimestamp() + (TimestampTz) (wait * 1000);
+	c->paced = false;
+	c->phase = PHASE_BACKOFF;
+}
+
+/*
+ * Can the call move now?  Cheap: no subtransaction is started for a call
+ * that would only find it must wait.  `durable` is the ledger's durable
+ * sequence number, read once per round.
+ */
+static bool
+call_ready(Call *c, CallSet *set, uint64 durable, TimestampTz now)
+{
+	switch (c->phase)
+	{
+		case PHASE_TARGET:
+			return true;
+		case PHASE_ATTEMPT:
+			{
+				ProviderConf *p = c->plan->targets[c->ti].provider;
+
+				return p->max_connections <= 0 ||
+					connections_to(set, p->name) < p->max_connections;
+			}
+		case PHASE_PACED:
+		case PHASE_BACKOFF:
+			return now >= c->wake_at;
+		case PHASE_DURABLE:
+			return durable >= c->pending_seq ||
+				TimestampDifferenceExceeds(c->pending_at, now, maester_ledger_timeout_ms);
+		case PHASE_SENT:
+			return c->req.done;
+		case PHASE_DONE:
+		case PHASE_FAILED:
+			return false;
+	}
+	return false;
+}
+
+/* Move the call as far as it can go without waiting */
+static void
+call_move(Call *c, CallSet *set)
+{
+	MemoryContext old = MemoryContextSwitchTo(c->cxt);
+
+	for (;;)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		switch (c->phase)
+		{
+			case PHASE_TARGET:
+				phase_target(c);
+				continue;
+			case PHASE_ATTEMPT:
+				{
+					ProviderConf *p = c->plan->targets[c->ti].provider;
+
+					if (p->max_connections > 0 &&
+						connections_to(set, p->name) >= p->max_connections)
+						break;
+					phase_attempt(c, set);
+					continue;
+				}
+			case PHASE_PACED:
+				if (now < c->wake_at)
+					break;
+				/* rate-limit waiting does not count against the deadline */
+				c->cs.deadline += c->wake_at - c->paced_since;
+				c->phase = PHASE_ATTEMPT;
+				continue;
+			case PHASE_BACKOFF:
+				if (now < c->wake_at)
+					break;
+				c->phase = PHASE_ATTEMPT;
+				continue;
+			case PHASE_DURABLE:
+				if (ledger_durable_seq(c->cs.slot) >= c->pending_seq)
+				{
+					phase_send(c);
+					continue;
+				}
+				if (TimestampDifferenceExceeds(c->pending_at, now, maester_ledger_timeout_ms))
+					ereport(ERROR,
+							(errcode(MAKE_SQLSTATE('M', 'G', '0', '0', '6')),
+							 errmsg("the usage ledger did not confirm the call within %d ms",
+									maester_ledger_timeout_ms),
+							 errdetail("Nothing was sent to the provider.")));
+				break;
+			case PHASE_SENT:
+				if (!c->req.done)
+					break;
+				phase_settle(c, set);
+				continue;
+			case PHASE_DONE:
+			case PHASE_FAILED:
+				break;
+		}
+		break;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Tear down a call that will not finish normally (an error in one of its
+ * moves, or the whole batch's): its transfer, its key, its in-flight
+ * attempt, its circuit probe; its spans are queued.  Runs with interrupts
+ * held; does not throw short of running out of memory.
+ */
+static void
+call_abort(Call *c)
+{
+	release_request(c);
+	if (c->inflight)
+	{
+		inflight_cancel(c->inflight, "cancelled");
+		c->inflight = NULL;
+	}
+	if (c->probe && c->plan)
+		circuit_release_probe(c->plan->targets[c->ti].provider);
+	c->probe = false;
+	if (c->gen_span && c->gen_span->duration_us < 0)
+		c->gen_span->status = "cancelled";
+	c->gen_span = NULL;
+	if (c->g.trace)
+		trace_flush_nothrow(c->g.trace, maester_tenant, &c->g.request_id);
+	if (c->g.last_provider)
+		stat_call(c->g.last_provider, c->g.last_model, true, c->g.attempts,
+				  c->g.fallback_used, elapsed_ms(c->started));
+	c->g.last_provider = NULL;
+}
+
+/* A failed call's spans and statistics */
+static void
+call_failed_finish(Call *c)
+{
+	if (c->g.trace)
+		trace_flush_nothrow(c->g.trace, maester_tenant, &c->g.request_id);
+	if (c->g.last_provider)
+		stat_call(c->g.last_provider, c->g.last_model, true, c->g.attempts,
+				  c->g.fallback_used, elapsed_ms(c->started));
+}
+
+/*
+ * call_move in a subtransaction: an error ends this call only (FAILED,
+ * with the error's SQLSTATE and message); cancel and shutdown go on.
  */
 pg_noinline static void
-execute_traced(RoutePlan *plan, CallOptions *opts, Generation *g)
+call_move_isolated(Call *c, CallSet *set)
 {
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		gateway_execute(plan, &opts->gen, opts, g);
+		call_move(c, set);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		int			category;
+
+		MemoryContextSwitchTo(c->cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		HOLD_INTERRUPTS();
+		call_abort(c);
+		RESUME_INTERRUPTS();
+		c->phase = PHASE_FAILED;
+		c->sqlstate = edata->sqlerrcode;
+		category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
+		if (edata->sqlerrcode == MAKE_SQLSTATE('M', 'B', '0', '0', '1'))
+			c->error_class = "budget";
+		else if (edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE)
+			c->error_class = "egress_denied";
+		else if (edata->sqlerrcode == MAKE_SQLSTATE('M', 'G', '0', '0', '6'))
+			c->error_class = "ledger_unavailable";
+		else if (category == ERRCODE_DATA_EXCEPTION ||
+				 category == ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION)
+			c->error_class = "invalid_request";
+		else
+			c->error_class = "error";
+		c->message = edata->message;
+		c->detail = edata->detail;
+		c->hint = edata->hint;
+	}
+	PG_END_TRY();
+}
+
+/* Where run_calls gets its calls, and where it hands them when finished */
+typedef Call *(*CallSource) (void *arg);
+typedef void (*CallSink) (Call *c, void *arg);
+
+/*
+ * Run calls until every one is DONE or FAILED, at most `concurrency` at a
+ * time, taking them from `next` (NULL when there are no more) as room
+ * frees up and handing each finished call to `done`.  See the comment on
+ * the call machine above.
+ */
+static void
+run_calls(CallSource next, CallSink done, void *arg, int concurrency,
+		  bool isolate)
+{
+	CallSet		set;
+	bool		exhausted = false;
+
+	memset(&set, 0, sizeof(set));
+	set.max = concurrency;
+	set.calls = palloc0(sizeof(Call *) * concurrency);
+	if (!ExitCallbackRegistered)
+	{
+		before_shmem_exit(ledger_backend_exit, (Datum) 0);
+		ExitCallbackRegistered = true;
+	}
+
+	PG_TRY();
+	{
+		for (;;)
+		{
+			uint64		durable = 0;
+			TimestampTz now;
+			long		wait = 1000;
+			bool		finished = false;
+
+			while (!exhausted && set.ncalls < set.max)
+			{
+				Call	   *c = next(arg);
+
+				if (c == NULL)
+					exhausted = true;
+				else
+				{
+					set.calls[set.ncalls++] = c;
+					if (set.slot == NULL && c->cs.slot != NULL)
+						set.slot = c->cs.slot;
+				}
+			}
+			if (set.ncalls == 0)
+				break;
+
+			if (set.slot)
+				durable = ledger_durable_seq(set.slot);
+			now = GetCurrentTimestamp();
+			for (int i = 0; i < set.ncalls; i++)
+			{
+				Call	   *c = set.calls[i];
+
+				if (call_ready(c, &set, durable, now))
+				{
+					if (isolate)
+						call_move_isolated(c, &set);
+					else
+						call_move(c, &set);
+				}
+				if (c->phase == PHASE_DONE || c->phase == PHASE_FAILED)
+				{
+					if (c->phase == PHASE_FAILED)
+						call_failed_finish(c);
+					set.calls[i] = set.calls[--set.ncalls];
+					i--;
+					done(c, arg);
+					finished = true;
+				}
+			}
+			if (finished)
+				continue;		/* take more calls before sleeping */
+
+			/* sleep until the next timer, socket or latch (the ledger's) */
+			now = GetCurrentTimestamp();
+			if (set.slot)
+				durable = ledger_durable_seq(set.slot);
+			for (int i = 0; i < set.ncalls; i++)
+			{
+				Call	   *c = set.calls[i];
+
+				if (c->phase == PHASE_PACED || c->phase == PHASE_BACKOFF)
+					wait = Min(wait, (long) Max((c->wake_at - now + 999) / 1000, 0));
+				else if (c->phase == PHASE_TARGET)
+					wait = 0;
+				else if (c->phase == PHASE_DURABLE)
+					wait = durable >= c->pending_seq ? 0 : Min(wait, 100);
+			}
+			http_step(wait);
+		}
 	}
 	PG_CATCH();
 	{
 		HOLD_INTERRUPTS();
-		trace_flush_nothrow(g->trace, maester_tenant, &g->request_id);
-		if (g->last_provider)
-			stat_call(g->last_provider, g->last_model, true, g->attempts, g->fallback_used,
-					  (double) (GetCurrentTimestamp() - g->trace->spans[0].start) / 1000.0);
+		for (int i = 0; i < set.ncalls; i++)
+			call_abort(set.calls[i]);
 		RESUME_INTERRUPTS();
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+
+	/* every SETTLE row durable before the results are seen */
+	if (set.settle_seq > 0 && set.slot)
+		(void) ledger_wait_durable(set.slot, set.settle_seq, false);
+}
+
+/*
+ * A call, prepared: its arguments checked, its prompt rendered (or
+ * hashed), its route planned, its trace begun.  Raises 22023 for bad
+ * arguments, and whatever rendering or routing raises.
+ */
+static Call *
+call_prepare(CallArgs *a, int ordinal, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	Call	   *c = palloc0(sizeof(Call));
+	Generation *g = &c->g;
+	text	   *content;
+	text	   *system = NULL;
+
+	c->ordinal = ordinal;
+	c->cxt = cxt;
+	c->args = *a;
+	c->started = GetCurrentTimestamp();
+
+	if ((a->prompt == NULL) == (a->prompt_name == NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("give exactly one of prompt and prompt_name"),
+				 errhint("Pass prompt => 'text' for a raw prompt, or prompt_name => 'name' to render one from the registry.")));
+	if (a->prompt_name == NULL && (a->variables != NULL || a->prompt_version != NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("variables and prompt_version go with prompt_name")));
+	if (a->max_tokens < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_tokens must be positive")));
+	parse_options(a->options, &c->opts);
+
+	new_ids(&g->request_id, g->trace_id);
+	g->trace = palloc(sizeof(CallTrace));
+	trace_begin(g->trace);
+	strlcpy(g->trace_id, g->trace->trace_id, sizeof(g->trace_id));
+	g->tags = c->opts.tags;
+	g->requested_model = a->model;
+
+	/* the prompt */
+	if (a->prompt_name != NULL)
+	{
+		RenderedPrompt rp;
+		Span	   *span = trace_span_start(g->trace, "prompt_render");
+
+		maester_render(a->prompt_name, a->prompt_version, a->variables, &rp);
+		trace_attr_str(span, "gen_ai.prompt.name", rp.name);
+		trace_attr_str(span, "maester.prompt.version", rp.version);
+		trace_span_end(span, NULL);
+		if (rp.system != NULL && a->system != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("prompt \"%s\" version \"%s\" has a system template; do not pass system",
+							rp.name, rp.version)));
+		content = rp.content;
+		system = rp.system ? rp.system : a->system;
+		g->prompt_name = rp.name;
+		g->prompt_version = rp.version;
+		g->checks = rp.checks ? DatumGetJsonbPCopy(JsonbPGetDatum(rp.checks)) : NULL;
+		if (rp.system == NULL && system != NULL)
+			maester_prompt_hash(system, content, g->prompt_hash);
+		else
+			memcpy(g->prompt_hash, rp.hash, sizeof(g->prompt_hash));
+	}
+	else
+	{
+		content = a->prompt;
+		system = a->system;
+		maester_prompt_hash(system, content, g->prompt_hash);
+	}
+	c->content = content;
+	c->system = system;
+
+	/* route */
+	{
+		Span	   *span = trace_span_start(g->trace, "model_route");
+
+		trace_attr_str(span, "gen_ai.request.model", g->requested_model ? g->requested_model : "(default route)");
+		c->plan = router_plan(g->requested_model);
+		trace_attr_num(span, "maester.route.targets", c->plan->ntargets);
+		trace_span_end(span, NULL);
+	}
+	c->opts.gen.prompt = text_to_cstring(content);
+	c->opts.gen.system = system ? text_to_cstring(system) : NULL;
+	c->opts.gen.max_tokens = a->max_tokens;
+	{
+		Span	   *root = &g->trace->spans[0];
+
+		trace_attr_str(root, "gen_ai.operation.name", "chat");
+		trace_attr_str(root, "gen_ai.request.model", g->requested_model);
+		trace_attr_str(root, "gen_ai.prompt.name", g->prompt_name);
+		trace_attr_str(root, "maester.prompt.version", g->prompt_version);
+		trace_attr_str(root, "maester.prompt.hash", g->prompt_hash);
+		if (c->opts.gen.max_tokens > 0)
+			trace_attr_num(root, "gen_ai.request.max_tokens", c->opts.gen.max_tokens);
+	}
+
+	/* the call's state; fail closed: no ledger, no call */
+	c->cs.slot = ledger_attach();
+	c->cs.deadline = GetCurrentTimestamp() + (TimestampTz) c->opts.timeout_ms * 1000;
+	/* worst case: a token per byte, plus the chat format's overhead */
+	c->cs.est_input_tokens = strlen(c->opts.gen.prompt) +
+		(c->opts.gen.system ? strlen(c->opts.gen.system) : 0) + 16;
+	initStringInfo(&c->cs.log);
+	c->ntargets = c->opts.fallback ? c->plan->ntargets : Min(c->plan->ntargets, 1);
+	c->phase = PHASE_TARGET;
+	MemoryContextSwitchTo(old);
+	return c;
+}
+
+/*
+ * A call that succeeded: usage flags, capture, the root span, its spans
+ * queued, statistics, and the model_routed log line.
+ */
+static void
+call_succeeded_finish(Call *c)
+{
+	Generation *g = &c->g;
+	Span	   *root = &g->trace->spans[0];
+
+	g->latency_ms = elapsed_ms(c->started);
+	g->usage_estimated = !g->resp.usage_present;
+	if (c->cs.downgraded)
+		g->fallback_used = true;
+	if (maester_capture_content)
+		capture_call(g, c->content, c->system, c->args.variables, c->args.options,
+					 c->opts.gen.max_tokens);
+
+	trace_attr_str(root, "gen_ai.provider.name", g->provider);
+	trace_attr_str(root, "gen_ai.response.model", g->model);
+	trace_attr_num(root, "gen_ai.usage.input_tokens", g->resp.input_tokens);
+	trace_attr_num(root, "gen_ai.usage.output_tokens", g->resp.output_tokens);
+	if (g->cost)
+		trace_attr_raw(root, "maester.cost_usd",
+					   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(g->cost))));
+	if (g->evaluation)
+		trace_attr_str(root, "maester.evaluation.status",
+					   json_get_string(&g->evaluation->root, "status"));
+	trace_flush(g->trace, "ok", maester_tenant, &g->request_id);
+	stat_call(g->provider, g->model, false, g->attempts, g->fallback_used, g->latency_ms);
+
+	ereport(maester_routing_log_level,
+			(errmsg("model_routed requested_model=%s selected_provider=%s model=%s fallback_used=%s attempts=%d",
+					g->requested_model ? g->requested_model : "(default)",
+					g->provider, g->model, g->fallback_used ? "true" : "false",
+					g->attempts),
+			 errhidestmt(true)));
+}
+
+/* The maester.generation fields of a call (22 values) */
+#define GENERATION_NATTS 22
+
+static void
+generation_values(Generation *g, Datum *values, bool *nulls)
+{
+	memset(nulls, 0, sizeof(bool) * GENERATION_NATTS);
+	values[0] = UUIDPGetDatum(&g->request_id);
+	values[1] = CStringGetTextDatum(g->trace_id);
+	if (g->provider)
+	{
+		values[2] = CStringGetTextDatum(g->provider);
+		values[3] = CStringGetTextDatum(g->model);
+		values[4] = CStringGetTextDatum(g->resp.content);
+	}
+	else
+		nulls[2] = nulls[3] = nulls[4] = true;
+	if (g->resp.finish_reason)
+		values[5] = CStringGetTextDatum(g->resp.finish_reason);
+	else
+		nulls[5] = true;
+	values[6] = Int64GetDatum(g->resp.input_tokens);
+	values[7] = Int64GetDatum(g->resp.output_tokens);
+	values[8] = Int64GetDatum(g->resp.cached_input_tokens);
+	values[9] = Int64GetDatum(g->resp.cache_write_tokens);
+	values[10] = BoolGetDatum(g->usage_estimated);
+	values[11] = Float8GetDatum(g->latency_ms);
+	values[12] = Int32GetDatum(g->attempts);
+	values[13] = BoolGetDatum(g->fallback_used);
+	if (g->prompt_name)
+	{
+		values[14] = CStringGetTextDatum(g->prompt_name);
+		values[15] = CStringGetTextDatum(g->prompt_version);
+	}
+	else
+		nulls[14] = nulls[15] = true;
+	values[16] = CStringGetTextDatum(g->prompt_hash);
+	if (g->requested_model)
+		values[17] = CStringGetTextDatum(g->requested_model);
+	else
+		nulls[17] = true;
+	if (g->resp.response_id)
+		values[18] = CStringGetTextDatum(g->resp.response_id);
+	else
+		nulls[18] = true;
+	if (g->cost)
+		values[19] = NumericGetDatum(g->cost);
+	else
+		nulls[19] = true;
+	values[20] = BoolGetDatum(g->priced);
+	if (g->evaluation)
+		values[21] = JsonbPGetDatum(g->evaluation);
+	else
+		nulls[21] = true;
+}
+
+/* llm_generate's one call */
+typedef struct SingleCall
+{
+	Call	   *call;
+	bool		taken;
+	Call	   *result;
+} SingleCall;
+
+static Call *
+single_next(void *arg)
+{
+	SingleCall *s = (SingleCall *) arg;
+
+	if (s->taken)
+		return NULL;
+	s->taken = true;
+	return s->call;
+}
+
+static void
+single_done(Call *c, void *arg)
+{
+	((SingleCall *) arg)->result = c;
 }
 
 PG_FUNCTION_INFO_V1(llm_generate);
@@ -1332,184 +2004,343 @@ Datum
 llm_generate(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	CallOptions opts;
-	Generation	g;
-	RoutePlan  *plan;
-	text	   *content;
-	text	   *system = NULL;
-	Datum		values[22];
-	bool		nulls[22];
-	Numeric		cost;
-	bool		priced;
+	CallArgs	a;
+	SingleCall	s;
+	Call	   *c;
+	Datum		values[GENERATION_NATTS];
+	bool		nulls[GENERATION_NATTS];
 
 	maester_require_preload();
 
-	if (PG_ARGISNULL(0) == PG_ARGISNULL(4))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("give exactly one of prompt and prompt_name"),
-				 errhint("Pass prompt => 'text' for a raw prompt, or prompt_name => 'name' to render one from the registry.")));
-	if (PG_ARGISNULL(4) && (!PG_ARGISNULL(5) || !PG_ARGISNULL(6)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("variables and prompt_version go with prompt_name")));
-	if (!PG_ARGISNULL(2) && PG_GETARG_INT32(2) <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max_tokens must be positive")));
-	parse_options(PG_ARGISNULL(7) ? NULL : PG_GETARG_JSONB_P(7), &opts);
+	memset(&a, 0, sizeof(a));
+	a.prompt = PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0);
+	a.model = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (!PG_ARGISNULL(2))
+	{
+		a.max_tokens = PG_GETARG_INT32(2);
+		if (a.max_tokens <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("max_tokens must be positive")));
+	}
+	a.system = PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3);
+	a.prompt_name = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
+	a.variables = PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5);
+	a.prompt_version = PG_ARGISNULL(6) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(6));
+	a.options = PG_ARGISNULL(7) ? NULL : PG_GETARG_JSONB_P(7);
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "llm_generate must return a composite type");
 	tupdesc = BlessTupleDesc(tupdesc);
 
-	memset(&g, 0, sizeof(g));
-	new_ids(&g.request_id, g.trace_id);
-	g.trace = palloc(sizeof(CallTrace));
-	trace_begin(g.trace);
-	strlcpy(g.trace_id, g.trace->trace_id, sizeof(g.trace_id));
-	g.tags = opts.tags;
-	g.requested_model = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	memset(&s, 0, sizeof(s));
+	s.call = call_prepare(&a, 1, CurrentMemoryContext);
+	run_calls(single_next, single_done, &s, 1, false);
+	c = s.result;
+	if (c->phase == PHASE_FAILED)
+		ereport(ERROR,
+				(errcode(c->sqlstate),
+				 errmsg_internal("%s", c->message),
+				 c->detail ? errdetail_internal("%s", c->detail) : 0,
+				 c->hint ? errhint("%s", c->hint) : 0));
+	call_succeeded_finish(c);
+	generation_values(&c->g, values, nulls);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
 
-	/* the prompt */
-	if (!PG_ARGISNULL(4))
+/* generate_batch's state */
+typedef struct BatchState
+{
+	Datum	   *requests;
+	bool	   *request_nulls;
+	int			nrequests;
+	int			next;
+	text	   *model;			/* defaults for requests that give none */
+	text	   *prompt_name;
+	Jsonb	   *options;
+	bool		fail_fast;
+	MemoryContext cxt;			/* parent of the calls' contexts */
+	ReturnSetInfo *rsinfo;
+} BatchState;
+
+#define REQUEST_KEYS "prompt, model, max_tokens, system, prompt_name, variables, prompt_version, options"
+
+/* Raise 22023 for a bad request member */
+static void
+request_error(const char *key, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("request member \"%s\" must be %s", key, what)));
+}
+
+/* A string member (or JSON null) of a request */
+static text *
+request_text(JsonbValue *v, const char *key)
+{
+	if (v->type == jbvNull)
+		return NULL;
+	if (v->type != jbvString)
+		request_error(key, "a string");
+	return cstring_to_text_with_len(v->val.string.val, v->val.string.len);
+}
+
+/* An object member (or JSON null) of a request, as its own Jsonb */
+static Jsonb *
+request_object(JsonbValue *v, const char *key)
+{
+	if (v->type == jbvNull)
+		return NULL;
+	if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+		request_error(key, "a JSON object");
+	return JsonbValueToJsonb(v);
+}
+
+/*
+ * One request of a batch -- an object with llm_generate's argument names
+ * -- as call arguments, with the batch's defaults.  Raises 22023 (22004
+ * for a NULL request).
+ */
+static void
+request_args(BatchState *b, int i, CallArgs *a)
+{
+	Jsonb	   *req;
+	JsonbIterator *it;
+	JsonbValue	k;
+	JsonbIteratorToken tok;
+	bool		has_model = false;
+	text	   *t;
+
+	memset(a, 0, sizeof(*a));
+	if (b->request_nulls[i])
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("request %d is NULL", i + 1)));
+	req = DatumGetJsonbP(b->requests[i]);
+	if (!JB_ROOT_IS_OBJECT(req))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a request must be a JSON object"),
+				 errhint("Its members are llm_generate's arguments: " REQUEST_KEYS ".")));
+
+	it = JsonbIteratorInit(&req->root);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
 	{
-		RenderedPrompt rp;
-		Span	   *span = trace_span_start(g.trace, "prompt_render");
+		char	   *key;
+		JsonbValue	v;
 
-		maester_render(text_to_cstring(PG_GETARG_TEXT_PP(4)),
-					   PG_ARGISNULL(6) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(6)),
-					   PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5), &rp);
-		trace_attr_str(span, "gen_ai.prompt.name", rp.name);
-		trace_attr_str(span, "maester.prompt.version", rp.version);
-		trace_span_end(span, NULL);
-		if (rp.system != NULL && !PG_ARGISNULL(3))
+		if (tok != WJB_KEY)
+			continue;
+		key = pnstrdup(k.val.string.val, k.val.string.len);
+		tok = JsonbIteratorNext(&it, &v, true);
+		if (strcmp(key, "prompt") == 0)
+			a->prompt = request_text(&v, key);
+		else if (strcmp(key, "system") == 0)
+			a->system = request_text(&v, key);
+		else if (strcmp(key, "model") == 0)
+		{
+			t = request_text(&v, key);
+			a->model = t ? text_to_cstring(t) : NULL;
+			has_model = true;
+		}
+		else if (strcmp(key, "prompt_name") == 0)
+		{
+			t = request_text(&v, key);
+			a->prompt_name = t ? text_to_cstring(t) : NULL;
+		}
+		else if (strcmp(key, "prompt_version") == 0)
+		{
+			t = request_text(&v, key);
+			a->prompt_version = t ? text_to_cstring(t) : NULL;
+		}
+		else if (strcmp(key, "variables") == 0)
+			a->variables = request_object(&v, key);
+		else if (strcmp(key, "options") == 0)
+			a->options = request_object(&v, key);
+		else if (strcmp(key, "max_tokens") == 0)
+		{
+			if (v.type == jbvNull)
+				continue;
+			a->max_tokens = (int) option_number(&v, key, 1, INT_MAX);
+			if (a->max_tokens != option_number(&v, key, 1, INT_MAX))
+				request_error(key, "a positive integer");
+		}
+		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("prompt \"%s\" version \"%s\" has a system template; do not pass system",
-							rp.name, rp.version)));
-		content = rp.content;
-		system = rp.system ? rp.system : (PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3));
-		g.prompt_name = rp.name;
-		g.prompt_version = rp.version;
-		g.checks = rp.checks ? DatumGetJsonbPCopy(JsonbPGetDatum(rp.checks)) : NULL;
-		if (rp.system == NULL && system != NULL)
-			maester_prompt_hash(system, content, g.prompt_hash);
-		else
-			memcpy(g.prompt_hash, rp.hash, sizeof(g.prompt_hash));
+					 errmsg("unknown request member \"%s\"", key),
+					 errhint("Known members: " REQUEST_KEYS ".")));
 	}
-	else
+
+	/* the batch's defaults */
+	if (!has_model && b->model)
+		a->model = text_to_cstring(b->model);
+	if (a->prompt == NULL && a->prompt_name == NULL && b->prompt_name)
+		a->prompt_name = text_to_cstring(b->prompt_name);
+	if (b->options && a->options)
+		a->options = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
+														JsonbPGetDatum(b->options),
+														JsonbPGetDatum(a->options)));
+	else if (b->options)
+		a->options = b->options;
+}
+
+/*
+ * The next request of the batch, prepared in a subtransaction: a request
+ * that cannot be prepared (a bad member, an unknown prompt, a missing
+ * variable, a model nobody serves) is a FAILED call, not the batch's error.
+ */
+static Call *
+batch_next(void *arg)
+{
+	BatchState *b = (BatchState *) arg;
+	MemoryContext cxt;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	Call	   *volatile c = NULL;
+	int			i;
+
+	if (b->next >= b->nrequests)
+		return NULL;
+	i = b->next++;
+	cxt = AllocSetContextCreate(b->cxt, "maester call", ALLOCSET_DEFAULT_SIZES);
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
 	{
-		content = PG_GETARG_TEXT_PP(0);
-		system = PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3);
-		maester_prompt_hash(system, content, g.prompt_hash);
-	}
+		CallArgs	a;
 
-	/* route and call */
+		request_args(b, i, &a);
+		c = call_prepare(&a, i + 1, cxt);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
 	{
-		Span	   *span = trace_span_start(g.trace, "model_route");
+		ErrorData  *edata;
 
-		trace_attr_str(span, "gen_ai.request.model", g.requested_model ? g.requested_model : "(default route)");
-		plan = router_plan(g.requested_model);
-		trace_attr_num(span, "maester.route.targets", plan->ntargets);
-		trace_span_end(span, NULL);
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		c = MemoryContextAllocZero(cxt, sizeof(Call));
+		c->ordinal = i + 1;
+		c->cxt = cxt;
+		c->phase = PHASE_FAILED;
+		c->sqlstate = edata->sqlerrcode;
+		c->error_class = "invalid_request";
+		c->message = edata->message;
+		c->detail = edata->detail;
+		c->hint = edata->hint;
 	}
-	opts.gen.prompt = text_to_cstring(content);
-	opts.gen.system = system ? text_to_cstring(system) : NULL;
-	opts.gen.max_tokens = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2);
-	{
-		Span	   *root = &g.trace->spans[0];
+	PG_END_TRY();
+	return c;
+}
 
-		trace_attr_str(root, "gen_ai.operation.name", "chat");
-		trace_attr_str(root, "gen_ai.request.model", g.requested_model);
-		trace_attr_str(root, "gen_ai.prompt.name", g.prompt_name);
-		trace_attr_str(root, "maester.prompt.version", g.prompt_version);
-		trace_attr_str(root, "maester.prompt.hash", g.prompt_hash);
-		if (opts.gen.max_tokens > 0)
-			trace_attr_num(root, "gen_ai.request.max_tokens", opts.gen.max_tokens);
-	}
-	execute_traced(plan, &opts, &g);
+/* A finished call of the batch: its row; then its memory goes */
+static void
+batch_done(Call *c, void *arg)
+{
+	BatchState *b = (BatchState *) arg;
+	Datum		values[GENERATION_NATTS + 5];
+	bool		nulls[GENERATION_NATTS + 5];
+	MemoryContext old = MemoryContextSwitchTo(c->cxt);
 
-	g.usage_estimated = !g.resp.usage_present;
-
-	cost = g.cost;
-	priced = g.priced;
-
-	if (maester_capture_content)
-		capture_call(&g, content, system, PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5),
-					 PG_ARGISNULL(7) ? NULL : PG_GETARG_JSONB_P(7), opts.gen.max_tokens);
-
-	{
-		Span	   *root = &g.trace->spans[0];
-
-		trace_attr_str(root, "gen_ai.provider.name", g.provider);
-		trace_attr_str(root, "gen_ai.response.model", g.model);
-		trace_attr_num(root, "gen_ai.usage.input_tokens", g.resp.input_tokens);
-		trace_attr_num(root, "gen_ai.usage.output_tokens", g.resp.output_tokens);
-		if (cost)
-			trace_attr_raw(root, "maester.cost_usd",
-						   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(cost))));
-		if (g.evaluation)
-		{
-			trace_attr_str(root, "maester.evaluation.status",
-						   json_get_string(&g.evaluation->root, "status"));
-		}
-		trace_flush(g.trace, "ok", maester_tenant, &g.request_id);
-		stat_call(g.provider, g.model, false, g.attempts, g.fallback_used, g.latency_ms);
-	}
-
-	ereport(maester_routing_log_level,
-			(errmsg("model_routed requested_model=%s selected_provider=%s model=%s fallback_used=%s attempts=%d",
-					g.requested_model ? g.requested_model : "(default)",
-					g.provider, g.model, g.fallback_used ? "true" : "false",
-					g.attempts),
-			 errhidestmt(true)));
+	if (c->phase == PHASE_FAILED && b->fail_fast)
+		ereport(ERROR,
+				(errcode(c->sqlstate),
+				 errmsg("request %d of the batch failed: %s", c->ordinal, c->message),
+				 c->detail ? errdetail_internal("%s", c->detail) : 0,
+				 c->hint ? errhint("%s", c->hint) : 0,
+				 errcontext("maester.generate_batch with fail_fast")));
 
 	memset(nulls, 0, sizeof(nulls));
-	values[0] = UUIDPGetDatum(&g.request_id);
-	values[1] = CStringGetTextDatum(g.trace_id);
-	values[2] = CStringGetTextDatum(g.provider);
-	values[3] = CStringGetTextDatum(g.model);
-	values[4] = CStringGetTextDatum(g.resp.content);
-	if (g.resp.finish_reason)
-		values[5] = CStringGetTextDatum(g.resp.finish_reason);
+	values[0] = Int32GetDatum(c->ordinal);
+	if (c->phase == PHASE_DONE)
+		call_succeeded_finish(c);
+	if (c->g.trace != NULL)
+		generation_values(&c->g, values + 1, nulls + 1);
 	else
-		nulls[5] = true;
-	values[6] = Int64GetDatum(g.resp.input_tokens);
-	values[7] = Int64GetDatum(g.resp.output_tokens);
-	values[8] = Int64GetDatum(g.resp.cached_input_tokens);
-	values[9] = Int64GetDatum(g.resp.cache_write_tokens);
-	values[10] = BoolGetDatum(g.usage_estimated);
-	values[11] = Float8GetDatum(g.latency_ms);
-	values[12] = Int32GetDatum(g.attempts);
-	values[13] = BoolGetDatum(g.fallback_used);
-	if (g.prompt_name)
+		for (int k = 1; k <= GENERATION_NATTS; k++)
+			nulls[k] = true;
+	if (c->phase == PHASE_FAILED)
 	{
-		values[14] = CStringGetTextDatum(g.prompt_name);
-		values[15] = CStringGetTextDatum(g.prompt_version);
+		values[GENERATION_NATTS + 1] = CStringGetTextDatum(unpack_sql_state(c->sqlstate));
+		values[GENERATION_NATTS + 2] = CStringGetTextDatum(c->error_class ? c->error_class : "error");
+		values[GENERATION_NATTS + 3] = CStringGetTextDatum(c->message ? c->message : "");
+		if (c->detail)
+			values[GENERATION_NATTS + 4] = CStringGetTextDatum(c->detail);
+		else
+			nulls[GENERATION_NATTS + 4] = true;
 	}
 	else
-		nulls[14] = nulls[15] = true;
-	values[16] = CStringGetTextDatum(g.prompt_hash);
-	if (g.requested_model)
-		values[17] = CStringGetTextDatum(g.requested_model);
-	else
-		nulls[17] = true;
-	if (g.resp.response_id)
-		values[18] = CStringGetTextDatum(g.resp.response_id);
-	else
-		nulls[18] = true;
-	if (cost)
-		values[19] = NumericGetDatum(cost);
-	else
-		nulls[19] = true;
-	values[20] = BoolGetDatum(priced);
-	if (g.evaluation)
-		values[21] = JsonbPGetDatum(g.evaluation);
-	else
-		nulls[21] = true;
+		for (int k = GENERATION_NATTS + 1; k <= GENERATION_NATTS + 4; k++)
+			nulls[k] = true;
+	tuplestore_putvalues(b->rsinfo->setResult, b->rsinfo->setDesc, values, nulls);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(c->cxt);
+}
 
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+PG_FUNCTION_INFO_V1(generate_batch);
+/*
+ * maester.generate_batch(requests jsonb[], concurrency int, model text,
+ *						  prompt_name text, options jsonb, fail_fast bool)
+ *	 RETURNS SETOF maester.batch_result
+ *
+ * Runs the requests concurrently (at most `concurrency` in flight) through
+ * the call machine, one row per request in the order they finish.  Rows go
+ * to a tuplestore (spilled to disk past work_mem) and each call's memory
+ * is freed when its row is written, so memory stays bounded whatever the
+ * number of requests.
+ */
+Datum
+generate_batch(PG_FUNCTION_ARGS)
+{
+	BatchState	b;
+	int			concurrency;
+	ArrayType  *arr;
+
+	maester_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+
+	concurrency = PG_ARGISNULL(1) ? 16 : PG_GETARG_INT32(1);
+	if (concurrency < 1 || concurrency > MAESTER_MAX_CONCURRENCY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("concurrency must be between 1 and %d", MAESTER_MAX_CONCURRENCY)));
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	arr = PG_GETARG_ARRAYTYPE_P(0);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("requests must be a one-dimensional array")));
+
+	memset(&b, 0, sizeof(b));
+	deconstruct_array(arr, JSONBOID, -1, false, TYPALIGN_INT,
+					  &b.requests, &b.request_nulls, &b.nrequests);
+	b.model = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
+	b.prompt_name = PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3);
+	b.options = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4);
+	b.fail_fast = PG_ARGISNULL(5) ? false : PG_GETARG_BOOL(5);
+	b.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	b.cxt = AllocSetContextCreate(CurrentMemoryContext, "maester batch",
+								  ALLOCSET_DEFAULT_SIZES);
+	if (b.options && !JB_ROOT_IS_OBJECT(b.options))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("options must be a JSON object")));
+
+	run_calls(batch_next, batch_done, &b, Min(concurrency, Max(b.nrequests, 1)), true);
+	MemoryContextDelete(b.cxt);
+	PG_RETURN_NULL();
 }
 
 #define RUBRIC_SYSTEM "You grade the output of an AI system against a rubric. " \

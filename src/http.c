@@ -115,7 +115,7 @@ http_get_multi(void)
 					 errmsg("out of memory"),
 					 errdetail("Could not create a libcurl multi handle.")));
 		curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, http_socket_cb);
-		curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, 64L);
+		curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long) HTTP_MAX_SOCKETS);
 		http_multi = m;
 	}
 	return http_multi;
@@ -533,98 +533,140 @@ http_collect(CURLM *multi)
 }
 
 /*
- * Run the given requests concurrently until each has finished.  Sleeps on
- * curl's sockets and MyLatch; interrupts are honoured at every wake-up, and
- * on any error all unfinished transfers are torn down before it propagates.
+ * Start a transfer on the backend's multi handle.  It runs while the caller
+ * calls http_step(); req->done says when it has finished.
+ */
+void
+http_submit(HttpRequest *req)
+{
+	CURLM	   *multi = http_get_multi();
+	int			running = 0;
+
+	http_start(multi, req);
+	curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	http_collect(multi);
+}
+
+/* Stop a transfer that has not finished; its connection is closed */
+void
+http_abort(HttpRequest *req)
+{
+	if (!req->done)
+		http_release_easy(req);
+}
+
+/*
+ * Wait at most max_wait_ms (less when curl's timers say so) for one of
+ * curl's sockets or MyLatch, then let curl work and mark the transfers that
+ * finished.  Interrupts are checked after every wait; an error leaves the
+ * transfers running, and the caller aborts them (http_abort).
+ */
+void
+http_step(long max_wait_ms)
+{
+	CURLM	   *multi = http_get_multi();
+	WaitEvent	events[HTTP_MAX_SOCKETS + 2];
+	HttpSocket	ready[HTTP_MAX_SOCKETS];
+	int			nready = 0;
+	int			running = 0;
+	long		timeout;
+	WaitEventSet *volatile set = NULL;
+
+	if (http_socket_overflow)
+	{
+		http_socket_overflow = false;
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many concurrent HTTP connections")));
+	}
+
+	/* sleep until a socket is ready, curl's timer fires, or the latch */
+	if (curl_multi_timeout(multi, &timeout) != CURLM_OK || timeout < 0)
+		timeout = 1000;
+	timeout = Min(timeout, Max(max_wait_ms, 0));
+	if (timeout > 0)
+	{
+		int			nsock = http_nsockets;
+		int			nevents;
+
+		PG_TRY();
+		{
+			set = CreateWaitEventSet(CurrentMemoryContext, nsock + 2);
+			AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+			AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+			for (int i = 0; i < nsock; i++)
+			{
+				uint32		ev = 0;
+
+				if (http_sockets[i].what & CURL_POLL_IN)
+					ev |= WL_SOCKET_READABLE;
+				if (http_sockets[i].what & CURL_POLL_OUT)
+					ev |= WL_SOCKET_WRITEABLE;
+				AddWaitEventToSet(set, ev, http_sockets[i].fd, NULL, NULL);
+			}
+			nevents = WaitEventSetWait(set, timeout, events, nsock + 2,
+									   PG_WAIT_EXTENSION);
+		}
+		PG_CATCH();
+		{
+			if (set != NULL)
+				FreeWaitEventSet(set);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		for (int i = 0; i < nevents; i++)
+		{
+			if (events[i].events & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+			if (events[i].events & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
+			{
+				ready[nready].fd = events[i].fd;
+				ready[nready].what =
+					((events[i].events & WL_SOCKET_READABLE) ? CURL_CSELECT_IN : 0) |
+					((events[i].events & WL_SOCKET_WRITEABLE) ? CURL_CSELECT_OUT : 0);
+				nready++;
+			}
+		}
+		FreeWaitEventSet(set);
+		set = NULL;
+	}
+
+	CHECK_FOR_INTERRUPTS();
+
+	for (int i = 0; i < nready; i++)
+		curl_multi_socket_action(multi, ready[i].fd, ready[i].what, &running);
+	if (nready == 0)
+		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	http_collect(multi);
+}
+
+/*
+ * Run the given requests concurrently until each has finished.  On any
+ * error (an interrupt included) the unfinished transfers are torn down
+ * before it propagates.
  */
 void
 http_perform(HttpRequest **reqs, int nreqs)
 {
-	CURLM	   *multi = http_get_multi();
-	int			running = 0;
-	WaitEventSet *volatile set = NULL;
-
-	http_socket_overflow = false;
 	PG_TRY();
 	{
 		for (int i = 0; i < nreqs; i++)
-			http_start(multi, reqs[i]);
-		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
-
+			http_submit(reqs[i]);
 		for (;;)
 		{
-			WaitEvent	events[HTTP_MAX_SOCKETS + 2];
-			HttpSocket	ready[HTTP_MAX_SOCKETS];
-			int			nready = 0;
-			int			nevents;
-			int			nsock;
-			long		timeout;
 			bool		all_done = true;
 
-			http_collect(multi);
 			for (int i = 0; i < nreqs; i++)
 				all_done &= reqs[i]->done;
 			if (all_done)
 				break;
-			if (http_socket_overflow)
-				ereport(ERROR,
-						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-						 errmsg("too many concurrent HTTP connections")));
-
-			/* sleep until a socket is ready, curl's timer fires, or the latch */
-			if (curl_multi_timeout(multi, &timeout) != CURLM_OK || timeout < 0)
-				timeout = 1000;
-			nsock = http_nsockets;
-			if (timeout > 0)
-			{
-				set = CreateWaitEventSet(CurrentMemoryContext, nsock + 2);
-				AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-				AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-				for (int i = 0; i < nsock; i++)
-				{
-					uint32		ev = 0;
-
-					if (http_sockets[i].what & CURL_POLL_IN)
-						ev |= WL_SOCKET_READABLE;
-					if (http_sockets[i].what & CURL_POLL_OUT)
-						ev |= WL_SOCKET_WRITEABLE;
-					AddWaitEventToSet(set, ev, http_sockets[i].fd, NULL, NULL);
-				}
-				nevents = WaitEventSetWait(set, timeout, events, nsock + 2,
-										   PG_WAIT_EXTENSION);
-				for (int i = 0; i < nevents; i++)
-				{
-					if (events[i].events & WL_LATCH_SET)
-						ResetLatch(MyLatch);
-					if (events[i].events & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
-					{
-						ready[nready].fd = events[i].fd;
-						ready[nready].what =
-							((events[i].events & WL_SOCKET_READABLE) ? CURL_CSELECT_IN : 0) |
-							((events[i].events & WL_SOCKET_WRITEABLE) ? CURL_CSELECT_OUT : 0);
-						nready++;
-					}
-				}
-				FreeWaitEventSet(set);
-				set = NULL;
-			}
-
-			CHECK_FOR_INTERRUPTS();
-
-			for (int i = 0; i < nready; i++)
-				curl_multi_socket_action(multi, ready[i].fd, ready[i].what, &running);
-			if (nready == 0)
-				curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+			http_step(1000);
 		}
 	}
 	PG_CATCH();
 	{
-		if (set != NULL)
-			FreeWaitEventSet(set);
-		/* tear down unfinished transfers: their connections are closed */
 		for (int i = 0; i < nreqs; i++)
-			if (!reqs[i]->done)
-				http_release_easy(reqs[i]);
+			http_abort(reqs[i]);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();

@@ -60,6 +60,9 @@ typedef struct HttpRequest
 
 extern void http_request_init(HttpRequest *req);
 extern void http_perform(HttpRequest **reqs, int nreqs);
+extern void http_submit(HttpRequest *req);
+extern void http_step(long max_wait_ms);
+extern void http_abort(HttpRequest *req);
 extern void http_request_cleanup(HttpRequest *req);
 extern bool http_host_allowed_insecure(const char *host);
 extern void http_check_url(const char *url, bool *allow_private);

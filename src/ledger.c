@@ -335,6 +335,18 @@ span_enqueue(LedgerSlot *slot, LedgerRecord *recs, int n)
 	return queued;
 }
 
+/* The highest sequence number the worker has made durable */
+uint64
+ledger_durable_seq(LedgerSlot *slot)
+{
+	uint64		durable;
+
+	LWLockAcquire(slot->lock, LW_SHARED);
+	durable = slot->durable_seq;
+	LWLockRelease(slot->lock);
+	return durable;
+}
+
 /*
  * Wait until record `seq` is committed.  Returns true when it is; after
  * maester.ledger_timeout_ms raises MG006 when `must`, else returns false

@@ -138,6 +138,7 @@ extern uint64 ledger_enqueue(LedgerSlot *slot, LedgerRecord *rec);
 extern bool ledger_try_enqueue(LedgerSlot *slot, LedgerRecord *rec);
 extern int	span_enqueue(LedgerSlot *slot, LedgerRecord *recs, int n);
 extern bool ledger_wait_durable(LedgerSlot *slot, uint64 seq, bool must);
+extern uint64 ledger_durable_seq(LedgerSlot *slot);
 extern void ledger_copy_name(char *dst, const char *src, int size);
 
 /* worker.c */

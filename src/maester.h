@@ -54,6 +54,8 @@ typedef struct MaesterCircuit
 	int64		successes;
 	int64		failures;
 	int64		opens;
+	TimestampTz rate_requests_at;	/* rate pacing: next free request slot */
+	TimestampTz rate_tokens_at;	/* and token slot */
 } MaesterCircuit;
 
 typedef struct MaesterShared

@@ -221,7 +221,8 @@ router_load(void)
 		n = load_query("SELECT p.name, p.kind, p.base_url, p.api_key_env, p.api_key_file, "
 					   "p.models, p.connect_timeout_ms, p.timeout_ms, p.max_attempts, "
 					   "p.backoff_base_ms, p.backoff_max_ms, p.circuit_failure_threshold, "
-					   "p.circuit_cooldown_ms, p.anthropic_version, p.enabled "
+					   "p.circuit_cooldown_ms, p.anthropic_version, p.enabled, "
+					   "p.max_connections, p.requests_per_minute, p.tokens_per_minute "
 					   "FROM maester.provider p ORDER BY p.priority, p.name");
 		providers = MemoryContextAllocZero(RouterContext, sizeof(ProviderConf) * Max(n, 1));
 		for (uint64 i = 0; i < n; i++)
@@ -255,6 +256,9 @@ router_load(void)
 			p->circuit_cooldown_ms = col_int(t, d, 13);
 			p->anthropic_version = col_string(t, d, 14);
 			p->enabled = DatumGetBool(SPI_getbinval(t, d, 15, &isnull)) && !isnull;
+			p->max_connections = col_int(t, d, 16);
+			p->requests_per_minute = col_int(t, d, 17);
+			p->tokens_per_minute = col_int(t, d, 18);
 		}
 		nproviders = n;
 
@@ -454,6 +458,49 @@ circuit_entry(const char *fullname)
 		return c;
 	}
 	return NULL;				/* full: no breaker for this provider */
+}
+
+/*
+ * Rate pacing.  A provider's requests_per_minute and tokens_per_minute are
+ * honoured by spacing calls out, never by failing them: each attempt
+ * reserves its place in the provider's schedule (GCRA: one theoretical
+ * arrival time per limit, in shared memory, so every backend and worker
+ * of the server shares it) and is told when it may start.  A request
+ * takes 60 s / requests_per_minute of the schedule; its tokens (the input
+ * estimate plus the output tokens reserved) take tokens * 60 s /
+ * tokens_per_minute.  No burst allowance: after an idle period the first
+ * call starts at once, and then calls are evenly spaced.  Returns 0 when
+ * the call may start now.
+ */
+TimestampTz
+rate_reserve(ProviderConf *p, int64 tokens)
+{
+	MaesterCircuit *c;
+	TimestampTz now;
+	TimestampTz start;
+
+	if (p->requests_per_minute <= 0 && p->tokens_per_minute <= 0)
+		return 0;
+	now = GetCurrentTimestamp();
+	LWLockAcquire(maester_shared->lock, LW_EXCLUSIVE);
+	c = circuit_entry(p->name);
+	if (c == NULL)
+	{
+		LWLockRelease(maester_shared->lock);
+		return 0;
+	}
+	start = now;
+	if (p->requests_per_minute > 0)
+		start = Max(start, c->rate_requests_at);
+	if (p->tokens_per_minute > 0)
+		start = Max(start, c->rate_tokens_at);
+	if (p->requests_per_minute > 0)
+		c->rate_requests_at = start + USECS_PER_MINUTE / p->requests_per_minute;
+	if (p->tokens_per_minute > 0)
+		c->rate_tokens_at = start +
+			(TimestampTz) ((double) Max(tokens, 1) * USECS_PER_MINUTE / p->tokens_per_minute);
+	LWLockRelease(maester_shared->lock);
+	return start > now ? start : 0;
 }
 
 /* May we call provider `p` now?  See the header comment */

@@ -8,6 +8,7 @@
 #ifndef MAESTER_ROUTER_H
 #define MAESTER_ROUTER_H
 
+#include "datatype/timestamp.h"
 #include "provider.h"
 
 /* One row of maester.provider, as cached per backend */
@@ -29,6 +30,9 @@ typedef struct ProviderConf
 	int			circuit_cooldown_ms;
 	char	   *anthropic_version;
 	bool		enabled;
+	int			max_connections;	/* per backend; 0: no limit */
+	int			requests_per_minute;	/* 0: no limit */
+	int			tokens_per_minute;	/* 0: no limit */
 } ProviderConf;
 
 /* One place a request can be sent: a provider and its model id */
@@ -61,5 +65,8 @@ typedef enum CircuitAdmit
 extern CircuitAdmit circuit_admit(ProviderConf *p);
 extern void circuit_record(ProviderConf *p, bool success, bool counts);
 extern void circuit_release_probe(ProviderConf *p);
+
+/* rate pacing */
+extern TimestampTz rate_reserve(ProviderConf *p, int64 tokens);
 
 #endif							/* MAESTER_ROUTER_H */
