@@ -661,6 +661,10 @@ COMMENT ON FUNCTION maester.price_guard() IS
 CREATE TRIGGER price_guard
     BEFORE UPDATE OR DELETE ON maester.price
     FOR EACH ROW EXECUTE FUNCTION maester.price_guard();
+-- a new price reaches every backend's price cache at commit
+CREATE TRIGGER price_invalidate
+    AFTER INSERT OR TRUNCATE ON maester.price
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
 
 CREATE FUNCTION maester.price_at(model text, at timestamptz DEFAULT pg_catalog.now())
 RETURNS maester.price

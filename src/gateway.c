@@ -2159,11 +2159,17 @@ request_args(BatchState *b, int i, CallArgs *a)
 			a->options = request_object(&v, key);
 		else if (strcmp(key, "max_tokens") == 0)
 		{
+			double		d;
+
 			if (v.type == jbvNull)
 				continue;
-			a->max_tokens = (int) option_number(&v, key, 1, INT_MAX);
-			if (a->max_tokens != option_number(&v, key, 1, INT_MAX))
+			if (v.type != jbvNumeric)
 				request_error(key, "a positive integer");
+			d = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
+												   NumericGetDatum(v.val.numeric)));
+			if (!(d >= 1 && d <= INT_MAX) || d != floor(d))
+				request_error(key, "a positive integer");
+			a->max_tokens = (int) d;
 		}
 		else
 			ereport(ERROR,
