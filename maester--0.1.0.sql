@@ -1295,7 +1295,8 @@ CREATE TABLE maester.eval_result (
 COMMENT ON TABLE maester.eval_result IS
     'The result of one case in one run: the output, its evaluation, cost, latency and trace id (or the error).';
 
-CREATE FUNCTION maester.eval_run(suite text, prompt_version text DEFAULT NULL, model text DEFAULT NULL)
+CREATE FUNCTION maester.eval_run(suite text, prompt_version text DEFAULT NULL, model text DEFAULT NULL,
+                                 concurrency integer DEFAULT 8)
 RETURNS maester.eval_run
 LANGUAGE plpgsql
 VOLATILE PARALLEL UNSAFE
@@ -1305,7 +1306,8 @@ AS $$
 DECLARE
     s     maester.eval_suite;
     c     maester.eval_case;
-    g     maester.generation;
+    cases maester.eval_case[];
+    g     maester.batch_result;
     run   maester.eval_run;
     chk   jsonb;
     ev    jsonb;
@@ -1320,12 +1322,24 @@ BEGIN
     VALUES (s.name, s.prompt, eval_run.prompt_version, eval_run.model)
     RETURNING * INTO run;
 
-    FOR c IN SELECT * FROM maester.eval_case ec
-              WHERE ec.suite OPERATOR(pg_catalog.=) s.name ORDER BY ec.case_name LOOP
+    -- every case through the batch path, `concurrency` at a time
+    cases := ARRAY(SELECT ec FROM maester.eval_case ec
+                    WHERE ec.suite OPERATOR(pg_catalog.=) s.name ORDER BY ec.case_name);
+    FOR g IN SELECT * FROM maester.generate_batch(
+                 ARRAY(SELECT jsonb_build_object('prompt_name', s.prompt,
+                                                 'variables', (cases[i]).variables,
+                                                 'prompt_version', eval_run.prompt_version,
+                                                 'model', eval_run.model)
+                         FROM pg_catalog.generate_subscripts(cases, 1) i ORDER BY i),
+                 concurrency => eval_run.concurrency) b
+             ORDER BY b.ordinal LOOP
+        c := cases[g.ordinal];
+        IF g.error_class IS NOT NULL THEN
+            INSERT INTO maester.eval_result (run_id, case_name, score, passed, error, trace_id, request_id)
+            VALUES (run.id, c.case_name, 0, false, g.error_message, g.trace_id, g.request_id);
+            CONTINUE;
+        END IF;
         BEGIN
-            g := maester.llm_generate(prompt_name => s.prompt, variables => c.variables,
-                                      prompt_version => eval_run.prompt_version,
-                                      model => eval_run.model);
             chk := COALESCE(c.checks,
                             (SELECT v.checks FROM maester.prompt_version v
                               WHERE v.name OPERATOR(pg_catalog.=) s.prompt
@@ -1355,8 +1369,8 @@ BEGIN
             run.model := COALESCE(eval_run.model, g.model);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-            INSERT INTO maester.eval_result (run_id, case_name, score, passed, error)
-            VALUES (run.id, c.case_name, 0, false, msg);
+            INSERT INTO maester.eval_result (run_id, case_name, score, passed, error, trace_id, request_id)
+            VALUES (run.id, c.case_name, 0, false, msg, g.trace_id, g.request_id);
         END;
     END LOOP;
 
@@ -1382,8 +1396,8 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION maester.eval_run(text, text, text) IS
-    'Runs every case of a suite through the gateway (prompt version: given, else latest; model: given, else the version''s route) and stores each result and the run''s summary; the calls are ledger rows like any other.';
+COMMENT ON FUNCTION maester.eval_run(text, text, text, integer) IS
+    'Runs every case of a suite through the gateway''s batch path (concurrency cases at a time; prompt version: given, else latest; model: given, else the version''s route) and stores each result and the run''s summary; the calls are ledger rows like any other.';
 
 CREATE FUNCTION maester.eval_compare(run_a bigint, run_b bigint)
 RETURNS TABLE (case_name text, score_a numeric, score_b numeric, passed_a boolean, passed_b boolean,
@@ -1769,7 +1783,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON maester.eval_suite, maester.eval_case TO
 GRANT SELECT ON maester.eval_suite, maester.eval_case, maester.eval_run, maester.eval_result
     TO maester_user, maester_reader;
 GRANT INSERT, UPDATE ON maester.eval_run, maester.eval_result TO maester_user;
-GRANT EXECUTE ON FUNCTION maester.eval_run(text, text, text), maester.replay(uuid) TO maester_user;
+GRANT EXECUTE ON FUNCTION maester.eval_run(text, text, text, integer), maester.replay(uuid) TO maester_user;
 GRANT EXECUTE ON FUNCTION maester.eval_compare(bigint, bigint) TO maester_user, maester_reader;
 GRANT SELECT ON maester.capture TO maester_user, maester_reader;
 GRANT INSERT ON maester.capture TO maester_user;

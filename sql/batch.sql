@@ -145,7 +145,8 @@ UPDATE maester.provider SET tokens_per_minute = NULL WHERE name = 'batchmock';
 INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
 VALUES ('mock-priced', '2020-01-01', 100, 200);
 SET maester.tenant = 'batch_budget';
-INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('batch_budget', 'day', 0.05, 'block');
+INSERT INTO maester.budget (id, tenant, period, limit_usd, action) OVERRIDING SYSTEM VALUE
+    VALUES (1000, 'batch_budget', 'day', 0.05, 'block');  -- its own id: other suites count theirs
 CREATE TEMP TABLE b7 AS SELECT * FROM maester.generate_batch(ARRAY(
   SELECT jsonb_build_object('prompt', 'p' || i, 'model', 'mock-priced', 'max_tokens', 40)
     FROM generate_series(1, 20) i), concurrency => 20);
@@ -162,3 +163,7 @@ RESET maester.tenant;
 
 -- spans: each call has its own trace, and nothing stays pending
 SELECT pg_temp.settled();
+
+-- leave nothing for the other suites (they run in the same database)
+DELETE FROM maester.budget WHERE tenant = 'batch_budget';
+DELETE FROM maester.provider WHERE name = 'batchmock';
