@@ -8,7 +8,7 @@ OBJS         = src/maester.o src/template.o src/registry.o src/sha256.o \
                src/http.o src/provider.o src/provider_openai.o \
                src/provider_anthropic.o src/router.o src/gateway.o src/secrets.o \
                src/meter.o src/ledger.o src/worker.o src/budget.o \
-               src/evaluate.o src/trace.o src/stat.o src/otlp.o
+               src/evaluate.o src/trace.o src/stat.o src/otlp.o src/job.o
 
 DATA         = $(wildcard maester--*.sql)
 

@@ -887,6 +887,123 @@ LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE ROWS 100;
 COMMENT ON FUNCTION maester.generate_batch(jsonb[], integer, text, text, jsonb, boolean) IS
     'Runs many model calls concurrently from one statement (at most concurrency, 1 to 256, in flight on one connection pool): each request is an object with llm_generate''s argument names; model, prompt_name and options are defaults for requests that do not give them (options merge, the request''s win). One row per request, in the order they finish; a failed request is a row with its error, the others go on, unless fail_fast. Every attempt is metered, evaluated and traced as for llm_generate.';
 
+-- Asynchronous jobs: requests queued with maester.submit and run by the
+-- job workers (maester.job_workers per database) through the same gateway.
+CREATE TABLE maester.job (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    submission       text NOT NULL,
+    request          jsonb NOT NULL,
+    callback         regproc,
+    tenant           text NOT NULL,
+    role             name NOT NULL,
+    status           text NOT NULL DEFAULT 'queued'
+        CHECK (status OPERATOR(pg_catalog.=) ANY
+               (ARRAY['queued', 'running', 'done', 'failed', 'cancelled', 'review'])),
+    cancel_requested boolean NOT NULL DEFAULT false,
+    attempts         integer NOT NULL DEFAULT 0,
+    request_id       uuid,
+    trace_id         text,
+    result           maester.generation,
+    error_code       text,
+    error_class      text,
+    error_message    text,
+    callback_error   text,
+    submitted_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    worker           integer,
+    worker_pid       integer
+);
+
+CREATE INDEX job_queued ON maester.job (id) WHERE status OPERATOR(pg_catalog.=) 'queued';
+CREATE INDEX job_running ON maester.job (worker) WHERE status OPERATOR(pg_catalog.=) 'running';
+CREATE INDEX job_submission ON maester.job (submission);
+CREATE INDEX job_request ON maester.job (request_id);
+
+COMMENT ON TABLE maester.job IS
+    'Asynchronous model calls (maester.submit), run by the job workers; each has its ledger rows (usage.request_id = job.request_id) and its trace (trace_id). Row-level security by tenant.';
+COMMENT ON COLUMN maester.job.submission IS 'Groups jobs for maester.job_progress: given to submit, else one per submitting transaction.';
+COMMENT ON COLUMN maester.job.status IS 'queued, running, done, failed, cancelled; review: its worker stopped while the call was in flight (it may have been answered and billed: see its ledger rows), so it was not run again (maester.job_retry_interrupted).';
+COMMENT ON COLUMN maester.job.attempts IS 'Times a worker took the job (more than 1 only after an interruption, with maester.job_retry_interrupted on).';
+COMMENT ON COLUMN maester.job.request_id IS 'The call''s request id, set when a worker takes the job, before anything is sent: its ledger rows.';
+COMMENT ON COLUMN maester.job.callback IS 'A procedure called with the job id when the job ends (done, failed or cancelled while running), as the submitter, in the transaction that records the result; its error is kept in callback_error.';
+
+ALTER TABLE maester.job ENABLE ROW LEVEL SECURITY;
+CREATE POLICY job_admin ON maester.job FOR ALL TO maester_admin USING (true);
+CREATE POLICY job_tenant ON maester.job FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) pg_catalog.current_setting('maester.tenant'));
+
+CREATE FUNCTION maester.submit(request jsonb, callback regproc DEFAULT NULL,
+                               submission text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'job_submit'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.submit(jsonb, regproc, text) IS
+    'Queues a model call and returns its job id at once: request is an object with llm_generate''s argument names (as in generate_batch), run as the submitting role and tenant. callback: a procedure taking the job id (bigint), called when the job ends. The job workers are woken at commit.';
+
+CREATE FUNCTION maester.cancel_job(id bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'job_cancel'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.cancel_job(bigint) IS
+    'Cancels a job: a queued one at once, a running one at its worker''s next round (its call is stopped and settled in the ledger as cancelled). False when the job had already ended. Its submitter or maester_admin.';
+
+CREATE VIEW maester.job_progress WITH (security_invoker = true) AS
+SELECT p.submission, p.total, p.queued, p.running, p.done, p.failed, p.cancelled, p.review,
+       p.submitted_at, p.last_finished_at,
+       pg_catalog.round(p.per_second, 2) AS per_second,
+       CASE WHEN p.queued OPERATOR(pg_catalog.+) p.running OPERATOR(pg_catalog.=) 0 THEN interval '0'
+            WHEN p.per_second OPERATOR(pg_catalog.>) 0
+            THEN pg_catalog.make_interval(secs => ((p.queued OPERATOR(pg_catalog.+) p.running)
+                                                   OPERATOR(pg_catalog./) p.per_second)::double precision)
+       END AS eta
+  FROM (SELECT j.submission,
+               pg_catalog.count(*) AS total,
+               pg_catalog.count(*) FILTER (WHERE j.status OPERATOR(pg_catalog.=) 'queued') AS queued,
+               pg_catalog.count(*) FILTER (WHERE j.status OPERATOR(pg_catalog.=) 'running') AS running,
+               pg_catalog.count(*) FILTER (WHERE j.status OPERATOR(pg_catalog.=) 'done') AS done,
+               pg_catalog.count(*) FILTER (WHERE j.status OPERATOR(pg_catalog.=) 'failed') AS failed,
+               pg_catalog.count(*) FILTER (WHERE j.status OPERATOR(pg_catalog.=) 'cancelled') AS cancelled,
+               pg_catalog.count(*) FILTER (WHERE j.status OPERATOR(pg_catalog.=) 'review') AS review,
+               pg_catalog.min(j.submitted_at) AS submitted_at,
+               pg_catalog.max(j.finished_at) AS last_finished_at,
+               (pg_catalog.count(*) FILTER (WHERE j.status OPERATOR(pg_catalog.=) ANY (ARRAY['done', 'failed'])))::numeric
+                 OPERATOR(pg_catalog./) NULLIF(EXTRACT(epoch FROM pg_catalog.max(j.finished_at)
+                                                   OPERATOR(pg_catalog.-) pg_catalog.min(j.started_at)), 0)
+                 AS per_second
+          FROM maester.job j
+         GROUP BY j.submission) p;
+
+COMMENT ON VIEW maester.job_progress IS
+    'Per submission: how many jobs are queued, running, done, failed, cancelled or in review; the rate so far (jobs finished per second since the first started) and the estimated time left.';
+
+CREATE FUNCTION maester.job_retention(older_than interval)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF older_than OPERATOR(pg_catalog.<) interval '0' THEN
+        RAISE EXCEPTION 'older_than must not be negative'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- queued, running and review jobs are kept whatever their age
+    DELETE FROM maester.job j
+     WHERE j.finished_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) older_than)
+       AND j.status OPERATOR(pg_catalog.=) ANY (ARRAY['done', 'failed', 'cancelled']);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION maester.job_retention(interval) IS
+    'Deletes jobs that ended (done, failed, cancelled) longer ago than the given age and returns how many; jobs in review are kept.';
+
 CREATE FUNCTION maester.complete(request jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -1770,6 +1887,8 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION
     maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb),
     maester.generate_batch(jsonb[], integer, text, text, jsonb, boolean),
+    maester.submit(jsonb, regproc, text),
+    maester.cancel_job(bigint),
     maester.complete(jsonb),
     maester.evaluate(text, jsonb, jsonb),
     maester.validate_checks(jsonb) TO maester_user;
@@ -1795,6 +1914,10 @@ GRANT EXECUTE ON FUNCTION maester.trace_retention(interval) TO maester_admin;
 GRANT EXECUTE ON FUNCTION maester.trace_status() TO maester_reader, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.otlp_payload(bigint, integer) TO maester_reader, maester_admin;
 GRANT SELECT ON maester.stat TO maester_reader, maester_admin;
+GRANT SELECT ON maester.job, maester.job_progress TO maester_user, maester_reader, maester_admin;
+GRANT DELETE ON maester.job TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.cancel_job(bigint) TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.job_retention(interval) TO maester_admin;
 GRANT EXECUTE ON FUNCTION maester.stat_entries() TO maester_reader, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.stat_reset() TO maester_admin;
 GRANT SELECT ON maester.budget TO maester_reader;
@@ -1834,3 +1957,5 @@ SELECT pg_catalog.pg_extension_config_dump('maester.eval_run_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.eval_result', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.capture', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.span', '');
+SELECT pg_catalog.pg_extension_config_dump('maester.job', '');
+SELECT pg_catalog.pg_extension_config_dump('maester.job_id_seq', '');

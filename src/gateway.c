@@ -57,12 +57,14 @@
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/snapmgr.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 #include "utils/wait_event.h"
 
 #include "budget.h"
+#include "call.h"
 #include "http.h"
 #include "ledger.h"
 #include "maester.h"
@@ -1026,7 +1028,7 @@ typedef struct CallArgs
 	Jsonb	   *options;
 } CallArgs;
 
-typedef struct Call
+struct Call
 {
 	int			ordinal;		/* 1-based position in the batch */
 	MemoryContext cxt;			/* everything of this call */
@@ -1057,13 +1059,14 @@ typedef struct Call
 	bool		req_live;		/* req holds curl resources */
 	Span	   *gen_span;
 	TimestampTz attempt_start;
+	bool		cancel_requested;	/* by its driver: end it as cancelled */
 	/* a failed call */
 	int			sqlstate;
 	const char *error_class;
 	char	   *message;
 	char	   *detail;
 	const char *hint;
-} Call;
+};
 
 /* The calls run_calls is moving */
 typedef struct CallSet
@@ -1073,6 +1076,7 @@ typedef struct CallSet
 	int			max;
 	uint64		settle_seq;		/* highest SETTLE row queued */
 	LedgerSlot *slot;
+	CallDriver *driver;
 } CallSet;
 
 /* Fail the call: with the last failure and the list of attempts */
@@ -1594,23 +1598,42 @@ call_failed_finish(Call *c)
 }
 
 /*
- * call_move in a subtransaction: an error ends this call only (FAILED,
- * with the error's SQLSTATE and message); cancel and shutdown go on.
+ * call_move in a subtransaction (CALLS_SUBXACT) or a transaction of its
+ * own (CALLS_XACT): an error ends this call only (FAILED, with the error's
+ * SQLSTATE and message); cancel and shutdown go on.
  */
 pg_noinline static void
-call_move_isolated(Call *c, CallSet *set)
+call_move_isolated(Call *c, CallSet *set, CallIsolation isolation)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 
-	BeginInternalSubTransaction(NULL);
+	if (isolation == CALLS_SUBXACT)
+		BeginInternalSubTransaction(NULL);
+	else
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+	}
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
+		if (set->driver->enter)
+			set->driver->enter(c, set->driver->arg);
 		call_move(c, set);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
+		if (isolation == CALLS_SUBXACT)
+		{
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(oldcxt);
+			CurrentResourceOwner = oldowner;
+		}
+		else
+		{
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			MemoryContextSwitchTo(oldcxt);
+		}
 	}
 	PG_CATCH();
 	{
@@ -1620,9 +1643,17 @@ call_move_isolated(Call *c, CallSet *set)
 		MemoryContextSwitchTo(c->cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
+		if (isolation == CALLS_SUBXACT)
+		{
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(oldcxt);
+			CurrentResourceOwner = oldowner;
+		}
+		else
+		{
+			AbortCurrentTransaction();
+			MemoryContextSwitchTo(oldcxt);
+		}
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
 			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 			ReThrowError(edata);
@@ -1650,26 +1681,36 @@ call_move_isolated(Call *c, CallSet *set)
 	PG_END_TRY();
 }
 
-/* Where run_calls gets its calls, and where it hands them when finished */
-typedef Call *(*CallSource) (void *arg);
-typedef void (*CallSink) (Call *c, void *arg);
+/* A call its driver asked to stop: torn down, FAILED as cancelled */
+static void
+call_cancel(Call *c)
+{
+	HOLD_INTERRUPTS();
+	call_abort(c);
+	RESUME_INTERRUPTS();
+	c->phase = PHASE_FAILED;
+	c->sqlstate = ERRCODE_QUERY_CANCELED;
+	c->error_class = "cancelled";
+	c->message = pstrdup("the call was cancelled");
+	c->detail = NULL;
+	c->hint = NULL;
+}
 
 /*
- * Run calls until every one is DONE or FAILED, at most `concurrency` at a
- * time, taking them from `next` (NULL when there are no more) as room
- * frees up and handing each finished call to `done`.  See the comment on
- * the call machine above.
+ * Run calls until every one is DONE or FAILED (persistent drivers: until
+ * stop() says so), at most d->concurrency at a time, taking them from
+ * d->next as room frees up and handing each finished call to d->done.
+ * See the comment on the call machine above.
  */
-static void
-run_calls(CallSource next, CallSink done, void *arg, int concurrency,
-		  bool isolate)
+void
+run_calls(CallDriver *d)
 {
 	CallSet		set;
-	bool		exhausted = false;
 
 	memset(&set, 0, sizeof(set));
-	set.max = concurrency;
-	set.calls = palloc0(sizeof(Call *) * concurrency);
+	set.max = d->concurrency;
+	set.calls = palloc0(sizeof(Call *) * d->concurrency);
+	set.driver = d;
 	if (!ExitCallbackRegistered)
 	{
 		before_shmem_exit(ledger_backend_exit, (Datum) 0);
@@ -1678,6 +1719,8 @@ run_calls(CallSource next, CallSink done, void *arg, int concurrency,
 
 	PG_TRY();
 	{
+		bool		exhausted = false;
+
 		for (;;)
 		{
 			uint64		durable = 0;
@@ -1685,20 +1728,24 @@ run_calls(CallSource next, CallSink done, void *arg, int concurrency,
 			long		wait = 1000;
 			bool		finished = false;
 
-			while (!exhausted && set.ncalls < set.max)
+			if (d->stop && d->stop(d->arg))
+				ereport(ERROR,
+						(errcode(ERRCODE_ADMIN_SHUTDOWN),
+						 errmsg("maester worker stopping")));
+			while ((!exhausted || d->persistent) && set.ncalls < set.max)
 			{
-				Call	   *c = next(arg);
+				Call	   *c = d->next(d->arg);
 
 				if (c == NULL)
-					exhausted = true;
-				else
 				{
-					set.calls[set.ncalls++] = c;
-					if (set.slot == NULL && c->cs.slot != NULL)
-						set.slot = c->cs.slot;
+					exhausted = true;
+					break;
 				}
+				set.calls[set.ncalls++] = c;
+				if (set.slot == NULL && c->cs.slot != NULL)
+					set.slot = c->cs.slot;
 			}
-			if (set.ncalls == 0)
+			if (set.ncalls == 0 && !d->persistent)
 				break;
 
 			if (set.slot)
@@ -1708,20 +1755,26 @@ run_calls(CallSource next, CallSink done, void *arg, int concurrency,
 			{
 				Call	   *c = set.calls[i];
 
-				if (call_ready(c, &set, durable, now))
+				if (c->cancel_requested && c->phase != PHASE_DONE && c->phase != PHASE_FAILED)
+					call_cancel(c);
+				else if (call_ready(c, &set, durable, now))
 				{
-					if (isolate)
-						call_move_isolated(c, &set);
-					else
+					if (d->isolation == CALLS_SHARED)
 						call_move(c, &set);
+					else
+						call_move_isolated(c, &set, d->isolation);
 				}
 				if (c->phase == PHASE_DONE || c->phase == PHASE_FAILED)
 				{
 					if (c->phase == PHASE_FAILED)
+					{
+						if (d->enter)
+							d->enter(c, d->arg);
 						call_failed_finish(c);
+					}
 					set.calls[i] = set.calls[--set.ncalls];
 					i--;
-					done(c, arg);
+					d->done(c, d->arg);
 					finished = true;
 				}
 			}
@@ -1767,7 +1820,7 @@ run_calls(CallSource next, CallSink done, void *arg, int concurrency,
  * arguments, and whatever rendering or routing raises.
  */
 static Call *
-call_prepare(CallArgs *a, int ordinal, MemoryContext cxt)
+call_prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id)
 {
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	Call	   *c = palloc0(sizeof(Call));
@@ -1796,6 +1849,8 @@ call_prepare(CallArgs *a, int ordinal, MemoryContext cxt)
 	parse_options(a->options, &c->opts);
 
 	new_ids(&g->request_id, g->trace_id);
+	if (request_id)
+		g->request_id = *request_id;
 	g->trace = palloc(sizeof(CallTrace));
 	trace_begin(g->trace);
 	strlcpy(g->trace_id, g->trace->trace_id, sizeof(g->trace_id));
@@ -1913,7 +1968,7 @@ call_succeeded_finish(Call *c)
 }
 
 /* The maester.generation fields of a call (22 values) */
-#define GENERATION_NATTS 22
+#define GENERATION_NATTS CALL_GENERATION_NATTS
 
 static void
 generation_values(Generation *g, Datum *values, bool *nulls)
@@ -2034,8 +2089,13 @@ llm_generate(PG_FUNCTION_ARGS)
 	tupdesc = BlessTupleDesc(tupdesc);
 
 	memset(&s, 0, sizeof(s));
-	s.call = call_prepare(&a, 1, CurrentMemoryContext);
-	run_calls(single_next, single_done, &s, 1, false);
+	s.call = call_prepare(&a, 1, CurrentMemoryContext, NULL);
+	{
+		CallDriver	d = {.next = single_next, .done = single_done, .arg = &s,
+		.concurrency = 1, .isolation = CALLS_SHARED};
+
+		run_calls(&d);
+	}
 	c = s.result;
 	if (c->phase == PHASE_FAILED)
 		ereport(ERROR,
@@ -2097,26 +2157,20 @@ request_object(JsonbValue *v, const char *key)
 }
 
 /*
- * One request of a batch -- an object with llm_generate's argument names
- * -- as call arguments, with the batch's defaults.  Raises 22023 (22004
- * for a NULL request).
+ * A request -- an object with llm_generate's argument names -- as call
+ * arguments.  Raises 22023.  *has_model says whether "model" was given
+ * (null included).
  */
 static void
-request_args(BatchState *b, int i, CallArgs *a)
+request_parse(Jsonb *req, CallArgs *a, bool *has_model)
 {
-	Jsonb	   *req;
 	JsonbIterator *it;
 	JsonbValue	k;
 	JsonbIteratorToken tok;
-	bool		has_model = false;
 	text	   *t;
 
 	memset(a, 0, sizeof(*a));
-	if (b->request_nulls[i])
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("request %d is NULL", i + 1)));
-	req = DatumGetJsonbP(b->requests[i]);
+	*has_model = false;
 	if (!JB_ROOT_IS_OBJECT(req))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -2141,7 +2195,7 @@ request_args(BatchState *b, int i, CallArgs *a)
 		{
 			t = request_text(&v, key);
 			a->model = t ? text_to_cstring(t) : NULL;
-			has_model = true;
+			*has_model = true;
 		}
 		else if (strcmp(key, "prompt_name") == 0)
 		{
@@ -2177,6 +2231,20 @@ request_args(BatchState *b, int i, CallArgs *a)
 					 errmsg("unknown request member \"%s\"", key),
 					 errhint("Known members: " REQUEST_KEYS ".")));
 	}
+
+}
+
+/* One request of the batch, with the batch's defaults; raises */
+static void
+request_args(BatchState *b, int i, CallArgs *a)
+{
+	bool		has_model;
+
+	if (b->request_nulls[i])
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("request %d is NULL", i + 1)));
+	request_parse(DatumGetJsonbP(b->requests[i]), a, &has_model);
 
 	/* the batch's defaults */
 	if (!has_model && b->model)
@@ -2218,7 +2286,7 @@ batch_next(void *arg)
 		CallArgs	a;
 
 		request_args(b, i, &a);
-		c = call_prepare(&a, i + 1, cxt);
+		c = call_prepare(&a, i + 1, cxt, NULL);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -2236,15 +2304,7 @@ batch_next(void *arg)
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
 			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 			ReThrowError(edata);
-		c = MemoryContextAllocZero(cxt, sizeof(Call));
-		c->ordinal = i + 1;
-		c->cxt = cxt;
-		c->phase = PHASE_FAILED;
-		c->sqlstate = edata->sqlerrcode;
-		c->error_class = "invalid_request";
-		c->message = edata->message;
-		c->detail = edata->detail;
-		c->hint = edata->hint;
+		c = call_from_error(i + 1, cxt, edata);
 	}
 	PG_END_TRY();
 	return c;
@@ -2292,6 +2352,116 @@ batch_done(Call *c, void *arg)
 	tuplestore_putvalues(b->rsinfo->setResult, b->rsinfo->setDesc, values, nulls);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(c->cxt);
+}
+
+/*
+ * For drivers outside this file (call.h).
+ */
+
+/* A call from a request object; raises what llm_generate would */
+Call *
+call_from_request(Jsonb *request, int ordinal, MemoryContext cxt,
+				  const pg_uuid_t *request_id)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	CallArgs	a;
+	bool		has_model;
+	Call	   *c;
+
+	request_parse(request, &a, &has_model);
+	c = call_prepare(&a, ordinal, cxt, request_id);
+	MemoryContextSwitchTo(old);
+	return c;
+}
+
+/* Check a request's shape (members and their types); raises 22023 */
+void
+call_validate_request(Jsonb *request)
+{
+	CallArgs	a;
+	bool		has_model;
+
+	request_parse(request, &a, &has_model);
+	if ((a.prompt == NULL) == (a.prompt_name == NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("give exactly one of prompt and prompt_name"),
+				 errhint("A request is an object with llm_generate's argument names: " REQUEST_KEYS ".")));
+	if (a.options)
+	{
+		CallOptions o;
+
+		parse_options(a.options, &o);
+	}
+}
+
+/* A call that failed before it started (a bad request, ...) */
+Call *
+call_from_error(int ordinal, MemoryContext cxt, ErrorData *edata)
+{
+	Call	   *c = MemoryContextAllocZero(cxt, sizeof(Call));
+
+	c->ordinal = ordinal;
+	c->cxt = cxt;
+	c->phase = PHASE_FAILED;
+	c->sqlstate = edata->sqlerrcode;
+	c->error_class = "invalid_request";
+	c->message = MemoryContextStrdup(cxt, edata->message ? edata->message : "");
+	c->detail = edata->detail ? MemoryContextStrdup(cxt, edata->detail) : NULL;
+	c->hint = edata->hint ? MemoryContextStrdup(cxt, edata->hint) : NULL;
+	return c;
+}
+
+int
+call_ordinal(Call *c)
+{
+	return c->ordinal;
+}
+
+MemoryContext
+call_context(Call *c)
+{
+	return c->cxt;
+}
+
+bool
+call_succeeded(Call *c)
+{
+	return c->phase == PHASE_DONE;
+}
+
+/* A DONE call: capture, spans, statistics, log line (needs a transaction) */
+void
+call_finish_success(Call *c)
+{
+	call_succeeded_finish(c);
+}
+
+/* The maester.generation fields of a prepared call; false if none */
+bool
+call_generation_values(Call *c, Datum *values, bool *nulls)
+{
+	if (c->g.trace == NULL)
+		return false;
+	generation_values(&c->g, values, nulls);
+	return true;
+}
+
+void
+call_error(Call *c, int *sqlstate, const char **error_class,
+		   const char **message, const char **detail)
+{
+	*sqlstate = c->sqlstate;
+	*error_class = c->error_class ? c->error_class : "error";
+	*message = c->message ? c->message : "";
+	*detail = c->detail;
+}
+
+/* Ask run_calls to stop the call (at its next round) */
+void
+call_request_cancel(Call *c)
+{
+	c->cancel_requested = true;
 }
 
 PG_FUNCTION_INFO_V1(generate_batch);
@@ -2344,7 +2514,13 @@ generate_batch(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("options must be a JSON object")));
 
-	run_calls(batch_next, batch_done, &b, Min(concurrency, Max(b.nrequests, 1)), true);
+	{
+		CallDriver	d = {.next = batch_next, .done = batch_done, .arg = &b,
+			.concurrency = Min(concurrency, Max(b.nrequests, 1)),
+		.isolation = CALLS_SUBXACT};
+
+		run_calls(&d);
+	}
 	MemoryContextDelete(b.cxt);
 	PG_RETURN_NULL();
 }

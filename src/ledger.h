@@ -14,6 +14,7 @@
 #include "utils/uuid.h"
 
 #define LEDGER_NAMELEN 256		/* bytes kept of prompt/model names */
+#define MAESTER_MAX_JOB_WORKERS 8	/* per database */
 
 typedef enum LedgerKind
 {
@@ -102,6 +103,10 @@ typedef struct LedgerSlot
 	int64		otlp_exported;	/* spans sent to the collector */
 	int64		otlp_dropped;	/* spans given up on */
 	int64		otlp_failed_posts;
+	/* job workers: woken (and job_wakeups bumped) when jobs are submitted */
+	pid_t		job_pid[MAESTER_MAX_JOB_WORKERS];
+	Latch	   *job_latch[MAESTER_MAX_JOB_WORKERS];
+	uint64		job_wakeups;
 	/* the rings follow: ledger_queue_size records each, ledger then spans */
 } LedgerSlot;
 
@@ -143,5 +148,11 @@ extern void ledger_copy_name(char *dst, const char *src, int size);
 
 /* worker.c */
 extern void maester_register_launcher(void);
+extern bool maester_extension_exists(void);
+
+/* job.c */
+extern int	maester_job_workers;
+extern int	maester_job_concurrency;
+extern bool maester_job_retry_interrupted;
 
 #endif							/* MAESTER_LEDGER_H */

@@ -336,6 +336,25 @@ _PG_init(void)
 							   GUC_SUPERUSER_ONLY,
 							   check_otlp_headers, NULL, NULL);
 
+	DefineCustomIntVariable("maester.job_workers",
+							"Job workers per database, running the jobs of maester.submit.",
+							"0 stops running jobs (they stay queued).",
+							&maester_job_workers,
+							1,
+							0, MAESTER_MAX_JOB_WORKERS,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("maester.job_retry_interrupted",
+							 "Requeues a job whose worker stopped while its call was in flight.",
+							 "Off (the default): such a job is marked review, since the provider may have answered and billed it; on: it runs again (it may be billed twice).",
+							 &maester_job_retry_interrupted,
+							 false,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
 	/*
 	 * A PGC_POSTMASTER setting can only be defined while preloading; loaded
 	 * later, the library works without shared memory (registry only).
@@ -388,6 +407,16 @@ _PG_init(void)
 								&maester_max_stat_entries,
 								256,
 								1, 100000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+		DefineCustomIntVariable("maester.job_concurrency",
+								"Calls each job worker keeps in flight at once.",
+								NULL,
+								&maester_job_concurrency,
+								16,
+								1, 256,
 								PGC_POSTMASTER,
 								0,
 								NULL, NULL, NULL);

@@ -69,6 +69,7 @@ PGDLLEXPORT void maester_launcher_main(Datum arg);
 PGDLLEXPORT void maester_ledger_main(Datum arg);
 PGDLLEXPORT void maester_otlp_main(Datum arg);
 PGDLLEXPORT void maester_span_main(Datum arg);
+PGDLLEXPORT void maester_job_main(Datum arg);
 
 /* Register the launcher; called from _PG_init while preloading */
 void
@@ -92,17 +93,19 @@ typedef enum WorkerKind
 {
 	WK_LEDGER,
 	WK_SPANS,
-	WK_OTLP
+	WK_OTLP,
+	WK_JOBS
 } WorkerKind;
 
-static const char *const worker_function[] = {"maester_ledger_main", "maester_span_main", "maester_otlp_main"};
-static const char *const worker_type[] = {"maester ledger worker", "maester span writer", "maester OTLP exporter"};
+static const char *const worker_function[] = {"maester_ledger_main", "maester_span_main", "maester_otlp_main", "maester_job_main"};
+static const char *const worker_type[] = {"maester ledger worker", "maester span writer", "maester OTLP exporter", "maester job worker"};
 
 /* Launcher state: a worker handle per database and kind it started */
 typedef struct LaunchedWorker
 {
 	Oid			dboid;
 	WorkerKind	kind;
+	int			index;			/* job workers: their number */
 	BackgroundWorkerHandle *handle;
 } LaunchedWorker;
 
@@ -112,13 +115,14 @@ static int	maxlaunched = 0;
 
 /* Is a worker of this kind for `dboid` running (or starting)? */
 static bool
-worker_running(Oid dboid, WorkerKind kind)
+worker_running(Oid dboid, WorkerKind kind, int index)
 {
 	for (int i = 0; i < nlaunched; i++)
 	{
 		pid_t		pid;
 
-		if (launched[i].dboid != dboid || launched[i].kind != kind)
+		if (launched[i].dboid != dboid || launched[i].kind != kind ||
+			launched[i].index != index)
 			continue;
 		if (GetBackgroundWorkerPid(launched[i].handle, &pid) != BGWH_STOPPED)
 			return true;
@@ -130,14 +134,14 @@ worker_running(Oid dboid, WorkerKind kind)
 	return false;
 }
 
-/* Start a worker of this kind for `dboid` unless one runs */
+/* Start a worker of this kind (and number) for `dboid` unless one runs */
 static void
-start_worker(Oid dboid, WorkerKind kind)
+start_worker_n(Oid dboid, WorkerKind kind, int index)
 {
 	BackgroundWorker bgw;
 	BackgroundWorkerHandle *handle;
 
-	if (worker_running(dboid, kind))
+	if (worker_running(dboid, kind, index))
 		return;
 	memset(&bgw, 0, sizeof(bgw));
 	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -145,7 +149,11 @@ start_worker(Oid dboid, WorkerKind kind)
 	bgw.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(bgw.bgw_library_name, "maester", BGW_MAXLEN);
 	strlcpy(bgw.bgw_function_name, worker_function[kind], BGW_MAXLEN);
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s for database %u", worker_type[kind], dboid);
+	if (kind == WK_JOBS)
+		snprintf(bgw.bgw_name, BGW_MAXLEN, "%s %d for database %u", worker_type[kind], index, dboid);
+	else
+		snprintf(bgw.bgw_name, BGW_MAXLEN, "%s for database %u", worker_type[kind], dboid);
+	memcpy(bgw.bgw_extra, &index, sizeof(index));
 	strlcpy(bgw.bgw_type, worker_type[kind], BGW_MAXLEN);
 	bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
 	bgw.bgw_notify_pid = MyProcPid;
@@ -165,8 +173,15 @@ start_worker(Oid dboid, WorkerKind kind)
 	}
 	launched[nlaunched].dboid = dboid;
 	launched[nlaunched].kind = kind;
+	launched[nlaunched].index = index;
 	launched[nlaunched].handle = handle;
 	nlaunched++;
+}
+
+static void
+start_worker(Oid dboid, WorkerKind kind)
+{
+	start_worker_n(dboid, kind, 0);
 }
 
 /* The databases that accept connections */
@@ -209,10 +224,14 @@ static void
 free_slot(LedgerSlot *slot, Oid dboid)
 {
 	LWLock	   *lock = slot->lock;
+	bool		idle;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	if (slot->dboid == dboid && slot->worker_pid == 0 && slot->span_pid == 0 &&
-		slot->exporter_pid == 0)
+	idle = slot->worker_pid == 0 && slot->span_pid == 0 && slot->exporter_pid == 0;
+
+	for (int j = 0; j < MAESTER_MAX_JOB_WORKERS; j++)
+		idle &= slot->job_pid[j] == 0;
+	if (slot->dboid == dboid && idle)
 	{
 		memset(slot, 0, sizeof(LedgerSlot));
 		slot->lock = lock;
@@ -290,6 +309,8 @@ maester_launcher_main(Datum arg)
 				start_worker(dboids[i], WK_SPANS);
 				if (maester_otlp_endpoint[0] != '\0')
 					start_worker(dboids[i], WK_OTLP);
+				for (int j = 0; j < maester_job_workers; j++)
+					start_worker_n(dboids[i], WK_JOBS, j);
 			}
 			list_free(dbs);
 			pfree(dboids);
@@ -698,8 +719,8 @@ take_batch(bool spans, LedgerRecord *batch, int max, uint64 *tail)
 }
 
 /* Does the extension still exist in this database? */
-static bool
-extension_exists(void)
+bool
+maester_extension_exists(void)
 {
 	bool		exists;
 
@@ -722,7 +743,7 @@ maester_ledger_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
-	if (!extension_exists())
+	if (!maester_extension_exists())
 		proc_exit(0);			/* nothing to do here */
 
 	/* the ledger's commits are durable, whatever the server's default */
@@ -865,7 +886,7 @@ maester_span_main(Datum arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	SetConfigOption("application_name", "maester span writer", PGC_USERSET, PGC_S_OVERRIDE);
 
-	if (!extension_exists())
+	if (!maester_extension_exists())
 		proc_exit(0);
 
 

@@ -1,0 +1,855 @@
+/*-------------------------------------------------------------------------
+ *
+ * job.c
+ *	  Asynchronous jobs: maester.submit queues a request as a row of
+ *	  maester.job; the job workers of the database run it through the call
+ *	  machine (call.h), with the same ledger, budgets, evaluation and traces
+ *	  as llm_generate.
+ *
+ * A job worker (maester.job_workers per database, started by the launcher
+ * for every database with a ledger slot) is a persistent driver of
+ * run_calls: it keeps up to maester.job_concurrency calls in flight on its
+ * one curl multi handle, and takes new jobs whenever there is room, so a
+ * fast job never waits behind a slow one.
+ *
+ *	 - Waking: submit registers a commit callback that bumps the slot's
+ *	   job_wakeups and sets the workers' latches; a worker polls the table
+ *	   when the counter moved, when its last claim filled all its room, and
+ *	   once a second (for cancellations and lost wakeups) -- never in a
+ *	   busy loop.
+ *	 - Claiming: one short transaction takes up to the free room with
+ *	   FOR UPDATE SKIP LOCKED, sets status running and a fresh request_id
+ *	   (the call's, so its ledger rows are known before anything is sent),
+ *	   prepares the calls, and commits durably before any of them is sent.
+ *	 - Running: each move of a call runs in a transaction of its own, as
+ *	   the submitting role and tenant; none is held across HTTP.
+ *	 - Finishing: one transaction writes the result (or the error) and calls
+ *	   the job's callback procedure as the submitter, in a subtransaction.
+ *	 - Interruptions: a job whose worker stopped while it was running is
+ *	   requeued when it never reached the ledger (a PENDING row is durable
+ *	   before a request leaves, so no ledger row means nothing was sent);
+ *	   otherwise it may have been answered and billed, so it goes to review
+ *	   -- or back to the queue with maester.job_retry_interrupted.  A clean
+ *	   stop (SIGTERM, shutdown, fewer workers configured) does this at once,
+ *	   after settling the in-flight attempts as cancelled; after a crash,
+ *	   the worker's successor does it when it starts.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "call.h"
+#include "ledger.h"
+#include "maester.h"
+
+PGDLLEXPORT void maester_job_main(Datum arg);
+
+int			maester_job_workers = 1;
+int			maester_job_concurrency = 16;
+bool		maester_job_retry_interrupted = false;
+
+/* how often an idle worker looks at the table anyway */
+#define JOB_POLL_MS 1000
+
+/* ---------------------------------------------------------------------
+ * Submitting and cancelling
+ * ---------------------------------------------------------------------
+ */
+
+static bool JobsToWake = false;
+static bool JobXactCallbackRegistered = false;
+
+/* Bump the slot's wakeup counter and set its job workers' latches */
+static void
+wake_job_workers(LedgerSlot *slot)
+{
+	Latch	   *latches[MAESTER_MAX_JOB_WORKERS];
+	int			n = 0;
+
+	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+	slot->job_wakeups++;
+	for (int i = 0; i < MAESTER_MAX_JOB_WORKERS; i++)
+		if (slot->job_latch[i] != NULL)
+			latches[n++] = slot->job_latch[i];
+	LWLockRelease(slot->lock);
+	for (int i = 0; i < n; i++)
+		SetLatch(latches[i]);
+}
+
+/* At commit of a transaction that submitted or cancelled jobs: wake */
+static void
+job_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT && JobsToWake)
+	{
+		LedgerSlot *slot = ledger_slot_if_ready();
+
+		if (slot != NULL)
+			wake_job_workers(slot);
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		JobsToWake = false;
+}
+
+static void
+wake_at_commit(void)
+{
+	if (!JobXactCallbackRegistered)
+	{
+		RegisterXactCallback(job_xact_callback, NULL);
+		JobXactCallbackRegistered = true;
+	}
+	JobsToWake = true;
+}
+
+static Oid
+job_relid(void)
+{
+	Oid			relid = get_relname_relid("job", get_namespace_oid("maester", false));
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "table maester.job not found");
+	return relid;
+}
+
+/*
+ * Run `sql` with `nargs` arguments as the owner of maester.job, with a
+ * safe search_path; the caller has connected SPI.
+ */
+static int
+spi_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
+			 const char *nulls, long tcount)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			save_nestlevel;
+	int			rc;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(maester_relation_owner(job_relid()),
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, tcount);
+	AtEOXact_GUC(false, save_nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec);
+	return rc;
+}
+
+PG_FUNCTION_INFO_V1(job_submit);
+/*
+ * maester.submit(request jsonb, callback regproc, submission text)
+ *	 RETURNS bigint
+ */
+Datum
+job_submit(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *request;
+	Oid			callback = PG_ARGISNULL(1) ? InvalidOid : PG_GETARG_OID(1);
+	char	   *submission;
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Oid			types[5] = {JSONBOID, OIDOID, TEXTOID, TEXTOID, TEXTOID};
+	bool		isnull;
+	int64		id;
+
+	maester_require_preload();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("request must not be NULL")));
+	request = PG_GETARG_JSONB_P(0);
+	call_validate_request(request);
+
+	if (OidIsValid(callback))
+	{
+		HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(callback));
+		Form_pg_proc proc;
+		bool		ok;
+
+		if (!HeapTupleIsValid(tup))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("callback %u does not exist", callback)));
+		proc = (Form_pg_proc) GETSTRUCT(tup);
+		ok = proc->prokind == PROKIND_PROCEDURE && proc->pronargs == 1 &&
+			proc->proargtypes.values[0] == INT8OID;
+		ReleaseSysCache(tup);
+		if (!ok)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("callback must be a procedure taking the job id (bigint)"),
+					 errhint("CREATE PROCEDURE my_callback(job_id bigint) ...")));
+		if (pg_proc_aclcheck(callback, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for procedure %s", get_func_name(callback))));
+	}
+	if (!PG_ARGISNULL(2))
+		submission = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	else
+		submission = psprintf("txn-%llu", (unsigned long long)
+							  U64FromFullTransactionId(GetTopFullTransactionId()));
+
+	/* the slot: its workers are started for it, and woken through it */
+	(void) ledger_attach();
+
+	values[0] = JsonbPGetDatum(request);
+	values[1] = ObjectIdGetDatum(callback);
+	nulls[1] = OidIsValid(callback) ? ' ' : 'n';
+	values[2] = CStringGetTextDatum(submission);
+	values[3] = CStringGetTextDatum(maester_tenant);
+	values[4] = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (spi_as_owner("INSERT INTO maester.job (request, callback, submission, tenant, role) "
+					 "VALUES ($1, $2::regproc, $3, $4, $5) RETURNING id",
+					 5, types, values, nulls, 1) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != 1)
+		elog(ERROR, "could not queue the job");
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	wake_at_commit();
+	PG_RETURN_INT64(id);
+}
+
+PG_FUNCTION_INFO_V1(job_cancel);
+/*
+ * maester.cancel_job(id bigint) RETURNS boolean
+ */
+Datum
+job_cancel(PG_FUNCTION_ARGS)
+{
+	int64		id = PG_GETARG_INT64(0);
+	Datum		arg = Int64GetDatum(id);
+	Oid			type = INT8OID;
+	char	   *status;
+	char	   *role;
+	bool		result = false;
+	Oid			admin = get_role_oid("maester_admin", true);
+
+	maester_require_preload();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (spi_as_owner("SELECT status, role::text FROM maester.job WHERE id = $1 FOR UPDATE",
+					 1, &type, &arg, NULL, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the job");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("job %lld does not exist", (long long) id)));
+	status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	role = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (strcmp(role, GetUserNameFromId(GetUserId(), false)) != 0 &&
+		!(OidIsValid(admin) && has_privs_of_role(GetUserId(), admin)) &&
+		!superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("job %lld was submitted by another role", (long long) id),
+				 errhint("Its submitter or a member of maester_admin can cancel it.")));
+	if (strcmp(status, "queued") == 0)
+	{
+		if (spi_as_owner("UPDATE maester.job SET status = 'cancelled', "
+						 "finished_at = pg_catalog.clock_timestamp(), error_code = '57014', "
+						 "error_class = 'cancelled', error_message = 'cancelled before it started' "
+						 "WHERE id = $1", 1, &type, &arg, NULL, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not cancel the job");
+		result = true;
+	}
+	else if (strcmp(status, "running") == 0)
+	{
+		if (spi_as_owner("UPDATE maester.job SET cancel_requested = true WHERE id = $1",
+						 1, &type, &arg, NULL, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not cancel the job");
+		wake_at_commit();
+		result = true;
+	}
+	SPI_finish();
+	PG_RETURN_BOOL(result);
+}
+
+/* ---------------------------------------------------------------------
+ * The job worker
+ * ---------------------------------------------------------------------
+ */
+
+/* A job this worker took */
+typedef struct JobEntry
+{
+	bool		used;
+	int64		id;
+	Oid			role;
+	char	   *tenant;
+	Call	   *call;
+} JobEntry;
+
+typedef struct JobWorker
+{
+	int			index;
+	LedgerSlot *slot;
+	Oid			self;			/* the worker's own role */
+	MemoryContext cxt;
+	JobEntry   *entries;		/* maester_job_concurrency */
+	int			nentries;
+	int			live;			/* entries in use */
+	Call	  **ready;			/* taken, prepared, not yet handed out */
+	int			nready;
+	uint64		seen_wakeups;
+	TimestampTz last_poll;
+	bool		poll_again;		/* the last claim filled all the room */
+} JobWorker;
+
+static JobWorker *Worker = NULL;
+
+/* Take on the identity of a job's submitter: role and tenant */
+static void
+job_identity(JobEntry *e)
+{
+	SetUserIdAndSecContext(e->role, SECURITY_LOCAL_USERID_CHANGE);
+	(void) set_config_option("maester.tenant", e->tenant, PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SET, true, 0, false);
+}
+
+/* Back to the worker's own identity */
+static void
+worker_identity(JobWorker *w)
+{
+	SetUserIdAndSecContext(w->self, 0);
+}
+
+/*
+ * Requeue or set aside the running jobs of this worker number (worker 0
+ * also takes those of numbers no longer configured): see the header.
+ * Runs in its own transaction.
+ */
+static void
+release_running_jobs(JobWorker *w, const char *why)
+{
+	Datum		values[4];
+	Oid			types[4] = {INT4OID, INT4OID, BOOLOID, TEXTOID};
+	int			rc;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	values[0] = Int32GetDatum(w->index);
+	values[1] = Int32GetDatum(maester_job_workers);
+	values[2] = BoolGetDatum(maester_job_retry_interrupted);
+	values[3] = CStringGetTextDatum(why);
+	rc = SPI_execute_with_args(
+		"WITH r AS ("
+		"  SELECT j.id, j.cancel_requested,"
+		"         EXISTS (SELECT 1 FROM maester.usage u WHERE u.request_id = j.request_id) AS reached"
+		"    FROM maester.job j"
+		"   WHERE j.status = 'running'"
+		"     AND (j.worker = $1 OR ($1 = 0 AND (j.worker IS NULL OR j.worker >= $2))))"
+		"UPDATE maester.job j SET"
+		"  status = CASE WHEN r.cancel_requested THEN 'cancelled'"
+		"                WHEN NOT r.reached OR $3 THEN 'queued' ELSE 'review' END,"
+		"  finished_at = CASE WHEN r.cancel_requested OR (r.reached AND NOT $3)"
+		"                     THEN pg_catalog.clock_timestamp() END,"
+		"  error_code = CASE WHEN r.cancel_requested OR (r.reached AND NOT $3) THEN '57P01' END,"
+		"  error_class = CASE WHEN r.cancel_requested THEN 'cancelled'"
+		"                     WHEN r.reached THEN 'interrupted' END,"
+		"  error_message = CASE WHEN r.cancel_requested THEN 'cancelled'"
+		"                       WHEN r.reached THEN $4 || '; the call may have been answered and billed (see its ledger rows), so it '"
+		"                            || CASE WHEN $3 THEN 'was queued again (maester.job_retry_interrupted)'"
+		"                                    ELSE 'was not run again' END END,"
+		"  worker = NULL, worker_pid = NULL, cancel_requested = false"
+		"  FROM r WHERE j.id = r.id",
+		4, types, values, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "could not release the running jobs");
+	if (SPI_processed > 0)
+		ereport(LOG,
+				(errmsg("maester job worker %d released %llu running jobs (%s)",
+						w->index, (unsigned long long) SPI_processed, why)));
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/* A free entry (there is one: claims never exceed the room) */
+static int
+free_entry(JobWorker *w)
+{
+	for (int i = 0; i < w->nentries; i++)
+		if (!w->entries[i].used)
+			return i;
+	elog(ERROR, "no free job entry");
+	return -1;
+}
+
+/*
+ * Prepare a taken job's call as its submitter, in a subtransaction: a job
+ * that cannot be prepared (a role that is gone, an unknown prompt, a model
+ * nobody serves) is a failed call.
+ */
+static Call *
+prepare_job(JobWorker *w, int ei, Jsonb *request, pg_uuid_t *request_id)
+{
+	JobEntry   *e = &w->entries[ei];
+	MemoryContext cxt = AllocSetContextCreate(w->cxt, "maester job", ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	Call	   *volatile c = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		if (!OidIsValid(e->role))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("the role that submitted job %lld no longer exists", (long long) e->id)));
+		job_identity(e);
+		c = call_from_request(request, ei, cxt, request_id);
+		worker_identity(w);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		worker_identity(w);
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		c = call_from_error(ei, cxt, edata);
+	}
+	PG_END_TRY();
+	return c;
+}
+
+/*
+ * One look at the table: cancellations of our running jobs, and new jobs
+ * for the free room, in one short transaction committed (durably) before
+ * any of them is sent.
+ */
+static void
+poll_jobs(JobWorker *w)
+{
+	int			room = w->nentries - w->live;
+	Datum		values[3];
+	Oid			types[3] = {INT4OID, INT4OID, INT4OID};
+
+	LWLockAcquire(w->slot->lock, LW_SHARED);
+	w->seen_wakeups = w->slot->job_wakeups;
+	LWLockRelease(w->slot->lock);
+	w->last_poll = GetCurrentTimestamp();
+	w->poll_again = false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	worker_identity(w);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	pgstat_report_activity(STATE_RUNNING, "claiming jobs");
+
+	/* cancellations */
+	if (w->live > 0)
+	{
+		values[0] = Int32GetDatum(w->index);
+		if (SPI_execute_with_args("SELECT id FROM maester.job WHERE status = 'running' "
+								  "AND cancel_requested AND worker = $1",
+								  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read cancellations");
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+														 SPI_tuptable->tupdesc, 1, &isnull));
+
+			for (int i = 0; i < w->nentries; i++)
+				if (w->entries[i].used && w->entries[i].id == id && w->entries[i].call)
+					call_request_cancel(w->entries[i].call);
+		}
+	}
+
+	/* new jobs */
+	if (room > 0)
+	{
+		uint64		n;
+		SPITupleTable *tt;
+
+		values[0] = Int32GetDatum(w->index);
+		values[1] = Int32GetDatum(MyProcPid);
+		values[2] = Int32GetDatum(room);
+		if (SPI_execute_with_args("UPDATE maester.job j SET status = 'running', "
+								  "started_at = pg_catalog.clock_timestamp(), attempts = j.attempts + 1, "
+								  "worker = $1, worker_pid = $2, request_id = pg_catalog.gen_random_uuid(), "
+								  "cancel_requested = false, error_code = NULL, error_class = NULL, "
+								  "error_message = NULL "
+								  "FROM (SELECT q.id FROM maester.job q WHERE q.status = 'queued' "
+								  "      ORDER BY q.id LIMIT $3 FOR UPDATE SKIP LOCKED) t "
+								  "WHERE j.id = t.id "
+								  "RETURNING j.id, j.request, j.role::text, j.tenant, j.request_id",
+								  3, types, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not claim jobs");
+		n = SPI_processed;
+		tt = SPI_tuptable;
+		w->poll_again = n == (uint64) room;
+		for (uint64 r = 0; r < n; r++)
+		{
+			bool		isnull;
+			int			ei = free_entry(w);
+			JobEntry   *e = &w->entries[ei];
+			Jsonb	   *request;
+			pg_uuid_t  *rid;
+			char	   *role;
+
+			e->used = true;
+			e->call = NULL;
+			e->id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
+			request = DatumGetJsonbPCopy(SPI_getbinval(tt->vals[r], tt->tupdesc, 2, &isnull));
+			role = SPI_getvalue(tt->vals[r], tt->tupdesc, 3);
+			e->role = get_role_oid(role, true);
+			e->tenant = MemoryContextStrdup(w->cxt, SPI_getvalue(tt->vals[r], tt->tupdesc, 4));
+			rid = DatumGetUUIDP(SPI_getbinval(tt->vals[r], tt->tupdesc, 5, &isnull));
+			w->live++;
+			e->call = prepare_job(w, ei, request, rid);
+			w->ready[w->nready++] = e->call;
+		}
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* run_calls' source: a prepared job, if one is ready */
+static Call *
+job_next(void *arg)
+{
+	JobWorker  *w = (JobWorker *) arg;
+
+	if (w->nready == 0)
+		return NULL;
+	return w->ready[--w->nready];
+}
+
+/* Before each move of a job's call: its submitter's identity */
+static void
+job_enter(Call *c, void *arg)
+{
+	JobWorker  *w = (JobWorker *) arg;
+	JobEntry   *e = &w->entries[call_ordinal(c)];
+
+	if (OidIsValid(e->role))
+		job_identity(e);
+}
+
+/*
+ * Call the job's callback procedure as its submitter, in a
+ * subtransaction; its error message, or NULL.
+ */
+static char *
+run_callback(JobWorker *w, JobEntry *e, Oid callback)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	char	   *volatile error = NULL;
+	char	   *sql = psprintf("CALL %s(%lld)",
+							   quote_qualified_identifier(get_namespace_name(get_func_namespace(callback)),
+														  get_func_name(callback)),
+							   (long long) e->id);
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		job_identity(e);
+		if (SPI_execute(sql, false, 0) < 0)
+			elog(ERROR, "could not call %s", sql);
+		worker_identity(w);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		worker_identity(w);
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		error = edata->message;
+	}
+	PG_END_TRY();
+	return error;
+}
+
+/* run_calls' sink: record the job's end, call its callback, forget it */
+static void
+job_done(Call *c, void *arg)
+{
+	JobWorker  *w = (JobWorker *) arg;
+	int			ei = call_ordinal(c);
+	JobEntry   *e = &w->entries[ei];
+	Datum		g[CALL_GENERATION_NATTS];
+	bool		gnulls[CALL_GENERATION_NATTS];
+	Datum		values[CALL_GENERATION_NATTS + 6];
+	char		nulls[CALL_GENERATION_NATTS + 6];
+	Oid			types[CALL_GENERATION_NATTS + 6] = {
+		INT8OID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID,
+		UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID,
+		INT8OID, INT8OID, BOOLOID, FLOAT8OID, INT4OID, BOOLOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, NUMERICOID, BOOLOID, JSONBOID};
+	bool		ok = call_succeeded(c);
+	bool		has_g;
+	const char *status;
+	Oid			callback = InvalidOid;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (ok)
+	{
+		job_identity(e);
+		call_finish_success(c);
+	}
+	worker_identity(w);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	has_g = call_generation_values(c, g, gnulls);
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(e->id);
+	if (ok)
+		status = "done";
+	else
+	{
+		int			sqlstate;
+		const char *cls;
+		const char *msg;
+		const char *detail;
+
+		call_error(c, &sqlstate, &cls, &msg, &detail);
+		status = sqlstate == ERRCODE_QUERY_CANCELED ? "cancelled" : "failed";
+		values[3] = CStringGetTextDatum(unpack_sql_state(sqlstate));
+		values[4] = CStringGetTextDatum(cls);
+		values[5] = CStringGetTextDatum(detail ? psprintf("%s (%s)", msg, detail) : msg);
+	}
+	values[1] = CStringGetTextDatum(status);
+	values[2] = BoolGetDatum(ok && has_g);
+	if (ok)
+		nulls[3] = nulls[4] = nulls[5] = 'n';
+	for (int k = 0; k < CALL_GENERATION_NATTS; k++)
+	{
+		values[6 + k] = has_g ? g[k] : (Datum) 0;
+		nulls[6 + k] = has_g && !gnulls[k] ? ' ' : 'n';
+	}
+	if (SPI_execute_with_args("UPDATE maester.job SET status = $2, "
+							  "finished_at = pg_catalog.clock_timestamp(), trace_id = $8, "
+							  "error_code = $4, error_class = $5, error_message = $6, "
+							  "result = CASE WHEN $3 THEN ROW($7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
+							  "$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)::maester.generation END, "
+							  "worker_pid = NULL, cancel_requested = false "
+							  "WHERE id = $1 RETURNING callback",
+							  CALL_GENERATION_NATTS + 6, types, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not record the end of job %lld", (long long) e->id);
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			callback = DatumGetObjectId(d);
+	}
+	if (OidIsValid(callback) && OidIsValid(e->role) &&
+		SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(callback)))
+	{
+		char	   *error = run_callback(w, e, callback);
+
+		if (error)
+		{
+			Datum		cv[2] = {Int64GetDatum(e->id), CStringGetTextDatum(error)};
+			Oid			ct[2] = {INT8OID, TEXTOID};
+
+			ereport(LOG,
+					(errmsg("maester job %lld: its callback failed: %s", (long long) e->id, error)));
+			if (SPI_execute_with_args("UPDATE maester.job SET callback_error = $2 WHERE id = $1",
+									  2, ct, cv, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not record the callback's error");
+		}
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	MemoryContextDelete(call_context(c));
+	e->used = false;
+	e->call = NULL;
+	pfree(e->tenant);
+	w->live--;
+}
+
+/* run_calls asks each round: stop?  Also where the table is polled. */
+static bool
+job_stop(void *arg)
+{
+	JobWorker  *w = (JobWorker *) arg;
+	uint64		wakeups;
+
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	if (ShutdownRequestPending || w->index >= maester_job_workers)
+		return true;
+
+	LWLockAcquire(w->slot->lock, LW_SHARED);
+	wakeups = w->slot->job_wakeups;
+	LWLockRelease(w->slot->lock);
+	if (wakeups != w->seen_wakeups || (w->poll_again && w->live < w->nentries) ||
+		TimestampDifferenceExceeds(w->last_poll, GetCurrentTimestamp(), JOB_POLL_MS))
+		poll_jobs(w);
+	return false;
+}
+
+static void
+job_worker_exit(int code, Datum arg)
+{
+	if (Worker == NULL || Worker->slot == NULL)
+		return;
+	LWLockAcquire(Worker->slot->lock, LW_EXCLUSIVE);
+	if (Worker->slot->job_pid[Worker->index] == MyProcPid)
+	{
+		Worker->slot->job_pid[Worker->index] = 0;
+		Worker->slot->job_latch[Worker->index] = NULL;
+	}
+	LWLockRelease(Worker->slot->lock);
+}
+
+/* A job worker's main */
+void
+maester_job_main(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	int			index;
+	JobWorker  *w;
+	CallDriver	d;
+
+	memcpy(&index, MyBgworkerEntry->bgw_extra, sizeof(int));
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	if (index < 0 || index >= MAESTER_MAX_JOB_WORKERS || index >= maester_job_workers ||
+		!maester_extension_exists())
+		proc_exit(0);
+
+	w = MemoryContextAllocZero(TopMemoryContext, sizeof(JobWorker));
+	w->index = index;
+	w->self = GetUserId();
+	w->cxt = AllocSetContextCreate(TopMemoryContext, "maester jobs", ALLOCSET_DEFAULT_SIZES);
+	w->nentries = maester_job_concurrency;
+	w->entries = MemoryContextAllocZero(w->cxt, sizeof(JobEntry) * w->nentries);
+	w->ready = MemoryContextAllocZero(w->cxt, sizeof(Call *) * w->nentries);
+	for (int i = 0; i < ledger_shared->nslots && w->slot == NULL; i++)
+	{
+		LedgerSlot *slot = ledger_slot(i);
+
+		LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+		if (slot->dboid == MyDatabaseId && slot->job_pid[index] == 0)
+		{
+			slot->job_pid[index] = MyProcPid;
+			slot->job_latch[index] = &MyProc->procLatch;
+			w->slot = slot;
+		}
+		LWLockRelease(slot->lock);
+	}
+	if (w->slot == NULL)
+		proc_exit(0);			/* no slot, or this number is taken */
+	Worker = w;
+	before_shmem_exit(job_worker_exit, (Datum) 0);
+	SetConfigOption("application_name", "maester job worker", PGC_USERSET, PGC_S_OVERRIDE);
+	/* a claim is durable before its calls are sent, whatever the default */
+	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/* what a predecessor left running */
+	release_running_jobs(w, "its job worker stopped");
+	ereport(LOG, (errmsg("maester job worker %d ready for database %u", index, dboid)));
+
+	memset(&d, 0, sizeof(d));
+	d.next = job_next;
+	d.done = job_done;
+	d.enter = job_enter;
+	d.stop = job_stop;
+	d.arg = w;
+	d.concurrency = w->nentries;
+	d.isolation = CALLS_XACT;
+	d.persistent = true;
+
+	PG_TRY();
+	{
+		run_calls(&d);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		bool		stopping;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(TopMemoryContext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		stopping = edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN;
+		if (!stopping)
+			ereport(LOG,
+					(errmsg("maester job worker %d failed: %s", index, edata->message)));
+		worker_identity(w);
+		release_running_jobs(w, stopping ? "its job worker was stopped" : "its job worker failed");
+		RESUME_INTERRUPTS();
+		proc_exit(stopping ? 0 : 1);
+	}
+	PG_END_TRY();
+	proc_exit(0);
+}

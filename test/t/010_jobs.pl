@@ -1,0 +1,194 @@
+# Asynchronous jobs: maester.submit returns at once and the job workers
+# run the jobs through the gateway (ledger rows linked by request_id,
+# traces, evaluation); callbacks; errors per job; cancel_job for queued
+# and running jobs; a fast job is never held behind a slow one; the
+# workers are woken at commit; job_progress and job_retention; and a job
+# worker stopped or killed while a call is in flight neither loses the
+# job nor sends it twice (review), unless maester.job_retry_interrupted.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use MaesterMock;
+
+my $mock = MaesterMock->start;
+my $url = $mock->url;
+my $node = PostgreSQL::Test::Cluster->new('jobs');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'maester'
+maester.allow_insecure_hosts = '127.0.0.1'
+maester.job_workers = 1
+maester.job_concurrency = 8
+restart_after_crash = on
+});
+$node->start;
+$node->safe_psql('postgres', qq{
+	CREATE EXTENSION maester;
+	INSERT INTO maester.provider (name, kind, base_url, models, circuit_failure_threshold, max_attempts)
+	VALUES ('mock', 'openai_compatible', '$url/open/v1', '{mock-%,fault-%}', 0, 1);
+	INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+	VALUES ('mock-1', '2020-01-01', 1, 2), ('fault-latency-3000', '2020-01-01', 1, 2),
+	       ('fault-hang', '2020-01-01', 1, 2);
+	SELECT maester.prompt_register('greet', 'Hello {name}', version => '1');
+	CREATE TABLE done_log (job_id bigint, status text, by_role name);
+	CREATE PROCEDURE on_done(job_id bigint) LANGUAGE sql
+	    AS \$\$ INSERT INTO done_log SELECT job_id, status, current_user FROM maester.job WHERE id = job_id \$\$;
+	CREATE ROLE app LOGIN IN ROLE maester_user;
+	GRANT INSERT ON done_log TO app;
+	GRANT SELECT ON done_log TO app;
+});
+
+sub sq { return $node->safe_psql('postgres', $_[0]); }
+
+# wait until the jobs matching $where have all ended
+sub wait_jobs
+{
+	my ($where, $secs) = @_;
+	return $node->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM maester.job WHERE ($where) AND status IN ('queued', 'running')");
+}
+
+# 1. submit returns at once; the jobs run, as their submitter
+my $t0 = time;
+my $ids = $node->safe_psql('postgres', q{
+	SET ROLE app; SET maester.tenant = 'acme';
+	SELECT string_agg(maester.submit(jsonb_build_object('prompt_name', 'greet',
+	           'variables', jsonb_build_object('name', 'n' || i), 'model', 'mock-1'),
+	           callback => 'on_done', submission => 'greetings')::text, ',')
+	  FROM generate_series(1, 20) i;});
+my $took = time - $t0;
+diag(sprintf("submitting 20 jobs took %.1f ms", $took * 1000));
+my @ids = split /,/, $ids;
+is(scalar @ids, 20, 'twenty job ids');
+ok(wait_jobs("submission = 'greetings'"), 'the jobs ended');
+is(sq(q{SELECT string_agg(DISTINCT status, ',') FROM maester.job WHERE submission = 'greetings'}),
+	'done', 'all done');
+is(sq(q{SELECT count(*) FROM maester.job j JOIN maester.usage u USING (request_id)
+      WHERE j.submission = 'greetings' AND u.status = 'ok' AND u.role = 'app' AND u.tenant = 'acme'
+        AND u.trace_id = j.trace_id AND u.eval_status = 'pass'}),
+	'20', 'each job is one ledger row, as its submitter and tenant, with its trace and evaluation');
+is(sq(q{SELECT count(*) FROM maester.job WHERE submission = 'greetings'
+      AND (result).content = '[Mock:mock-1] Generated response for prompt: Hello ' || ((request->'variables')->>'name')}),
+	'20', 'the results are the generations');
+is(sq(q{SELECT count(*) || ' ' || bool_and(status = 'done') || ' ' || bool_and(by_role = 'app') FROM done_log}),
+	'20 true true', 'the callback ran for every job, as the submitter, seeing the result');
+is(sq(q{SELECT total || ' ' || done || ' ' || queued || ' ' || (per_second > 0) || ' ' || eta
+       FROM maester.job_progress WHERE submission = 'greetings'}),
+	'20 20 0 true 00:00:00', 'job_progress');
+$node->poll_query_until('postgres',
+	q{SELECT count(*) >= 20 FROM maester.span WHERE name = 'llm_generate'
+	    AND trace_id IN (SELECT trace_id FROM maester.job WHERE submission = 'greetings')})
+  or diag('spans missing');
+
+# 2. woken at commit, not by the once-a-second poll
+my @delays;
+for my $i (1 .. 5)
+{
+	usleep(300_000);
+	my $id = sq(q{SELECT maester.submit('{"prompt": "wake", "model": "mock-1"}')});
+	wait_jobs("id = $id");
+	push @delays, sq(q{SELECT round(extract(epoch FROM started_at - submitted_at) * 1000) FROM maester.job WHERE id = } . $id);
+}
+@delays = sort { $a <=> $b } @delays;
+diag("submit to start (ms): @delays");
+cmp_ok($delays[2], '<', 500, 'a job starts at once after its commit');
+
+# 3. errors stay with their job, and bad submissions are refused at once
+my $bad = sq(q{SELECT maester.submit('{"prompt_name": "no_such_prompt", "model": "mock-1"}')});
+my $bad2 = sq(q{SELECT maester.submit('{"prompt": "x", "model": "fault-status-400"}')});
+wait_jobs("id IN ($bad, $bad2)");
+is(sq(q{SELECT string_agg(status || ' ' || error_code || ' ' || error_class, ', ' ORDER BY id) FROM maester.job WHERE id IN (} . "$bad, $bad2)"),
+	'failed 42704 invalid_request, failed MG001 bad_request', 'failed jobs keep their error');
+my ($rc, $out, $err) = $node->psql('postgres', q{SELECT maester.submit('{"prompt": "x", "colour": "red"}')});
+like($err, qr/unknown request member "colour"/, 'a bad request is refused at submit');
+($rc, $out, $err) = $node->psql('postgres', q{SELECT maester.submit('{"prompt": "x"}', callback => 'now')});
+like($err, qr/callback must be a procedure taking the job id/, 'a callback must be a procedure');
+
+# 4. a fast job is not held behind slow ones; cancel_job
+my $slow = sq(q{SELECT string_agg(maester.submit('{"prompt": "slow", "model": "fault-latency-3000"}')::text, ',') FROM generate_series(1, 3)});
+my $fast = sq(q{SELECT maester.submit('{"prompt": "fast", "model": "mock-1"}')});
+wait_jobs("id = $fast");
+is(sq(q{SELECT count(*) FROM maester.job WHERE id IN (} . "$slow) AND status = 'running'"), '3',
+	'the fast job finished while the slow ones still ran');
+my $hang = sq(q{SELECT maester.submit('{"prompt": "hang", "model": "fault-hang", "options": {"timeout_ms": 60000}}')});
+$node->poll_query_until('postgres', "SELECT status = 'running' FROM maester.job WHERE id = $hang");
+usleep(300_000);
+is(sq(q{SELECT maester.cancel_job(} . "$hang)"), 't', 'cancel_job of a running job');
+wait_jobs("id = $hang");
+is(sq(q{SELECT status || ' ' || error_class FROM maester.job WHERE id = } . $hang), 'cancelled cancelled',
+	'the running job was cancelled');
+$node->poll_query_until('postgres', "SELECT count(*) = 0 FROM maester.usage WHERE status = 'pending'");
+is(sq(q{SELECT u.status || ' ' || u.error_class FROM maester.usage u JOIN maester.job j USING (request_id) WHERE j.id = } . $hang),
+	'cancelled cancelled', 'its attempt is settled in the ledger as cancelled');
+wait_jobs("id IN ($slow)");
+
+$node->safe_psql('postgres', q{ALTER SYSTEM SET maester.job_workers = 0; SELECT pg_reload_conf();});
+$node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+my $queued = sq(q{SELECT maester.submit('{"prompt": "never", "model": "mock-1"}')});
+is(sq(q{SELECT maester.cancel_job(} . "$queued)"), 't', 'cancel_job of a queued job');
+is(sq(q{SELECT status FROM maester.job WHERE id = } . $queued), 'cancelled', 'the queued job is cancelled');
+is(sq(q{SELECT maester.cancel_job(} . "$queued)"), 'f', 'cancelling an ended job: false');
+($rc, $out, $err) = $node->psql('postgres', q{SELECT maester.cancel_job(999999)});
+like($err, qr/job 999999 does not exist/, 'cancel_job of an unknown job');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET maester.job_workers; SELECT pg_reload_conf();});
+
+# 5. a job worker stopped (SIGTERM) while its call is in flight: the call
+# is settled as cancelled, the job goes to review, and it is not sent again
+sub hanging_job
+{
+	$mock->get('/_mock/reset');
+	my $id = sq(q{SELECT maester.submit('{"prompt": "interrupted", "model": "fault-hang", "options": {"timeout_ms": 60000}}')});
+	ok($mock->wait_for(sub { $mock->stats->{requests} >= 1 }, 20), 'the job reached the upstream');
+	return $id;
+}
+my $id = hanging_job();
+sq(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+wait_jobs("id = $id");
+is(sq(q{SELECT status || ' ' || error_class || ' ' || attempts FROM maester.job WHERE id = } . $id),
+	'review interrupted 1', 'a job interrupted in flight goes to review');
+$node->poll_query_until('postgres', "SELECT count(*) = 0 FROM maester.usage WHERE status = 'pending'");
+is(sq(q{SELECT string_agg(u.status, ',') FROM maester.usage u JOIN maester.job j USING (request_id) WHERE j.id = } . $id),
+	'cancelled', 'its attempt is settled once, as cancelled');
+# the launcher restarts the worker; the job is not run again
+$node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+my $after = sq(q{SELECT maester.submit('{"prompt": "after", "model": "mock-1"}')});
+wait_jobs("id = $after");
+is($mock->stats->{requests}, 2, 'the interrupted job was sent once (plus the new one)');
+
+# 6. SIGKILL (a crash restart) while in flight: review, sent once
+$id = hanging_job();
+my $wpid = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+kill 'KILL', $wpid;
+$node->poll_query_until('postgres', "SELECT status = 'review' FROM maester.job WHERE id = $id")
+  or diag('not in review: ' . sq(q{SELECT status FROM maester.job WHERE id = } . $id));
+is(sq(q{SELECT status || ' ' || error_class FROM maester.job WHERE id = } . $id), 'review interrupted',
+	'after a crash the job is in review');
+$node->poll_query_until('postgres', "SELECT count(*) = 0 FROM maester.usage WHERE status = 'pending'");
+is(sq(q{SELECT string_agg(u.status, ',') FROM maester.usage u JOIN maester.job j USING (request_id) WHERE j.id = } . $id),
+	'orphaned', 'its attempt is recovered as orphaned (charged at its estimate)');
+usleep(1_500_000);
+is($mock->stats->{requests}, 1, 'and it was not sent again');
+
+# 7. with maester.job_retry_interrupted it runs again
+$node->safe_psql('postgres', q{ALTER SYSTEM SET maester.job_retry_interrupted = on; SELECT pg_reload_conf();});
+$mock->get('/_mock/reset');
+$id = sq(q{SELECT maester.submit('{"prompt": "retried", "model": "fault-latency-3000"}')});
+ok($mock->wait_for(sub { $mock->stats->{requests} >= 1 }, 20), 'the job reached the upstream');
+sq(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+ok($node->poll_query_until('postgres', "SELECT status = 'done' FROM maester.job WHERE id = $id"),
+	'the interrupted job ran again');
+is(sq(q{SELECT attempts FROM maester.job WHERE id = } . $id), '2', 'twice');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET maester.job_retry_interrupted; SELECT pg_reload_conf();});
+
+# 8. retention: ended jobs older than the age go; review jobs stay
+is(sq(q{SELECT maester.job_retention('0 seconds') > 0}), 't', 'job_retention deleted ended jobs');
+is(sq(q{SELECT string_agg(DISTINCT status, ',') FROM maester.job}), 'review', 'jobs in review are kept');
+
+$node->stop;
+$mock->stop;
+done_testing();
