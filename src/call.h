@@ -34,6 +34,8 @@ typedef struct CallDriver
 	void		(*enter) (Call *c, void *arg);
 	/* persistent drivers: stop now? (in-flight calls are then torn down) */
 	bool		(*stop) (void *arg);
+	/* before run_calls sleeps */
+	void		(*idle) (void *arg);
 	void	   *arg;
 	int			concurrency;
 	CallIsolation isolation;

@@ -1780,6 +1780,8 @@ run_calls(CallDriver *d)
 			}
 			if (finished)
 				continue;		/* take more calls before sleeping */
+			if (d->idle)
+				d->idle(d->arg);
 
 			/* sleep until the next timer, socket or latch (the ledger's) */
 			now = GetCurrentTimestamp();

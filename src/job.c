@@ -23,8 +23,10 @@
  *	   prepares the calls, and commits durably before any of them is sent.
  *	 - Running: each move of a call runs in a transaction of its own, as
  *	   the submitting role and tenant; none is held across HTTP.
- *	 - Finishing: one transaction writes the result (or the error) and calls
- *	   the job's callback procedure as the submitter, in a subtransaction.
+ *	 - Finishing: the jobs that ended in a round of the machine are recorded
+ *	   together, in one transaction (one durable commit for many jobs):
+ *	   result or error, and each job's callback procedure, called as its
+ *	   submitter in a subtransaction.
  *	 - Interruptions: a job whose worker stopped while it was running is
  *	   requeued when it never reached the ledger (a PENDING row is durable
  *	   before a request leaves, so no ledger row means nothing was sent);
@@ -74,6 +76,8 @@ bool		maester_job_retry_interrupted = false;
 
 /* how often an idle worker looks at the table anyway */
 #define JOB_POLL_MS 1000
+/* ended jobs recorded at once, at the latest */
+#define JOB_FLUSH_AT 64
 
 /* ---------------------------------------------------------------------
  * Submitting and cancelling
@@ -321,6 +325,8 @@ typedef struct JobWorker
 	int			live;			/* entries in use */
 	Call	  **ready;			/* taken, prepared, not yet handed out */
 	int			nready;
+	Call	  **ended;			/* ended, not yet recorded */
+	int			nended;
 	uint64		seen_wakeups;
 	TimestampTz last_poll;
 	bool		poll_again;		/* the last claim filled all the room */
@@ -624,11 +630,13 @@ run_callback(JobWorker *w, JobEntry *e, Oid callback)
 	return error;
 }
 
-/* run_calls' sink: record the job's end, call its callback, forget it */
+/*
+ * Record a job's end -- its result or error -- and call its callback; in
+ * the caller's transaction, with SPI connected.
+ */
 static void
-job_done(Call *c, void *arg)
+record_end(JobWorker *w, Call *c)
 {
-	JobWorker  *w = (JobWorker *) arg;
 	int			ei = call_ordinal(c);
 	JobEntry   *e = &w->entries[ei];
 	Datum		g[CALL_GENERATION_NATTS];
@@ -645,17 +653,12 @@ job_done(Call *c, void *arg)
 	const char *status;
 	Oid			callback = InvalidOid;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
 	if (ok)
 	{
 		job_identity(e);
 		call_finish_success(c);
 	}
 	worker_identity(w);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 
 	has_g = call_generation_values(c, g, gnulls);
 	memset(nulls, ' ', sizeof(nulls));
@@ -718,15 +721,60 @@ job_done(Call *c, void *arg)
 				elog(ERROR, "could not record the callback's error");
 		}
 	}
+}
+
+/*
+ * Record the ends of the finished jobs in one transaction (one commit, not
+ * one per job), then forget them: their room is free for new jobs.
+ */
+static void
+flush_ended(JobWorker *w)
+{
+	if (w->nended == 0)
+		return;
+	pgstat_report_activity(STATE_RUNNING, "recording job results");
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	for (int i = 0; i < w->nended; i++)
+		record_end(w, w->ended[i]);
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
 
-	MemoryContextDelete(call_context(c));
-	e->used = false;
-	e->call = NULL;
-	pfree(e->tenant);
-	w->live--;
+	for (int i = 0; i < w->nended; i++)
+	{
+		Call	   *c = w->ended[i];
+		JobEntry   *e = &w->entries[call_ordinal(c)];
+
+		MemoryContextDelete(call_context(c));
+		e->used = false;
+		e->call = NULL;
+		pfree(e->tenant);
+		w->live--;
+	}
+	w->nended = 0;
+}
+
+/* run_calls' sink: a job ended; recorded with the others of the round */
+static void
+job_done(Call *c, void *arg)
+{
+	JobWorker  *w = (JobWorker *) arg;
+
+	w->ended[w->nended++] = c;
+	if (w->nended >= JOB_FLUSH_AT)
+		flush_ended(w);
+}
+
+/* run_calls is about to sleep: record what ended */
+static void
+job_idle(void *arg)
+{
+	flush_ended((JobWorker *) arg);
 }
 
 /* run_calls asks each round: stop?  Also where the table is polled. */
@@ -792,6 +840,7 @@ maester_job_main(Datum arg)
 	w->nentries = maester_job_concurrency;
 	w->entries = MemoryContextAllocZero(w->cxt, sizeof(JobEntry) * w->nentries);
 	w->ready = MemoryContextAllocZero(w->cxt, sizeof(Call *) * w->nentries);
+	w->ended = MemoryContextAllocZero(w->cxt, sizeof(Call *) * w->nentries);
 	for (int i = 0; i < ledger_shared->nslots && w->slot == NULL; i++)
 	{
 		LedgerSlot *slot = ledger_slot(i);
@@ -822,6 +871,7 @@ maester_job_main(Datum arg)
 	d.done = job_done;
 	d.enter = job_enter;
 	d.stop = job_stop;
+	d.idle = job_idle;
 	d.arg = w;
 	d.concurrency = w->nentries;
 	d.isolation = CALLS_XACT;
@@ -846,6 +896,18 @@ maester_job_main(Datum arg)
 			ereport(LOG,
 					(errmsg("maester job worker %d failed: %s", index, edata->message)));
 		worker_identity(w);
+		/* the jobs that ended but are not recorded yet: record them now */
+		PG_TRY();
+		{
+			flush_ended(w);
+		}
+		PG_CATCH();
+		{
+			FlushErrorState();
+			AbortOutOfAnyTransaction();
+			worker_identity(w);
+		}
+		PG_END_TRY();
 		release_running_jobs(w, stopping ? "its job worker was stopped" : "its job worker failed");
 		RESUME_INTERRUPTS();
 		proc_exit(stopping ? 0 : 1);

@@ -8,6 +8,9 @@
 #   its ratio to the ideal, and requests per second.  Each request is a
 #   full call: PENDING and SETTLE ledger rows made durable (fsync on),
 #   evaluation, spans.
+#   Then the same N requests as asynchronous jobs (maester.submit, one job
+#   worker with maester.job_concurrency = C): wall time from the submitting
+#   commit to the last job's end, and jobs per second.
 #   Then the backend's peak memory (VmHWM) after batches of N and of 10*N
 #   fast requests (mock-1, no latency): bounded memory means no growth
 #   proportional to the number of requests.
@@ -35,7 +38,7 @@ trap cleanup EXIT
 maester_start_mock
 maester_start_cluster "$data" "$port" "maester.allow_insecure_hosts = '127.0.0.1'" \
     "shared_buffers = 256MB" "fsync = ${MAESTER_BENCH_FSYNC:-on}" \
-    "maester.ledger_queue_size = 4096"
+    "maester.ledger_queue_size = 4096" "maester.job_concurrency = $conc"
 
 psql_q() {
     maester_as_pg psql -X -q -At -h "$data" -p "$port" -U postgres -d postgres \
@@ -72,6 +75,32 @@ done
 median=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 awk -v m="$median" -v i="$ideal_ms" -v n="$n" 'BEGIN {
     printf "batch: median %d ms for %d requests; ideal %d ms; ratio %.2fx; %.0f requests/s\n", m, n, i, m / i, n * 1000 / m }'
+
+# the async path: N jobs submitted in one transaction
+jobs=()
+for r in $(seq 1 "$runs"); do
+    out=$(psql_q <<SQL
+SELECT count(maester.submit(jsonb_build_object('prompt', 'event ' || i, 'model', 'fault-latency-$lat', 'max_tokens', 30),
+                            submission => 'bench-$r'))
+  FROM generate_series(1, $n) i;
+DO \$\$
+BEGIN
+  WHILE EXISTS (SELECT FROM maester.job WHERE submission = 'bench-$r' AND status IN ('queued', 'running')) LOOP
+    PERFORM pg_sleep(0.02);
+  END LOOP;
+END \$\$;
+SELECT round(extract(epoch FROM max(finished_at) - min(submitted_at)) * 1000) || ' '
+       || count(*) FILTER (WHERE status = 'done') || ' ' || count(*)
+  FROM maester.job WHERE submission = 'bench-$r';
+SQL
+)
+    ms=$(echo "$out" | tail -1 | cut -d' ' -f1)
+    echo "  jobs run $r: $(echo "$out" | tail -1 | awk '{printf "%d ms, %d/%d done", $1, $2, $3}')"
+    jobs+=("$ms")
+done
+jmedian=$(printf '%s\n' "${jobs[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+awk -v m="$jmedian" -v i="$ideal_ms" -v n="$n" 'BEGIN {
+    printf "jobs: median %d ms from submit to the last end for %d jobs; ideal %d ms; ratio %.2fx; %.0f jobs/s\n", m, n, i, m / i, n * 1000 / m }'
 
 # memory: peak RSS of one backend after N, then after 10*N fast requests
 mem=$(psql_q <<SQL
