@@ -126,6 +126,55 @@ SELECT id, prompt_version, cases, passed, pass_rate, mean_score, total_cost_usd
   FROM maester.eval_run('incidents', 'v2', 'gpt-4.1-mini');
 SELECT * FROM maester.eval_compare(1, 2);
 
+-- Batch work: summarise 200 events with one statement.  generate_batch
+-- runs the calls concurrently on one connection pool (32 at a time here);
+-- each is metered, evaluated and traced like the calls above, and a
+-- request that fails is a row with its error, not the statement's.
+CREATE TABLE events (id integer PRIMARY KEY, body text NOT NULL);
+INSERT INTO events
+SELECT i, format('%s on %s: %s', (ARRAY['Error rate above 2%', 'Latency above 300ms', 'Disk usage above 90%',
+                                         'Certificate expires in 7 days'])[1 + i % 4],
+                 'service-' || (i % 17), 'event ' || i)
+  FROM generate_series(1, 200) i;
+SELECT set_config('demo.t0', clock_timestamp()::text, false) IS NOT NULL AS started;
+CREATE TABLE event_summary AS
+SELECT e.id, b.content AS summary, b.cost_usd, b.evaluation ->> 'status' AS eval, b.error_class
+  FROM maester.generate_batch(
+         ARRAY(SELECT jsonb_build_object('variables', jsonb_build_object('event_text', body),
+                                         'max_tokens', 60)
+                 FROM events ORDER BY id),
+         prompt_name => 'system_summary', model => 'gpt-4.1-mini', concurrency => 32,
+         options => '{"tags": {"job": "enrich-events"}}') b
+  JOIN events e ON e.id = b.ordinal;   -- ordinal: the request's position in the array
+SELECT count(*) AS summarised, count(*) FILTER (WHERE error_class IS NULL) AS ok,
+       count(*) FILTER (WHERE eval = 'pass') AS eval_pass,
+       round(extract(epoch FROM clock_timestamp() - current_setting('demo.t0')::timestamptz)::numeric, 2) AS seconds
+  FROM event_summary;
+SELECT id, left(summary, 70) AS summary FROM event_summary ORDER BY id LIMIT 3;
+-- ... and each call is in the ledger, tagged:
+SELECT count(*) AS ledger_rows, count(DISTINCT request_id) AS calls, sum(input_tokens) AS input_tokens,
+       sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
+  FROM maester.usage WHERE tags ->> 'job' = 'enrich-events';
+
+-- Or asynchronously: submit returns at once with a job id; job workers run
+-- the jobs in the background, with the same ledger, evaluation and traces.
+SELECT count(maester.submit(jsonb_build_object('prompt_name', 'system_summary',
+                                               'variables', jsonb_build_object('event_text', body),
+                                               'model', 'gpt-4.1-mini', 'max_tokens', 60),
+                            submission => 'nightly-digest')) AS submitted
+  FROM events WHERE id <= 50;
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN NOT EXISTS (SELECT FROM maester.job WHERE status IN ('queued', 'running'));
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+SELECT submission, total, queued, running, done, failed, per_second > 0 AS has_rate, eta
+  FROM maester.job_progress;
+SELECT id, status, left((result).content, 60) AS content, (result).cost_usd, request_id IS NOT NULL AS in_ledger
+  FROM maester.job ORDER BY id LIMIT 3;
+
 -- A budget: the demo tenant may spend $0.0003 a day; the next call whose
 -- worst case does not fit is refused before anything is sent.
 INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('default', 'day', 0.0003, 'block');
