@@ -43,7 +43,9 @@ SELECT status, error_class, cost_usd = estimated_cost_usd AS charged_estimate, c
   FROM maester.usage WHERE model = 'fault-hang' AND provider = 'lmock';
 -- a cancelled call (statement_timeout) is settled as cancelled
 SET statement_timeout = '200ms';
+\set SHOW_CONTEXT never
 SELECT pg_temp.err($$ SELECT maester.llm_generate('slower', 'fault-hang', 5) $$);
+\set SHOW_CONTEXT errors
 RESET statement_timeout;
 -- (the cancelled call does not wait for its settle record: wait here)
 DO $$ BEGIN

@@ -598,14 +598,26 @@ run_callback(JobWorker *w, JobEntry *e, Oid callback)
 														  get_func_name(callback)),
 							   (long long) e->id);
 
+	int			save_nestlevel;
+
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
+	/*
+	 * The callback is the submitter's code running in our session: it gets
+	 * the default search_path, and whatever settings it changes (SET, not
+	 * only SET LOCAL) are undone when it returns, so that nothing it does
+	 * reaches the worker's own queries or the next job.
+	 */
+	save_nestlevel = NewGUCNestLevel();
 	PG_TRY();
 	{
+		(void) set_config_option("search_path", "\"$user\", public", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 		job_identity(e);
 		if (SPI_execute(sql, false, 0) < 0)
 			elog(ERROR, "could not call %s", sql);
 		worker_identity(w);
+		AtEOXact_GUC(false, save_nestlevel);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -859,6 +871,8 @@ maester_job_main(Datum arg)
 	Worker = w;
 	before_shmem_exit(job_worker_exit, (Datum) 0);
 	SetConfigOption("application_name", "maester job worker", PGC_USERSET, PGC_S_OVERRIDE);
+	/* the worker's own queries resolve nothing through a user's schema */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
 	/* a claim is durable before its calls are sent, whatever the default */
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 

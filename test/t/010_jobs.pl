@@ -85,6 +85,20 @@ $node->poll_query_until('postgres',
 	    AND trace_id IN (SELECT trace_id FROM maester.job WHERE submission = 'greetings')})
   or diag('spans missing');
 
+# a callback's settings do not stay in the worker's session
+$node->safe_psql('postgres', q{
+	CREATE PROCEDURE meddle(job_id bigint) LANGUAGE plpgsql AS $$
+	BEGIN
+	  PERFORM set_config('application_name', 'meddled', false);
+	  PERFORM set_config('search_path', 'evil, public', false);
+	END $$;});
+my $m = sq(q{SELECT maester.submit('{"prompt": "m", "model": "mock-1"}', callback => 'meddle')});
+wait_jobs("id = $m");
+is(sq(q{SELECT string_agg(application_name, ',') FROM pg_stat_activity WHERE backend_type = 'maester job worker'}),
+	'maester job worker', 'what a callback SETs is undone when it returns');
+is(sq(q{SELECT status || ' ' || (callback_error IS NULL) FROM maester.job WHERE id = } . $m), 'done true',
+	'the job is done');
+
 # 2. woken at commit, not by the once-a-second poll
 my @delays;
 for my $i (1 .. 5)
