@@ -137,6 +137,16 @@ SELECT count(*) FILTER (WHERE b6.error_class IS NULL) AS ok,
   FROM b6 JOIN (SELECT request_id, ts - lag(ts) OVER (ORDER BY ts) AS gap
                   FROM maester.usage WHERE request_id IN (SELECT request_id FROM b6)) g
        USING (request_id);
+-- a call never waits longer for its turn than its timeout: 600 tokens a
+-- minute, each call reserving ~500: the first goes at once, the second's
+-- turn is ~50 s away, more than its 2 s timeout, so it fails at once
+UPDATE maester.provider SET tokens_per_minute = 600 WHERE name = 'batchmock';
+SELECT ordinal, error_class, error_code, error_message
+  FROM maester.generate_batch(ARRAY(
+         SELECT jsonb_build_object('prompt', 'p' || i, 'model', 'mock-1', 'max_tokens', 500,
+                                   'options', '{"timeout_ms": 2000}'::jsonb)
+           FROM generate_series(1, 2) i), concurrency => 1)
+ ORDER BY ordinal;
 UPDATE maester.provider SET tokens_per_minute = NULL WHERE name = 'batchmock';
 
 -- budgets under concurrency: each request reserves its worst case; those

@@ -50,6 +50,7 @@
 #include "lib/ilist.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "utils/builtins.h"
@@ -1045,6 +1046,7 @@ struct Call
 	TimestampTz started;
 	TimestampTz wake_at;		/* PACED, BACKOFF */
 	CallState	cs;
+	char	   *tenant;			/* maester.tenant when the call was prepared */
 	text	   *content;		/* the prompt as sent, for capture */
 	text	   *system;
 	/* the attempt in progress */
@@ -1077,6 +1079,7 @@ typedef struct CallSet
 	uint64		settle_seq;		/* highest SETTLE row queued */
 	LedgerSlot *slot;
 	CallDriver *driver;
+	MemoryContext roundcxt;		/* reset at each round */
 } CallSet;
 
 /* Fail the call: with the last failure and the list of attempts */
@@ -1194,6 +1197,31 @@ connections_to(CallSet *set, const char *provider)
 	return n;
 }
 
+/*
+ * Queue an attempt's PENDING row.  When that fails (the ledger's queue
+ * stayed full, or a cancel while waiting for room), nothing is in flight:
+ * the budget reservation is handed back before the error goes on.
+ */
+pg_noinline static uint64
+enqueue_pending(LedgerSlot *slot, LedgerRecord *r, BudgetHold *hold)
+{
+	volatile uint64 seq = 0;
+
+	PG_TRY();
+	{
+		seq = ledger_enqueue(slot, r);
+	}
+	PG_CATCH();
+	{
+		HOLD_INTERRUPTS();
+		budget_settle(hold, NULL);
+		RESUME_INTERRUPTS();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return seq;
+}
+
 /* ATTEMPT: admit an attempt and queue its PENDING row */
 static void
 phase_attempt(Call *c, CallSet *set)
@@ -1219,14 +1247,27 @@ phase_attempt(Call *c, CallSet *set)
 		return;
 	}
 
-	/* the provider's rate limit: wait for our turn (not counted in the deadline) */
+	/*
+	 * The provider's rate limit: wait for our turn.  The wait does not
+	 * count against the deadline, but may not be longer than it: a turn
+	 * further away is not taken, and the target fails as rate_limited.
+	 */
 	if (!c->paced)
 	{
 		int			max_tokens = c->opts.gen.max_tokens > 0 ?
 			c->opts.gen.max_tokens : ESTIMATE_DEFAULT_MAX_TOKENS;
-		TimestampTz turn = rate_reserve(p, estimate_tokens(c->opts.gen.prompt) +
-										estimate_tokens(c->opts.gen.system) + max_tokens);
+		TimestampTz turn;
 
+		if (!rate_reserve(p, estimate_tokens(c->opts.gen.prompt) +
+						  estimate_tokens(c->opts.gen.system) + max_tokens,
+						  (int64) c->opts.timeout_ms * 1000, &turn))
+		{
+			call_fail_with(c, p->name, "rate_limited", ERRCODE_MAESTER_UNAVAILABLE,
+						   psprintf("provider \"%s\"'s rate limit would delay the call by more than its timeout of %d ms",
+									p->name, c->opts.timeout_ms));
+			next_target(c);
+			return;
+		}
 		c->paced = true;
 		if (turn > now)
 		{
@@ -1256,6 +1297,7 @@ phase_attempt(Call *c, CallSet *set)
 	c->g.fallback_used = c->ti > 0 || cs->downgraded;
 
 	r = palloc(sizeof(LedgerRecord));
+	c->attempt_start = 0;
 	c->estimate = fill_pending(r, t, &c->g, cs, c->opts.gen.max_tokens);
 
 	/* budgets: reserve the worst case, or block (MB001), or downgrade */
@@ -1311,7 +1353,7 @@ phase_attempt(Call *c, CallSet *set)
 		c->opts.gen.max_tokens = r->max_tokens;
 
 	/* from the PENDING row on, the attempt is in flight */
-	c->pending_seq = ledger_enqueue(cs->slot, r);
+	c->pending_seq = enqueue_pending(cs->slot, r, &hold);
 	c->inflight = inflight_add(cs->slot, r, &hold);
 	c->rec = r;
 	c->pending_at = GetCurrentTimestamp();
@@ -1319,9 +1361,11 @@ phase_attempt(Call *c, CallSet *set)
 	(void) set;
 }
 
+static void attempt_end(Call *c, CallSet *set, bool ok, Failure *f, bool sent);
+
 /* DURABLE: PENDING is durable; send */
 static void
-phase_send(Call *c)
+phase_send(Call *c, CallSet *set)
 {
 	RouteTarget *t = &c->plan->targets[c->ti];
 	ProviderConf *p = t->provider;
@@ -1330,8 +1374,6 @@ phase_send(Call *c)
 	char	   *missing;
 	long		remaining = (long) ((c->cs.deadline - GetCurrentTimestamp()) / 1000);
 
-	/* durable: from here on the request may leave */
-	c->inflight->sent = true;
 	span = trace_span_start(c->g.trace, "model_generate");
 	c->gen_span = span;
 	trace_attr_str(span, "gen_ai.operation.name", "chat");
@@ -1345,6 +1387,22 @@ phase_send(Call *c)
 		trace_attr_num(span, "gen_ai.request.temperature", gen->temperature);
 	c->g.traceparent = trace_traceparent_header(c->g.trace, span);
 
+	if (remaining <= 0)
+	{
+		/* the deadline passed while PENDING was made durable: nothing leaves */
+		Failure		f;
+
+		memset(&f, 0, sizeof(f));
+		f.error_class = "timeout";
+		f.sqlstate = ERRCODE_MAESTER_TIMEOUT;
+		f.retry_after_ms = -1;
+		f.message = psprintf("the call's deadline of %d ms passed before the request was sent",
+							 c->opts.timeout_ms);
+		trace_span_end(span, "error");
+		attempt_end(c, set, false, &f, false);
+		return;
+	}
+
 	c->key = call_key(c, &missing);
 	if (missing)
 		ereport(ERROR,
@@ -1355,6 +1413,8 @@ phase_send(Call *c)
 				  Max(Min((long) p->timeout_ms, remaining), 1L), &c->req);
 	c->attempt_start = GetCurrentTimestamp();
 	http_submit(&c->req);
+	/* from here on the request may have left (and may be billed) */
+	c->inflight->sent = true;
 	c->phase = PHASE_SENT;
 }
 
@@ -1381,23 +1441,44 @@ static void
 phase_settle(Call *c, CallSet *set)
 {
 	RouteTarget *t = &c->plan->targets[c->ti];
-	ProviderConf *p = t->provider;
-	CallState  *cs = &c->cs;
-	LedgerRecord *r = c->rec;
-	BudgetHold	hold = c->inflight->hold;
 	Failure		f;
 	bool		ok;
-	int			max_tries;
-	double		wait;
 
 	ok = attempt_result(t, &c->req, c->key, &c->g.resp, &f);
 	release_request(c);
 	trace_span_end(c->gen_span, ok ? "ok" : "error");
+	attempt_end(c, set, ok, &f, true);
+}
+
+/*
+ * An attempt ended (answered, failed, or never sent): its SETTLE row, its
+ * budget settlement, the circuit breaker; then what the call does next.
+ */
+static void
+attempt_end(Call *c, CallSet *set, bool ok, Failure *fp, bool sent)
+{
+	RouteTarget *t = &c->plan->targets[c->ti];
+	ProviderConf *p = t->provider;
+	CallState  *cs = &c->cs;
+	LedgerRecord *r = c->rec;
+	BudgetHold	hold = c->inflight->hold;
+	Failure		f = *fp;
+	int			max_tries;
+	double		wait;
+
+	if (c->attempt_start == 0)
+		c->attempt_start = GetCurrentTimestamp();
 	settle_attempt(t, &c->opts.gen, cs, &c->g, &f, r, ok, c->attempt_start,
 				   c->estimate, c->gen_span);
+	if (!sent)
+		strlcpy(r->cost, "0", sizeof(r->cost));
 
 	/* queued: no longer in flight */
-	set->settle_seq = Max(set->settle_seq, ledger_enqueue(cs->slot, r));
+	{
+		uint64		seq = ledger_enqueue(cs->slot, r);
+
+		set->settle_seq = Max(set->settle_seq, seq);
+	}
 	inflight_done(c->inflight);
 	c->inflight = NULL;
 	c->gen_span = NULL;
@@ -1533,7 +1614,7 @@ call_move(Call *c, CallSet *set)
 			case PHASE_DURABLE:
 				if (ledger_durable_seq(c->cs.slot) >= c->pending_seq)
 				{
-					phase_send(c);
+					phase_send(c, set);
 					continue;
 				}
 				if (TimestampDifferenceExceeds(c->pending_at, now, maester_ledger_timeout_ms))
@@ -1579,7 +1660,7 @@ call_abort(Call *c)
 		c->gen_span->status = "cancelled";
 	c->gen_span = NULL;
 	if (c->g.trace)
-		trace_flush_nothrow(c->g.trace, maester_tenant, &c->g.request_id);
+		trace_flush_nothrow(c->g.trace, c->tenant, &c->g.request_id);
 	if (c->g.last_provider)
 		stat_call(c->g.last_provider, c->g.last_model, true, c->g.attempts,
 				  c->g.fallback_used, elapsed_ms(c->started));
@@ -1591,7 +1672,7 @@ static void
 call_failed_finish(Call *c)
 {
 	if (c->g.trace)
-		trace_flush_nothrow(c->g.trace, maester_tenant, &c->g.request_id);
+		trace_flush_nothrow(c->g.trace, c->tenant, &c->g.request_id);
 	if (c->g.last_provider)
 		stat_call(c->g.last_provider, c->g.last_model, true, c->g.attempts,
 				  c->g.fallback_used, elapsed_ms(c->started));
@@ -1654,8 +1735,15 @@ call_move_isolated(Call *c, CallSet *set, CallIsolation isolation)
 			AbortCurrentTransaction();
 			MemoryContextSwitchTo(oldcxt);
 		}
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+		/*
+		 * A cancel or termination of the backend ends every call.  In a
+		 * worker (CALLS_XACT) those codes may come from a user's code
+		 * instead; only the worker's own shutdown request goes on.
+		 */
+		if (ShutdownRequestPending ||
+			(isolation == CALLS_SUBXACT &&
+			 (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			  edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)))
 			ReThrowError(edata);
 		HOLD_INTERRUPTS();
 		call_abort(c);
@@ -1691,7 +1779,7 @@ call_cancel(Call *c)
 	c->phase = PHASE_FAILED;
 	c->sqlstate = ERRCODE_QUERY_CANCELED;
 	c->error_class = "cancelled";
-	c->message = pstrdup("the call was cancelled");
+	c->message = MemoryContextStrdup(c->cxt, "the call was cancelled");
 	c->detail = NULL;
 	c->hint = NULL;
 }
@@ -1720,13 +1808,25 @@ run_calls(CallDriver *d)
 	PG_TRY();
 	{
 		bool		exhausted = false;
+		MemoryContext outer = CurrentMemoryContext;
 
+		/*
+		 * What a round allocates outside the calls' own contexts (wait
+		 * event sets, span records, error paths) is freed with the round,
+		 * so that a persistent driver does not grow.
+		 */
+		set.roundcxt = AllocSetContextCreate(outer, "maester call round",
+											 ALLOCSET_DEFAULT_SIZES);
 		for (;;)
 		{
 			uint64		durable = 0;
 			TimestampTz now;
 			long		wait = 1000;
 			bool		finished = false;
+
+			MemoryContextSwitchTo(outer);
+			MemoryContextReset(set.roundcxt);
+			MemoryContextSwitchTo(set.roundcxt);
 
 			if (d->stop && d->stop(d->arg))
 				ereport(ERROR,
@@ -1800,6 +1900,8 @@ run_calls(CallDriver *d)
 			}
 			http_step(wait);
 		}
+		MemoryContextSwitchTo(outer);
+		MemoryContextDelete(set.roundcxt);
 	}
 	PG_CATCH();
 	{
@@ -1834,6 +1936,7 @@ call_prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *reque
 	c->cxt = cxt;
 	c->args = *a;
 	c->started = GetCurrentTimestamp();
+	c->tenant = pstrdup(maester_tenant);
 
 	if ((a->prompt == NULL) == (a->prompt_name == NULL))
 		ereport(ERROR,
@@ -1958,7 +2061,7 @@ call_succeeded_finish(Call *c)
 	if (g->evaluation)
 		trace_attr_str(root, "maester.evaluation.status",
 					   json_get_string(&g->evaluation->root, "status"));
-	trace_flush(g->trace, "ok", maester_tenant, &g->request_id);
+	trace_flush(g->trace, "ok", c->tenant, &g->request_id);
 	stat_call(g->provider, g->model, false, g->attempts, g->fallback_used, g->latency_ms);
 
 	ereport(maester_routing_log_level,

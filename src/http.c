@@ -50,7 +50,7 @@
 #include "maester.h"
 
 /* curl's sockets of interest, maintained by the socket callback */
-#define HTTP_MAX_SOCKETS 256
+#define HTTP_MAX_SOCKETS 1024		/* 256 transfers, each possibly racing two connects */
 
 typedef struct HttpSocket
 {

@@ -115,7 +115,9 @@ job_xact_callback(XactEvent event, void *arg)
 		if (slot != NULL)
 			wake_job_workers(slot);
 	}
+	/* (a prepared transaction's jobs are found by the workers' poll) */
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE ||
 		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
 		JobsToWake = false;
 }
@@ -328,6 +330,7 @@ typedef struct JobWorker
 	Call	  **ended;			/* ended, not yet recorded */
 	int			nended;
 	uint64		seen_wakeups;
+	bool		stopping;		/* recording what ended, on the way out */
 	TimestampTz last_poll;
 	bool		poll_again;		/* the last claim filled all the room */
 } JobWorker;
@@ -361,6 +364,7 @@ release_running_jobs(JobWorker *w, const char *why)
 	Datum		values[4];
 	Oid			types[4] = {INT4OID, INT4OID, BOOLOID, TEXTOID};
 	int			rc;
+	MemoryContext oldcxt = CurrentMemoryContext;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -402,6 +406,7 @@ release_running_jobs(JobWorker *w, const char *why)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(oldcxt);
 }
 
 /* A free entry (there is one: claims never exceed the room) */
@@ -455,8 +460,7 @@ prepare_job(JobWorker *w, int ei, Jsonb *request, pg_uuid_t *request_id)
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
 		worker_identity(w);
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+		if (ShutdownRequestPending)
 			ReThrowError(edata);
 		c = call_from_error(ei, cxt, edata);
 	}
@@ -475,6 +479,7 @@ poll_jobs(JobWorker *w)
 	int			room = w->nentries - w->live;
 	Datum		values[3];
 	Oid			types[3] = {INT4OID, INT4OID, INT4OID};
+	MemoryContext oldcxt;
 
 	LWLockAcquire(w->slot->lock, LW_SHARED);
 	w->seen_wakeups = w->slot->job_wakeups;
@@ -482,6 +487,7 @@ poll_jobs(JobWorker *w)
 	w->last_poll = GetCurrentTimestamp();
 	w->poll_again = false;
 
+	oldcxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -558,6 +564,7 @@ poll_jobs(JobWorker *w)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(oldcxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
@@ -593,7 +600,7 @@ run_callback(JobWorker *w, JobEntry *e, Oid callback)
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	char	   *volatile error = NULL;
-	char	   *sql = psprintf("CALL %s(%lld)",
+	char	   *sql = psprintf("CALL %s(%lld::pg_catalog.int8)",
 							   quote_qualified_identifier(get_namespace_name(get_func_namespace(callback)),
 														  get_func_name(callback)),
 							   (long long) e->id);
@@ -603,17 +610,21 @@ run_callback(JobWorker *w, JobEntry *e, Oid callback)
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
 	/*
-	 * The callback is the submitter's code running in our session: it gets
-	 * the default search_path, and whatever settings it changes (SET, not
-	 * only SET LOCAL) are undone when it returns, so that nothing it does
-	 * reaches the worker's own queries or the next job.
+	 * The callback is the submitter's code running in a session that later
+	 * runs other roles' jobs.  So it runs as a restricted operation (no
+	 * temporary objects, nothing that outlives it in the session), with the
+	 * default search_path and pg_temp last, and whatever settings it
+	 * changes (SET, not only SET LOCAL) are undone when it returns.
 	 */
 	save_nestlevel = NewGUCNestLevel();
 	PG_TRY();
 	{
-		(void) set_config_option("search_path", "\"$user\", public", PGC_USERSET,
+		(void) set_config_option("search_path", "\"$user\", public, pg_temp", PGC_USERSET,
 								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		job_identity(e);
+		SetUserIdAndSecContext(e->role, SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
+		(void) set_config_option("maester.tenant", e->tenant, PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SET, true, 0, false);
 		if (SPI_execute(sql, false, 0) < 0)
 			elog(ERROR, "could not call %s", sql);
 		worker_identity(w);
@@ -633,8 +644,8 @@ run_callback(JobWorker *w, JobEntry *e, Oid callback)
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
 		worker_identity(w);
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+		/* a cancel code raised by the callback is its error, not ours */
+		if (ShutdownRequestPending)
 			ReThrowError(edata);
 		error = edata->message;
 	}
@@ -719,7 +730,10 @@ record_end(JobWorker *w, Call *c)
 	if (OidIsValid(callback) && OidIsValid(e->role) &&
 		SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(callback)))
 	{
-		char	   *error = run_callback(w, e, callback);
+		/* a stopping worker records results without running user code */
+		char	   *error = w->stopping ?
+			pstrdup("not called: the job worker was stopping") :
+			run_callback(w, e, callback);
 
 		if (error)
 		{
@@ -736,12 +750,64 @@ record_end(JobWorker *w, Call *c)
 }
 
 /*
+ * record_end in a subtransaction: one job that cannot be recorded (its
+ * capture, its row) does not cost the others of the round their results;
+ * it is marked failed, saying why.
+ */
+static void
+record_end_isolated(JobWorker *w, Call *c)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		record_end(w, c);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		JobEntry   *e = &w->entries[call_ordinal(c)];
+		Datum		v[2];
+		Oid			t[2] = {INT8OID, TEXTOID};
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		worker_identity(w);
+		if (ShutdownRequestPending)
+			ReThrowError(edata);
+		ereport(LOG,
+				(errmsg("maester job %lld: could not record its end: %s",
+						(long long) e->id, edata->message)));
+		v[0] = Int64GetDatum(e->id);
+		v[1] = CStringGetTextDatum(psprintf("could not record the result: %s", edata->message));
+		if (SPI_execute_with_args("UPDATE maester.job SET status = 'failed', "
+								  "finished_at = pg_catalog.clock_timestamp(), error_code = 'XX000', "
+								  "error_class = 'internal', error_message = $2, worker_pid = NULL "
+								  "WHERE id = $1", 2, t, v, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not record the end of job %lld", (long long) e->id);
+	}
+	PG_END_TRY();
+}
+
+/*
  * Record the ends of the finished jobs in one transaction (one commit, not
  * one per job), then forget them: their room is free for new jobs.
  */
 static void
 flush_ended(JobWorker *w)
 {
+	MemoryContext oldcxt = CurrentMemoryContext;
+
 	if (w->nended == 0)
 		return;
 	pgstat_report_activity(STATE_RUNNING, "recording job results");
@@ -751,10 +817,11 @@ flush_ended(JobWorker *w)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	for (int i = 0; i < w->nended; i++)
-		record_end(w, w->ended[i]);
+		record_end_isolated(w, w->ended[i]);
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(oldcxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	for (int i = 0; i < w->nended; i++)
@@ -827,6 +894,23 @@ job_worker_exit(int code, Datum arg)
 	LWLockRelease(Worker->slot->lock);
 }
 
+/*
+ * SIGTERM: stop at the next round, and stop whatever query runs now (a
+ * callback, a lock wait) at its next interrupt check, as a cancel that
+ * the shutdown request tells apart from a user's.
+ */
+static void
+job_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	ShutdownRequestPending = true;
+	QueryCancelPending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
 /* A job worker's main */
 void
 maester_job_main(Datum arg)
@@ -837,7 +921,7 @@ maester_job_main(Datum arg)
 	CallDriver	d;
 
 	memcpy(&index, MyBgworkerEntry->bgw_extra, sizeof(int));
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGTERM, job_sigterm);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
@@ -905,12 +989,13 @@ maester_job_main(Datum arg)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
-		stopping = edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN;
+		stopping = ShutdownRequestPending;
 		if (!stopping)
 			ereport(LOG,
 					(errmsg("maester job worker %d failed: %s", index, edata->message)));
 		worker_identity(w);
 		/* the jobs that ended but are not recorded yet: record them now */
+		w->stopping = true;
 		PG_TRY();
 		{
 			flush_ended(w);

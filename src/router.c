@@ -469,38 +469,49 @@ circuit_entry(const char *fullname)
  * takes 60 s / requests_per_minute of the schedule; its tokens (the input
  * estimate plus the output tokens reserved) take tokens * 60 s /
  * tokens_per_minute.  No burst allowance: after an idle period the first
- * call starts at once, and then calls are evenly spaced.  Returns 0 when
- * the call may start now.
+ * call starts at once, and then calls are evenly spaced.  One call never
+ * takes more than a minute of either budget.  A turn more than max_wait_us
+ * away is not taken: false.  Else true, with *turn the time at which the
+ * call may start (0: now).
  */
-TimestampTz
-rate_reserve(ProviderConf *p, int64 tokens)
+bool
+rate_reserve(ProviderConf *p, int64 tokens, int64 max_wait_us, TimestampTz *turn)
 {
 	MaesterCircuit *c;
 	TimestampTz now;
 	TimestampTz start;
 
+	*turn = 0;
 	if (p->requests_per_minute <= 0 && p->tokens_per_minute <= 0)
-		return 0;
+		return true;
 	now = GetCurrentTimestamp();
+	if (p->tokens_per_minute > 0)
+		tokens = Min(Max(tokens, 1), (int64) p->tokens_per_minute);
 	LWLockAcquire(maester_shared->lock, LW_EXCLUSIVE);
 	c = circuit_entry(p->name);
 	if (c == NULL)
 	{
 		LWLockRelease(maester_shared->lock);
-		return 0;
+		return true;
 	}
 	start = now;
 	if (p->requests_per_minute > 0)
 		start = Max(start, c->rate_requests_at);
 	if (p->tokens_per_minute > 0)
 		start = Max(start, c->rate_tokens_at);
+	if (start - now > max_wait_us)
+	{
+		LWLockRelease(maester_shared->lock);
+		return false;
+	}
 	if (p->requests_per_minute > 0)
 		c->rate_requests_at = start + USECS_PER_MINUTE / p->requests_per_minute;
 	if (p->tokens_per_minute > 0)
 		c->rate_tokens_at = start +
-			(TimestampTz) ((double) Max(tokens, 1) * USECS_PER_MINUTE / p->tokens_per_minute);
+			(TimestampTz) ((double) tokens * USECS_PER_MINUTE / p->tokens_per_minute);
 	LWLockRelease(maester_shared->lock);
-	return start > now ? start : 0;
+	*turn = start > now ? start : 0;
+	return true;
 }
 
 /* May we call provider `p` now?  See the header comment */

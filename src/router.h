@@ -67,6 +67,7 @@ extern void circuit_record(ProviderConf *p, bool success, bool counts);
 extern void circuit_release_probe(ProviderConf *p);
 
 /* rate pacing */
-extern TimestampTz rate_reserve(ProviderConf *p, int64 tokens);
+extern bool rate_reserve(ProviderConf *p, int64 tokens, int64 max_wait_us,
+						 TimestampTz *turn);
 
 #endif							/* MAESTER_ROUTER_H */

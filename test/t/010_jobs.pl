@@ -99,6 +99,21 @@ is(sq(q{SELECT string_agg(application_name, ',') FROM pg_stat_activity WHERE bac
 is(sq(q{SELECT status || ' ' || (callback_error IS NULL) FROM maester.job WHERE id = } . $m), 'done true',
 	'the job is done');
 
+# a callback raising a cancel or shutdown code does not stop the worker
+$node->safe_psql('postgres', q{
+	CREATE PROCEDURE raise_cancel(job_id bigint) LANGUAGE plpgsql AS $$
+	BEGIN RAISE EXCEPTION 'fake cancel' USING ERRCODE = 'query_canceled'; END $$;
+	CREATE PROCEDURE raise_shutdown(job_id bigint) LANGUAGE plpgsql AS $$
+	BEGIN RAISE EXCEPTION 'fake shutdown' USING ERRCODE = 'admin_shutdown'; END $$;});
+my $wpid0 = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+my $rc1 = sq(q{SELECT maester.submit('{"prompt": "c1", "model": "mock-1"}', callback => 'raise_cancel')});
+my $rc2 = sq(q{SELECT maester.submit('{"prompt": "c2", "model": "mock-1"}', callback => 'raise_shutdown')});
+wait_jobs("id IN ($rc1, $rc2)");
+is(sq(qq{SELECT string_agg(status || ': ' || callback_error, ', ' ORDER BY id) FROM maester.job WHERE id IN ($rc1, $rc2)}),
+	'done: fake cancel, done: fake shutdown', 'a callback\'s error is kept with its job');
+is(sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester job worker'}), $wpid0,
+	'and the worker goes on');
+
 # 2. woken at commit, not by the once-a-second poll
 my @delays;
 for my $i (1 .. 5)
@@ -173,6 +188,24 @@ $node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity 
 my $after = sq(q{SELECT maester.submit('{"prompt": "after", "model": "mock-1"}')});
 wait_jobs("id = $after");
 is($mock->stats->{requests}, 2, 'the interrupted job was sent once (plus the new one)');
+
+# a worker stuck in a long callback still stops at once on SIGTERM
+$node->safe_psql('postgres', q{
+	CREATE PROCEDURE slow_cb(job_id bigint) LANGUAGE sql AS $$ SELECT pg_sleep(60) $$;});
+my $sj = sq(q{SELECT maester.submit('{"prompt": "s", "model": "mock-1"}', callback => 'slow_cb')});
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester job worker' AND wait_event = 'PgSleep'})
+  or diag('the callback did not start');
+my $t1 = time;
+sq(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'maester job worker' AND wait_event = 'PgSleep'});
+my $stop = time - $t1;
+diag(sprintf("a worker in a 60 s callback stopped %.0f ms after SIGTERM", $stop * 1000));
+cmp_ok($stop, '<', 10, 'a worker in a long callback stops on SIGTERM');
+wait_jobs("id = $sj");
+is(sq(q{SELECT status || ' ' || (callback_error IS NOT NULL) FROM maester.job WHERE id = } . $sj), 'done true',
+	'its job is done, the callback interrupted');
 
 # 6. SIGKILL (a crash restart) while in flight: review, sent once
 $id = hanging_job();
