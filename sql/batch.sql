@@ -85,6 +85,19 @@ SELECT status, error_class, count(*) FROM maester.usage
  WHERE prompt_hash IN (encode(sha256('bad'), 'hex'), encode(sha256('ok'), 'hex'))
  GROUP BY 1, 2 ORDER BY 1, 2;
 
+-- a call that succeeded stays a success when recording it afterwards fails
+-- (here maester.capture refuses the row): a WARNING, not the batch's error
+CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'capture refused'; END $$;
+CREATE TRIGGER refuse BEFORE INSERT ON maester.capture FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse();
+SET maester.capture_content = on;
+SET client_min_messages = warning;
+SELECT ordinal, error_class, content IS NOT NULL AS answered
+  FROM maester.generate_batch(ARRAY['{"prompt": "c1", "model": "mock-1"}']::jsonb[]);
+SET client_min_messages = error;
+RESET maester.capture_content;
+DROP TRIGGER refuse ON maester.capture;
+
 -- arguments
 SELECT pg_temp.err($$ SELECT * FROM maester.generate_batch('{}', concurrency => 0) $$);
 SELECT pg_temp.err($$ SELECT * FROM maester.generate_batch('{}', concurrency => 257) $$);

@@ -2034,8 +2034,8 @@ call_prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *reque
 }
 
 /*
- * A call that succeeded: usage flags, capture, the root span, its spans
- * queued, statistics, and the model_routed log line.
+ * A call that succeeded: usage flags, the root span, its spans queued,
+ * statistics, the model_routed log line, and the capture.
  */
 static void
 call_succeeded_finish(Call *c)
@@ -2047,9 +2047,6 @@ call_succeeded_finish(Call *c)
 	g->usage_estimated = !g->resp.usage_present;
 	if (c->cs.downgraded)
 		g->fallback_used = true;
-	if (maester_capture_content)
-		capture_call(g, c->content, c->system, c->args.variables, c->args.options,
-					 c->opts.gen.max_tokens);
 
 	trace_attr_str(root, "gen_ai.provider.name", g->provider);
 	trace_attr_str(root, "gen_ai.response.model", g->model);
@@ -2070,6 +2067,11 @@ call_succeeded_finish(Call *c)
 					g->provider, g->model, g->fallback_used ? "true" : "false",
 					g->attempts),
 			 errhidestmt(true)));
+
+	/* last: the only step that writes in the caller's transaction */
+	if (maester_capture_content)
+		capture_call(g, c->content, c->system, c->args.variables, c->args.options,
+					 c->opts.gen.max_tokens);
 }
 
 /* The maester.generation fields of a call (22 values) */
@@ -2415,6 +2417,46 @@ batch_next(void *arg)
 	return c;
 }
 
+/*
+ * call_succeeded_finish in a subtransaction: the call succeeded and is in
+ * the ledger, so a failure here (the capture's INSERT, say) is a WARNING,
+ * not the batch's error.
+ */
+pg_noinline static void
+batch_finish_success(Call *c)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		call_succeeded_finish(c);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		ereport(WARNING,
+				(errmsg("request %d of the batch succeeded, but recording it failed: %s",
+						c->ordinal, edata->message)));
+	}
+	PG_END_TRY();
+}
+
 /* A finished call of the batch: its row; then its memory goes */
 static void
 batch_done(Call *c, void *arg)
@@ -2435,7 +2477,7 @@ batch_done(Call *c, void *arg)
 	memset(nulls, 0, sizeof(nulls));
 	values[0] = Int32GetDatum(c->ordinal);
 	if (c->phase == PHASE_DONE)
-		call_succeeded_finish(c);
+		batch_finish_success(c);
 	if (c->g.trace != NULL)
 		generation_values(&c->g, values + 1, nulls + 1);
 	else
