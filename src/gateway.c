@@ -761,6 +761,23 @@ typedef struct BlockArg
 	LedgerRecord *r;
 } BlockArg;
 
+/* What evaluate_fn needs, and what it makes */
+typedef struct EvalArg
+{
+	Generation *g;
+	Jsonb	   *ctx;
+	Jsonb	   *result;
+} EvalArg;
+
+static void
+evaluate_fn(void *arg)
+{
+	EvalArg    *ea = (EvalArg *) arg;
+
+	ea->result = maester_evaluate(ea->g->resp.content, strlen(ea->g->resp.content),
+								  ea->g->checks, ea->ctx);
+}
+
 /*
  * Evaluate a successful generation with the prompt version's checks (else
  * the articles' default), with its cost and latency as context.  A check
@@ -771,58 +788,34 @@ typedef struct BlockArg
 static Jsonb *
 evaluate_generation(Generation *g, double latency_ms)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	Jsonb	   *ctx;
-	Jsonb	   *volatile result = NULL;
-	const char *content = g->resp.content;
-	int			len = strlen(g->resp.content);
+	EvalArg		ea;
+	ErrorData  *edata;
+	StringInfoData j;
 
-	ctx = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
+	ea.g = g;
+	ea.result = NULL;
+	ea.ctx = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
 		g->cost ? psprintf("{\"latency_ms\": %.3f, \"cost_usd\": %s}", latency_ms,
 						   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(g->cost))))
 		: psprintf("{\"latency_ms\": %.3f}", latency_ms))));
 	if (g->checks == NULL)
-		return maester_evaluate(content, len, NULL, ctx);
+		return maester_evaluate(g->resp.content, strlen(g->resp.content), NULL, ea.ctx);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		result = maester_evaluate(content, len, g->checks, ctx);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-			ReThrowError(edata);
-		ereport(WARNING,
-				(errmsg("evaluation of the output failed: %s", edata->message),
-				 errhint("Check the checks registered with prompt \"%s\".",
-						 g->prompt_name ? g->prompt_name : "")));
-		{
-			StringInfoData j;
-
-			initStringInfo(&j);
-			appendStringInfoString(&j, "{\"status\": \"error\", \"reliability_score\": 0, \"metrics\": [], \"error\": ");
-			escape_json(&j, edata->message);
-			appendStringInfoChar(&j, '}');
-			result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(j.data)));
-		}
-	}
-	PG_END_TRY();
-	return result;
+	edata = maester_subxact(evaluate_fn, &ea, CurrentMemoryContext);
+	if (edata == NULL)
+		return ea.result;
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+		ReThrowError(edata);
+	ereport(WARNING,
+			(errmsg("evaluation of the output failed: %s", edata->message),
+			 errhint("Check the checks registered with prompt \"%s\".",
+					 g->prompt_name ? g->prompt_name : "")));
+	initStringInfo(&j);
+	appendStringInfoString(&j, "{\"status\": \"error\", \"reliability_score\": 0, \"metrics\": [], \"error\": ");
+	escape_json(&j, edata->message);
+	appendStringInfoChar(&j, '}');
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(j.data)));
 }
 
 /* A blocked call leaves a durable 'blocked' row (nothing was sent) */
@@ -2366,6 +2359,27 @@ request_args(BatchState *b, int i, CallArgs *a)
 		a->options = b->options;
 }
 
+/* What batch_prepare_fn needs, and what it makes */
+typedef struct BatchPrep
+{
+	BatchState *b;
+	int			i;
+	MemoryContext cxt;
+	Call	   *c;
+} BatchPrep;
+
+static void
+batch_prepare_fn(void *arg)
+{
+	BatchPrep  *bp = (BatchPrep *) arg;
+	MemoryContext old = MemoryContextSwitchTo(bp->cxt);
+	CallArgs	a;
+
+	request_args(bp->b, bp->i, &a);
+	bp->c = call_prepare(&a, bp->i + 1, bp->cxt, NULL);
+	MemoryContextSwitchTo(old);
+}
+
 /*
  * The next request of the batch, prepared in a subtransaction: a request
  * that cannot be prepared (a bad member, an unknown prompt, a missing
@@ -2375,46 +2389,22 @@ static Call *
 batch_next(void *arg)
 {
 	BatchState *b = (BatchState *) arg;
-	MemoryContext cxt;
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	Call	   *volatile c = NULL;
-	int			i;
+	BatchPrep	bp;
+	ErrorData  *edata;
 
 	if (b->next >= b->nrequests)
 		return NULL;
-	i = b->next++;
-	cxt = AllocSetContextCreate(b->cxt, "maester call", ALLOCSET_DEFAULT_SIZES);
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		CallArgs	a;
-
-		request_args(b, i, &a);
-		c = call_prepare(&a, i + 1, cxt, NULL);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-			ReThrowError(edata);
-		c = call_from_error(i + 1, cxt, edata);
-	}
-	PG_END_TRY();
-	return c;
+	bp.b = b;
+	bp.i = b->next++;
+	bp.cxt = AllocSetContextCreate(b->cxt, "maester call", ALLOCSET_DEFAULT_SIZES);
+	bp.c = NULL;
+	edata = maester_subxact(batch_prepare_fn, &bp, bp.cxt);
+	if (edata == NULL)
+		return bp.c;
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+		ReThrowError(edata);
+	return call_from_error(bp.i + 1, bp.cxt, edata);
 }
 
 /*
@@ -2422,39 +2412,25 @@ batch_next(void *arg)
  * the ledger, so a failure here (the capture's INSERT, say) is a WARNING,
  * not the batch's error.
  */
-pg_noinline static void
+static void
+finish_success_fn(void *arg)
+{
+	call_succeeded_finish((Call *) arg);
+}
+
+static void
 batch_finish_success(Call *c)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
+	ErrorData  *edata = maester_subxact(finish_success_fn, c, c->cxt);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		call_succeeded_finish(c);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-			ReThrowError(edata);
-		ereport(WARNING,
-				(errmsg("request %d of the batch succeeded, but recording it failed: %s",
-						c->ordinal, edata->message)));
-	}
-	PG_END_TRY();
+	if (edata == NULL)
+		return;
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+		ReThrowError(edata);
+	ereport(WARNING,
+			(errmsg("request %d of the batch succeeded, but recording it failed: %s",
+					c->ordinal, edata->message)));
 }
 
 /* A finished call of the batch: its row; then its memory goes */

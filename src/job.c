@@ -425,47 +425,45 @@ free_entry(JobWorker *w)
  * that cannot be prepared (a role that is gone, an unknown prompt, a model
  * nobody serves) is a failed call.
  */
+typedef struct JobPrep
+{
+	JobWorker  *w;
+	int			ei;
+	Jsonb	   *request;
+	pg_uuid_t  *request_id;
+	MemoryContext cxt;
+	Call	   *c;
+} JobPrep;
+
+static void
+prepare_job_fn(void *arg)
+{
+	JobPrep    *jp = (JobPrep *) arg;
+	JobEntry   *e = &jp->w->entries[jp->ei];
+
+	if (!OidIsValid(e->role))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the role that submitted job %lld no longer exists", (long long) e->id)));
+	job_identity(e);
+	jp->c = call_from_request(jp->request, jp->ei, jp->cxt, jp->request_id);
+	worker_identity(jp->w);
+}
+
 static Call *
 prepare_job(JobWorker *w, int ei, Jsonb *request, pg_uuid_t *request_id)
 {
-	JobEntry   *e = &w->entries[ei];
-	MemoryContext cxt = AllocSetContextCreate(w->cxt, "maester job", ALLOCSET_DEFAULT_SIZES);
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	Call	   *volatile c = NULL;
+	JobPrep		jp = {w, ei, request, request_id, NULL, NULL};
+	ErrorData  *edata;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		if (!OidIsValid(e->role))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("the role that submitted job %lld no longer exists", (long long) e->id)));
-		job_identity(e);
-		c = call_from_request(request, ei, cxt, request_id);
-		worker_identity(w);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		worker_identity(w);
-		if (ShutdownRequestPending)
-			ReThrowError(edata);
-		c = call_from_error(ei, cxt, edata);
-	}
-	PG_END_TRY();
-	return c;
+	jp.cxt = AllocSetContextCreate(w->cxt, "maester job", ALLOCSET_DEFAULT_SIZES);
+	edata = maester_subxact(prepare_job_fn, &jp, jp.cxt);
+	worker_identity(w);
+	if (edata == NULL)
+		return jp.c;
+	if (ShutdownRequestPending)
+		ReThrowError(edata);
+	return call_from_error(ei, jp.cxt, edata);
 }
 
 /*
@@ -594,63 +592,56 @@ job_enter(Call *c, void *arg)
  * Call the job's callback procedure as its submitter, in a
  * subtransaction; its error message, or NULL.
  */
+typedef struct JobCallback
+{
+	JobEntry   *e;
+	const char *sql;
+} JobCallback;
+
+/*
+ * The callback is the submitter's code running in a session that later
+ * runs other roles' jobs.  So it runs as a restricted operation (no
+ * temporary objects, nothing that outlives it in the session), with the
+ * default search_path and pg_temp last, and whatever settings it changes
+ * (SET, not only SET LOCAL) are undone when it returns (and by the
+ * subtransaction's abort when it fails).
+ */
+static void
+run_callback_fn(void *arg)
+{
+	JobCallback *jc = (JobCallback *) arg;
+	int			save_nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "\"$user\", public, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	SetUserIdAndSecContext(jc->e->role, SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	(void) set_config_option("maester.tenant", jc->e->tenant, PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SET, true, 0, false);
+	if (SPI_execute(jc->sql, false, 0) < 0)
+		elog(ERROR, "could not call %s", jc->sql);
+	AtEOXact_GUC(false, save_nestlevel);
+}
+
 static char *
 run_callback(JobWorker *w, JobEntry *e, Oid callback)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	char	   *volatile error = NULL;
-	char	   *sql = psprintf("CALL %s(%lld::pg_catalog.int8)",
-							   quote_qualified_identifier(get_namespace_name(get_func_namespace(callback)),
-														  get_func_name(callback)),
-							   (long long) e->id);
+	JobCallback jc;
+	ErrorData  *edata;
 
-	int			save_nestlevel;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	/*
-	 * The callback is the submitter's code running in a session that later
-	 * runs other roles' jobs.  So it runs as a restricted operation (no
-	 * temporary objects, nothing that outlives it in the session), with the
-	 * default search_path and pg_temp last, and whatever settings it
-	 * changes (SET, not only SET LOCAL) are undone when it returns.
-	 */
-	save_nestlevel = NewGUCNestLevel();
-	PG_TRY();
-	{
-		(void) set_config_option("search_path", "\"$user\", public, pg_temp", PGC_USERSET,
-								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		SetUserIdAndSecContext(e->role, SECURITY_LOCAL_USERID_CHANGE |
-							   SECURITY_RESTRICTED_OPERATION);
-		(void) set_config_option("maester.tenant", e->tenant, PGC_USERSET,
-								 PGC_S_SESSION, GUC_ACTION_SET, true, 0, false);
-		if (SPI_execute(sql, false, 0) < 0)
-			elog(ERROR, "could not call %s", sql);
-		worker_identity(w);
-		AtEOXact_GUC(false, save_nestlevel);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		worker_identity(w);
-		/* a cancel code raised by the callback is its error, not ours */
-		if (ShutdownRequestPending)
-			ReThrowError(edata);
-		error = edata->message;
-	}
-	PG_END_TRY();
-	return error;
+	jc.e = e;
+	jc.sql = psprintf("CALL %s(%lld::pg_catalog.int8)",
+					  quote_qualified_identifier(get_namespace_name(get_func_namespace(callback)),
+												 get_func_name(callback)),
+					  (long long) e->id);
+	edata = maester_subxact(run_callback_fn, &jc, CurrentMemoryContext);
+	worker_identity(w);
+	if (edata == NULL)
+		return NULL;
+	/* a cancel code raised by the callback is its error, not ours */
+	if (ShutdownRequestPending)
+		ReThrowError(edata);
+	return edata->message;
 }
 
 /*
@@ -754,49 +745,44 @@ record_end(JobWorker *w, Call *c)
  * capture, its row) does not cost the others of the round their results;
  * it is marked failed, saying why.
  */
+typedef struct JobEnd
+{
+	JobWorker  *w;
+	Call	   *c;
+} JobEnd;
+
+static void
+record_end_fn(void *arg)
+{
+	JobEnd	   *je = (JobEnd *) arg;
+
+	record_end(je->w, je->c);
+}
+
 static void
 record_end_isolated(JobWorker *w, Call *c)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
+	JobEnd		je = {w, c};
+	ErrorData  *edata = maester_subxact(record_end_fn, &je, CurrentMemoryContext);
+	JobEntry   *e = &w->entries[call_ordinal(c)];
+	Datum		v[2];
+	Oid			t[2] = {INT8OID, TEXTOID};
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		record_end(w, c);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-		JobEntry   *e = &w->entries[call_ordinal(c)];
-		Datum		v[2];
-		Oid			t[2] = {INT8OID, TEXTOID};
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		worker_identity(w);
-		if (ShutdownRequestPending)
-			ReThrowError(edata);
-		ereport(LOG,
-				(errmsg("maester job %lld: could not record its end: %s",
-						(long long) e->id, edata->message)));
-		v[0] = Int64GetDatum(e->id);
-		v[1] = CStringGetTextDatum(psprintf("could not record the result: %s", edata->message));
-		if (SPI_execute_with_args("UPDATE maester.job SET status = 'failed', "
-								  "finished_at = pg_catalog.clock_timestamp(), error_code = 'XX000', "
-								  "error_class = 'internal', error_message = $2, worker_pid = NULL "
-								  "WHERE id = $1", 2, t, v, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not record the end of job %lld", (long long) e->id);
-	}
-	PG_END_TRY();
+	worker_identity(w);
+	if (edata == NULL)
+		return;
+	if (ShutdownRequestPending)
+		ReThrowError(edata);
+	ereport(LOG,
+			(errmsg("maester job %lld: could not record its end: %s",
+					(long long) e->id, edata->message)));
+	v[0] = Int64GetDatum(e->id);
+	v[1] = CStringGetTextDatum(psprintf("could not record the result: %s", edata->message));
+	if (SPI_execute_with_args("UPDATE maester.job SET status = 'failed', "
+							  "finished_at = pg_catalog.clock_timestamp(), error_code = 'XX000', "
+							  "error_class = 'internal', error_message = $2, worker_pid = NULL "
+							  "WHERE id = $1", 2, t, v, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not record the end of job %lld", (long long) e->id);
 }
 
 /*

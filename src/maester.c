@@ -23,11 +23,14 @@
 
 #include <limits.h>
 
+#include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
 
 #include "budget.h"
 #include "trace.h"
@@ -435,4 +438,40 @@ _PG_init(void)
 	router_init();
 	budget_init();
 	meter_init();
+}
+
+/*
+ * Run fn(arg) in a subtransaction, in the caller's memory context.  NULL
+ * when it succeeded; else the subtransaction is rolled back and the error,
+ * copied into `errcxt`, is returned for the caller to judge (rethrow a
+ * cancel, record the rest).  The caller's resource owner and memory
+ * context are current again either way.
+ */
+ErrorData *
+maester_subxact(void (*fn) (void *), void *arg, MemoryContext errcxt)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(errcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_END_TRY();
+	return edata;
 }

@@ -70,6 +70,8 @@ typedef struct MaesterShared
 extern MaesterShared *maester_shared;
 
 extern void maester_require_preload(void);
+extern ErrorData *maester_subxact(void (*fn) (void *), void *arg,
+								  MemoryContext errcxt);
 
 /* sha256.c */
 extern void maester_sha256_hex(const char *const *parts, const int *lens,
