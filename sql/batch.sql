@@ -79,8 +79,17 @@ SELECT pg_temp.err($$
   SELECT count(*) FROM maester.generate_batch(ARRAY[
     '{"prompt": "bad", "model": "fault-status-400"}',
     '{"prompt": "ok", "model": "fault-latency-300"}']::jsonb[], fail_fast => true) $$);
--- ... and the request still on the wire was settled as cancelled
-SELECT pg_temp.settled();
+-- ... and the request still on the wire (or waiting for the ledger) was
+-- settled as cancelled: wait until the ledger worker has written both
+DO $$
+BEGIN
+  FOR i IN 1..100 LOOP
+    EXIT WHEN (SELECT count(*) FROM maester.usage
+                WHERE prompt_hash IN (encode(sha256('bad'), 'hex'), encode(sha256('ok'), 'hex'))
+                  AND status <> 'pending') = 2;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
 SELECT status, error_class, count(*) FROM maester.usage
  WHERE prompt_hash IN (encode(sha256('bad'), 'hex'), encode(sha256('ok'), 'hex'))
  GROUP BY 1, 2 ORDER BY 1, 2;

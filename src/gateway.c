@@ -1055,6 +1055,7 @@ struct Call
 	Span	   *gen_span;
 	TimestampTz attempt_start;
 	bool		cancel_requested;	/* by its driver: end it as cancelled */
+	bool		finished;		/* call_succeeded_finish has run */
 	/* a failed call */
 	int			sqlstate;
 	const char *error_class;
@@ -1484,16 +1485,20 @@ attempt_end(Call *c, CallSet *set, bool ok, Failure *fp, bool sent)
 		budget_settle(&hold, NULL);
 	pfree(r);
 
-	c->probe = false;
 	if (ok)
 	{
+		c->probe = false;
 		circuit_record(p, true, false);
 		c->g.provider = p->name;
 		c->g.model = c->g.resp.served_model ? c->g.resp.served_model : t->model;
 		c->phase = PHASE_DONE;
 		return;
 	}
-	circuit_record(p, false, f.counts);
+	if (sent)
+		circuit_record(p, false, f.counts);
+	else if (c->probe)
+		circuit_release_probe(p);	/* the provider said nothing: no verdict */
+	c->probe = false;
 	note_failure(cs, p->name, &f);
 	if (f.fatal)
 	{
@@ -2036,6 +2041,10 @@ call_succeeded_finish(Call *c)
 	Generation *g = &c->g;
 	Span	   *root = &g->trace->spans[0];
 
+	/* once only, whatever happens to the transaction it runs in */
+	if (c->finished)
+		return;
+	c->finished = true;
 	g->latency_ms = elapsed_ms(c->started);
 	g->usage_estimated = !g->resp.usage_present;
 	if (c->cs.downgraded)

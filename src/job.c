@@ -371,6 +371,8 @@ release_running_jobs(JobWorker *w, const char *why)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	(void) set_config_option("lock_timeout", "1s", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 	values[0] = Int32GetDatum(w->index);
 	values[1] = Int32GetDatum(maester_job_workers);
 	values[2] = BoolGetDatum(maester_job_retry_interrupted);
@@ -644,6 +646,12 @@ run_callback(JobWorker *w, JobEntry *e, Oid callback)
 	return edata->message;
 }
 
+static void
+finish_success_fn(void *arg)
+{
+	call_finish_success((Call *) arg);
+}
+
 /*
  * Record a job's end -- its result or error -- and call its callback; in
  * the caller's transaction, with SPI connected.
@@ -669,8 +677,20 @@ record_end(JobWorker *w, Call *c)
 
 	if (ok)
 	{
+		/* spans, statistics, capture: a failure here does not undo the job */
+		ErrorData  *edata;
+
 		job_identity(e);
-		call_finish_success(c);
+		edata = maester_subxact(finish_success_fn, c, CurrentMemoryContext);
+		worker_identity(w);
+		if (edata != NULL)
+		{
+			if (ShutdownRequestPending && !w->stopping)
+				ReThrowError(edata);
+			ereport(LOG,
+					(errmsg("maester job %lld succeeded, but recording it failed: %s",
+							(long long) e->id, edata->message)));
+		}
 	}
 	worker_identity(w);
 
@@ -759,7 +779,7 @@ record_end_fn(void *arg)
 	record_end(je->w, je->c);
 }
 
-static void
+static bool
 record_end_isolated(JobWorker *w, Call *c)
 {
 	JobEnd		je = {w, c};
@@ -770,9 +790,13 @@ record_end_isolated(JobWorker *w, Call *c)
 
 	worker_identity(w);
 	if (edata == NULL)
-		return;
-	if (ShutdownRequestPending)
+		return true;
+	/* (on the way out, interrupts are held: nothing to rethrow for) */
+	if (ShutdownRequestPending && !w->stopping)
 		ReThrowError(edata);
+	/* its row is locked (an open transaction cancelling it): next round */
+	if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
+		return false;
 	ereport(LOG,
 			(errmsg("maester job %lld: could not record its end: %s",
 					(long long) e->id, edata->message)));
@@ -783,6 +807,7 @@ record_end_isolated(JobWorker *w, Call *c)
 							  "error_class = 'internal', error_message = $2, worker_pid = NULL "
 							  "WHERE id = $1", 2, t, v, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not record the end of job %lld", (long long) e->id);
+	return true;
 }
 
 /*
@@ -793,17 +818,23 @@ static void
 flush_ended(JobWorker *w)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
+	bool	   *recorded;
+	int			kept = 0;
 
 	if (w->nended == 0)
 		return;
+	recorded = palloc0(sizeof(bool) * w->nended);
 	pgstat_report_activity(STATE_RUNNING, "recording job results");
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* a row locked by someone else must not stall every transfer */
+	(void) set_config_option("lock_timeout", w->stopping ? "1s" : "100ms", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 	for (int i = 0; i < w->nended; i++)
-		record_end_isolated(w, w->ended[i]);
+		recorded[i] = record_end_isolated(w, w->ended[i]);
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -815,13 +846,19 @@ flush_ended(JobWorker *w)
 		Call	   *c = w->ended[i];
 		JobEntry   *e = &w->entries[call_ordinal(c)];
 
+		if (!recorded[i])
+		{
+			w->ended[kept++] = c;	/* tried again next round */
+			continue;
+		}
 		MemoryContextDelete(call_context(c));
 		e->used = false;
 		e->call = NULL;
 		pfree(e->tenant);
 		w->live--;
 	}
-	w->nended = 0;
+	w->nended = kept;
+	pfree(recorded);
 }
 
 /* run_calls' sink: a job ended; recorded with the others of the round */
@@ -907,7 +944,8 @@ maester_job_main(Datum arg)
 	CallDriver	d;
 
 	memcpy(&index, MyBgworkerEntry->bgw_extra, sizeof(int));
-	pqsignal(SIGTERM, job_sigterm);
+	/* (job_sigterm only once errors have somewhere to go: see below) */
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
@@ -963,19 +1001,26 @@ maester_job_main(Datum arg)
 
 	PG_TRY();
 	{
+		pqsignal(SIGTERM, job_sigterm);
+		if (ShutdownRequestPending)
+			ereport(ERROR,
+					(errcode(ERRCODE_ADMIN_SHUTDOWN),
+					 errmsg("maester worker stopping")));
 		run_calls(&d);
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata;
-		bool		stopping;
+		volatile bool stopping;
 
 		HOLD_INTERRUPTS();
 		MemoryContextSwitchTo(TopMemoryContext);
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
-		stopping = ShutdownRequestPending;
+		/* SIGTERM, or fewer workers configured (job_stop's 57P01) */
+		stopping = ShutdownRequestPending ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN;
 		if (!stopping)
 			ereport(LOG,
 					(errmsg("maester job worker %d failed: %s", index, edata->message)));
