@@ -33,6 +33,7 @@ $node->safe_psql('postgres', qq{
 	VALUES ('mock', 'openai_compatible', '$url/open/v1', '{mock-%,fault-%}', 0, 1);
 	INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
 	VALUES ('mock-1', '2020-01-01', 1, 2), ('fault-latency-3000', '2020-01-01', 1, 2),
+	       ('fault-latency-1000', '2020-01-01', 1, 2),
 	       ('fault-hang', '2020-01-01', 1, 2);
 	SELECT maester.prompt_register('greet', 'Hello {name}', version => '1');
 	CREATE TABLE done_log (job_id bigint, status text, by_role name);
@@ -165,6 +166,21 @@ is(sq(q{SELECT maester.cancel_job(} . "$queued)"), 'f', 'cancelling an ended job
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT maester.cancel_job(999999)});
 like($err, qr/job 999999 does not exist/, 'cancel_job of an unknown job');
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET maester.job_workers; SELECT pg_reload_conf();});
+
+# a job row locked by someone else when its call ends: the worker records
+# it once the lock is gone, and meanwhile goes on with other jobs
+my $locked = sq(q{SELECT maester.submit('{"prompt": "locked", "model": "fault-latency-1000"}')});
+$node->poll_query_until('postgres', "SELECT status = 'running' FROM maester.job WHERE id = $locked");
+my $holder = $node->background_psql('postgres');
+$holder->query_safe("BEGIN; SELECT 1 FROM maester.job WHERE id = $locked FOR UPDATE;");
+usleep(1_500_000);    # the call has ended; its row cannot be written
+my $other = sq(q{SELECT maester.submit('{"prompt": "meanwhile", "model": "mock-1"}')});
+ok(wait_jobs("id = $other"), 'another job ran while the row was locked');
+is(sq(q{SELECT status FROM maester.job WHERE id = } . $locked), 'running', 'the locked job is not recorded yet');
+$holder->query_safe('COMMIT');
+$holder->quit;
+ok(wait_jobs("id = $locked"), 'recorded once the lock is gone');
+is(sq(q{SELECT status FROM maester.job WHERE id = } . $locked), 'done', 'done');
 
 # 5. a job worker stopped (SIGTERM) while its call is in flight: the call
 # is settled as cancelled, the job goes to review, and it is not sent again
