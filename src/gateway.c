@@ -1636,6 +1636,17 @@ call_move(Call *c, CallSet *set)
 	MemoryContextSwitchTo(old);
 }
 
+/* A failed call's spans and statistics */
+static void
+call_failed_finish(Call *c)
+{
+	if (c->g.trace)
+		trace_flush_nothrow(c->g.trace, c->tenant, &c->g.request_id);
+	if (c->g.last_provider)
+		stat_call(c->g.last_provider, c->g.last_model, true, c->g.attempts,
+				  c->g.fallback_used, elapsed_ms(c->started));
+}
+
 /*
  * Tear down a call that will not finish normally (an error in one of its
  * moves, or the whole batch's): its transfer, its key, its in-flight
@@ -1657,24 +1668,10 @@ call_abort(Call *c)
 	if (c->gen_span && c->gen_span->duration_us < 0)
 		c->gen_span->status = "cancelled";
 	c->gen_span = NULL;
-	if (c->g.trace)
-		trace_flush_nothrow(c->g.trace, c->tenant, &c->g.request_id);
-	if (c->g.last_provider)
-		stat_call(c->g.last_provider, c->g.last_model, true, c->g.attempts,
-				  c->g.fallback_used, elapsed_ms(c->started));
-	c->g.last_provider = NULL;
+	call_failed_finish(c);
+	c->g.last_provider = NULL;	/* counted once, whoever finishes it */
 }
 
-/* A failed call's spans and statistics */
-static void
-call_failed_finish(Call *c)
-{
-	if (c->g.trace)
-		trace_flush_nothrow(c->g.trace, c->tenant, &c->g.request_id);
-	if (c->g.last_provider)
-		stat_call(c->g.last_provider, c->g.last_model, true, c->g.attempts,
-				  c->g.fallback_used, elapsed_ms(c->started));
-}
 
 /*
  * call_move in a subtransaction (CALLS_SUBXACT) or a transaction of its

@@ -337,13 +337,19 @@ typedef struct JobWorker
 
 static JobWorker *Worker = NULL;
 
-/* Take on the identity of a job's submitter: role and tenant */
+/* Take on the identity of a job's submitter: role (with sec_flags) and tenant */
+static void
+job_identity_as(JobEntry *e, int sec_flags)
+{
+	SetUserIdAndSecContext(e->role, SECURITY_LOCAL_USERID_CHANGE | sec_flags);
+	(void) set_config_option("maester.tenant", e->tenant, PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SET, true, 0, false);
+}
+
 static void
 job_identity(JobEntry *e)
 {
-	SetUserIdAndSecContext(e->role, SECURITY_LOCAL_USERID_CHANGE);
-	(void) set_config_option("maester.tenant", e->tenant, PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SET, true, 0, false);
+	job_identity_as(e, 0);
 }
 
 /* Back to the worker's own identity */
@@ -616,10 +622,7 @@ run_callback_fn(void *arg)
 
 	(void) set_config_option("search_path", "\"$user\", public, pg_temp", PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	SetUserIdAndSecContext(jc->e->role, SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	(void) set_config_option("maester.tenant", jc->e->tenant, PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SET, true, 0, false);
+	job_identity_as(jc->e, SECURITY_RESTRICTED_OPERATION);
 	if (SPI_execute(jc->sql, false, 0) < 0)
 		elog(ERROR, "could not call %s", jc->sql);
 	AtEOXact_GUC(false, save_nestlevel);
