@@ -32,7 +32,7 @@ ceil(len(system+prompt)/4)+3, output tokens = ceil(len(content)/4).
 Headers x-mock-cached-tokens / x-mock-cache-write-tokens fake prompt caching;
 so does the fault cached-R-W (R tokens read from the cache, W written).
 The fault badutf8 answers with content that is not valid UTF-8; verdict-pass and
-verdict-fail answer like an llm_rubric grader.
+verdict-fail answer like an llm_rubric grader (verdict-pass-MS after MS ms).
 
 Faults come from header "x-mock-fault: SPEC", else from a model named
 "fault-SPEC".  SPECs: latency-MS, status-CODE, 429, 429-ra-SECONDS,
@@ -78,8 +78,9 @@ FAULTS = [
     (re.compile(r"huge(?:-(\d+))?"), "huge"),
     (re.compile(r"drip(?:-(\d+))?"), "drip"),
     (re.compile(r"cached-(\d+)-(\d+)"), "cached"),
+    (re.compile(r"verdict-(pass|fail)(?:-(\d+))?"), "verdict"),
     (re.compile(r"(hang|malformed|nousage|missingfields|wrongtype|reset|"
-                r"echo-headers|redirect|badutf8|verdict-pass|verdict-fail)"), "simple"),
+                r"echo-headers|redirect|badutf8)"), "simple"),
 ]
 
 # Provider error "type" per HTTP status.
@@ -505,6 +506,14 @@ class Handler(BaseHTTPRequestHandler):
             ans.cache_read, ans.cache_write = int(arg), int(m.group(2))
             ans.input_tokens = max(ans.input_tokens, ans.cache_read + ans.cache_write)
             return self._json(200, ans.render())
+        if name == "verdict":
+            # a grader's answer, for llm_rubric tests (after MS ms, if given)
+            if m.group(2):
+                time.sleep(int(m.group(2)) / 1000.0)
+            ok = arg == "pass"
+            verdict = json.dumps({"pass": ok, "score": 0.9 if ok else 0.2,
+                                  "reason": "meets the rubric" if ok else "misses the rubric"})
+            return self._json(200, ans.render(content=verdict))
         if name == "huge":
             return self._huge(ans, int(arg) if arg else HUGE_DEFAULT)
         if name == "drip":
@@ -522,12 +531,6 @@ class Handler(BaseHTTPRequestHandler):
             return None
         if arg == "malformed":
             return self._send(200, b'{"id": "x", "choices": [')
-        if arg in ("verdict-pass", "verdict-fail"):
-            # a grader's answer, for llm_rubric tests
-            ok = arg == "verdict-pass"
-            verdict = json.dumps({"pass": ok, "score": 0.9 if ok else 0.2,
-                                  "reason": "meets the rubric" if ok else "misses the rubric"})
-            return self._json(200, ans.render(content=verdict))
         if arg == "badutf8":
             # a normal answer whose content holds bytes that are not UTF-8
             body = json.dumps(ans.render(content="ok MARK bad")).encode()
