@@ -4,13 +4,21 @@ EXTENSION    = maester
 EXTVERSION   = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 
 MODULE_big   = maester
-OBJS         = src/maester.o src/template.o src/registry.o src/sha256.o \
-               src/http.o src/provider.o src/provider_openai.o \
-               src/provider_anthropic.o src/router.o src/gateway.o src/secrets.o \
-               src/meter.o src/ledger.o src/worker.o src/budget.o \
-               src/evaluate.o src/trace.o src/stat.o src/otlp.o src/job.o
+OBJS         = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 
-DATA         = $(wildcard maester--*.sql)
+# Extension scripts (src/sql/README).  Released install scripts are frozen
+# files at the top of the tree (listed in src/sql/released); the current
+# version's install script and one update script from every older version
+# are assembled from src/sql by src/sql/assemble.sh.
+RELEASED     = $(shell awk '!/^\#/ && NF {print $$1}' src/sql/released)
+UPDATE_FROM  = $(shell sh src/sql/assemble.sh from $(EXTVERSION))
+SQL_SOURCES  = $(sort $(wildcard src/sql/tables/*.sql src/sql/functions/*.sql \
+                                 src/sql/updates/*.sql)) src/sql/assemble.sh
+DATA         = $(RELEASED:%=$(EXTENSION)--%.sql)
+DATA_built   = $(UPDATE_FROM:%=$(EXTENSION)--%--$(EXTVERSION).sql)
+ifeq ($(filter $(EXTVERSION),$(RELEASED)),)
+DATA_built  += $(EXTENSION)--$(EXTVERSION).sql
+endif
 
 # pg_regress suites: sql/NAME.sql against expected/NAME.out, on a throwaway
 # instance with the library preloaded (see test/regress.conf)
@@ -34,6 +42,11 @@ PG_CONFIG   ?= pg_config
 PGXS        := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
+	sh src/sql/assemble.sh install $(EXTVERSION) > $@.tmp && mv $@.tmp $@
+
+$(EXTENSION)--%--$(EXTVERSION).sql: $(SQL_SOURCES)
+	sh src/sql/assemble.sh update $* $(EXTVERSION) > $@.tmp && mv $@.tmp $@
 
 # PGXS tracks no header dependencies: rebuild everything when a header
 # changes (shared structs such as the ledger record must agree everywhere)

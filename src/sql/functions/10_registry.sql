@@ -1,0 +1,370 @@
+-- src/sql/functions/10_registry.sql: The registry: name and template checks, triggers, registration, labels,
+-- rendering, and the prompt_versions view.
+--
+-- Re-created: this file runs when the extension is created and again at
+-- every update (CREATE FUNCTION, CREATE VIEW and CREATE TRIGGER then become
+-- CREATE OR REPLACE); see src/sql/README.
+
+CREATE FUNCTION maester.check_name(kind text, value text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'check_name_sql'
+LANGUAGE C IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE;
+
+COMMENT ON FUNCTION maester.check_name(text, text) IS
+    'Returns value if it is a valid prompt, version or label name (non-empty, at most 200 characters, no whitespace or control characters); otherwise raises 22023. kind names the thing in the error.';
+
+CREATE FUNCTION maester.template_variables(template text)
+RETURNS text[]
+AS 'MODULE_PATHNAME', 'template_variables'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION maester.template_variables(text) IS
+    'Validates a {name} template and returns its distinct variables in order of first use; a lone brace, {} or a non-identifier name raises 22023 naming the character position. {{ and }} are literal braces.';
+
+CREATE FUNCTION maester.prompt_version_guard()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'prompt_version_guard'
+LANGUAGE C;
+
+COMMENT ON FUNCTION maester.prompt_version_guard() IS
+    'Trigger: validates names and templates of a new prompt version and computes variables and template_hash; refuses UPDATE, DELETE and TRUNCATE.';
+
+CREATE TRIGGER prompt_version_guard
+    BEFORE INSERT OR UPDATE OR DELETE ON maester.prompt_version
+    FOR EACH ROW EXECUTE FUNCTION maester.prompt_version_guard();
+CREATE TRIGGER prompt_version_no_truncate
+    BEFORE TRUNCATE ON maester.prompt_version
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.prompt_version_guard();
+
+CREATE FUNCTION maester.cache_invalidate()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'cache_invalidate'
+LANGUAGE C;
+
+COMMENT ON FUNCTION maester.cache_invalidate() IS
+    'Trigger: tells every backend''s caches (render cache, gateway configuration), at commit, that the table changed.';
+
+CREATE TRIGGER prompt_version_invalidate
+    AFTER INSERT OR UPDATE OR DELETE ON maester.prompt_version
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
+CREATE TRIGGER prompt_label_invalidate
+    AFTER INSERT OR UPDATE OR DELETE ON maester.prompt_label
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
+
+CREATE FUNCTION maester.prompt_label_guard()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- latest is not a stored label: it is always the newest version
+    IF (TG_OP OPERATOR(pg_catalog.<>) 'INSERT' AND OLD.label OPERATOR(pg_catalog.=) 'latest') OR
+       (TG_OP OPERATOR(pg_catalog.<>) 'DELETE' AND NEW.label OPERATOR(pg_catalog.=) 'latest') THEN
+        RAISE EXCEPTION 'label "latest" is maintained automatically'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'It always points at the most recently registered version.',
+                  HINT = 'Register a new version, or use another label such as production.';
+    END IF;
+
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+
+    PERFORM maester.check_name('label', NEW.label);
+    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' AND
+       (NEW.name OPERATOR(pg_catalog.<>) OLD.name OR NEW.label OPERATOR(pg_catalog.<>) OLD.label) THEN
+        RAISE EXCEPTION 'a label cannot be renamed'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Set the new label and remove the old one.';
+    END IF;
+    IF EXISTS (SELECT FROM maester.prompt_version v
+               WHERE v.name OPERATOR(pg_catalog.=) NEW.name
+                 AND v.version OPERATOR(pg_catalog.=) NEW.label) THEN
+        RAISE EXCEPTION 'prompt "%" already has a version named "%"', NEW.name, NEW.label
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'A label may not share its name with a version of the same prompt.';
+    END IF;
+
+    NEW.moved_at := pg_catalog.now();
+    NEW.moved_by := CURRENT_USER;
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION maester.prompt_label_guard() IS
+    'Trigger: validates label names, refuses latest, and stamps who moved a label and when.';
+
+CREATE TRIGGER prompt_label_guard
+    BEFORE INSERT OR UPDATE OR DELETE ON maester.prompt_label
+    FOR EACH ROW EXECUTE FUNCTION maester.prompt_label_guard();
+
+CREATE FUNCTION maester.prompt_label_record()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- AFTER triggers: only rows really inserted, updated or deleted (an
+    -- INSERT ... ON CONFLICT DO UPDATE fires BEFORE INSERT for nothing)
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        INSERT INTO maester.prompt_label_history (name, label, from_version, to_version)
+        VALUES (OLD.name, OLD.label, OLD.version, NULL);
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        INSERT INTO maester.prompt_label_history (name, label, from_version, to_version)
+        VALUES (NEW.name, NEW.label, NULL, NEW.version);
+    ELSIF OLD.version OPERATOR(pg_catalog.<>) NEW.version THEN
+        INSERT INTO maester.prompt_label_history (name, label, from_version, to_version)
+        VALUES (NEW.name, NEW.label, OLD.version, NEW.version);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION maester.prompt_label_record() IS
+    'Trigger: records every label move in maester.prompt_label_history.';
+
+CREATE TRIGGER prompt_label_record
+    AFTER INSERT OR UPDATE OR DELETE ON maester.prompt_label
+    FOR EACH ROW EXECUTE FUNCTION maester.prompt_label_record();
+
+CREATE FUNCTION maester.prompt_label_history_guard()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' AND
+       pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.>=) 2 THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'maester.prompt_label_history is written only by the registry'
+        USING ERRCODE = 'insufficient_privilege',
+              DETAIL = pg_catalog.format('%s is not allowed.', TG_OP);
+END
+$$;
+
+COMMENT ON FUNCTION maester.prompt_label_history_guard() IS
+    'Trigger: keeps maester.prompt_label_history append-only and written only by label moves.';
+
+CREATE TRIGGER prompt_label_history_guard
+    BEFORE INSERT OR UPDATE OR DELETE ON maester.prompt_label_history
+    FOR EACH ROW EXECUTE FUNCTION maester.prompt_label_history_guard();
+CREATE TRIGGER prompt_label_history_no_truncate
+    BEFORE TRUNCATE ON maester.prompt_label_history
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.prompt_label_history_guard();
+
+CREATE FUNCTION maester.prompt_register(
+    name            text,
+    template        text,
+    version         text DEFAULT NULL,
+    system_template text DEFAULT NULL,
+    config          jsonb DEFAULT '{}',
+    checks          jsonb DEFAULT NULL,
+    description     text DEFAULT NULL)
+RETURNS maester.prompt_version
+LANGUAGE plpgsql
+VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_name    text := prompt_register.name;
+    p_version text := prompt_register.version;
+    p_config  jsonb := COALESCE(prompt_register.config, '{}');
+    p_checks  jsonb := prompt_register.checks;
+    p_tmpl    text := prompt_register.template;
+    p_sys     text := prompt_register.system_template;
+    cur       maester.prompt_version;
+    next_n    numeric;
+BEGIN
+    IF p_name IS NULL THEN
+        RAISE EXCEPTION 'prompt name must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_tmpl IS NULL THEN
+        RAISE EXCEPTION 'template must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM maester.check_name('prompt', p_name);
+    IF p_version IS NOT NULL THEN
+        PERFORM maester.check_name('version', p_version);
+        IF p_version OPERATOR(pg_catalog.=) 'latest' THEN
+            RAISE EXCEPTION 'version name "latest" is reserved'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'latest is the label of the most recently registered version.';
+        END IF;
+    END IF;
+    IF pg_catalog.jsonb_typeof(p_config) OPERATOR(pg_catalog.<>) 'object' THEN
+        RAISE EXCEPTION 'config must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_checks IS NOT NULL AND
+       pg_catalog.jsonb_typeof(p_checks) OPERATOR(pg_catalog.<>) ALL (ARRAY['object', 'array']) THEN
+        RAISE EXCEPTION 'checks must be a JSON object or array'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- one registration of a prompt at a time: the prompt row is the lock
+    INSERT INTO maester.prompt AS p (name, description)
+    VALUES (p_name, prompt_register.description)
+    ON CONFLICT (name) DO NOTHING;
+    PERFORM FROM maester.prompt p WHERE p.name OPERATOR(pg_catalog.=) p_name FOR UPDATE;
+
+    IF p_version IS NOT NULL THEN
+        SELECT * INTO cur FROM maester.prompt_version v
+        WHERE v.name OPERATOR(pg_catalog.=) p_name
+          AND v.version OPERATOR(pg_catalog.=) p_version;
+    ELSE
+        SELECT * INTO cur FROM maester.prompt_version v
+        WHERE v.name OPERATOR(pg_catalog.=) p_name
+        ORDER BY v.seq DESC LIMIT 1;
+    END IF;
+
+    IF FOUND THEN
+        IF cur.template OPERATOR(pg_catalog.=) p_tmpl
+           AND cur.system_template IS NOT DISTINCT FROM p_sys
+           AND cur.config OPERATOR(pg_catalog.=) p_config
+           AND cur.checks IS NOT DISTINCT FROM p_checks THEN
+            RETURN cur;             -- same content: nothing to do
+        END IF;
+        IF p_version IS NOT NULL THEN
+            RAISE EXCEPTION 'version "%" of prompt "%" already exists with different content', p_version, p_name
+                USING ERRCODE = 'unique_violation',
+                      DETAIL = 'Prompt versions are immutable.',
+                      HINT = 'Register the change as a new version (version => NULL picks the next vN).';
+        END IF;
+    END IF;
+
+    IF p_version IS NULL THEN
+        SELECT COALESCE(max(pg_catalog.substr(v.version, 2)::numeric), 0) OPERATOR(pg_catalog.+) 1
+          INTO next_n
+          FROM maester.prompt_version v
+         WHERE v.name OPERATOR(pg_catalog.=) p_name
+           AND v.version OPERATOR(pg_catalog.~) '^v[0-9]+$';
+        p_version := 'v' OPERATOR(pg_catalog.||) next_n::text;
+    END IF;
+
+    IF EXISTS (SELECT FROM maester.prompt_label l
+               WHERE l.name OPERATOR(pg_catalog.=) p_name
+                 AND l.label OPERATOR(pg_catalog.=) p_version) THEN
+        RAISE EXCEPTION 'prompt "%" already has a label named "%"', p_name, p_version
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'A version may not share its name with a label of the same prompt.';
+    END IF;
+
+    INSERT INTO maester.prompt_version AS v
+        (name, version, template, system_template, config, checks, description)
+    VALUES (p_name, p_version, p_tmpl, p_sys, p_config, p_checks, prompt_register.description)
+    RETURNING * INTO cur;
+    RETURN cur;
+END
+$$;
+
+COMMENT ON FUNCTION maester.prompt_register(text, text, text, text, jsonb, jsonb, text) IS
+    'Registers a prompt version and returns it. version NULL: the next vN, unless the content equals the latest version''s (then that one is returned). Same content under an existing version: returns it; different content: 23505.';
+
+CREATE FUNCTION maester.prompt_set_label(name text, label text, version text)
+RETURNS maester.prompt_label
+LANGUAGE plpgsql
+VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_name    text := prompt_set_label.name;
+    p_label   text := prompt_set_label.label;
+    p_version text := prompt_set_label.version;
+    result    maester.prompt_label;
+BEGIN
+    IF p_name IS NULL OR p_label IS NULL OR p_version IS NULL THEN
+        RAISE EXCEPTION 'name, label and version must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM maester.check_name('label', p_label);
+    IF p_label OPERATOR(pg_catalog.=) 'latest' THEN
+        RAISE EXCEPTION 'label "latest" is maintained automatically'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'It always points at the most recently registered version.',
+                  HINT = 'Register a new version, or use another label such as production.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM maester.prompt p WHERE p.name OPERATOR(pg_catalog.=) p_name) THEN
+        RAISE EXCEPTION 'prompt "%" does not exist', p_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT EXISTS (SELECT FROM maester.prompt_version v
+                   WHERE v.name OPERATOR(pg_catalog.=) p_name
+                     AND v.version OPERATOR(pg_catalog.=) p_version) THEN
+        RAISE EXCEPTION 'prompt "%" has no version "%"', p_name, p_version
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'See maester.prompt_versions for its versions.';
+    END IF;
+
+    INSERT INTO maester.prompt_label AS l (name, label, version)
+    VALUES (p_name, p_label, p_version)
+    ON CONFLICT (name, label) DO UPDATE SET version = EXCLUDED.version
+        WHERE l.version OPERATOR(pg_catalog.<>) EXCLUDED.version;
+
+    SELECT * INTO result FROM maester.prompt_label l
+    WHERE l.name OPERATOR(pg_catalog.=) p_name AND l.label OPERATOR(pg_catalog.=) p_label;
+    RETURN result;
+END
+$$;
+
+COMMENT ON FUNCTION maester.prompt_set_label(text, text, text) IS
+    'Points a label (e.g. production) of a prompt at one of its versions; the move is recorded in maester.prompt_label_history. latest cannot be set by hand.';
+
+CREATE FUNCTION maester.prompt_unset_label(name text, label text)
+RETURNS boolean
+LANGUAGE plpgsql
+VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF prompt_unset_label.label OPERATOR(pg_catalog.=) 'latest' THEN
+        RAISE EXCEPTION 'label "latest" is maintained automatically'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'It always points at the most recently registered version.';
+    END IF;
+    DELETE FROM maester.prompt_label l
+    WHERE l.name OPERATOR(pg_catalog.=) prompt_unset_label.name
+      AND l.label OPERATOR(pg_catalog.=) prompt_unset_label.label;
+    RETURN FOUND;
+END
+$$;
+
+COMMENT ON FUNCTION maester.prompt_unset_label(text, text) IS
+    'Removes a label from a prompt (recorded in the history); returns false if it was not set. latest cannot be removed.';
+
+CREATE FUNCTION maester.prompt_render(
+    name      text,
+    variables jsonb DEFAULT '{}',
+    version   text DEFAULT NULL)
+RETURNS maester.rendered_prompt
+AS 'MODULE_PATHNAME', 'prompt_render'
+LANGUAGE C STABLE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.prompt_render(text, jsonb, text) IS
+    'Renders a prompt version (version is a version or a label; NULL means latest) with a JSON object of variables; returns content, system prompt and SHA-256 hash. Missing variables raise 22023; unknown prompts, versions or labels 42704.';
+
+CREATE VIEW maester.prompt_versions AS
+SELECT v.name,
+       v.version,
+       v.seq,
+       v.created_at,
+       v.created_by,
+       ARRAY(SELECT 'latest'::text
+              WHERE v.seq OPERATOR(pg_catalog.=)
+                    (SELECT pg_catalog.max(w.seq) FROM maester.prompt_version w
+                      WHERE w.name OPERATOR(pg_catalog.=) v.name)
+             UNION ALL
+             (SELECT l.label FROM maester.prompt_label l
+               WHERE l.name OPERATOR(pg_catalog.=) v.name
+                 AND l.version OPERATOR(pg_catalog.=) v.version
+               ORDER BY l.label)) AS labels,
+       v.template_hash,
+       v.variables,
+       v.description
+  FROM maester.prompt_version v;
+
+COMMENT ON VIEW maester.prompt_versions IS
+    'Every prompt version with its labels, for people and BI tools.';
+COMMENT ON COLUMN maester.prompt_versions.labels IS 'Labels that point at this version: latest first for the newest version, then the set labels in order.';

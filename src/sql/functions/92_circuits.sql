@@ -1,0 +1,29 @@
+-- src/sql/functions/92_circuits.sql: Circuit breakers.
+--
+-- Re-created: this file runs when the extension is created and again at
+-- every update (CREATE FUNCTION, CREATE VIEW and CREATE TRIGGER then become
+-- CREATE OR REPLACE); see src/sql/README.
+
+CREATE FUNCTION maester.circuit_status(
+    OUT provider text, OUT state text, OUT consecutive_failures integer,
+    OUT opened_at timestamptz, OUT successes bigint, OUT failures bigint,
+    OUT opens bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'circuit_status'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION maester.circuit_status() IS
+    'Circuit breaker state of every provider called since the server started (shared memory).';
+
+CREATE VIEW maester.circuit AS SELECT * FROM maester.circuit_status();
+
+COMMENT ON VIEW maester.circuit IS
+    'Circuit breaker per provider: closed (calls go through), open (skipped until the cooldown ends), half_open (one probe under way); counters since server start.';
+
+CREATE FUNCTION maester.circuit_reset(provider text DEFAULT NULL)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'circuit_reset'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.circuit_reset(text) IS
+    'Closes the circuit breaker of a provider (NULL: all); returns how many were reset.';

@@ -1,0 +1,76 @@
+-- src/sql/functions/98_privileges.sql: Privileges: nothing for PUBLIC; what each role may do.
+--
+-- Re-created: this file runs when the extension is created and again at
+-- every update (CREATE FUNCTION, CREATE VIEW and CREATE TRIGGER then become
+-- CREATE OR REPLACE); see src/sql/README.
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA maester FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA maester FROM PUBLIC;
+
+GRANT SELECT ON maester.prompt_versions TO maester_reader;
+
+GRANT SELECT ON maester.prompt, maester.prompt_version, maester.prompt_label TO maester_user;
+GRANT EXECUTE ON FUNCTION maester.prompt_render(text, jsonb, text),
+                          maester.template_variables(text),
+                          maester.check_name(text, text) TO maester_user;
+
+GRANT SELECT ON maester.prompt_label_history TO maester_admin;
+GRANT INSERT, UPDATE (description) ON maester.prompt TO maester_admin;
+GRANT INSERT ON maester.prompt_version TO maester_admin;
+GRANT INSERT, UPDATE, DELETE ON maester.prompt_label TO maester_admin;
+GRANT INSERT ON maester.prompt_label_history TO maester_admin;
+GRANT EXECUTE ON FUNCTION
+    maester.prompt_register(text, text, text, text, jsonb, jsonb, text),
+    maester.prompt_set_label(text, text, text),
+    maester.prompt_unset_label(text, text) TO maester_admin;
+
+GRANT EXECUTE ON FUNCTION
+    maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb),
+    maester.generate_batch(jsonb[], integer, text, text, jsonb, boolean),
+    maester.submit(jsonb, regproc, text),
+    maester.cancel_job(bigint),
+    maester.complete(jsonb),
+    maester.evaluate(text, jsonb, jsonb),
+    maester.validate_checks(jsonb) TO maester_user;
+GRANT SELECT ON maester.circuit TO maester_reader;
+GRANT SELECT ON maester.price TO maester_reader, maester_user;
+GRANT SELECT ON maester.usage TO maester_reader, maester_user, maester_admin;
+GRANT SELECT ON maester.cost_daily, maester.cost_by_prompt_version TO maester_reader, maester_user, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.usage_retention(interval) TO maester_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON maester.budget TO maester_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON maester.eval_suite, maester.eval_case TO maester_admin;
+GRANT SELECT ON maester.eval_suite, maester.eval_case, maester.eval_run, maester.eval_result
+    TO maester_user, maester_reader;
+GRANT INSERT, UPDATE ON maester.eval_run, maester.eval_result TO maester_user;
+GRANT EXECUTE ON FUNCTION maester.eval_run(text, text, text, integer), maester.replay(uuid) TO maester_user;
+GRANT EXECUTE ON FUNCTION maester.eval_compare(bigint, bigint) TO maester_user, maester_reader;
+GRANT SELECT ON maester.capture TO maester_user, maester_reader;
+GRANT INSERT ON maester.capture TO maester_user;
+GRANT SELECT, DELETE ON maester.capture TO maester_admin;
+GRANT SELECT ON maester.span, maester.trace TO maester_user, maester_reader, maester_admin;
+GRANT DELETE ON maester.span TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.explain(text) TO maester_user, maester_reader, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.trace_retention(interval) TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.trace_status() TO maester_reader, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.otlp_payload(bigint, integer) TO maester_reader, maester_admin;
+GRANT SELECT ON maester.stat TO maester_reader, maester_admin;
+GRANT SELECT ON maester.job, maester.job_progress TO maester_user, maester_reader, maester_admin;
+GRANT DELETE ON maester.job TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.cancel_job(bigint) TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.job_retention(interval) TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.stat_entries() TO maester_reader, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.stat_reset() TO maester_admin;
+GRANT SELECT ON maester.budget TO maester_reader;
+GRANT SELECT ON maester.budget_status TO maester_reader, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.budget_counters() TO maester_reader, maester_admin;
+GRANT DELETE ON maester.usage TO maester_admin;
+GRANT INSERT ON maester.price TO maester_admin;
+GRANT EXECUTE ON FUNCTION
+    maester.price_at(text, timestamptz),
+    maester.cost_exact(text, bigint, bigint, bigint, bigint, timestamptz),
+    maester.cost_of(text, bigint, bigint, bigint, timestamptz, bigint)
+    TO maester_reader, maester_user;
+GRANT EXECUTE ON FUNCTION maester.circuit_status() TO maester_reader;
+GRANT SELECT, INSERT, UPDATE, DELETE ON maester.provider, maester.model,
+    maester.route, maester.route_target TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.circuit_reset(text) TO maester_admin;

@@ -1,0 +1,96 @@
+-- src/sql/tables/20_gateway.sql: The model gateway's configuration: providers, models, routes, and the shipped rows.
+--
+-- Written once: this file runs only when the extension is created.  A
+-- change to it must also go into the update fragment of the next version
+-- (src/sql/updates/), so that an updated database ends up like a new one;
+-- see src/sql/README.
+
+CREATE TABLE maester.provider (
+    name                      text PRIMARY KEY
+        CHECK (pg_catalog.octet_length(name) BETWEEN 1 AND 127),
+    kind                      text NOT NULL
+        CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['openai', 'anthropic', 'openai_compatible'])),
+    base_url                  text NOT NULL
+        CHECK (base_url OPERATOR(pg_catalog.~) '^https?://[^/?#]+'),
+    api_key_env               text
+        CHECK (api_key_env OPERATOR(pg_catalog.~) '^[A-Za-z_][A-Za-z0-9_]*_(KEY|TOKEN)$'),
+    api_key_file              text
+        CHECK (api_key_file OPERATOR(pg_catalog.~) '^[^/]+$' AND api_key_file OPERATOR(pg_catalog.<>) ALL (ARRAY['.', '..'])),
+    models                    text[] NOT NULL DEFAULT '{}',
+    priority                  integer NOT NULL DEFAULT 100,
+    connect_timeout_ms        integer NOT NULL DEFAULT 5000 CHECK (connect_timeout_ms OPERATOR(pg_catalog.>) 0),
+    timeout_ms                integer NOT NULL DEFAULT 60000 CHECK (timeout_ms OPERATOR(pg_catalog.>) 0),
+    max_attempts              integer NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 20),
+    backoff_base_ms           integer NOT NULL DEFAULT 250 CHECK (backoff_base_ms OPERATOR(pg_catalog.>=) 0),
+    backoff_max_ms            integer NOT NULL DEFAULT 8000 CHECK (backoff_max_ms OPERATOR(pg_catalog.>=) 0),
+    circuit_failure_threshold integer NOT NULL DEFAULT 5 CHECK (circuit_failure_threshold OPERATOR(pg_catalog.>=) 0),
+    circuit_cooldown_ms       integer NOT NULL DEFAULT 30000 CHECK (circuit_cooldown_ms OPERATOR(pg_catalog.>=) 0),
+    anthropic_version         text DEFAULT '2023-06-01',
+    enabled                   boolean NOT NULL DEFAULT true,
+    max_connections           integer CHECK (max_connections OPERATOR(pg_catalog.>) 0),
+    requests_per_minute       integer CHECK (requests_per_minute OPERATOR(pg_catalog.>) 0),
+    tokens_per_minute         integer CHECK (tokens_per_minute OPERATOR(pg_catalog.>) 0),
+    CHECK (api_key_env IS NULL OR api_key_file IS NULL)
+);
+
+COMMENT ON TABLE maester.provider IS
+    'Model providers the gateway may call (admins only). Keys are never stored: api_key_env names an environment variable of the server, api_key_file a file in maester.key_directory.';
+COMMENT ON COLUMN maester.provider.kind IS 'openai (Chat Completions), anthropic (Messages API), or openai_compatible (Ollama, vLLM, llama.cpp, Groq, Together, ...).';
+COMMENT ON COLUMN maester.provider.base_url IS 'https://api.openai.com/v1, https://api.anthropic.com, http://127.0.0.1:11434/v1 (plain http only for hosts in maester.allow_insecure_hosts).';
+COMMENT ON COLUMN maester.provider.api_key_env IS 'Name of the server environment variable holding the key (ends in _KEY or _TOKEN); NULL for keyless local servers.';
+COMMENT ON COLUMN maester.provider.api_key_file IS 'Name of a file in maester.key_directory holding the key, owned by the server user, mode 0600.';
+COMMENT ON COLUMN maester.provider.models IS 'LIKE patterns of the model names this provider serves, for models without a maester.model row.';
+COMMENT ON COLUMN maester.provider.priority IS 'Lower first, when several providers'' patterns match a model.';
+COMMENT ON COLUMN maester.provider.timeout_ms IS 'Total time allowed for one attempt.';
+COMMENT ON COLUMN maester.provider.max_attempts IS 'Attempts per call on this provider before falling back (options.max_attempts overrides).';
+COMMENT ON COLUMN maester.provider.backoff_base_ms IS 'First retry waits about this long (exponential, with jitter), unless the provider sent Retry-After.';
+COMMENT ON COLUMN maester.provider.circuit_failure_threshold IS 'Consecutive failures (5xx, 429, timeouts, connection errors) that open the circuit breaker; 0 disables it.';
+COMMENT ON COLUMN maester.provider.circuit_cooldown_ms IS 'How long an open circuit skips the provider before one probe call.';
+COMMENT ON COLUMN maester.provider.max_connections IS 'Most requests one session (or job worker) has in flight to this provider at once, in generate_batch; NULL: no limit beyond the batch''s concurrency.';
+COMMENT ON COLUMN maester.provider.requests_per_minute IS 'Rate limit, honoured server-wide by spacing calls evenly (they wait, they do not fail); NULL: none.';
+COMMENT ON COLUMN maester.provider.tokens_per_minute IS 'Token rate limit (input estimate plus reserved output tokens per call), honoured server-wide by pacing; NULL: none.';
+
+INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, priority) VALUES
+    ('openai', 'openai', 'https://api.openai.com/v1', 'OPENAI_API_KEY',
+     ARRAY['gpt-%', 'o1%', 'o3%', 'o4%', 'chatgpt-%'], 10),
+    ('anthropic', 'anthropic', 'https://api.anthropic.com', 'ANTHROPIC_API_KEY',
+     ARRAY['claude-%'], 20);
+
+CREATE TABLE maester.model (
+    name           text PRIMARY KEY,
+    provider       text NOT NULL REFERENCES maester.provider (name) ON UPDATE CASCADE,
+    provider_model text NOT NULL,
+    aliases        text[] NOT NULL DEFAULT '{}',
+    description    text
+);
+
+COMMENT ON TABLE maester.model IS
+    'Model names and aliases mapped to a provider and the model id it is sent as. Models without a row go to the first enabled provider whose pattern matches.';
+COMMENT ON COLUMN maester.model.provider_model IS 'The model id sent to the provider.';
+COMMENT ON COLUMN maester.model.aliases IS 'Other names callers may use for this model.';
+
+CREATE TABLE maester.route (
+    name        text PRIMARY KEY,
+    description text
+);
+
+COMMENT ON TABLE maester.route IS
+    'Named, ordered fallback chains of (provider, model) targets; llm_generate(model => NULL) uses the route default.';
+
+CREATE TABLE maester.route_target (
+    route    text NOT NULL REFERENCES maester.route (name) ON DELETE CASCADE ON UPDATE CASCADE,
+    position integer NOT NULL,
+    provider text NOT NULL REFERENCES maester.provider (name) ON UPDATE CASCADE,
+    model    text NOT NULL,
+    PRIMARY KEY (route, position)
+);
+
+COMMENT ON TABLE maester.route_target IS
+    'The targets of a route, tried in position order: each target''s attempts, then the next target.';
+COMMENT ON COLUMN maester.route_target.model IS 'The model id sent to the provider.';
+
+INSERT INTO maester.route (name, description) VALUES
+    ('default', 'Used when no model is given: OpenAI first, Anthropic as fallback.');
+INSERT INTO maester.route_target (route, position, provider, model) VALUES
+    ('default', 1, 'openai', 'gpt-4.1-mini'),
+    ('default', 2, 'anthropic', 'claude-haiku-4-5');

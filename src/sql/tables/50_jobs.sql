@@ -1,0 +1,52 @@
+-- src/sql/tables/50_jobs.sql: Asynchronous jobs.
+--
+-- Written once: this file runs only when the extension is created.  A
+-- change to it must also go into the update fragment of the next version
+-- (src/sql/updates/), so that an updated database ends up like a new one;
+-- see src/sql/README.
+
+-- Asynchronous jobs: requests queued with maester.submit and run by the
+-- job workers (maester.job_workers per database) through the same gateway.
+CREATE TABLE maester.job (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    submission       text NOT NULL,
+    request          jsonb NOT NULL,
+    callback         regproc,
+    tenant           text NOT NULL,
+    role             name NOT NULL,
+    status           text NOT NULL DEFAULT 'queued'
+        CHECK (status OPERATOR(pg_catalog.=) ANY
+               (ARRAY['queued', 'running', 'done', 'failed', 'cancelled', 'review'])),
+    cancel_requested boolean NOT NULL DEFAULT false,
+    attempts         integer NOT NULL DEFAULT 0,
+    request_id       uuid,
+    trace_id         text,
+    result           maester.generation,
+    error_code       text,
+    error_class      text,
+    error_message    text,
+    callback_error   text,
+    submitted_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    worker           integer,
+    worker_pid       integer
+);
+
+CREATE INDEX job_queued ON maester.job (id) WHERE status OPERATOR(pg_catalog.=) 'queued';
+CREATE INDEX job_running ON maester.job (worker) WHERE status OPERATOR(pg_catalog.=) 'running';
+CREATE INDEX job_submission ON maester.job (submission);
+CREATE INDEX job_request ON maester.job (request_id);
+
+COMMENT ON TABLE maester.job IS
+    'Asynchronous model calls (maester.submit), run by the job workers; each has its ledger rows (usage.request_id = job.request_id) and its trace (trace_id). Row-level security by tenant.';
+COMMENT ON COLUMN maester.job.submission IS 'Groups jobs for maester.job_progress: given to submit, else one per submitting transaction.';
+COMMENT ON COLUMN maester.job.status IS 'queued, running, done, failed, cancelled; review: its worker stopped while the call was in flight (it may have been answered and billed: see its ledger rows), so it was not run again (maester.job_retry_interrupted).';
+COMMENT ON COLUMN maester.job.attempts IS 'Times a worker took the job (more than 1 only after an interruption, with maester.job_retry_interrupted on).';
+COMMENT ON COLUMN maester.job.request_id IS 'The call''s request id, set when a worker takes the job, before anything is sent: its ledger rows.';
+COMMENT ON COLUMN maester.job.callback IS 'A procedure called with the job id when the job ends (done, failed or cancelled while running), as the submitter, in the transaction that records the result; its error is kept in callback_error.';
+
+ALTER TABLE maester.job ENABLE ROW LEVEL SECURITY;
+CREATE POLICY job_admin ON maester.job FOR ALL TO maester_admin USING (true);
+CREATE POLICY job_tenant ON maester.job FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) pg_catalog.current_setting('maester.tenant'));

@@ -1,0 +1,72 @@
+-- src/sql/tables/60_ledger.sql: The usage ledger, written by the ledger worker.
+--
+-- Written once: this file runs only when the extension is created.  A
+-- change to it must also go into the update fragment of the next version
+-- (src/sql/updates/), so that an updated database ends up like a new one;
+-- see src/sql/README.
+
+CREATE TABLE maester.usage (
+    request_id          uuid NOT NULL,
+    attempt             integer NOT NULL,
+    ts                  timestamptz NOT NULL,
+    settled_at          timestamptz,
+    tenant              text NOT NULL,
+    role                name NOT NULL,
+    purpose             text NOT NULL DEFAULT 'generation',
+    trace_id            text NOT NULL,
+    prompt_name         text,
+    prompt_version      text,
+    prompt_hash         text,
+    provider            text NOT NULL,
+    requested_model     text,
+    model               text NOT NULL,
+    max_tokens          bigint,
+    input_tokens        bigint,
+    output_tokens       bigint,
+    cached_input_tokens bigint,
+    cache_write_tokens  bigint,
+    usage_estimated     boolean,
+    estimated_cost_usd  numeric,
+    cost_usd            numeric,
+    priced              boolean NOT NULL,
+    latency_ms          double precision,
+    status              text NOT NULL CHECK (status OPERATOR(pg_catalog.=) ANY
+        (ARRAY['pending', 'ok', 'error', 'timeout', 'cancelled', 'orphaned', 'blocked'])),
+    error_class         text,
+    http_status         integer,
+    fallback_used       boolean,
+    tags                jsonb,
+    eval_status         text,
+    eval_score          double precision,
+    backend_pid         integer,
+    server_epoch        bigint,
+    PRIMARY KEY (request_id, attempt)
+);
+
+CREATE INDEX usage_ts_brin ON maester.usage USING brin (ts);
+CREATE INDEX usage_tenant_day ON maester.usage (tenant, ((ts AT TIME ZONE 'UTC')::date));
+CREATE INDEX usage_pending ON maester.usage (ts) WHERE status OPERATOR(pg_catalog.=) 'pending';
+
+COMMENT ON TABLE maester.usage IS
+    'The ledger: one row per attempt of every model call, written by the maester ledger worker (never by the caller''s transaction), so that no rollback, error or crash loses it. Row-level security by tenant for maester_user and maester_reader.';
+COMMENT ON COLUMN maester.usage.ts IS 'When the attempt started (the row is durable before the request leaves).';
+COMMENT ON COLUMN maester.usage.settled_at IS 'When the attempt''s outcome was recorded (NULL while pending).';
+COMMENT ON COLUMN maester.usage.tenant IS 'maester.tenant of the calling session.';
+COMMENT ON COLUMN maester.usage.role IS 'The calling role (current_user).';
+COMMENT ON COLUMN maester.usage.purpose IS 'generation, or evaluation for calls made by evaluators.';
+COMMENT ON COLUMN maester.usage.model IS 'The model as served (or, before an answer, as requested from the provider).';
+COMMENT ON COLUMN maester.usage.max_tokens IS 'Output tokens reserved by the estimate (the call''s max_tokens, else 4096).';
+COMMENT ON COLUMN maester.usage.estimated_cost_usd IS 'Worst-case cost reserved before the request left: estimated input tokens plus max_tokens at the output price.';
+COMMENT ON COLUMN maester.usage.cost_usd IS 'Exact cost in USD: at the price in force for ok calls; 0 for errors the provider answered; the estimate for timeouts, cancelled and orphaned attempts, which may have been billed; NULL when unpriced.';
+COMMENT ON COLUMN maester.usage.priced IS 'False when the model had no price (cost NULL).';
+COMMENT ON COLUMN maester.usage.status IS 'pending (in flight), ok, error, timeout, cancelled, orphaned (its backend died mid-call; charged at the estimate), blocked (refused by a budget).';
+COMMENT ON COLUMN maester.usage.error_class IS 'rate_limited, server_error, overloaded, auth, not_found, bad_request, redirect, timeout, connection, network, bad_response, too_large, cancelled.';
+COMMENT ON COLUMN maester.usage.eval_status IS 'The evaluation of a successful attempt''s output: pass, fail, or error (a check could not run).';
+COMMENT ON COLUMN maester.usage.eval_score IS 'The evaluation''s reliability score (0 to 1).';
+COMMENT ON COLUMN maester.usage.server_epoch IS 'Shared memory generation of the server life that made the call (for orphan detection).';
+
+ALTER TABLE maester.usage ENABLE ROW LEVEL SECURITY;
+CREATE POLICY usage_admin ON maester.usage FOR SELECT TO maester_admin USING (true);
+CREATE POLICY usage_admin_delete ON maester.usage FOR DELETE TO maester_admin USING (true);
+CREATE POLICY usage_tenant ON maester.usage FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) pg_catalog.current_setting('maester.tenant'));
