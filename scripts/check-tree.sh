@@ -35,7 +35,7 @@ done
 
 /usr/bin/python3 - src <<'PY' || status=1
 import collections, glob, os, subprocess, sys
-objs = sorted(glob.glob(sys.argv[1] + '/*.o'))
+objs = sorted(o for o in glob.glob(sys.argv[1] + '/*.o') if os.path.exists(o[:-2] + '.c'))
 if not objs:
     sys.exit("check-tree: no objects under src/ (build first)")
 defs, uses = {}, collections.defaultdict(set)

@@ -94,6 +94,25 @@ SELECT status, error_class, count(*) FROM maester.usage
  WHERE prompt_hash IN (encode(sha256('bad'), 'hex'), encode(sha256('ok'), 'hex'))
  GROUP BY 1, 2 ORDER BY 1, 2;
 
+-- requests whose checks need a model's verdict keep the batch's
+-- concurrency: their grading calls run beside each other (six grading
+-- calls of 300 ms on the wire at once), not one after the other
+INSERT INTO maester.model (name, provider, provider_model)
+VALUES ('batch-grader', 'batchmock', 'fault-verdict-pass-300');
+SELECT (maester.prompt_register('batch_graded', 'Grade me: {i}',
+    checks => '[{"type": "llm_rubric", "value": "Fine.", "model": "batch-grader"}]')).version;
+CREATE TEMP TABLE graded AS
+  SELECT * FROM maester.generate_batch(ARRAY(
+    SELECT jsonb_build_object('prompt_name', 'batch_graded', 'variables', jsonb_build_object('i', i),
+                              'model', 'mock-1')
+      FROM generate_series(1, 6) i), concurrency => 6);
+SELECT count(*) FILTER (WHERE evaluation -> 'metrics' @> '[{"name": "llm_rubric", "passed": true}]') AS graded,
+       count(*) AS requests
+  FROM graded;
+SELECT pg_temp.settled();
+SELECT pg_temp.max_overlap(ARRAY(SELECT u.request_id FROM maester.usage u JOIN graded g USING (trace_id)
+                                  WHERE u.purpose = 'evaluation')) AS graders_at_once;
+
 -- a call that succeeded stays a success when recording it afterwards fails
 -- (here maester.capture refuses the row): a WARNING, not the batch's error
 CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -198,4 +217,5 @@ SELECT pg_temp.settled();
 
 -- leave nothing for the other suites (they run in the same database)
 DELETE FROM maester.budget WHERE tenant = 'batch_budget';
+DELETE FROM maester.model WHERE provider = 'batchmock';
 DELETE FROM maester.provider WHERE name = 'batchmock';

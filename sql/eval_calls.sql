@@ -56,3 +56,44 @@ INSERT INTO maester.model (name, provider, provider_model) VALUES
 SELECT maester.evaluate('The disk is full.', '{"llm_rubric": {"rubric": "Names the resource.", "model": "grader-yes"}}');
 SELECT maester.evaluate('It is fine.', '[{"type": "llm_rubric", "value": "Names the resource.", "model": "grader-no"}]');
 SELECT count(*) FROM maester.usage WHERE purpose = 'evaluation' AND requested_model IN ('grader-yes', 'grader-no');
+
+-- the grading call of a call's llm_rubric check is a step of that call:
+-- in its trace, under its evaluation span, a ledger row of purpose
+-- evaluation; its verdict is the check's
+SELECT version FROM maester.prompt_register('eval_graded', 'Report: {x}',
+    checks => '[{"type": "llm_rubric", "value": "Reports.", "model": "grader-yes"}]');
+CREATE TEMP TABLE graded AS
+  SELECT * FROM maester.llm_generate(prompt_name => 'eval_graded', variables => '{"x": 1}', model => 'emock-1');
+SELECT evaluation ->> 'status' AS status,
+       jsonb_path_query(evaluation, '$.metrics[*] ? (@.name == "llm_rubric").score') AS rubric_score
+  FROM graded;
+SELECT u.purpose, u.requested_model, u.status, u.eval_status
+  FROM maester.usage u JOIN graded g ON u.trace_id = g.trace_id ORDER BY u.purpose DESC;
+DO $$
+BEGIN
+  FOR i IN 1..100 LOOP
+    EXIT WHEN (SELECT count(*) FROM maester.span s JOIN graded g USING (trace_id)
+                WHERE s.name = 'llm_rubric') = 1;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+SELECT s.name, p.name AS parent
+  FROM maester.span s JOIN graded g USING (trace_id)
+  LEFT JOIN maester.span p ON p.trace_id = s.trace_id AND p.span_id = s.parent_span_id
+ WHERE s.name IN ('llm_rubric', 'evaluation') OR p.name = 'llm_rubric'
+ ORDER BY 2 NULLS FIRST, 1;
+-- the graded call is the only call of the trace view
+SELECT count(*) FROM maester.trace t JOIN graded g USING (trace_id);
+
+-- a grading call that fails: the output stays a success, its evaluation
+-- says error (with a WARNING), and both calls are in the ledger
+INSERT INTO maester.model (name, provider, provider_model) VALUES ('grader-broken', 'emock', 'fault-status-400');
+SELECT version FROM maester.prompt_register('eval_broken', 'Report: {x}',
+    checks => '[{"type": "llm_rubric", "value": "Reports.", "model": "grader-broken"}]');
+CREATE TEMP TABLE broken AS
+  SELECT * FROM maester.llm_generate(prompt_name => 'eval_broken', variables => '{"x": 1}', model => 'emock-1');
+SELECT content IS NOT NULL AS generated, evaluation ->> 'status' AS status,
+       evaluation ->> 'error' LIKE 'model call failed: emock answered HTTP 400%' AS grader_error
+  FROM broken;
+SELECT u.purpose, u.status, u.error_class, u.eval_status
+  FROM maester.usage u JOIN broken b ON u.trace_id = b.trace_id ORDER BY u.purpose DESC;

@@ -50,9 +50,10 @@
 #include "utils/timestamp.h"
 
 #include "budget.h"
+#include "catalog.h"
 #include "maester.h"
-
-#define ERRCODE_MAESTER_BUDGET_EXCEEDED MAKE_SQLSTATE('M','B','0','0','1')
+#include "settings.h"
+#include "util.h"
 
 typedef struct BudgetState
 {
@@ -87,9 +88,6 @@ typedef struct BudgetConf
 	char		action;			/* 'b'lock, 'd'owngrade, 'w'arn */
 	char	   *downgrade_model;
 } BudgetConf;
-
-int			maester_max_budgets = 256;
-bool		maester_budget_allow_unpriced = false;
 
 static BudgetShared *budget_shared = NULL;
 static MemoryContext BudgetContext = NULL;
@@ -167,9 +165,7 @@ budget_load(void)
 {
 	Oid			nsp = get_namespace_oid("maester", false);
 	int			rc;
-	Oid			save_userid;
-	int			save_sec;
-	int			save_nestlevel;
+	OwnerScope	scope;
 
 	if (BudgetContext == NULL)
 		BudgetContext = AllocSetContextCreate(TopMemoryContext, "maester budgets",
@@ -180,12 +176,7 @@ budget_load(void)
 	BudgetStale = true;
 	BudgetRelid = get_relname_relid("budget", nsp);
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(maester_relation_owner(BudgetRelid),
-						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	maester_become_owner(BudgetRelid, &scope);
 	PG_TRY();
 	{
 		SPIPlanPtr	plan;
@@ -233,8 +224,7 @@ budget_load(void)
 	}
 	PG_FINALLY();
 	{
-		AtEOXact_GUC(false, save_nestlevel);
-		SetUserIdAndSecContext(save_userid, save_sec);
+		maester_restore_user(&scope);
 	}
 	PG_END_TRY();
 	BudgetStale = false;
@@ -283,8 +273,7 @@ ledger_spent(BudgetConf *b, TimestampTz from)
 	char		nulls[4] = {' ', ' ', ' ', ' '};
 	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
 	volatile int64 result = 0;
-	Oid			save_userid;
-	int			save_sec;
+	OwnerScope	scope;
 
 	args[0] = CStringGetTextDatum(b->tenant);
 	args[1] = b->prompt ? CStringGetTextDatum(b->prompt) : (Datum) 0;
@@ -293,9 +282,7 @@ ledger_spent(BudgetConf *b, TimestampTz from)
 	nulls[2] = b->model ? ' ' : 'n';
 	args[3] = TimestampTzGetDatum(from);
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(maester_relation_owner(BudgetRelid),
-						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	maester_become_owner(BudgetRelid, &scope);
 	PG_TRY();
 	{
 		int			rc;
@@ -332,7 +319,7 @@ ledger_spent(BudgetConf *b, TimestampTz from)
 	}
 	PG_FINALLY();
 	{
-		SetUserIdAndSecContext(save_userid, save_sec);
+		maester_restore_user(&scope);
 	}
 	PG_END_TRY();
 	return result;
@@ -585,6 +572,7 @@ budget_counters(PG_FUNCTION_ARGS)
 	BudgetState *copy;
 	int			n;
 
+	maester_check_catalog();
 	maester_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
 	LWLockAcquire(budget_shared->lock, LW_SHARED);

@@ -27,9 +27,6 @@ typedef enum BudgetVerdict
 	BUDGET_DOWNGRADE
 } BudgetVerdict;
 
-extern int	maester_max_budgets;
-extern bool maester_budget_allow_unpriced;
-
 extern Size budget_shmem_size(void);
 extern void budget_shmem_init(void);
 extern void budget_init(void);

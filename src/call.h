@@ -1,19 +1,159 @@
 /*-------------------------------------------------------------------------
  *
  * call.h
- *	  The call machine of gateway.c, for the drivers outside it: the job
- *	  workers (job.c) run queued requests through it.
+ *	  A model call and the machine that moves it: the structures shared by
+ *	  call.c (a call: preparing, finishing, its result, grading), machine.c
+ *	  (its phases and the driver, run_calls) and inflight.c (its attempts'
+ *	  ledger records), and the interface of its drivers: llm_generate and
+ *	  generate_batch (generate.c) and the job workers (job.c).
  *
  *-------------------------------------------------------------------------
  */
 #ifndef MAESTER_CALL_H
 #define MAESTER_CALL_H
 
+#include "datatype/timestamp.h"
 #include "utils/elog.h"
 #include "utils/jsonb.h"
+#include "utils/numeric.h"
 #include "utils/uuid.h"
 
+#include "budget.h"
+#include "http.h"
+#include "ledger.h"
+#include "maester.h"
+#include "provider.h"
+#include "request.h"
+#include "router.h"
+#include "trace.h"
+
+/* Estimated output tokens when the caller gives no max_tokens */
+#define ESTIMATE_DEFAULT_MAX_TOKENS 4096
+
+/* generate_batch: most requests in flight at once */
+#define MAESTER_MAX_CONCURRENCY 256
+
+/* attributes of maester.generation, as this library fills them */
+#define CALL_GENERATION_NATTS 22
+
+/* Everything a call returns (maester.generation) and identifies it */
+typedef struct Generation
+{
+	pg_uuid_t	request_id;
+	char		trace_id[33];
+	const char *purpose;		/* generation, or evaluation for a grader */
+	const char *provider;
+	const char *model;
+	GenResponse resp;
+	bool		usage_estimated;
+	double		latency_ms;
+	int			attempts;
+	bool		fallback_used;
+	const char *prompt_name;
+	const char *prompt_version;
+	char		prompt_hash[MAESTER_SHA256_HEXLEN + 1];
+	const char *requested_model;
+	Numeric		cost;			/* exact cost of the successful attempt */
+	bool		priced;
+	const char *tags;			/* options.tags as JSON text, or NULL */
+	Jsonb	   *checks;			/* the prompt version's checks, or NULL */
+	Jsonb	   *evaluation;		/* maester.evaluate's result */
+	CallTrace  *trace;			/* the call's spans */
+	const char *last_provider;	/* the last target tried, for statistics */
+	const char *last_model;
+	const char *traceparent;	/* header value for the current attempt */
+} Generation;
+
+/* State of one call across its targets */
+typedef struct CallState
+{
+	LedgerSlot *slot;			/* this database's ledger queue */
+	bool		downgraded;		/* a budget sent the call to a cheaper model */
+	int64		est_input_tokens;	/* for the worst-case estimate */
+	TimestampTz deadline;
+	StringInfoData log;			/* "provider: class; ..." for the error detail */
+	Failure		last;			/* the last failure */
+} CallState;
+
+/* The phases of a call: see machine.c */
+typedef enum CallPhase
+{
+	PHASE_TARGET,
+	PHASE_ATTEMPT,
+	PHASE_PACED,
+	PHASE_BACKOFF,
+	PHASE_DURABLE,
+	PHASE_SENT,
+	PHASE_GRADING,
+	PHASE_DONE,
+	PHASE_FAILED
+} CallPhase;
+
+/* What one grading call (an llm_rubric check) answered */
+typedef struct Grade
+{
+	bool		done;
+	bool		failed;
+	int			sqlstate;		/* when it failed: its error */
+	char	   *message;
+	char	   *detail;
+	char	   *hint;
+	char	   *answer;			/* the grader's text */
+} Grade;
+
+typedef struct InFlight InFlight;	/* inflight.h */
 typedef struct Call Call;
+
+struct Call
+{
+	int			ordinal;		/* 1-based position in the batch */
+	MemoryContext cxt;			/* everything of this call */
+	CallPhase	phase;
+	CallArgs	args;
+	CallOptions opts;
+	Generation	g;
+	RoutePlan  *plan;
+	int			ntargets;
+	int			ti;				/* current target */
+	int			tries;			/* attempts on it so far */
+	bool		paced;			/* this attempt has its rate-limit turn */
+	TimestampTz paced_since;
+	TimestampTz started;
+	TimestampTz wake_at;		/* PACED, BACKOFF */
+	CallState	cs;
+	char	   *tenant;			/* maester.tenant when the call was prepared */
+	text	   *content;		/* the prompt as sent, for capture */
+	text	   *system;
+	/* the attempt in progress */
+	LedgerRecord *rec;
+	Numeric		estimate;
+	InFlight   *inflight;
+	uint64		pending_seq;
+	TimestampTz pending_at;
+	bool		probe;			/* admitted as the circuit's half-open probe */
+	char	   *key;
+	HttpRequest req;
+	bool		req_live;		/* req holds curl resources */
+	Span	   *gen_span;
+	Span	   *eval_span;
+	TimestampTz attempt_start;
+	bool		cancel_requested;	/* by its driver: end it as cancelled */
+	bool		finished;		/* call_succeeded_finish has run */
+	/* grading: this call's llm_rubric checks, each a call of its own */
+	Call	   *parent;			/* for a grading call: the call it grades */
+	int			grade_index;	/* and which of its checks */
+	int			ngrades;
+	int			grades_pending;
+	Grade	   *grades;
+	Call	  **spawned;		/* grading calls for run_calls to take */
+	int			nspawned;
+	/* a failed call */
+	int			sqlstate;
+	const char *error_class;
+	char	   *message;
+	char	   *detail;
+	const char *hint;
+};
 
 /* How each move of a call is wrapped */
 typedef enum CallIsolation
@@ -37,28 +177,59 @@ typedef struct CallDriver
 	/* before run_calls sleeps */
 	void		(*idle) (void *arg);
 	void	   *arg;
-	int			concurrency;
+	int			concurrency;	/* calls at once (their grading calls aside) */
 	CallIsolation isolation;
 	bool		persistent;		/* keep going when next() has nothing */
 } CallDriver;
 
+/* The questions of an evaluation's first pass (call_grader_ask) */
+typedef struct GradeAsks
+{
+	int			n;
+	int			max;
+	char	  **prompts;
+	char	  **models;			/* NULL: the default route */
+} GradeAsks;
+
+/* The answers for its second pass (call_grader_answer) */
+typedef struct GradeAnswers
+{
+	Grade	   *grades;
+	int			n;
+	int			next;
+} GradeAnswers;
+
+/* machine.c */
 extern void run_calls(CallDriver *d);
 
-/* a call from a request object (llm_generate's argument names); raises */
+/* call.c */
+extern Call *call_prepare(CallArgs *a, int ordinal, MemoryContext cxt,
+						  const pg_uuid_t *request_id);
 extern Call *call_from_request(Jsonb *request, int ordinal, MemoryContext cxt,
 							   const pg_uuid_t *request_id);
-/* a call that failed before it started, with this error */
 extern Call *call_from_error(int ordinal, MemoryContext cxt, ErrorData *edata);
-extern void call_validate_request(Jsonb *request);
-
-extern int	call_ordinal(Call *c);
-extern MemoryContext call_context(Call *c);
-extern bool call_succeeded(Call *c);
-extern void call_finish_success(Call *c);
-#define CALL_GENERATION_NATTS 22
+extern void call_fail(Call *c);
+extern void call_fail_with(Call *c, const char *provider, const char *error_class,
+						   int sqlstate, char *message);
+extern void call_note_failure(Call *c, const char *provider, const Failure *f);
+extern void call_succeeded_finish(Call *c);
+extern void call_failed_finish(Call *c);
+extern void call_raise(Call *c);
 extern bool call_generation_values(Call *c, Datum *values, bool *nulls);
-extern void call_error(Call *c, int *sqlstate, const char **error_class,
-					   const char **message, const char **detail);
 extern void call_request_cancel(Call *c);
+
+/* grading (call.c): llm_rubric checks as calls of their own */
+extern void call_grader_ask(void *arg, JsonbValue *param, JsonbContainer *extra,
+							const char *content, int len, double *score,
+							bool *passed, char **reason);
+extern void call_grader_answer(void *arg, JsonbValue *param, JsonbContainer *extra,
+							   const char *content, int len, double *score,
+							   bool *passed, char **reason);
+extern Call *call_prepare_grader(const char *prompt, const char *model, int ordinal,
+								 MemoryContext cxt, Call *parent);
+extern void call_grade_of(Call *grader, Grade *out, MemoryContext cxt);
+extern bool call_evaluate_begin(Call *c);
+extern void call_evaluate_end(Call *c);
+extern void call_grade_collect(Call *grader);
 
 #endif							/* MAESTER_CALL_H */

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * evaluate.c
- *	  maester.evaluate: checks on a model's output, scored and weighted.
+ *	  The checks on a model's output, scored and weighted (maester.evaluate).
  *
  * The result is the articles' shape: {status, reliability_score,
  * metrics: [{name, score, passed, reason}]}.  The original toolkit's three
@@ -30,6 +30,11 @@
  * Everything is computed in one pass over the checks, with the content
  * lower-cased at most once; the result jsonb is built directly.
  *
+ * This file is the checks alone: it calls no model.  An llm_rubric check
+ * is handed to the caller's grader (RubricGrader), which the call machine
+ * answers with grading calls of its own (machine.c) and maester.evaluate()
+ * with a batch of them (generate.c).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -51,8 +56,9 @@
 #include "utils/numeric.h"
 #include "utils/varlena.h"
 
-#include "maester.h"
-#include "provider.h"
+#include "catalog.h"
+#include "evaluate.h"
+#include "jsonutil.h"
 
 #define KNOWN_CHECKS "non_empty, required_terms, max_length, min_length, max_words, contains, icontains, contains_any, contains_all, not_contains, starts_with, equals, regex, is_json, json_schema, levenshtein, cost_max, latency_max, llm_rubric (and not_ before any of them)"
 
@@ -66,6 +72,8 @@ typedef struct EvalInput
 	int			lower_len;
 	JsonbContainer *context;	/* NULL: none */
 	bool		validate_only;	/* check the checks, do not run costly ones */
+	RubricGrader grader;		/* grades llm_rubric checks */
+	void	   *grader_arg;
 } EvalInput;
 
 /* One metric of the result */
@@ -797,7 +805,12 @@ run_check(const char *name, JsonbValue *param, JsonbContainer *extra,
 			check_error(name, "a rubric: a string, or {\"rubric\": \"...\", \"model\": \"...\"}");
 	}
 	else if (strcmp(name, "llm_rubric") == 0)
-		maester_llm_rubric(param, extra, in->s, in->len, &m->score, &m->passed, &m->reason);
+	{
+		if (in->grader == NULL)
+			elog(ERROR, "llm_rubric check evaluated without a grader");
+		in->grader(in->grader_arg, param, extra, in->s, in->len,
+				   &m->score, &m->passed, &m->reason);
+	}
 	else
 		return false;
 	return true;
@@ -870,15 +883,19 @@ push_scalar(JsonbParseState **st, JsonbIteratorToken tok, JsonbValue *v)
 
 /*
  * Evaluate `content` with `checks` (NULL: the articles' default) and
- * `context` (NULL: none); returns the result jsonb.
+ * `context` (NULL: none); returns the result jsonb.  llm_rubric checks are
+ * handed to `grader` (in the order they appear; evaluating the same checks
+ * again asks it the same questions in the same order).
  */
 static Jsonb *evaluate_internal(const char *content, int len, Jsonb *checks,
-								Jsonb *context, bool validate_only);
+								Jsonb *context, bool validate_only,
+								RubricGrader grader, void *grader_arg);
 
 Jsonb *
-maester_evaluate(const char *content, int len, Jsonb *checks, Jsonb *context)
+maester_evaluate(const char *content, int len, Jsonb *checks, Jsonb *context,
+				 RubricGrader grader, void *grader_arg)
 {
-	return evaluate_internal(content, len, checks, context, false);
+	return evaluate_internal(content, len, checks, context, false, grader, grader_arg);
 }
 
 /*
@@ -889,14 +906,14 @@ void
 maester_validate_checks(Jsonb *checks)
 {
 	if (checks != NULL)
-		(void) evaluate_internal("", 0, checks, NULL, true);
+		(void) evaluate_internal("", 0, checks, NULL, true, NULL, NULL);
 }
 
 static Jsonb *
 evaluate_internal(const char *content, int len, Jsonb *checks, Jsonb *context,
-				  bool validate_only)
+				  bool validate_only, RubricGrader grader, void *grader_arg)
 {
-	EvalInput	in = {content, len, -1, NULL, 0, NULL, validate_only};
+	EvalInput	in = {content, len, -1, NULL, 0, NULL, validate_only, grader, grader_arg};
 	List	   *metrics = NIL;
 	bool		has_threshold = false;
 	double		threshold = 0;
@@ -1089,26 +1106,6 @@ evaluate_internal(const char *content, int len, Jsonb *checks, Jsonb *context,
 	return JsonbValueToJsonb(res);
 }
 
-PG_FUNCTION_INFO_V1(evaluate);
-/*
- * maester.evaluate(content text, checks jsonb DEFAULT NULL,
- *					context jsonb DEFAULT NULL) RETURNS jsonb
- */
-Datum
-evaluate(PG_FUNCTION_ARGS)
-{
-	text	   *content;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("content must not be null")));
-	content = PG_GETARG_TEXT_PP(0);
-	PG_RETURN_JSONB_P(maester_evaluate(VARDATA_ANY(content), VARSIZE_ANY_EXHDR(content),
-									   PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1),
-									   PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2)));
-}
-
 PG_FUNCTION_INFO_V1(validate_checks);
 /*
  * maester.validate_checks(checks jsonb) RETURNS jsonb: the checks, if
@@ -1119,6 +1116,7 @@ validate_checks(PG_FUNCTION_ARGS)
 {
 	Jsonb	   *checks = PG_GETARG_JSONB_P(0);
 
+	maester_check_catalog();
 	maester_validate_checks(checks);
 	PG_RETURN_JSONB_P(checks);
 }

@@ -47,7 +47,7 @@
 #include "utils/wait_event.h"
 
 #include "http.h"
-#include "maester.h"
+#include "settings.h"
 
 /* curl's sockets of interest, maintained by the socket callback */
 #define HTTP_MAX_SOCKETS 1024		/* 256 transfers, each possibly racing two connects */

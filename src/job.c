@@ -65,14 +65,14 @@
 #include "utils/uuid.h"
 
 #include "call.h"
+#include "catalog.h"
 #include "ledger.h"
-#include "maester.h"
+#include "request.h"
+#include "settings.h"
+#include "util.h"
+#include "worker.h"
 
 PGDLLEXPORT void maester_job_main(Datum arg);
-
-int			maester_job_workers = 1;
-int			maester_job_concurrency = 16;
-bool		maester_job_retry_interrupted = false;
 
 /* how often an idle worker looks at the table anyway */
 #define JOB_POLL_MS 1000
@@ -133,16 +133,6 @@ wake_at_commit(void)
 	JobsToWake = true;
 }
 
-static Oid
-job_relid(void)
-{
-	Oid			relid = get_relname_relid("job", get_namespace_oid("maester", false));
-
-	if (!OidIsValid(relid))
-		elog(ERROR, "table maester.job not found");
-	return relid;
-}
-
 /*
  * Run `sql` with `nargs` arguments as the owner of maester.job, with a
  * safe search_path; the caller has connected SPI.
@@ -151,21 +141,12 @@ static int
 spi_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
 			 const char *nulls, long tcount)
 {
-	Oid			save_userid;
-	int			save_sec;
-	int			save_nestlevel;
+	OwnerScope	scope;
 	int			rc;
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(maester_relation_owner(job_relid()),
-						   save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	maester_become_owner(maester_table_oid("job"), &scope);
 	rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, tcount);
-	AtEOXact_GUC(false, save_nestlevel);
-	SetUserIdAndSecContext(save_userid, save_sec);
+	maester_restore_user(&scope);
 	return rc;
 }
 
@@ -186,13 +167,14 @@ job_submit(PG_FUNCTION_ARGS)
 	bool		isnull;
 	int64		id;
 
+	maester_check_catalog();
 	maester_require_preload();
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("request must not be NULL")));
 	request = PG_GETARG_JSONB_P(0);
-	call_validate_request(request);
+	request_validate(request);
 
 	if (OidIsValid(callback))
 	{
@@ -261,6 +243,7 @@ job_cancel(PG_FUNCTION_ARGS)
 	bool		result = false;
 	Oid			admin = get_role_oid("maester_admin", true);
 
+	maester_check_catalog();
 	maester_require_preload();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -590,7 +573,7 @@ static void
 job_enter(Call *c, void *arg)
 {
 	JobWorker  *w = (JobWorker *) arg;
-	JobEntry   *e = &w->entries[call_ordinal(c)];
+	JobEntry   *e = &w->entries[c->ordinal];
 
 	if (OidIsValid(e->role))
 		job_identity(e);
@@ -652,7 +635,7 @@ run_callback(JobWorker *w, JobEntry *e, Oid callback)
 static void
 finish_success_fn(void *arg)
 {
-	call_finish_success((Call *) arg);
+	call_succeeded_finish((Call *) arg);
 }
 
 /*
@@ -662,7 +645,7 @@ finish_success_fn(void *arg)
 static void
 record_end(JobWorker *w, Call *c)
 {
-	int			ei = call_ordinal(c);
+	int			ei = c->ordinal;
 	JobEntry   *e = &w->entries[ei];
 	Datum		g[CALL_GENERATION_NATTS];
 	bool		gnulls[CALL_GENERATION_NATTS];
@@ -673,7 +656,7 @@ record_end(JobWorker *w, Call *c)
 		UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID,
 		INT8OID, INT8OID, BOOLOID, FLOAT8OID, INT4OID, BOOLOID, TEXTOID, TEXTOID,
 	TEXTOID, TEXTOID, TEXTOID, NUMERICOID, BOOLOID, JSONBOID};
-	bool		ok = call_succeeded(c);
+	bool		ok = c->phase == PHASE_DONE;
 	bool		has_g;
 	const char *status;
 	Oid			callback = InvalidOid;
@@ -704,16 +687,12 @@ record_end(JobWorker *w, Call *c)
 		status = "done";
 	else
 	{
-		int			sqlstate;
-		const char *cls;
-		const char *msg;
-		const char *detail;
+		const char *msg = c->message ? c->message : "";
 
-		call_error(c, &sqlstate, &cls, &msg, &detail);
-		status = sqlstate == ERRCODE_QUERY_CANCELED ? "cancelled" : "failed";
-		values[3] = CStringGetTextDatum(unpack_sql_state(sqlstate));
-		values[4] = CStringGetTextDatum(cls);
-		values[5] = CStringGetTextDatum(detail ? psprintf("%s (%s)", msg, detail) : msg);
+		status = c->sqlstate == ERRCODE_QUERY_CANCELED ? "cancelled" : "failed";
+		values[3] = CStringGetTextDatum(unpack_sql_state(c->sqlstate));
+		values[4] = CStringGetTextDatum(c->error_class ? c->error_class : "error");
+		values[5] = CStringGetTextDatum(c->detail ? psprintf("%s (%s)", msg, c->detail) : msg);
 	}
 	values[1] = CStringGetTextDatum(status);
 	values[2] = BoolGetDatum(ok && has_g);
@@ -787,7 +766,7 @@ record_end_isolated(JobWorker *w, Call *c)
 {
 	JobEnd		je = {w, c};
 	ErrorData  *edata = maester_subxact(record_end_fn, &je, CurrentMemoryContext);
-	JobEntry   *e = &w->entries[call_ordinal(c)];
+	JobEntry   *e = &w->entries[c->ordinal];
 	Datum		v[2];
 	Oid			t[2] = {INT8OID, TEXTOID};
 
@@ -847,14 +826,14 @@ flush_ended(JobWorker *w)
 	for (int i = 0; i < w->nended; i++)
 	{
 		Call	   *c = w->ended[i];
-		JobEntry   *e = &w->entries[call_ordinal(c)];
+		JobEntry   *e = &w->entries[c->ordinal];
 
 		if (!recorded[i])
 		{
 			w->ended[kept++] = c;	/* tried again next round */
 			continue;
 		}
-		MemoryContextDelete(call_context(c));
+		MemoryContextDelete(c->cxt);
 		e->used = false;
 		e->call = NULL;
 		pfree(e->tenant);
@@ -953,7 +932,7 @@ maester_job_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	if (index < 0 || index >= MAESTER_MAX_JOB_WORKERS || index >= maester_job_workers ||
-		!maester_extension_exists())
+		!maester_worker_wait_catalog("job worker"))
 		proc_exit(0);
 
 	w = MemoryContextAllocZero(TopMemoryContext, sizeof(JobWorker));

@@ -45,14 +45,9 @@
 
 #include "ledger.h"
 #include "maester.h"
-
-#define ERRCODE_MAESTER_LEDGER_UNAVAILABLE MAKE_SQLSTATE('M','G','0','0','6')
+#include "settings.h"
 
 LedgerShared *ledger_shared = NULL;
-int			maester_max_databases = 8;
-int			maester_ledger_queue_size = 512;
-int			maester_ledger_timeout_ms = 5000;
-char	   *maester_tenant = NULL;
 
 static LedgerSlot *MySlot = NULL;
 

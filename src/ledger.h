@@ -9,12 +9,14 @@
 #ifndef MAESTER_LEDGER_H
 #define MAESTER_LEDGER_H
 
+#include "datatype/timestamp.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "utils/uuid.h"
 
+#include "settings.h"
+
 #define LEDGER_NAMELEN 256		/* bytes kept of prompt/model names */
-#define MAESTER_MAX_JOB_WORKERS 8	/* per database */
 
 typedef enum LedgerKind
 {
@@ -125,10 +127,6 @@ typedef struct LedgerShared
 #define SPAN_NAP_MS 100
 
 extern LedgerShared *ledger_shared;
-extern int	maester_max_databases;
-extern int	maester_ledger_queue_size;
-extern int	maester_ledger_timeout_ms;
-extern char *maester_tenant;
 
 extern Size ledger_shmem_size(void);
 extern void ledger_shmem_init(void);
@@ -145,14 +143,5 @@ extern int	span_enqueue(LedgerSlot *slot, LedgerRecord *recs, int n);
 extern bool ledger_wait_durable(LedgerSlot *slot, uint64 seq, bool must);
 extern uint64 ledger_durable_seq(LedgerSlot *slot);
 extern void ledger_copy_name(char *dst, const char *src, int size);
-
-/* worker.c */
-extern void maester_register_launcher(void);
-extern bool maester_extension_exists(void);
-
-/* job.c */
-extern int	maester_job_workers;
-extern int	maester_job_concurrency;
-extern bool maester_job_retry_interrupted;
 
 #endif							/* MAESTER_LEDGER_H */

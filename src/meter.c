@@ -40,7 +40,8 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "maester.h"
+#include "meter.h"
+#include "util.h"
 
 typedef struct PriceRow
 {
@@ -77,9 +78,7 @@ meter_init(void)
 static void
 price_load(void)
 {
-	Oid			save_userid;
-	int			save_sec;
-	int			save_nestlevel;
+	OwnerScope	scope;
 
 	if (PriceContext == NULL)
 	{
@@ -96,12 +95,7 @@ price_load(void)
 	PriceStale = true;
 	PriceRelid = get_relname_relid("price", get_namespace_oid("maester", false));
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(maester_relation_owner(PriceRelid),
-						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	maester_become_owner(PriceRelid, &scope);
 	PG_TRY();
 	{
 		SPIPlanPtr	plan;
@@ -138,8 +132,7 @@ price_load(void)
 	}
 	PG_FINALLY();
 	{
-		AtEOXact_GUC(false, save_nestlevel);
-		SetUserIdAndSecContext(save_userid, save_sec);
+		maester_restore_user(&scope);
 	}
 	PG_END_TRY();
 	PriceStale = false;

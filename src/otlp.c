@@ -38,9 +38,12 @@
 #include "utils/snapmgr.h"
 #include "utils/wait_event.h"
 
+#include "catalog.h"
 #include "http.h"
 #include "ledger.h"
-#include "maester.h"
+#include "settings.h"
+#include "util.h"
+#include "worker.h"
 
 #define OTLP_BATCH 512
 #define OTLP_ATTEMPTS 3
@@ -306,10 +309,8 @@ maester_otlp_main(Datum arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	SetConfigOption("application_name", "maester OTLP exporter", PGC_USERSET, PGC_S_OVERRIDE);
 
-	StartTransactionCommand();
-	taken = OidIsValid(get_extension_oid("maester", true));
-	CommitTransactionCommand();
-	if (!taken || maester_otlp_endpoint[0] == '\0' || (slot = find_slot()) == NULL)
+	if (!maester_worker_wait_catalog("OTLP exporter") ||
+		maester_otlp_endpoint[0] == '\0' || (slot = find_slot()) == NULL)
 		proc_exit(0);
 
 	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
@@ -372,6 +373,7 @@ trace_status(PG_FUNCTION_ARGS)
 	LedgerSlot *slot;
 	int64		v[5] = {0, 0, 0, 0, 0};
 
+	maester_check_catalog();
 	maester_require_preload();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");

@@ -1,13 +1,21 @@
 /*-------------------------------------------------------------------------
  *
  * provider.c
- *	  What the provider adapters share: kinds, URLs, JSON access that never
- *	  throws on a bad answer, and error-body summaries that never leak a key.
+ *	  The provider interface: one attempt's HTTP request to a provider and
+ *	  what its answer means, whatever the provider's kind.
  *
- * A provider's body is untrusted input.  It is parsed with jsonb_in; a
- * parse error is caught and turned into a "problem" string (jsonb_in holds
- * no resources, so catching its error without a subtransaction is safe),
- * so malformed answers become clear gateway errors, never crashes.
+ * What differs between kinds -- the endpoint's path, authentication and
+ * protocol headers, the request body, the shape of the answer -- is a
+ * table of operations per kind (ProviderOps, in provider_openai.c and
+ * provider_anthropic.c); nothing outside those files asks which kind a
+ * provider is.  This file builds the request every kind shares (URL,
+ * egress check, timeouts, JSON and tracing headers, the request id) and
+ * classifies the outcome for the retry policy (provider_outcome).
+ *
+ * A provider's body is untrusted input: parsing never throws on it
+ * (jsonutil.c), so malformed answers become clear gateway errors, never
+ * crashes; error details summarize a body with the key masked.  Keys are
+ * put only into a curl header list, which provider_request_free wipes.
  *
  *-------------------------------------------------------------------------
  */
@@ -21,156 +29,272 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 
+#include "jsonutil.h"
+#include "maester.h"
 #include "provider.h"
+#include "router.h"
 
-/* Map the provider.kind column to the enum (the column has a CHECK) */
-ProviderKind
-provider_kind_from_name(const char *kind)
+static const ProviderOps *const all_ops[] = {&openai_ops, &anthropic_ops, &openai_compatible_ops};
+
+/* The operations of a provider kind (the provider.kind column has a CHECK) */
+const ProviderOps *
+provider_ops(const char *kind)
 {
-	if (strcmp(kind, "openai") == 0)
-		return PROVIDER_OPENAI;
-	if (strcmp(kind, "anthropic") == 0)
-		return PROVIDER_ANTHROPIC;
-	if (strcmp(kind, "openai_compatible") == 0)
-		return PROVIDER_OPENAI_COMPATIBLE;
+	for (int i = 0; i < lengthof(all_ops); i++)
+		if (strcmp(all_ops[i]->kind, kind) == 0)
+			return all_ops[i];
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("unknown provider kind \"%s\"", kind),
 			 errhint("Use openai, anthropic or openai_compatible.")));
-	return PROVIDER_OPENAI;		/* keep compiler quiet */
+	return NULL;				/* keep compiler quiet */
 }
 
-const char *
-provider_kind_name(ProviderKind kind)
-{
-	switch (kind)
-	{
-		case PROVIDER_OPENAI:
-			return "openai";
-		case PROVIDER_ANTHROPIC:
-			return "anthropic";
-		case PROVIDER_OPENAI_COMPATIBLE:
-			return "openai_compatible";
-	}
-	return "?";
-}
-
-/* The endpoint URL: {base}/chat/completions or {base}/v1/messages */
+/* The endpoint URL: the base URL (without trailing slashes) and the kind's path */
 char *
-provider_url(ProviderKind kind, const char *base_url)
+provider_url(const ProviderConf *p)
 {
-	size_t		len = strlen(base_url);
+	size_t		len = strlen(p->base_url);
 
-	while (len > 0 && base_url[len - 1] == '/')
+	while (len > 0 && p->base_url[len - 1] == '/')
 		len--;
-	return psprintf("%.*s%s", (int) len, base_url,
-					kind == PROVIDER_ANTHROPIC ? "/v1/messages" : "/chat/completions");
+	return psprintf("%.*s%s", (int) len, p->base_url, p->ops->path);
 }
 
+/* Raise 42501 (or 22023) if the egress policy forbids the provider's URL */
 void
-provider_build_body(ProviderKind kind, const GenRequest *req, StringInfo out)
+provider_check_egress(const ProviderConf *p)
 {
-	if (kind == PROVIDER_ANTHROPIC)
-		anthropic_build_body(req, out);
-	else
-		openai_build_body(kind, req, out);
+	bool		allow_private;
+
+	http_check_url(provider_url(p), &allow_private);
 }
 
 /*
- * Parse `body` as JSON.  Returns NULL and sets *problem when it is not
- * valid JSON (or not an object).
+ * The HTTP request of one attempt: body, URL (checked against the egress
+ * policy: raises 42501 or 22023), timeouts, and a header list holding the
+ * key (wiped by provider_request_free).
  */
-Jsonb *
-provider_parse_json(const char *body, char **problem)
+void
+provider_request(const ProviderConf *p, const GenRequest *gen, const char *key,
+				 const pg_uuid_t *request_id, const char *traceparent,
+				 long timeout_ms, HttpRequest *req)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	Jsonb	   *jb = NULL;
+	StringInfoData body;
+	char	   *url = provider_url(p);
+	struct curl_slist *h = NULL;
+	char		line[1024];
+	char		uuid[UUID_LEN * 2 + 5];
 
-	PG_TRY();
+	initStringInfo(&body);
+	p->ops->build_body(gen, &body);
+
+	http_request_init(req);
+	http_check_url(url, &req->allow_private);
+	req->url = url;
+	/* providers speak UTF-8, whatever the database's encoding */
+	req->body = pg_server_to_any(body.data, body.len, PG_UTF8);
+	req->body_len = strlen(req->body);
+	req->connect_timeout_ms = Min((long) p->connect_timeout_ms, timeout_ms);
+	req->timeout_ms = timeout_ms;
+
+	h = curl_slist_append(h, "Content-Type: application/json");
+	h = curl_slist_append(h, "Accept: application/json");
+	h = curl_slist_append(h, "Expect:");
+	snprintf(uuid, sizeof(uuid),
+			 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+			 request_id->data[0], request_id->data[1], request_id->data[2],
+			 request_id->data[3], request_id->data[4], request_id->data[5],
+			 request_id->data[6], request_id->data[7], request_id->data[8],
+			 request_id->data[9], request_id->data[10], request_id->data[11],
+			 request_id->data[12], request_id->data[13], request_id->data[14],
+			 request_id->data[15]);
+	snprintf(line, sizeof(line), "X-Request-Id: %s", uuid);
+	h = curl_slist_append(h, line);
+	h = p->ops->headers(h, key, p->anthropic_version);
+	if (traceparent)
 	{
-		jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(body)));
+		snprintf(line, sizeof(line), "traceparent: %s", traceparent);
+		h = curl_slist_append(h, line);
 	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		*problem = psprintf("the response is not valid JSON (%s)", edata->message);
-		FreeErrorData(edata);
-		return NULL;
-	}
-	PG_END_TRY();
-	if (!JB_ROOT_IS_OBJECT(jb))
-	{
-		*problem = pstrdup("the response is not a JSON object");
-		return NULL;
-	}
-	return jb;
+	if (h == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	req->headers = h;
 }
 
-/* The value of `key` in object container `c`, or NULL */
-JsonbValue *
-json_get(JsonbContainer *c, const char *key)
+/*
+ * Stop the transfer if it still runs, wipe the header list (one of its
+ * lines may hold a key) and free the request's curl resources.
+ */
+void
+provider_request_free(HttpRequest *req)
 {
-	if (c == NULL || !JsonContainerIsObject(c))
-		return NULL;
-	return getKeyJsonValueFromContainer(c, key, strlen(key), NULL);
+	http_abort(req);
+	for (struct curl_slist *h = req->headers; h; h = h->next)
+		explicit_bzero(h->data, strlen(h->data));
+	curl_slist_free_all(req->headers);
+	req->headers = NULL;
+	http_request_cleanup(req);
 }
 
-/* A string member as a palloc'd C string, or NULL */
-char *
-json_get_string(JsonbContainer *c, const char *key)
+/* Parse a successful answer with the kind's parser; false with *problem */
+static bool
+parse_response(const ProviderOps *ops, const char *body, GenResponse *out,
+			   char **problem)
 {
-	JsonbValue *v = json_get(c, key);
-
-	if (v == NULL || v->type != jbvString)
-		return NULL;
-	return pnstrdup(v->val.string.val, v->val.string.len);
-}
-
-/* An integer member; false when absent, not a number, or not integral */
-bool
-json_get_int64(JsonbContainer *c, const char *key, int64 *out)
-{
-	JsonbValue *v = json_get(c, key);
-	double		d;
-
-	if (v == NULL || v->type != jbvNumeric)
-		return false;
-	/* numeric_float8 does not throw for finite numerics */
-	d = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
-										   NumericGetDatum(v->val.numeric)));
-	if (!(d >= 0 && d <= 9007199254740992.0) || d != (double) (int64) d)
-		return false;
-	*out = (int64) d;
-	return true;
-}
-
-/* An object or array member, or NULL */
-JsonbContainer *
-json_get_container(JsonbContainer *c, const char *key)
-{
-	JsonbValue *v = json_get(c, key);
-
-	if (v == NULL || v->type != jbvBinary)
-		return NULL;
-	return v->val.binary.data;
-}
-
-bool
-provider_parse_response(ProviderKind kind, const char *body, GenResponse *out,
-						char **problem)
-{
-	Jsonb	   *jb = provider_parse_json(body, problem);
+	Jsonb	   *jb = json_parse_object(body, problem);
 
 	memset(out, 0, sizeof(*out));
 	if (jb == NULL)
 		return false;
-	if (kind == PROVIDER_ANTHROPIC)
-		return anthropic_parse_response(jb, out, problem);
-	return openai_parse_response(jb, out, problem);
+	return ops->parse_response(jb, out, problem);
+}
+
+/* Fill `f` for an HTTP status that is not a success */
+static void
+classify_status(long status, Failure *f)
+{
+	f->sqlstate = ERRCODE_MAESTER_PROVIDER_ERROR;
+	f->counts = false;
+	f->retryable = false;
+	switch (status)
+	{
+		case 429:
+			f->error_class = "rate_limited";
+			f->retryable = f->counts = true;
+			break;
+		case 500:
+		case 502:
+		case 503:
+		case 504:
+			f->error_class = "server_error";
+			f->retryable = f->counts = true;
+			break;
+		case 529:
+			f->error_class = "overloaded";
+			f->retryable = f->counts = true;
+			break;
+		case 401:
+		case 403:
+			f->error_class = "auth";
+			break;
+		case 404:
+			f->error_class = "not_found";
+			break;
+		default:
+			if (status >= 300 && status < 400)
+			{
+				f->error_class = "redirect";
+				f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+			}
+			else if (status >= 500)
+			{
+				f->error_class = "server_error";
+				f->counts = true;
+			}
+			else
+				f->error_class = "bad_request";
+	}
+}
+
+/*
+ * How a finished attempt ended: true with `out` filled on success; false
+ * with `f` filled otherwise.  `key` (may be NULL) is masked in the error
+ * summaries of provider bodies.
+ */
+bool
+provider_outcome(const ProviderConf *p, HttpRequest *req, const char *key,
+				 GenResponse *out, Failure *f)
+{
+	memset(f, 0, sizeof(*f));
+	f->retry_after_ms = -1;
+	switch (req->outcome)
+	{
+		case HTTP_OK:
+			if (req->status >= 200 && req->status < 300)
+			{
+				char	   *problem = NULL;
+
+				if (req->content_type[0] != '\0' &&
+					strstr(req->content_type, "json") == NULL)
+				{
+					f->error_class = "bad_response";
+					f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+					f->counts = true;
+					f->message = psprintf("%s answered with content type \"%s\", not JSON",
+										  p->name, req->content_type);
+				}
+				else if (!pg_verify_mbstr(PG_UTF8, req->response, req->response_len, true))
+				{
+					f->error_class = "bad_response";
+					f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+					f->counts = true;
+					f->message = psprintf("%s answered with text that is not valid UTF-8",
+										  p->name);
+				}
+				else if (parse_response(p->ops,
+										pg_any_to_server(req->response,
+														 req->response_len,
+														 PG_UTF8),
+										out, &problem))
+					return true;
+				else
+				{
+					f->error_class = "bad_response";
+					f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+					f->counts = true;
+					f->message = psprintf("%s: %s", p->name, problem);
+				}
+			}
+			else
+			{
+				classify_status(req->status, f);
+				f->http_status = (int) req->status;
+				f->retry_after_ms = req->retry_after_ms;
+				if (strcmp(f->error_class, "redirect") == 0)
+					f->message = psprintf("%s answered HTTP %ld, a redirect, which is not followed",
+										  p->name, req->status);
+				else
+					f->message = psprintf("%s answered HTTP %ld: %s", p->name, req->status,
+										  provider_error_summary(req->response,
+																 req->response_len, key));
+			}
+			break;
+		case HTTP_TIMEOUT:
+			f->error_class = "timeout";
+			f->sqlstate = ERRCODE_MAESTER_TIMEOUT;
+			f->retryable = f->counts = true;
+			f->message = psprintf("%s did not answer in time", p->name);
+			break;
+		case HTTP_CONNECT_FAILED:
+		case HTTP_NETWORK_ERROR:
+			f->error_class = req->outcome == HTTP_CONNECT_FAILED ? "connection" : "network";
+			f->sqlstate = ERRCODE_MAESTER_UNREACHABLE;
+			f->retryable = f->counts = true;
+			f->message = psprintf("%s: %s", p->name, req->error);
+			break;
+		case HTTP_TOO_LARGE:
+			f->error_class = "too_large";
+			f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
+			f->message = psprintf("%s: %s", p->name, req->error);
+			break;
+		case HTTP_EGRESS_DENIED:
+			/* nothing left: the connection was refused before it opened */
+			f->error_class = "egress_denied";
+			f->sqlstate = ERRCODE_INSUFFICIENT_PRIVILEGE;
+			f->fatal = true;
+			f->message = psprintf("egress to provider \"%s\" refused", p->name);
+			f->detail = psprintf("Its host resolved to %s, a private or loopback address.",
+								 req->egress_reason);
+			f->hint = "A superuser can allow a local server by listing its host in maester.allow_insecure_hosts.";
+			break;
+		case HTTP_INTERNAL_ERROR:
+			f->error_class = "internal";
+			f->sqlstate = ERRCODE_MAESTER_UNREACHABLE;
+			f->message = psprintf("%s: %s", p->name, req->error);
+			break;
+	}
+	return false;
 }
 
 /* Replace every occurrence of `secret` in `s` (in place) by '*' */
@@ -237,7 +361,7 @@ provider_error_summary(const char *body, size_t len, const char *secret)
 		return pstrdup("(empty body)");
 	if (body[0] == '{')
 	{
-		Jsonb	   *jb = provider_parse_json(body, &problem);
+		Jsonb	   *jb = json_parse_object(body, &problem);
 
 		if (jb)
 		{

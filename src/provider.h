@@ -1,24 +1,25 @@
 /*-------------------------------------------------------------------------
  *
  * provider.h
- *	  Provider adapters: build a provider's request body, parse its answer
- *	  into one normalized result, and summarize its error bodies.
+ *	  The provider interface: what differs between OpenAI, Anthropic and
+ *	  OpenAI-compatible servers, as a table of operations per kind
+ *	  (ProviderOps), and one attempt's HTTP request and outcome built on it.
  *
  *-------------------------------------------------------------------------
  */
 #ifndef MAESTER_PROVIDER_H
 #define MAESTER_PROVIDER_H
 
+#include <curl/curl.h>
+
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
+#include "utils/uuid.h"
 
-typedef enum ProviderKind
-{
-	PROVIDER_OPENAI,			/* Chat Completions at api.openai.com */
-	PROVIDER_ANTHROPIC,			/* Messages API */
-	PROVIDER_OPENAI_COMPATIBLE	/* any server speaking Chat Completions */
-} ProviderKind;
+#include "http.h"
+
+typedef struct ProviderConf ProviderConf;	/* router.h */
 
 /* What the gateway asks of a model, independent of the provider */
 typedef struct GenRequest
@@ -54,30 +55,48 @@ typedef struct GenResponse
 	bool		usage_present;
 } GenResponse;
 
-extern ProviderKind provider_kind_from_name(const char *kind);
-extern const char *provider_kind_name(ProviderKind kind);
-extern char *provider_url(ProviderKind kind, const char *base_url);
-extern void provider_build_body(ProviderKind kind, const GenRequest *req,
-								StringInfo out);
-extern bool provider_parse_response(ProviderKind kind, const char *body,
-									GenResponse *out, char **problem);
+/* One failed attempt (or skipped target), classified for the retry policy */
+typedef struct Failure
+{
+	const char *error_class;	/* rate_limited, server_error, timeout, ... */
+	int			sqlstate;
+	bool		retryable;
+	bool		counts;			/* says something about provider health */
+	bool		fatal;			/* stop the call: trying elsewhere cannot help */
+	char	   *message;
+	char	   *detail;			/* for fatal failures: their own detail, hint */
+	const char *hint;
+	double		retry_after_ms;
+	int			http_status;
+} Failure;
+
+/* The operations of one provider kind (provider_openai.c, provider_anthropic.c) */
+typedef struct ProviderOps
+{
+	const char *kind;			/* the value of maester.provider.kind */
+	const char *path;			/* appended to the base URL */
+	/* the kind's authentication and protocol headers; key may be NULL */
+	struct curl_slist *(*headers) (struct curl_slist *list, const char *key,
+								   const char *api_version);
+	void		(*build_body) (const GenRequest *req, StringInfo out);
+	bool		(*parse_response) (Jsonb *jb, GenResponse *out, char **problem);
+} ProviderOps;
+
+extern const ProviderOps openai_ops;
+extern const ProviderOps openai_compatible_ops;
+extern const ProviderOps anthropic_ops;
+
+extern const ProviderOps *provider_ops(const char *kind);
+extern char *provider_url(const ProviderConf *p);
+extern void provider_check_egress(const ProviderConf *p);
+extern void provider_request(const ProviderConf *p, const GenRequest *gen,
+							 const char *key, const pg_uuid_t *request_id,
+							 const char *traceparent, long timeout_ms,
+							 HttpRequest *req);
+extern void provider_request_free(HttpRequest *req);
+extern bool provider_outcome(const ProviderConf *p, HttpRequest *req,
+							 const char *key, GenResponse *out, Failure *f);
 extern char *provider_error_summary(const char *body, size_t len,
 									const char *secret);
-
-/* shared JSON helpers (provider.c) */
-extern Jsonb *provider_parse_json(const char *body, char **problem);
-extern JsonbValue *json_get(JsonbContainer *c, const char *key);
-extern char *json_get_string(JsonbContainer *c, const char *key);
-extern bool json_get_int64(JsonbContainer *c, const char *key, int64 *out);
-extern JsonbContainer *json_get_container(JsonbContainer *c, const char *key);
-
-/* provider_openai.c */
-extern void openai_build_body(ProviderKind kind, const GenRequest *req,
-							  StringInfo out);
-extern bool openai_parse_response(Jsonb *jb, GenResponse *out, char **problem);
-
-/* provider_anthropic.c */
-extern void anthropic_build_body(const GenRequest *req, StringInfo out);
-extern bool anthropic_parse_response(Jsonb *jb, GenResponse *out, char **problem);
 
 #endif							/* MAESTER_PROVIDER_H */

@@ -21,6 +21,7 @@
 
 #include "utils/json.h"
 
+#include "jsonutil.h"
 #include "provider.h"
 
 /* Default max_tokens when the caller gives none (the API requires one) */
@@ -28,7 +29,7 @@
 
 #define JSON_INSTRUCTION "Answer with a single JSON object and nothing else."
 
-void
+static void
 anthropic_build_body(const GenRequest *req, StringInfo out)
 {
 	ListCell   *lc;
@@ -69,8 +70,25 @@ anthropic_build_body(const GenRequest *req, StringInfo out)
 	appendStringInfoChar(out, '}');
 }
 
+/* anthropic-version, and x-api-key when there is a key */
+static struct curl_slist *
+anthropic_headers(struct curl_slist *list, const char *key, const char *api_version)
+{
+	char		line[1024];
+
+	snprintf(line, sizeof(line), "anthropic-version: %s",
+			 api_version ? api_version : "2023-06-01");
+	list = curl_slist_append(list, line);
+	if (key == NULL)
+		return list;
+	snprintf(line, sizeof(line), "x-api-key: %s", key);
+	list = curl_slist_append(list, line);
+	explicit_bzero(line, sizeof(line));
+	return list;
+}
+
 /* Normalize a Messages answer; false with *problem if unusable */
-bool
+static bool
 anthropic_parse_response(Jsonb *jb, GenResponse *out, char **problem)
 {
 	JsonbContainer *content = json_get_container(&jb->root, "content");
@@ -122,3 +140,11 @@ anthropic_parse_response(Jsonb *jb, GenResponse *out, char **problem)
 	}
 	return true;
 }
+
+const ProviderOps anthropic_ops = {
+	.kind = "anthropic",
+	.path = "/v1/messages",
+	.headers = anthropic_headers,
+	.build_body = anthropic_build_body,
+	.parse_response = anthropic_parse_response,
+};

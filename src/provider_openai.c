@@ -20,6 +20,7 @@
 
 #include "utils/json.h"
 
+#include "jsonutil.h"
 #include "provider.h"
 
 /* Append "key": "value" with JSON escaping (value NUL-terminated) */
@@ -31,9 +32,13 @@ append_string_member(StringInfo out, const char *key, const char *value)
 	escape_json(out, value);
 }
 
-/* Append ,"stop":[...] for a list of stop strings */
-void
-openai_build_body(ProviderKind kind, const GenRequest *req, StringInfo out)
+/*
+ * The request body.  `max_name` is the name of the output limit:
+ * max_completion_tokens at OpenAI, max_tokens at compatible servers (not
+ * all of which know the newer name).
+ */
+static void
+build_body(const GenRequest *req, StringInfo out, const char *max_name)
 {
 	ListCell   *lc;
 
@@ -50,9 +55,7 @@ openai_build_body(ProviderKind kind, const GenRequest *req, StringInfo out)
 	append_string_member(out, "content", req->prompt);
 	appendStringInfoString(out, "}]");
 	if (req->max_tokens > 0)
-		appendStringInfo(out, ",\"%s\":%d",
-						 kind == PROVIDER_OPENAI ? "max_completion_tokens" : "max_tokens",
-						 req->max_tokens);
+		appendStringInfo(out, ",\"%s\":%d", max_name, req->max_tokens);
 	if (req->has_temperature)
 		appendStringInfo(out, ",\"temperature\":%.17g", req->temperature);
 	if (req->has_top_p)
@@ -73,8 +76,34 @@ openai_build_body(ProviderKind kind, const GenRequest *req, StringInfo out)
 	appendStringInfoString(out, ",\"stream\":false}");
 }
 
+static void
+openai_build_body(const GenRequest *req, StringInfo out)
+{
+	build_body(req, out, "max_completion_tokens");
+}
+
+static void
+compatible_build_body(const GenRequest *req, StringInfo out)
+{
+	build_body(req, out, "max_tokens");
+}
+
+/* Authorization: Bearer, when there is a key */
+static struct curl_slist *
+openai_headers(struct curl_slist *list, const char *key, const char *api_version)
+{
+	char		line[1024];
+
+	if (key == NULL)
+		return list;
+	snprintf(line, sizeof(line), "Authorization: Bearer %s", key);
+	list = curl_slist_append(list, line);
+	explicit_bzero(line, sizeof(line));
+	return list;
+}
+
 /* Normalize a Chat Completions answer; false with *problem if unusable */
-bool
+static bool
 openai_parse_response(Jsonb *jb, GenResponse *out, char **problem)
 {
 	JsonbContainer *choices = json_get_container(&jb->root, "choices");
@@ -121,3 +150,19 @@ openai_parse_response(Jsonb *jb, GenResponse *out, char **problem)
 	}
 	return true;
 }
+
+const ProviderOps openai_ops = {
+	.kind = "openai",
+	.path = "/chat/completions",
+	.headers = openai_headers,
+	.build_body = openai_build_body,
+	.parse_response = openai_parse_response,
+};
+
+const ProviderOps openai_compatible_ops = {
+	.kind = "openai_compatible",
+	.path = "/chat/completions",
+	.headers = openai_headers,
+	.build_body = compatible_build_body,
+	.parse_response = openai_parse_response,
+};

@@ -55,7 +55,11 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
+#include "catalog.h"
+#include "evaluate.h"
 #include "maester.h"
+#include "registry.h"
+#include "sha256.h"
 #include "template.h"
 
 /* key: name, a unit separator, the ref ("" for latest) */
@@ -92,7 +96,7 @@ prompt_cache_callback(Datum arg, Oid relid)
 
 /* Called from _PG_init */
 void
-maester_registry_init(void)
+registry_init(void)
 {
 	CacheRegisterRelcacheCallback(prompt_cache_callback, (Datum) 0);
 }
@@ -172,6 +176,7 @@ PG_FUNCTION_INFO_V1(check_name_sql);
 Datum
 check_name_sql(PG_FUNCTION_ARGS)
 {
+	maester_check_catalog();
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -220,9 +225,10 @@ Datum
 template_variables(PG_FUNCTION_ARGS)
 {
 	text	   *src = PG_GETARG_TEXT_PP(0);
-	CompiledTemplate *t = template_compile(VARDATA_ANY(src),
-										   VARSIZE_ANY_EXHDR(src), "template");
+	CompiledTemplate *t;
 
+	maester_check_catalog();
+	t = template_compile(VARDATA_ANY(src), VARSIZE_ANY_EXHDR(src), "template");
 	PG_RETURN_ARRAYTYPE_P(variables_array(&t, 1));
 }
 
@@ -299,6 +305,7 @@ prompt_version_guard(PG_FUNCTION_ARGS)
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "prompt_version_guard: not called by trigger manager");
+	maester_check_catalog();
 
 	if (!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 		ereport(ERROR,
@@ -378,6 +385,7 @@ cache_invalidate(PG_FUNCTION_ARGS)
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "cache_invalidate: not called by trigger manager");
+	maester_check_catalog();
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
 	return PointerGetDatum(NULL);
 }
@@ -708,6 +716,7 @@ prompt_render(PG_FUNCTION_ARGS)
 	Datum		values[6];
 	bool		nulls[6] = {false, false, false, false, false, false};
 
+	maester_check_catalog();
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

@@ -2,7 +2,7 @@
  *
  * router.c
  *	  Model and route resolution over a per-backend cache of the gateway's
- *	  configuration, and the per-provider circuit breaker in shared memory.
+ *	  configuration.
  *
  * Configuration cache.  maester.provider, maester.model, maester.route and
  * maester.route_target are small and read on every call, so each backend
@@ -20,13 +20,8 @@
  *	    LIKE patterns matches: that provider, the name as given;
  *	 5. otherwise 42704 -- never a silent substitution.
  *
- * Circuit breaker.  Per provider: after circuit_failure_threshold
- * consecutive failures that say something about the provider's health
- * (5xx, 429, timeouts, connection and protocol errors), the circuit opens
- * and calls skip the provider for circuit_cooldown_ms; then one call is let
- * through as a probe (half-open): success closes the circuit, failure opens
- * it again.  A probe whose backend died is given up after another cooldown.
- * State is in MaesterShared, under its lock, taken exclusively and briefly.
+ * (The circuit breaker and rate pacing, which are shared by every backend,
+ * are in circuit.c.)
  *
  *-------------------------------------------------------------------------
  */
@@ -52,8 +47,8 @@
 #include "utils/timestamp.h"
 #include "storage/sinval.h"
 
-#include "maester.h"
 #include "router.h"
+#include "util.h"
 
 typedef struct ModelConf
 {
@@ -161,29 +156,12 @@ col_text_array(HeapTuple tup, TupleDesc desc, int col, char ***out)
 	return k;
 }
 
-/* Owner of a relation */
-Oid
-maester_relation_owner(Oid relid)
-{
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-	return owner;
-}
-
 /* (Re)load the configuration tables into RouterContext */
 static void
 router_load(void)
 {
 	Oid			nsp = get_namespace_oid("maester", false);
-	Oid			owner;
-	Oid			save_userid;
-	int			save_sec;
-	int			save_nestlevel;
+	OwnerScope	scope;
 	uint64		loads_at_start;
 	const char *tables[4] = {"provider", "model", "route", "route_target"};
 
@@ -199,18 +177,9 @@ router_load(void)
 		RouterRelids[i] = get_relname_relid(tables[i], nsp);
 	if (!OidIsValid(RouterRelids[0]))
 		elog(ERROR, "table maester.provider not found");
-	owner = maester_relation_owner(RouterRelids[0]);
 
-	/*
-	 * Read as the owner, with a safe search_path: nothing the caller put on
-	 * the path can run with the owner's rights.
-	 */
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	/* read as the owner, with a safe search_path (util.c) */
+	maester_become_owner(RouterRelids[0], &scope);
 	PG_TRY();
 	{
 		uint64		n;
@@ -234,7 +203,7 @@ router_load(void)
 			bool		isnull;
 
 			p->name = col_string(t, d, 1);
-			p->kind = provider_kind_from_name(SPI_getvalue(t, d, 2));
+			p->ops = provider_ops(SPI_getvalue(t, d, 2));
 			p->base_url = col_string(t, d, 3);
 			p->api_key_env = col_string(t, d, 4);
 			p->api_key_file = col_string(t, d, 5);
@@ -298,8 +267,7 @@ router_load(void)
 	}
 	PG_FINALLY();
 	{
-		AtEOXact_GUC(false, save_nestlevel);
-		SetUserIdAndSecContext(save_userid, save_sec);
+		maester_restore_user(&scope);
 	}
 	PG_END_TRY();
 
@@ -435,241 +403,4 @@ router_plan(const char *requested)
 			 errmsg("no provider serves model \"%s\"", requested),
 			 errhint("Add the model to maester.model, a matching pattern to maester.provider.models, or a route of that name to maester.route.")));
 	return NULL;				/* keep compiler quiet */
-}
-
-/* Find (or create) the shared entry of a provider; lock held by caller */
-static MaesterCircuit *
-circuit_entry(const char *fullname)
-{
-	MaesterShared *s = maester_shared;
-	char		name[MAESTER_PROVIDER_NAMELEN];
-
-	/* compare as stored: cut to the entry's size */
-	strlcpy(name, fullname, sizeof(name));
-	for (int i = 0; i < s->ncircuits; i++)
-		if (strcmp(s->circuits[i].provider, name) == 0)
-			return &s->circuits[i];
-	if (s->ncircuits < s->maxcircuits)
-	{
-		MaesterCircuit *c = &s->circuits[s->ncircuits++];
-
-		memset(c, 0, sizeof(*c));
-		strlcpy(c->provider, name, MAESTER_PROVIDER_NAMELEN);
-		return c;
-	}
-	return NULL;				/* full: no breaker for this provider */
-}
-
-/*
- * Rate pacing.  A provider's requests_per_minute and tokens_per_minute are
- * honoured by spacing calls out, never by failing them: each attempt
- * reserves its place in the provider's schedule (GCRA: one theoretical
- * arrival time per limit, in shared memory, so every backend and worker
- * of the server shares it) and is told when it may start.  A request
- * takes 60 s / requests_per_minute of the schedule; its tokens (the input
- * estimate plus the output tokens reserved) take tokens * 60 s /
- * tokens_per_minute.  No burst allowance: after an idle period the first
- * call starts at once, and then calls are evenly spaced.  One call never
- * takes more than a minute of either budget.  A turn more than max_wait_us
- * away is not taken: false.  Else true, with *turn the time at which the
- * call may start (0: now).
- */
-bool
-rate_reserve(ProviderConf *p, int64 tokens, int64 max_wait_us, TimestampTz *turn)
-{
-	MaesterCircuit *c;
-	TimestampTz now;
-	TimestampTz start;
-
-	*turn = 0;
-	if (p->requests_per_minute <= 0 && p->tokens_per_minute <= 0)
-		return true;
-	now = GetCurrentTimestamp();
-	if (p->tokens_per_minute > 0)
-		tokens = Min(Max(tokens, 1), (int64) p->tokens_per_minute);
-	LWLockAcquire(maester_shared->lock, LW_EXCLUSIVE);
-	c = circuit_entry(p->name);
-	if (c == NULL)
-	{
-		LWLockRelease(maester_shared->lock);
-		return true;
-	}
-	start = now;
-	if (p->requests_per_minute > 0)
-		start = Max(start, c->rate_requests_at);
-	if (p->tokens_per_minute > 0)
-		start = Max(start, c->rate_tokens_at);
-	if (start - now > max_wait_us)
-	{
-		LWLockRelease(maester_shared->lock);
-		return false;
-	}
-	if (p->requests_per_minute > 0)
-		c->rate_requests_at = start + USECS_PER_MINUTE / p->requests_per_minute;
-	if (p->tokens_per_minute > 0)
-		c->rate_tokens_at = start +
-			(TimestampTz) ((double) tokens * USECS_PER_MINUTE / p->tokens_per_minute);
-	LWLockRelease(maester_shared->lock);
-	*turn = start > now ? start : 0;
-	return true;
-}
-
-/* May we call provider `p` now?  See the header comment */
-CircuitAdmit
-circuit_admit(ProviderConf *p)
-{
-	MaesterCircuit *c;
-	CircuitAdmit result = CIRCUIT_ADMIT;
-	TimestampTz now;
-
-	if (p->circuit_failure_threshold <= 0)
-		return CIRCUIT_ADMIT;
-	now = GetCurrentTimestamp();
-	LWLockAcquire(maester_shared->lock, LW_EXCLUSIVE);
-	c = circuit_entry(p->name);
-	if (c != NULL && c->state != CIRCUIT_CLOSED)
-	{
-		TimestampTz since = c->state == CIRCUIT_OPEN ? c->opened_at : c->probe_started;
-
-		if (TimestampDifferenceExceeds(since, now, p->circuit_cooldown_ms))
-		{
-			c->state = CIRCUIT_HALF_OPEN;
-			c->probe_started = now;
-			result = CIRCUIT_ADMIT_PROBE;
-		}
-		else
-			result = CIRCUIT_SKIP;
-	}
-	LWLockRelease(maester_shared->lock);
-	return result;
-}
-
-/*
- * A probe was admitted but no outcome will be recorded (the call ended
- * before an answer, by its deadline or an error): reopen the circuit, so
- * that the next call after the cooldown probes again.
- */
-void
-circuit_release_probe(ProviderConf *p)
-{
-	MaesterCircuit *c;
-
-	LWLockAcquire(maester_shared->lock, LW_EXCLUSIVE);
-	c = circuit_entry(p->name);
-	if (c != NULL && c->state == CIRCUIT_HALF_OPEN)
-		c->state = CIRCUIT_OPEN;
-	LWLockRelease(maester_shared->lock);
-}
-
-/*
- * Record the outcome of a call to `p`.  `counts` says whether a failure
- * reflects the provider's health (a 400 does not).
- */
-void
-circuit_record(ProviderConf *p, bool success, bool counts)
-{
-	MaesterCircuit *c;
-
-	LWLockAcquire(maester_shared->lock, LW_EXCLUSIVE);
-	c = circuit_entry(p->name);
-	if (c != NULL)
-	{
-		if (success)
-		{
-			c->successes++;
-			c->consecutive_failures = 0;
-			c->state = CIRCUIT_CLOSED;
-		}
-		else if (counts)
-		{
-			c->failures++;
-			c->consecutive_failures++;
-			if (p->circuit_failure_threshold > 0 &&
-				(c->state == CIRCUIT_HALF_OPEN ||
-				 (c->state == CIRCUIT_CLOSED &&
-				  c->consecutive_failures >= p->circuit_failure_threshold)))
-			{
-				c->state = CIRCUIT_OPEN;
-				c->opened_at = GetCurrentTimestamp();
-				c->opens++;
-			}
-		}
-		else if (c->state == CIRCUIT_HALF_OPEN)
-		{
-			/* the probe got an answer, just not a good one: the provider is up */
-			c->state = CIRCUIT_CLOSED;
-			c->consecutive_failures = 0;
-		}
-	}
-	LWLockRelease(maester_shared->lock);
-}
-
-PG_FUNCTION_INFO_V1(circuit_status);
-/*
- * maester.circuit_status() RETURNS SETOF record: the breaker state of every
- * provider seen since the server started (the maester.circuit view).
- */
-Datum
-circuit_status(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	MaesterCircuit *copy;
-	int			n;
-
-	maester_require_preload();
-	InitMaterializedSRF(fcinfo, 0);
-
-	LWLockAcquire(maester_shared->lock, LW_SHARED);
-	n = maester_shared->ncircuits;
-	copy = palloc(sizeof(MaesterCircuit) * Max(n, 1));
-	memcpy(copy, maester_shared->circuits, sizeof(MaesterCircuit) * n);
-	LWLockRelease(maester_shared->lock);
-
-	for (int i = 0; i < n; i++)
-	{
-		Datum		values[7];
-		bool		nulls[7] = {false, false, false, false, false, false, false};
-		const char *state = copy[i].state == CIRCUIT_OPEN ? "open" :
-		copy[i].state == CIRCUIT_HALF_OPEN ? "half_open" : "closed";
-
-		values[0] = CStringGetTextDatum(copy[i].provider);
-		values[1] = CStringGetTextDatum(state);
-		values[2] = Int32GetDatum(copy[i].consecutive_failures);
-		if (copy[i].opened_at != 0)
-			values[3] = TimestampTzGetDatum(copy[i].opened_at);
-		else
-			nulls[3] = true;
-		values[4] = Int64GetDatum(copy[i].successes);
-		values[5] = Int64GetDatum(copy[i].failures);
-		values[6] = Int64GetDatum(copy[i].opens);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	return (Datum) 0;
-}
-
-PG_FUNCTION_INFO_V1(circuit_reset);
-/*
- * maester.circuit_reset(provider text DEFAULT NULL) RETURNS integer: close
- * the circuit of one provider (or all), returning how many were reset.
- */
-Datum
-circuit_reset(PG_FUNCTION_ARGS)
-{
-	int			count = 0;
-	char	   *name = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
-
-	maester_require_preload();
-	LWLockAcquire(maester_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < maester_shared->ncircuits; i++)
-	{
-		MaesterCircuit *c = &maester_shared->circuits[i];
-
-		if (name && strncmp(c->provider, name, MAESTER_PROVIDER_NAMELEN) != 0)
-			continue;
-		c->state = CIRCUIT_CLOSED;
-		c->consecutive_failures = 0;
-		count++;
-	}
-	LWLockRelease(maester_shared->lock);
-	PG_RETURN_INT32(count);
 }

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * router.h
- *	  Providers, models and routes, and the circuit breaker.
+ *	  Providers, models and routes: which targets a requested model has.
  *
  *-------------------------------------------------------------------------
  */
@@ -12,10 +12,10 @@
 #include "provider.h"
 
 /* One row of maester.provider, as cached per backend */
-typedef struct ProviderConf
+struct ProviderConf
 {
 	char	   *name;
-	ProviderKind kind;
+	const ProviderOps *ops;		/* what its kind does (provider.h) */
 	char	   *base_url;
 	char	   *api_key_env;	/* NULL: none */
 	char	   *api_key_file;	/* NULL: none */
@@ -33,7 +33,7 @@ typedef struct ProviderConf
 	int			max_connections;	/* per backend; 0: no limit */
 	int			requests_per_minute;	/* 0: no limit */
 	int			tokens_per_minute;	/* 0: no limit */
-} ProviderConf;
+};
 
 /* One place a request can be sent: a provider and its model id */
 typedef struct RouteTarget
@@ -53,21 +53,5 @@ typedef struct RoutePlan
 
 extern void router_init(void);
 extern RoutePlan *router_plan(const char *requested);
-
-/* circuit breaker */
-typedef enum CircuitAdmit
-{
-	CIRCUIT_ADMIT,				/* closed: go ahead */
-	CIRCUIT_ADMIT_PROBE,		/* half-open: this call is the probe */
-	CIRCUIT_SKIP				/* open: do not call */
-} CircuitAdmit;
-
-extern CircuitAdmit circuit_admit(ProviderConf *p);
-extern void circuit_record(ProviderConf *p, bool success, bool counts);
-extern void circuit_release_probe(ProviderConf *p);
-
-/* rate pacing */
-extern bool rate_reserve(ProviderConf *p, int64 tokens, int64 max_wait_us,
-						 TimestampTz *turn);
 
 #endif							/* MAESTER_ROUTER_H */

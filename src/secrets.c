@@ -27,7 +27,8 @@
 
 #include "storage/fd.h"
 
-#include "maester.h"
+#include "secrets.h"
+#include "settings.h"
 
 /* Does `name` look like the name of an environment variable holding a key? */
 static bool

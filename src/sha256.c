@@ -20,6 +20,7 @@
 #include "utils/resowner.h"
 
 #include "maester.h"
+#include "sha256.h"
 
 static pg_cryptohash_ctx *sha256_ctx = NULL;
 

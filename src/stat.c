@@ -27,7 +27,10 @@
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
-#include "maester.h"
+#include "catalog.h"
+#include "settings.h"
+#include "stat.h"
+#include "util.h"
 
 #define STAT_NAMELEN 128
 #define STAT_SUBBUCKETS 4		/* per octave */
@@ -66,7 +69,6 @@ typedef struct StatShared
 	StatEntry	entries[FLEXIBLE_ARRAY_MEMBER];
 } StatShared;
 
-int			maester_max_stat_entries = 256;
 static StatShared *stat_shared = NULL;
 
 Size
@@ -220,6 +222,7 @@ stat_entries(PG_FUNCTION_ARGS)
 	StatEntry  *copy;
 	int			n;
 
+	maester_check_catalog();
 	maester_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
 	LWLockAcquire(stat_shared->lock, LW_SHARED);
@@ -282,6 +285,7 @@ stat_reset(PG_FUNCTION_ARGS)
 	int			count = 0;
 	int			keep = 0;
 
+	maester_check_catalog();
 	maester_require_preload();
 	LWLockAcquire(stat_shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < stat_shared->n; i++)

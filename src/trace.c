@@ -8,11 +8,13 @@
  * application's span) or a new random one.  The spans -- llm_generate (the
  * root), prompt_render, model_route, budget_check, model_generate (one per
  * attempt), cost_metering, evaluation -- carry OpenTelemetry GenAI
- * attribute names.  They are collected in the backend and handed to the
- * ledger worker with the call's last ledger record, so they survive the
- * caller's rollback like the ledger does; they are not waited for (no
- * money depends on them), so a crash within milliseconds of a call may
- * lose its spans, never its ledger rows.
+ * attribute names.  A grading call (an llm_rubric check) is a trace of its
+ * own spans under the graded call's evaluation span, its root named
+ * llm_rubric.  Spans are collected in the backend and handed to the span
+ * writer when the call ends, so they survive the caller's rollback like
+ * the ledger does; they are not waited for (no money depends on them), so
+ * a crash within milliseconds of a call may lose its spans, never its
+ * ledger rows.
  *
  * maester.trace_sample_rate samples whole traces (spans), never ledger
  * rows.  The model_generate span's id travels to the provider in a
@@ -33,11 +35,8 @@
 #include "utils/timestamp.h"
 
 #include "ledger.h"
-#include "maester.h"
+#include "settings.h"
 #include "trace.h"
-
-char	   *maester_traceparent = NULL;
-double		maester_trace_sample_rate = 1.0;
 
 static void
 random_hex(char *out, int bytes)
@@ -90,30 +89,47 @@ parse_traceparent(const char *tp, char *trace_id, char *parent_id, bool *sampled
 	return true;
 }
 
-/* Start a call's trace: ids, sampling, the root span */
+/*
+ * Start a call's trace: ids, sampling, and the root span, named
+ * `root_name`.  With `parent`, the call is a step of another call (a
+ * grading call): same trace, same sampling, its root a child of `under`;
+ * else the application's maester.traceparent, if valid, is the parent.
+ */
 void
-trace_begin(CallTrace *t)
+trace_begin(CallTrace *t, const char *root_name, const CallTrace *parent,
+			const Span *under)
 {
 	memset(t, 0, sizeof(*t));
-	if (maester_traceparent && maester_traceparent[0] != '\0')
+	if (parent != NULL)
 	{
-		if (!parse_traceparent(maester_traceparent, t->trace_id, t->app_parent, &t->app_sampled))
-		{
-			ereport(WARNING,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("maester.traceparent \"%s\" is not a valid W3C traceparent; it is ignored",
-							maester_traceparent),
-					 errhint("The form is 00-<32 hex digits>-<16 hex digits>-<2 hex digits>.")));
-			t->app_parent[0] = '\0';
-		}
+		strlcpy(t->trace_id, parent->trace_id, sizeof(t->trace_id));
+		strlcpy(t->app_parent, under ? under->span_id : parent->root_id, sizeof(t->app_parent));
+		t->app_sampled = parent->sampled;
+		random_hex(t->root_id, 8);
+		t->sampled = parent->sampled;
 	}
-	if (t->app_parent[0] == '\0')
-		random_hex(t->trace_id, 16);
-	random_hex(t->root_id, 8);
-	t->sampled = maester_trace_sample_rate >= 1.0 ||
-		(maester_trace_sample_rate > 0 && pg_prng_double(&pg_global_prng_state) < maester_trace_sample_rate);
+	else
+	{
+		if (maester_traceparent && maester_traceparent[0] != '\0')
+		{
+			if (!parse_traceparent(maester_traceparent, t->trace_id, t->app_parent, &t->app_sampled))
+			{
+				ereport(WARNING,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("maester.traceparent \"%s\" is not a valid W3C traceparent; it is ignored",
+								maester_traceparent),
+						 errhint("The form is 00-<32 hex digits>-<16 hex digits>-<2 hex digits>.")));
+				t->app_parent[0] = '\0';
+			}
+		}
+		if (t->app_parent[0] == '\0')
+			random_hex(t->trace_id, 16);
+		random_hex(t->root_id, 8);
+		t->sampled = maester_trace_sample_rate >= 1.0 ||
+			(maester_trace_sample_rate > 0 && pg_prng_double(&pg_global_prng_state) < maester_trace_sample_rate);
+	}
 	/* the root span */
-	(void) trace_span_start(t, "llm_generate");
+	(void) trace_span_start(t, root_name);
 	strlcpy(t->spans[0].span_id, t->root_id, sizeof(t->spans[0].span_id));
 	strlcpy(t->spans[0].parent_id, t->app_parent, sizeof(t->spans[0].parent_id));
 }

@@ -36,10 +36,8 @@ typedef struct CallTrace
 	Span		spans[TRACE_MAX_SPANS];
 } CallTrace;
 
-extern char *maester_traceparent;
-extern double maester_trace_sample_rate;
-
-extern void trace_begin(CallTrace *t);
+extern void trace_begin(CallTrace *t, const char *root_name,
+						const CallTrace *parent, const Span *under);
 extern Span *trace_span_start(CallTrace *t, const char *name);
 extern void trace_span_end(Span *s, const char *status);
 extern void trace_attr_str(Span *s, const char *key, const char *value);

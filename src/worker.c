@@ -58,8 +58,10 @@
 #include "utils/uuid.h"
 #include "utils/wait_event.h"
 
+#include "catalog.h"
 #include "ledger.h"
-#include "maester.h"
+#include "settings.h"
+#include "worker.h"
 
 #define LAUNCHER_SCAN_SECS 30
 #define WORKER_BATCH 256
@@ -625,6 +627,7 @@ write_spans(LedgerRecord *batch, int n, MemoryContext cxt)
 		}
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
+		maester_check_catalog();
 		/* (type lookups need the transaction) */
 		for (int c = 0; c < 10; c++)
 		{
@@ -718,16 +721,48 @@ take_batch(bool spans, LedgerRecord *batch, int max, uint64 *tail)
 	return n;
 }
 
-/* Does the extension still exist in this database? */
+/*
+ * Wait until this library serves the database's catalog (catalog.c): a
+ * worker started between the installation of a new version and ALTER
+ * EXTENSION maester UPDATE waits for the update (saying so once in the
+ * log) instead of writing rows of another shape.  False when the database
+ * has no maester or the worker is asked to stop.
+ */
 bool
-maester_extension_exists(void)
+maester_worker_wait_catalog(const char *who)
 {
-	bool		exists;
+	bool		logged = false;
 
-	StartTransactionCommand();
-	exists = OidIsValid(get_extension_oid("maester", true));
-	CommitTransactionCommand();
-	return exists;
+	for (;;)
+	{
+		char	   *why = NULL;
+		bool		exists;
+		bool		served = false;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		StartTransactionCommand();
+		exists = OidIsValid(get_extension_oid("maester", true));
+		if (exists)
+			served = maester_catalog_served(&why);
+		if (exists && !served && !logged)
+			ereport(LOG,
+					(errmsg("maester %s for database %u waits: %s", who, MyDatabaseId, why),
+					 errhint("Run ALTER EXTENSION maester UPDATE in the database.")));
+		CommitTransactionCommand();
+		if (served)
+			return true;
+		if (!exists || ShutdownRequestPending)
+			return false;
+		logged = true;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
 }
 
 /* A ledger worker's main loop */
@@ -743,7 +778,7 @@ maester_ledger_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
-	if (!maester_extension_exists())
+	if (!maester_worker_wait_catalog("ledger worker"))
 		proc_exit(0);			/* nothing to do here */
 
 	/* the ledger's commits are durable, whatever the server's default */
@@ -787,9 +822,10 @@ maester_ledger_main(Datum arg)
 		{
 			MemoryContext old = MemoryContextSwitchTo(batchcxt);
 
-			/* the ledger rows, with a durable commit */
+			/* the ledger rows, with a durable commit (the catalog must be ours) */
 			SetCurrentStatementStartTimestamp();
 			StartTransactionCommand();
+			maester_check_catalog();
 			SPI_connect();
 			PushActiveSnapshot(GetTransactionSnapshot());
 			for (int i = 0; i < n; i++)
@@ -886,7 +922,7 @@ maester_span_main(Datum arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	SetConfigOption("application_name", "maester span writer", PGC_USERSET, PGC_S_OVERRIDE);
 
-	if (!maester_extension_exists())
+	if (!maester_worker_wait_catalog("span writer"))
 		proc_exit(0);
 
 

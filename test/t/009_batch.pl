@@ -28,7 +28,10 @@ $node->safe_psql('postgres', qq{
 	INSERT INTO maester.provider (name, kind, base_url, models, circuit_failure_threshold, timeout_ms)
 	VALUES ('mock', 'openai_compatible', '$url/open/v1', '{mock-%,fault-%}', 0, 60000);
 	INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
-	VALUES ('fault-hang', '2020-01-01', 1, 2);
+	VALUES ('fault-hang', '2020-01-01', 1, 2), ('mock-1', '2020-01-01', 1, 2);
+	INSERT INTO maester.model (name, provider, provider_model) VALUES ('hanging-grader', 'mock', 'fault-hang');
+	SELECT maester.prompt_register('graded', 'Grade me: {i}',
+	    checks => '[{"type": "llm_rubric", "value": "Fine.", "model": "hanging-grader"}]');
 });
 
 # 40 requests that the upstream never answers, 16 at a time
@@ -104,6 +107,34 @@ is(ledger_of($pid), 'cancelled terminated 16 true',
 ok($mock->wait_for(sub { $mock->stats->{open_connections} <= 1 }, 5),
 	'no connection left open after terminate');
 eval { $s->quit; };
+
+# 3. cancel while the outputs are being graded: the answered calls are
+# settled as cancelled at what they really cost (their tokens are known),
+# their grading calls (on the wire) at their estimate
+{
+	my $g = $node->background_psql('postgres', on_error_stop => 0);
+	my $gpid = $g->query_safe('SELECT pg_backend_pid()');
+	$mock->get('/_mock/reset');
+	$g->{stdin} .= q{SELECT count(*) FROM maester.generate_batch(ARRAY(
+		SELECT jsonb_build_object('prompt_name', 'graded', 'variables', jsonb_build_object('i', i),
+		                          'model', 'mock-1', 'max_tokens', 50)
+		  FROM generate_series(1, 4) i), concurrency => 4);} . "\n";
+	$g->{run}->pump_nb;
+	ok($mock->wait_for(sub { $mock->stats->{requests} >= 8 }, 10),
+		'four calls answered and their four grading calls on the wire at once');
+	$node->safe_psql('postgres', "SELECT pg_cancel_backend($gpid)");
+	my $gt = wait_idle($gpid, time);
+	cmp_ok($gt, '<', 1, 'cancel stops a batch that is grading at once');
+	$node->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM maester.usage WHERE backend_pid = $gpid AND status = 'pending'");
+	is($node->safe_psql('postgres', qq{
+		SELECT purpose || ' ' || status || ' ' || count(*) || ' '
+		       || bool_and(input_tokens IS NOT NULL) || ' ' || bool_and(cost_usd < estimated_cost_usd)
+		  FROM maester.usage WHERE backend_pid = $gpid GROUP BY purpose, status ORDER BY purpose}),
+		"evaluation cancelled 4 false false\ngeneration cancelled 4 true true",
+		'graded calls cancelled at their real cost; their grading calls at their estimate');
+	$g->quit;
+}
 
 # budgets: what the cancelled requests reserved was settled, nothing is left reserved
 is($node->safe_psql('postgres', q{SELECT count(*) FROM maester.usage WHERE status = 'pending'}),

@@ -36,76 +36,9 @@ COMMENT ON FUNCTION maester.generate_batch(jsonb[], integer, text, text, jsonb, 
 
 CREATE FUNCTION maester.complete(request jsonb)
 RETURNS jsonb
-LANGUAGE plpgsql
-VOLATILE STRICT PARALLEL UNSAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    k   text;
-    g   maester.generation;
-BEGIN
-    IF jsonb_typeof(request) OPERATOR(pg_catalog.<>) 'object' THEN
-        RAISE EXCEPTION 'request must be a JSON object'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    FOR k IN SELECT jsonb_object_keys(request) LOOP
-        IF k OPERATOR(pg_catalog.<>) ALL (ARRAY['prompt', 'prompt_name', 'prompt_version', 'variables',
-                                                'model', 'max_tokens', 'system', 'options']) THEN
-            RAISE EXCEPTION 'unknown request field "%"', k
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Fields: prompt or prompt_name, prompt_version, variables, model, max_tokens, system, options.';
-        END IF;
-    END LOOP;
-    FOREACH k IN ARRAY ARRAY['prompt', 'prompt_name', 'prompt_version', 'model', 'system'] LOOP
-        IF request ? k AND jsonb_typeof(request -> k) OPERATOR(pg_catalog.<>) ALL (ARRAY['string', 'null']) THEN
-            RAISE EXCEPTION 'request field "%" must be a string', k
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-    END LOOP;
-    IF request ? 'max_tokens' AND jsonb_typeof(request -> 'max_tokens') OPERATOR(pg_catalog.<>) ALL (ARRAY['number', 'null']) THEN
-        RAISE EXCEPTION 'request field "max_tokens" must be an integer'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF request ? 'max_tokens' AND jsonb_typeof(request -> 'max_tokens') OPERATOR(pg_catalog.=) 'number'
-       AND (request ->> 'max_tokens')::numeric OPERATOR(pg_catalog.<>) trunc((request ->> 'max_tokens')::numeric) THEN
-        RAISE EXCEPTION 'request field "max_tokens" must be an integer'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-
-    g := maester.llm_generate(
-        prompt         => request ->> 'prompt',
-        model          => request ->> 'model',
-        max_tokens     => (request ->> 'max_tokens')::integer,
-        system         => request ->> 'system',
-        prompt_name    => request ->> 'prompt_name',
-        variables      => CASE WHEN jsonb_typeof(request -> 'variables') OPERATOR(pg_catalog.=) 'null'
-                               THEN NULL ELSE request -> 'variables' END,
-        prompt_version => request ->> 'prompt_version',
-        options        => COALESCE(NULLIF(request -> 'options', 'null'::jsonb), '{}'::jsonb));
-
-    RETURN jsonb_build_object(
-        'provider', g.provider,
-        'model', g.model,
-        'trace_id', g.trace_id,
-        'prompt_name', g.prompt_name,
-        'prompt_version', g.prompt_version,
-        'prompt_hash', g.prompt_hash,
-        'content', g.content,
-        'cost', CASE WHEN g.priced THEN
-                    (SELECT pg_catalog.jsonb_build_object(
-                         'model', c.model, 'input_tokens', c.input_tokens,
-                         'output_tokens', c.output_tokens, 'total_tokens', c.total_tokens,
-                         'input_cost_usd', pg_catalog.to_char(c.input_cost_usd, 'FM0.000000'),
-                         'output_cost_usd', pg_catalog.to_char(c.output_cost_usd, 'FM0.000000'),
-                         'total_cost_usd', pg_catalog.to_char(c.total_cost_usd, 'FM0.000000'),
-                         'unit', c.unit)
-                       FROM maester.cost_of(g.model, g.input_tokens, g.output_tokens,
-                                            g.cached_input_tokens, pg_catalog.now(),
-                                            g.cache_write_tokens) c)
-                END,
-        'evaluation', g.evaluation);
-END
-$$;
+AS 'MODULE_PATHNAME', 'complete'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION maester.complete(jsonb) IS
     'The articles'' API in one call: takes {prompt_name, prompt_version, variables, model, max_tokens} (or prompt) and returns {provider, model, trace_id, prompt_name, prompt_version, prompt_hash, content, cost, evaluation}.';

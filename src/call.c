@@ -1,0 +1,672 @@
+/*-------------------------------------------------------------------------
+ *
+ * call.c
+ *	  A model call: preparing it, finishing it, its result, and the
+ *	  grading of its output.
+ *
+ * A call is prepared from its arguments (request.c): its prompt rendered
+ * from the registry or hashed, its route planned, its trace begun, its
+ * ledger attached; machine.c then moves it through its phases.  When it
+ * ends, it is finished here: its spans queued, its statistics counted, the
+ * model_routed line logged, the call captured for replay; and its result
+ * is a maester.generation.
+ *
+ * Grading.  Every successful output is evaluated (evaluate.c).  An
+ * llm_rubric check needs a model's verdict, and that verdict is a call of
+ * its own through the same machine -- metered, budgeted, traced (its spans
+ * under the graded call's evaluation span), with purpose 'evaluation' --
+ * not a nested call that would stop every other call of a batch while it
+ * runs.  So an output is evaluated twice: a first pass asks the grader
+ * (call_grader_ask) which questions the checks pose, without answering;
+ * if there are any, one grading call per question is prepared and run
+ * beside the other calls, and the graded call waits (PHASE_GRADING); a
+ * second pass then answers each question, in the same order, from the
+ * grading calls' answers (call_grader_answer).  Checks are deterministic,
+ * so both passes ask the same questions.  A grading call that fails makes
+ * the evaluation's status error, as an error in any check does; the output
+ * itself stays a success.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "call.h"
+#include "capture.h"
+#include "evaluate.h"
+#include "jsonutil.h"
+#include "registry.h"
+#include "rubric.h"
+#include "settings.h"
+#include "stat.h"
+#include "util.h"
+
+/* A fresh version-4 UUID and a W3C trace id (32 lowercase hex digits) */
+static void
+new_ids(pg_uuid_t *uuid, char *trace_id)
+{
+	uint8		t[16];
+
+	if (!pg_strong_random(uuid->data, UUID_LEN) || !pg_strong_random(t, sizeof(t)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;
+	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;
+	hex_encode((char *) t, sizeof(t), trace_id);
+	trace_id[32] = '\0';
+}
+
+static double
+elapsed_ms(TimestampTz since)
+{
+	return (double) (GetCurrentTimestamp() - since) / 1000.0;
+}
+
+/* Fail the call: with the last failure and the list of attempts */
+void
+call_fail(Call *c)
+{
+	CallState  *cs = &c->cs;
+
+	if (cs->last.error_class == NULL)
+	{
+		cs->last.error_class = "unavailable";
+		cs->last.sqlstate = ERRCODE_MAESTER_UNAVAILABLE;
+		cs->last.message = pstrdup("no target could be tried");
+	}
+	c->phase = PHASE_FAILED;
+	c->error_class = cs->last.error_class;
+	c->sqlstate = cs->last.sqlstate;
+	if (cs->last.fatal)
+	{
+		c->message = cs->last.message;
+		c->detail = cs->last.detail;
+		c->hint = cs->last.hint;
+		return;
+	}
+	c->message = psprintf("model call failed: %s", cs->last.message);
+	c->detail = psprintf("Requested model: %s. Attempts: %s.",
+						 c->plan && c->plan->requested ? c->plan->requested : "(default route)",
+						 cs->log.len ? cs->log.data : "none");
+}
+
+/* Fail the call with a failure that is not an attempt's */
+void
+call_fail_with(Call *c, const char *provider, const char *error_class,
+			   int sqlstate, char *message)
+{
+	Failure		f;
+
+	memset(&f, 0, sizeof(f));
+	f.error_class = error_class;
+	f.sqlstate = sqlstate;
+	f.message = message;
+	call_note_failure(c, provider, &f);
+}
+
+/* Note a failure (or a skipped target) for the error's detail */
+void
+call_note_failure(Call *c, const char *provider, const Failure *f)
+{
+	CallState  *cs = &c->cs;
+
+	appendStringInfo(&cs->log, "%s%s: %s", cs->log.len ? "; " : "", provider,
+					 f->error_class);
+	cs->last = *f;
+}
+
+/*
+ * A call, prepared: its arguments checked, its prompt rendered (or
+ * hashed), its route planned, its trace begun (under `parent`'s span
+ * `under` for a grading call, named `root`).  Raises 22023 for bad
+ * arguments, and whatever rendering or routing raises.
+ */
+static Call *
+prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id,
+		const char *purpose, const char *root, Call *parent, Span *under)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	Call	   *c = palloc0(sizeof(Call));
+	Generation *g = &c->g;
+	text	   *content;
+	text	   *system = NULL;
+
+	c->ordinal = ordinal;
+	c->cxt = cxt;
+	c->args = *a;
+	c->started = GetCurrentTimestamp();
+	c->tenant = pstrdup(maester_tenant);
+	c->parent = parent;
+	g->purpose = purpose;
+
+	request_check_args(a);
+	request_parse_options(a->options, &c->opts);
+
+	new_ids(&g->request_id, g->trace_id);
+	if (request_id)
+		g->request_id = *request_id;
+	g->trace = palloc(sizeof(CallTrace));
+	trace_begin(g->trace, root, parent ? parent->g.trace : NULL, under);
+	strlcpy(g->trace_id, g->trace->trace_id, sizeof(g->trace_id));
+	g->tags = c->opts.tags;
+	g->requested_model = a->model;
+
+	/* the prompt */
+	if (a->prompt_name != NULL)
+	{
+		RenderedPrompt rp;
+		Span	   *span = trace_span_start(g->trace, "prompt_render");
+
+		maester_render(a->prompt_name, a->prompt_version, a->variables, &rp);
+		trace_attr_str(span, "gen_ai.prompt.name", rp.name);
+		trace_attr_str(span, "maester.prompt.version", rp.version);
+		trace_span_end(span, NULL);
+		if (rp.system != NULL && a->system != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("prompt \"%s\" version \"%s\" has a system template; do not pass system",
+							rp.name, rp.version)));
+		content = rp.content;
+		system = rp.system ? rp.system : a->system;
+		g->prompt_name = rp.name;
+		g->prompt_version = rp.version;
+		g->checks = rp.checks ? DatumGetJsonbPCopy(JsonbPGetDatum(rp.checks)) : NULL;
+		if (rp.system == NULL && system != NULL)
+			maester_prompt_hash(system, content, g->prompt_hash);
+		else
+			memcpy(g->prompt_hash, rp.hash, sizeof(g->prompt_hash));
+	}
+	else
+	{
+		content = a->prompt;
+		system = a->system;
+		maester_prompt_hash(system, content, g->prompt_hash);
+	}
+	c->content = content;
+	c->system = system;
+
+	/* route */
+	{
+		Span	   *span = trace_span_start(g->trace, "model_route");
+
+		trace_attr_str(span, "gen_ai.request.model", g->requested_model ? g->requested_model : "(default route)");
+		c->plan = router_plan(g->requested_model);
+		trace_attr_num(span, "maester.route.targets", c->plan->ntargets);
+		trace_span_end(span, NULL);
+	}
+	c->opts.gen.prompt = text_to_cstring(content);
+	c->opts.gen.system = system ? text_to_cstring(system) : NULL;
+	c->opts.gen.max_tokens = a->max_tokens;
+	{
+		Span	   *root = &g->trace->spans[0];
+
+		trace_attr_str(root, "gen_ai.operation.name", "chat");
+		trace_attr_str(root, "gen_ai.request.model", g->requested_model);
+		trace_attr_str(root, "gen_ai.prompt.name", g->prompt_name);
+		trace_attr_str(root, "maester.prompt.version", g->prompt_version);
+		trace_attr_str(root, "maester.prompt.hash", g->prompt_hash);
+		if (c->opts.gen.max_tokens > 0)
+			trace_attr_num(root, "gen_ai.request.max_tokens", c->opts.gen.max_tokens);
+	}
+
+	/* the call's state; fail closed: no ledger, no call */
+	c->cs.slot = ledger_attach();
+	c->cs.deadline = GetCurrentTimestamp() + (TimestampTz) c->opts.timeout_ms * 1000;
+	/* worst case: a token per byte, plus the chat format's overhead */
+	c->cs.est_input_tokens = strlen(c->opts.gen.prompt) +
+		(c->opts.gen.system ? strlen(c->opts.gen.system) : 0) + 16;
+	initStringInfo(&c->cs.log);
+	c->ntargets = c->opts.fallback ? c->plan->ntargets : Min(c->plan->ntargets, 1);
+	c->phase = PHASE_TARGET;
+	MemoryContextSwitchTo(old);
+	return c;
+}
+
+/* A call with llm_generate's arguments: see prepare() */
+Call *
+call_prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id)
+{
+	return prepare(a, ordinal, cxt, request_id, "generation", "llm_generate", NULL, NULL);
+}
+
+/*
+ * A call that succeeded: usage flags, the root span, its spans queued,
+ * statistics, the model_routed log line, and the capture.
+ */
+void
+call_succeeded_finish(Call *c)
+{
+	Generation *g = &c->g;
+	Span	   *root = &g->trace->spans[0];
+
+	/* once only, whatever happens to the transaction it runs in */
+	if (c->finished)
+		return;
+	c->finished = true;
+	g->latency_ms = elapsed_ms(c->started);
+	g->usage_estimated = !g->resp.usage_present;
+	if (c->cs.downgraded)
+		g->fallback_used = true;
+
+	trace_attr_str(root, "gen_ai.provider.name", g->provider);
+	trace_attr_str(root, "gen_ai.response.model", g->model);
+	trace_attr_num(root, "gen_ai.usage.input_tokens", g->resp.input_tokens);
+	trace_attr_num(root, "gen_ai.usage.output_tokens", g->resp.output_tokens);
+	if (g->cost)
+		trace_attr_raw(root, "maester.cost_usd",
+					   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(g->cost))));
+	if (g->evaluation)
+		trace_attr_str(root, "maester.evaluation.status",
+					   json_get_string(&g->evaluation->root, "status"));
+	trace_flush(g->trace, "ok", c->tenant, &g->request_id);
+	stat_call(g->provider, g->model, false, g->attempts, g->fallback_used, g->latency_ms);
+
+	ereport(maester_routing_log_level,
+			(errmsg("model_routed requested_model=%s selected_provider=%s model=%s fallback_used=%s attempts=%d",
+					g->requested_model ? g->requested_model : "(default)",
+					g->provider, g->model, g->fallback_used ? "true" : "false",
+					g->attempts),
+			 errhidestmt(true)));
+
+	/* last: the only step that writes in the caller's transaction */
+	if (maester_capture_content)
+		capture_call(g, c->content, c->system, c->args.variables, c->args.options,
+					 c->opts.gen.max_tokens);
+}
+
+/* A failed call's spans and statistics */
+void
+call_failed_finish(Call *c)
+{
+	if (c->g.trace)
+		trace_flush_nothrow(c->g.trace, c->tenant, &c->g.request_id);
+	if (c->g.last_provider)
+		stat_call(c->g.last_provider, c->g.last_model, true, c->g.attempts,
+				  c->g.fallback_used, elapsed_ms(c->started));
+}
+
+static void
+generation_values(Generation *g, Datum *values, bool *nulls)
+{
+	memset(nulls, 0, sizeof(bool) * CALL_GENERATION_NATTS);
+	values[0] = UUIDPGetDatum(&g->request_id);
+	values[1] = CStringGetTextDatum(g->trace_id);
+	if (g->provider)
+	{
+		values[2] = CStringGetTextDatum(g->provider);
+		values[3] = CStringGetTextDatum(g->model);
+		values[4] = CStringGetTextDatum(g->resp.content);
+	}
+	else
+		nulls[2] = nulls[3] = nulls[4] = true;
+	if (g->resp.finish_reason)
+		values[5] = CStringGetTextDatum(g->resp.finish_reason);
+	else
+		nulls[5] = true;
+	values[6] = Int64GetDatum(g->resp.input_tokens);
+	values[7] = Int64GetDatum(g->resp.output_tokens);
+	values[8] = Int64GetDatum(g->resp.cached_input_tokens);
+	values[9] = Int64GetDatum(g->resp.cache_write_tokens);
+	values[10] = BoolGetDatum(g->usage_estimated);
+	values[11] = Float8GetDatum(g->latency_ms);
+	values[12] = Int32GetDatum(g->attempts);
+	values[13] = BoolGetDatum(g->fallback_used);
+	if (g->prompt_name)
+	{
+		values[14] = CStringGetTextDatum(g->prompt_name);
+		values[15] = CStringGetTextDatum(g->prompt_version);
+	}
+	else
+		nulls[14] = nulls[15] = true;
+	values[16] = CStringGetTextDatum(g->prompt_hash);
+	if (g->requested_model)
+		values[17] = CStringGetTextDatum(g->requested_model);
+	else
+		nulls[17] = true;
+	if (g->resp.response_id)
+		values[18] = CStringGetTextDatum(g->resp.response_id);
+	else
+		nulls[18] = true;
+	if (g->cost)
+		values[19] = NumericGetDatum(g->cost);
+	else
+		nulls[19] = true;
+	values[20] = BoolGetDatum(g->priced);
+	if (g->evaluation)
+		values[21] = JsonbPGetDatum(g->evaluation);
+	else
+		nulls[21] = true;
+}
+
+/* Raise the error of a FAILED call, as llm_generate does */
+void
+call_raise(Call *c)
+{
+	ereport(ERROR,
+			(errcode(c->sqlstate),
+			 errmsg_internal("%s", c->message),
+			 c->detail ? errdetail_internal("%s", c->detail) : 0,
+			 c->hint ? errhint("%s", c->hint) : 0));
+}
+
+/* The maester.generation fields of a prepared call; false if none */
+bool
+call_generation_values(Call *c, Datum *values, bool *nulls)
+{
+	if (c->g.trace == NULL)
+		return false;
+	generation_values(&c->g, values, nulls);
+	return true;
+}
+
+/* Ask run_calls to stop the call (at its next round) */
+void
+call_request_cancel(Call *c)
+{
+	c->cancel_requested = true;
+}
+
+/* A call from a request object; raises what llm_generate would */
+Call *
+call_from_request(Jsonb *request, int ordinal, MemoryContext cxt,
+				  const pg_uuid_t *request_id)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	CallArgs	a;
+	bool		has_model;
+	Call	   *c;
+
+	request_parse(request, &a, &has_model);
+	c = call_prepare(&a, ordinal, cxt, request_id);
+	MemoryContextSwitchTo(old);
+	return c;
+}
+
+/* A call that failed before it started (a bad request, ...) */
+Call *
+call_from_error(int ordinal, MemoryContext cxt, ErrorData *edata)
+{
+	Call	   *c = MemoryContextAllocZero(cxt, sizeof(Call));
+
+	c->ordinal = ordinal;
+	c->cxt = cxt;
+	c->phase = PHASE_FAILED;
+	c->sqlstate = edata->sqlerrcode;
+	c->error_class = "invalid_request";
+	c->message = MemoryContextStrdup(cxt, edata->message ? edata->message : "");
+	c->detail = edata->detail ? MemoryContextStrdup(cxt, edata->detail) : NULL;
+	c->hint = edata->hint ? MemoryContextStrdup(cxt, edata->hint) : NULL;
+	return c;
+}
+
+/* ---------------------------------------------------------------------
+ * Grading: llm_rubric checks as calls of their own (see the header)
+ * ---------------------------------------------------------------------
+ */
+
+/* The first pass's grader: note the question, answer nothing */
+void
+call_grader_ask(void *arg, JsonbValue *param, JsonbContainer *extra,
+				const char *content, int len, double *score, bool *passed,
+				char **reason)
+{
+	GradeAsks  *a = (GradeAsks *) arg;
+
+	if (a->n == a->max)
+	{
+		a->max = Max(4, a->max * 2);
+		a->prompts = a->prompts ? repalloc(a->prompts, sizeof(char *) * a->max) :
+			palloc(sizeof(char *) * a->max);
+		a->models = a->models ? repalloc(a->models, sizeof(char *) * a->max) :
+			palloc(sizeof(char *) * a->max);
+	}
+	rubric_question(param, extra, content, len, &a->prompts[a->n], &a->models[a->n]);
+	a->n++;
+	*score = 0;
+	*passed = false;
+	*reason = NULL;
+}
+
+/* The second pass's grader: the answer of the grading call, in order */
+void
+call_grader_answer(void *arg, JsonbValue *param, JsonbContainer *extra,
+				   const char *content, int len, double *score, bool *passed,
+				   char **reason)
+{
+	GradeAnswers *a = (GradeAnswers *) arg;
+	Grade	   *g;
+
+	if (a->next >= a->n)
+		elog(ERROR, "an evaluation asked more llm_rubric questions than it did before");
+	g = &a->grades[a->next++];
+	if (g->failed)
+		ereport(ERROR,
+				(errcode(g->sqlstate),
+				 errmsg_internal("%s", g->message),
+				 g->detail ? errdetail_internal("%s", g->detail) : 0,
+				 g->hint ? errhint("%s", g->hint) : 0));
+	rubric_verdict(g->answer, score, passed, reason);
+}
+
+/*
+ * A grading call for one llm_rubric question: the question as the prompt,
+ * the rubric's model (NULL: the default route), the grader's system prompt
+ * and options.  With `parent`, a step of that call (its ordinal, its trace,
+ * under its evaluation span); else a call of its own.  Raises what
+ * preparing a call raises.
+ */
+Call *
+call_prepare_grader(const char *prompt, const char *model, int ordinal,
+					MemoryContext cxt, Call *parent)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	CallArgs	a;
+	Call	   *c;
+
+	memset(&a, 0, sizeof(a));
+	a.prompt = cstring_to_text(prompt);
+	a.model = model ? pstrdup(model) : NULL;
+	a.system = cstring_to_text(RUBRIC_SYSTEM);
+	a.options = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(RUBRIC_OPTIONS)));
+	c = prepare(&a, ordinal, cxt, NULL, "evaluation",
+				parent ? "llm_rubric" : "llm_generate",
+				parent, parent ? parent->eval_span : NULL);
+	MemoryContextSwitchTo(old);
+	return c;
+}
+
+/* What a finished grading call answered, into `out` (strings in `cxt`) */
+void
+call_grade_of(Call *grader, Grade *out, MemoryContext cxt)
+{
+	memset(out, 0, sizeof(*out));
+	out->done = true;
+	if (grader->phase == PHASE_DONE)
+	{
+		out->answer = MemoryContextStrdup(cxt, grader->g.resp.content);
+		return;
+	}
+	out->failed = true;
+	out->sqlstate = grader->sqlstate;
+	out->message = MemoryContextStrdup(cxt, grader->message ? grader->message : "");
+	out->detail = grader->detail ? MemoryContextStrdup(cxt, grader->detail) : NULL;
+	out->hint = grader->hint ? MemoryContextStrdup(cxt, grader->hint) : NULL;
+}
+
+/* The evaluation's context: the attempt's latency and the call's cost */
+static Jsonb *
+evaluation_context(Call *c)
+{
+	Generation *g = &c->g;
+	double		latency_ms = c->rec ? c->rec->latency_ms : 0;
+
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
+		g->cost ? psprintf("{\"latency_ms\": %.3f, \"cost_usd\": %s}", latency_ms,
+						   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(g->cost))))
+		: psprintf("{\"latency_ms\": %.3f}", latency_ms))));
+}
+
+typedef struct EvalPass
+{
+	Call	   *c;
+	Jsonb	   *ctx;
+	RubricGrader grader;
+	void	   *grader_arg;
+	Jsonb	   *result;
+} EvalPass;
+
+static void
+evaluate_pass_fn(void *arg)
+{
+	EvalPass   *ep = (EvalPass *) arg;
+	Generation *g = &ep->c->g;
+
+	ep->result = maester_evaluate(g->resp.content, strlen(g->resp.content),
+								  g->checks, ep->ctx, ep->grader, ep->grader_arg);
+}
+
+/* {"status": "error", ...}, with a WARNING, for an evaluation that failed */
+static Jsonb *
+evaluation_error(Call *c, const char *message)
+{
+	StringInfoData j;
+
+	ereport(WARNING,
+			(errmsg("evaluation of the output failed: %s", message),
+			 errhint("Check the checks registered with prompt \"%s\".",
+					 c->g.prompt_name ? c->g.prompt_name : "")));
+	initStringInfo(&j);
+	appendStringInfoString(&j, "{\"status\": \"error\", \"reliability_score\": 0, \"metrics\": [], \"error\": ");
+	escape_json(&j, message);
+	appendStringInfoChar(&j, '}');
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(j.data)));
+}
+
+/*
+ * One pass over the output with the prompt version's checks (else the
+ * articles' default, which needs no grader).  Registered checks run in a
+ * subtransaction: a check that errors (a bad regex, a failed grading call)
+ * must not lose the generation, so its error becomes an evaluation of
+ * status error with a WARNING (*ok false); cancel and termination go on.
+ */
+static Jsonb *
+evaluate_pass(Call *c, RubricGrader grader, void *grader_arg, bool *ok)
+{
+	EvalPass	ep = {c, evaluation_context(c), grader, grader_arg, NULL};
+	Generation *g = &c->g;
+	ErrorData  *edata;
+
+	*ok = true;
+	if (g->checks == NULL)
+		return maester_evaluate(g->resp.content, strlen(g->resp.content), NULL,
+								ep.ctx, NULL, NULL);
+	edata = maester_subxact(evaluate_pass_fn, &ep, CurrentMemoryContext);
+	if (edata == NULL)
+		return ep.result;
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+		ReThrowError(edata);
+	*ok = false;
+	return evaluation_error(c, edata->message);
+}
+
+typedef struct SpawnArg
+{
+	Call	   *c;
+	GradeAsks  *asks;
+} SpawnArg;
+
+static void
+spawn_graders_fn(void *arg)
+{
+	SpawnArg   *sa = (SpawnArg *) arg;
+	Call	   *c = sa->c;
+	int			n = sa->asks->n;
+
+	c->spawned = MemoryContextAllocZero(c->cxt, sizeof(Call *) * n);
+	for (int i = 0; i < n; i++)
+	{
+		MemoryContext cxt = AllocSetContextCreate(c->cxt, "maester grading call",
+												  ALLOCSET_DEFAULT_SIZES);
+		Call	   *gc = call_prepare_grader(sa->asks->prompts[i], sa->asks->models[i],
+											 c->ordinal, cxt, c);
+
+		gc->grade_index = i;
+		c->spawned[c->nspawned++] = gc;
+	}
+}
+
+/*
+ * Start evaluating a successful call's output: the first pass.  True when
+ * its checks need grading calls: they are prepared (c->spawned, for
+ * run_calls to take) and the call waits for them (PHASE_GRADING); false
+ * when the evaluation is done (g->evaluation).
+ */
+bool
+call_evaluate_begin(Call *c)
+{
+	GradeAsks	asks;
+	SpawnArg	sa = {c, &asks};
+	ErrorData  *edata;
+	bool		ok;
+	Jsonb	   *ev;
+
+	memset(&asks, 0, sizeof(asks));
+	c->eval_span = trace_span_start(c->g.trace, "evaluation");
+	ev = evaluate_pass(c, call_grader_ask, &asks, &ok);
+	if (!ok || asks.n == 0)
+	{
+		c->g.evaluation = ev;
+		return false;
+	}
+
+	edata = maester_subxact(spawn_graders_fn, &sa, c->cxt);
+	if (edata != NULL)
+	{
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		for (int i = 0; i < c->nspawned; i++)
+			MemoryContextDelete(c->spawned[i]->cxt);
+		c->spawned = NULL;
+		c->nspawned = 0;
+		c->g.evaluation = evaluation_error(c, edata->message);
+		return false;
+	}
+	c->ngrades = c->grades_pending = asks.n;
+	c->grades = MemoryContextAllocZero(c->cxt, sizeof(Grade) * asks.n);
+	c->phase = PHASE_GRADING;
+	return true;
+}
+
+/* Every grading call has answered: the second pass (g->evaluation) */
+void
+call_evaluate_end(Call *c)
+{
+	GradeAnswers ans = {c->grades, c->ngrades, 0};
+	bool		ok;
+
+	c->g.evaluation = evaluate_pass(c, call_grader_answer, &ans, &ok);
+}
+
+/* A grading call ended: its answer goes to the call it grades, it goes */
+void
+call_grade_collect(Call *grader)
+{
+	Call	   *c = grader->parent;
+
+	call_grade_of(grader, &c->grades[grader->grade_index], c->cxt);
+	c->grades_pending--;
+	MemoryContextDelete(grader->cxt);
+}

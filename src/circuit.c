@@ -1,0 +1,329 @@
+/*-------------------------------------------------------------------------
+ *
+ * circuit.c
+ *	  Per-provider state shared by every backend and worker of the server:
+ *	  the circuit breaker and rate pacing.
+ *
+ * Circuit breaker.  Per provider: after circuit_failure_threshold
+ * consecutive failures that say something about the provider's health
+ * (5xx, 429, timeouts, connection and protocol errors), the circuit opens
+ * and calls skip the provider for circuit_cooldown_ms; then one call is let
+ * through as a probe (half-open): success closes the circuit, failure opens
+ * it again.  A probe whose backend died is given up after another cooldown.
+ *
+ * Rate pacing: see rate_reserve().
+ *
+ * Shared memory: one CircuitShared block of maester.max_providers entries,
+ * found by provider name and never removed (a provider that disappears
+ * just leaves an idle entry), protected by one LWLock of our own tranche,
+ * taken exclusively for a few instructions.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "catalog.h"
+#include "circuit.h"
+#include "maester.h"
+#include "settings.h"
+#include "util.h"
+
+typedef enum CircuitState
+{
+	CIRCUIT_CLOSED = 0,			/* calls go through */
+	CIRCUIT_OPEN,				/* calls are skipped until the cooldown ends */
+	CIRCUIT_HALF_OPEN			/* one probe call is under way */
+} CircuitState;
+
+typedef struct MaesterCircuit
+{
+	char		provider[MAESTER_PROVIDER_NAMELEN];
+	CircuitState state;
+	int			consecutive_failures;
+	TimestampTz opened_at;		/* when it last opened */
+	TimestampTz probe_started;	/* when the half-open probe started */
+	int64		successes;
+	int64		failures;
+	int64		opens;
+	TimestampTz rate_requests_at;	/* rate pacing: next free request slot */
+	TimestampTz rate_tokens_at;	/* and token slot */
+} MaesterCircuit;
+
+typedef struct CircuitShared
+{
+	LWLock	   *lock;
+	int			ncircuits;		/* entries in use */
+	int			maxcircuits;
+	MaesterCircuit circuits[FLEXIBLE_ARRAY_MEMBER];
+} CircuitShared;
+
+static CircuitShared *circuit_shared = NULL;
+
+Size
+circuit_shmem_size(void)
+{
+	return add_size(offsetof(CircuitShared, circuits),
+					mul_size(sizeof(MaesterCircuit), maester_max_providers));
+}
+
+/* Called from the shmem startup hook, under AddinShmemInitLock */
+void
+circuit_shmem_init(void)
+{
+	bool		found;
+
+	circuit_shared = ShmemInitStruct("maester", circuit_shmem_size(), &found);
+	if (!found)
+	{
+		memset(circuit_shared, 0, circuit_shmem_size());
+		circuit_shared->lock = &(GetNamedLWLockTranche("maester"))->lock;
+		circuit_shared->maxcircuits = maester_max_providers;
+	}
+}
+
+/* Find (or create) the shared entry of a provider; lock held by caller */
+static MaesterCircuit *
+circuit_entry(const char *fullname)
+{
+	CircuitShared *s = circuit_shared;
+	char		name[MAESTER_PROVIDER_NAMELEN];
+
+	/* compare as stored: cut to the entry's size */
+	strlcpy(name, fullname, sizeof(name));
+	for (int i = 0; i < s->ncircuits; i++)
+		if (strcmp(s->circuits[i].provider, name) == 0)
+			return &s->circuits[i];
+	if (s->ncircuits < s->maxcircuits)
+	{
+		MaesterCircuit *c = &s->circuits[s->ncircuits++];
+
+		memset(c, 0, sizeof(*c));
+		strlcpy(c->provider, name, MAESTER_PROVIDER_NAMELEN);
+		return c;
+	}
+	return NULL;				/* full: no breaker for this provider */
+}
+
+/*
+ * Rate pacing.  A provider's requests_per_minute and tokens_per_minute are
+ * honoured by spacing calls out, never by failing them: each attempt
+ * reserves its place in the provider's schedule (GCRA: one theoretical
+ * arrival time per limit, in shared memory, so every backend and worker
+ * of the server shares it) and is told when it may start.  A request
+ * takes 60 s / requests_per_minute of the schedule; its tokens (the input
+ * estimate plus the output tokens reserved) take tokens * 60 s /
+ * tokens_per_minute.  No burst allowance: after an idle period the first
+ * call starts at once, and then calls are evenly spaced.  One call never
+ * takes more than a minute of either budget.  A turn more than max_wait_us
+ * away is not taken: false.  Else true, with *turn the time at which the
+ * call may start (0: now).
+ */
+bool
+rate_reserve(ProviderConf *p, int64 tokens, int64 max_wait_us, TimestampTz *turn)
+{
+	MaesterCircuit *c;
+	TimestampTz now;
+	TimestampTz start;
+
+	*turn = 0;
+	if (p->requests_per_minute <= 0 && p->tokens_per_minute <= 0)
+		return true;
+	now = GetCurrentTimestamp();
+	if (p->tokens_per_minute > 0)
+		tokens = Min(Max(tokens, 1), (int64) p->tokens_per_minute);
+	LWLockAcquire(circuit_shared->lock, LW_EXCLUSIVE);
+	c = circuit_entry(p->name);
+	if (c == NULL)
+	{
+		LWLockRelease(circuit_shared->lock);
+		return true;
+	}
+	start = now;
+	if (p->requests_per_minute > 0)
+		start = Max(start, c->rate_requests_at);
+	if (p->tokens_per_minute > 0)
+		start = Max(start, c->rate_tokens_at);
+	if (start - now > max_wait_us)
+	{
+		LWLockRelease(circuit_shared->lock);
+		return false;
+	}
+	if (p->requests_per_minute > 0)
+		c->rate_requests_at = start + USECS_PER_MINUTE / p->requests_per_minute;
+	if (p->tokens_per_minute > 0)
+		c->rate_tokens_at = start +
+			(TimestampTz) ((double) tokens * USECS_PER_MINUTE / p->tokens_per_minute);
+	LWLockRelease(circuit_shared->lock);
+	*turn = start > now ? start : 0;
+	return true;
+}
+
+/* May we call provider `p` now?  See the header comment */
+CircuitAdmit
+circuit_admit(ProviderConf *p)
+{
+	MaesterCircuit *c;
+	CircuitAdmit result = CIRCUIT_ADMIT;
+	TimestampTz now;
+
+	if (p->circuit_failure_threshold <= 0)
+		return CIRCUIT_ADMIT;
+	now = GetCurrentTimestamp();
+	LWLockAcquire(circuit_shared->lock, LW_EXCLUSIVE);
+	c = circuit_entry(p->name);
+	if (c != NULL && c->state != CIRCUIT_CLOSED)
+	{
+		TimestampTz since = c->state == CIRCUIT_OPEN ? c->opened_at : c->probe_started;
+
+		if (TimestampDifferenceExceeds(since, now, p->circuit_cooldown_ms))
+		{
+			c->state = CIRCUIT_HALF_OPEN;
+			c->probe_started = now;
+			result = CIRCUIT_ADMIT_PROBE;
+		}
+		else
+			result = CIRCUIT_SKIP;
+	}
+	LWLockRelease(circuit_shared->lock);
+	return result;
+}
+
+/*
+ * A probe was admitted but no outcome will be recorded (the call ended
+ * before an answer, by its deadline or an error): reopen the circuit, so
+ * that the next call after the cooldown probes again.
+ */
+void
+circuit_release_probe(ProviderConf *p)
+{
+	MaesterCircuit *c;
+
+	LWLockAcquire(circuit_shared->lock, LW_EXCLUSIVE);
+	c = circuit_entry(p->name);
+	if (c != NULL && c->state == CIRCUIT_HALF_OPEN)
+		c->state = CIRCUIT_OPEN;
+	LWLockRelease(circuit_shared->lock);
+}
+
+/*
+ * Record the outcome of a call to `p`.  `counts` says whether a failure
+ * reflects the provider's health (a 400 does not).
+ */
+void
+circuit_record(ProviderConf *p, bool success, bool counts)
+{
+	MaesterCircuit *c;
+
+	LWLockAcquire(circuit_shared->lock, LW_EXCLUSIVE);
+	c = circuit_entry(p->name);
+	if (c != NULL)
+	{
+		if (success)
+		{
+			c->successes++;
+			c->consecutive_failures = 0;
+			c->state = CIRCUIT_CLOSED;
+		}
+		else if (counts)
+		{
+			c->failures++;
+			c->consecutive_failures++;
+			if (p->circuit_failure_threshold > 0 &&
+				(c->state == CIRCUIT_HALF_OPEN ||
+				 (c->state == CIRCUIT_CLOSED &&
+				  c->consecutive_failures >= p->circuit_failure_threshold)))
+			{
+				c->state = CIRCUIT_OPEN;
+				c->opened_at = GetCurrentTimestamp();
+				c->opens++;
+			}
+		}
+		else if (c->state == CIRCUIT_HALF_OPEN)
+		{
+			/* the probe got an answer, just not a good one: the provider is up */
+			c->state = CIRCUIT_CLOSED;
+			c->consecutive_failures = 0;
+		}
+	}
+	LWLockRelease(circuit_shared->lock);
+}
+
+PG_FUNCTION_INFO_V1(circuit_status);
+/*
+ * maester.circuit_status() RETURNS SETOF record: the breaker state of every
+ * provider seen since the server started (the maester.circuit view).
+ */
+Datum
+circuit_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MaesterCircuit *copy;
+	int			n;
+
+	maester_check_catalog();
+	maester_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+
+	LWLockAcquire(circuit_shared->lock, LW_SHARED);
+	n = circuit_shared->ncircuits;
+	copy = palloc(sizeof(MaesterCircuit) * Max(n, 1));
+	memcpy(copy, circuit_shared->circuits, sizeof(MaesterCircuit) * n);
+	LWLockRelease(circuit_shared->lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[7];
+		bool		nulls[7] = {false, false, false, false, false, false, false};
+		const char *state = copy[i].state == CIRCUIT_OPEN ? "open" :
+		copy[i].state == CIRCUIT_HALF_OPEN ? "half_open" : "closed";
+
+		values[0] = CStringGetTextDatum(copy[i].provider);
+		values[1] = CStringGetTextDatum(state);
+		values[2] = Int32GetDatum(copy[i].consecutive_failures);
+		if (copy[i].opened_at != 0)
+			values[3] = TimestampTzGetDatum(copy[i].opened_at);
+		else
+			nulls[3] = true;
+		values[4] = Int64GetDatum(copy[i].successes);
+		values[5] = Int64GetDatum(copy[i].failures);
+		values[6] = Int64GetDatum(copy[i].opens);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(circuit_reset);
+/*
+ * maester.circuit_reset(provider text DEFAULT NULL) RETURNS integer: close
+ * the circuit of one provider (or all), returning how many were reset.
+ */
+Datum
+circuit_reset(PG_FUNCTION_ARGS)
+{
+	int			count = 0;
+	char	   *name = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	maester_check_catalog();
+	maester_require_preload();
+	LWLockAcquire(circuit_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < circuit_shared->ncircuits; i++)
+	{
+		MaesterCircuit *c = &circuit_shared->circuits[i];
+
+		if (name && strncmp(c->provider, name, MAESTER_PROVIDER_NAMELEN) != 0)
+			continue;
+		c->state = CIRCUIT_CLOSED;
+		c->consecutive_failures = 0;
+		count++;
+	}
+	LWLockRelease(circuit_shared->lock);
+	PG_RETURN_INT32(count);
+}

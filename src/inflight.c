@@ -1,0 +1,325 @@
+/*-------------------------------------------------------------------------
+ *
+ * inflight.c
+ *	  The ledger records of a call's attempts, and the attempts in flight.
+ *
+ * Every attempt is two ledger records (ledger.c queues them, the ledger
+ * worker writes them): PENDING, durable before the request leaves, with
+ * the worst-case cost (a token per byte of the prompt, plus max_tokens);
+ * and SETTLE, with what happened -- tokens, exact cost, error class, the
+ * evaluation of the output.  Between the two, the attempt is in flight: it
+ * is on a list in TopMemoryContext, so that whatever ends it early -- an
+ * error, a cancel, a batch torn down, pg_terminate_backend (which does not
+ * unwind through PG_CATCH; the exit callback then runs) -- settles it as
+ * cancelled: at what it cost if the provider had answered, at its
+ * estimate if the request may have left (it may be billed), else at zero.
+ * Its budget reservation is settled the same way.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "inflight.h"
+#include "jsonutil.h"
+#include "meter.h"
+#include "settings.h"
+#include "stat.h"
+
+static dlist_head InFlightAttempts = DLIST_STATIC_INIT(InFlightAttempts);
+static bool ExitCallbackRegistered = false;
+
+/* Register an attempt whose PENDING row `r` was just queued */
+InFlight *
+inflight_add(LedgerSlot *slot, LedgerRecord *r, BudgetHold *hold)
+{
+	InFlight   *f = MemoryContextAlloc(TopMemoryContext, sizeof(InFlight));
+
+	f->slot = slot;
+	f->hold = *hold;
+	f->sent = false;
+	f->answered = false;
+	memcpy(&f->rec, r, sizeof(LedgerRecord));
+	dlist_push_tail(&InFlightAttempts, &f->node);
+	return f;
+}
+
+/*
+ * The provider answered the attempt: its SETTLE record `r` has the usage,
+ * and `actual` (NULL: unpriced) is what it cost, which settles its budget
+ * reservation now.  The call may go on (its output is being graded); torn
+ * down meanwhile, the attempt is settled with what it really cost rather
+ * than its estimate.
+ */
+void
+inflight_answered(InFlight *f, const LedgerRecord *r, Numeric actual)
+{
+	memcpy(&f->rec, r, sizeof(LedgerRecord));
+	f->answered = true;
+	budget_settle(&f->hold, actual);
+}
+
+/* Its SETTLE row is queued: forget it */
+void
+inflight_done(InFlight *f)
+{
+	dlist_delete(&f->node);
+	pfree(f);
+}
+
+/*
+ * Settle an attempt that will not finish (an error, a cancel, the end of
+ * the backend) as cancelled: charged what it cost if the provider had
+ * answered, else at its estimate if the request may have left, else at
+ * zero; its budget reservation is settled the same way.  Does not wait and
+ * does not throw (a full queue loses the row; the worker's recovery then
+ * settles the PENDING row as an orphan).
+ */
+void
+inflight_cancel(InFlight *f, const char *error_class)
+{
+	LedgerRecord *r = &f->rec;
+
+	r->kind = LEDGER_SETTLE;
+	strlcpy(r->status, "cancelled", sizeof(r->status));
+	strlcpy(r->error_class, error_class, sizeof(r->error_class));
+	r->eval_status[0] = '\0';
+	if (f->answered)
+		;						/* its usage and exact cost */
+	else if (f->sent)
+		r->cost[0] = '\0';		/* keep the estimate */
+	else
+		strlcpy(r->cost, "0", sizeof(r->cost));
+	if (!f->answered)
+		r->settled_at = GetCurrentTimestamp();
+	(void) ledger_try_enqueue(f->slot, r);
+	if (f->answered)
+		;						/* settled by inflight_answered */
+	else if (f->sent)
+		budget_settle_at_estimate(&f->hold);
+	else
+		budget_settle(&f->hold, NULL);
+	inflight_done(f);
+}
+
+/*
+ * Backend exit (pg_terminate_backend during a call, which does not unwind
+ * through PG_CATCH): settle every in-flight attempt as cancelled.
+ */
+static void
+inflight_backend_exit(int code, Datum arg)
+{
+	dlist_mutable_iter it;
+
+	dlist_foreach_modify(it, &InFlightAttempts)
+		inflight_cancel(dlist_container(InFlight, node, it.cur), "terminated");
+}
+
+/* Register the exit callback, once per process */
+void
+inflight_register_exit(void)
+{
+	if (!ExitCallbackRegistered)
+	{
+		before_shmem_exit(inflight_backend_exit, (Datum) 0);
+		ExitCallbackRegistered = true;
+	}
+}
+
+/* Estimate tokens of a text: about four characters a token */
+int64
+estimate_tokens(const char *s)
+{
+	return s ? (pg_mbstrlen(s) + 3) / 4 : 0;
+}
+
+/* Numeric as text into a ledger field ("" for NULL) */
+static void
+numeric_to_field(Numeric n, char *dst, size_t size)
+{
+	char	   *s;
+
+	if (n == NULL)
+	{
+		dst[0] = '\0';
+		return;
+	}
+	s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(n)));
+	if (strlen(s) >= size)
+		elog(ERROR, "cost \"%s\" too long for the ledger", s);
+	strlcpy(dst, s, size);
+}
+
+/* Fill the PENDING record of an attempt; returns the estimate (or NULL) */
+Numeric
+attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
+{
+	Generation *g = &c->g;
+	int			max_tokens = c->opts.gen.max_tokens;
+	Numeric		estimate;
+	bool		priced;
+
+	memset(r, 0, sizeof(*r));
+	r->kind = LEDGER_PENDING;
+	r->request_id = g->request_id;
+	r->attempt = g->attempts;
+	r->ts = GetCurrentTimestamp();
+	ledger_copy_name(r->tenant, maester_tenant, sizeof(r->tenant));
+	ledger_copy_name(r->role, GetUserNameFromId(GetUserId(), false), sizeof(r->role));
+	strlcpy(r->trace_id, g->trace_id, sizeof(r->trace_id));
+	strlcpy(r->prompt_hash, g->prompt_hash, sizeof(r->prompt_hash));
+	ledger_copy_name(r->prompt_name, g->prompt_name, sizeof(r->prompt_name));
+	ledger_copy_name(r->prompt_version, g->prompt_version, sizeof(r->prompt_version));
+	ledger_copy_name(r->provider, t->provider->name, sizeof(r->provider));
+	ledger_copy_name(r->requested_model, g->requested_model, sizeof(r->requested_model));
+	ledger_copy_name(r->model, t->model, sizeof(r->model));
+	strlcpy(r->status, "pending", sizeof(r->status));
+	strlcpy(r->purpose, g->purpose, sizeof(r->purpose));
+	if (g->tags)
+		strlcpy(r->tags, g->tags, sizeof(r->tags));
+	r->max_tokens = max_tokens > 0 ? max_tokens : ESTIMATE_DEFAULT_MAX_TOKENS;
+	estimate = maester_cost(t->model, c->cs.est_input_tokens, r->max_tokens, 0, 0,
+							r->ts, &priced);
+	numeric_to_field(estimate, r->estimate, sizeof(r->estimate));
+	r->priced = priced;
+	return estimate;
+}
+
+/* A blocked attempt leaves a durable 'blocked' row (nothing was sent) */
+void
+attempt_record_blocked(LedgerSlot *slot, LedgerRecord *r)
+{
+	uint64		seq;
+
+	strlcpy(r->status, "blocked", sizeof(r->status));
+	strlcpy(r->error_class, "budget", sizeof(r->error_class));
+	strlcpy(r->cost, "0", sizeof(r->cost));
+	seq = ledger_enqueue(slot, r);
+	(void) ledger_wait_durable(slot, seq, false);
+}
+
+/*
+ * Fill the SETTLE record of an attempt that returned (ok or not): tokens,
+ * exact cost, error class; and its spans and statistics.  (The evaluation
+ * of a successful attempt's output comes later: attempt_record_evaluation.)
+ */
+void
+attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
+					   LedgerRecord *r, bool ok)
+{
+	Generation *g = &c->g;
+	const GenRequest *gen = &c->opts.gen;
+	Span	   *gen_span = c->gen_span;
+	Span	   *span;
+
+	if (c->attempt_start == 0)
+		c->attempt_start = GetCurrentTimestamp();
+	g->last_provider = t->provider->name;
+	g->last_model = t->model;
+	r->kind = LEDGER_SETTLE;
+	r->settled_at = GetCurrentTimestamp();
+	r->latency_ms = (double) (r->settled_at - c->attempt_start) / 1000.0;
+	if (ok)
+	{
+		if (!g->resp.usage_present)
+		{
+			/* no usage from the provider: estimate it, and say so */
+			g->resp.input_tokens = estimate_tokens(gen->prompt) +
+				estimate_tokens(gen->system);
+			g->resp.output_tokens = estimate_tokens(g->resp.content);
+			g->resp.cached_input_tokens = g->resp.cache_write_tokens = 0;
+		}
+		trace_attr_num(gen_span, "http.response.status_code", 200);
+		trace_attr_str(gen_span, "gen_ai.response.model", g->resp.served_model);
+		trace_attr_str(gen_span, "gen_ai.response.id", g->resp.response_id);
+		trace_attr_num(gen_span, "gen_ai.usage.input_tokens", g->resp.input_tokens);
+		trace_attr_num(gen_span, "gen_ai.usage.output_tokens", g->resp.output_tokens);
+		if (g->resp.finish_reason)
+		{
+			StringInfoData fr;
+
+			initStringInfo(&fr);
+			appendStringInfoChar(&fr, '[');
+			escape_json(&fr, g->resp.finish_reason);
+			appendStringInfoChar(&fr, ']');
+			trace_attr_raw(gen_span, "gen_ai.response.finish_reasons", fr.data);
+		}
+		span = trace_span_start(g->trace, "cost_metering");
+		g->cost = maester_cost(g->resp.served_model ? g->resp.served_model : t->model,
+							   g->resp.input_tokens, g->resp.output_tokens,
+							   g->resp.cached_input_tokens, g->resp.cache_write_tokens,
+							   r->ts, &g->priced);
+		if (g->cost)
+			trace_attr_raw(span, "maester.cost_usd",
+						   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(g->cost))));
+		trace_span_end(span, g->priced ? "ok" : "unpriced");
+		strlcpy(r->status, "ok", sizeof(r->status));
+		if (g->resp.served_model)
+			ledger_copy_name(r->model, g->resp.served_model, sizeof(r->model));
+		r->has_usage = true;
+		r->usage_estimated = !g->resp.usage_present;
+		r->input_tokens = g->resp.input_tokens;
+		r->output_tokens = g->resp.output_tokens;
+		r->cached_input_tokens = g->resp.cached_input_tokens;
+		r->cache_write_tokens = g->resp.cache_write_tokens;
+		r->priced = g->priced;
+		r->fallback_used = g->fallback_used;
+		r->http_status = 200;
+		numeric_to_field(g->cost, r->cost, sizeof(r->cost));
+	}
+	else
+	{
+		/* a timeout may have been billed: keep the estimate; else nothing */
+		bool		maybe_billed = strcmp(f->error_class, "timeout") == 0 ||
+			strcmp(f->error_class, "network") == 0;
+
+		strlcpy(r->status, strcmp(f->error_class, "timeout") == 0 ? "timeout" : "error",
+				sizeof(r->status));
+		strlcpy(r->error_class, f->error_class, sizeof(r->error_class));
+		if (!maybe_billed)
+			strlcpy(r->cost, "0", sizeof(r->cost));
+		r->http_status = f->http_status;
+		trace_attr_str(gen_span, "error.type", f->error_class);
+		if (f->http_status)
+			trace_attr_num(gen_span, "http.response.status_code", f->http_status);
+		if (f->retryable)
+			trace_attr_str(gen_span, "maester.retry_reason", f->error_class);
+	}
+	stat_attempt(t->provider->name, ok && g->resp.served_model ? g->resp.served_model : t->model,
+				 ok ? NULL : f->error_class,
+				 ok ? g->resp.input_tokens : 0, ok ? g->resp.output_tokens : 0,
+				 ok ? g->cost : NULL);
+}
+
+/*
+ * The evaluation of a successful attempt's output (g->evaluation) on its
+ * SETTLE record and its evaluation span, which it ends.
+ */
+void
+attempt_record_evaluation(Call *c, LedgerRecord *r)
+{
+	Jsonb	   *ev = c->g.evaluation;
+	char	   *st = json_get_string(&ev->root, "status");
+	JsonbValue *sc = json_get(&ev->root, "reliability_score");
+
+	strlcpy(r->eval_status, st ? st : "error", sizeof(r->eval_status));
+	r->eval_score = sc && sc->type == jbvNumeric ?
+		DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(sc->val.numeric))) : 0;
+	if (c->eval_span)
+	{
+		trace_attr_str(c->eval_span, "maester.evaluation.status", r->eval_status);
+		trace_attr_num(c->eval_span, "maester.evaluation.score", r->eval_score);
+		trace_span_end(c->eval_span, strcmp(r->eval_status, "error") == 0 ? "error" : "ok");
+		c->eval_span = NULL;
+	}
+}

@@ -1,0 +1,107 @@
+/*-------------------------------------------------------------------------
+ *
+ * jsonutil.c
+ *	  Reading JSON that comes from outside -- a provider's answer, a
+ *	  grader's verdict, an option object -- without ever throwing on what
+ *	  it contains.
+ *
+ * A body is parsed with jsonb_in; a parse error is caught and turned into
+ * a "problem" string (jsonb_in holds no resources, so catching its error
+ * without a subtransaction is safe), so malformed answers become clear
+ * errors of the caller's choosing, never crashes.  The accessors return
+ * NULL (or false) for a member that is absent or of another type.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+
+#include "jsonutil.h"
+
+/*
+ * Parse `body` as JSON.  Returns NULL and sets *problem when it is not
+ * valid JSON (or not an object).
+ */
+Jsonb *
+json_parse_object(const char *body, char **problem)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Jsonb	   *jb = NULL;
+
+	PG_TRY();
+	{
+		jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(body)));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		*problem = psprintf("the response is not valid JSON (%s)", edata->message);
+		FreeErrorData(edata);
+		return NULL;
+	}
+	PG_END_TRY();
+	if (!JB_ROOT_IS_OBJECT(jb))
+	{
+		*problem = pstrdup("the response is not a JSON object");
+		return NULL;
+	}
+	return jb;
+}
+
+/* The value of `key` in object container `c`, or NULL */
+JsonbValue *
+json_get(JsonbContainer *c, const char *key)
+{
+	if (c == NULL || !JsonContainerIsObject(c))
+		return NULL;
+	return getKeyJsonValueFromContainer(c, key, strlen(key), NULL);
+}
+
+/* A string member as a palloc'd C string, or NULL */
+char *
+json_get_string(JsonbContainer *c, const char *key)
+{
+	JsonbValue *v = json_get(c, key);
+
+	if (v == NULL || v->type != jbvString)
+		return NULL;
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* An integer member; false when absent, not a number, or not integral */
+bool
+json_get_int64(JsonbContainer *c, const char *key, int64 *out)
+{
+	JsonbValue *v = json_get(c, key);
+	double		d;
+
+	if (v == NULL || v->type != jbvNumeric)
+		return false;
+	/* numeric_float8 does not throw for finite numerics */
+	d = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
+										   NumericGetDatum(v->val.numeric)));
+	if (!(d >= 0 && d <= 9007199254740992.0) || d != (double) (int64) d)
+		return false;
+	*out = (int64) d;
+	return true;
+}
+
+/* An object or array member, or NULL */
+JsonbContainer *
+json_get_container(JsonbContainer *c, const char *key)
+{
+	JsonbValue *v = json_get(c, key);
+
+	if (v == NULL || v->type != jbvBinary)
+		return NULL;
+	return v->val.binary.data;
+}

@@ -1,0 +1,19 @@
+/*-------------------------------------------------------------------------
+ *
+ * jsonutil.h
+ *	  Reading untrusted JSON without throwing (jsonutil.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef MAESTER_JSONUTIL_H
+#define MAESTER_JSONUTIL_H
+
+#include "utils/jsonb.h"
+
+extern Jsonb *json_parse_object(const char *body, char **problem);
+extern JsonbValue *json_get(JsonbContainer *c, const char *key);
+extern char *json_get_string(JsonbContainer *c, const char *key);
+extern bool json_get_int64(JsonbContainer *c, const char *key, int64 *out);
+extern JsonbContainer *json_get_container(JsonbContainer *c, const char *key);
+
+#endif							/* MAESTER_JSONUTIL_H */

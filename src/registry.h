@@ -1,0 +1,30 @@
+/*-------------------------------------------------------------------------
+ *
+ * registry.h
+ *	  The prompt registry, for the gateway: rendering and the prompt hash.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef MAESTER_REGISTRY_H
+#define MAESTER_REGISTRY_H
+
+#include "utils/jsonb.h"
+
+#include "maester.h"
+
+typedef struct RenderedPrompt
+{
+	char	   *name;
+	char	   *version;
+	text	   *content;
+	text	   *system;			/* NULL: no system template */
+	char		hash[MAESTER_SHA256_HEXLEN + 1];
+	Jsonb	   *checks;			/* the version's checks (cache memory), or NULL */
+} RenderedPrompt;
+
+extern void registry_init(void);
+extern void maester_render(const char *name, const char *ref, Jsonb *vars,
+						   RenderedPrompt *out);
+extern void maester_prompt_hash(text *system, text *content, char *hex_out);
+
+#endif							/* MAESTER_REGISTRY_H */

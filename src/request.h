@@ -1,0 +1,49 @@
+/*-------------------------------------------------------------------------
+ *
+ * request.h
+ *	  A call's request: its arguments (llm_generate's, or a request
+ *	  object's members) and options, parsed and checked in one place.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef MAESTER_REQUEST_H
+#define MAESTER_REQUEST_H
+
+#include "utils/jsonb.h"
+
+#include "provider.h"
+
+#define KNOWN_OPTIONS "temperature, top_p, stop, response_format, timeout_ms, max_attempts, fallback, tags"
+#define REQUEST_KEYS "prompt, model, max_tokens, system, prompt_name, variables, prompt_version, options"
+
+/* Per-call options, from the options jsonb */
+typedef struct CallOptions
+{
+	GenRequest	gen;			/* temperature, top_p, stop, json_format */
+	int			timeout_ms;		/* overall deadline */
+	int			max_attempts;	/* 0: each provider's own */
+	bool		fallback;
+	char	   *tags;			/* JSON text of options.tags, or NULL */
+} CallOptions;
+
+/* The arguments of one call, as llm_generate takes them */
+typedef struct CallArgs
+{
+	text	   *prompt;
+	char	   *model;
+	int			max_tokens;		/* 0: none */
+	text	   *system;
+	char	   *prompt_name;
+	Jsonb	   *variables;
+	char	   *prompt_version;
+	Jsonb	   *options;
+} CallArgs;
+
+extern void request_parse_options(Jsonb *opts, CallOptions *o);
+extern void request_parse(Jsonb *req, CallArgs *a, bool *has_model);
+extern void request_check_args(const CallArgs *a);
+extern void request_with_defaults(Jsonb *req, text *model, text *prompt_name,
+								  Jsonb *options, CallArgs *a);
+extern void request_validate(Jsonb *request);
+
+#endif							/* MAESTER_REQUEST_H */

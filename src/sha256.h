@@ -1,0 +1,14 @@
+/*-------------------------------------------------------------------------
+ *
+ * sha256.h
+ *	  SHA-256 hex digests through PostgreSQL's cryptohash API.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef MAESTER_SHA256_H
+#define MAESTER_SHA256_H
+
+extern void maester_sha256_hex(const char *const *parts, const int *lens,
+							   int nparts, char *hex_out);
+
+#endif							/* MAESTER_SHA256_H */

@@ -1,0 +1,132 @@
+/*-------------------------------------------------------------------------
+ *
+ * util.c
+ *	  Helpers shared by the modules: the preload check, "run this in a
+ *	  subtransaction and hand me the error", and acting as the owner of
+ *	  maester's tables.  This file calls no other file of maester, so any
+ *	  file may call it.
+ *
+ * Acting as the owner.  The gateway reads its configuration (providers,
+ * prices, budgets) and writes some rows (jobs) on behalf of callers who
+ * may not read or write those tables themselves.  It does so as the
+ * table's owner, as a restricted operation (no temporary objects, nothing
+ * that outlives it), with search_path pg_catalog, pg_temp, so that nothing
+ * the caller put on the path can run with the owner's rights; the caller's
+ * identity and settings come back with maester_restore_user() (in a
+ * PG_FINALLY, or on the error path with the transaction's abort).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/syscache.h"
+
+#include "util.h"
+
+bool		maester_shmem_ready = false;
+
+/*
+ * Raise 55000 unless the library was preloaded (so that shared memory
+ * exists).
+ */
+void
+maester_require_preload(void)
+{
+	if (!maester_shmem_ready)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("maester must be loaded via shared_preload_libraries"),
+				 errhint("Add maester to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/*
+ * Run fn(arg) in a subtransaction, in the caller's memory context.  NULL
+ * when it succeeded; else the subtransaction is rolled back and the error,
+ * copied into `errcxt`, is returned for the caller to judge (rethrow a
+ * cancel, record the rest).  The caller's resource owner and memory
+ * context are current again either way.
+ */
+ErrorData *
+maester_subxact(void (*fn) (void *), void *arg, MemoryContext errcxt)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(errcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_END_TRY();
+	return edata;
+}
+
+/* Owner of a relation */
+Oid
+maester_relation_owner(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+/* The OID of table maester.`name`; raises if it is missing */
+Oid
+maester_table_oid(const char *name)
+{
+	Oid			relid = get_relname_relid(name, get_namespace_oid("maester", false));
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "table maester.%s not found", name);
+	return relid;
+}
+
+/* Act as the owner of relation `relid`; see the header comment */
+void
+maester_become_owner(Oid relid, OwnerScope *scope)
+{
+	Oid			owner = maester_relation_owner(relid);
+
+	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec);
+	SetUserIdAndSecContext(owner, scope->save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	scope->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+}
+
+/* Back to the identity and settings maester_become_owner saved */
+void
+maester_restore_user(OwnerScope *scope)
+{
+	AtEOXact_GUC(false, scope->save_nestlevel);
+	SetUserIdAndSecContext(scope->save_userid, scope->save_sec);
+}
