@@ -108,3 +108,36 @@ maester_stop_mock() {
     [ -n "${MAESTER_MOCK_PID:-}" ] && kill "$MAESTER_MOCK_PID" 2>/dev/null || true
     MAESTER_MOCK_PID=
 }
+
+# Build each released version (src/sql/released) from its release commit
+# into its own relocated copy of the PostgreSQL installation under $1:
+# $1/VERSION/usr/lib/postgresql/15 (bin/, lib/) and .../usr/share/... --
+# PostgreSQL finds lib/ and share/ relative to its binaries, so a server
+# started from there loads that version's library.  The upgrade test
+# (test/t/011_upgrade.pl) fills a database with it, then updates it with
+# the current one.  Needs the git history of the releases.
+maester_build_releases() {
+    local dest=$1 version commit sha tree src
+    local bindir pkglibdir sharedir
+    bindir=$(pg_config --bindir)
+    pkglibdir=$(pg_config --pkglibdir)
+    sharedir=$(pg_config --sharedir)
+    while read -r version commit sha; do
+        case "$version" in ''|\#*) continue ;; esac
+        if ! git -C "$MAESTER_ROOT" cat-file -e "$commit^{commit}" 2>/dev/null; then
+            echo "maester: the upgrade test needs release $version (commit $commit) in the git history" >&2
+            return 1
+        fi
+        tree="$dest/$version"
+        src="$tree/src"
+        mkdir -p "$src" "$tree$(dirname "$bindir")" "$tree$(dirname "$sharedir")"
+        git -C "$MAESTER_ROOT" archive "$commit" | tar -x -C "$src"
+        make -C "$src" -s >/dev/null
+        cp -a "$(dirname "$bindir")/." "$tree$(dirname "$bindir")/"
+        cp -a "$sharedir/." "$tree$sharedir/"
+        rm -rf "$tree$pkglibdir/maester.so" "$tree$pkglibdir/bitcode/maester" \
+            "$tree$pkglibdir/bitcode/maester.index.bc" "$tree$sharedir/extension/maester"*
+        make -C "$src" -s install DESTDIR="$tree" >/dev/null
+        echo "$version $tree$(dirname "$bindir")" >> "$dest/installs"
+    done < "$MAESTER_ROOT/src/sql/released"
+}

@@ -10,9 +10,15 @@ set -euo pipefail
 
 maester_setup
 maester_build_install
+"$MAESTER_ROOT/scripts/check-tree.sh"
 
 work=$(maester_workdir test)
 echo "maester: testing in $work as $(maester_pg_user)"
+
+# the released versions' libraries, for the upgrade test
+maester_build_releases "$work/releases"
+[ "$(id -u)" -eq 0 ] && chown -R postgres: "$work/releases"
+export MAESTER_RELEASES="$work/releases/installs"
 
 # the mock provider for the pg_regress suites (TAP tests start their own);
 # the key is a test value the servers see in their environment
