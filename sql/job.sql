@@ -30,6 +30,7 @@ SELECT pg_temp.err($$ SELECT maester.submit('{"prompt": "x", "prompt_name": "y"}
 SELECT pg_temp.err($$ SELECT maester.submit('{"prompt": "x", "max_tokens": -1}') $$);
 SELECT pg_temp.err($$ SELECT maester.submit('{"prompt": "x", "options": {"colour": 1}}') $$);
 SELECT pg_temp.err($$ SELECT maester.submit('{"prompt": 42}') $$);
+SELECT pg_temp.err($$ SELECT maester.submit('{"prompt": "x", "variables": {"a": 1}}') $$);
 SELECT pg_temp.err($$ SELECT maester.submit('{"prompt": "x"}', callback => 'not_a_procedure') $$);
 SELECT pg_temp.err($$ SELECT maester.submit('{"prompt": "x"}', callback => 'wrong_args') $$);
 SELECT count(*) AS nothing_queued FROM maester.job;
