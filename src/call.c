@@ -286,6 +286,30 @@ call_succeeded_finish(Call *c)
 }
 
 /* A failed call's spans and statistics */
+/*
+ * call_succeeded_finish in a subtransaction, for a call that succeeded and
+ * is in the ledger: a failure here (the capture's INSERT, say) must not
+ * make it a failure.  NULL, or the error for the caller to report (cancel
+ * and termination go on).
+ */
+static void
+finish_fn(void *arg)
+{
+	call_succeeded_finish((Call *) arg);
+}
+
+ErrorData *
+call_finish_isolated(Call *c)
+{
+	ErrorData  *edata = maester_subxact(finish_fn, c, c->cxt);
+
+	if (edata != NULL &&
+		(edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		 edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN))
+		ReThrowError(edata);
+	return edata;
+}
+
 void
 call_failed_finish(Call *c)
 {

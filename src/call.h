@@ -213,6 +213,7 @@ extern void call_fail_with(Call *c, const char *provider, const char *error_clas
 						   int sqlstate, char *message);
 extern void call_note_failure(Call *c, const char *provider, const Failure *f);
 extern void call_succeeded_finish(Call *c);
+extern ErrorData *call_finish_isolated(Call *c);
 extern void call_failed_finish(Call *c);
 extern void call_raise(Call *c);
 extern bool call_generation_values(Call *c, Datum *values, bool *nulls);

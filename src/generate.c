@@ -73,6 +73,26 @@ single_done(Call *c, void *arg)
 	((SingleCall *) arg)->result = c;
 }
 
+/*
+ * One call with these arguments, as a batch of one whose failure is the
+ * caller's error; the call that succeeded, finished.
+ */
+static Call *
+run_single(CallArgs *a)
+{
+	SingleCall	s;
+	CallDriver	d = {.next = single_next, .done = single_done, .arg = &s,
+	.concurrency = 1, .isolation = CALLS_SHARED};
+
+	memset(&s, 0, sizeof(s));
+	s.call = call_prepare(a, 1, CurrentMemoryContext, NULL);
+	run_calls(&d);
+	if (s.result->phase == PHASE_FAILED)
+		call_raise(s.result);
+	call_succeeded_finish(s.result);
+	return s.result;
+}
+
 PG_FUNCTION_INFO_V1(llm_generate);
 /*
  * maester.llm_generate(prompt text, model text, max_tokens int, system text,
@@ -85,7 +105,6 @@ llm_generate(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	CallArgs	a;
-	SingleCall	s;
 	Call	   *c;
 	Datum		values[CALL_GENERATION_NATTS];
 	bool		nulls[CALL_GENERATION_NATTS];
@@ -111,19 +130,7 @@ llm_generate(PG_FUNCTION_ARGS)
 	a.options = PG_ARGISNULL(7) ? NULL : PG_GETARG_JSONB_P(7);
 
 	tupdesc = generation_tupdesc(fcinfo, CALL_GENERATION_NATTS);
-
-	memset(&s, 0, sizeof(s));
-	s.call = call_prepare(&a, 1, CurrentMemoryContext, NULL);
-	{
-		CallDriver	d = {.next = single_next, .done = single_done, .arg = &s,
-		.concurrency = 1, .isolation = CALLS_SHARED};
-
-		run_calls(&d);
-	}
-	c = s.result;
-	if (c->phase == PHASE_FAILED)
-		call_raise(c);
-	call_succeeded_finish(c);
+	c = run_single(&a);
 	(void) call_generation_values(c, values, nulls);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
@@ -198,29 +205,19 @@ batch_next(void *arg)
 }
 
 /*
- * call_succeeded_finish in a subtransaction: the call succeeded and is in
- * the ledger, so a failure here (the capture's INSERT, say) is a WARNING,
- * not the batch's error.
+ * A request of the batch succeeded and is in the ledger: a failure to
+ * record it afterwards (the capture's INSERT, say) is a WARNING, not the
+ * batch's error.
  */
-static void
-finish_success_fn(void *arg)
-{
-	call_succeeded_finish((Call *) arg);
-}
-
 static void
 batch_finish_success(Call *c)
 {
-	ErrorData  *edata = maester_subxact(finish_success_fn, c, c->cxt);
+	ErrorData  *edata = call_finish_isolated(c);
 
-	if (edata == NULL)
-		return;
-	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-		ReThrowError(edata);
-	ereport(WARNING,
-			(errmsg("request %d of the batch succeeded, but recording it failed: %s",
-					c->ordinal, edata->message)));
+	if (edata != NULL)
+		ereport(WARNING,
+				(errmsg("request %d of the batch succeeded, but recording it failed: %s",
+						c->ordinal, edata->message)));
 }
 
 /* A finished call of the batch: its row; then its memory goes */
@@ -344,7 +341,6 @@ complete(PG_FUNCTION_ARGS)
 	Jsonb	   *request = PG_GETARG_JSONB_P(0);
 	CallArgs	a;
 	bool		has_model;
-	SingleCall	s;
 	Call	   *c;
 	Generation *g;
 	Datum		v[13];
@@ -356,19 +352,7 @@ complete(PG_FUNCTION_ARGS)
 	maester_check_catalog();
 	maester_require_preload();
 	request_parse(request, &a, &has_model);
-
-	memset(&s, 0, sizeof(s));
-	s.call = call_prepare(&a, 1, CurrentMemoryContext, NULL);
-	{
-		CallDriver	d = {.next = single_next, .done = single_done, .arg = &s,
-		.concurrency = 1, .isolation = CALLS_SHARED};
-
-		run_calls(&d);
-	}
-	c = s.result;
-	if (c->phase == PHASE_FAILED)
-		call_raise(c);
-	call_succeeded_finish(c);
+	c = run_single(&a);
 	g = &c->g;
 
 	memset(n, ' ', sizeof(n));

@@ -615,27 +615,17 @@ call_ready(Call *c, CallSet *set, uint64 durable, TimestampTz now)
 
 /*
  * A grading call that succeeded is finished where it ends (it has no
- * driver of its own), in a subtransaction: it has answered, so a failure
- * to record it (its capture) is a WARNING, not its error.
+ * driver of its own): it has answered, so a failure to record it (its
+ * capture) is a WARNING, not its error.
  */
-static void
-finish_grader_fn(void *arg)
-{
-	call_succeeded_finish((Call *) arg);
-}
-
 static void
 finish_grader(Call *c)
 {
-	ErrorData  *edata = maester_subxact(finish_grader_fn, c, c->cxt);
+	ErrorData  *edata = call_finish_isolated(c);
 
-	if (edata == NULL)
-		return;
-	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-		ReThrowError(edata);
-	ereport(WARNING,
-			(errmsg("a grading call succeeded, but recording it failed: %s", edata->message)));
+	if (edata != NULL)
+		ereport(WARNING,
+				(errmsg("a grading call succeeded, but recording it failed: %s", edata->message)));
 }
 
 /* Move the call as far as it can go without waiting */
