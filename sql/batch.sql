@@ -113,6 +113,23 @@ SELECT pg_temp.settled();
 SELECT pg_temp.max_overlap(ARRAY(SELECT u.request_id FROM maester.usage u JOIN graded g USING (trace_id)
                                   WHERE u.purpose = 'evaluation')) AS graders_at_once;
 
+-- at most the batch's concurrency of grading calls at once: two requests
+-- with three llm_rubric checks each, concurrency 2
+SELECT (maester.prompt_register('batch_graded3', 'Grade me thrice: {i}',
+    checks => '[{"type": "llm_rubric", "value": "One.", "model": "batch-grader"},
+                {"type": "llm_rubric", "value": "Two.", "model": "batch-grader"},
+                {"type": "llm_rubric", "value": "Three.", "model": "batch-grader"}]')).version;
+CREATE TEMP TABLE graded3 AS
+  SELECT * FROM maester.generate_batch(ARRAY(
+    SELECT jsonb_build_object('prompt_name', 'batch_graded3', 'variables', jsonb_build_object('i', i),
+                              'model', 'mock-1')
+      FROM generate_series(1, 2) i), concurrency => 2);
+SELECT count(*) FILTER (WHERE (evaluation ->> 'status') = 'pass') AS passed FROM graded3;
+SELECT pg_temp.settled();
+SELECT count(*) AS grading_calls,
+       pg_temp.max_overlap(array_agg(u.request_id)) AS graders_at_once
+  FROM maester.usage u JOIN graded3 g USING (trace_id) WHERE u.purpose = 'evaluation';
+
 -- a call that succeeded stays a success when recording it afterwards fails
 -- (here maester.capture refuses the row): a WARNING, not the batch's error
 CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -97,3 +97,23 @@ SELECT content IS NOT NULL AS generated, evaluation ->> 'status' AS status,
   FROM broken;
 SELECT u.purpose, u.status, u.error_class, u.eval_status
   FROM maester.usage u JOIN broken b ON u.trace_id = b.trace_id ORDER BY u.purpose DESC;
+
+-- a grading call refused by a budget (MB001): its error is the
+-- evaluation's, the answer is kept and charged
+INSERT INTO maester.model (name, provider, provider_model) VALUES ('grader-pricey', 'emock', 'fault-verdict-pass');
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+VALUES ('fault-verdict-pass', '2020-01-01', 1000, 1000);
+INSERT INTO maester.budget (tenant, model, period, limit_usd, action)
+VALUES ('default', 'fault-verdict-pass', 'day', 0.000001, 'block');
+SELECT version FROM maester.prompt_register('eval_budget', 'Report: {x}',
+    checks => '[{"type": "llm_rubric", "value": "Reports.", "model": "grader-pricey"}]');
+SET client_min_messages = error;	-- (the WARNING names the budget's id)
+CREATE TEMP TABLE blocked AS
+  SELECT * FROM maester.llm_generate(prompt_name => 'eval_budget', variables => '{"x": 1}', model => 'emock-1');
+RESET client_min_messages;
+SELECT content IS NOT NULL AS generated, evaluation ->> 'status' AS status,
+       evaluation ->> 'error' LIKE 'budget % is exhausted' AS budget_error
+  FROM blocked;
+SELECT u.purpose, u.status, u.error_class FROM maester.usage u JOIN blocked b ON u.trace_id = b.trace_id
+ ORDER BY u.purpose DESC;
+DELETE FROM maester.budget WHERE model = 'fault-verdict-pass';

@@ -285,7 +285,6 @@ call_succeeded_finish(Call *c)
 					 c->opts.gen.max_tokens);
 }
 
-/* A failed call's spans and statistics */
 /*
  * call_succeeded_finish in a subtransaction, for a call that succeeded and
  * is in the ledger: a failure here (the capture's INSERT, say) must not
@@ -310,9 +309,12 @@ call_finish_isolated(Call *c)
 	return edata;
 }
 
+/* A failed call's spans and statistics */
 void
 call_failed_finish(Call *c)
 {
+	if (c->finished)
+		return;				/* counted once, as a success */
 	if (c->g.trace)
 		trace_flush_nothrow(c->g.trace, c->tenant, &c->g.request_id);
 	if (c->g.last_provider)
@@ -476,7 +478,10 @@ call_grader_answer(void *arg, JsonbValue *param, JsonbContainer *extra,
 	g = &a->grades[a->next++];
 	if (g->failed)
 		ereport(ERROR,
-				(errcode(g->sqlstate),
+				/* a grading call's cancel is not this evaluation's */
+				(errcode(g->sqlstate == ERRCODE_QUERY_CANCELED ||
+						 g->sqlstate == ERRCODE_ADMIN_SHUTDOWN ?
+						 ERRCODE_MAESTER_UNAVAILABLE : g->sqlstate),
 				 errmsg_internal("%s", g->message),
 				 g->detail ? errdetail_internal("%s", g->detail) : 0,
 				 g->hint ? errhint("%s", g->hint) : 0));

@@ -194,15 +194,3 @@ maester_check_catalog(void)
 			 errdetail("This database's extension is newer than the library the server runs; nothing was done."),
 			 errhint("Install maester %s and restart the server.", catalog_version)));
 }
-
-/* Does the extension exist in this database?  (Runs its own transaction.) */
-bool
-maester_extension_exists(void)
-{
-	bool		exists;
-
-	StartTransactionCommand();
-	exists = OidIsValid(get_extension_oid("maester", true));
-	CommitTransactionCommand();
-	return exists;
-}

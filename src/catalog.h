@@ -11,6 +11,5 @@
 extern void catalog_init(void);
 extern void maester_check_catalog(void);
 extern bool maester_catalog_served(char **why);
-extern bool maester_extension_exists(void);
 
 #endif							/* MAESTER_CATALOG_H */

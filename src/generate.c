@@ -352,6 +352,8 @@ complete(PG_FUNCTION_ARGS)
 	maester_check_catalog();
 	maester_require_preload();
 	request_parse(request, &a, &has_model);
+	if (a.options == NULL)		/* (what a capture keeps, as before) */
+		a.options = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
 	c = run_single(&a);
 	g = &c->g;
 

@@ -50,7 +50,7 @@
 #include "settings.h"
 
 /* curl's sockets of interest, maintained by the socket callback */
-#define HTTP_MAX_SOCKETS 1024		/* 256 transfers, each possibly racing two connects */
+#define HTTP_MAX_SOCKETS 2048		/* 2 x 256 transfers (calls, grading calls), each possibly racing two connects */
 
 typedef struct HttpSocket
 {

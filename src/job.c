@@ -479,6 +479,7 @@ poll_jobs(JobWorker *w)
 	oldcxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	maester_check_catalog();	/* the catalog must still be ours */
 	PushActiveSnapshot(GetTransactionSnapshot());
 	worker_identity(w);
 	if (SPI_connect() != SPI_OK_CONNECT)

@@ -34,7 +34,7 @@
  * is torn down: its transfer is removed (curl closes the connection), its
  * in-flight attempt settled as cancelled (at its estimate if it may have
  * been sent), its budget reservation and circuit probe released, its spans
- * queued.  With `isolate` (generate_batch), an error raised while one call
+ * queued.  With CALLS_SUBXACT (generate_batch), an error raised while one call
  * moves (a bad request, a refused egress, a blocked budget) ends that call
  * only: each move runs in a subtransaction, and only cancel and shutdown
  * go through to the whole batch.
@@ -121,7 +121,11 @@ typedef struct CallSet
 	int			ncalls;
 	int			size;			/* of calls[] */
 	int			nroots;			/* calls that are not grading calls */
-	int			max;			/* the driver's concurrency */
+	int			ngraders;		/* grading calls in the set */
+	int			max;			/* the driver's concurrency, for each kind */
+	Call	  **waiting;		/* grading calls waiting for room */
+	int			nwaiting;
+	int			waiting_size;
 	uint64		settle_seq;		/* highest SETTLE row queued */
 	LedgerSlot *slot;
 	CallDriver *driver;
@@ -476,6 +480,9 @@ phase_settle(Call *c, CallSet *set)
 		attempt_end(c, set, false, &f, true);
 		return;
 	}
+	/* the provider answered: its circuit hears it now, not after grading */
+	circuit_record(t->provider, true, false);
+	c->probe = false;
 	attempt_record_outcome(c, t, NULL, c->rec, true);
 	inflight_answered(c->inflight, c->rec, c->g.cost ? c->g.cost : c->estimate);
 	if (!call_evaluate_begin(c))
@@ -526,8 +533,7 @@ attempt_end(Call *c, CallSet *set, bool ok, Failure *fp, bool sent)
 
 	if (ok)
 	{
-		c->probe = false;
-		circuit_record(p, true, false);
+		/* (the circuit heard of the success when the answer came) */
 		c->g.provider = p->name;
 		c->g.model = c->g.resp.served_model ? c->g.resp.served_model : t->model;
 		c->phase = PHASE_DONE;
@@ -720,10 +726,10 @@ call_abort(Call *c)
 		circuit_release_probe(c->plan->targets[c->ti].provider);
 	c->probe = false;
 	if (c->gen_span && c->gen_span->duration_us < 0)
-		c->gen_span->status = "cancelled";
+		trace_span_end(c->gen_span, "cancelled");
 	c->gen_span = NULL;
 	if (c->eval_span && c->eval_span->duration_us < 0)
-		c->eval_span->status = "cancelled";
+		trace_span_end(c->eval_span, "cancelled");
 	c->eval_span = NULL;
 	call_failed_finish(c);
 	c->g.last_provider = NULL;	/* counted once, whoever finishes it */
@@ -848,6 +854,8 @@ set_add(CallSet *set, Call *c)
 	set->calls[set->ncalls++] = c;
 	if (c->parent == NULL)
 		set->nroots++;
+	else
+		set->ngraders++;
 	if (set->slot == NULL && c->cs.slot != NULL)
 		set->slot = c->cs.slot;
 }
@@ -858,17 +866,48 @@ set_remove(CallSet *set, int i)
 {
 	if (set->calls[i]->parent == NULL)
 		set->nroots--;
+	else
+		set->ngraders--;
 	set->calls[i] = set->calls[--set->ncalls];
 }
 
-/* The grading calls a move of `c` prepared go into the set */
+/*
+ * The grading calls a move of `c` prepared wait for room: at most the
+ * driver's concurrency of them run at once (as many as the calls they
+ * grade), which bounds the transfers of a backend whatever the checks.
+ */
 static void
 take_spawned(CallSet *set, Call *c)
 {
 	for (int k = 0; k < c->nspawned; k++)
-		set_add(set, c->spawned[k]);
+	{
+		if (set->nwaiting == set->waiting_size)
+		{
+			set->waiting_size = Max(set->waiting_size * 2, 8);
+			set->waiting = set->waiting ?
+				repalloc(set->waiting, sizeof(Call *) * set->waiting_size) :
+				MemoryContextAlloc(GetMemoryChunkContext(set->calls),
+								   sizeof(Call *) * set->waiting_size);
+		}
+		set->waiting[set->nwaiting++] = c->spawned[k];
+	}
 	c->nspawned = 0;
 	c->spawned = NULL;
+}
+
+/* Waiting grading calls into the set, as room allows (first come first) */
+static void
+admit_graders(CallSet *set)
+{
+	int			k = 0;
+
+	while (k < set->nwaiting && set->ngraders < set->max)
+		set_add(set, set->waiting[k++]);
+	if (k > 0)
+	{
+		memmove(set->waiting, set->waiting + k, sizeof(Call *) * (set->nwaiting - k));
+		set->nwaiting -= k;
+	}
 }
 
 /*
@@ -879,6 +918,12 @@ take_spawned(CallSet *set, Call *c)
 static void
 drop_graders(CallSet *set, Call *c)
 {
+	int			kept = 0;
+
+	for (int i = 0; i < set->nwaiting; i++)
+		if (set->waiting[i]->parent != c)
+			set->waiting[kept++] = set->waiting[i];
+	set->nwaiting = kept;
 	HOLD_INTERRUPTS();
 	for (int i = 0; i < set->ncalls; i++)
 	{
@@ -953,6 +998,7 @@ run_calls(CallDriver *d)
 				set_add(&set, c);
 				MemoryContextSwitchTo(set.roundcxt);
 			}
+			admit_graders(&set);
 			if (set.ncalls == 0 && !d->persistent)
 				break;
 
@@ -967,10 +1013,16 @@ run_calls(CallDriver *d)
 					call_cancel(c);
 				else if (call_ready(c, &set, durable, now))
 				{
-					if (d->isolation == CALLS_SHARED)
-						call_move(c, &set);
-					else
+					/*
+					 * A grading call's error is its own, never the statement's:
+					 * under CALLS_SHARED it moves in a subtransaction.
+					 */
+					if (d->isolation != CALLS_SHARED)
 						call_move_isolated(c, &set, d->isolation);
+					else if (c->parent != NULL)
+						call_move_isolated(c, &set, CALLS_SUBXACT);
+					else
+						call_move(c, &set);
 				}
 				if (c->nspawned > 0 && c->phase == PHASE_GRADING)
 					take_spawned(&set, c);
@@ -1001,6 +1053,8 @@ run_calls(CallDriver *d)
 				d->idle(d->arg);
 
 			/* sleep until the next timer, socket or latch (the ledger's) */
+			if (set.nwaiting > 0 && set.ngraders < set.max)
+				wait = 0;
 			now = GetCurrentTimestamp();
 			if (set.slot)
 				durable = ledger_durable_seq(set.slot);

@@ -131,6 +131,7 @@ next_batch(int64 after, MemoryContext cxt, int *nspans, int64 *last)
 	*nspans = 0;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	maester_check_catalog();	/* the catalog must still be ours */
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_execute_with_args("SELECT payload, spans, last_seq FROM maester.otlp_payload($1, "
