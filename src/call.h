@@ -172,10 +172,15 @@ typedef struct CallDriver
 	void		(*done) (Call *c, void *arg);
 	/* before each move of a call: e.g. take on its submitter's identity */
 	void		(*enter) (Call *c, void *arg);
-	/* persistent drivers: stop now? (in-flight calls are then torn down) */
-	bool		(*stop) (void *arg);
-	/* before run_calls sleeps */
-	void		(*idle) (void *arg);
+	/* after each move of a call, outside any transaction */
+	void		(*after_move) (void *arg);
+	/*
+	 * at the start of each round, outside any transaction: the driver's own
+	 * work; true to stop (in-flight calls are then torn down)
+	 */
+	bool		(*round) (void *arg);
+	/* before run_calls sleeps: how long it may sleep at most (ms), or -1 */
+	long		(*idle) (void *arg);
 	void	   *arg;
 	int			concurrency;	/* calls at once (their grading calls aside) */
 	CallIsolation isolation;

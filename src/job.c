@@ -6,11 +6,14 @@
  *	  machine (call.h), with the same ledger, budgets, evaluation and traces
  *	  as llm_generate.
  *
- * A job worker (maester.job_workers per database, started by the launcher
- * for every database with a ledger slot) is a persistent driver of
- * run_calls: it keeps up to maester.job_concurrency calls in flight on its
- * one curl multi handle, and takes new jobs whenever there is room, so a
- * fast job never waits behind a slow one.
+ * Jobs are run by the database's resident worker (resident.c), which is a
+ * persistent driver of run_calls: it keeps up to maester.job_concurrency
+ * calls in flight on its one curl multi handle beside writing the ledger,
+ * and takes new jobs whenever there is room, so a fast job never waits
+ * behind a slow one.  When its room is full and jobs wait, it asks for
+ * more job workers (up to maester.job_workers processes per database, and
+ * maester.max_extra_workers over the server), which the launcher starts
+ * and which exit when they have had no job for a while.
  *
  *	 - Waking: submit registers a commit callback that bumps the slot's
  *	   job_wakeups and sets the workers' latches; a worker polls the table
@@ -24,9 +27,11 @@
  *	 - Running: each move of a call runs in a transaction of its own, as
  *	   the submitting role and tenant; none is held across HTTP.
  *	 - Finishing: the jobs that ended in a round of the machine are recorded
- *	   together, in one transaction (one durable commit for many jobs):
- *	   result or error, and each job's callback procedure, called as its
- *	   submitter in a subtransaction.
+ *	   together, in one transaction (one durable commit for many jobs).  A
+ *	   job's callback procedure is user code: it is not run here, where it
+ *	   could hold up the ledger or other users' jobs, but by the database's
+ *	   callback worker (callback.c), started for it.  A job row locked by
+ *	   someone else is never waited for: it is recorded at a later round.
  *	 - Interruptions: a job whose worker stopped while it was running is
  *	   requeued when it never reached the ledger (a PENDING row is durable
  *	   before a request leaves, so no ledger row means nothing was sent);
@@ -34,7 +39,8 @@
  *	   -- or back to the queue with maester.job_retry_interrupted.  A clean
  *	   stop (SIGTERM, shutdown, fewer workers configured) does this at once,
  *	   after settling the in-flight attempts as cancelled; after a crash,
- *	   the worker's successor does it when it starts.
+ *	   the resident worker does it for the workers that are gone.  A row
+ *	   locked by someone else is left for later, never waited for.
  *
  *-------------------------------------------------------------------------
  */
@@ -70,7 +76,8 @@
 #include "request.h"
 #include "settings.h"
 #include "util.h"
-#include "worker.h"
+#include "job.h"
+#include "launcher.h"
 
 PGDLLEXPORT void maester_job_main(Datum arg);
 
@@ -78,6 +85,8 @@ PGDLLEXPORT void maester_job_main(Datum arg);
 #define JOB_POLL_MS 1000
 /* ended jobs recorded at once, at the latest */
 #define JOB_FLUSH_AT 64
+/* a job worker beyond the resident one exits after this long without jobs */
+#define JOB_IDLE_EXIT_MS 10000
 
 /* ---------------------------------------------------------------------
  * Submitting and cancelling
@@ -91,11 +100,13 @@ static bool JobXactCallbackRegistered = false;
 static void
 wake_job_workers(LedgerSlot *slot)
 {
-	Latch	   *latches[MAESTER_MAX_JOB_WORKERS];
+	Latch	   *latches[MAESTER_MAX_JOB_WORKERS + 1];
 	int			n = 0;
 
 	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
 	slot->job_wakeups++;
+	if (slot->worker_latch != NULL)
+		latches[n++] = slot->worker_latch;	/* the resident worker runs jobs */
 	for (int i = 0; i < MAESTER_MAX_JOB_WORKERS; i++)
 		if (slot->job_latch[i] != NULL)
 			latches[n++] = slot->job_latch[i];
@@ -299,7 +310,7 @@ typedef struct JobEntry
 	Call	   *call;
 } JobEntry;
 
-typedef struct JobWorker
+struct JobWorker
 {
 	int			index;
 	LedgerSlot *slot;
@@ -314,9 +325,11 @@ typedef struct JobWorker
 	int			nended;
 	uint64		seen_wakeups;
 	bool		stopping;		/* recording what ended, on the way out */
+	bool		callbacks;		/* a recorded job has a callback to run */
 	TimestampTz last_poll;
 	bool		poll_again;		/* the last claim filled all the room */
-} JobWorker;
+	TimestampTz idle_since;		/* no job since then, 0: busy */
+};
 
 static JobWorker *Worker = NULL;
 
@@ -343,12 +356,12 @@ worker_identity(JobWorker *w)
 }
 
 /*
- * Requeue or set aside the running jobs of this worker number (worker 0
+ * Requeue or set aside the running jobs of worker number `index` (worker 0
  * also takes those of numbers no longer configured): see the header.
  * Runs in its own transaction.
  */
 static void
-release_running_jobs(JobWorker *w, const char *why)
+release_jobs_of(JobWorker *w, int index, const char *why)
 {
 	Datum		values[4];
 	Oid			types[4] = {INT4OID, INT4OID, BOOLOID, TEXTOID};
@@ -360,9 +373,7 @@ release_running_jobs(JobWorker *w, const char *why)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	(void) set_config_option("lock_timeout", "1s", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
-	values[0] = Int32GetDatum(w->index);
+	values[0] = Int32GetDatum(index);
 	values[1] = Int32GetDatum(maester_job_workers);
 	values[2] = BoolGetDatum(maester_job_retry_interrupted);
 	values[3] = CStringGetTextDatum(why);
@@ -372,7 +383,9 @@ release_running_jobs(JobWorker *w, const char *why)
 		"         EXISTS (SELECT 1 FROM maester.usage u WHERE u.request_id = j.request_id) AS reached"
 		"    FROM maester.job j"
 		"   WHERE j.status = 'running'"
-		"     AND (j.worker = $1 OR ($1 = 0 AND (j.worker IS NULL OR j.worker >= $2))))"
+		"     AND (j.worker = $1 OR ($1 = 0 AND (j.worker IS NULL OR j.worker >= $2)))"
+		/* a row locked by someone else is left to the next worker: never wait */
+		"     FOR UPDATE OF j SKIP LOCKED)"
 		"UPDATE maester.job j SET"
 		"  status = CASE WHEN r.cancel_requested THEN 'cancelled'"
 		"                WHEN NOT r.reached OR $3 THEN 'queued' ELSE 'review' END,"
@@ -393,11 +406,36 @@ release_running_jobs(JobWorker *w, const char *why)
 	if (SPI_processed > 0)
 		ereport(LOG,
 				(errmsg("maester job worker %d released %llu running jobs (%s)",
-						w->index, (unsigned long long) SPI_processed, why)));
+						index, (unsigned long long) SPI_processed, why)));
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(oldcxt);
+}
+
+static void
+release_running_jobs(JobWorker *w, const char *why)
+{
+	release_jobs_of(w, w->index, why);
+}
+
+/*
+ * The resident worker, now and then: the running jobs of job workers that
+ * are gone (a crash; a worker that stops releases its own).
+ */
+void
+jobs_release_orphans(JobWorker *w)
+{
+	for (int i = 1; i < MAESTER_MAX_JOB_WORKERS; i++)
+	{
+		pid_t		pid;
+
+		LWLockAcquire(w->slot->lock, LW_SHARED);
+		pid = w->slot->job_pid[i];
+		LWLockRelease(w->slot->lock);
+		if (pid == 0)
+			release_jobs_of(w, i, "its job worker is gone");
+	}
 }
 
 /* A free entry (there is one: claims never exceed the room) */
@@ -580,59 +618,6 @@ job_enter(Call *c, void *arg)
 		job_identity(e);
 }
 
-/*
- * Call the job's callback procedure as its submitter, in a
- * subtransaction; its error message, or NULL.
- */
-typedef struct JobCallback
-{
-	JobEntry   *e;
-	const char *sql;
-} JobCallback;
-
-/*
- * The callback is the submitter's code running in a session that later
- * runs other roles' jobs.  So it runs as a restricted operation (no
- * temporary objects, nothing that outlives it in the session), with the
- * default search_path and pg_temp last, and whatever settings it changes
- * (SET, not only SET LOCAL) are undone when it returns (and by the
- * subtransaction's abort when it fails).
- */
-static void
-run_callback_fn(void *arg)
-{
-	JobCallback *jc = (JobCallback *) arg;
-	int			save_nestlevel = NewGUCNestLevel();
-
-	(void) set_config_option("search_path", "\"$user\", public, pg_temp", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	job_identity_as(jc->e, SECURITY_RESTRICTED_OPERATION);
-	if (SPI_execute(jc->sql, false, 0) < 0)
-		elog(ERROR, "could not call %s", jc->sql);
-	AtEOXact_GUC(false, save_nestlevel);
-}
-
-static char *
-run_callback(JobWorker *w, JobEntry *e, Oid callback)
-{
-	JobCallback jc;
-	ErrorData  *edata;
-
-	jc.e = e;
-	jc.sql = psprintf("CALL %s(%lld::pg_catalog.int8)",
-					  quote_qualified_identifier(get_namespace_name(get_func_namespace(callback)),
-												 get_func_name(callback)),
-					  (long long) e->id);
-	edata = maester_subxact(run_callback_fn, &jc, CurrentMemoryContext);
-	worker_identity(w);
-	if (edata == NULL)
-		return NULL;
-	/* a cancel code raised by the callback is its error, not ours */
-	if (ShutdownRequestPending)
-		ReThrowError(edata);
-	return edata->message;
-}
-
 static void
 finish_success_fn(void *arg)
 {
@@ -640,10 +625,14 @@ finish_success_fn(void *arg)
 }
 
 /*
- * Record a job's end -- its result or error -- and call its callback; in
- * the caller's transaction, with SPI connected.
+ * Record a job's end -- its result or error -- in the caller's
+ * transaction, with SPI connected; false when its row is locked by someone
+ * else (a session cancelling it): it is recorded at a later round (or by
+ * the next worker), never waited for.  A callback is left to the
+ * database's callback worker (callback.c), so that user code never runs
+ * where it could hold up the ledger or other jobs.
  */
-static void
+static bool
 record_end(JobWorker *w, Call *c)
 {
 	int			ei = c->ordinal;
@@ -660,7 +649,7 @@ record_end(JobWorker *w, Call *c)
 	bool		ok = c->phase == PHASE_DONE;
 	bool		has_g;
 	const char *status;
-	Oid			callback = InvalidOid;
+	bool		isnull;
 
 	if (ok)
 	{
@@ -704,43 +693,21 @@ record_end(JobWorker *w, Call *c)
 		values[6 + k] = has_g ? g[k] : (Datum) 0;
 		nulls[6 + k] = has_g && !gnulls[k] ? ' ' : 'n';
 	}
-	if (SPI_execute_with_args("UPDATE maester.job SET status = $2, "
+	if (SPI_execute_with_args("UPDATE maester.job j SET status = $2, "
 							  "finished_at = pg_catalog.clock_timestamp(), trace_id = $8, "
 							  "error_code = $4, error_class = $5, error_message = $6, "
 							  "result = CASE WHEN $3 THEN ROW($7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
 							  "$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)::maester.generation END, "
 							  "worker_pid = NULL, cancel_requested = false "
-							  "WHERE id = $1 RETURNING callback",
+							  "FROM (SELECT q.id FROM maester.job q WHERE q.id = $1 FOR UPDATE SKIP LOCKED) l "
+							  "WHERE j.id = l.id RETURNING j.callback IS NOT NULL",
 							  CALL_GENERATION_NATTS + 6, types, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not record the end of job %lld", (long long) e->id);
-	if (SPI_processed == 1)
-	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-			callback = DatumGetObjectId(d);
-	}
-	if (OidIsValid(callback) && OidIsValid(e->role) &&
-		SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(callback)))
-	{
-		/* a stopping worker records results without running user code */
-		char	   *error = w->stopping ?
-			pstrdup("not called: the job worker was stopping") :
-			run_callback(w, e, callback);
-
-		if (error)
-		{
-			Datum		cv[2] = {Int64GetDatum(e->id), CStringGetTextDatum(error)};
-			Oid			ct[2] = {INT8OID, TEXTOID};
-
-			ereport(LOG,
-					(errmsg("maester job %lld: its callback failed: %s", (long long) e->id, error)));
-			if (SPI_execute_with_args("UPDATE maester.job SET callback_error = $2 WHERE id = $1",
-									  2, ct, cv, NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "could not record the callback's error");
-		}
-	}
+	if (SPI_processed == 0)
+		return false;			/* locked: later */
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		w->callbacks = true;
+	return true;
 }
 
 /*
@@ -752,6 +719,7 @@ typedef struct JobEnd
 {
 	JobWorker  *w;
 	Call	   *c;
+	bool		recorded;
 } JobEnd;
 
 static void
@@ -759,13 +727,13 @@ record_end_fn(void *arg)
 {
 	JobEnd	   *je = (JobEnd *) arg;
 
-	record_end(je->w, je->c);
+	je->recorded = record_end(je->w, je->c);
 }
 
 static bool
 record_end_isolated(JobWorker *w, Call *c)
 {
-	JobEnd		je = {w, c};
+	JobEnd		je = {w, c, false};
 	ErrorData  *edata = maester_subxact(record_end_fn, &je, CurrentMemoryContext);
 	JobEntry   *e = &w->entries[c->ordinal];
 	Datum		v[2];
@@ -773,29 +741,35 @@ record_end_isolated(JobWorker *w, Call *c)
 
 	worker_identity(w);
 	if (edata == NULL)
-		return true;
+		return je.recorded;
 	/* (on the way out, interrupts are held: nothing to rethrow for) */
-	if (ShutdownRequestPending && !w->stopping)
-		ReThrowError(edata);
-	/* its row is locked (an open transaction cancelling it): next round */
-	if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
+		edata->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE)
+	{
+		if (!w->stopping)
+			ReThrowError(edata);
 		return false;
+	}
 	ereport(LOG,
 			(errmsg("maester job %lld: could not record its end: %s",
 					(long long) e->id, edata->message)));
 	v[0] = Int64GetDatum(e->id);
 	v[1] = CStringGetTextDatum(psprintf("could not record the result: %s", edata->message));
-	if (SPI_execute_with_args("UPDATE maester.job SET status = 'failed', "
+	if (SPI_execute_with_args("UPDATE maester.job j SET status = 'failed', "
 							  "finished_at = pg_catalog.clock_timestamp(), error_code = 'XX000', "
 							  "error_class = 'internal', error_message = $2, worker_pid = NULL "
-							  "WHERE id = $1", 2, t, v, NULL, false, 0) != SPI_OK_UPDATE)
+							  "FROM (SELECT q.id FROM maester.job q WHERE q.id = $1 FOR UPDATE SKIP LOCKED) l "
+							  "WHERE j.id = l.id", 2, t, v, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not record the end of job %lld", (long long) e->id);
-	return true;
+	return SPI_processed > 0;
 }
 
 /*
  * Record the ends of the finished jobs in one transaction (one commit, not
- * one per job), then forget them: their room is free for new jobs.
+ * one per job), then forget them: their room is free for new jobs.  A job
+ * whose row is locked stays for the next round; on the way out it is left
+ * to the next worker (which finds it running and sets it aside).
  */
 static void
 flush_ended(JobWorker *w)
@@ -813,9 +787,7 @@ flush_ended(JobWorker *w)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	/* a row locked by someone else must not stall every transfer */
-	(void) set_config_option("lock_timeout", w->stopping ? "1s" : "100ms", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+	w->callbacks = false;
 	for (int i = 0; i < w->nended; i++)
 		recorded[i] = record_end_isolated(w, w->ended[i]);
 	SPI_finish();
@@ -824,12 +796,21 @@ flush_ended(JobWorker *w)
 	MemoryContextSwitchTo(oldcxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
+	/* callbacks are run by the callback worker, started for them */
+	if (w->callbacks)
+	{
+		LWLockAcquire(w->slot->lock, LW_EXCLUSIVE);
+		w->slot->callbacks_wanted = true;
+		LWLockRelease(w->slot->lock);
+		wake_launcher();
+	}
+
 	for (int i = 0; i < w->nended; i++)
 	{
 		Call	   *c = w->ended[i];
 		JobEntry   *e = &w->entries[c->ordinal];
 
-		if (!recorded[i])
+		if (!recorded[i] && !w->stopping)
 		{
 			w->ended[kept++] = c;	/* tried again next round */
 			continue;
@@ -855,27 +836,42 @@ job_done(Call *c, void *arg)
 		flush_ended(w);
 }
 
-/* run_calls is about to sleep: record what ended */
-static void
-job_idle(void *arg)
+/* Before run_calls sleeps: record what ended */
+void
+jobs_idle(JobWorker *w)
 {
-	flush_ended((JobWorker *) arg);
+	flush_ended(w);
+	if (w->live > 0 || w->nready > 0)
+		w->idle_since = 0;
+	else if (w->idle_since == 0)
+		w->idle_since = GetCurrentTimestamp();
 }
 
-/* run_calls asks each round: stop?  Also where the table is polled. */
-static bool
-job_stop(void *arg)
+static long
+job_idle(void *arg)
 {
-	JobWorker  *w = (JobWorker *) arg;
+	jobs_idle((JobWorker *) arg);
+	return -1;
+}
+
+/*
+ * Each round: the table is polled when jobs were submitted (or a second
+ * passed); the resident worker asks for more job workers when its room is
+ * full and jobs wait.  True when a job worker beyond the resident one
+ * should stop: it is no longer configured, or it has been idle for
+ * JOB_IDLE_EXIT_MS.
+ */
+bool
+jobs_round(JobWorker *w)
+{
 	uint64		wakeups;
 
-	if (ConfigReloadPending)
-	{
-		ConfigReloadPending = false;
-		ProcessConfigFile(PGC_SIGHUP);
-	}
-	if (ShutdownRequestPending || w->index >= maester_job_workers)
-		return true;
+	if (w->index >= Max(maester_job_workers, 1) ||
+		(w->index > 0 && w->idle_since != 0 &&
+		 TimestampDifferenceExceeds(w->idle_since, GetCurrentTimestamp(), JOB_IDLE_EXIT_MS)))
+		return w->index > 0;
+	if (w->index == 0 && maester_job_workers == 0)
+		return false;			/* jobs stay queued */
 
 	LWLockAcquire(w->slot->lock, LW_SHARED);
 	wakeups = w->slot->job_wakeups;
@@ -883,145 +879,177 @@ job_stop(void *arg)
 	if (wakeups != w->seen_wakeups || (w->poll_again && w->live < w->nentries) ||
 		TimestampDifferenceExceeds(w->last_poll, GetCurrentTimestamp(), JOB_POLL_MS))
 		poll_jobs(w);
+
+	/* more jobs wait than there is room for: more job workers */
+	if (w->index == 0 && w->poll_again && w->live >= w->nentries && maester_job_workers > 1)
+	{
+		bool		wake = false;
+
+		LWLockAcquire(w->slot->lock, LW_EXCLUSIVE);
+		if (w->slot->jobs_wanted < maester_job_workers)
+		{
+			w->slot->jobs_wanted = maester_job_workers;
+			wake = true;
+		}
+		LWLockRelease(w->slot->lock);
+		if (wake)
+			wake_launcher();
+	}
 	return false;
 }
 
-static void
-job_worker_exit(int code, Datum arg)
+static bool
+job_round(void *arg)
 {
-	if (Worker == NULL || Worker->slot == NULL)
-		return;
-	LWLockAcquire(Worker->slot->lock, LW_EXCLUSIVE);
-	if (Worker->slot->job_pid[Worker->index] == MyProcPid)
+	JobWorker  *w = (JobWorker *) arg;
+
+	if (ConfigReloadPending)
 	{
-		Worker->slot->job_pid[Worker->index] = 0;
-		Worker->slot->job_latch[Worker->index] = NULL;
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
 	}
-	LWLockRelease(Worker->slot->lock);
+	return ShutdownRequestPending || jobs_round(w);
 }
 
 /*
- * SIGTERM: stop at the next round, and stop whatever query runs now (a
- * callback, a lock wait) at its next interrupt check, as a cancel that
- * the shutdown request tells apart from a user's.
+ * A job driver for the worker of number `index` of the slot's database (0:
+ * the resident worker): what a predecessor left running is released, and
+ * `d` is filled with the driver's callbacks (the resident worker wraps the
+ * round and idle ones with its own work).
  */
-static void
-job_sigterm(SIGNAL_ARGS)
+JobWorker *
+jobs_begin(LedgerSlot *slot, int index, CallDriver *d)
 {
-	int			save_errno = errno;
+	JobWorker  *w = MemoryContextAllocZero(TopMemoryContext, sizeof(JobWorker));
 
-	ShutdownRequestPending = true;
-	QueryCancelPending = true;
-	InterruptPending = true;
-	SetLatch(MyLatch);
-	errno = save_errno;
-}
-
-/* A job worker's main */
-void
-maester_job_main(Datum arg)
-{
-	Oid			dboid = DatumGetObjectId(arg);
-	int			index;
-	JobWorker  *w;
-	CallDriver	d;
-
-	memcpy(&index, MyBgworkerEntry->bgw_extra, sizeof(int));
-	/* (job_sigterm only once errors have somewhere to go: see below) */
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
-	if (index < 0 || index >= MAESTER_MAX_JOB_WORKERS || index >= maester_job_workers ||
-		!maester_worker_wait_catalog("job worker"))
-		proc_exit(0);
-
-	w = MemoryContextAllocZero(TopMemoryContext, sizeof(JobWorker));
 	w->index = index;
+	w->slot = slot;
 	w->self = GetUserId();
 	w->cxt = AllocSetContextCreate(TopMemoryContext, "maester jobs", ALLOCSET_DEFAULT_SIZES);
 	w->nentries = maester_job_concurrency;
 	w->entries = MemoryContextAllocZero(w->cxt, sizeof(JobEntry) * w->nentries);
 	w->ready = MemoryContextAllocZero(w->cxt, sizeof(Call *) * w->nentries);
 	w->ended = MemoryContextAllocZero(w->cxt, sizeof(Call *) * w->nentries);
-	for (int i = 0; i < ledger_shared->nslots && w->slot == NULL; i++)
-	{
-		LedgerSlot *slot = ledger_slot(i);
-
-		LWLockAcquire(slot->lock, LW_EXCLUSIVE);
-		if (slot->dboid == MyDatabaseId && slot->job_pid[index] == 0)
-		{
-			slot->job_pid[index] = MyProcPid;
-			slot->job_latch[index] = &MyProc->procLatch;
-			w->slot = slot;
-		}
-		LWLockRelease(slot->lock);
-	}
-	if (w->slot == NULL)
-		proc_exit(0);			/* no slot, or this number is taken */
 	Worker = w;
-	before_shmem_exit(job_worker_exit, (Datum) 0);
+
+	release_running_jobs(w, "its job worker stopped");
+
+	memset(d, 0, sizeof(*d));
+	d->next = job_next;
+	d->done = job_done;
+	d->enter = job_enter;
+	d->round = job_round;
+	d->idle = job_idle;
+	d->arg = w;
+	d->concurrency = w->nentries;
+	d->isolation = CALLS_XACT;
+	d->persistent = true;
+	return w;
+}
+
+/*
+ * The worker stops (or failed): the jobs that ended are recorded, the
+ * running ones released (see the header).  Interrupts are held.
+ */
+void
+jobs_end(JobWorker *w, bool stopping)
+{
+	worker_identity(w);
+	w->stopping = true;
+	PG_TRY();
+	{
+		flush_ended(w);
+	}
+	PG_CATCH();
+	{
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		worker_identity(w);
+	}
+	PG_END_TRY();
+	release_running_jobs(w, stopping ? "its job worker was stopped" : "its job worker failed");
+}
+
+static void
+job_worker_exit(int code, Datum arg)
+{
+	if (Worker == NULL || Worker->slot == NULL || Worker->index == 0)
+		return;
+	LWLockAcquire(Worker->slot->lock, LW_EXCLUSIVE);
+	if (Worker->slot->job_pid[Worker->index] == MyProcPid)
+	{
+		Worker->slot->job_pid[Worker->index] = 0;
+		Worker->slot->job_latch[Worker->index] = NULL;
+		/* not wanted again until the resident worker asks */
+		Worker->slot->jobs_wanted = Min(Worker->slot->jobs_wanted, Worker->index);
+	}
+	LWLockRelease(Worker->slot->lock);
+	wake_launcher();
+}
+
+/*
+ * A job worker beyond the resident one: started by the launcher when the
+ * resident worker's room is full and jobs wait, it runs jobs like the
+ * resident worker does, and exits after JOB_IDLE_EXIT_MS without any.
+ */
+void
+maester_job_main(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	int			index;
+	JobWorker  *w;
+	LedgerSlot *slot;
+	CallDriver	d;
+	bool		taken = false;
+
+	memcpy(&index, MyBgworkerEntry->bgw_extra, sizeof(int));
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	if (index < 1 || index >= MAESTER_MAX_JOB_WORKERS || index >= maester_job_workers ||
+		!maester_worker_wait_catalog("job worker", NULL) || (slot = slot_find(MyDatabaseId)) == NULL)
+		proc_exit(0);
+
+	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+	if (slot->job_pid[index] == 0)
+	{
+		slot->job_pid[index] = MyProcPid;
+		slot->job_latch[index] = &MyProc->procLatch;
+		taken = true;
+	}
+	LWLockRelease(slot->lock);
+	if (!taken)
+		proc_exit(0);			/* this number is taken */
 	SetConfigOption("application_name", "maester job worker", PGC_USERSET, PGC_S_OVERRIDE);
 	/* the worker's own queries resolve nothing through a user's schema */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
 	/* a claim is durable before its calls are sent, whatever the default */
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
-
-	/* what a predecessor left running */
-	release_running_jobs(w, "its job worker stopped");
+	w = jobs_begin(slot, index, &d);
+	before_shmem_exit(job_worker_exit, (Datum) 0);
 	ereport(LOG, (errmsg("maester job worker %d ready for database %u", index, dboid)));
-
-	memset(&d, 0, sizeof(d));
-	d.next = job_next;
-	d.done = job_done;
-	d.enter = job_enter;
-	d.stop = job_stop;
-	d.idle = job_idle;
-	d.arg = w;
-	d.concurrency = w->nentries;
-	d.isolation = CALLS_XACT;
-	d.persistent = true;
 
 	PG_TRY();
 	{
-		pqsignal(SIGTERM, job_sigterm);
-		if (ShutdownRequestPending)
-			ereport(ERROR,
-					(errcode(ERRCODE_ADMIN_SHUTDOWN),
-					 errmsg("maester worker stopping")));
 		run_calls(&d);
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata;
-		volatile bool stopping;
+		bool		stopping;
 
 		HOLD_INTERRUPTS();
 		MemoryContextSwitchTo(TopMemoryContext);
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
-		/* SIGTERM, or fewer workers configured (job_stop's 57P01) */
-		stopping = ShutdownRequestPending ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN;
+		/* SIGTERM, idle, or fewer workers configured (run_calls' 57P01) */
+		stopping = ShutdownRequestPending || edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN;
 		if (!stopping)
 			ereport(LOG,
 					(errmsg("maester job worker %d failed: %s", index, edata->message)));
-		worker_identity(w);
-		/* the jobs that ended but are not recorded yet: record them now */
-		w->stopping = true;
-		PG_TRY();
-		{
-			flush_ended(w);
-		}
-		PG_CATCH();
-		{
-			FlushErrorState();
-			AbortOutOfAnyTransaction();
-			worker_identity(w);
-		}
-		PG_END_TRY();
-		release_running_jobs(w, stopping ? "its job worker was stopped" : "its job worker failed");
+		jobs_end(w, stopping);
 		RESUME_INTERRUPTS();
 		proc_exit(stopping ? 0 : 1);
 	}

@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * ledger.h
- *	  The usage ledger: records handed from backends to the per-database
- *	  ledger worker through shared memory, and written durably by it.
+ *	  The per-database slots in shared memory: the usage ledger's queue,
+ *	  the spans' queue, and what the database's workers share with its
+ *	  backends and with the launcher.
  *
  *-------------------------------------------------------------------------
  */
@@ -21,8 +22,7 @@
 typedef enum LedgerKind
 {
 	LEDGER_PENDING,				/* an attempt is about to be sent */
-	LEDGER_SETTLE,				/* how it ended */
-	LEDGER_SPAN					/* a span of a call's trace */
+	LEDGER_SETTLE				/* how it ended */
 } LedgerKind;
 
 /*
@@ -69,79 +69,129 @@ typedef struct LedgerRecord
 	char		tags[512];		/* options.tags as JSON text, "" = none */
 	char		eval_status[8];	/* pass, fail, error; "" = none */
 	double		eval_score;
-	/* spans */
-	char		span_id[17];
-	char		parent_span_id[17];
-	char		span_name[32];
-	int64		duration_us;
-	bool		has_request_id;
-	char		attrs[1024];	/* JSON object */
 } LedgerRecord;
 
 /*
- * The queue of one database.  Protected by `lock`.  Records in
- * [tail, head) wait to be written; the worker advances tail and
- * durable_seq after its commit.
+ * One span in the span queue: a header and its attributes (a JSON object,
+ * NUL-terminated).  Records are of varying length, a multiple of 8; a
+ * record with `skip` set fills the end of the ring before it wraps.
+ */
+typedef struct SpanRecord
+{
+	uint32		len;			/* of the whole record, a multiple of 8 */
+	uint32		skip;			/* padding to the end of the ring */
+	TimestampTz ts;
+	int64		duration_us;
+	pg_uuid_t	request_id;
+	bool		has_request_id;
+	char		trace_id[33];
+	char		span_id[17];
+	char		parent_span_id[17];
+	char		name[32];
+	char		status[16];
+	char		tenant[NAMEDATALEN];
+	char		attrs[FLEXIBLE_ARRAY_MEMBER];
+} SpanRecord;
+
+#define SPAN_RECORD_SIZE(attrs_len) \
+	TYPEALIGN(8, offsetof(SpanRecord, attrs) + (attrs_len) + 1)
+
+/*
+ * The slot of one database.  `dboid` is set and cleared only under the
+ * claim lock (LedgerShared.claim_lock) and the slot's own lock, so either
+ * lock makes it stable.  Everything else is under the slot's lock.
+ *
+ *	 - the ledger ring: records in [tail, head) wait for the resident
+ *	   worker, which advances tail and durable_seq after its commit;
+ *	 - the span ring: bytes in [span_tail, span_head) (offsets that only
+ *	   grow; the ring's position is the offset modulo its size);
+ *	 - the workers: the resident worker (ledger, spans, jobs, export), and
+ *	   the job and callback workers started on demand.
  */
 typedef struct LedgerSlot
 {
 	LWLock	   *lock;
 	Oid			dboid;			/* InvalidOid: free */
-	pid_t		worker_pid;		/* 0: no worker */
+	/* the resident worker */
+	pid_t		worker_pid;		/* 0: none */
 	Latch	   *worker_latch;
-	bool		ready;			/* the worker has recovered and serves */
+	bool		ready;			/* it has recovered and serves */
+	bool		no_extension;	/* it found no maester in the database */
+	bool		has_extension;	/* it found maester (maybe waiting for UPDATE) */
+	bool		stopping;		/* DROP/RENAME DATABASE waits for the workers */
+	char		start_error[160];	/* why the launcher could not start one */
+	TimestampTz start_error_at;
+	/* the ledger ring */
 	uint64		next_seq;
 	uint64		durable_seq;
 	uint64		head;
 	uint64		tail;
 	int64		written;		/* records written since server start */
-	/* the span ring: [span_tail, span_head), written by the span writer */
+	int64		dead_letters;	/* records that could not be written */
+	/* the span ring */
 	uint64		span_head;
 	uint64		span_tail;
-	pid_t		span_pid;		/* 0: no span writer */
-	Latch	   *span_latch;
-	int64		spans_dropped;	/* spans not queued: the span ring was full */
-	pid_t		exporter_pid;	/* 0: no OTLP exporter */
+	int64		spans_waiting;	/* records in the span ring now */
+	int64		spans_queued;	/* since server start */
+	int64		spans_dropped;	/* not queued: the span ring was full */
+	int64		spans_written;
 	int64		otlp_exported;	/* spans sent to the collector */
 	int64		otlp_dropped;	/* spans given up on */
 	int64		otlp_failed_posts;
-	/* job workers: woken (and job_wakeups bumped) when jobs are submitted */
-	pid_t		job_pid[MAESTER_MAX_JOB_WORKERS];
-	Latch	   *job_latch[MAESTER_MAX_JOB_WORKERS];
+	/* jobs: woken (and job_wakeups bumped) when jobs are submitted */
 	uint64		job_wakeups;
-	/* the rings follow: ledger_queue_size records each, ledger then spans */
+	int			jobs_wanted;	/* job workers the resident worker asks for */
+	pid_t		job_pid[MAESTER_MAX_JOB_WORKERS];	/* [0]: unused (resident) */
+	Latch	   *job_latch[MAESTER_MAX_JOB_WORKERS];
+	bool		callbacks_wanted;	/* job callbacks wait to be run */
+	pid_t		callback_pid;
+	/* the rings follow: ledger_queue_size records, then span_queue_size kB */
 } LedgerSlot;
 
 typedef struct LedgerShared
 {
 	int64		epoch;			/* new at every shared memory init */
+	LWLock	   *claim_lock;		/* assigning slots to databases */
 	Latch	   *launcher_latch;
 	pid_t		launcher_pid;
 	int			nslots;
-	int			queue_size;
+	int			queue_size;		/* ledger records per slot */
+	Size		span_bytes;		/* bytes of each span ring */
 	Size		slot_size;
 	char		slots[FLEXIBLE_ARRAY_MEMBER];
 } LedgerShared;
 
-/* the span writer's nap: spans appear in maester.span within about this */
+/* the span writer gathers spans for this long before it writes them */
 #define SPAN_NAP_MS 100
 
 extern LedgerShared *ledger_shared;
 
 extern Size ledger_shmem_size(void);
+extern int	ledger_lwlocks(void);
 extern void ledger_shmem_init(void);
 extern LedgerSlot *ledger_slot(int i);
 extern LedgerRecord *ledger_ring(LedgerSlot *slot);
-extern LedgerRecord *span_ring(LedgerSlot *slot);
+extern char *span_ring(LedgerSlot *slot);
+
+/* slots */
+extern LedgerSlot *slot_claim(Oid dboid);
+extern LedgerSlot *slot_find(Oid dboid);
+extern bool slot_free(LedgerSlot *slot, Oid dboid);
+extern void wake_launcher(void);
 
 /* backends */
 extern LedgerSlot *ledger_attach(void);
 extern LedgerSlot *ledger_slot_if_ready(void);
 extern uint64 ledger_enqueue(LedgerSlot *slot, LedgerRecord *rec);
 extern bool ledger_try_enqueue(LedgerSlot *slot, LedgerRecord *rec);
-extern int	span_enqueue(LedgerSlot *slot, LedgerRecord *recs, int n);
+extern int	span_enqueue(LedgerSlot *slot, SpanRecord **recs, int n);
+extern int	span_room(LedgerSlot *slot, SpanRecord **recs, int n);
 extern bool ledger_wait_durable(LedgerSlot *slot, uint64 seq, bool must);
 extern uint64 ledger_durable_seq(LedgerSlot *slot);
 extern void ledger_copy_name(char *dst, const char *src, int size);
+
+/* the resident worker */
+extern int	ledger_take(LedgerSlot *slot, LedgerRecord *batch, int max, uint64 *tail);
+extern Size span_take(LedgerSlot *slot, char *buf, Size size, int max);
 
 #endif							/* MAESTER_LEDGER_H */

@@ -981,7 +981,7 @@ run_calls(CallDriver *d)
 			MemoryContextReset(set.roundcxt);
 			MemoryContextSwitchTo(set.roundcxt);
 
-			if (d->stop && d->stop(d->arg))
+			if (d->round && d->round(d->arg))
 				ereport(ERROR,
 						(errcode(ERRCODE_ADMIN_SHUTDOWN),
 						 errmsg("maester worker stopping")));
@@ -1023,6 +1023,8 @@ run_calls(CallDriver *d)
 						call_move_isolated(c, &set, CALLS_SUBXACT);
 					else
 						call_move(c, &set);
+					if (d->after_move)
+						d->after_move(d->arg);
 				}
 				if (c->nspawned > 0 && c->phase == PHASE_GRADING)
 					take_spawned(&set, c);
@@ -1050,7 +1052,12 @@ run_calls(CallDriver *d)
 			if (finished)
 				continue;		/* take more calls before sleeping */
 			if (d->idle)
-				d->idle(d->arg);
+			{
+				long		w = d->idle(d->arg);
+
+				if (w >= 0)
+					wait = Min(wait, w);
+			}
 
 			/* sleep until the next timer, socket or latch (the ledger's) */
 			if (set.nwaiting > 0 && set.ngraders < set.max)

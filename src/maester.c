@@ -36,8 +36,8 @@
 #include "router.h"
 #include "settings.h"
 #include "stat.h"
+#include "launcher.h"
 #include "util.h"
-#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -54,7 +54,7 @@ maester_shmem_request(void)
 	RequestAddinShmemSpace(circuit_shmem_size());
 	RequestNamedLWLockTranche("maester", 1);
 	RequestAddinShmemSpace(ledger_shmem_size());
-	RequestNamedLWLockTranche("maester ledger", maester_max_databases);
+	RequestNamedLWLockTranche("maester ledger", ledger_lwlocks());
 	RequestAddinShmemSpace(budget_shmem_size());
 	RequestNamedLWLockTranche("maester budgets", 1);
 	RequestAddinShmemSpace(stat_shmem_size());
@@ -85,6 +85,7 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 	{
 		maester_register_launcher();
+		maester_install_utility_hook();
 
 		prev_shmem_request_hook = shmem_request_hook;
 		shmem_request_hook = maester_shmem_request;

@@ -47,6 +47,9 @@ int			maester_ledger_queue_size = 512;
 int			maester_max_budgets = 256;
 int			maester_max_stat_entries = 256;
 int			maester_job_concurrency = 16;
+int			maester_span_queue_kb = 1024;
+int			maester_max_extra_workers = 2;
+int			maester_callback_timeout_ms = 60000;
 
 /*
  * maester.otlp_headers: "name=value,name=value", the format of
@@ -273,13 +276,33 @@ settings_define(void)
 							   check_otlp_headers, NULL, NULL);
 
 	DefineCustomIntVariable("maester.job_workers",
-							"Job workers per database, running the jobs of maester.submit.",
-							"0 stops running jobs (they stay queued).",
+							"Processes per database that run the jobs of maester.submit.",
+							"The database's resident worker runs jobs; more job workers are started when jobs wait, up to this number in all, within maester.max_extra_workers. 0 stops running jobs (they stay queued).",
 							&maester_job_workers,
 							1,
 							0, MAESTER_MAX_JOB_WORKERS,
 							PGC_SIGHUP,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("maester.max_extra_workers",
+							"Background workers maester may start on demand, over all databases: job workers beyond the resident ones, and callback workers.",
+							"Part of max_worker_processes, beside the launcher and one resident worker per database that uses maester.",
+							&maester_max_extra_workers,
+							2,
+							0, 64,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("maester.callback_timeout",
+							"Longest a job's callback procedure may run.",
+							"A callback that runs longer is cancelled (statement_timeout); its error is kept in maester.job.callback_error.",
+							&maester_callback_timeout_ms,
+							60000,
+							1, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("maester.job_retry_interrupted",
@@ -317,8 +340,18 @@ settings_define(void)
 								0,
 								NULL, NULL, NULL);
 
+		DefineCustomIntVariable("maester.span_queue_size",
+								"Room for spans waiting to be written, per database.",
+								"A full queue drops spans (never calls); a span takes 300 to 600 bytes.",
+								&maester_span_queue_kb,
+								1024,
+								64, 1024 * 1024,
+								PGC_POSTMASTER,
+								GUC_UNIT_KB,
+								NULL, NULL, NULL);
+
 		DefineCustomIntVariable("maester.ledger_queue_size",
-								"Ledger records that can wait for the ledger worker, and spans for the span writer, per database (two queues).",
+								"Ledger records that can wait for the database's resident worker.",
 								NULL,
 								&maester_ledger_queue_size,
 								512,

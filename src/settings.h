@@ -43,6 +43,11 @@ extern int	maester_ledger_queue_size;
 extern int	maester_max_budgets;
 extern int	maester_max_stat_entries;
 extern int	maester_job_concurrency;
+extern int	maester_span_queue_kb;
+
+/* workers started on demand */
+extern int	maester_max_extra_workers;
+extern int	maester_callback_timeout_ms;
 
 extern void settings_define(void);
 

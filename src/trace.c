@@ -27,6 +27,7 @@
 #include <math.h>
 
 #include "common/jsonapi.h"
+#include "access/xact.h"
 #include "common/pg_prng.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -247,43 +248,88 @@ trace_flush_nothrow(CallTrace *t, const char *tenant, const pg_uuid_t *request_i
 	t->nspans = 0;
 }
 
+/* A span as a SpanRecord (palloc'd); `extra` is more JSON members, or NULL */
+static SpanRecord *
+span_record(CallTrace *t, Span *s, const char *tenant, const pg_uuid_t *request_id,
+			const char *extra)
+{
+	StringInfoData attrs;
+	SpanRecord *r;
+
+	initStringInfo(&attrs);
+	appendStringInfoChar(&attrs, '{');
+	appendBinaryStringInfo(&attrs, s->attrs.data, s->attrs.len);
+	if (extra)
+		appendStringInfo(&attrs, "%s%s", s->attrs.len ? ", " : "", extra);
+	appendStringInfoChar(&attrs, '}');
+	if (attrs.len > TRACE_MAX_ATTRS)
+	{
+		resetStringInfo(&attrs);
+		appendStringInfoString(&attrs, "{\"maester.attributes_truncated\": true}");
+	}
+	/* one record the writer cannot insert would lose its whole batch */
+	if (pg_parse_json(makeJsonLexContextCstringLen(attrs.data, attrs.len,
+												   GetDatabaseEncoding(), false),
+					  &nullSemAction) != JSON_SUCCESS)
+	{
+		resetStringInfo(&attrs);
+		appendStringInfoString(&attrs, "{}");
+	}
+	r = palloc0(SPAN_RECORD_SIZE(attrs.len));
+	r->len = SPAN_RECORD_SIZE(attrs.len);
+	if (s->duration_us < 0)
+		trace_span_end(s, "error");
+	strlcpy(r->trace_id, t->trace_id, sizeof(r->trace_id));
+	strlcpy(r->span_id, s->span_id, sizeof(r->span_id));
+	strlcpy(r->parent_span_id, s->parent_id, sizeof(r->parent_span_id));
+	strlcpy(r->name, s->name, sizeof(r->name));
+	strlcpy(r->status, s->status, sizeof(r->status));
+	ledger_copy_name(r->tenant, tenant, sizeof(r->tenant));
+	r->ts = s->start;
+	r->duration_us = s->duration_us;
+	memcpy(r->attrs, attrs.data, attrs.len + 1);
+	if (request_id)
+	{
+		r->request_id = *request_id;
+		r->has_request_id = true;
+	}
+	return r;
+}
+
+/* the statement we last warned about dropped spans in */
+static TimestampTz WarnedStatement = 0;
+
+/*
+ * Queue the trace's spans for the resident worker.  When the span queue
+ * has no room for all of them, the root says how many were dropped
+ * (maester.spans_dropped: explain() marks the trace partial), and the
+ * caller is warned, once per statement.
+ */
 static void
 trace_enqueue(CallTrace *t, LedgerSlot *slot, const char *tenant,
 			  const pg_uuid_t *request_id)
 {
-	LedgerRecord *recs = palloc0(sizeof(LedgerRecord) * t->nspans);
+	SpanRecord **recs = palloc(sizeof(SpanRecord *) * t->nspans);
+	int			room;
+	int			queued;
 
 	for (int i = 0; i < t->nspans; i++)
+		recs[i] = span_record(t, &t->spans[i], tenant, i == 0 ? request_id : NULL, NULL);
+	room = span_room(slot, recs, t->nspans);
+	if (room < t->nspans && room > 0)
+		recs[0] = span_record(t, &t->spans[0], tenant, request_id,
+							  psprintf("\"maester.spans_dropped\": %d", t->nspans - room));
+	queued = span_enqueue(slot, recs, t->nspans);
+	if (queued < t->nspans && GetCurrentStatementStartTimestamp() != WarnedStatement)
 	{
-		Span	   *s = &t->spans[i];
-		LedgerRecord *r = &recs[i];
-
-		if (s->duration_us < 0)
-			trace_span_end(s, "error");
-		r->kind = LEDGER_SPAN;
-		strlcpy(r->trace_id, t->trace_id, sizeof(r->trace_id));
-		strlcpy(r->span_id, s->span_id, sizeof(r->span_id));
-		strlcpy(r->parent_span_id, s->parent_id, sizeof(r->parent_span_id));
-		strlcpy(r->span_name, s->name, sizeof(r->span_name));
-		strlcpy(r->status, s->status, sizeof(r->status));
-		ledger_copy_name(r->tenant, tenant, sizeof(r->tenant));
-		r->ts = s->start;
-		r->duration_us = s->duration_us;
-		if (s->attrs.len + 3 < (int) sizeof(r->attrs))
-			snprintf(r->attrs, sizeof(r->attrs), "{%s}", s->attrs.data);
-		else
-			strlcpy(r->attrs, "{\"maester.attributes_truncated\": true}", sizeof(r->attrs));
-		/* one record the writer cannot insert would lose its whole batch */
-		if (pg_parse_json(makeJsonLexContextCstringLen(r->attrs, strlen(r->attrs),
-													   GetDatabaseEncoding(), false),
-						  &nullSemAction) != JSON_SUCCESS)
-			strlcpy(r->attrs, "{}", sizeof(r->attrs));
-		if (i == 0 && request_id)
-		{
-			r->request_id = *request_id;
-			r->has_request_id = true;
-		}
+		WarnedStatement = GetCurrentStatementStartTimestamp();
+		ereport(WARNING,
+				(errmsg("the span queue of this database is full: %d of %d spans of a call were dropped",
+						t->nspans - queued, t->nspans),
+				 errdetail("The call itself and its ledger rows are not affected; this warning is given once per statement."),
+				 errhint("Raise maester.span_queue_size, or lower maester.trace_sample_rate.")));
 	}
-	(void) span_enqueue(slot, recs, t->nspans); /* a full ring counts the drops */
+	for (int i = 0; i < t->nspans; i++)
+		pfree(recs[i]);
 	pfree(recs);
 }

@@ -13,6 +13,7 @@
 #include "utils/uuid.h"
 
 #define TRACE_MAX_SPANS 32
+#define TRACE_MAX_ATTRS 1024		/* bytes of a span's attributes (JSON) */
 
 typedef struct Span
 {

@@ -92,14 +92,14 @@ is($node->safe_psql('postgres',
 
 # 4. the worker killed: calls fail closed until it is back
 $node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester ledger worker' AND datname = 'postgres'})
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester worker' AND datname = 'postgres'})
   or die "no ledger worker";
 my $rows_before = usage_count('true');
 $before = $mock->stats->{requests};
 my $launcher = $node->safe_psql('postgres',
 	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester launcher'});
 my $worker = $node->safe_psql('postgres',
-	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester ledger worker' AND datname = 'postgres'});
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester worker' AND datname = 'postgres'});
 # stop the launcher first (it comes back after bgw_restart_time), then the worker
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($launcher)");
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($worker)");
@@ -110,7 +110,7 @@ my ($r2, $out2, $err2) = $node->psql('postgres',
 like($err2, qr/usage ledger/, 'without its worker a call fails closed');
 is($mock->stats->{requests}, $before, 'nothing reached the upstream');
 ok($node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester ledger worker' AND datname = 'postgres'}),
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester worker' AND datname = 'postgres'}),
 	'the worker comes back by itself');
 $rid = $node->safe_psql('postgres', q{SELECT request_id FROM maester.llm_generate('ledger back', 'mock-priced')});
 is($node->safe_psql('postgres', "SELECT status FROM maester.usage WHERE request_id = '$rid'"),

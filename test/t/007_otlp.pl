@@ -2,7 +2,9 @@
 # from then on reaches the collector as OTLP/HTTP JSON (ids, parents,
 # GenAI attributes typed, status), a collector answering 503 is retried,
 # one that stays down makes the exporter drop and count, clearing the
-# setting stops it, and a bad endpoint is refused.
+# setting stops it, and a bad endpoint is refused.  A locked span table
+# makes spans wait in their queue (never the ledger), then be dropped and
+# counted, with a warning to the caller and partial traces in explain.
 use strict;
 use warnings;
 use FindBin;
@@ -19,6 +21,7 @@ $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'maester'
 maester.allow_insecure_hosts = '127.0.0.1'
+maester.span_queue_size = 64kB
 });
 $node->start;
 $node->safe_psql('postgres', qq{
@@ -47,15 +50,10 @@ like($err, qr/must start with http/, 'a non-http endpoint is refused');
 like($err, qr/must not contain a query/, 'an endpoint with a query is refused');
 
 # the exporter starts on reload
+my $offset = -s $node->logfile;
 $node->safe_psql('postgres', qq{ALTER SYSTEM SET maester.otlp_endpoint = '$url/'; SELECT pg_reload_conf()});
-ok($node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester OTLP exporter'}),
-	'the launcher starts an exporter');
-
-# give the exporter time to take its starting point
-ok($node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester OTLP exporter' AND state = 'idle'}),
-	'the exporter is idle');
+ok($node->wait_for_log(qr/maester OTLP exporter for database \d+ sends spans after seq/, $offset),
+	'the resident worker starts exporting, from the spans written after now');
 
 my $trace = $node->safe_psql('postgres',
 	q{SELECT trace_id FROM maester.llm_generate('exported', 'mock-priced')});
@@ -134,38 +132,64 @@ is($h->{'x-team'}, 'maester', 'and the second one');
 is($h->{'content-type'}, 'application/json', 'with the JSON content type');
 
 # clearing the setting stops the exporter
+$offset = -s $node->logfile;
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET maester.otlp_endpoint; SELECT pg_reload_conf()});
-ok($node->poll_query_until('postgres',
-	q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'maester OTLP exporter'}),
-	'clearing maester.otlp_endpoint stops the exporter');
+ok($node->wait_for_log(qr/maester OTLP exporter for database \d+ stopped/, $offset),
+	'clearing maester.otlp_endpoint stops the export');
 
-# a stopped span writer: spans queue up to the queue's size, then new ones
-# are dropped and counted, and calls go on; when it resumes, the queue drains
-my $writer = $node->safe_psql('postgres',
-	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester span writer'});
-ok($writer > 0, 'a span writer runs');
-# (stopped while idle, in its latch wait: it holds the queue's lock only
-# for a few instructions, never while waiting)
-ok($node->poll_query_until('postgres', q{
-	SELECT s.spans_queued = 0 AND a.state = 'idle'
-	  FROM maester.trace_status() s, pg_stat_activity a
-	 WHERE a.backend_type = 'maester span writer'}), 'the span writer is idle');
-my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM maester.span');
-kill 'STOP', $writer;
-$node->safe_psql('postgres', q{
-	SELECT count(maester.llm_generate('while the writer sleeps', 'mock-priced'))
-	  FROM generate_series(1, 100)});
-is($node->safe_psql('postgres', q{SELECT count(*) FROM maester.usage WHERE prompt_name IS NULL AND status = 'ok'}),
-	6 + 100, 'every call went through and is in the ledger');
-my ($queued, $dropped) = split /\|/, $node->safe_psql('postgres',
-	'SELECT spans_queued, spans_dropped FROM maester.trace_status()');
-is($queued, 512, 'the span queue is full (maester.ledger_queue_size)');
-is($dropped, 100 * $nspans - 512, 'the spans that did not fit are counted as dropped');
-kill 'CONT', $writer;
+# a span table locked by someone else: spans wait in their queue (64 kB
+# here) and the ledger does not; what does not fit is dropped and counted,
+# the caller is warned once per statement, and calls go on; a trace whose
+# spans did not all fit says so in explain; when the lock goes, the queue
+# drains
 ok($node->poll_query_until('postgres', 'SELECT spans_queued = 0 FROM maester.trace_status()'),
-	'the writer drains the queue when it resumes');
-ok($node->poll_query_until('postgres', "SELECT count(*) = $before + 512 FROM maester.span"),
-	'the queued spans are written');
+	'no span waits');
+my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM maester.span');
+my $lock = $node->background_psql('postgres');
+$lock->query_safe('BEGIN; LOCK TABLE maester.span IN ACCESS EXCLUSIVE MODE');
+my ($dropped_before) = $node->safe_psql('postgres', 'SELECT spans_dropped FROM maester.trace_status()');
+($ret, $out, $err) = $node->psql('postgres', q{
+	SELECT count(maester.llm_generate('while the span table is locked ' || i, 'mock-priced'))
+	  FROM generate_series(1, 100) i});
+is($out, '100', 'every call went through');
+is($node->safe_psql('postgres',
+	q{SELECT count(*) FROM maester.usage WHERE prompt_hash IN
+	    (SELECT encode(sha256(convert_to('while the span table is locked ' || i, 'UTF8')), 'hex')
+	       FROM generate_series(1, 100) i) AND status = 'ok'}),
+	100, 'and is in the ledger, while the span table is locked');
+my @warnings = $err =~ /WARNING:  the span queue of this database is full/g;
+is(scalar(@warnings), 1, 'the caller is warned once per statement');
+my $dropped = $node->safe_psql('postgres', 'SELECT spans_dropped FROM maester.trace_status()') - $dropped_before;
+cmp_ok($dropped, '>', 0, 'the spans that did not fit are counted as dropped');
+$lock->query_safe('COMMIT');
+$lock->quit;
+ok($node->poll_query_until('postgres', 'SELECT spans_queued = 0 FROM maester.trace_status()'),
+	'the queue drains once the lock is gone');
+ok($node->poll_query_until('postgres', "SELECT count(*) = $before + 100 * $nspans - $dropped FROM maester.span"),
+	'every span that was queued is written');
+# every trace of the 100 calls is whole, marked partial (its root says how
+# many spans were dropped), or dropped whole; none is cut silently
+my $traces = q{(SELECT u.trace_id FROM maester.usage u WHERE u.prompt_hash IN
+	    (SELECT encode(sha256(convert_to('while the span table is locked ' || i, 'UTF8')), 'hex')
+	       FROM generate_series(1, 100) i))};
+is($node->safe_psql('postgres', qq{
+	SELECT count(*) FROM (SELECT t.trace_id, count(s.span_id) AS n,
+	                             bool_or(s.attributes ? 'maester.spans_dropped') AS marked,
+	                             max((s.attributes ->> 'maester.spans_dropped')::int) AS said
+	                        FROM $traces t LEFT JOIN maester.span s USING (trace_id)
+	                       GROUP BY t.trace_id) x
+	 WHERE NOT (n = $nspans OR n = 0 OR (marked AND n + said = $nspans))}),
+	'0', 'no trace lost spans without saying so');
+my $partial = $node->safe_psql('postgres',
+	q{SELECT trace_id FROM maester.span WHERE attributes ? 'maester.spans_dropped' LIMIT 1});
+SKIP:
+{
+	skip 'no trace happened to be cut in the middle', 1 if $partial eq '';
+	like($node->safe_psql('postgres', "SELECT string_agg(e, ' ') FROM maester.explain('$partial') e"),
+		qr/partial: \d+ spans dropped/, 'explain marks a trace that lost spans as partial');
+}
+ok($node->wait_for_log(qr/spans dropped \(the span queue was full\)/),
+	'the worker logs how many were dropped');
 
 # only a superuser sees the endpoint
 $node->safe_psql('postgres', q{CREATE ROLE plain LOGIN});

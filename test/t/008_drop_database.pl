@@ -43,7 +43,7 @@ isnt($ret, 0, 'with the only slot taken, a second database cannot call');
 
 $node->safe_psql('postgres', 'DROP DATABASE one WITH (FORCE)');
 ok($node->poll_query_until('two', $call), 'after the drop, the second database can call');
-ok($node->log_contains("freed the ledger slot of database $oid"), 'the launcher freed the slot');
+ok($node->log_contains("freed the slot of database $oid"), 'the launcher freed the slot');
 is($node->safe_psql('two', q{SELECT count(*) FROM maester.usage WHERE status = 'ok'}), 1,
 	'its call is in its ledger');
 

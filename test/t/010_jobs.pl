@@ -76,8 +76,6 @@ is(sq(q{SELECT count(*) FROM maester.job j JOIN maester.usage u USING (request_i
 is(sq(q{SELECT count(*) FROM maester.job WHERE submission = 'greetings'
       AND (result).content = '[Mock:mock-1] Generated response for prompt: Hello ' || ((request->'variables')->>'name')}),
 	'20', 'the results are the generations');
-is(sq(q{SELECT count(*) || ' ' || bool_and(status = 'done') || ' ' || bool_and(by_role = 'app') FROM done_log}),
-	'20 true true', 'the callback ran for every job, as the submitter, seeing the result');
 is(sq(q{SELECT total || ' ' || done || ' ' || queued || ' ' || (per_second > 0) || ' ' || eta
        FROM maester.job_progress WHERE submission = 'greetings'}),
 	'20 20 0 true 00:00:00', 'job_progress');
@@ -85,6 +83,18 @@ $node->poll_query_until('postgres',
 	q{SELECT count(*) >= 20 FROM maester.span WHERE name = 'llm_generate'
 	    AND trace_id IN (SELECT trace_id FROM maester.job WHERE submission = 'greetings')})
   or diag('spans missing');
+
+# callbacks run apart, in the callback worker; wait until the matching jobs'
+# callbacks have run
+sub wait_callbacks
+{
+	my ($where) = @_;
+	return $node->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM maester.job WHERE ($where) AND callback IS NOT NULL AND callback_done_at IS NULL");
+}
+ok(wait_callbacks("submission = 'greetings'"), 'the callbacks ran');
+is(sq(q{SELECT count(*) || ' ' || bool_and(status = 'done') || ' ' || bool_and(by_role = 'app') FROM done_log}),
+	'20 true true', 'the callback ran for every job, as the submitter, seeing the result');
 
 # a callback's settings do not stay in the worker's session
 $node->safe_psql('postgres', q{
@@ -95,8 +105,9 @@ $node->safe_psql('postgres', q{
 	END $$;});
 my $m = sq(q{SELECT maester.submit('{"prompt": "m", "model": "mock-1"}', callback => 'meddle')});
 wait_jobs("id = $m");
-is(sq(q{SELECT string_agg(application_name, ',') FROM pg_stat_activity WHERE backend_type = 'maester job worker'}),
-	'maester job worker', 'what a callback SETs is undone when it returns');
+wait_callbacks("id = $m");
+is(sq(q{SELECT string_agg(application_name, ',') FROM pg_stat_activity WHERE backend_type = 'maester callback worker'}),
+	'maester callback worker', 'what a callback SETs is undone when it returns');
 is(sq(q{SELECT status || ' ' || (callback_error IS NULL) FROM maester.job WHERE id = } . $m), 'done true',
 	'the job is done');
 
@@ -106,14 +117,48 @@ $node->safe_psql('postgres', q{
 	BEGIN RAISE EXCEPTION 'fake cancel' USING ERRCODE = 'query_canceled'; END $$;
 	CREATE PROCEDURE raise_shutdown(job_id bigint) LANGUAGE plpgsql AS $$
 	BEGIN RAISE EXCEPTION 'fake shutdown' USING ERRCODE = 'admin_shutdown'; END $$;});
-my $wpid0 = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+my $wpid0 = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester callback worker'});
 my $rc1 = sq(q{SELECT maester.submit('{"prompt": "c1", "model": "mock-1"}', callback => 'raise_cancel')});
 my $rc2 = sq(q{SELECT maester.submit('{"prompt": "c2", "model": "mock-1"}', callback => 'raise_shutdown')});
 wait_jobs("id IN ($rc1, $rc2)");
+wait_callbacks("id IN ($rc1, $rc2)");
 is(sq(qq{SELECT string_agg(status || ': ' || callback_error, ', ' ORDER BY id) FROM maester.job WHERE id IN ($rc1, $rc2)}),
 	'done: fake cancel, done: fake shutdown', 'a callback\'s error is kept with its job');
-is(sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester job worker'}), $wpid0,
-	'and the worker goes on');
+is(sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester callback worker'}), $wpid0,
+	'and the callback worker goes on');
+
+# a callback runs under maester.callback_timeout, and a session advisory
+# lock it takes does not outlive it
+$node->safe_psql('postgres', q{
+	ALTER SYSTEM SET maester.callback_timeout = '1s'; SELECT pg_reload_conf();
+	CREATE PROCEDURE sleepy(job_id bigint) LANGUAGE sql AS $$ SELECT pg_sleep(30) $$;
+	CREATE PROCEDURE locker(job_id bigint) LANGUAGE sql AS $$ SELECT pg_advisory_lock(4242) $$;});
+my $sl = sq(q{SELECT maester.submit('{"prompt": "z", "model": "mock-1"}', callback => 'sleepy')});
+my $lk = sq(q{SELECT maester.submit('{"prompt": "l", "model": "mock-1"}', callback => 'locker')});
+my $t_cb = time;
+wait_callbacks("id IN ($sl, $lk)");
+diag(sprintf("a 30 s callback under a 1 s timeout ended after %.1f s", time - $t_cb));
+like(sq(qq{SELECT callback_error FROM maester.job WHERE id = $sl}), qr/statement timeout/,
+	'a callback is stopped by maester.callback_timeout');
+is(sq(qq{SELECT callback_error IS NULL FROM maester.job WHERE id = $lk}), 't', 'the locking callback ran');
+is(sq(q{SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242}), '0',
+	'its session advisory lock was released');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET maester.callback_timeout; SELECT pg_reload_conf();});
+
+# a slow callback holds up no other job: a job submitted while a callback
+# sleeps runs and ends at once
+my $sl2 = sq(q{SELECT maester.submit('{"prompt": "z2", "model": "mock-1"}', callback => 'sleepy')});
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester callback worker' AND wait_event = 'PgSleep'})
+  or diag('the slow callback did not start');
+my $t_q = time;
+my $quick = sq(q{SELECT maester.submit('{"prompt": "quick", "model": "mock-1"}')});
+wait_jobs("id = $quick");
+my $quick_s = time - $t_q;
+diag(sprintf("a job submitted during a 30 s callback ended in %.0f ms", $quick_s * 1000));
+cmp_ok($quick_s, '<', 5, 'a job is not held behind another job\'s slow callback');
+sq(q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'maester callback worker'});
+wait_callbacks("id = $sl2");
 
 # 2. woken at commit, not by the once-a-second poll
 my @delays;
@@ -158,7 +203,8 @@ is(sq(q{SELECT u.status || ' ' || u.error_class FROM maester.usage u JOIN maeste
 wait_jobs("id IN ($slow)");
 
 $node->safe_psql('postgres', q{ALTER SYSTEM SET maester.job_workers = 0; SELECT pg_reload_conf();});
-$node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+$node->poll_query_until('postgres', q{SELECT job_workers = 0 FROM maester.worker_status()});
+usleep(500_000);    # the resident worker has read the setting
 my $queued = sq(q{SELECT maester.submit('{"prompt": "never", "model": "mock-1"}')});
 is(sq(q{SELECT maester.cancel_job(} . "$queued)"), 't', 'cancel_job of a queued job');
 is(sq(q{SELECT status FROM maester.job WHERE id = } . $queued), 'cancelled', 'the queued job is cancelled');
@@ -182,7 +228,8 @@ $holder->quit;
 ok(wait_jobs("id = $locked"), 'recorded once the lock is gone');
 is(sq(q{SELECT status FROM maester.job WHERE id = } . $locked), 'done', 'done');
 
-# 5. a job worker stopped (SIGTERM) while its call is in flight: the call
+# 5. the worker running jobs (the database's resident worker with
+# maester.job_workers = 1) stopped (SIGTERM) while its call is in flight: the call
 # is settled as cancelled, the job goes to review, and it is not sent again
 sub hanging_job
 {
@@ -192,7 +239,7 @@ sub hanging_job
 	return $id;
 }
 my $id = hanging_job();
-sq(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+sq(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'maester worker'});
 wait_jobs("id = $id");
 is(sq(q{SELECT status || ' ' || error_class || ' ' || attempts FROM maester.job WHERE id = } . $id),
 	'review interrupted 1', 'a job interrupted in flight goes to review');
@@ -200,32 +247,35 @@ $node->poll_query_until('postgres', "SELECT count(*) = 0 FROM maester.usage WHER
 is(sq(q{SELECT string_agg(u.status, ',') FROM maester.usage u JOIN maester.job j USING (request_id) WHERE j.id = } . $id),
 	'cancelled', 'its attempt is settled once, as cancelled');
 # the launcher restarts the worker; the job is not run again
-$node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+$node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester worker'});
 my $after = sq(q{SELECT maester.submit('{"prompt": "after", "model": "mock-1"}')});
 wait_jobs("id = $after");
 is($mock->stats->{requests}, 2, 'the interrupted job was sent once (plus the new one)');
 
-# a worker stuck in a long callback still stops at once on SIGTERM
+# the callback worker stuck in a long callback still stops at once on SIGTERM
 $node->safe_psql('postgres', q{
 	CREATE PROCEDURE slow_cb(job_id bigint) LANGUAGE sql AS $$ SELECT pg_sleep(60) $$;});
 my $sj = sq(q{SELECT maester.submit('{"prompt": "s", "model": "mock-1"}', callback => 'slow_cb')});
 $node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester job worker' AND wait_event = 'PgSleep'})
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'maester callback worker' AND wait_event = 'PgSleep'})
   or diag('the callback did not start');
+my $cbpid = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester callback worker'});
+# (the callback runs again after the interruption: let that run be quick)
+sq(q{CREATE OR REPLACE PROCEDURE slow_cb(job_id bigint) LANGUAGE sql AS $$ SELECT 1 $$});
 my $t1 = time;
-sq(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
-$node->poll_query_until('postgres',
-	q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'maester job worker' AND wait_event = 'PgSleep'});
+sq(qq{SELECT pg_terminate_backend($cbpid)});
+$node->poll_query_until('postgres', qq{SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $cbpid});
 my $stop = time - $t1;
 diag(sprintf("a worker in a 60 s callback stopped %.0f ms after SIGTERM", $stop * 1000));
 cmp_ok($stop, '<', 10, 'a worker in a long callback stops on SIGTERM');
 wait_jobs("id = $sj");
-is(sq(q{SELECT status || ' ' || (callback_error IS NOT NULL) FROM maester.job WHERE id = } . $sj), 'done true',
-	'its job is done, the callback interrupted');
+ok(wait_callbacks("id = $sj"), 'the interrupted callback runs again, in a new callback worker');
+is(sq(q{SELECT status || ' ' || (callback_error IS NULL) FROM maester.job WHERE id = } . $sj), 'done true',
+	'its job is done, and its callback ran to the end');
 
 # 6. SIGKILL (a crash restart) while in flight: review, sent once
 $id = hanging_job();
-my $wpid = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+my $wpid = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester worker'});
 kill 'KILL', $wpid;
 $node->poll_query_until('postgres', "SELECT status = 'review' FROM maester.job WHERE id = $id")
   or diag('not in review: ' . sq(q{SELECT status FROM maester.job WHERE id = } . $id));
@@ -242,7 +292,7 @@ $node->safe_psql('postgres', q{ALTER SYSTEM SET maester.job_retry_interrupted = 
 $mock->get('/_mock/reset');
 $id = sq(q{SELECT maester.submit('{"prompt": "retried", "model": "fault-latency-3000"}')});
 ok($mock->wait_for(sub { $mock->stats->{requests} >= 1 }, 20), 'the job reached the upstream');
-sq(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'maester job worker'});
+sq(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'maester worker'});
 ok($node->poll_query_until('postgres', "SELECT status = 'done' FROM maester.job WHERE id = $id"),
 	'the interrupted job ran again');
 is(sq(q{SELECT attempts FROM maester.job WHERE id = } . $id), '2', 'twice');

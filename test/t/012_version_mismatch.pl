@@ -99,7 +99,7 @@ for my $old (@released)
 	like($err, qr/the maester library \Q$current\E does not serve the catalog of version \Q$old\E/,
 		'the error names both versions');
 	like($err, qr/HINT:\s+Run ALTER EXTENSION maester UPDATE/, 'and says what to do');
-	ok($node->wait_for_log(qr/maester ledger worker for database \d+ waits/, $log_offset),
+	ok($node->wait_for_log(qr/maester worker for database \d+ waits/, $log_offset),
 		'the ledger worker waits for the update');
 
 	# a catalog newer than the library: the other hint

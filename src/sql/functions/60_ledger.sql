@@ -88,3 +88,14 @@ COMMENT ON COLUMN maester.cost_by_prompt_version.avg_cost_usd IS 'Average cost o
 COMMENT ON COLUMN maester.cost_by_prompt_version.total_cost_usd IS 'Total cost in USD.';
 COMMENT ON COLUMN maester.cost_by_prompt_version.pass_rate IS 'Share of evaluated outputs whose evaluation passed.';
 COMMENT ON COLUMN maester.cost_by_prompt_version.mean_score IS 'Mean reliability score of the evaluated outputs.';
+
+CREATE FUNCTION maester.worker_status(
+    OUT worker_pid integer, OUT ready boolean, OUT ledger_queued bigint,
+    OUT ledger_written bigint, OUT dead_letters bigint, OUT span_queue_bytes bigint,
+    OUT spans_written bigint, OUT spans_dropped bigint, OUT job_workers integer,
+    OUT callback_worker_pid integer, OUT start_error text)
+AS 'MODULE_PATHNAME', 'worker_status'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION maester.worker_status() IS
+    'This database''s maester workers: the resident worker (pid, ready), ledger records queued and written, records that went to maester.dead_letter, bytes of spans queued, spans written and dropped, job workers running, the callback worker, and why the worker could not be started, if so; counters since the server started.';

@@ -39,8 +39,12 @@ AS $$
     SELECT pg_catalog.repeat('  ', t.depth) OPERATOR(pg_catalog.||)
            CASE WHEN t.depth OPERATOR(pg_catalog.>) 0 THEN '->  ' ELSE '' END OPERATOR(pg_catalog.||)
            t.name OPERATOR(pg_catalog.||)
-           pg_catalog.format('  (%s ms%s)', pg_catalog.to_char(t.duration_us OPERATOR(pg_catalog./) 1000.0, 'FM999999990.000'),
-                             CASE WHEN t.status OPERATOR(pg_catalog.<>) 'ok' THEN ', ' OPERATOR(pg_catalog.||) t.status ELSE '' END)
+           pg_catalog.format('  (%s ms%s%s)', pg_catalog.to_char(t.duration_us OPERATOR(pg_catalog./) 1000.0, 'FM999999990.000'),
+                             CASE WHEN t.status OPERATOR(pg_catalog.<>) 'ok' THEN ', ' OPERATOR(pg_catalog.||) t.status ELSE '' END,
+                             CASE WHEN t.attributes OPERATOR(pg_catalog.?) 'maester.spans_dropped'
+                                  THEN ', partial: ' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.spans_dropped')
+                                       OPERATOR(pg_catalog.||) ' spans dropped'
+                                  ELSE '' END)
            OPERATOR(pg_catalog.||)
            COALESCE('  ' OPERATOR(pg_catalog.||) NULLIF(pg_catalog.concat_ws(' ',
                'provider=' OPERATOR(pg_catalog.||) (t.attributes ->> 'gen_ai.provider.name'),
@@ -58,7 +62,7 @@ AS $$
 $$;
 
 COMMENT ON FUNCTION maester.explain(text) IS
-    'The span tree of a traced call with timings, tokens, cost and evaluation, the way EXPLAIN ANALYZE reads.';
+    'The span tree of a traced call with timings, tokens, cost and evaluation, the way EXPLAIN ANALYZE reads; a trace whose spans did not all fit in the span queue says partial.';
 
 
 CREATE FUNCTION maester.otlp_payload(after_seq bigint, max_spans integer DEFAULT 512,

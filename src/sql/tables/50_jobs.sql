@@ -6,7 +6,7 @@
 -- see src/sql/README.
 
 -- Asynchronous jobs: requests queued with maester.submit and run by the
--- job workers (maester.job_workers per database) through the same gateway.
+-- database's resident worker (and job workers) through the same gateway.
 CREATE TABLE maester.job (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     submission       text NOT NULL,
@@ -30,13 +30,16 @@ CREATE TABLE maester.job (
     started_at       timestamptz,
     finished_at      timestamptz,
     worker           integer,
-    worker_pid       integer
+    worker_pid       integer,
+    callback_done_at timestamptz
 );
 
 CREATE INDEX job_queued ON maester.job (id) WHERE status OPERATOR(pg_catalog.=) 'queued';
 CREATE INDEX job_running ON maester.job (worker) WHERE status OPERATOR(pg_catalog.=) 'running';
 CREATE INDEX job_submission ON maester.job (submission);
 CREATE INDEX job_request ON maester.job (request_id);
+CREATE INDEX job_callback_waiting ON maester.job (id)
+    WHERE callback IS NOT NULL AND callback_done_at IS NULL;
 
 COMMENT ON TABLE maester.job IS
     'Asynchronous model calls (maester.submit), run by the job workers; each has its ledger rows (usage.request_id = job.request_id) and its trace (trace_id). Row-level security by tenant.';
@@ -44,7 +47,8 @@ COMMENT ON COLUMN maester.job.submission IS 'Groups jobs for maester.job_progres
 COMMENT ON COLUMN maester.job.status IS 'queued, running, done, failed, cancelled; review: its worker stopped while the call was in flight (it may have been answered and billed: see its ledger rows), so it was not run again (maester.job_retry_interrupted).';
 COMMENT ON COLUMN maester.job.attempts IS 'Times a worker took the job (more than 1 only after an interruption, with maester.job_retry_interrupted on).';
 COMMENT ON COLUMN maester.job.request_id IS 'The call''s request id, set when a worker takes the job, before anything is sent: its ledger rows.';
-COMMENT ON COLUMN maester.job.callback IS 'A procedure called with the job id when the job ends (done, failed or cancelled while running), as the submitter, in the transaction that records the result; its error is kept in callback_error.';
+COMMENT ON COLUMN maester.job.callback IS 'A procedure called with the job id after the job ended (done, failed or cancelled while running), as the submitter, by the database''s callback worker in a transaction of its own, within maester.callback_timeout; its error is kept in callback_error.';
+COMMENT ON COLUMN maester.job.callback_done_at IS 'When the callback ran (NULL: it waits, or there is none).';
 
 ALTER TABLE maester.job ENABLE ROW LEVEL SECURITY;
 CREATE POLICY job_admin ON maester.job FOR ALL TO maester_admin USING (true);

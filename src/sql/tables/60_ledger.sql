@@ -70,3 +70,27 @@ CREATE POLICY usage_admin ON maester.usage FOR SELECT TO maester_admin USING (tr
 CREATE POLICY usage_admin_delete ON maester.usage FOR DELETE TO maester_admin USING (true);
 CREATE POLICY usage_tenant ON maester.usage FOR SELECT TO maester_user, maester_reader
     USING (tenant OPERATOR(pg_catalog.=) pg_catalog.current_setting('maester.tenant'));
+
+CREATE TABLE maester.dead_letter (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    kind        text NOT NULL CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'settle'])),
+    request_id  uuid NOT NULL,
+    attempt     integer NOT NULL,
+    tenant      text NOT NULL,
+    record      jsonb NOT NULL,
+    sqlstate    text NOT NULL,
+    error       text NOT NULL
+);
+
+CREATE INDEX dead_letter_request ON maester.dead_letter (request_id, attempt);
+
+COMMENT ON TABLE maester.dead_letter IS
+    'Ledger records the worker could not write to maester.usage (a constraint or trigger refused them): each with its error, so that nothing is lost and the ledger goes on. Admins only.';
+COMMENT ON COLUMN maester.dead_letter.kind IS 'pending (the attempt was about to be sent) or settle (how it ended).';
+COMMENT ON COLUMN maester.dead_letter.record IS 'The record as the worker had it: tokens, costs, status, identity.';
+COMMENT ON COLUMN maester.dead_letter.error IS 'Why maester.usage refused it; sqlstate is its SQLSTATE.';
+
+ALTER TABLE maester.dead_letter ENABLE ROW LEVEL SECURITY;
+CREATE POLICY dead_letter_admin ON maester.dead_letter FOR ALL TO maester_admin USING (true);
+

@@ -6,4 +6,36 @@
 -- this version do not exist yet, and a chained update never creates those
 -- of the versions in between).  See src/sql/README for the rules.
 
--- (no change to written-once objects yet)
+-- jobs: callbacks are run by the callback worker, after the job is recorded
+ALTER TABLE maester.job ADD COLUMN callback_done_at timestamptz;
+-- (0.1.0 ran them when it recorded the job's end)
+UPDATE maester.job SET callback_done_at = finished_at
+ WHERE callback IS NOT NULL AND finished_at IS NOT NULL;
+CREATE INDEX job_callback_waiting ON maester.job (id)
+    WHERE callback IS NOT NULL AND callback_done_at IS NULL;
+COMMENT ON COLUMN maester.job.callback IS 'A procedure called with the job id after the job ended (done, failed or cancelled while running), as the submitter, by the database''s callback worker in a transaction of its own, within maester.callback_timeout; its error is kept in callback_error.';
+COMMENT ON COLUMN maester.job.callback_done_at IS 'When the callback ran (NULL: it waits, or there is none).';
+
+-- the ledger's dead letters
+CREATE TABLE maester.dead_letter (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    kind        text NOT NULL CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'settle'])),
+    request_id  uuid NOT NULL,
+    attempt     integer NOT NULL,
+    tenant      text NOT NULL,
+    record      jsonb NOT NULL,
+    sqlstate    text NOT NULL,
+    error       text NOT NULL
+);
+
+CREATE INDEX dead_letter_request ON maester.dead_letter (request_id, attempt);
+
+COMMENT ON TABLE maester.dead_letter IS
+    'Ledger records the worker could not write to maester.usage (a constraint or trigger refused them): each with its error, so that nothing is lost and the ledger goes on. Admins only.';
+COMMENT ON COLUMN maester.dead_letter.kind IS 'pending (the attempt was about to be sent) or settle (how it ended).';
+COMMENT ON COLUMN maester.dead_letter.record IS 'The record as the worker had it: tokens, costs, status, identity.';
+COMMENT ON COLUMN maester.dead_letter.error IS 'Why maester.usage refused it; sqlstate is its SQLSTATE.';
+
+ALTER TABLE maester.dead_letter ENABLE ROW LEVEL SECURITY;
+CREATE POLICY dead_letter_admin ON maester.dead_letter FOR ALL TO maester_admin USING (true);
