@@ -562,6 +562,41 @@ ledger_durable_seq(LedgerSlot *slot)
 }
 
 /*
+ * Did durable record `seq` (a PENDING) go to maester.dead_letter instead
+ * of maester.usage?  Asked once it is durable: the worker notes the dead
+ * ones before it advances durable_seq past them.  A caller asking about a
+ * record older than one pushed out of the list is told it is dead: the
+ * call fails closed rather than going out unrecorded.
+ */
+bool
+ledger_record_dead(LedgerSlot *slot, uint64 seq)
+{
+	bool		dead = false;
+
+	LWLockAcquire(slot->lock, LW_SHARED);
+	dead = seq <= slot->dead_overwritten;
+	for (uint32 i = 0; i < Min(slot->ndead_pending, LEDGER_DEAD_KEPT) && !dead; i++)
+		dead = slot->dead_pending[i] == seq;
+	LWLockRelease(slot->lock);
+	return dead;
+}
+
+/* Note that durable record `seq` (a PENDING) is dead: see ledger_record_dead */
+void
+ledger_note_dead(LedgerSlot *slot, uint64 seq)
+{
+	uint32		at;
+
+	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+	at = slot->ndead_pending % LEDGER_DEAD_KEPT;
+	if (slot->ndead_pending >= LEDGER_DEAD_KEPT)
+		slot->dead_overwritten = Max(slot->dead_overwritten, slot->dead_pending[at]);
+	slot->dead_pending[at] = seq;
+	slot->ndead_pending++;
+	LWLockRelease(slot->lock);
+}
+
+/*
  * Wait until record `seq` is committed.  Returns true when it is; after
  * maester.ledger_timeout_ms raises MG006 when `must`, else returns false
  * (the record stays queued and is written when the worker is back).

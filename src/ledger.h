@@ -17,6 +17,7 @@
 
 #include "settings.h"
 
+#define LEDGER_DEAD_KEPT 64		/* dead PENDING records a caller can ask about */
 #define LEDGER_NAMELEN 256		/* bytes kept of prompt/model names */
 
 typedef enum LedgerKind
@@ -128,6 +129,10 @@ typedef struct LedgerSlot
 	uint64		tail;
 	int64		written;		/* records written since server start */
 	int64		dead_letters;	/* records that could not be written */
+	/* the last PENDING records that went to the dead letter table */
+	uint64		dead_pending[LEDGER_DEAD_KEPT];
+	uint32		ndead_pending;	/* how many ever: the next goes at % KEPT */
+	uint64		dead_overwritten;	/* highest seq pushed out of dead_pending */
 	/* the span ring */
 	uint64		span_head;
 	uint64		span_tail;
@@ -188,6 +193,8 @@ extern int	span_enqueue(LedgerSlot *slot, SpanRecord **recs, int n);
 extern int	span_room(LedgerSlot *slot, SpanRecord **recs, int n);
 extern bool ledger_wait_durable(LedgerSlot *slot, uint64 seq, bool must);
 extern uint64 ledger_durable_seq(LedgerSlot *slot);
+extern bool ledger_record_dead(LedgerSlot *slot, uint64 seq);
+extern void ledger_note_dead(LedgerSlot *slot, uint64 seq);
 extern void ledger_copy_name(char *dst, const char *src, int size);
 
 /* the resident worker */

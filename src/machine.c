@@ -436,6 +436,29 @@ phase_send(Call *c, CallSet *set)
 	c->phase = PHASE_SENT;
 }
 
+/*
+ * DURABLE, but the worker could not write the PENDING row (it is in
+ * maester.dead_letter): nothing may leave unrecorded, so the call fails.
+ */
+static void
+phase_unrecorded(Call *c, CallSet *set)
+{
+	Failure		f;
+
+	memset(&f, 0, sizeof(f));
+	f.error_class = "ledger";
+	f.sqlstate = ERRCODE_MAESTER_LEDGER_UNAVAILABLE;
+	f.fatal = true;
+	f.retry_after_ms = -1;
+	f.message = pstrdup("the usage ledger could not record this call");
+	f.detail = pstrdup("The ledger row was refused (see maester.dead_letter and the server log); nothing was sent.");
+	c->gen_span = trace_span_start(c->g.trace, "model_generate");
+	trace_attr_str(c->gen_span, "gen_ai.provider.name", c->plan->targets[c->ti].provider->name);
+	trace_attr_str(c->gen_span, "gen_ai.request.model", c->plan->targets[c->ti].model);
+	trace_span_end(c->gen_span, "error");
+	attempt_end(c, set, false, &f, false);
+}
+
 /* Wipe the key and free the request of the attempt */
 static void
 release_request(Call *c)
@@ -674,7 +697,10 @@ call_move(Call *c, CallSet *set)
 			case PHASE_DURABLE:
 				if (ledger_durable_seq(c->cs.slot) >= c->pending_seq)
 				{
-					phase_send(c, set);
+					if (ledger_record_dead(c->cs.slot, c->pending_seq))
+						phase_unrecorded(c, set);
+					else
+						phase_send(c, set);
 					continue;
 				}
 				if (TimestampDifferenceExceeds(c->pending_at, now, maester_ledger_timeout_ms))

@@ -81,22 +81,51 @@ static LedgerSlot *WorkerSlot = NULL;
  * Turn stale PENDING rows into 'orphaned' ones charged at their estimate:
  * rows of another server life, or of a backend that is gone.
  */
+static void rethrow_if_ours(ErrorData *edata);
+
+/* One orphaned row to mark */
+typedef struct Orphan
+{
+	Datum		args[2];
+	uint64		marked;
+} Orphan;
+
+static void
+mark_orphan_fn(void *arg)
+{
+	Orphan	   *o = (Orphan *) arg;
+	Oid			types[2] = {UUIDOID, INT4OID};
+
+	if (SPI_execute_with_args("UPDATE maester.usage SET status = 'orphaned', "
+							  "cost_usd = estimated_cost_usd, settled_at = pg_catalog.now() "
+							  "WHERE request_id OPERATOR(pg_catalog.=) $1 "
+							  "AND attempt OPERATOR(pg_catalog.=) $2 "
+							  "AND status OPERATOR(pg_catalog.=) 'pending'",
+							  2, types, o->args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not mark an orphaned ledger row");
+	o->marked = SPI_processed;
+}
+
+/*
+ * Mark the PENDING rows whose backend is gone (or of an earlier server
+ * run) orphaned, charged at their estimate.  At start and every
+ * ORPHAN_CHECK_MS; each row in a subtransaction, so that one row a
+ * constraint refuses is logged and the others are still marked.
+ */
 static void
 recover_orphans(void)
 {
-	StringInfoData sql;
 	int			rc;
 	SPITupleTable *pending;
 	uint64		npending;
+	MemoryContext cxt = CurrentMemoryContext;
 
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "SELECT u.request_id, u.attempt, u.backend_pid, u.server_epoch "
-					 "FROM maester.usage u WHERE u.status OPERATOR(pg_catalog.=) 'pending'");
-	rc = SPI_execute(sql.data, true, 0);
+	rc = SPI_execute("SELECT u.request_id, u.attempt, u.backend_pid, u.server_epoch "
+					 "FROM maester.usage u WHERE u.status OPERATOR(pg_catalog.=) 'pending'",
+					 true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read pending ledger rows");
 	/* keep the result: the UPDATEs below replace SPI_tuptable */
@@ -109,22 +138,24 @@ recover_orphans(void)
 		bool		isnull;
 		int32		pid = DatumGetInt32(SPI_getbinval(t, d, 3, &isnull));
 		int64		epoch = DatumGetInt64(SPI_getbinval(t, d, 4, &isnull));
-		Datum		args[2];
-		Oid			types[2] = {UUIDOID, INT4OID};
+		Orphan		o;
+		ErrorData  *edata;
 
 		if (epoch == ledger_shared->epoch && BackendPidGetProc(pid) != NULL)
 			continue;			/* its backend still runs: it will settle */
-		args[0] = SPI_getbinval(t, d, 1, &isnull);
-		args[1] = SPI_getbinval(t, d, 2, &isnull);
-		rc = SPI_execute_with_args("UPDATE maester.usage SET status = 'orphaned', "
-								   "cost_usd = estimated_cost_usd, settled_at = pg_catalog.now() "
-								   "WHERE request_id OPERATOR(pg_catalog.=) $1 "
-								   "AND attempt OPERATOR(pg_catalog.=) $2 "
-								   "AND status OPERATOR(pg_catalog.=) 'pending'",
-								   2, types, args, NULL, false, 0);
-		if (rc != SPI_OK_UPDATE)
-			elog(ERROR, "could not mark an orphaned ledger row");
-		if (SPI_processed > 0)
+		o.args[0] = SPI_getbinval(t, d, 1, &isnull);
+		o.args[1] = SPI_getbinval(t, d, 2, &isnull);
+		o.marked = 0;
+		edata = maester_subxact(mark_orphan_fn, &o, cxt);
+		if (edata != NULL)
+		{
+			rethrow_if_ours(edata);
+			ereport(LOG,
+					(errmsg("maester worker could not mark an orphaned ledger row of request %s: %s",
+							DatumGetCString(DirectFunctionCall1(uuid_out, o.args[0])), edata->message),
+					 errdetail("It stays pending; the check is repeated.")));
+		}
+		else if (o.marked > 0)
 			ereport(LOG,
 					(errmsg("maester: ledger row of a call by a backend that is gone marked orphaned"),
 					 errdetail("Backend %d; it is charged at its estimated cost.", pid)));
@@ -367,6 +398,9 @@ write_one_by_one(LedgerRecord *batch, int n, MemoryContext cxt)
 			continue;
 		rethrow_if_ours(o.edata);
 		dead++;
+		/* its caller must not send: it hears so before durable_seq passes it */
+		if (batch[i].kind == LEDGER_PENDING)
+			ledger_note_dead(WorkerSlot, batch[i].seq);
 		ereport(LOG,
 				(errmsg("maester worker could not write a ledger record of request %s: %s",
 						DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&batch[i].request_id))),
