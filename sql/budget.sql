@@ -71,6 +71,8 @@ RESET maester.budget_allow_unpriced;
 -- bad budgets
 SELECT pg_temp.err($$ INSERT INTO maester.budget (tenant, period, limit_usd) VALUES ('x', 'week', 1) $$);
 SELECT pg_temp.err($$ INSERT INTO maester.budget (tenant, period, limit_usd) VALUES ('x', 'day', 0) $$);
+SELECT pg_temp.err($$ INSERT INTO maester.budget (tenant, period, limit_usd) VALUES ('x', 'day', 1e12) $$);
+SELECT pg_temp.err($$ INSERT INTO maester.budget (tenant, period, limit_usd) VALUES ('x', 'day', 'NaN') $$);
 SELECT pg_temp.err($$ INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('x', 'day', 1, 'downgrade') $$);
 SELECT pg_temp.err($$ INSERT INTO maester.budget (tenant, period, limit_usd, action, downgrade_model) VALUES ('x', 'day', 1, 'block', 'm') $$);
 

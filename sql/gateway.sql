@@ -181,29 +181,44 @@ UPDATE maester.provider SET enabled = false WHERE name = 'mockanth';
 SELECT pg_temp.errd($$ SELECT maester.llm_generate('x', 'chain') $$);
 UPDATE maester.provider SET enabled = true WHERE name = 'mockanth';
 
--- circuit breaker: opens after 2 failures, skips the provider, then lets
--- one probe through after the cooldown
+-- circuit breaker, per provider and model: opens after 2 failures, skips
+-- that model (not the provider's others), then lets one probe through
+-- after the cooldown
 INSERT INTO maester.provider (name, kind, base_url, api_key_env, models,
                               circuit_failure_threshold, circuit_cooldown_ms, max_attempts)
 VALUES ('cb', 'openai_compatible', :'mock_url' || '/v1', 'MAESTER_TEST_API_KEY', '{cb-%}', 2, 1000, 1);
 INSERT INTO maester.model (name, provider, provider_model) VALUES
     ('cb-bad', 'cb', 'fault-status-503'), ('cb-good', 'cb', 'mock-cb');
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'cb-bad') $$);
-SELECT provider, state, consecutive_failures FROM maester.circuit WHERE provider = 'cb';
+SELECT provider, model, state, consecutive_failures FROM maester.circuit WHERE provider = 'cb';
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'cb-bad') $$);
-SELECT provider, state, consecutive_failures, opens FROM maester.circuit WHERE provider = 'cb';
+SELECT provider, model, state, consecutive_failures, opens FROM maester.circuit WHERE provider = 'cb';
 SELECT pg_temp.mock('/_mock/reset');
-SELECT pg_temp.errd($$ SELECT maester.llm_generate('x', 'cb-good') $$);
+SELECT pg_temp.errd($$ SELECT maester.llm_generate('x', 'cb-bad') $$);
 SELECT pg_temp.request_count();
-SELECT pg_sleep(1.1);
+-- the provider's other model still goes through
 SELECT provider, attempts FROM maester.llm_generate('x', 'cb-good');
-SELECT provider, state, consecutive_failures FROM maester.circuit WHERE provider = 'cb';
+SELECT pg_temp.request_count();
+SELECT model, state FROM maester.circuit WHERE provider = 'cb' ORDER BY model;
+-- a model that recovers: opened by two failures, closed by its probe
+INSERT INTO maester.provider (name, kind, base_url, api_key_env, models,
+                              circuit_failure_threshold, circuit_cooldown_ms, max_attempts)
+VALUES ('cb2', 'openai_compatible', 'http://127.0.0.1:1/v1', 'MAESTER_TEST_API_KEY', '{cb2-%}', 2, 1000, 1);
+INSERT INTO maester.model (name, provider, provider_model) VALUES ('cb2-m', 'cb2', 'mock-cb2');
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'cb2-m') $$) ~ 'Couldn''t connect' AS refused;
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'cb2-m') $$) ~ 'Couldn''t connect' AS refused;
+UPDATE maester.provider SET base_url = :'mock_url' || '/v1' WHERE name = 'cb2';
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'cb2-m') $$);
+SELECT pg_sleep(1.1);
+SELECT provider, attempts FROM maester.llm_generate('x', 'cb2-m');
+SELECT provider, model, state, consecutive_failures, opens FROM maester.circuit WHERE provider = 'cb2';
 -- a failed probe opens it again; circuit_reset closes it
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'cb-bad') $$);
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'cb-bad') $$);
-SELECT state FROM maester.circuit WHERE provider = 'cb';
+SELECT model, state FROM maester.circuit WHERE provider = 'cb' ORDER BY model;
+SELECT maester.circuit_reset('cb', 'fault-status-503');
 SELECT maester.circuit_reset('cb');
-SELECT state FROM maester.circuit WHERE provider = 'cb';
+SELECT model, state FROM maester.circuit WHERE provider = 'cb' ORDER BY model;
 
 -- prompts from the registry: name, version and hash travel with the result
 SELECT version FROM maester.prompt_register('gw_summary', 'Summarize: {event}');

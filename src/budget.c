@@ -37,7 +37,12 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "common/hashfn.h"
+#include "common/int.h"
+#include "storage/condition_variable.h"
+#include "storage/ipc.h"
 #include "storage/lwlock.h"
+#include "storage/procarray.h"
 #include "storage/shmem.h"
 #include "storage/sinval.h"
 #include "utils/builtins.h"
@@ -48,6 +53,7 @@
 #include "utils/numeric.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/wait_event.h"
 
 #include "budget.h"
 #include "catalog.h"
@@ -57,21 +63,25 @@
 
 typedef struct BudgetState
 {
-	Oid			dboid;
+	Oid			dboid;			/* InvalidOid: free */
 	int64		id;				/* maester.budget.id */
+	uint32		scope;			/* hash of tenant, prompt, model, period */
 	TimestampTz period_start;	/* of the period the counters are for */
 	bool		loaded;
-	bool		loading;
+	pid_t		loader;			/* the backend summing the ledger, 0: none */
+	TimestampTz loaded_at;		/* taken before the load's snapshot */
 	int64		spent;			/* nano-dollars */
-	int64		reserved;
+	int64		reserved;		/* by the holds of calls in flight */
+	int64		inflight;		/* in flight when loaded, reserved elsewhere */
 	int64		delta;			/* settled while loading */
 } BudgetState;
 
 typedef struct BudgetShared
 {
 	LWLock	   *lock;
+	ConditionVariable loaded_cv;	/* broadcast when a load ends */
 	int			max;
-	int			n;
+	int			n;				/* high-water mark of states[] */
 	BudgetState states[FLEXIBLE_ARRAY_MEMBER];
 } BudgetShared;
 
@@ -87,6 +97,7 @@ typedef struct BudgetConf
 	Numeric		limit_usd;
 	char		action;			/* 'b'lock, 'd'owngrade, 'w'arn */
 	char	   *downgrade_model;
+	uint32		scope;
 } BudgetConf;
 
 static BudgetShared *budget_shared = NULL;
@@ -95,6 +106,31 @@ static bool BudgetStale = true;
 static Oid	BudgetRelid = InvalidOid;
 static int	nbudgets = 0;
 static BudgetConf *budgets = NULL;
+static int	LoadingIdx = -1;	/* the state this backend is loading */
+static bool ExitRegistered = false;
+
+/* nano-dollars never wrap: sums saturate */
+#define NANO_MAX PG_INT64_MAX
+
+static inline int64
+nano_add(int64 a, int64 b)
+{
+	int64		r;
+
+	if (pg_add_s64_overflow(a, b, &r))
+		return b > 0 ? NANO_MAX : PG_INT64_MIN;
+	return r;
+}
+
+static inline int64
+nano_sub_floor(int64 a, int64 b)
+{
+	int64		r;
+
+	if (pg_sub_s64_overflow(a, b, &r))
+		return 0;
+	return Max(r, 0);
+}
 
 Size
 budget_shmem_size(void)
@@ -113,6 +149,7 @@ budget_shmem_init(void)
 	if (!found)
 	{
 		budget_shared->lock = &(GetNamedLWLockTranche("maester budgets"))->lock;
+		ConditionVariableInit(&budget_shared->loaded_cv);
 		budget_shared->max = maester_max_budgets;
 		budget_shared->n = 0;
 	}
@@ -131,16 +168,39 @@ budget_init(void)
 	CacheRegisterRelcacheCallback(budget_cache_callback, (Datum) 0);
 }
 
-/* numeric USD -> nano-dollars, rounded up */
+/*
+ * numeric USD -> nano-dollars, rounded up (or down); NaN and amounts past
+ * what int64 holds saturate, so that no amount makes a call fail.
+ */
+static int64
+usd_to_nano_round(Numeric n, bool up)
+{
+	static Numeric max_usd = NULL;
+	Datum		d;
+
+	if (max_usd == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		/* 9,223,372,036 USD: the most nano-dollars an int64 holds */
+		max_usd = DatumGetNumeric(DirectFunctionCall1(int8_numeric, Int64GetDatum(NANO_MAX / 1000000000)));
+		MemoryContextSwitchTo(old);
+	}
+	if (numeric_is_nan(n) || DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(n),
+																 NumericGetDatum(max_usd))) >= 0)
+		return NANO_MAX;
+	d = DirectFunctionCall2(numeric_mul, NumericGetDatum(n),
+							DirectFunctionCall1(int8_numeric, Int64GetDatum(1000000000)));
+	d = up ? DirectFunctionCall1(numeric_ceil, d) : DirectFunctionCall1(numeric_floor, d);
+	if (DatumGetBool(DirectFunctionCall2(numeric_lt, d, DirectFunctionCall1(int8_numeric, Int64GetDatum(0)))))
+		return 0;
+	return DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+}
+
 static int64
 usd_to_nano(Numeric n)
 {
-	Datum		d;
-
-	d = DirectFunctionCall2(numeric_mul, NumericGetDatum(n),
-							DirectFunctionCall1(int8_numeric, Int64GetDatum(1000000000)));
-	d = DirectFunctionCall1(numeric_ceil, d);
-	return DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+	return usd_to_nano_round(n, true);
 }
 
 static Numeric
@@ -157,6 +217,17 @@ static char *
 nano_text(int64 v)
 {
 	return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(nano_to_usd(v))));
+}
+
+/* What identifies the calls a budget counts: a change means a recount */
+static uint32
+scope_hash(BudgetConf *b)
+{
+	uint32		h = hash_bytes((const unsigned char *) b->tenant, strlen(b->tenant));
+
+	h = hash_combine(h, b->prompt ? hash_bytes((const unsigned char *) b->prompt, strlen(b->prompt)) : 1);
+	h = hash_combine(h, b->model ? hash_bytes((const unsigned char *) b->model, strlen(b->model)) : 2);
+	return hash_combine(h, (uint32) b->period);
 }
 
 /* (Re)load maester.budget into BudgetContext, as its owner */
@@ -209,14 +280,11 @@ budget_load(void)
 			b->model = v ? pstrdup(v) : NULL;
 			b->period = SPI_getvalue(t, d, 5)[0];
 			b->limit_usd = DatumGetNumericCopy(SPI_getbinval(t, d, 6, &isnull));
-			b->limit = DatumGetInt64(DirectFunctionCall1(numeric_int8,
-														 DirectFunctionCall1(numeric_floor,
-																			 DirectFunctionCall2(numeric_mul,
-																								 NumericGetDatum(b->limit_usd),
-																								 DirectFunctionCall1(int8_numeric, Int64GetDatum(1000000000))))));
+			b->limit = usd_to_nano_round(b->limit_usd, false);
 			b->action = SPI_getvalue(t, d, 7)[0];
 			v = SPI_getvalue(t, d, 8);
 			b->downgrade_model = v ? pstrdup(v) : NULL;
+			b->scope = scope_hash(b);
 			MemoryContextSwitchTo(old);
 		}
 		nbudgets = SPI_processed;
@@ -242,37 +310,95 @@ period_start(BudgetConf *b, TimestampTz now)
 												   CStringGetTextDatum("UTC")));
 }
 
-/* Find or create the shared state of a budget; lock held exclusively */
+/* Is budget id `id` still in this backend's list? */
+static bool
+budget_listed(int64 id)
+{
+	for (int i = 0; i < nbudgets; i++)
+		if (budgets[i].id == id)
+			return true;
+	return false;
+}
+
+/* The shared state of budget `id` of this database, or NULL; lock held */
+static BudgetState *
+state_find(int64 id)
+{
+	for (int i = 0; i < budget_shared->n; i++)
+		if (budget_shared->states[i].dboid == MyDatabaseId &&
+			budget_shared->states[i].id == id)
+			return &budget_shared->states[i];
+	return NULL;
+}
+
+/*
+ * Find or create the shared state of a budget; lock held exclusively.  A
+ * free entry is reused; when none is left, the states of this database's
+ * budgets that are gone (deleted, nothing reserved, not loading) are
+ * freed first, so maester.max_budgets counts live budgets.
+ */
 static BudgetState *
 state_for(BudgetConf *b)
 {
-	BudgetState *s;
+	BudgetState *s = state_find(b->id);
 
-	for (int i = 0; i < budget_shared->n; i++)
-		if (budget_shared->states[i].dboid == MyDatabaseId &&
-			budget_shared->states[i].id == b->id)
-			return &budget_shared->states[i];
-	if (budget_shared->n >= budget_shared->max)
+	if (s != NULL)
+		return s;
+	for (int pass = 0; pass < 2 && s == NULL; pass++)
+	{
+		for (int i = 0; i < budget_shared->n && s == NULL; i++)
+		{
+			BudgetState *e = &budget_shared->states[i];
+
+			if (pass == 1 && e->dboid == MyDatabaseId && !budget_listed(e->id) &&
+				e->reserved == 0 && e->loader == 0)
+				e->dboid = InvalidOid;
+			if (e->dboid == InvalidOid)
+				s = e;
+		}
+		if (s == NULL && pass == 0 && budget_shared->n < budget_shared->max)
+			s = &budget_shared->states[budget_shared->n++];
+	}
+	if (s == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("too many budgets in use"),
-				 errhint("Raise maester.max_budgets (currently %d) and restart the server.",
-						 maester_max_budgets)));
-	s = &budget_shared->states[budget_shared->n++];
+				 errdetail("The %d budget counters of the server are taken by budgets in use.",
+						   maester_max_budgets),
+				 errhint("Raise maester.max_budgets and restart the server.")));
 	memset(s, 0, sizeof(*s));
 	s->dboid = MyDatabaseId;
 	s->id = b->id;
+	s->scope = b->scope;
+	s->period_start = -1;
 	return s;
 }
 
-/* What the ledger says budget `b` spent since `from` (nano-dollars) */
-static int64
-ledger_spent(BudgetConf *b, TimestampTz from)
+/*
+ * Free the budget states of database `dboid` (which is gone); the
+ * launcher calls this when it frees the database's slot.
+ */
+void
+budget_forget_database(Oid dboid)
+{
+	LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < budget_shared->n; i++)
+		if (budget_shared->states[i].dboid == dboid)
+			budget_shared->states[i].dboid = InvalidOid;
+	LWLockRelease(budget_shared->lock);
+}
+
+/*
+ * What the ledger says of budget `b` since `from` (nano-dollars): what
+ * the settled rows cost, and the estimates of the rows still pending
+ * (calls in flight, whose reservation this budget did not see).
+ */
+static void
+ledger_sums(BudgetConf *b, TimestampTz from, int64 *spent, int64 *pending)
 {
 	Datum		args[4];
 	char		nulls[4] = {' ', ' ', ' ', ' '};
 	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
-	volatile int64 result = 0;
 	OwnerScope	scope;
 
 	args[0] = CStringGetTextDatum(b->tenant);
@@ -286,35 +412,35 @@ ledger_spent(BudgetConf *b, TimestampTz from)
 	PG_TRY();
 	{
 		int			rc;
-
 		SPIPlanPtr	plan;
+		bool		isnull;
 
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		/* the latest snapshot: rows the worker wrote (orphans) since the statement began */
 		plan = SPI_prepare(
-			"SELECT COALESCE(pg_catalog.sum(COALESCE(u.cost_usd, u.estimated_cost_usd, 0)), 0) "
+			"SELECT COALESCE(pg_catalog.sum(COALESCE(u.cost_usd, u.estimated_cost_usd, 0)) "
+			"         FILTER (WHERE u.status OPERATOR(pg_catalog.<>) 'pending'), 0), "
+			"       COALESCE(pg_catalog.sum(COALESCE(u.estimated_cost_usd, 0)) "
+			"         FILTER (WHERE u.status OPERATOR(pg_catalog.=) 'pending'), 0) "
 			"FROM maester.usage u "
 			"WHERE u.tenant OPERATOR(pg_catalog.=) $1 "
 			"AND ($2::pg_catalog.text IS NULL OR u.prompt_name OPERATOR(pg_catalog.=) $2) "
 			"AND ($3::pg_catalog.text IS NULL OR u.model OPERATOR(pg_catalog.=) $3 "
 			"     OR u.requested_model OPERATOR(pg_catalog.=) $3) "
 			"AND (u.ts AT TIME ZONE 'UTC')::pg_catalog.date OPERATOR(pg_catalog.>=) ($4 AT TIME ZONE 'UTC')::pg_catalog.date "
-			"AND u.ts OPERATOR(pg_catalog.>=) $4 "
-			"AND u.status OPERATOR(pg_catalog.<>) 'pending'",
+			"AND u.ts OPERATOR(pg_catalog.>=) $4",
 			4, types);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		/* the latest snapshot: rows the worker wrote since the statement began */
 		rc = SPI_execute_snapshot(plan, args, nulls, GetLatestSnapshot(), InvalidSnapshot,
 								  true, false, 1);
 		if (rc != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "could not sum a budget's spending");
-		{
-			bool		isnull;
-			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-			result = usd_to_nano(DatumGetNumeric(d));
-		}
+		*spent = usd_to_nano(DatumGetNumeric(SPI_getbinval(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc, 1, &isnull)));
+		*pending = usd_to_nano(DatumGetNumeric(SPI_getbinval(SPI_tuptable->vals[0],
+															 SPI_tuptable->tupdesc, 2, &isnull)));
 		SPI_finish();
 	}
 	PG_FINALLY();
@@ -322,74 +448,110 @@ ledger_spent(BudgetConf *b, TimestampTz from)
 		maester_restore_user(&scope);
 	}
 	PG_END_TRY();
-	return result;
 }
 
-/* Make sure budget `b`'s state is loaded for the current period */
+/* End this backend's load of state `idx`, if it still is ours; wake waiters */
+static void
+load_abandon(int idx)
+{
+	LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
+	if (budget_shared->states[idx].loader == MyProcPid)
+		budget_shared->states[idx].loader = 0;
+	LWLockRelease(budget_shared->lock);
+	LoadingIdx = -1;
+	ConditionVariableBroadcast(&budget_shared->loaded_cv);
+}
+
+/* A backend that exits in the middle of a load (FATAL, terminate) gives it up */
+static void
+budget_exit(int code, Datum arg)
+{
+	if (LoadingIdx >= 0 && budget_shared != NULL)
+		load_abandon(LoadingIdx);
+}
+
+/*
+ * Make sure budget `b`'s state is loaded for the current period (see the
+ * header): one backend sums the ledger, the others sleep on the
+ * condition variable until it is done, as long as it takes (their
+ * statement_timeout applies).  A load whose backend is gone -- an error,
+ * FATAL, pg_terminate_backend -- is taken over.  A budget whose scope
+ * changed (UPDATE of tenant, prompt, model or period) is counted again.
+ */
 static void
 ensure_loaded(BudgetConf *b, TimestampTz now)
 {
 	TimestampTz start = period_start(b, now);
-	BudgetState *s;
-	bool		need;
-	volatile int64 spent = 0;
 
-	LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
-	s = state_for(b);
-	if (s->period_start != start)
+	for (;;)
 	{
-		/* a new period: start over (reservations in flight stay) */
-		s->period_start = start;
-		s->loaded = false;
-		s->spent = 0;
-		s->delta = 0;
-	}
-	need = !s->loaded && !s->loading;
-	if (need)
-	{
-		s->loading = true;
-		s->delta = 0;
-	}
-	LWLockRelease(budget_shared->lock);
-	if (!need)
-	{
-		/* someone else is loading: wait for it (briefly) */
-		for (int i = 0; i < 1000; i++)
-		{
-			bool		loaded;
+		BudgetState *s;
+		int			idx;
+		TimestampTz loaded_at;
+		int64		spent = 0;
+		int64		pending = 0;
 
-			LWLockAcquire(budget_shared->lock, LW_SHARED);
-			loaded = s->loaded || !s->loading;
-			LWLockRelease(budget_shared->lock);
-			if (loaded)
-				break;
-			pg_usleep(1000);
-			CHECK_FOR_INTERRUPTS();
-		}
-		return;
-	}
-
-	PG_TRY();
-	{
-		spent = ledger_spent(b, start);
-	}
-	PG_CATCH();
-	{
 		LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
-		s->loading = false;
+		s = state_for(b);
+		idx = s - budget_shared->states;
+		if (s->period_start != start || s->scope != b->scope)
+		{
+			/* a new period, or another scope: count again (holds stay) */
+			s->period_start = start;
+			s->scope = b->scope;
+			s->loaded = false;
+			s->spent = s->inflight = s->delta = 0;
+		}
+		if (s->loaded)
+		{
+			LWLockRelease(budget_shared->lock);
+			ConditionVariableCancelSleep();
+			return;
+		}
+		if (s->loader != 0 && s->loader != MyProcPid && BackendPidGetProc(s->loader) == NULL)
+			s->loader = 0;		/* abandoned without a word (a crash of its own) */
+		if (s->loader != 0)
+		{
+			LWLockRelease(budget_shared->lock);
+			(void) ConditionVariableTimedSleep(&budget_shared->loaded_cv, 1000, PG_WAIT_EXTENSION);
+			continue;
+		}
+		s->loader = MyProcPid;
+		s->delta = 0;
 		LWLockRelease(budget_shared->lock);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
+		ConditionVariableCancelSleep();
 
-	LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
-	if (s->period_start == start)
-	{
-		s->spent = spent + s->delta;
-		s->loaded = true;
+		if (!ExitRegistered)
+		{
+			before_shmem_exit(budget_exit, (Datum) 0);
+			ExitRegistered = true;
+		}
+		LoadingIdx = idx;
+		loaded_at = GetCurrentTimestamp();
+		PG_TRY();
+		{
+			ledger_sums(b, start, &spent, &pending);
+		}
+		PG_CATCH();
+		{
+			load_abandon(idx);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+
+		LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
+		s = &budget_shared->states[idx];
+		if (s->loader == MyProcPid && s->dboid == MyDatabaseId && s->id == b->id &&
+			s->period_start == start && s->scope == b->scope)
+		{
+			s->spent = nano_add(spent, s->delta);
+			s->inflight = pending;
+			s->loaded_at = loaded_at;
+			s->loaded = true;
+		}
+		LWLockRelease(budget_shared->lock);
+		load_abandon(idx);
 	}
-	s->loading = false;
-	LWLockRelease(budget_shared->lock);
 }
 
 /* Does budget `b` apply to this call? */
@@ -397,8 +559,8 @@ static bool
 applies(BudgetConf *b, const char *tenant, const char *prompt, const char *model)
 {
 	return strcmp(b->tenant, tenant) == 0 &&
-		(b->prompt == NULL || (prompt && strcmp(b->prompt, prompt) == 0)) &&
-		(b->model == NULL || (model && strcmp(b->model, model) == 0));
+		(b->prompt == NULL || (prompt && prompt[0] && strcmp(b->prompt, prompt) == 0)) &&
+		(b->model == NULL || (model && model[0] && strcmp(b->model, model) == 0));
 }
 
 /*
@@ -416,17 +578,27 @@ budget_reserve(const char *tenant, const char *prompt, const char *model,
 {
 	TimestampTz now = GetCurrentTimestamp();
 	int64		est;
-	int			idx[BUDGET_MAX_APPLICABLE];
 	BudgetConf *conf[BUDGET_MAX_APPLICABLE];
+	BudgetState *st[BUDGET_MAX_APPLICABLE];
 	int			n = 0;
 	BudgetConf *violated = NULL;
 	int64		v_spent = 0;
 	int64		v_reserved = 0;
+	bool		all_loaded = false;
 
 	memset(hold, 0, sizeof(*hold));
 	AcceptInvalidationMessages();
 	if (BudgetStale)
 		budget_load();
+	est = estimate ? usd_to_nano(estimate) : 0;
+
+	/* the call's scope: a budget created while it is in flight settles it too */
+	strlcpy(hold->tenant, tenant, sizeof(hold->tenant));
+	strlcpy(hold->prompt, prompt ? prompt : "", sizeof(hold->prompt));
+	strlcpy(hold->model, model ? model : "", sizeof(hold->model));
+	hold->estimate = est;
+	hold->reserved_at = now;
+
 	for (int i = 0; i < nbudgets && n < BUDGET_MAX_APPLICABLE; i++)
 		if (applies(&budgets[i], tenant, prompt, model))
 			conf[n++] = &budgets[i];
@@ -435,49 +607,53 @@ budget_reserve(const char *tenant, const char *prompt, const char *model,
 
 	if (estimate == NULL && !maester_budget_allow_unpriced)
 		violated = conf[0];
-	est = estimate ? usd_to_nano(estimate) : 0;
 
-	for (int i = 0; i < n; i++)
-		ensure_loaded(conf[i], now);
-
-	/* check and reserve together */
-	LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < n; i++)
+	/* check and reserve together, once every counter is loaded */
+	for (int tries = 0; !all_loaded; tries++)
 	{
-		if (!state_for(conf[i])->loaded)
+		for (int i = 0; i < n; i++)
+			ensure_loaded(conf[i], now);
+		LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
+		all_loaded = true;
+		for (int i = 0; i < n && all_loaded; i++)
 		{
+			st[i] = state_for(conf[i]);
+			all_loaded = st[i]->loaded;
+		}
+		if (!all_loaded)
+		{
+			/* a period began, or a scope changed, meanwhile: load again */
 			LWLockRelease(budget_shared->lock);
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("budget %lld is not loaded yet", (long long) conf[i]->id),
-					 errdetail("Its spending is still being summed from the ledger; nothing was sent."),
-					 errhint("Try again.")));
+			CHECK_FOR_INTERRUPTS();
+			now = GetCurrentTimestamp();
 		}
 	}
 	for (int i = 0; i < n && violated == NULL; i++)
 	{
-		BudgetState *s = state_for(conf[i]);
+		BudgetState *s = st[i];
+		int64		total = nano_add(nano_add(nano_add(s->spent, s->reserved), s->inflight), est);
 
-		idx[i] = s - budget_shared->states;
-		if (conf[i]->action != 'w' && s->spent + s->reserved + est > conf[i]->limit)
+		if (conf[i]->action != 'w' && total > conf[i]->limit)
 		{
 			violated = conf[i];
 			v_spent = s->spent;
-			v_reserved = s->reserved;
+			v_reserved = nano_add(s->reserved, s->inflight);
 		}
 	}
 	if (violated == NULL)
 	{
 		for (int i = 0; i < n; i++)
 		{
-			BudgetState *s = &budget_shared->states[idx[i]];
+			BudgetState *s = st[i];
 
-			if (conf[i]->action == 'w' && s->spent + s->reserved + est > conf[i]->limit)
+			if (conf[i]->action == 'w' &&
+				nano_add(nano_add(nano_add(s->spent, s->reserved), s->inflight), est) > conf[i]->limit)
 				hold->warn_id = conf[i]->id;
-			s->reserved += est;
-			hold->idx[hold->n++] = idx[i];
+			s->reserved = nano_add(s->reserved, est);
+			hold->idx[hold->n] = s - budget_shared->states;
+			hold->ids[hold->n] = s->id;
+			hold->n++;
 		}
-		hold->estimate = est;
 	}
 	LWLockRelease(budget_shared->lock);
 
@@ -489,6 +665,7 @@ budget_reserve(const char *tenant, const char *prompt, const char *model,
 					 errdetail("The budget's action is warn: the call proceeds.")));
 		return BUDGET_OK;
 	}
+	hold->tenant[0] = '\0';		/* nothing to settle */
 	if (violated->action == 'd' && violated->downgrade_model &&
 		strcmp(violated->downgrade_model, model) != 0)
 	{
@@ -514,50 +691,96 @@ budget_reserve(const char *tenant, const char *prompt, const char *model,
 	return BUDGET_OK;			/* keep compiler quiet */
 }
 
+/* The PENDING row of the hold's attempt is durable (see budget_credit) */
+void
+budget_hold_durable(BudgetHold *hold)
+{
+	hold->durable_at = GetCurrentTimestamp();
+}
+
+/*
+ * Count `cost` in state `s` for a settled attempt; lock held.  A load that
+ * began after the attempt's PENDING row was durable counted its estimate
+ * as in flight: that estimate goes.  (One that began earlier may have seen
+ * the row or not; its estimate then stays, over-counting, never under.)
+ */
+static void
+budget_credit(BudgetState *s, const BudgetHold *hold, int64 cost)
+{
+	if (hold->durable_at != 0 && s->loaded_at > hold->durable_at &&
+		hold->reserved_at >= s->period_start)
+		s->inflight = nano_sub_floor(s->inflight, hold->estimate);
+	if (s->loader != 0)
+		s->delta = nano_add(s->delta, cost);
+	s->spent = nano_add(s->spent, cost);
+}
+
+/*
+ * Settle a hold at `cost` nano-dollars: its reservations are replaced by
+ * the cost, and budgets that apply to its call without holding it
+ * (created, or first loaded, while it was in flight) count the cost too.
+ * Uses this backend's list of budgets as it is: no catalog access, no
+ * error, so it also serves the error and exit paths.
+ */
+static void
+settle(BudgetHold *hold, int64 cost)
+{
+	int64		other[BUDGET_MAX_APPLICABLE];
+	int			nother = 0;
+
+	if (hold->tenant[0] == '\0' || budget_shared == NULL)
+		return;
+	for (int i = 0; i < nbudgets && nother < BUDGET_MAX_APPLICABLE; i++)
+	{
+		bool		held = false;
+
+		if (!applies(&budgets[i], hold->tenant, hold->prompt, hold->model))
+			continue;
+		for (int j = 0; j < hold->n && !held; j++)
+			held = hold->ids[j] == budgets[i].id;
+		if (!held)
+			other[nother++] = budgets[i].id;
+	}
+	if (hold->n > 0 || nother > 0)
+	{
+		LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
+		for (int i = 0; i < hold->n; i++)
+		{
+			BudgetState *s = &budget_shared->states[hold->idx[i]];
+
+			if (s->dboid != MyDatabaseId || s->id != hold->ids[i])
+				continue;		/* the budget was deleted and its state reused */
+			s->reserved = nano_sub_floor(s->reserved, hold->estimate);
+			budget_credit(s, hold, cost);
+		}
+		for (int i = 0; i < nother; i++)
+		{
+			BudgetState *s = state_find(other[i]);
+
+			if (s != NULL && (s->loaded || s->loader != 0))
+				budget_credit(s, hold, cost);
+		}
+		LWLockRelease(budget_shared->lock);
+	}
+	hold->n = 0;
+	hold->tenant[0] = '\0';
+}
+
 /*
  * Replace a hold's reservation by what the attempt cost (`actual`, NULL:
- * unpriced, counted as 0).  Never throws on the numeric side for valid
- * input; safe to call on a zero hold.
+ * unpriced, counted as 0).  Safe to call on a zero hold, or twice.
  */
 void
 budget_settle(BudgetHold *hold, Numeric actual)
 {
-	int64		cost = actual ? usd_to_nano(actual) : 0;
-
-	if (hold->n == 0)
-		return;
-	LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < hold->n; i++)
-	{
-		BudgetState *s = &budget_shared->states[hold->idx[i]];
-
-		s->reserved -= hold->estimate;
-		if (s->loading)
-			s->delta += cost;
-		s->spent += cost;
-	}
-	LWLockRelease(budget_shared->lock);
-	hold->n = 0;
+	settle(hold, actual ? usd_to_nano(actual) : 0);
 }
 
 /* Settle a hold at its estimate, without numerics (exit and error paths) */
 void
 budget_settle_at_estimate(BudgetHold *hold)
 {
-	if (hold->n == 0 || budget_shared == NULL)
-		return;
-	LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < hold->n; i++)
-	{
-		BudgetState *s = &budget_shared->states[hold->idx[i]];
-
-		s->reserved -= hold->estimate;
-		if (s->loading)
-			s->delta += hold->estimate;
-		s->spent += hold->estimate;
-	}
-	LWLockRelease(budget_shared->lock);
-	hold->n = 0;
+	settle(hold, hold->estimate);
 }
 
 PG_FUNCTION_INFO_V1(budget_counters);
@@ -591,7 +814,7 @@ budget_counters(PG_FUNCTION_ARGS)
 		values[1] = TimestampTzGetDatum(copy[i].period_start);
 		nulls[1] = copy[i].period_start == 0;
 		values[2] = NumericGetDatum(nano_to_usd(copy[i].spent));
-		values[3] = NumericGetDatum(nano_to_usd(copy[i].reserved));
+		values[3] = NumericGetDatum(nano_to_usd(nano_add(copy[i].reserved, copy[i].inflight)));
 		values[4] = BoolGetDatum(copy[i].loaded);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

@@ -8,17 +8,26 @@
 #ifndef MAESTER_BUDGET_H
 #define MAESTER_BUDGET_H
 
+#include "datatype/timestamp.h"
 #include "utils/numeric.h"
 
 #define BUDGET_MAX_APPLICABLE 16
+#define BUDGET_SCOPE_LEN 256		/* as the ledger keeps names (LEDGER_NAMELEN) */
 
 /* The reservations of one attempt */
 typedef struct BudgetHold
 {
 	int			n;
 	int			idx[BUDGET_MAX_APPLICABLE];	/* into the shared states */
+	int64		ids[BUDGET_MAX_APPLICABLE];	/* their budgets */
 	int64		estimate;		/* nano-dollars reserved in each */
 	int64		warn_id;		/* a warn budget that is exceeded, or 0 */
+	TimestampTz reserved_at;
+	TimestampTz durable_at;		/* its PENDING row was durable, 0: not yet */
+	/* the call's scope ("" tenant: nothing to settle) */
+	char		tenant[BUDGET_SCOPE_LEN];
+	char		prompt[BUDGET_SCOPE_LEN];
+	char		model[BUDGET_SCOPE_LEN];
 } BudgetHold;
 
 typedef enum BudgetVerdict
@@ -36,5 +45,7 @@ extern BudgetVerdict budget_reserve(const char *tenant, const char *prompt,
 									void (*on_block) (void *), void *arg);
 extern void budget_settle(BudgetHold *hold, Numeric actual);
 extern void budget_settle_at_estimate(BudgetHold *hold);
+extern void budget_hold_durable(BudgetHold *hold);
+extern void budget_forget_database(Oid dboid);
 
 #endif							/* MAESTER_BUDGET_H */

@@ -117,6 +117,7 @@ struct Call
 	int			ti;				/* current target */
 	int			tries;			/* attempts on it so far */
 	bool		paced;			/* this attempt has its rate-limit turn */
+	bool		deadline_bound;	/* its timeout is the caller's deadline, not the provider's */
 	TimestampTz paced_since;
 	TimestampTz started;
 	TimestampTz wake_at;		/* PACED, BACKOFF */

@@ -1,22 +1,29 @@
 /*-------------------------------------------------------------------------
  *
  * circuit.c
- *	  Per-provider state shared by every backend and worker of the server:
- *	  the circuit breaker and rate pacing.
+ *	  Circuit breakers and rate pacing, in shared memory, per database:
+ *	  one database's failures or traffic never touch another's.
  *
- * Circuit breaker.  Per provider: after circuit_failure_threshold
- * consecutive failures that say something about the provider's health
- * (5xx, 429, timeouts, connection and protocol errors), the circuit opens
- * and calls skip the provider for circuit_cooldown_ms; then one call is let
- * through as a probe (half-open): success closes the circuit, failure opens
- * it again.  A probe whose backend died is given up after another cooldown.
+ * Circuit breaker, per database, provider and model: after
+ * circuit_failure_threshold consecutive failures of a model that say
+ * something about its health (5xx, 429, timeouts of the provider's own
+ * timeout, connection and protocol errors), the circuit opens and calls
+ * skip that provider's model for circuit_cooldown_ms; then one call is
+ * let through as a probe (half-open): success closes the circuit, failure
+ * opens it again.  A probe whose backend died is given up after another
+ * cooldown.  The provider's other models are not affected.  A timeout
+ * that was the caller's own shorter deadline (options.timeout_ms below
+ * the provider's timeout_ms) says nothing of the provider and is not
+ * counted (machine.c).
  *
- * Rate pacing: see rate_reserve().
+ * Rate pacing, per database and provider: see rate_reserve().
  *
- * Shared memory: one CircuitShared block of maester.max_providers entries,
- * found by provider name and never removed (a provider that disappears
- * just leaves an idle entry), protected by one LWLock of our own tranche,
- * taken exclusively for a few instructions.
+ * Shared memory: one table of maester.max_providers entries -- one per
+ * (database, provider) for pacing, one per (database, provider, model)
+ * for the breaker -- protected by one LWLock of our own tranche, taken
+ * exclusively for a few instructions.  When the table is full, the idle
+ * entry used longest ago (closed, no failures, no pacing ahead) is
+ * reused; the entries of a database that is gone are freed with its slot.
  *
  *-------------------------------------------------------------------------
  */
@@ -45,7 +52,10 @@ typedef enum CircuitState
 
 typedef struct MaesterCircuit
 {
+	Oid			dboid;			/* InvalidOid: free */
 	char		provider[MAESTER_PROVIDER_NAMELEN];
+	char		model[MAESTER_PROVIDER_NAMELEN];	/* "": the pacing entry */
+	TimestampTz last_used;
 	CircuitState state;
 	int			consecutive_failures;
 	TimestampTz opened_at;		/* when it last opened */
@@ -60,7 +70,7 @@ typedef struct MaesterCircuit
 typedef struct CircuitShared
 {
 	LWLock	   *lock;
-	int			ncircuits;		/* entries in use */
+	int			ncircuits;		/* high-water mark */
 	int			maxcircuits;
 	MaesterCircuit circuits[FLEXIBLE_ARRAY_MEMBER];
 } CircuitShared;
@@ -89,27 +99,75 @@ circuit_shmem_init(void)
 	}
 }
 
-/* Find (or create) the shared entry of a provider; lock held by caller */
+/* Nothing in it that a fresh entry would not have */
+static bool
+circuit_idle(MaesterCircuit *c, TimestampTz now)
+{
+	return c->state == CIRCUIT_CLOSED && c->consecutive_failures == 0 &&
+		c->rate_requests_at <= now && c->rate_tokens_at <= now;
+}
+
+/*
+ * The entry of (this database, provider, model) -- model NULL: the
+ * provider's pacing entry --, created if need be; lock held exclusively.
+ * NULL when the table is full of entries in use (no breaker, no pacing).
+ */
 static MaesterCircuit *
-circuit_entry(const char *fullname)
+circuit_entry(const char *provider, const char *model)
 {
 	CircuitShared *s = circuit_shared;
-	char		name[MAESTER_PROVIDER_NAMELEN];
+	char		p[MAESTER_PROVIDER_NAMELEN];
+	char		m[MAESTER_PROVIDER_NAMELEN];
+	MaesterCircuit *c = NULL;
+	MaesterCircuit *reuse = NULL;
+	TimestampTz now = GetCurrentTimestamp();
 
 	/* compare as stored: cut to the entry's size */
-	strlcpy(name, fullname, sizeof(name));
+	strlcpy(p, provider, sizeof(p));
+	strlcpy(m, model ? model : "", sizeof(m));
 	for (int i = 0; i < s->ncircuits; i++)
-		if (strcmp(s->circuits[i].provider, name) == 0)
-			return &s->circuits[i];
-	if (s->ncircuits < s->maxcircuits)
 	{
-		MaesterCircuit *c = &s->circuits[s->ncircuits++];
+		MaesterCircuit *e = &s->circuits[i];
 
-		memset(c, 0, sizeof(*c));
-		strlcpy(c->provider, name, MAESTER_PROVIDER_NAMELEN);
-		return c;
+		if (e->dboid == MyDatabaseId && strcmp(e->provider, p) == 0 && strcmp(e->model, m) == 0)
+		{
+			e->last_used = now;
+			return e;
+		}
+		if (e->dboid == InvalidOid)
+		{
+			if (reuse == NULL || reuse->dboid != InvalidOid)
+				reuse = e;
+		}
+		else if (circuit_idle(e, now) && (reuse == NULL ||
+										  (reuse->dboid != InvalidOid && e->last_used < reuse->last_used)))
+			reuse = e;
 	}
-	return NULL;				/* full: no breaker for this provider */
+	if (s->ncircuits < s->maxcircuits && (reuse == NULL || reuse->dboid != InvalidOid))
+		c = &s->circuits[s->ncircuits++];
+	else
+		c = reuse;
+	if (c == NULL)
+		return NULL;
+	memset(c, 0, sizeof(*c));
+	c->dboid = MyDatabaseId;
+	strlcpy(c->provider, p, sizeof(c->provider));
+	strlcpy(c->model, m, sizeof(c->model));
+	c->last_used = now;
+	return c;
+}
+
+/* Free the entries of database `dboid` (it is gone) */
+void
+circuit_forget_database(Oid dboid)
+{
+	if (circuit_shared == NULL)
+		return;
+	LWLockAcquire(circuit_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < circuit_shared->ncircuits; i++)
+		if (circuit_shared->circuits[i].dboid == dboid)
+			circuit_shared->circuits[i].dboid = InvalidOid;
+	LWLockRelease(circuit_shared->lock);
 }
 
 /*
@@ -140,7 +198,7 @@ rate_reserve(ProviderConf *p, int64 tokens, int64 max_wait_us, TimestampTz *turn
 	if (p->tokens_per_minute > 0)
 		tokens = Min(Max(tokens, 1), (int64) p->tokens_per_minute);
 	LWLockAcquire(circuit_shared->lock, LW_EXCLUSIVE);
-	c = circuit_entry(p->name);
+	c = circuit_entry(p->name, NULL);
 	if (c == NULL)
 	{
 		LWLockRelease(circuit_shared->lock);
@@ -166,9 +224,9 @@ rate_reserve(ProviderConf *p, int64 tokens, int64 max_wait_us, TimestampTz *turn
 	return true;
 }
 
-/* May we call provider `p` now?  See the header comment */
+/* May we call `model` of provider `p` now?  See the header comment */
 CircuitAdmit
-circuit_admit(ProviderConf *p)
+circuit_admit(ProviderConf *p, const char *model)
 {
 	MaesterCircuit *c;
 	CircuitAdmit result = CIRCUIT_ADMIT;
@@ -178,7 +236,7 @@ circuit_admit(ProviderConf *p)
 		return CIRCUIT_ADMIT;
 	now = GetCurrentTimestamp();
 	LWLockAcquire(circuit_shared->lock, LW_EXCLUSIVE);
-	c = circuit_entry(p->name);
+	c = circuit_entry(p->name, model);
 	if (c != NULL && c->state != CIRCUIT_CLOSED)
 	{
 		TimestampTz since = c->state == CIRCUIT_OPEN ? c->opened_at : c->probe_started;
@@ -202,28 +260,28 @@ circuit_admit(ProviderConf *p)
  * that the next call after the cooldown probes again.
  */
 void
-circuit_release_probe(ProviderConf *p)
+circuit_release_probe(ProviderConf *p, const char *model)
 {
 	MaesterCircuit *c;
 
 	LWLockAcquire(circuit_shared->lock, LW_EXCLUSIVE);
-	c = circuit_entry(p->name);
+	c = circuit_entry(p->name, model);
 	if (c != NULL && c->state == CIRCUIT_HALF_OPEN)
 		c->state = CIRCUIT_OPEN;
 	LWLockRelease(circuit_shared->lock);
 }
 
 /*
- * Record the outcome of a call to `p`.  `counts` says whether a failure
- * reflects the provider's health (a 400 does not).
+ * Record the outcome of a call to `model` of `p`.  `counts` says whether a
+ * failure reflects the model's health (a 400 does not).
  */
 void
-circuit_record(ProviderConf *p, bool success, bool counts)
+circuit_record(ProviderConf *p, const char *model, bool success, bool counts)
 {
 	MaesterCircuit *c;
 
 	LWLockAcquire(circuit_shared->lock, LW_EXCLUSIVE);
-	c = circuit_entry(p->name);
+	c = circuit_entry(p->name, model);
 	if (c != NULL)
 	{
 		if (success)
@@ -258,8 +316,9 @@ circuit_record(ProviderConf *p, bool success, bool counts)
 
 PG_FUNCTION_INFO_V1(circuit_status);
 /*
- * maester.circuit_status() RETURNS SETOF record: the breaker state of every
- * provider seen since the server started (the maester.circuit view).
+ * maester.circuit_status() RETURNS SETOF record: the breaker of every
+ * provider and model this database called since the server started (the
+ * maester.circuit view).
  */
 Datum
 circuit_status(PG_FUNCTION_ARGS)
@@ -280,21 +339,24 @@ circuit_status(PG_FUNCTION_ARGS)
 
 	for (int i = 0; i < n; i++)
 	{
-		Datum		values[7];
-		bool		nulls[7] = {false, false, false, false, false, false, false};
+		Datum		values[8];
+		bool		nulls[8] = {false, false, false, false, false, false, false, false};
 		const char *state = copy[i].state == CIRCUIT_OPEN ? "open" :
 		copy[i].state == CIRCUIT_HALF_OPEN ? "half_open" : "closed";
 
+		if (copy[i].dboid != MyDatabaseId || copy[i].model[0] == '\0')
+			continue;
 		values[0] = CStringGetTextDatum(copy[i].provider);
-		values[1] = CStringGetTextDatum(state);
-		values[2] = Int32GetDatum(copy[i].consecutive_failures);
+		values[1] = CStringGetTextDatum(copy[i].model);
+		values[2] = CStringGetTextDatum(state);
+		values[3] = Int32GetDatum(copy[i].consecutive_failures);
 		if (copy[i].opened_at != 0)
-			values[3] = TimestampTzGetDatum(copy[i].opened_at);
+			values[4] = TimestampTzGetDatum(copy[i].opened_at);
 		else
-			nulls[3] = true;
-		values[4] = Int64GetDatum(copy[i].successes);
-		values[5] = Int64GetDatum(copy[i].failures);
-		values[6] = Int64GetDatum(copy[i].opens);
+			nulls[4] = true;
+		values[5] = Int64GetDatum(copy[i].successes);
+		values[6] = Int64GetDatum(copy[i].failures);
+		values[7] = Int64GetDatum(copy[i].opens);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -302,14 +364,16 @@ circuit_status(PG_FUNCTION_ARGS)
 
 PG_FUNCTION_INFO_V1(circuit_reset);
 /*
- * maester.circuit_reset(provider text DEFAULT NULL) RETURNS integer: close
- * the circuit of one provider (or all), returning how many were reset.
+ * maester.circuit_reset(provider text DEFAULT NULL, model text DEFAULT
+ * NULL) RETURNS integer: close the circuits of this database's provider
+ * (NULL: all) and model (NULL: all of its models); returns how many.
  */
 Datum
 circuit_reset(PG_FUNCTION_ARGS)
 {
 	int			count = 0;
 	char	   *name = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *model = PG_NARGS() < 2 || PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 
 	maester_check_catalog();
 	maester_require_preload();
@@ -318,7 +382,11 @@ circuit_reset(PG_FUNCTION_ARGS)
 	{
 		MaesterCircuit *c = &circuit_shared->circuits[i];
 
-		if (name && strncmp(c->provider, name, MAESTER_PROVIDER_NAMELEN) != 0)
+		if (c->dboid != MyDatabaseId || c->model[0] == '\0')
+			continue;
+		if (name && strncmp(c->provider, name, MAESTER_PROVIDER_NAMELEN - 1) != 0)
+			continue;
+		if (model && strncmp(c->model, model, MAESTER_PROVIDER_NAMELEN - 1) != 0)
 			continue;
 		c->state = CIRCUIT_CLOSED;
 		c->consecutive_failures = 0;

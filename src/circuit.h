@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * circuit.h
- *	  Circuit breakers and rate pacing per provider, in shared memory.
+ *	  Circuit breakers (per database, provider and model) and rate pacing
+ *	  (per database and provider), in shared memory.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,9 +23,10 @@ typedef enum CircuitAdmit
 extern Size circuit_shmem_size(void);
 extern void circuit_shmem_init(void);
 
-extern CircuitAdmit circuit_admit(ProviderConf *p);
-extern void circuit_record(ProviderConf *p, bool success, bool counts);
-extern void circuit_release_probe(ProviderConf *p);
+extern CircuitAdmit circuit_admit(ProviderConf *p, const char *model);
+extern void circuit_record(ProviderConf *p, const char *model, bool success, bool counts);
+extern void circuit_release_probe(ProviderConf *p, const char *model);
+extern void circuit_forget_database(Oid dboid);
 
 extern bool rate_reserve(ProviderConf *p, int64 tokens, int64 max_wait_us,
 						 TimestampTz *turn);

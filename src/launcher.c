@@ -65,10 +65,13 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
+#include "budget.h"
 #include "catalog.h"
+#include "circuit.h"
 #include "launcher.h"
 #include "ledger.h"
 #include "settings.h"
+#include "stat.h"
 
 #define REGISTRY_FILE "pg_stat/maester_databases"
 /* how long a command waits for a database's workers to exit */
@@ -349,9 +352,15 @@ launcher_pass(void)
 				registry_changed = true;
 			}
 			if (slot_free(slot, v.dboid))
+			{
+				/* and its budget counters, circuits and statistics */
+				budget_forget_database(v.dboid);
+				circuit_forget_database(v.dboid);
+				stat_forget_database(v.dboid);
 				ereport(LOG,
 						(errmsg("maester launcher freed the slot of database %u, %s",
 								v.dboid, v.no_extension ? "which has no maester" : "which is gone")));
+			}
 			continue;
 		}
 		if (v.stopping)

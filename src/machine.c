@@ -285,11 +285,12 @@ phase_attempt(Call *c, CallSet *set)
 		}
 	}
 
-	admit = circuit_admit(p);
+	admit = circuit_admit(p, t->model);
 	if (admit == CIRCUIT_SKIP)
 	{
 		call_fail_with(c, p->name, "circuit_open", ERRCODE_MAESTER_UNAVAILABLE,
-					   psprintf("provider \"%s\" is failing: its circuit breaker is open", p->name));
+					   psprintf("model \"%s\" of provider \"%s\" is failing: its circuit breaker is open",
+								t->model, p->name));
 		next_target(c);
 		return;
 	}
@@ -322,7 +323,7 @@ phase_attempt(Call *c, CallSet *set)
 		trace_attr_str(span, "maester.budget.downgrade_to", downgrade);
 		pfree(r);
 		if (c->probe)
-			circuit_release_probe(p);
+			circuit_release_probe(p, t->model);
 		c->probe = false;
 		if (cs->downgraded)
 		{
@@ -427,6 +428,7 @@ phase_send(Call *c, CallSet *set)
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("API key of provider \"%s\" is not set: %s", p->name, missing)));
 	c->req_live = true;
+	c->deadline_bound = remaining < (long) p->timeout_ms;
 	provider_request(p, gen, c->key, &c->g.request_id, c->g.traceparent,
 					 Max(Min((long) p->timeout_ms, remaining), 1L), &c->req);
 	c->attempt_start = GetCurrentTimestamp();
@@ -504,7 +506,7 @@ phase_settle(Call *c, CallSet *set)
 		return;
 	}
 	/* the provider answered: its circuit hears it now, not after grading */
-	circuit_record(t->provider, true, false);
+	circuit_record(t->provider, t->model, true, false);
 	c->probe = false;
 	attempt_record_outcome(c, t, NULL, c->rec, true);
 	inflight_answered(c->inflight, c->rec, c->g.cost ? c->g.cost : c->estimate);
@@ -563,9 +565,18 @@ attempt_end(Call *c, CallSet *set, bool ok, Failure *fp, bool sent)
 		return;
 	}
 	if (sent)
-		circuit_record(p, false, f.counts);
+	{
+		/* a timeout that was the caller's own shorter deadline: no verdict */
+		bool		counts = f.counts &&
+			!(c->deadline_bound && strcmp(f.error_class, "timeout") == 0);
+
+		if (counts || !c->probe)
+			circuit_record(p, t->model, false, counts);
+		else
+			circuit_release_probe(p, t->model);
+	}
 	else if (c->probe)
-		circuit_release_probe(p);	/* the provider said nothing: no verdict */
+		circuit_release_probe(p, t->model);	/* the provider said nothing: no verdict */
 	c->probe = false;
 	call_note_failure(c, p->name, &f);
 	if (f.fatal)
@@ -697,6 +708,7 @@ call_move(Call *c, CallSet *set)
 			case PHASE_DURABLE:
 				if (ledger_durable_seq(c->cs.slot) >= c->pending_seq)
 				{
+					budget_hold_durable(&c->inflight->hold);
 					if (ledger_record_dead(c->cs.slot, c->pending_seq))
 						phase_unrecorded(c, set);
 					else
@@ -749,7 +761,7 @@ call_abort(Call *c)
 		c->inflight = NULL;
 	}
 	if (c->probe && c->plan)
-		circuit_release_probe(c->plan->targets[c->ti].provider);
+		circuit_release_probe(c->plan->targets[c->ti].provider, c->plan->targets[c->ti].model);
 	c->probe = false;
 	if (c->gen_span && c->gen_span->duration_us < 0)
 		trace_span_end(c->gen_span, "cancelled");

@@ -277,20 +277,17 @@ stat_entries(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-PG_FUNCTION_INFO_V1(stat_reset);
-/* maester.stat_reset(): zero this database's statistics; returns how many */
-Datum
-stat_reset(PG_FUNCTION_ARGS)
+/* Remove the entries of database `dboid`; returns how many */
+static int
+stat_drop(Oid dboid)
 {
 	int			count = 0;
 	int			keep = 0;
 
-	maester_check_catalog();
-	maester_require_preload();
 	LWLockAcquire(stat_shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < stat_shared->n; i++)
 	{
-		if (stat_shared->entries[i].dboid == MyDatabaseId)
+		if (stat_shared->entries[i].dboid == dboid)
 		{
 			count++;
 			continue;
@@ -301,5 +298,23 @@ stat_reset(PG_FUNCTION_ARGS)
 	}
 	stat_shared->n = keep;
 	LWLockRelease(stat_shared->lock);
-	PG_RETURN_INT32(count);
+	return count;
+}
+
+/* The entries of a database that is gone (the launcher frees its slot) */
+void
+stat_forget_database(Oid dboid)
+{
+	if (stat_shared != NULL)
+		(void) stat_drop(dboid);
+}
+
+PG_FUNCTION_INFO_V1(stat_reset);
+/* maester.stat_reset(): zero this database's statistics; returns how many */
+Datum
+stat_reset(PG_FUNCTION_ARGS)
+{
+	maester_check_catalog();
+	maester_require_preload();
+	PG_RETURN_INT32(stat_drop(MyDatabaseId));
 }

@@ -12,6 +12,7 @@
 
 extern Size stat_shmem_size(void);
 extern void stat_shmem_init(void);
+extern void stat_forget_database(Oid dboid);
 extern void stat_attempt(const char *provider, const char *model,
 						 const char *error_class, int64 input_tokens,
 						 int64 output_tokens, Numeric cost);

@@ -20,10 +20,11 @@ COMMENT ON FUNCTION maester.stat_entries() IS
 CREATE VIEW maester.stat AS
 SELECT s.*, COALESCE(c.state, 'closed') AS circuit_state
   FROM maester.stat_entries() s
-  LEFT JOIN maester.circuit_status() c ON c.provider OPERATOR(pg_catalog.=) s.provider;
+  LEFT JOIN maester.circuit_status() c ON c.provider OPERATOR(pg_catalog.=) s.provider
+                                     AND c.model OPERATOR(pg_catalog.=) s.model;
 
 COMMENT ON VIEW maester.stat IS
-    'Live counters per provider and model since the last stat_reset (or server start), like pg_stat_statements: calls, failed calls, attempts, retries, fallbacks, failed attempts by error class, tokens, cost, call latency p50/p95/p99 (from a histogram, within 19%), and the provider''s circuit state.';
+    'Live counters per provider and model since the last stat_reset (or server start), like pg_stat_statements: calls, failed calls, attempts, retries, fallbacks, failed attempts by error class, tokens, cost, call latency p50/p95/p99 (from a histogram, within 19%), and the circuit state of the provider''s model.';
 
 CREATE FUNCTION maester.stat_reset()
 RETURNS integer

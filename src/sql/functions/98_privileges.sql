@@ -73,6 +73,6 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION maester.circuit_status() TO maester_reader;
 GRANT SELECT, INSERT, UPDATE, DELETE ON maester.provider, maester.model,
     maester.route, maester.route_target TO maester_admin;
-GRANT EXECUTE ON FUNCTION maester.circuit_reset(text) TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.circuit_reset(text, text) TO maester_admin;
 GRANT SELECT, DELETE ON maester.dead_letter TO maester_admin;
 GRANT EXECUTE ON FUNCTION maester.worker_status() TO maester_reader, maester_admin;

@@ -11,7 +11,8 @@ CREATE TABLE maester.budget (
     prompt          text,
     model           text,
     period          text NOT NULL CHECK (period OPERATOR(pg_catalog.=) ANY (ARRAY['day', 'month', 'total'])),
-    limit_usd       numeric NOT NULL CHECK (limit_usd OPERATOR(pg_catalog.>) 0),
+    limit_usd       numeric NOT NULL CHECK (limit_usd OPERATOR(pg_catalog.>) 0)
+        CONSTRAINT budget_limit_usd_max CHECK (limit_usd OPERATOR(pg_catalog.<=) 1000000000),
     action          text NOT NULL DEFAULT 'block'
         CHECK (action OPERATOR(pg_catalog.=) ANY (ARRAY['block', 'downgrade', 'warn'])),
     downgrade_model text,
@@ -21,6 +22,7 @@ CREATE TABLE maester.budget (
 
 COMMENT ON TABLE maester.budget IS
     'Spending limits per tenant (optionally for one prompt or model) per day, month (UTC) or in total. Enforced before each attempt from shared-memory counters: the worst-case cost is reserved, so concurrent calls cannot overspend.';
+COMMENT ON COLUMN maester.budget.limit_usd IS 'The limit in USD per period: more than 0, at most 1,000,000,000 (budget_limit_usd_max).';
 COMMENT ON COLUMN maester.budget.prompt IS 'Only calls of this prompt (NULL: all).';
 COMMENT ON COLUMN maester.budget.model IS 'Only calls to this model (NULL: all).';
 COMMENT ON COLUMN maester.budget.action IS 'block: the call fails (MB001) and leaves a blocked ledger row; downgrade: the call goes to downgrade_model; warn: a WARNING, the call proceeds.';

@@ -39,3 +39,25 @@ COMMENT ON COLUMN maester.dead_letter.error IS 'Why maester.usage refused it; sq
 
 ALTER TABLE maester.dead_letter ENABLE ROW LEVEL SECURITY;
 CREATE POLICY dead_letter_admin ON maester.dead_letter FOR ALL TO maester_admin USING (true);
+
+-- budgets: a bounded limit (one of 1e12 made every call fail in 0.1.0)
+DO $$
+DECLARE
+    b record;
+BEGIN
+    FOR b IN SELECT id, limit_usd FROM maester.budget WHERE NOT (limit_usd OPERATOR(pg_catalog.<=) 1000000000) LOOP
+        RAISE EXCEPTION 'budget % has limit_usd %, above the bound of 1000000000 that 0.2.0 enforces', b.id, b.limit_usd
+            USING HINT = 'Lower it (in 0.1.0 every call failed with "bigint out of range" while it existed), then update again.',
+                  ERRCODE = 'check_violation';
+    END LOOP;
+END
+$$;
+ALTER TABLE maester.budget ADD CONSTRAINT budget_limit_usd_max CHECK (limit_usd OPERATOR(pg_catalog.<=) 1000000000);
+COMMENT ON COLUMN maester.budget.limit_usd IS 'The limit in USD per period: more than 0, at most 1,000,000,000 (budget_limit_usd_max).';
+
+-- circuits per database, provider and model: circuit_status gains a model
+-- column, circuit_reset a model argument (their views are re-created)
+DROP VIEW maester.stat;
+DROP VIEW maester.circuit;
+DROP FUNCTION maester.circuit_status();
+DROP FUNCTION maester.circuit_reset(text);
