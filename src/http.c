@@ -27,6 +27,11 @@
  *	   unless the URL's host is listed in maester.allow_insecure_hosts, the
  *	   same superuser-only setting that permits plain http.
  *	 - Never CURLOPT_VERBOSE: it would print the Authorization header.
+ *	 - Sockets are file descriptors PostgreSQL counts (AcquireExternalFD in
+ *	   the open-socket callback, ReleaseExternalFD in the close-socket
+ *	   one): when none is left, the attempt fails as a connection error
+ *	   that says so, instead of the backend running out of descriptors for
+ *	   its own files.  The idle connection cache is bounded.
  *
  * WaitEventSets are not tracked by resource owners in PostgreSQL 15, so one
  * is created and freed around each wait, and interrupts are checked only
@@ -39,8 +44,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "miscadmin.h"
+#include "storage/fd.h"
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
@@ -59,9 +66,24 @@ typedef struct HttpSocket
 } HttpSocket;
 
 static CURLM *http_multi = NULL;
+
+/*
+ * One external descriptor held back from curl's sockets for the wait's
+ * epoll set (CreateWaitEventSet takes one): given back just before the
+ * set is made, taken again after it is freed.  Curl opens sockets only
+ * inside curl_multi_* calls, never in between.
+ */
+static bool http_fd_reserved = false;
 static HttpSocket http_sockets[HTTP_MAX_SOCKETS];
 static int	http_nsockets = 0;
 static bool http_socket_overflow = false;
+
+/*
+ * Idle connections kept for reuse (keep-alive).  Each is a file descriptor
+ * counted against max_files_per_process (AcquireExternalFD, as dblink and
+ * postgres_fdw do); connections in use are not limited by this.
+ */
+#define HTTP_IDLE_CONNECTIONS 64
 
 #define HTTP_EASY_POOL 16
 static CURL *http_easy_pool[HTTP_EASY_POOL];
@@ -115,8 +137,9 @@ http_get_multi(void)
 					 errmsg("out of memory"),
 					 errdetail("Could not create a libcurl multi handle.")));
 		curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, http_socket_cb);
-		curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long) HTTP_MAX_SOCKETS);
+		curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long) HTTP_IDLE_CONNECTIONS);
 		http_multi = m;
+		http_fd_reserved = AcquireExternalFD();
 	}
 	return http_multi;
 }
@@ -256,6 +279,7 @@ static curl_socket_t
 http_opensocket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
 {
 	HttpRequest *req = (HttpRequest *) clientp;
+	curl_socket_t fd;
 
 	if (!req->allow_private && address_is_private(&address->addr))
 	{
@@ -269,7 +293,26 @@ http_opensocket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *ad
 		strlcpy(req->egress_reason, ip, sizeof(req->egress_reason));
 		return CURL_SOCKET_BAD;
 	}
-	return socket(address->family, address->socktype, address->protocol);
+	/* a socket is a file descriptor PostgreSQL must know of (fd.c) */
+	if (!AcquireExternalFD())
+	{
+		req->out_of_fds = true;
+		return CURL_SOCKET_BAD;
+	}
+	fd = socket(address->family, address->socktype, address->protocol);
+	if (fd == CURL_SOCKET_BAD)
+		ReleaseExternalFD();
+	return fd;
+}
+
+/* curl close-socket callback: the descriptor goes back to PostgreSQL's count */
+static int
+http_closesocket_cb(void *clientp, curl_socket_t fd)
+{
+	int			rc = close(fd);
+
+	ReleaseExternalFD();
+	return rc;
 }
 
 /* curl write callback: append to the response, within the size cap */
@@ -447,6 +490,7 @@ http_start(CURLM *multi, HttpRequest *req)
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
 	curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, http_opensocket_cb);
 	curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, req);
+	curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, http_closesocket_cb);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->error);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, req);
 	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
@@ -474,7 +518,14 @@ http_finish(HttpRequest *req, CURLcode code)
 	if (curl_easy_getinfo(req->easy, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct)
 		strlcpy(req->content_type, ct, sizeof(req->content_type));
 
-	if (req->egress_denied)
+	if (req->out_of_fds)
+	{
+		req->outcome = HTTP_CONNECT_FAILED;
+		snprintf(req->error, sizeof(req->error),
+				 "out of file descriptors for connections (max_files_per_process = %d); retry when fewer calls are in flight",
+				 max_files_per_process);
+	}
+	else if (req->egress_denied)
 	{
 		req->outcome = HTTP_EGRESS_DENIED;
 		snprintf(req->error, sizeof(req->error),
@@ -589,6 +640,11 @@ http_step(long max_wait_ms)
 		int			nsock = http_nsockets;
 		int			nevents;
 
+		if (http_fd_reserved)
+		{
+			ReleaseExternalFD();
+			http_fd_reserved = false;
+		}
 		PG_TRY();
 		{
 			set = CreateWaitEventSet(CurrentMemoryContext, nsock + 2);
@@ -611,6 +667,7 @@ http_step(long max_wait_ms)
 		{
 			if (set != NULL)
 				FreeWaitEventSet(set);
+			http_fd_reserved = AcquireExternalFD();
 			PG_RE_THROW();
 		}
 		PG_END_TRY();
@@ -629,6 +686,7 @@ http_step(long max_wait_ms)
 		}
 		FreeWaitEventSet(set);
 		set = NULL;
+		http_fd_reserved = AcquireExternalFD();
 	}
 
 	CHECK_FOR_INTERRUPTS();

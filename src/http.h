@@ -56,6 +56,7 @@ typedef struct HttpRequest
 	bool		done;
 	bool		too_large;
 	bool		egress_denied;
+	bool		out_of_fds;		/* no file descriptor was left for a socket */
 } HttpRequest;
 
 extern void http_request_init(HttpRequest *req);

@@ -17,6 +17,7 @@
 #    circuit_reset affects only its database.
 # 8. A timeout that is the caller's own shorter deadline does not open
 #    the provider's circuit.
+# 9. curl's sockets are counted against max_files_per_process.
 use strict;
 use warnings;
 use FindBin;
@@ -242,6 +243,39 @@ for (1 .. 2)
 }
 is(sq(q{SELECT state FROM maester.circuit WHERE model = 'fault-latency-2000'}), 'open',
 	'the provider\'s own timeout does count');
+
+# ---------------------------------------------------------------------
+# 9. curl's sockets count against max_files_per_process (with 100, about
+# 27 descriptors are left for external use): a batch at concurrency 64
+# never holds more, and the calls that find none fail saying so
+$node->append_conf('postgresql.conf', 'max_files_per_process = 100');
+$node->restart;
+sq(q{UPDATE maester.provider SET timeout_ms = 30000 WHERE name = 'mock'});
+sq(q{SELECT maester.circuit_reset()});
+my $s = $node->background_psql('postgres', on_error_stop => 0);
+my $pid = $s->query_safe('SELECT pg_backend_pid()');
+$s->{stdin} .= q{SELECT coalesce(error_class, 'ok') || coalesce(' ' || (error_message ~ 'out of file descriptors'), ''), count(*)
+	  FROM maester.generate_batch(ARRAY(SELECT jsonb_build_object('prompt', 'fd ' || i) FROM generate_series(1, 64) i),
+	                              model => 'fault-latency-1500', concurrency => 64) GROUP BY 1 ORDER BY 1;
+	SELECT 'batch-done';
+};
+$s->{run}->pump_nb;
+my $max_sockets = 0;
+my $t_end = time + 60;
+while (time < $t_end)
+{
+	my $n = grep { defined && /^socket:/ } map { readlink($_) } glob("/proc/$pid/fd/*");
+	$max_sockets = $n if $n > $max_sockets;
+	$s->{run}->pump_nb;
+	last if $s->{stdout} =~ /batch-done/;
+	usleep(20_000);
+}
+my $fd_out = $s->{stdout};
+$s->quit;
+diag("most sockets the backend held: $max_sockets; results: " . join('; ', grep { /\|/ } split /\n/, $fd_out));
+cmp_ok($max_sockets, '<', 40, 'the backend never holds more sockets than its share of max_files_per_process');
+like($fd_out, qr/^ok\|\d+/m, 'calls that got a descriptor are answered');
+like($fd_out, qr/^connection true\|/m, 'the others fail saying they found no descriptor');
 
 ok(!$node->log_contains('terminated by signal'), 'no process crashed');
 $node->stop;
