@@ -63,6 +63,7 @@ PGDLLEXPORT void maester_callback_main(Datum arg);
 #define CALLBACK_POLL_MS 500
 
 static LedgerSlot *CallbackSlot = NULL;
+static bool IdleExit = false;	/* it exits because nothing waits */
 static Oid	WorkerRole = InvalidOid;
 
 /* One callback to run */
@@ -193,7 +194,12 @@ callback_exit(int code, Datum arg)
 		return;
 	LWLockAcquire(CallbackSlot->lock, LW_EXCLUSIVE);
 	if (CallbackSlot->callback_pid == MyProcPid)
+	{
 		CallbackSlot->callback_pid = 0;
+		/* stopped (or failed) with callbacks maybe waiting: a successor runs them */
+		if (!IdleExit)
+			CallbackSlot->callbacks_wanted = true;
+	}
 	LWLockRelease(CallbackSlot->lock);
 	wake_launcher();
 }
@@ -265,7 +271,10 @@ maester_callback_main(Datum arg)
 				continue;
 			}
 			if (TimestampDifferenceExceeds(idle_since, GetCurrentTimestamp(), CALLBACK_IDLE_EXIT_MS))
+			{
+				IdleExit = true;
 				break;
+			}
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 CALLBACK_POLL_MS, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);

@@ -384,6 +384,8 @@ release_jobs_of(JobWorker *w, int index, const char *why)
 		"    FROM maester.job j"
 		"   WHERE j.status = 'running'"
 		"     AND (j.worker = $1 OR ($1 = 0 AND (j.worker IS NULL OR j.worker >= $2)))"
+		/* never the jobs this process runs now */
+		"     AND j.worker_pid IS DISTINCT FROM pg_catalog.pg_backend_pid()"
 		/* a row locked by someone else is left to the next worker: never wait */
 		"     FOR UPDATE OF j SKIP LOCKED)"
 		"UPDATE maester.job j SET"
@@ -421,11 +423,17 @@ release_running_jobs(JobWorker *w, const char *why)
 
 /*
  * The resident worker, now and then: the running jobs of job workers that
- * are gone (a crash; a worker that stops releases its own).
+ * are gone (a crash; a worker that stops releases its own, but for rows
+ * locked at the time), and callbacks that wait without a callback worker.
  */
 void
 jobs_release_orphans(JobWorker *w)
 {
+	bool		waiting = false;
+
+	/* its own predecessor's, left because their rows were locked then */
+	if (w->index == 0)
+		release_jobs_of(w, 0, "its worker is gone");
 	for (int i = 1; i < MAESTER_MAX_JOB_WORKERS; i++)
 	{
 		pid_t		pid;
@@ -435,6 +443,33 @@ jobs_release_orphans(JobWorker *w)
 		LWLockRelease(w->slot->lock);
 		if (pid == 0)
 			release_jobs_of(w, i, "its job worker is gone");
+	}
+
+	/* callbacks that wait with no callback worker (after a restart, say) */
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT 1 FROM maester.job j WHERE j.callback IS NOT NULL "
+					"AND j.callback_done_at IS NULL "
+					"AND j.status = ANY (ARRAY['done', 'failed', 'cancelled']) LIMIT 1",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for waiting callbacks");
+	waiting = SPI_processed > 0;
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	if (waiting)
+	{
+		LWLockAcquire(w->slot->lock, LW_EXCLUSIVE);
+		if (w->slot->callback_pid == 0 && !w->slot->callbacks_wanted)
+		{
+			w->slot->callbacks_wanted = true;
+			waiting = false;	/* (now: the launcher is to be woken) */
+		}
+		LWLockRelease(w->slot->lock);
+		if (!waiting)
+			wake_launcher();
 	}
 }
 

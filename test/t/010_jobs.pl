@@ -252,6 +252,26 @@ my $after = sq(q{SELECT maester.submit('{"prompt": "after", "model": "mock-1"}')
 wait_jobs("id = $after");
 is($mock->stats->{requests}, 2, 'the interrupted job was sent once (plus the new one)');
 
+# the worker's exit path never waits for a lock: a running job whose row
+# someone holds is left to the successor, which sets it aside once free
+$id = hanging_job();
+my $holder2 = $node->background_psql('postgres');
+$holder2->query_safe("BEGIN; SELECT 1 FROM maester.job WHERE id = $id FOR UPDATE;");
+my $rpid = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester worker'});
+my $t_exit = time;
+sq(qq{SELECT pg_terminate_backend($rpid)});
+ok($node->poll_query_until('postgres', qq{SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $rpid}),
+	'the worker exits');
+my $exit_s = time - $t_exit;
+diag(sprintf('a worker whose running job\'s row was locked exited in %.0f ms', $exit_s * 1000));
+cmp_ok($exit_s, '<', 5, 'without waiting for the lock');
+is(sq(qq{SELECT status FROM maester.job WHERE id = $id}), 'running', 'the locked job is left as it was');
+$holder2->query_safe('COMMIT');
+$holder2->quit;
+ok($node->poll_query_until('postgres', qq{SELECT status = 'review' FROM maester.job WHERE id = $id}),
+	'the successor sets it aside once the lock is gone');
+$node->poll_query_until('postgres', "SELECT count(*) = 0 FROM maester.usage WHERE status = 'pending'");
+
 # the callback worker stuck in a long callback still stops at once on SIGTERM
 $node->safe_psql('postgres', q{
 	CREATE PROCEDURE slow_cb(job_id bigint) LANGUAGE sql AS $$ SELECT pg_sleep(60) $$;});
