@@ -41,7 +41,7 @@ char	   *maester_otlp_endpoint = NULL;
 char	   *maester_otlp_headers = NULL;
 int			maester_job_workers = 1;
 bool		maester_job_retry_interrupted = false;
-int			maester_max_providers = 64;
+int			maester_max_providers = 256;
 int			maester_max_databases = 8;
 int			maester_ledger_queue_size = 512;
 int			maester_max_budgets = 256;
@@ -321,10 +321,10 @@ settings_define(void)
 	if (process_shared_preload_libraries_in_progress)
 	{
 		DefineCustomIntVariable("maester.max_providers",
-								"Number of providers whose circuit breaker state is kept in shared memory.",
-								NULL,
+								"Entries for circuit breakers and rate pacing in shared memory, over all databases.",
+								"One per database and provider (pacing), and one per database, provider and model called (circuit breaker); idle entries are reused when the table is full.",
 								&maester_max_providers,
-								64,
+								256,
 								1, 10000,
 								PGC_POSTMASTER,
 								0,
