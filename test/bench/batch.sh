@@ -38,7 +38,7 @@ trap cleanup EXIT
 maester_start_mock
 maester_start_cluster "$data" "$port" "maester.allow_insecure_hosts = '127.0.0.1'" \
     "shared_buffers = 256MB" "fsync = ${MAESTER_BENCH_FSYNC:-on}" \
-    "maester.ledger_queue_size = 4096" "maester.job_concurrency = $conc"
+    "maester.job_concurrency = $conc"
 
 psql_q() {
     maester_as_pg psql -X -q -At -h "$data" -p "$port" -U postgres -d postgres \
@@ -101,6 +101,7 @@ done
 jmedian=$(printf '%s\n' "${jobs[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 awk -v m="$jmedian" -v i="$ideal_ms" -v n="$n" 'BEGIN {
     printf "jobs: median %d ms from submit to the last end for %d jobs; ideal %d ms; ratio %.2fx; %.0f jobs/s\n", m, n, i, m / i, n * 1000 / m }'
+echo "spans (default maester.span_queue_size): $(psql_q -c "SELECT spans_dropped || ' dropped of ' || (spans_dropped + (SELECT count(*) FROM maester.span)) FROM maester.trace_status()")"
 
 # memory: peak RSS of one backend after N, then after 10*N fast requests
 mem=$(psql_q <<SQL

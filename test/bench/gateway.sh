@@ -5,7 +5,11 @@
 #     from a C client on libcurl with keep-alive (test/bench/direct_http.c),
 #     median and p99 of each and of the difference.  Two upstreams: nginx
 #     (Debian's, answering a canned Chat Completions JSON) and the mock.
-#  2. Throughput: pgbench, 16 sessions calling llm_generate against nginx.
+#  2. Tracing's cost: rounds of traced and untraced calls, their latency
+#     and the cluster's CPU seconds per 10,000 calls (the postmaster and
+#     all its children: the backend, the worker writing ledger and spans,
+#     the WAL writer...; from /proc, exited children included).
+#  3. Throughput: pgbench, 16 sessions calling llm_generate against nginx.
 # The cluster runs with fsync = on (MAESTER_BENCH_FSYNC=off to compare).
 # Usage: test/bench/gateway.sh [calls] [pgbench_seconds]   (2000, 15)
 set -euo pipefail
@@ -76,6 +80,23 @@ VALUES ('bench-nginx', 'nginx', 'bench-model'), ('bench-mock', 'mock', 'bench-mo
 CREATE TABLE lat (upstream text, us double precision);
 SQL
 
+# CPU seconds used so far by the cluster: the postmaster, its live
+# children, and the children it has reaped (cutime/cstime)
+cluster_cpu() {
+    local pm hz total=0 f
+    pm=$(head -1 "$data/postmaster.pid")
+    hz=$(getconf CLK_TCK)
+    read -r -a f < <(sed 's/.*) //' "/proc/$pm/stat")
+    # after ") ": field 3 is state, so utime (14) is index 11, stime 12, cutime 13, cstime 14
+    total=$(( f[11] + f[12] + f[13] + f[14] ))
+    for c in $(ps -o pid= --ppid "$pm"); do
+        [ -r "/proc/$c/stat" ] || continue
+        read -r -a f < <(sed 's/.*) //' "/proc/$c/stat") || continue
+        total=$(( total + f[11] + f[12] ))
+    done
+    echo "$total $hz" | awk '{ printf "%.3f\n", $1 / $2 }'
+}
+
 # llm_generate latencies, timed around each call in one session
 # ($2: maester.trace_sample_rate, 1 unless given)
 sql_latencies() {
@@ -102,13 +123,29 @@ SQL
 # traced and untraced runs alternate, five rounds each, so that drift
 # (WAL, table growth, the disk) hits both alike
 : >"$work/sql_nginx.txt"
+# (the CPU of each run covers its 200 warm-up calls too; the worker has
+# written every span of a traced run before the CPU is read again)
+: >"$work/cpu.txt"
+wait_spans() {
+    for _ in $(seq 1 200); do
+        [ "$(psql_q -c "SELECT spans_queued FROM maester.trace_status()")" = 0 ] && return
+        sleep 0.05
+    done
+}
 for round in 1 2 3 4 5; do
+    c0=$(cluster_cpu)
     sql_latencies bench-nginx 1 >"$work/traced_$round.txt"
+    wait_spans
+    c1=$(cluster_cpu)
     psql_q -c "TRUNCATE lat"
+    c2=$(cluster_cpu)
     sql_latencies bench-nginx 0 >"$work/untraced_$round.txt"
+    c3=$(cluster_cpu)
     psql_q -c "TRUNCATE lat"
+    echo "$round $c0 $c1 $c2 $c3" >>"$work/cpu.txt"
     cat "$work/traced_$round.txt" >>"$work/sql_nginx.txt"
 done
+dropped=$(psql_q -c "SELECT spans_dropped FROM maester.trace_status()")
 "$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" 200 >/dev/null
 "$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" "$calls" >"$work/direct_mock.txt"
 sql_latencies bench-mock >"$work/sql_mock.txt"
@@ -121,9 +158,9 @@ maester_as_pg pgbench -n -h "$data" -p "$port" -U postgres -c 16 -j 2 -M prepare
 tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.txt" | tail -1)
 failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$work/pgbench.txt")
 
-python3 - "$work" "$calls" "$seconds" "$tps" "${failed:-0}" <<'PY'
+python3 - "$work" "$calls" "$seconds" "$tps" "${failed:-0}" "$dropped" <<'PY'
 import statistics, sys
-work, calls, seconds, tps, failed = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+work, calls, seconds, tps, failed, dropped = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 def load(name):
     return [float(x) for x in open(f"{work}/{name}.txt") if x.strip()]
 def p(xs, q):
@@ -151,7 +188,18 @@ print(f"tracing overhead per call: median over rounds {statistics.median(diffs):
 alltr = [x for r in range(1, 6) for x in load(f"traced_{r}")]
 allun = [x for r in range(1, 6) for x in load(f"untraced_{r}")]
 print(f"all rounds: traced p50/p99 {p(alltr,.5):.0f}/{p(alltr,.99):.0f} us, "
-      f"untraced p50/p99 {p(allun,.5):.0f}/{p(allun,.99):.0f} us")
+      f"untraced p50/p99 {p(allun,.5):.0f}/{p(allun,.99):.0f} us; spans dropped: {dropped}")
+per = 10000.0 / (calls + 200)
+cpu_t, cpu_u = [], []
+for line in open(f"{work}/cpu.txt"):
+    r, c0, c1, c2, c3 = line.split()
+    cpu_t.append((float(c1) - float(c0)) * per)
+    cpu_u.append((float(c3) - float(c2)) * per)
+print(f"cluster CPU seconds per 10,000 calls (postmaster and all its children, {calls + 200} calls a run):")
+print("  traced:   " + ", ".join(f"{x:.2f}" for x in cpu_t) + f"  (median {statistics.median(cpu_t):.2f})")
+print("  untraced: " + ", ".join(f"{x:.2f}" for x in cpu_u) + f"  (median {statistics.median(cpu_u):.2f})")
+print(f"  tracing costs {statistics.median(cpu_t) - statistics.median(cpu_u):.2f} CPU s per 10,000 calls "
+      f"({(statistics.median(cpu_t) - statistics.median(cpu_u)) * 100:.0f} us a call)")
 print(f"throughput: pgbench -c 16 -j 2 -M prepared -T {seconds}, llm_generate against nginx: "
       f"{float(tps):,.0f} calls/s ({failed} failed)")
 PY

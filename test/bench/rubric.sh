@@ -36,8 +36,7 @@ trap cleanup EXIT
 
 maester_start_mock
 maester_start_cluster "$data" "$port" "maester.allow_insecure_hosts = '127.0.0.1'" \
-    "shared_buffers = 256MB" "fsync = ${MAESTER_BENCH_FSYNC:-on}" \
-    "maester.ledger_queue_size = 4096"
+    "shared_buffers = 256MB" "fsync = ${MAESTER_BENCH_FSYNC:-on}"
 
 psql_q() {
     maester_as_pg psql -X -q -At -h "$data" -p "$port" -U postgres -d postgres \
