@@ -81,8 +81,6 @@ static LedgerSlot *WorkerSlot = NULL;
  * Turn stale PENDING rows into 'orphaned' ones charged at their estimate:
  * rows of another server life, or of a backend that is gone.
  */
-static void rethrow_if_ours(ErrorData *edata);
-
 /* One orphaned row to mark */
 typedef struct Orphan
 {
@@ -149,7 +147,7 @@ recover_orphans(void)
 		edata = maester_subxact(mark_orphan_fn, &o, cxt);
 		if (edata != NULL)
 		{
-			rethrow_if_ours(edata);
+			maester_rethrow_if_worker_error(edata);
 			ereport(LOG,
 					(errmsg("maester worker could not mark an orphaned ledger row of request %s: %s",
 							DatumGetCString(DirectFunctionCall1(uuid_out, o.args[0])), edata->message),
@@ -363,16 +361,6 @@ dead_letter_fn(void *arg)
 		elog(ERROR, "could not write a dead letter");
 }
 
-/* Cancel and shutdown are the worker's, not a record's: they go on */
-static void
-rethrow_if_ours(ErrorData *edata)
-{
-	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
-		edata->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE)
-		ReThrowError(edata);
-}
-
 /*
  * Write `n` records, one subtransaction each (after their batch failed):
  * a record that fails goes to the dead letter table.  Returns how many
@@ -396,7 +384,7 @@ write_one_by_one(LedgerRecord *batch, int n, MemoryContext cxt)
 		o.edata = maester_subxact(write_one_fn, &o, cxt);
 		if (o.edata == NULL)
 			continue;
-		rethrow_if_ours(o.edata);
+		maester_rethrow_if_worker_error(o.edata);
 		dead++;
 		/* its caller must not send: it hears so before durable_seq passes it */
 		if (batch[i].kind == LEDGER_PENDING)
@@ -409,7 +397,7 @@ write_one_by_one(LedgerRecord *batch, int n, MemoryContext cxt)
 		edata = maester_subxact(dead_letter_fn, &o, cxt);
 		if (edata != NULL)
 		{
-			rethrow_if_ours(edata);
+			maester_rethrow_if_worker_error(edata);
 			ereport(LOG,
 					(errmsg("maester worker could not keep a ledger record in maester.dead_letter: %s",
 							edata->message),
@@ -451,7 +439,7 @@ write_batch(LedgerRecord *batch, int n, MemoryContext cxt)
 		FlushErrorState();
 		AbortCurrentTransaction();
 		InsertPlan = SettlePlan = NULL;		/* prepare them again */
-		rethrow_if_ours(edata);
+		maester_rethrow_if_worker_error(edata);
 		ok = false;
 	}
 	PG_END_TRY();

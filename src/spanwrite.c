@@ -35,6 +35,7 @@
 #include "catalog.h"
 #include "ledger.h"
 #include "spanwrite.h"
+#include "util.h"
 
 #define SPAN_LOCK_TIMEOUT "50ms"
 
@@ -151,10 +152,7 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt)
 		FlushErrorState();
 		AbortCurrentTransaction();
 		SpanPlan = NULL;		/* it may be half-made; prepare it again */
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
-			edata->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE)
-			ReThrowError(edata);
+		maester_rethrow_if_worker_error(edata);
 		if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
 			result = SPANS_LOCKED;
 		else

@@ -84,6 +84,19 @@ maester_subxact(void (*fn) (void *), void *arg, MemoryContext errcxt)
 	return edata;
 }
 
+/*
+ * A worker's error handling: cancel, shutdown and a catalog of another
+ * version (55000) are the worker's own, not one record's; they go on up.
+ */
+void
+maester_rethrow_if_worker_error(ErrorData *edata)
+{
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
+		edata->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE)
+		ReThrowError(edata);
+}
+
 /* Owner of a relation */
 Oid
 maester_relation_owner(Oid relid)

@@ -15,6 +15,7 @@
 extern bool maester_shmem_ready;
 
 extern void maester_require_preload(void);
+extern void maester_rethrow_if_worker_error(ErrorData *edata);
 extern ErrorData *maester_subxact(void (*fn) (void *), void *arg,
 								  MemoryContext errcxt);
 extern Oid	maester_relation_owner(Oid relid);
