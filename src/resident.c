@@ -448,11 +448,13 @@ write_batch(LedgerRecord *batch, int n, MemoryContext cxt)
 }
 
 /*
- * Write everything queued in the ledger ring (see the header): returns
- * whether there was anything.
+ * Write what is queued in the ledger ring (see the header): one batch of
+ * up to WORKER_BATCH records, or everything when `all` (on the way out).
+ * Returns whether there was anything.  One batch a round, so that under a
+ * steady stream of calls the spans still get their chunk between batches.
  */
 static bool
-write_ledger(MemoryContext cxt)
+write_ledger(MemoryContext cxt, bool all)
 {
 	static LedgerRecord *batch = NULL;
 	bool		wrote = false;
@@ -492,6 +494,9 @@ write_ledger(MemoryContext cxt)
 		WorkerSlot->dead_letters += dead;
 		LWLockRelease(WorkerSlot->lock);
 		pgstat_report_activity(STATE_IDLE, NULL);
+		/* one batch a round: under steady load the spans get their turn */
+		if (!all)
+			return wrote;
 	}
 }
 
@@ -555,6 +560,7 @@ resident_round(void *arg)
 {
 	Resident   *res = (Resident *) arg;
 	TimestampTz now;
+	bool		busy;
 
 	if (ConfigReloadPending)
 	{
@@ -562,8 +568,10 @@ resident_round(void *arg)
 		ProcessConfigFile(PGC_SIGHUP);
 	}
 	as_self(res);
-	(void) write_ledger(res->ledgercxt);
-	res->span_wait = spans_write_due(WorkerSlot, false, res->spancxt);
+	busy = write_ledger(res->ledgercxt, false);
+	/* while calls keep coming, small chunks: a ledger batch waits less */
+	res->span_wait = spans_write_due(WorkerSlot, false, busy ? SPAN_CHUNK_BUSY : SPAN_CHUNK,
+									 res->spancxt);
 	export_step(&res->exporter);
 	now = GetCurrentTimestamp();
 	if (now >= res->next_orphans)
@@ -587,7 +595,7 @@ resident_after_move(void *arg)
 	if (ledger_waiting())
 	{
 		as_self(res);
-		(void) write_ledger(res->ledgercxt);
+		(void) write_ledger(res->ledgercxt, false);
 	}
 }
 
@@ -762,8 +770,8 @@ maester_resident_main(Datum arg)
 		/* what is queued (the jobs' cancelled attempts among it) is written */
 		PG_TRY();
 		{
-			(void) write_ledger(res->ledgercxt);
-			while (spans_write_due(slot, true, res->spancxt) == 0)
+			(void) write_ledger(res->ledgercxt, true);
+			while (spans_write_due(slot, true, SPAN_CHUNK, res->spancxt) == 0)
 				;
 		}
 		PG_CATCH();

@@ -5,8 +5,10 @@
  *	  maester.span, in batches, without waiting for a flush.
  *
  * Spans gather in the queue for SPAN_NAP_MS after the first one (or until
- * the queue is half full), then go in one multi-row insert of at most
- * SPAN_CHUNK spans, with synchronous_commit off (nobody waits for spans).
+ * the queue is half full), then go in multi-row inserts of at most
+ * SPAN_CHUNK spans -- SPAN_CHUNK_BUSY while ledger records keep coming,
+ * unless the queue is more than a quarter full --,
+ * with synchronous_commit off (nobody waits for spans).
  * A chunk is the most the ledger ever waits behind: the resident worker
  * writes queued ledger records before each chunk, and a chunk waits at
  * most SPAN_LOCK_TIMEOUT for a lock on maester.span (someone's LOCK TABLE):
@@ -168,12 +170,12 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt)
 }
 
 /*
- * Write a chunk of waiting spans when they are due: SPAN_NAP_MS after the
- * first one came, or at once when the queue is half full (or `all`, on the
- * way out).  Returns how long until spans are due (ms), -1 when none wait.
+ * Write a chunk of up to `max_spans` waiting spans when they are due:
+ * SPAN_NAP_MS after the first one came, or at once when the queue is half
+ * full (or `all`, on the way out).  Returns how long until spans are due (ms), -1 when none wait.
  */
 long
-spans_write_due(LedgerSlot *slot, bool all, MemoryContext cxt)
+spans_write_due(LedgerSlot *slot, bool all, int max_spans, MemoryContext cxt)
 {
 	uint64		queued;
 	TimestampTz now = GetCurrentTimestamp();
@@ -198,7 +200,10 @@ spans_write_due(LedgerSlot *slot, bool all, MemoryContext cxt)
 		if (!all && queued < ledger_shared->span_bytes / 2 &&
 			!TimestampDifferenceExceeds(GatherSince, now, SPAN_NAP_MS))
 			return Max(SPAN_NAP_MS - (long) TimestampDifferenceMilliseconds(GatherSince, now), 1);
-		SpanLen = span_take(slot, SpanBuf, ledger_shared->span_bytes, SPAN_CHUNK);
+		/* a queue filling up takes big chunks, busy or not: better than dropping */
+		if (queued > ledger_shared->span_bytes / 4)
+			max_spans = Max(max_spans, SPAN_CHUNK);
+		SpanLen = span_take(slot, SpanBuf, ledger_shared->span_bytes, max_spans);
 		SpanCount = 0;
 		for (Size off = 0; off < SpanLen; off += ((SpanRecord *) (SpanBuf + off))->len)
 			SpanCount++;
