@@ -586,13 +586,23 @@ resident_round(void *arg)
 	return res->jobs_driver.round(res->jobs_driver.arg);
 }
 
-/* After each move of a job's call: the ledger, first */
+/*
+ * After each move of a job's call: only when the ledger ring is half full
+ * (a call queueing its record must never wait for room on this very
+ * process).  Otherwise the records of all the calls that moved are written
+ * together at the next round, one commit -- a commit (and flush) after
+ * every move would stall the loop once per call.
+ */
 static void
 resident_after_move(void *arg)
 {
 	Resident   *res = (Resident *) arg;
+	bool		half_full;
 
-	if (ledger_waiting())
+	LWLockAcquire(WorkerSlot->lock, LW_SHARED);
+	half_full = WorkerSlot->head - WorkerSlot->tail >= (uint64) ledger_shared->queue_size / 2;
+	LWLockRelease(WorkerSlot->lock);
+	if (half_full)
 	{
 		as_self(res);
 		(void) write_ledger(res->ledgercxt, false);
