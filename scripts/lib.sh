@@ -82,6 +82,42 @@ maester_stop_cluster() {
     maester_as_pg pg_ctl -D "$1" -m fast -w stop >/dev/null 2>&1 || true
 }
 
+# Start Debian's nginx in directory $1, on 127.0.0.1 port $2, answering
+# every request with a canned Chat Completions JSON: the benchmarks'
+# upstream that costs next to nothing.
+maester_start_nginx() {
+    local dir=$1 port=$2
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<CONF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            default_type application/json;
+            return 200 '{"id":"chatcmpl-bench","object":"chat.completion","created":1767225600,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"A canned answer from nginx."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}';
+        }
+    }
+}
+CONF
+    chown -R "$(maester_pg_user)" "$dir"
+    maester_as_pg /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" 2>/dev/null
+}
+
+maester_stop_nginx() {
+    [ -f "$1/nginx.pid" ] && kill "$(cat "$1/nginx.pid")" 2>/dev/null || true
+}
+
 # Start the mock provider (test/mock/mock_llm.py) on a free port; sets
 # MAESTER_MOCK_PID and MAESTER_MOCK_URL.  Extra arguments go to the mock.
 maester_start_mock() {

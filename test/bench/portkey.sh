@@ -35,7 +35,7 @@ node_pid=
 cleanup() {
     [ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null || true
     maester_stop_cluster "$data"
-    [ -f "$work/nginx/nginx.pid" ] && kill "$(cat "$work/nginx/nginx.pid")" 2>/dev/null || true
+    maester_stop_nginx "$work/nginx"
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -56,31 +56,7 @@ pk_dir="$work/portkey/node_modules/@portkey-ai/gateway"
 pk_version=$(node -p "require('$pk_dir/package.json').version")
 
 # nginx answering every POST with a canned completion
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$nport;
-        location / {
-            default_type application/json;
-            return 200 '{"id":"chatcmpl-bench","object":"chat.completion","created":1767225600,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"A canned answer from nginx."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}';
-        }
-    }
-}
-CONF
-chown -R "$(maester_pg_user)" "$work/nginx"
-maester_as_pg /usr/sbin/nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>/dev/null
+maester_start_nginx "$work/nginx" "$nport"
 
 # Portkey headless on its own port; 127.0.0.1 is among its trusted custom
 # hosts by default, so it may call nginx there
