@@ -34,7 +34,8 @@ SELECT b.spent_usd = (SELECT sum(cost_usd) FROM maester.usage
                        WHERE tenant = 'budgeted' AND status <> 'pending') AS matches_ledger
   FROM maester.budget_status b WHERE tenant = 'budgeted';
 
--- other tenants are not affected
+-- other tenants are not affected (this session is a superuser, who acts as
+-- any tenant; a user cannot switch: sql/tenant.sql)
 SET maester.tenant = 'free';
 SELECT model FROM maester.llm_generate('Hello', 'bmock-big', max_tokens => 500);
 SET maester.tenant = 'budgeted';

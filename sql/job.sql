@@ -18,6 +18,7 @@ BEGIN
 END $$;
 CREATE ROLE job_a LOGIN IN ROLE maester_user;
 CREATE ROLE job_b LOGIN IN ROLE maester_user;
+INSERT INTO maester.tenant_member (role, tenant) VALUES ('job_a', 'tenant_a'), ('job_b', 'tenant_b');
 CREATE PROCEDURE public.job_cb(job_id bigint) LANGUAGE sql AS $$ SELECT 1 $$;
 CREATE FUNCTION public.not_a_procedure(job_id bigint) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;
 CREATE PROCEDURE public.wrong_args(job_id text) LANGUAGE sql AS $$ SELECT 1 $$;
@@ -86,6 +87,7 @@ SELECT c.relname FROM pg_class c
 DELETE FROM maester.job;
 DROP PROCEDURE public.job_cb(bigint), public.wrong_args(text);
 DROP FUNCTION public.not_a_procedure(bigint);
+DELETE FROM maester.tenant_member WHERE role IN ('job_a', 'job_b');
 DROP ROLE job_a, job_b;
 ALTER SYSTEM RESET maester.job_workers;
 SELECT pg_reload_conf();

@@ -78,6 +78,7 @@ SELECT pg_temp.err($$ SET maester.tenant = '' $$);
 CREATE ROLE l_user LOGIN IN ROLE maester_user;
 CREATE ROLE l_reader LOGIN IN ROLE maester_reader;
 CREATE ROLE l_admin LOGIN IN ROLE maester_admin;
+INSERT INTO maester.tenant_member (role, tenant) VALUES ('l_user', 'acme'), ('l_reader', 'globex');
 SET ROLE l_user;
 SET maester.tenant = 'acme';
 SELECT DISTINCT tenant FROM maester.usage ORDER BY 1;
@@ -114,4 +115,5 @@ SELECT maester.usage_retention('365 days');
 SELECT count(*) FROM maester.usage WHERE model = 'lmock-unpriced';
 SELECT pg_temp.err($$ SELECT maester.usage_retention('-1 day') $$);
 
+DELETE FROM maester.tenant_member WHERE role IN ('l_user', 'l_reader');
 DROP ROLE l_user, l_reader, l_admin;

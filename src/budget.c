@@ -59,6 +59,7 @@
 #include "catalog.h"
 #include "maester.h"
 #include "settings.h"
+#include "tenant.h"
 #include "util.h"
 
 typedef struct BudgetState
@@ -310,14 +311,21 @@ period_start(BudgetConf *b, TimestampTz now)
 												   CStringGetTextDatum("UTC")));
 }
 
+/* Budget `id` in this backend's list, or NULL */
+static BudgetConf *
+budget_conf(int64 id)
+{
+	for (int i = 0; i < nbudgets; i++)
+		if (budgets[i].id == id)
+			return &budgets[i];
+	return NULL;
+}
+
 /* Is budget id `id` still in this backend's list? */
 static bool
 budget_listed(int64 id)
 {
-	for (int i = 0; i < nbudgets; i++)
-		if (budgets[i].id == id)
-			return true;
-	return false;
+	return budget_conf(id) != NULL;
 }
 
 /* The shared state of budget `id` of this database, or NULL; lock held */
@@ -786,7 +794,8 @@ budget_settle_at_estimate(BudgetHold *hold)
 PG_FUNCTION_INFO_V1(budget_counters);
 /*
  * maester.budget_counters() RETURNS SETOF (id, period_start, spent_usd,
- * reserved_usd, loaded): the shared counters of this database's budgets.
+ * reserved_usd, loaded): the shared counters of this database's budgets
+ * (for users and readers, of their tenant's budgets only).
  */
 Datum
 budget_counters(PG_FUNCTION_ARGS)
@@ -795,8 +804,15 @@ budget_counters(PG_FUNCTION_ARGS)
 	BudgetState *copy;
 	int			n;
 
+	const char *tenant = NULL;	/* a non-admin sees its tenant's budgets */
+
 	maester_check_catalog();
 	maester_require_preload();
+	if (!maester_is_admin(GetUserId()))
+		tenant = maester_current_tenant();
+	AcceptInvalidationMessages();
+	if (BudgetStale)
+		budget_load();
 	InitMaterializedSRF(fcinfo, 0);
 	LWLockAcquire(budget_shared->lock, LW_SHARED);
 	n = budget_shared->n;
@@ -810,6 +826,13 @@ budget_counters(PG_FUNCTION_ARGS)
 
 		if (copy[i].dboid != MyDatabaseId)
 			continue;
+		if (tenant != NULL)
+		{
+			BudgetConf *b = budget_conf(copy[i].id);
+
+			if (b == NULL || strcmp(b->tenant, tenant) != 0)
+				continue;
+		}
 		values[0] = Int64GetDatum(copy[i].id);
 		values[1] = TimestampTzGetDatum(copy[i].period_start);
 		nulls[1] = copy[i].period_start == 0;

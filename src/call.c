@@ -49,6 +49,7 @@
 #include "rubric.h"
 #include "settings.h"
 #include "stat.h"
+#include "tenant.h"
 #include "util.h"
 
 /* A fresh version-4 UUID and a W3C trace id (32 lowercase hex digits) */
@@ -146,7 +147,7 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 	c->cxt = cxt;
 	c->args = *a;
 	c->started = GetCurrentTimestamp();
-	c->tenant = pstrdup(maester_tenant);
+	c->tenant = pstrdup(maester_current_tenant());
 	c->parent = parent;
 	g->purpose = purpose;
 

@@ -55,6 +55,7 @@
 #include "launcher.h"
 #include "ledger.h"
 #include "settings.h"
+#include "tenant.h"
 #include "util.h"
 
 PGDLLEXPORT void maester_callback_main(Datum arg);
@@ -88,8 +89,7 @@ run_callback_fn(void *arg)
 
 	(void) set_config_option("search_path", "\"$user\", public, pg_temp", PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("maester.tenant", cr->tenant, PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	maester_set_tenant(cr->tenant, GUC_ACTION_SAVE);
 	SetUserIdAndSecContext(cr->role, SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	enable_timeout_after(STATEMENT_TIMEOUT, maester_callback_timeout_ms);
 	if (SPI_execute(cr->sql, false, 0) < 0)

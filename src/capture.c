@@ -24,6 +24,7 @@
 #include "capture.h"
 #include "jsonutil.h"
 #include "settings.h"
+#include "tenant.h"
 
 /*
  * With maester.capture_content on, keep what replay needs in
@@ -41,7 +42,7 @@ capture_call(const Generation *g, text *content, text *system, Jsonb *vars,
 
 	memset(n, ' ', sizeof(n));
 	v[0] = UUIDPGetDatum(&g->request_id);
-	v[1] = CStringGetTextDatum(maester_tenant);
+	v[1] = CStringGetTextDatum(maester_current_tenant());
 	v[2] = g->prompt_name ? CStringGetTextDatum(g->prompt_name) : (Datum) 0;
 	n[2] = g->prompt_name ? ' ' : 'n';
 	v[3] = g->prompt_version ? CStringGetTextDatum(g->prompt_version) : (Datum) 0;

@@ -33,6 +33,7 @@
 #include "catalog.h"
 #include "evaluate.h"
 #include "request.h"
+#include "tenant.h"
 #include "util.h"
 
 /* The result descriptor of a function returning maester.generation */
@@ -283,6 +284,8 @@ generate_batch(PG_FUNCTION_ARGS)
 
 	maester_check_catalog();
 	maester_require_preload();
+	/* who the batch is for is the statement's error, not every request's */
+	(void) maester_current_tenant();
 	InitMaterializedSRF(fcinfo, 0);
 	if (((ReturnSetInfo *) fcinfo->resultinfo)->setDesc->natts != CALL_GENERATION_NATTS + 5)
 		elog(ERROR, "maester.batch_result has %d attributes, not %d",

@@ -174,7 +174,7 @@ attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
 	r->request_id = g->request_id;
 	r->attempt = g->attempts;
 	r->ts = GetCurrentTimestamp();
-	ledger_copy_name(r->tenant, maester_tenant, sizeof(r->tenant));
+	ledger_copy_name(r->tenant, c->tenant, sizeof(r->tenant));
 	ledger_copy_name(r->role, GetUserNameFromId(GetUserId(), false), sizeof(r->role));
 	strlcpy(r->trace_id, g->trace_id, sizeof(r->trace_id));
 	strlcpy(r->prompt_hash, g->prompt_hash, sizeof(r->prompt_hash));

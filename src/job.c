@@ -75,6 +75,7 @@
 #include "ledger.h"
 #include "request.h"
 #include "settings.h"
+#include "tenant.h"
 #include "util.h"
 #include "job.h"
 #include "launcher.h"
@@ -224,7 +225,7 @@ job_submit(PG_FUNCTION_ARGS)
 	values[1] = ObjectIdGetDatum(callback);
 	nulls[1] = OidIsValid(callback) ? ' ' : 'n';
 	values[2] = CStringGetTextDatum(submission);
-	values[3] = CStringGetTextDatum(maester_tenant);
+	values[3] = CStringGetTextDatum(maester_current_tenant());
 	values[4] = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -251,29 +252,31 @@ job_cancel(PG_FUNCTION_ARGS)
 	Oid			type = INT8OID;
 	char	   *status;
 	char	   *role;
+	char	   *tenant;
 	bool		result = false;
-	Oid			admin = get_role_oid("maester_admin", true);
 
 	maester_check_catalog();
 	maester_require_preload();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (spi_as_owner("SELECT status, role::text FROM maester.job WHERE id = $1 FOR UPDATE",
+	if (spi_as_owner("SELECT status, role::text, tenant FROM maester.job WHERE id = $1 FOR UPDATE",
 					 1, &type, &arg, NULL, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the job");
+	if (SPI_processed > 0 && !maester_is_admin(GetUserId()))
+	{
+		role = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		tenant = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+		/* another role's or tenant's job is none of this caller's: not found */
+		if (strcmp(role, GetUserNameFromId(GetUserId(), false)) != 0 ||
+			strcmp(tenant, maester_current_tenant()) != 0)
+			SPI_processed = 0;
+	}
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("job %lld does not exist", (long long) id)));
+				 errmsg("job %lld does not exist", (long long) id),
+				 errhint("A job can be cancelled by its submitter, as its tenant, or by a member of maester_admin.")));
 	status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	role = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	if (strcmp(role, GetUserNameFromId(GetUserId(), false)) != 0 &&
-		!(OidIsValid(admin) && has_privs_of_role(GetUserId(), admin)) &&
-		!superuser())
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("job %lld was submitted by another role", (long long) id),
-				 errhint("Its submitter or a member of maester_admin can cancel it.")));
 	if (strcmp(status, "queued") == 0)
 	{
 		if (spi_as_owner("UPDATE maester.job SET status = 'cancelled', "
@@ -338,8 +341,7 @@ static void
 job_identity_as(JobEntry *e, int sec_flags)
 {
 	SetUserIdAndSecContext(e->role, SECURITY_LOCAL_USERID_CHANGE | sec_flags);
-	(void) set_config_option("maester.tenant", e->tenant, PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SET, true, 0, false);
+	maester_set_tenant(e->tenant, GUC_ACTION_SET);
 }
 
 static void

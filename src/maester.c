@@ -37,6 +37,7 @@
 #include "settings.h"
 #include "stat.h"
 #include "launcher.h"
+#include "tenant.h"
 #include "util.h"
 
 PG_MODULE_MAGIC;
@@ -94,6 +95,7 @@ _PG_init(void)
 	}
 
 	catalog_init();
+	tenant_init();
 	registry_init();
 	router_init();
 	budget_init();

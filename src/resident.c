@@ -19,8 +19,9 @@
  *	    that still fails goes to maester.dead_letter with its error (and a
  *	    LOG line, and a counter in maester.worker_status), and the worker
  *	    goes on: one bad record never stops the ledger;
- *	 2. spans, when due, a chunk at a time (spanwrite.c), so that no
- *	    ledger record waits behind more than one chunk;
+ *	 2. spans, when due, a chunk at a time (spanwrite.c); a chunk stops
+ *	    between its inserts when a ledger record waits, so that a record
+ *	    waits behind one insert of spans, not a whole chunk;
  *	 3. the OTLP export, one post at a time on the same curl handle
  *	    (export.c);
  *	 4. now and then: stale PENDING rows become 'orphaned' (charged at
@@ -560,7 +561,6 @@ resident_round(void *arg)
 {
 	Resident   *res = (Resident *) arg;
 	TimestampTz now;
-	bool		busy;
 
 	if (ConfigReloadPending)
 	{
@@ -568,10 +568,9 @@ resident_round(void *arg)
 		ProcessConfigFile(PGC_SIGHUP);
 	}
 	as_self(res);
-	busy = write_ledger(res->ledgercxt, false);
-	/* while calls keep coming, small chunks: a ledger batch waits less */
-	res->span_wait = spans_write_due(WorkerSlot, false, busy ? SPAN_CHUNK_BUSY : SPAN_CHUNK,
-									 res->spancxt);
+	(void) write_ledger(res->ledgercxt, false);
+	/* a chunk of spans stops early when a ledger record waits */
+	res->span_wait = spans_write_due(WorkerSlot, false, ledger_waiting, res->spancxt);
 	export_step(&res->exporter);
 	now = GetCurrentTimestamp();
 	if (now >= res->next_orphans)
@@ -781,7 +780,7 @@ maester_resident_main(Datum arg)
 		PG_TRY();
 		{
 			(void) write_ledger(res->ledgercxt, true);
-			while (spans_write_due(slot, true, SPAN_CHUNK, res->spancxt) == 0)
+			while (spans_write_due(slot, true, NULL, res->spancxt) == 0)
 				;
 		}
 		PG_CATCH();

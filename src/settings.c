@@ -24,6 +24,7 @@
 #include "utils/guc.h"
 
 #include "settings.h"
+#include "tenant.h"
 
 char	   *maester_allow_insecure_hosts = NULL;
 int			maester_max_response_bytes = 10 * 1024 * 1024;
@@ -112,7 +113,7 @@ check_otlp_endpoint(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-/* maester.tenant: a non-empty name */
+/* maester.tenant: a non-empty name, of a tenant the role may act as */
 static bool
 check_tenant(char **newval, void **extra, GucSource source)
 {
@@ -121,7 +122,8 @@ check_tenant(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("maester.tenant must be between 1 and %d bytes.", NAMEDATALEN - 1);
 		return false;
 	}
-	return true;
+	/* and one the role may act as (tenant.c) */
+	return tenant_check_setting(*newval, source);
 }
 
 static const struct config_enum_entry log_level_options[] = {

@@ -5,12 +5,13 @@
  *	  maester.span, in batches, without waiting for a flush.
  *
  * Spans gather in the queue for SPAN_NAP_MS after the first one (or until
- * the queue is half full), then go in multi-row inserts of at most
- * SPAN_CHUNK spans -- SPAN_CHUNK_BUSY while ledger records keep coming,
- * unless the queue is more than a quarter full --,
- * with synchronous_commit off (nobody waits for spans).
- * A chunk is the most the ledger ever waits behind: the resident worker
- * writes queued ledger records before each chunk, and a chunk waits at
+ * the queue is half full), then go in chunks of at most SPAN_CHUNK spans,
+ * one transaction each with synchronous_commit off (nobody waits for
+ * spans), inserted SPAN_STEP at a time.  Between two inserts the chunk
+ * stops (commits what is in) when a ledger record waits; the fuller the
+ * span queue, the later: one insert is the most a ledger record waits
+ * behind while spans keep up.  The resident worker writes
+ * queued ledger records before each chunk, and a chunk waits at
  * most SPAN_LOCK_TIMEOUT for a lock on maester.span (someone's LOCK TABLE):
  * then it is kept and tried again SPAN_NAP_MS later, while new spans wait
  * in the queue (and are dropped, counted, when it is full).  A chunk that
@@ -43,8 +44,9 @@
 
 static SPIPlanPtr SpanPlan = NULL;
 static char *SpanBuf = NULL;
-static Size SpanLen = 0;		/* a chunk taken, not yet written */
-static int	SpanCount = 0;
+static Size SpanLen = 0;		/* a chunk taken, not yet all written */
+static Size SpanOff = 0;		/* how much of it is written */
+static int	SpanCount = 0;		/* spans from SpanOff on */
 static TimestampTz GatherSince = 0;	/* the first span waiting, 0: none */
 static TimestampTz RetryAt = 0;		/* the kept chunk is tried again then */
 
@@ -55,73 +57,48 @@ typedef enum SpanWrite
 	SPANS_FAILED
 } SpanWrite;
 
-/* Write the `n` spans in `buf` (SpanRecords) in one transaction */
+/*
+ * Write the `n` spans in `buf` (SpanRecords) in one transaction, in inserts
+ * of SPAN_STEP spans.  Between inserts, once `min_n` are in, `yield` (when
+ * given) says whether to stop early: the transaction then commits what it has inserted, and
+ * *done_len / *done_n tell how much of `buf` that was (all of it, unless
+ * it yielded; nothing when it failed).
+ */
 static SpanWrite
-write_spans(char *buf, Size len, int n, MemoryContext cxt)
+write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
+			int min_n, Size *done_len, int *done_n)
 {
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	volatile SpanWrite result = SPANS_WRITTEN;
 
+	*done_len = 0;
+	*done_n = 0;
 	PG_TRY();
 	{
-		Datum	   *cols[10];
-		bool	   *nulls[10];
 		Oid			elemtypes[10] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
 		INT8OID, TEXTOID, TEXTOID, TEXTOID, UUIDOID};
 		Oid			arraytypes[10] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 			TIMESTAMPTZARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		UUIDARRAYOID};
-		Datum		args[10];
+		int16		typlen[10];
+		bool		typbyval[10];
+		char		typalign[10];
+		MemoryContext stepcxt;
+		Size		off = 0;
 		int			k = 0;
-		int			rc;
 
-		for (int c = 0; c < 10; c++)
-		{
-			cols[c] = palloc(sizeof(Datum) * n);
-			nulls[c] = palloc0(sizeof(bool) * n);
-		}
-		for (Size off = 0; off < len && k < n; off += ((SpanRecord *) (buf + off))->len)
-		{
-			SpanRecord *r = (SpanRecord *) (buf + off);
-			pg_uuid_t  *u;
-
-			cols[0][k] = CStringGetTextDatum(r->trace_id);
-			cols[1][k] = CStringGetTextDatum(r->span_id);
-			cols[2][k] = CStringGetTextDatum(r->parent_span_id);
-			nulls[2][k] = r->parent_span_id[0] == '\0';
-			cols[3][k] = CStringGetTextDatum(r->name);
-			cols[4][k] = TimestampTzGetDatum(r->ts);
-			cols[5][k] = Int64GetDatum(r->duration_us);
-			cols[6][k] = CStringGetTextDatum(r->status);
-			cols[7][k] = CStringGetTextDatum(r->attrs[0] ? r->attrs : "{}");
-			cols[8][k] = CStringGetTextDatum(r->tenant);
-			u = palloc(sizeof(pg_uuid_t));
-			*u = r->request_id;
-			cols[9][k] = UUIDPGetDatum(u);
-			nulls[9][k] = !r->has_request_id;
-			k++;
-		}
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		maester_check_catalog();
 		/* (type lookups need the transaction) */
 		for (int c = 0; c < 10; c++)
-		{
-			int			dims[1] = {k};
-			int			lbs[1] = {1};
-			int16		typlen;
-			bool		typbyval;
-			char		typalign;
-
-			get_typlenbyvalalign(elemtypes[c], &typlen, &typbyval, &typalign);
-			args[c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
-														 elemtypes[c], typlen, typbyval, typalign));
-		}
+			get_typlenbyvalalign(elemtypes[c], &typlen[c], &typbyval[c], &typalign[c]);
 		(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
 		(void) set_config_option("lock_timeout", SPAN_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
 		SPI_connect();
+		stepcxt = AllocSetContextCreate(cxt, "maester span step", ALLOCSET_DEFAULT_SIZES);
 		PushActiveSnapshot(GetTransactionSnapshot());
 		if (SpanPlan == NULL)
 		{
@@ -138,12 +115,68 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt)
 				elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 			SPI_keepplan(SpanPlan);
 		}
-		rc = SPI_execute_plan(SpanPlan, args, NULL, false, 0);
-		if (rc != SPI_OK_INSERT)
-			elog(ERROR, "could not write spans: %s", SPI_result_code_string(rc));
+		while (k < n)
+		{
+			int			step = Min(SPAN_STEP, n - k);
+			Datum	   *cols[10];
+			bool	   *nulls[10];
+			Datum		args[10];
+			int			i = 0;
+			int			rc;
+			MemoryContext was = MemoryContextSwitchTo(stepcxt);
+
+			for (int c = 0; c < 10; c++)
+			{
+				cols[c] = palloc(sizeof(Datum) * step);
+				nulls[c] = palloc0(sizeof(bool) * step);
+			}
+			for (; off < len && i < step; off += ((SpanRecord *) (buf + off))->len)
+			{
+				SpanRecord *r = (SpanRecord *) (buf + off);
+				pg_uuid_t  *u;
+
+				cols[0][i] = CStringGetTextDatum(r->trace_id);
+				cols[1][i] = CStringGetTextDatum(r->span_id);
+				cols[2][i] = CStringGetTextDatum(r->parent_span_id);
+				nulls[2][i] = r->parent_span_id[0] == '\0';
+				cols[3][i] = CStringGetTextDatum(r->name);
+				cols[4][i] = TimestampTzGetDatum(r->ts);
+				cols[5][i] = Int64GetDatum(r->duration_us);
+				cols[6][i] = CStringGetTextDatum(r->status);
+				cols[7][i] = CStringGetTextDatum(r->attrs[0] ? r->attrs : "{}");
+				cols[8][i] = CStringGetTextDatum(r->tenant);
+				u = palloc(sizeof(pg_uuid_t));
+				*u = r->request_id;
+				cols[9][i] = UUIDPGetDatum(u);
+				nulls[9][i] = !r->has_request_id;
+				i++;
+			}
+			for (int c = 0; c < 10; c++)
+			{
+				int			dims[1] = {i};
+				int			lbs[1] = {1};
+
+				args[c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
+															 elemtypes[c], typlen[c], typbyval[c],
+															 typalign[c]));
+			}
+			MemoryContextSwitchTo(was);
+			rc = SPI_execute_plan(SpanPlan, args, NULL, false, 0);
+			if (rc != SPI_OK_INSERT)
+				elog(ERROR, "could not write spans: %s", SPI_result_code_string(rc));
+			MemoryContextReset(stepcxt);
+			k += i;
+			if (i < step)
+				break;			/* (the buffer ended: cannot happen) */
+			/* a ledger record waits: commit what is in, the rest next round */
+			if (k < n && k >= min_n && yield != NULL && yield())
+				break;
+		}
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		*done_len = off;
+		*done_n = k;
 	}
 	PG_CATCH();
 	{
@@ -170,12 +203,18 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt)
 }
 
 /*
- * Write a chunk of up to `max_spans` waiting spans when they are due:
+ * Write a chunk of up to SPAN_CHUNK waiting spans when they are due:
  * SPAN_NAP_MS after the first one came, or at once when the queue is half
- * full (or `all`, on the way out).  Returns how long until spans are due (ms), -1 when none wait.
+ * full (or `all`, on the way out).  The chunk stops between inserts when
+ * `yield` says a ledger record waits (a caller waits for it), what is left
+ * of it is written at the next round; but the fuller the span queue, the
+ * more spans go in before it may stop (one insert when the queue is nearly
+ * empty, 9 at a quarter full, 17 at half full): spans keep
+ * up under load instead of being dropped.  Returns how long until spans are
+ * due (ms), -1 when none wait.
  */
 long
-spans_write_due(LedgerSlot *slot, bool all, int max_spans, MemoryContext cxt)
+spans_write_due(LedgerSlot *slot, bool all, bool (*yield) (void), MemoryContext cxt)
 {
 	uint64		queued;
 	TimestampTz now = GetCurrentTimestamp();
@@ -200,20 +239,24 @@ spans_write_due(LedgerSlot *slot, bool all, int max_spans, MemoryContext cxt)
 		if (!all && queued < ledger_shared->span_bytes / 2 &&
 			!TimestampDifferenceExceeds(GatherSince, now, SPAN_NAP_MS))
 			return Max(SPAN_NAP_MS - (long) TimestampDifferenceMilliseconds(GatherSince, now), 1);
-		/* a queue filling up takes big chunks, busy or not: better than dropping */
-		if (queued > ledger_shared->span_bytes / 4)
-			max_spans = Max(max_spans, SPAN_CHUNK);
-		SpanLen = span_take(slot, SpanBuf, ledger_shared->span_bytes, max_spans);
+		SpanOff = 0;
+		SpanLen = span_take(slot, SpanBuf, ledger_shared->span_bytes, SPAN_CHUNK);
 		SpanCount = 0;
 		for (Size off = 0; off < SpanLen; off += ((SpanRecord *) (SpanBuf + off))->len)
 			SpanCount++;
 	}
+	if (all)
+		yield = NULL;
 	if (SpanCount > 0)
 	{
 		SpanWrite	w;
+		Size		done_len;
+		int			done_n;
 
 		MemoryContextReset(cxt);
-		w = write_spans(SpanBuf, SpanLen, SpanCount, cxt);
+		w = write_spans(SpanBuf + SpanOff, SpanLen - SpanOff, SpanCount, cxt, yield,
+						SPAN_STEP * (int) (1 + queued * 32 / ledger_shared->span_bytes),
+						&done_len, &done_n);
 		if (w == SPANS_LOCKED && !all)
 		{
 			RetryAt = now + (TimestampTz) SPAN_NAP_MS * 1000;
@@ -221,12 +264,20 @@ spans_write_due(LedgerSlot *slot, bool all, int max_spans, MemoryContext cxt)
 		}
 		LWLockAcquire(slot->lock, LW_EXCLUSIVE);
 		if (w == SPANS_WRITTEN)
-			slot->spans_written += SpanCount;
+			slot->spans_written += done_n;
 		else
 			slot->spans_dropped += SpanCount;
 		LWLockRelease(slot->lock);
+		if (w == SPANS_WRITTEN && done_n < SpanCount)
+		{
+			/* it yielded: the rest of the chunk is due at the next round */
+			SpanOff += done_len;
+			SpanCount -= done_n;
+			return 0;
+		}
 	}
 	SpanLen = 0;
+	SpanOff = 0;
 	SpanCount = 0;
 	/* more waiting: the next chunk is due at once (at the next round) */
 	LWLockAcquire(slot->lock, LW_SHARED);

@@ -10,10 +10,10 @@
 
 #include "ledger.h"
 
-/* spans written in one insert, at most */
-#define SPAN_CHUNK 512			/* spans per insert while the ledger is quiet */
-#define SPAN_CHUNK_BUSY 64		/* and while it is busy: ~0.8 ms, the most a ledger batch waits */
+#define SPAN_CHUNK 512			/* spans in one transaction, at most */
+#define SPAN_STEP 16			/* spans per insert: ~0.2 ms, what a ledger record waits behind */
 
-extern long spans_write_due(LedgerSlot *slot, bool all, int max_spans, MemoryContext cxt);
+extern long spans_write_due(LedgerSlot *slot, bool all, bool (*yield) (void),
+							MemoryContext cxt);
 
 #endif							/* MAESTER_SPANWRITE_H */

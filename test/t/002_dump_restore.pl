@@ -14,6 +14,7 @@ $node->append_conf('postgresql.conf', "shared_preload_libraries = 'maester'");
 $node->start;
 $node->safe_psql('postgres', q{
 	CREATE DATABASE src;
+	CREATE ROLE dump_app LOGIN;
 });
 $node->safe_psql('src', q{
 	CREATE EXTENSION maester;
@@ -22,6 +23,7 @@ $node->safe_psql('src', q{
 	SELECT maester.prompt_set_label('p', 'production', 'v1');
 	SELECT maester.prompt_set_label('p', 'production', 'v2');
 	SELECT maester.prompt_register('other', 'x', version => 'beta');
+	INSERT INTO maester.tenant_member (role, tenant) VALUES ('dump_app', 'acme');
 });
 
 my $q_versions = q{SELECT string_agg(format('%s/%s/%s/%s', name, version, labels, template_hash), ';' ORDER BY seq)
@@ -45,6 +47,8 @@ $node->safe_psql('postgres', 'CREATE DATABASE dst');
 
 is($node->safe_psql('dst', $q_versions), $before_v, 'versions and labels restored');
 is($node->safe_psql('dst', $q_history), $before_h, 'label history restored');
+is($node->safe_psql('dst', q{SELECT role::text || '/' || tenant FROM maester.tenant_member}),
+	'dump_app/acme', 'tenant mappings restored');
 is($node->safe_psql('dst',
 	q{SELECT content || '|' || system FROM maester.prompt_render('p', '{"x": 1, "y": 2}', 'production')}),
 	'two 1|sys 2', 'restored registry renders');

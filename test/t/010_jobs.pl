@@ -40,6 +40,7 @@ $node->safe_psql('postgres', qq{
 	CREATE PROCEDURE on_done(job_id bigint) LANGUAGE sql
 	    AS \$\$ INSERT INTO done_log SELECT job_id, status, current_user FROM maester.job WHERE id = job_id \$\$;
 	CREATE ROLE app LOGIN IN ROLE maester_user;
+	INSERT INTO maester.tenant_member (role, tenant) VALUES ('app', 'acme'), ('app', 'initech');
 	GRANT INSERT ON done_log TO app;
 	GRANT SELECT ON done_log TO app;
 });
@@ -321,6 +322,20 @@ $node->safe_psql('postgres', q{ALTER SYSTEM RESET maester.job_retry_interrupted;
 # 8. retention: ended jobs older than the age go; review jobs stay
 is(sq(q{SELECT maester.job_retention('0 seconds') > 0}), 't', 'job_retention deleted ended jobs');
 is(sq(q{SELECT string_agg(DISTINCT status, ',') FROM maester.job}), 'review', 'jobs in review are kept');
+
+# 11. a job is checked as its submitter when it runs: the mapping removed
+# in the submitting transaction, the job fails with 42501 and sends nothing
+my $jid = sq(q{BEGIN;
+	SET ROLE app; SET maester.tenant = 'initech';
+	SELECT maester.submit('{"prompt": "unmapped", "model": "mock-1"}', submission => 'unmapped');
+	RESET ROLE;
+	DELETE FROM maester.tenant_member WHERE role = 'app'::regrole AND tenant = 'initech';
+	COMMIT;});
+ok(wait_jobs("submission = 'unmapped'"), 'the unmapped job ended');
+is(sq(qq{SELECT status || ' ' || error_code FROM maester.job WHERE id = $jid}), 'failed 42501',
+	'a job whose submitter lost its tenant fails with 42501');
+is(sq(qq{SELECT count(*) FROM maester.usage u JOIN maester.job j USING (request_id) WHERE j.id = $jid}),
+	'0', 'and reaches neither the ledger nor the provider');
 
 $node->stop;
 $mock->stop;

@@ -29,3 +29,4 @@ SELECT pg_catalog.pg_extension_config_dump('maester.job', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.job_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.dead_letter', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.dead_letter_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('maester.tenant_member', '');

@@ -53,4 +53,4 @@ COMMENT ON COLUMN maester.job.callback_done_at IS 'When the callback ran (NULL: 
 ALTER TABLE maester.job ENABLE ROW LEVEL SECURITY;
 CREATE POLICY job_admin ON maester.job FOR ALL TO maester_admin USING (true);
 CREATE POLICY job_tenant ON maester.job FOR SELECT TO maester_user, maester_reader
-    USING (tenant OPERATOR(pg_catalog.=) pg_catalog.current_setting('maester.tenant'));
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));

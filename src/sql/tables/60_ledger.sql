@@ -69,7 +69,7 @@ ALTER TABLE maester.usage ENABLE ROW LEVEL SECURITY;
 CREATE POLICY usage_admin ON maester.usage FOR SELECT TO maester_admin USING (true);
 CREATE POLICY usage_admin_delete ON maester.usage FOR DELETE TO maester_admin USING (true);
 CREATE POLICY usage_tenant ON maester.usage FOR SELECT TO maester_user, maester_reader
-    USING (tenant OPERATOR(pg_catalog.=) pg_catalog.current_setting('maester.tenant'));
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
 
 CREATE TABLE maester.dead_letter (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

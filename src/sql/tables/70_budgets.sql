@@ -27,3 +27,9 @@ COMMENT ON COLUMN maester.budget.prompt IS 'Only calls of this prompt (NULL: all
 COMMENT ON COLUMN maester.budget.model IS 'Only calls to this model (NULL: all).';
 COMMENT ON COLUMN maester.budget.action IS 'block: the call fails (MB001) and leaves a blocked ledger row; downgrade: the call goes to downgrade_model; warn: a WARNING, the call proceeds.';
 COMMENT ON COLUMN maester.budget.downgrade_model IS 'The cheaper model (or route) used when the budget would be exceeded (action downgrade).';
+
+-- users and readers see their own tenant's budgets (budget_status too)
+ALTER TABLE maester.budget ENABLE ROW LEVEL SECURITY;
+CREATE POLICY budget_admin ON maester.budget FOR ALL TO maester_admin USING (true);
+CREATE POLICY budget_tenant ON maester.budget FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));

@@ -92,6 +92,6 @@ COMMENT ON TABLE maester.capture IS
 ALTER TABLE maester.capture ENABLE ROW LEVEL SECURITY;
 CREATE POLICY capture_admin ON maester.capture FOR ALL TO maester_admin USING (true);
 CREATE POLICY capture_tenant ON maester.capture FOR SELECT TO maester_user, maester_reader
-    USING (tenant OPERATOR(pg_catalog.=) pg_catalog.current_setting('maester.tenant'));
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
 CREATE POLICY capture_insert ON maester.capture FOR INSERT TO maester_user
-    WITH CHECK (tenant OPERATOR(pg_catalog.=) pg_catalog.current_setting('maester.tenant'));
+    WITH CHECK (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));

@@ -36,4 +36,4 @@ COMMENT ON COLUMN maester.span.seq IS 'Order of writing (the OTLP exporter''s po
 ALTER TABLE maester.span ENABLE ROW LEVEL SECURITY;
 CREATE POLICY span_admin ON maester.span FOR ALL TO maester_admin USING (true);
 CREATE POLICY span_tenant ON maester.span FOR SELECT TO maester_user, maester_reader
-    USING (tenant OPERATOR(pg_catalog.=) pg_catalog.current_setting('maester.tenant'));
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));

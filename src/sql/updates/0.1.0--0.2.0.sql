@@ -61,3 +61,49 @@ DROP VIEW maester.stat;
 DROP VIEW maester.circuit;
 DROP FUNCTION maester.circuit_status();
 DROP FUNCTION maester.circuit_reset(text);
+
+-- tenants bound to roles (maester.tenant is checked against tenant_member)
+CREATE TABLE maester.tenant_member (
+    role    regrole NOT NULL,
+    tenant  text NOT NULL
+        CHECK (pg_catalog.octet_length(tenant) OPERATOR(pg_catalog.>=) 1
+               AND pg_catalog.octet_length(tenant) OPERATOR(pg_catalog.<) 64),
+    PRIMARY KEY (role, tenant)
+);
+
+COMMENT ON TABLE maester.tenant_member IS
+    'Which tenants each role may act as (maester.tenant): a role acts as the tenants mapped to it or to a role it is a member of; admins act as any tenant. Maintained by admins.';
+COMMENT ON COLUMN maester.tenant_member.role IS 'The role (its members too, as for SET ROLE).';
+COMMENT ON COLUMN maester.tenant_member.tenant IS 'A tenant it may act as; with only one, maester.tenant = ''default'' means this one.';
+
+ALTER TABLE maester.tenant_member ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_member_admin ON maester.tenant_member FOR ALL TO maester_admin USING (true);
+CREATE POLICY tenant_member_own ON maester.tenant_member FOR SELECT TO maester_user, maester_reader
+    USING (pg_catalog.pg_has_role(role, 'MEMBER'));
+
+-- (created here, not with the re-created functions: the policies need it;
+-- this is the 0.2.0 library's function, which the update runs under)
+CREATE FUNCTION maester.current_tenant() RETURNS text
+AS 'MODULE_PATHNAME', 'current_tenant'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION maester.current_tenant() IS
+    'The tenant this session acts as: maester.tenant, checked against maester.tenant_member (''default'' is the role''s only tenant). Raises 42501 when the role may not act as it. Every tenant policy compares with it.';
+
+-- every tenant policy compares with the checked tenant, not the setting
+ALTER POLICY usage_tenant ON maester.usage
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+ALTER POLICY job_tenant ON maester.job
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+ALTER POLICY capture_tenant ON maester.capture
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+ALTER POLICY capture_insert ON maester.capture
+    WITH CHECK (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+ALTER POLICY span_tenant ON maester.span
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+
+-- users and readers see their own tenant's budgets (budget_status too)
+ALTER TABLE maester.budget ENABLE ROW LEVEL SECURITY;
+CREATE POLICY budget_admin ON maester.budget FOR ALL TO maester_admin USING (true);
+CREATE POLICY budget_tenant ON maester.budget FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
