@@ -79,20 +79,16 @@ SELECT pg_temp.err($$
   SELECT count(*) FROM maester.generate_batch(ARRAY[
     '{"prompt": "bad", "model": "fault-status-400"}',
     '{"prompt": "ok", "model": "fault-latency-300"}']::jsonb[], fail_fast => true) $$);
--- ... and the request still on the wire (or waiting for the ledger) was
--- settled as cancelled: wait until the ledger worker has written both
-DO $$
-BEGIN
-  FOR i IN 1..100 LOOP
-    EXIT WHEN (SELECT count(*) FROM maester.usage
-                WHERE prompt_hash IN (encode(sha256('bad'), 'hex'), encode(sha256('ok'), 'hex'))
-                  AND status <> 'pending') = 2;
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-END $$;
+-- ... and the other request was stopped: settled as cancelled if it had
+-- reached the ledger (on the wire, or waiting for its PENDING row), else
+-- never recorded nor sent -- which of the two depends on how far it got
+-- when the first failed
+SELECT pg_temp.settled();
 SELECT status, error_class, count(*) FROM maester.usage
- WHERE prompt_hash IN (encode(sha256('bad'), 'hex'), encode(sha256('ok'), 'hex'))
+ WHERE prompt_hash = encode(sha256('bad'), 'hex')
  GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT count(*) FILTER (WHERE status <> 'cancelled') AS not_stopped FROM maester.usage
+ WHERE prompt_hash = encode(sha256('ok'), 'hex');
 
 -- requests whose checks need a model's verdict keep the batch's
 -- concurrency: their grading calls run beside each other (six grading
@@ -223,7 +219,7 @@ SELECT count(*) FILTER (WHERE error_class IS NULL) > 0 AS some_served,
        count(*) FILTER (WHERE error_class NOT IN ('budget')) AS other_errors,
        (SELECT error_code FROM b7 WHERE error_class = 'budget' LIMIT 1) AS blocked_code
   FROM b7;
-SELECT DISTINCT regexp_replace(error_message, 'budget \d+', 'budget N') AS error_message FROM b7 WHERE error_class = 'budget';
+SELECT DISTINCT regexp_replace(regexp_replace(error_message, 'budget \d+', 'budget N'), 'by [0-9.]+ USD', 'by X USD') AS error_message FROM b7 WHERE error_class = 'budget';
 SELECT sum(cost_usd) <= 0.05 AS within_limit,
        count(*) FILTER (WHERE status = 'blocked') = (SELECT count(*) FROM b7 WHERE error_class = 'budget') AS blocked_rows
   FROM maester.usage WHERE tenant = 'batch_budget';

@@ -112,7 +112,7 @@ CREATE TEMP TABLE blocked AS
   SELECT * FROM maester.llm_generate(prompt_name => 'eval_budget', variables => '{"x": 1}', model => 'emock-1');
 RESET client_min_messages;
 SELECT content IS NOT NULL AS generated, evaluation ->> 'status' AS status,
-       evaluation ->> 'error' LIKE 'budget % is exhausted' AS budget_error
+       evaluation ->> 'error' LIKE 'budget % would be exceeded by % USD' AS budget_error
   FROM blocked;
 SELECT u.purpose, u.status, u.error_class FROM maester.usage u JOIN blocked b ON u.trace_id = b.trace_id
  ORDER BY u.purpose DESC;

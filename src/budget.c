@@ -58,6 +58,7 @@
 #include "budget.h"
 #include "catalog.h"
 #include "maester.h"
+#include "router.h"
 #include "settings.h"
 #include "tenant.h"
 #include "util.h"
@@ -104,6 +105,7 @@ typedef struct BudgetConf
 static BudgetShared *budget_shared = NULL;
 static MemoryContext BudgetContext = NULL;
 static bool BudgetStale = true;
+static uint64 BudgetRouterGen = 0;	/* router_generation() the budgets were resolved at */
 static Oid	BudgetRelid = InvalidOid;
 static int	nbudgets = 0;
 static BudgetConf *budgets = NULL;
@@ -296,6 +298,16 @@ budget_load(void)
 		maester_restore_user(&scope);
 	}
 	PG_END_TRY();
+	/* a budget on a model counts it by its identity (router.c) */
+	for (int i = 0; i < nbudgets; i++)
+		if (budgets[i].model)
+		{
+			char	   *id = router_model_identity(budgets[i].model);
+
+			budgets[i].model = MemoryContextStrdup(BudgetContext, id);
+			budgets[i].scope = scope_hash(&budgets[i]);
+		}
+	BudgetRouterGen = router_generation();
 	BudgetStale = false;
 }
 
@@ -433,8 +445,9 @@ ledger_sums(BudgetConf *b, TimestampTz from, int64 *spent, int64 *pending)
 			"FROM maester.usage u "
 			"WHERE u.tenant OPERATOR(pg_catalog.=) $1 "
 			"AND ($2::pg_catalog.text IS NULL OR u.prompt_name OPERATOR(pg_catalog.=) $2) "
-			"AND ($3::pg_catalog.text IS NULL OR u.model OPERATOR(pg_catalog.=) $3 "
-			"     OR u.requested_model OPERATOR(pg_catalog.=) $3) "
+			"AND ($3::pg_catalog.text IS NULL OR u.model_name OPERATOR(pg_catalog.=) $3 "
+			"     OR (u.model_name IS NULL AND (u.model OPERATOR(pg_catalog.=) $3 "
+			"                                   OR u.requested_model OPERATOR(pg_catalog.=) $3))) "
 			"AND (u.ts AT TIME ZONE 'UTC')::pg_catalog.date OPERATOR(pg_catalog.>=) ($4 AT TIME ZONE 'UTC')::pg_catalog.date "
 			"AND u.ts OPERATOR(pg_catalog.>=) $4",
 			4, types);
@@ -596,7 +609,7 @@ budget_reserve(const char *tenant, const char *prompt, const char *model,
 
 	memset(hold, 0, sizeof(*hold));
 	AcceptInvalidationMessages();
-	if (BudgetStale)
+	if (BudgetStale || BudgetRouterGen != router_generation())
 		budget_load();
 	est = estimate ? usd_to_nano(estimate) : 0;
 
@@ -675,7 +688,7 @@ budget_reserve(const char *tenant, const char *prompt, const char *model,
 	}
 	hold->tenant[0] = '\0';		/* nothing to settle */
 	if (violated->action == 'd' && violated->downgrade_model &&
-		strcmp(violated->downgrade_model, model) != 0)
+		strcmp(router_model_identity(violated->downgrade_model), model) != 0)
 	{
 		*downgrade = pstrdup(violated->downgrade_model);
 		return BUDGET_DOWNGRADE;
@@ -691,7 +704,9 @@ budget_reserve(const char *tenant, const char *prompt, const char *model,
 				 errhint("Add the model's price to maester.price, or set maester.budget_allow_unpriced.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_MAESTER_BUDGET_EXCEEDED),
-			 errmsg("budget %lld of tenant \"%s\" is exhausted", (long long) violated->id, tenant),
+			 errmsg("budget %lld of tenant \"%s\" would be exceeded by %s USD",
+					(long long) violated->id, tenant,
+					nano_text(nano_add(nano_add(v_spent, v_reserved), est) - violated->limit)),
 			 errdetail("Limit %s USD per %s; spent %s USD, reserved %s USD by calls in flight; this call could cost up to %s USD. Nothing was sent.",
 					   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(violated->limit_usd))),
 					   violated->period == 'd' ? "day" : violated->period == 'm' ? "month" : "all time",
@@ -811,7 +826,7 @@ budget_counters(PG_FUNCTION_ARGS)
 	if (!maester_is_admin(GetUserId()))
 		tenant = maester_current_tenant();
 	AcceptInvalidationMessages();
-	if (BudgetStale)
+	if (BudgetStale || BudgetRouterGen != router_generation())
 		budget_load();
 	InitMaterializedSRF(fcinfo, 0);
 	LWLockAcquire(budget_shared->lock, LW_SHARED);

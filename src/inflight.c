@@ -183,13 +183,18 @@ attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
 	ledger_copy_name(r->provider, t->provider->name, sizeof(r->provider));
 	ledger_copy_name(r->requested_model, g->requested_model, sizeof(r->requested_model));
 	ledger_copy_name(r->model, t->model, sizeof(r->model));
+	ledger_copy_name(r->model_name, t->name, sizeof(r->model_name));
 	strlcpy(r->status, "pending", sizeof(r->status));
 	strlcpy(r->purpose, g->purpose, sizeof(r->purpose));
 	if (g->tags)
 		strlcpy(r->tags, g->tags, sizeof(r->tags));
 	r->max_tokens = max_tokens > 0 ? max_tokens : ESTIMATE_DEFAULT_MAX_TOKENS;
-	estimate = maester_cost(t->model, c->cs.est_input_tokens, r->max_tokens, 0, 0,
-							r->ts, &priced);
+	{
+		const char *names[3] = {t->model, t->name, g->requested_model};
+
+		estimate = maester_cost(names, lengthof(names), c->cs.est_input_tokens,
+								r->max_tokens, 0, 0, r->ts, &priced);
+	}
 	numeric_to_field(estimate, r->estimate, sizeof(r->estimate));
 	r->priced = priced;
 	return estimate;
@@ -231,6 +236,10 @@ attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 	r->latency_ms = (double) (r->settled_at - c->attempt_start) / 1000.0;
 	if (ok)
 	{
+		/* what the call may be priced as, most specific first (meter.c) */
+		const char *names[4] = {g->resp.served_model ? g->resp.served_model : t->model,
+			t->model, t->name, g->requested_model};
+
 		if (!g->resp.usage_present)
 		{
 			/* no usage from the provider: estimate it, and say so */
@@ -255,7 +264,7 @@ attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 			trace_attr_raw(gen_span, "gen_ai.response.finish_reasons", fr.data);
 		}
 		span = trace_span_start(g->trace, "cost_metering");
-		g->cost = maester_cost(g->resp.served_model ? g->resp.served_model : t->model,
+		g->cost = maester_cost(names, lengthof(names),
 							   g->resp.input_tokens, g->resp.output_tokens,
 							   g->resp.cached_input_tokens, g->resp.cache_write_tokens,
 							   r->ts, &g->priced);

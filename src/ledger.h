@@ -51,6 +51,7 @@ typedef struct LedgerRecord
 	char		provider[128];
 	char		requested_model[LEDGER_NAMELEN];
 	char		model[LEDGER_NAMELEN];
+	char		model_name[LEDGER_NAMELEN];	/* the model's identity (router.c) */
 	char		status[16];
 	char		error_class[32];
 	char		purpose[16];

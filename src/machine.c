@@ -315,7 +315,7 @@ phase_attempt(Call *c, CallSet *set)
 	if (c->estimate)
 		trace_attr_raw(span, "maester.estimated_cost_usd",
 					   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(c->estimate))));
-	verdict = budget_reserve(r->tenant, c->g.prompt_name, t->model, c->estimate, &hold,
+	verdict = budget_reserve(r->tenant, c->g.prompt_name, t->name, c->estimate, &hold,
 							 &downgrade, write_blocked_row, &ba);
 	trace_span_end(span, NULL);
 	if (verdict == BUDGET_DOWNGRADE)

@@ -13,9 +13,12 @@
  *			   + write * cache_creation_price) / 1e6
  *	 output = output * output_price / 1e6
  * with the cache prices defaulting to the input price, and the price of a
- * model being the latest row valid at the call for its name, or for the
- * undated name of a dated snapshot (name-YYYY-MM-DD, name-YYYYMMDD,
- * name-latest).  sql/cost.sql checks that both paths agree.
+ * call being the latest row valid at the call for one of its names (the
+ * id the provider reported, the id sent, the model's identity, the name
+ * asked for; router.c), or for the undated name of a dated snapshot
+ * (name-YYYY-MM-DD with a real date, name-YYYYMMDD, name-latest), or
+ * without a vendor prefix (openai/gpt-4o).  maester.price_at finds its
+ * row here too (price_key), so SQL and calls agree by construction.
  *
  * A model without a price costs NULL, and the backend warns once per model.
  *
@@ -23,11 +26,11 @@
  */
 #include "postgres.h"
 
-#include <ctype.h>
-
+#include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
 #include "storage/sinval.h"
@@ -40,7 +43,9 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "catalog.h"
 #include "meter.h"
+#include "router.h"
 #include "util.h"
 
 typedef struct PriceRow
@@ -138,55 +143,63 @@ price_load(void)
 	PriceStale = false;
 }
 
-/* Is `suffix` a snapshot date: YYYY-MM-DD, YYYYMMDD, or "latest"? */
-static bool
-snapshot_suffix(const char *s)
-{
-	int			n = strlen(s);
-
-	if (strcmp(s, "latest") == 0)
-		return true;
-	if (n == 8)
-	{
-		for (int i = 0; i < 8; i++)
-			if (!isdigit((unsigned char) s[i]))
-				return false;
-		return true;
-	}
-	if (n == 10)
-	{
-		for (int i = 0; i < 10; i++)
-			if ((i == 4 || i == 7) ? s[i] != '-' : !isdigit((unsigned char) s[i]))
-				return false;
-		return true;
-	}
-	return false;
-}
-
-/* The price of `model` at `at`, as maester.price_at finds it, or NULL */
+/* The latest price of exactly `len` bytes of `model` valid at `at`, or NULL */
 static PriceRow *
-price_for(const char *model, TimestampTz at)
+price_exact(const char *model, int len, TimestampTz at)
 {
 	PriceRow   *best = NULL;
-	int			best_len = -1;
 
 	for (int i = 0; i < nprices; i++)
 	{
 		PriceRow   *p = &prices[i];
-		int			plen = strlen(p->model);
-		bool		match = strcmp(model, p->model) == 0 ||
-			(strncmp(model, p->model, plen) == 0 && model[plen] == '-' &&
-			 snapshot_suffix(model + plen + 1));
 
-		if (!match || p->valid_from > at)
+		if (strncmp(model, p->model, len) != 0 || p->model[len] != '\0' ||
+			p->valid_from > at)
 			continue;
-		if (plen > best_len || (plen == best_len && p->valid_from > best->valid_from))
-		{
+		if (best == NULL || p->valid_from > best->valid_from)
 			best = p;
-			best_len = plen;
-		}
 	}
 	return best;
+}
+
+/*
+ * The price of a call known by `names` (most specific first: the id the
+ * provider reported, the id sent, the model's identity, the name asked
+ * for) at `at`, or NULL: an exact price of any of them first; then the
+ * undated name of a dated snapshot (gpt-4.1-2025-04-14 as gpt-4.1); then
+ * the same without a vendor prefix (openai/gpt-4o as gpt-4o).
+ */
+static PriceRow *
+price_for(const char *const *names, int n, TimestampTz at)
+{
+	PriceRow   *p;
+
+	for (int pass = 0; pass < 4; pass++)
+		for (int i = 0; i < n; i++)
+		{
+			const char *m = names[i];
+			const char *slash;
+
+			if (m == NULL || m[0] == '\0')
+				continue;
+			if (pass >= 2)
+			{
+				if ((slash = strrchr(m, '/')) == NULL || slash[1] == '\0')
+					continue;
+				m = slash + 1;
+			}
+			if (pass % 2 == 0)
+				p = price_exact(m, strlen(m), at);
+			else
+			{
+				int			base = model_base_len(m);
+
+				p = base < (int) strlen(m) ? price_exact(m, base, at) : NULL;
+			}
+			if (p)
+				return p;
+		}
+	return NULL;
 }
 
 static Datum
@@ -196,20 +209,22 @@ num(int64 v)
 }
 
 /*
- * Exact cost in USD of a call to `model` at `at`, palloc'd in the caller's
- * context, or NULL (and *priced = false) when the model has no price.
+ * Exact cost in USD at `at` of a call known by `names` (see price_for;
+ * names[0] is the one warned about), palloc'd in the caller's context, or
+ * NULL (and *priced = false) when the model has no price.
  */
 Numeric
-maester_cost(const char *model, int64 input_tokens, int64 output_tokens,
+maester_cost(const char *const *names, int nnames, int64 input_tokens, int64 output_tokens,
 			 int64 cached_input_tokens, int64 cache_write_tokens,
 			 TimestampTz at, bool *priced)
 {
 	PriceRow   *p;
+	const char *model = names[0];
 
 	AcceptInvalidationMessages();
 	if (PriceStale)
 		price_load();
-	p = price_for(model, at);
+	p = price_for(names, nnames, at);
 	*priced = p != NULL;
 	if (p == NULL)
 	{
@@ -256,4 +271,41 @@ maester_cost(const char *model, int64 input_tokens, int64 output_tokens,
 									DirectFunctionCall1(numeric_trim_scale, out));
 		return DatumGetNumeric(DirectFunctionCall1(numeric_trim_scale, total));
 	}
+}
+
+PG_FUNCTION_INFO_V1(price_key);
+/*
+ * maester.price_key(model text, at timestamptz, OUT model text,
+ *	 OUT valid_from timestamptz): the key of the maester.price row that
+ * prices `model` at `at` -- the row a call to it would be charged at, by
+ * the same rules (see price_for), the names being `model`, and when it is
+ * a maester.model row's name or alias, that row's name and model id.  No
+ * row when it has no price.  maester.price_at reads the row by this key.
+ */
+Datum
+price_key(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	TimestampTz at = PG_GETARG_TIMESTAMPTZ(1);
+	const char *names[3];
+	PriceRow   *p;
+	TupleDesc	desc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	maester_check_catalog();
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "price_key must return a composite");
+	names[0] = model;
+	names[1] = router_model_identity(model);
+	names[2] = router_model_row_id(model);
+	AcceptInvalidationMessages();
+	if (PriceStale)
+		price_load();
+	p = price_for(names, 3, at);
+	if (p == NULL)
+		PG_RETURN_NULL();
+	values[0] = CStringGetTextDatum(p->model);
+	values[1] = TimestampTzGetDatum(p->valid_from);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
 }

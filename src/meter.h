@@ -12,7 +12,7 @@
 #include "utils/numeric.h"
 
 extern void meter_init(void);
-extern Numeric maester_cost(const char *model, int64 input_tokens,
+extern Numeric maester_cost(const char *const *names, int nnames, int64 input_tokens,
 							int64 output_tokens, int64 cached_input_tokens,
 							int64 cache_write_tokens, TimestampTz at,
 							bool *priced);

@@ -180,10 +180,10 @@ write_record(LedgerRecord *r)
 	memset(n, ' ', sizeof(n));
 	if (InsertPlan == NULL)
 	{
-		Oid			t[22] = {UUIDOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
+		Oid			t[23] = {UUIDOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
 			TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID,
-		INT8OID, BOOLOID, TEXTOID, TEXTOID};
+		INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTOID};
 		Oid			st[19] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
 			INT8OID, INT8OID, INT8OID, INT8OID, BOOLOID, TEXTOID, BOOLOID,
 		FLOAT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID, BOOLOID, TEXTOID, FLOAT8OID};
@@ -192,10 +192,10 @@ write_record(LedgerRecord *r)
 			"INSERT INTO maester.usage (request_id, attempt, ts, tenant, role, trace_id, "
 			" prompt_name, prompt_version, prompt_hash, provider, requested_model, model, "
 			" status, backend_pid, server_epoch, estimated_cost_usd, purpose, tags, "
-			" max_tokens, priced, error_class, cost_usd) "
+			" max_tokens, priced, error_class, cost_usd, model_name) "
 			"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
-			" $16::pg_catalog.numeric, $17, $18::pg_catalog.jsonb, $19, $20, $21, $22::pg_catalog.numeric) "
-			"ON CONFLICT (request_id, attempt) DO NOTHING", 22, t);
+			" $16::pg_catalog.numeric, $17, $18::pg_catalog.jsonb, $19, $20, $21, $22::pg_catalog.numeric, $23) "
+			"ON CONFLICT (request_id, attempt) DO NOTHING", 23, t);
 		if (InsertPlan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(InsertPlan);
@@ -244,6 +244,8 @@ write_record(LedgerRecord *r)
 		n[20] = NULL_IF_EMPTY(r->error_class) ? 'n' : ' ';
 		v[21] = CStringGetTextDatum(r->cost);
 		n[21] = NULL_IF_EMPTY(r->cost) ? 'n' : ' ';
+		v[22] = CStringGetTextDatum(r->model_name);
+		n[22] = NULL_IF_EMPTY(r->model_name) ? 'n' : ' ';
 		rc = SPI_execute_plan(InsertPlan, v, n, false, 0);
 		if (rc != SPI_OK_INSERT)
 			elog(ERROR, "could not write a ledger row: %s", SPI_result_code_string(rc));
@@ -294,6 +296,7 @@ record_json(LedgerRecord *r)
 		{"prompt_hash", r->prompt_hash}, {"prompt_name", r->prompt_name},
 		{"prompt_version", r->prompt_version}, {"provider", r->provider},
 		{"requested_model", r->requested_model}, {"model", r->model},
+		{"model_name", r->model_name},
 		{"status", r->status}, {"error_class", r->error_class}, {"purpose", r->purpose},
 		{"cost_usd", r->cost}, {"estimated_cost_usd", r->estimate},
 		{"tags", r->tags}, {"eval_status", r->eval_status}};

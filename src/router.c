@@ -20,6 +20,14 @@
  *	    LIKE patterns matches: that provider, the name as given;
  *	 5. otherwise 42704 -- never a silent substitution.
  *
+ * Model identity.  One name stands for a model wherever prices and budgets
+ * look: the maester.model row's name when a row covers the target (asked
+ * for by its name or an alias, or a route target with the row's provider
+ * and id), otherwise the model id without a snapshot date
+ * (gpt-4.1-2025-04-14 is gpt-4.1; the date must be a real one).  A budget's
+ * model is resolved the same way, so a budget on a model's name, alias or
+ * id counts the calls made through any of them (router_model_identity).
+ *
  * (The circuit breaker and rate pacing, which are shared by every backend,
  * are in circuit.c.)
  *
@@ -32,6 +40,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -47,6 +56,7 @@
 #include "utils/timestamp.h"
 #include "storage/sinval.h"
 
+#include "catalog.h"
 #include "router.h"
 #include "util.h"
 
@@ -285,6 +295,144 @@ find_provider(const char *name)
 	return NULL;
 }
 
+/*
+ * Is `s` a snapshot suffix: a real date as YYYY-MM-DD or YYYYMMDD (years
+ * 2000-2099), or "latest"?
+ */
+bool
+model_snapshot_suffix(const char *s)
+{
+	static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	char		d[8];
+	int			n = strlen(s);
+	int			y,
+				m,
+				day;
+
+	if (strcmp(s, "latest") == 0)
+		return true;
+	if (n == 10 && s[4] == '-' && s[7] == '-')
+	{
+		memcpy(d, s, 4);
+		memcpy(d + 4, s + 5, 2);
+		memcpy(d + 6, s + 8, 2);
+	}
+	else if (n == 8)
+		memcpy(d, s, 8);
+	else
+		return false;
+	for (int i = 0; i < 8; i++)
+		if (!isdigit((unsigned char) d[i]))
+			return false;
+	y = (d[0] - '0') * 1000 + (d[1] - '0') * 100 + (d[2] - '0') * 10 + (d[3] - '0');
+	m = (d[4] - '0') * 10 + (d[5] - '0');
+	day = (d[6] - '0') * 10 + (d[7] - '0');
+	if (y < 2000 || y > 2099 || m < 1 || m > 12 || day < 1 || day > mdays[m - 1])
+		return false;
+	if (m == 2 && day == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+		return false;
+	return true;
+}
+
+/* The length of `model` without a snapshot suffix ("-2025-04-14"), if any */
+int
+model_base_len(const char *model)
+{
+	int			n = strlen(model);
+
+	if (n > 11 && model[n - 11] == '-' && model_snapshot_suffix(model + n - 10))
+		return n - 11;
+	if (n > 9 && model[n - 9] == '-' && model_snapshot_suffix(model + n - 8))
+		return n - 9;
+	if (n > 7 && strcmp(model + n - 7, "-latest") == 0)
+		return n - 7;
+	return n;
+}
+
+/*
+ * Bumped whenever the configuration changes: a cache built from
+ * identities (budget.c) is stale when this moved.
+ */
+uint64
+router_generation(void)
+{
+	AcceptInvalidationMessages();
+	if (RouterStale)
+		router_load();
+	return RouterLoads;
+}
+
+/* The model row whose name or alias `name` is, or NULL */
+static ModelConf *
+model_by_name(const char *name)
+{
+	for (int i = 0; i < nmodels; i++)
+	{
+		if (strcmp(models[i].name, name) == 0)
+			return &models[i];
+		for (int k = 0; k < models[i].naliases; k++)
+			if (strcmp(models[i].aliases[k], name) == 0)
+				return &models[i];
+	}
+	return NULL;
+}
+
+/* The model row sending `id` to `provider` (any provider: NULL), or NULL */
+static ModelConf *
+model_by_id(const char *provider, const char *id)
+{
+	for (int i = 0; i < nmodels; i++)
+		if (strcmp(models[i].provider_model, id) == 0 &&
+			(provider == NULL || strcmp(models[i].provider, provider) == 0))
+			return &models[i];
+	return NULL;
+}
+
+/* A target's identity (see the header), palloc'd */
+static char *
+target_identity(const char *provider, const char *id)
+{
+	ModelConf  *m = model_by_id(provider, id);
+
+	return m ? pstrdup(m->name) : pnstrdup(id, model_base_len(id));
+}
+
+/*
+ * The identity of a model `name` as prices and budgets know it (see the
+ * header): a maester.model row's name for its name, an alias or its id;
+ * otherwise the name without a snapshot date.  palloc'd.
+ */
+char *
+router_model_identity(const char *name)
+{
+	ModelConf  *m;
+
+	AcceptInvalidationMessages();
+	if (RouterStale)
+		router_load();
+	m = model_by_name(name);
+	if (m == NULL)
+		m = model_by_id(NULL, name);
+	return m ? pstrdup(m->name) : pnstrdup(name, model_base_len(name));
+}
+
+/*
+ * The model id the maester.model row named (or aliased) `name` sends, or
+ * NULL when no row has that name; points into the cache, valid until the
+ * next lookup.
+ */
+const char *
+router_model_row_id(const char *name)
+{
+	ModelConf  *m;
+
+	AcceptInvalidationMessages();
+	if (RouterStale)
+		router_load();
+	m = model_by_name(name);
+	return m ? m->provider_model : NULL;
+}
+
 /* Does `model` match one of the provider's LIKE patterns? */
 static bool
 provider_serves(ProviderConf *p, text *model)
@@ -293,6 +441,37 @@ provider_serves(ProviderConf *p, text *model)
 		if (DatumGetBool(DirectFunctionCall2Coll(textlike, C_COLLATION_OID,
 												 PointerGetDatum(model),
 												 PointerGetDatum(p->patterns[k]))))
+			return true;
+	return false;
+}
+
+/*
+ * Does anything route `name`: a maester.model row (name, alias or id), a
+ * route target, or an enabled provider's pattern (for the name or its
+ * undated base)?  For the warning on a budget or price no call can match.
+ */
+bool
+router_model_known(const char *name)
+{
+	text	   *full;
+	text	   *base;
+
+	AcceptInvalidationMessages();
+	if (RouterStale)
+		router_load();
+	if (model_by_name(name) || model_by_id(NULL, name))
+		return true;
+	for (int i = 0; i < nroutes; i++)
+		for (int k = 0; k < routes[i].ntargets; k++)
+			if (strcmp(routes[i].models[k], name) == 0 ||
+				(model_base_len(routes[i].models[k]) == (int) strlen(name) &&
+				 strncmp(routes[i].models[k], name, strlen(name)) == 0))
+				return true;
+	full = cstring_to_text(name);
+	base = cstring_to_text_with_len(name, model_base_len(name));
+	for (int i = 0; i < nproviders; i++)
+		if (providers[i].enabled &&
+			(provider_serves(&providers[i], full) || provider_serves(&providers[i], base)))
 			return true;
 	return false;
 }
@@ -354,6 +533,7 @@ router_plan(const char *requested)
 		{
 			plan->targets[k].provider = copy_provider(find_provider(routes[i].providers[k]));
 			plan->targets[k].model = pstrdup(routes[i].models[k]);
+			plan->targets[k].name = target_identity(routes[i].providers[k], routes[i].models[k]);
 			if (plan->targets[k].provider == NULL)
 				elog(ERROR, "provider \"%s\" of route \"%s\" not found",
 					 routes[i].providers[k], name);
@@ -378,6 +558,7 @@ router_plan(const char *requested)
 		plan->targets = palloc0(sizeof(RouteTarget));
 		plan->targets[0].provider = copy_provider(find_provider(models[i].provider));
 		plan->targets[0].model = pstrdup(models[i].provider_model);
+		plan->targets[0].name = pstrdup(models[i].name);
 		if (plan->targets[0].provider == NULL)
 			elog(ERROR, "provider \"%s\" of model \"%s\" not found",
 				 models[i].provider, models[i].name);
@@ -395,6 +576,7 @@ router_plan(const char *requested)
 			plan->targets = palloc0(sizeof(RouteTarget));
 			plan->targets[0].provider = copy_provider(&providers[i]);
 			plan->targets[0].model = pstrdup(requested);
+			plan->targets[0].name = target_identity(providers[i].name, requested);
 			return plan;
 		}
 	}
@@ -403,4 +585,55 @@ router_plan(const char *requested)
 			 errmsg("no provider serves model \"%s\"", requested),
 			 errhint("Add the model to maester.model, a matching pattern to maester.provider.models, or a route of that name to maester.route.")));
 	return NULL;				/* keep compiler quiet */
+}
+
+PG_FUNCTION_INFO_V1(model_identity);
+/*
+ * maester.model_identity(name text) RETURNS text: the name prices and
+ * budgets know the model `name` by (see the header).
+ */
+Datum
+model_identity(PG_FUNCTION_ARGS)
+{
+	maester_check_catalog();
+	PG_RETURN_TEXT_P(cstring_to_text(router_model_identity(text_to_cstring(PG_GETARG_TEXT_PP(0)))));
+}
+
+PG_FUNCTION_INFO_V1(model_name_check);
+/*
+ * Trigger, BEFORE INSERT OR UPDATE OF model FOR EACH ROW on maester.budget
+ * and maester.price: a WARNING when nothing routes the row's model (no
+ * maester.model name, alias or id, no route target, no enabled provider's
+ * pattern), so no call would ever match it.  A warning, not an error: a
+ * price or budget may come before the model's configuration (pg_restore
+ * loads tables in any order).
+ */
+Datum
+model_name_check(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	tuple;
+	bool		isnull;
+	Datum		d;
+	int			attno;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		elog(ERROR, "model_name_check: not called as a row trigger");
+	maester_check_catalog();
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	attno = SPI_fnumber(trigdata->tg_relation->rd_att, "model");
+	if (attno <= 0)
+		elog(ERROR, "model_name_check: no column \"model\"");
+	d = heap_getattr(tuple, attno, trigdata->tg_relation->rd_att, &isnull);
+	if (!isnull)
+	{
+		char	   *model = TextDatumGetCString(d);
+
+		if (!router_model_known(model))
+			ereport(WARNING,
+					(errmsg("no provider, model or route serves model \"%s\": this %s applies to no call",
+							model, RelationGetRelationName(trigdata->tg_relation)),
+					 errhint("Name a model of maester.model (or one of its aliases), a route target's model, or a model a provider's pattern serves.")));
+	}
+	return PointerGetDatum(tuple);
 }

@@ -39,7 +39,8 @@ struct ProviderConf
 typedef struct RouteTarget
 {
 	ProviderConf *provider;
-	char	   *model;
+	char	   *model;			/* the model id sent */
+	char	   *name;			/* its identity, for prices and budgets */
 } RouteTarget;
 
 /* The ordered targets for a requested model (or route) */
@@ -53,5 +54,11 @@ typedef struct RoutePlan
 
 extern void router_init(void);
 extern RoutePlan *router_plan(const char *requested);
+extern uint64 router_generation(void);
+extern char *router_model_identity(const char *name);
+extern const char *router_model_row_id(const char *name);
+extern bool router_model_known(const char *name);
+extern bool model_snapshot_suffix(const char *s);
+extern int	model_base_len(const char *model);
 
 #endif							/* MAESTER_ROUTER_H */

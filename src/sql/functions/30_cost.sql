@@ -28,24 +28,31 @@ CREATE TRIGGER price_invalidate
     AFTER INSERT OR TRUNCATE ON maester.price
     FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
 
+CREATE TRIGGER price_model_check
+    BEFORE INSERT ON maester.price
+    FOR EACH ROW EXECUTE FUNCTION maester.model_name_check();
+
+CREATE FUNCTION maester.price_key(model text, at timestamptz,
+                                  OUT model text, OUT valid_from timestamptz)
+AS 'MODULE_PATHNAME', 'price_key'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION maester.price_key(text, timestamptz) IS
+    'The key of the price row a call to the model at that time is charged at (the rules of price_at); NULLs when it has no price.';
+
 CREATE FUNCTION maester.price_at(model text, at timestamptz DEFAULT pg_catalog.now())
 RETURNS maester.price
 LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT p.*
-      FROM maester.price p
-     WHERE (p.model OPERATOR(pg_catalog.=) $1
-            OR (pg_catalog.starts_with($1, p.model OPERATOR(pg_catalog.||) '-')
-                AND pg_catalog.substr($1, pg_catalog.length(p.model) OPERATOR(pg_catalog.+) 2)
-                    OPERATOR(pg_catalog.~) '^([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8}|latest)$'))
-       AND p.valid_from OPERATOR(pg_catalog.<=) $2
-     ORDER BY pg_catalog.length(p.model) DESC, p.valid_from DESC
-     LIMIT 1
+      FROM maester.price_key($1, $2) k
+      JOIN maester.price p ON p.model OPERATOR(pg_catalog.=) k.model
+                          AND p.valid_from OPERATOR(pg_catalog.=) k.valid_from
 $$;
 
 COMMENT ON FUNCTION maester.price_at(text, timestamptz) IS
-    'The price of a model at a time: the latest row valid then, for the model or the undated name of a dated snapshot (gpt-4.1-mini-2025-04-14 is priced as gpt-4.1-mini). NULL when there is none.';
+    'The price of a model at a time, as calls are charged: the latest row valid then for the name, or, when it is a maester.model name or alias, for that model''s name or id; then for the undated name of a dated snapshot with a real date (gpt-4.1-mini-2025-04-14 is priced as gpt-4.1-mini); then without a vendor prefix (openai/gpt-4o as gpt-4o). NULL when there is none.';
 
 CREATE FUNCTION maester.cost_exact(
     model               text,

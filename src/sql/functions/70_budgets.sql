@@ -7,6 +7,9 @@
 CREATE TRIGGER budget_invalidate
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON maester.budget
     FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
+CREATE TRIGGER budget_model_check
+    BEFORE INSERT OR UPDATE OF model ON maester.budget
+    FOR EACH ROW EXECUTE FUNCTION maester.model_name_check();
 
 CREATE FUNCTION maester.budget_counters(
     OUT id bigint, OUT period_start timestamptz, OUT spent_usd numeric,
@@ -47,8 +50,11 @@ SELECT b.id,
                              FROM maester.usage u
                             WHERE u.tenant OPERATOR(pg_catalog.=) b.tenant
                               AND (b.prompt IS NULL OR u.prompt_name OPERATOR(pg_catalog.=) b.prompt)
-                              AND (b.model IS NULL OR u.model OPERATOR(pg_catalog.=) b.model
-                                   OR u.requested_model OPERATOR(pg_catalog.=) b.model)
+                              AND (b.model IS NULL
+                                   OR u.model_name OPERATOR(pg_catalog.=) maester.model_identity(b.model)
+                                   OR (u.model_name IS NULL
+                                       AND (u.model OPERATOR(pg_catalog.=) b.model
+                                            OR u.requested_model OPERATOR(pg_catalog.=) b.model)))
                               AND (w.period_start IS NULL OR u.ts OPERATOR(pg_catalog.>=) w.period_start)
                               AND u.status OPERATOR(pg_catalog.<>) 'pending') END AS spent_usd) s;
 

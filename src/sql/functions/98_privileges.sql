@@ -81,3 +81,5 @@ GRANT SELECT ON maester.tenant_member TO maester_user, maester_reader;
 GRANT EXECUTE ON FUNCTION maester.current_tenant() TO maester_reader, maester_user, maester_admin;
 GRANT SELECT ON maester.budget, maester.budget_status TO maester_user;
 GRANT EXECUTE ON FUNCTION maester.budget_counters() TO maester_user;
+GRANT EXECUTE ON FUNCTION maester.price_key(text, timestamptz), maester.model_identity(text)
+    TO maester_reader, maester_user;

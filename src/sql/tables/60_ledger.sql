@@ -40,6 +40,7 @@ CREATE TABLE maester.usage (
     eval_score          double precision,
     backend_pid         integer,
     server_epoch        bigint,
+    model_name          text,
     PRIMARY KEY (request_id, attempt)
 );
 
@@ -55,6 +56,7 @@ COMMENT ON COLUMN maester.usage.tenant IS 'maester.tenant of the calling session
 COMMENT ON COLUMN maester.usage.role IS 'The calling role (current_user).';
 COMMENT ON COLUMN maester.usage.purpose IS 'generation, or evaluation for calls made by evaluators.';
 COMMENT ON COLUMN maester.usage.model IS 'The model as served (or, before an answer, as requested from the provider).';
+COMMENT ON COLUMN maester.usage.model_name IS 'The model''s identity, the name prices and budgets know it by: the maester.model row''s name when a row covers the call, else the model id without a snapshot date (NULL for rows of 0.1.0).';
 COMMENT ON COLUMN maester.usage.max_tokens IS 'Output tokens reserved by the estimate (the call''s max_tokens, else 4096).';
 COMMENT ON COLUMN maester.usage.estimated_cost_usd IS 'Worst-case cost reserved before the request left: estimated input tokens plus max_tokens at the output price.';
 COMMENT ON COLUMN maester.usage.cost_usd IS 'Exact cost in USD: at the price in force for ok calls; 0 for errors the provider answered; the estimate for timeouts, cancelled and orphaned attempts, which may have been billed; NULL when unpriced.';

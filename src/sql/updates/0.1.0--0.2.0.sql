@@ -107,3 +107,7 @@ ALTER TABLE maester.budget ENABLE ROW LEVEL SECURITY;
 CREATE POLICY budget_admin ON maester.budget FOR ALL TO maester_admin USING (true);
 CREATE POLICY budget_tenant ON maester.budget FOR SELECT TO maester_user, maester_reader
     USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+
+-- one model identity for prices and budgets (router.c)
+ALTER TABLE maester.usage ADD COLUMN model_name text;
+COMMENT ON COLUMN maester.usage.model_name IS 'The model''s identity, the name prices and budgets know it by: the maester.model row''s name when a row covers the call, else the model id without a snapshot date (NULL for rows of 0.1.0).';
