@@ -37,6 +37,11 @@ SELECT model, total_cost_usd FROM maester.cost_of('gpt-4.1-mini-2025-04-14', 40,
 SELECT model, total_cost_usd FROM maester.cost_of('claude-haiku-4-5-20251001', 1000, 1000);
 SELECT pg_temp.err($$ SELECT maester.cost_of('gpt-4.1-mini-turbo', 1, 1) $$);
 
+-- a price without valid_from applies from now
+INSERT INTO maester.price (model, input_cost_per_million, output_cost_per_million)
+VALUES ('cost-default-from', 1, 2);
+SELECT valid_from <= now() AND valid_from > now() - interval '1 minute' AS from_now FROM maester.price WHERE model = 'cost-default-from';
+
 -- effective dates: a new price applies from its valid_from on, never before
 INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
 VALUES ('test-model', '2026-01-01', 1, 2), ('test-model', '2026-06-01', 10, 20);

@@ -148,7 +148,7 @@ SELECT position('sk-test-' IN e) = 0 AS key_not_in_error,
        e ~* 'authorization: Bearer \*{24}' AS masked
   FROM pg_temp.err($$ SELECT maester.llm_generate('x', 'fault-echo-headers') $$) e;
 
--- a provider whose key variable is not set: nothing is sent (28000)
+-- a provider whose key variable is not set: nothing is sent (MG007)
 INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit_failure_threshold)
 VALUES ('nokey', 'openai_compatible', :'mock_url' || '/v1', 'MAESTER_MISSING_API_KEY', '{nokey-%}', 0);
 SELECT pg_temp.mock('/_mock/reset');
@@ -330,3 +330,17 @@ SELECT count(*) FROM maester.llm_generate('warm', 'mock-1');
 CREATE TEMP TABLE conns AS SELECT (pg_temp.mock('/_mock/stats') ->> 'connections_total')::int AS n;
 SELECT count(*) FROM generate_series(1, 20) i, maester.llm_generate('x' || i, 'mock-1') g;
 SELECT (pg_temp.mock('/_mock/stats') ->> 'connections_total')::int - n AS new_connections FROM conns;
+
+-- the ledger reserves the output limit actually sent: Anthropic's 1,024
+-- when the call gives none (not the 4,096 assumed for other providers)
+SELECT count(*) FROM maester.llm_generate('how long', 'anth');
+SELECT max_tokens FROM maester.usage WHERE requested_model = 'anth' ORDER BY ts DESC LIMIT 1;
+-- a provider an admin adds wins over a shipped one for the same pattern
+INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit_failure_threshold)
+VALUES ('gpt_proxy', 'openai_compatible', :'mock_url' || '/v1', 'MAESTER_TEST_API_KEY', '{gpt-%}', 0);
+SELECT provider FROM maester.llm_generate('via proxy', 'gpt-4.1-nano', max_tokens => 5);
+-- a disabled provider reached through a pattern: MG005, as on the other paths
+UPDATE maester.provider SET enabled = false WHERE name IN ('gpt_proxy', 'openai');
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'gpt-4.1-nano') $$);
+UPDATE maester.provider SET enabled = true WHERE name = 'openai';
+DELETE FROM maester.provider WHERE name = 'gpt_proxy';

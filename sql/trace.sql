@@ -55,6 +55,8 @@ SELECT t.request_id = t1.request_id AS same_request, t.status, t.application_spa
 -- explain: the span tree, as EXPLAIN ANALYZE reads (times masked)
 SELECT regexp_replace(regexp_replace(e, '[0-9]+\.[0-9]{3} ms', 'N ms'), 'cost=\$[0-9.e-]+', 'cost=$X') AS plan
   FROM t1, maester.explain(t1.trace_id) e;
+-- an unknown trace says so
+SELECT maester.explain('00000000000000000000000000000000');
 
 -- the application's traceparent: joined, and propagated to the provider
 BEGIN;

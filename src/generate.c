@@ -147,6 +147,8 @@ typedef struct BatchState
 	text	   *prompt_name;
 	Jsonb	   *options;
 	bool		fail_fast;
+	int			nfailed;		/* requests that failed */
+	char		first_sqlstate[6];	/* the first failure's SQLSTATE */
 	MemoryContext cxt;			/* parent of the calls' contexts */
 	ReturnSetInfo *rsinfo;
 } BatchState;
@@ -247,6 +249,8 @@ batch_done(Call *c, void *arg)
 			nulls[k] = true;
 	if (c->phase == PHASE_FAILED)
 	{
+		if (b->nfailed++ == 0)
+			strlcpy(b->first_sqlstate, unpack_sql_state(c->sqlstate), sizeof(b->first_sqlstate));
 		values[CALL_GENERATION_NATTS + 1] = CStringGetTextDatum(unpack_sql_state(c->sqlstate));
 		values[CALL_GENERATION_NATTS + 2] = CStringGetTextDatum(c->error_class ? c->error_class : "error");
 		values[CALL_GENERATION_NATTS + 3] = CStringGetTextDatum(c->message ? c->message : "");
@@ -327,6 +331,12 @@ generate_batch(PG_FUNCTION_ARGS)
 		run_calls(&d);
 	}
 	MemoryContextDelete(b.cxt);
+	/* a batch in which nothing succeeded is easy to miss in its rows */
+	if (b.nrequests > 0 && b.nfailed == b.nrequests)
+		ereport(NOTICE,
+				(errmsg("all %d requests of the batch failed", b.nrequests),
+				 errdetail("The first failed with SQLSTATE %s; each row's error_code and error_message say why.",
+						   b.first_sqlstate)));
 	PG_RETURN_NULL();
 }
 

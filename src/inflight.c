@@ -188,7 +188,8 @@ attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
 	strlcpy(r->purpose, g->purpose, sizeof(r->purpose));
 	if (g->tags)
 		strlcpy(r->tags, g->tags, sizeof(r->tags));
-	r->max_tokens = max_tokens > 0 ? max_tokens : ESTIMATE_DEFAULT_MAX_TOKENS;
+	/* what the request sends (Anthropic: 1,024 when the call gives none) */
+	r->max_tokens = PROVIDER_MAX_TOKENS(t->provider, max_tokens);
 	{
 		const char *names[3] = {t->model, t->name, g->requested_model};
 

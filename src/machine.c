@@ -162,7 +162,7 @@ phase_target(Call *c)
 		if (missing)
 		{
 			call_fail_with(c, t->provider->name, "no_api_key",
-						   ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+						   ERRCODE_MAESTER_NO_KEY,
 						   psprintf("API key of provider \"%s\" is not set: %s",
 									t->provider->name, missing));
 			continue;
@@ -261,8 +261,7 @@ phase_attempt(Call *c, CallSet *set)
 	 */
 	if (!c->paced)
 	{
-		int			max_tokens = c->opts.gen.max_tokens > 0 ?
-			c->opts.gen.max_tokens : ESTIMATE_DEFAULT_MAX_TOKENS;
+		int			max_tokens = PROVIDER_MAX_TOKENS(p, c->opts.gen.max_tokens);
 		TimestampTz turn;
 
 		if (!rate_reserve(p, estimate_tokens(c->opts.gen.prompt) +
@@ -425,7 +424,7 @@ phase_send(Call *c, CallSet *set)
 	c->key = call_key(c, &missing);
 	if (missing)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				(errcode(ERRCODE_MAESTER_NO_KEY),
 				 errmsg("API key of provider \"%s\" is not set: %s", p->name, missing)));
 	c->req_live = true;
 	c->deadline_bound = remaining < (long) p->timeout_ms;

@@ -29,6 +29,8 @@
 #define ERRCODE_MAESTER_BAD_RESPONSE	MAKE_SQLSTATE('M','G','0','0','4')
 #define ERRCODE_MAESTER_UNAVAILABLE		MAKE_SQLSTATE('M','G','0','0','5')
 #define ERRCODE_MAESTER_LEDGER_UNAVAILABLE MAKE_SQLSTATE('M','G','0','0','6')
+/* the provider's key is not available on the server (not the client's login: 28000) */
+#define ERRCODE_MAESTER_NO_KEY			MAKE_SQLSTATE('M','G','0','0','7')
 #define ERRCODE_MAESTER_BUDGET_EXCEEDED	MAKE_SQLSTATE('M','B','0','0','1')
 
 #endif							/* MAESTER_H */

@@ -80,7 +80,13 @@ typedef struct ProviderOps
 								   const char *api_version);
 	void		(*build_body) (const GenRequest *req, StringInfo out);
 	bool		(*parse_response) (Jsonb *jb, GenResponse *out, char **problem);
+	int			default_max_tokens; /* sent when the call gives none; 0: none sent */
 } ProviderOps;
+
+/* the output tokens a call to `p` may produce, for estimates and pacing */
+#define PROVIDER_MAX_TOKENS(p, asked) \
+	((asked) > 0 ? (asked) : (p)->ops->default_max_tokens > 0 ? \
+	 (p)->ops->default_max_tokens : ESTIMATE_DEFAULT_MAX_TOKENS)
 
 extern const ProviderOps openai_ops;
 extern const ProviderOps openai_compatible_ops;

@@ -147,4 +147,5 @@ const ProviderOps anthropic_ops = {
 	.headers = anthropic_headers,
 	.build_body = anthropic_build_body,
 	.parse_response = anthropic_parse_response,
+	.default_max_tokens = ANTHROPIC_DEFAULT_MAX_TOKENS,
 };

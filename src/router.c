@@ -17,7 +17,8 @@
  *	 2. a route of that name: its targets, in position order;
  *	 3. a maester.model row whose name or alias it is: that provider and id;
  *	 4. the first enabled provider (by priority, then name) one of whose
- *	    LIKE patterns matches: that provider, the name as given;
+ *	    LIKE patterns matches: that provider, the name as given (when only
+ *	    disabled providers match, MG005 as for the other paths);
  *	 5. otherwise 42704 -- never a silent substitution.
  *
  * Model identity.  One name stands for a model wherever prices and budgets
@@ -57,6 +58,7 @@
 #include "storage/sinval.h"
 
 #include "catalog.h"
+#include "maester.h"
 #include "router.h"
 #include "util.h"
 
@@ -568,10 +570,18 @@ router_plan(const char *requested)
 	{
 		text	   *m = cstring_to_text(requested);
 
+		ProviderConf *disabled = NULL;
+
 		for (int i = 0; i < nproviders; i++)
 		{
-			if (!providers[i].enabled || !provider_serves(&providers[i], m))
+			if (!provider_serves(&providers[i], m))
 				continue;
+			if (!providers[i].enabled)
+			{
+				if (disabled == NULL)
+					disabled = &providers[i];
+				continue;
+			}
 			plan->ntargets = 1;
 			plan->targets = palloc0(sizeof(RouteTarget));
 			plan->targets[0].provider = copy_provider(&providers[i]);
@@ -579,6 +589,12 @@ router_plan(const char *requested)
 			plan->targets[0].name = target_identity(providers[i].name, requested);
 			return plan;
 		}
+		/* as for a model row or a route target on a disabled provider */
+		if (disabled != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_MAESTER_UNAVAILABLE),
+					 errmsg("provider \"%s\" of model \"%s\" is disabled", disabled->name, requested),
+					 errhint("Enable it (UPDATE maester.provider SET enabled = true), or route the model to another provider.")));
 	}
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),

@@ -27,6 +27,7 @@
 
 #include "storage/fd.h"
 
+#include "maester.h"
 #include "secrets.h"
 #include "settings.h"
 
@@ -60,30 +61,30 @@ read_key_file(const char *provider, const char *file)
 
 	if (maester_key_directory == NULL || maester_key_directory[0] == '\0')
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				(errcode(ERRCODE_MAESTER_NO_KEY),
 				 errmsg("key files are disabled"),
 				 errdetail("Provider \"%s\" names a key file, but maester.key_directory is not set.", provider)));
 	if (strchr(file, '/') != NULL || strcmp(file, ".") == 0 || strcmp(file, "..") == 0 ||
 		file[0] == '\0')
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				(errcode(ERRCODE_MAESTER_NO_KEY),
 				 errmsg("invalid key file name for provider \"%s\"", provider),
 				 errdetail("A key file is a plain file name inside maester.key_directory.")));
 	snprintf(path, sizeof(path), "%s/%s", maester_key_directory, file);
 	if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				(errcode(ERRCODE_MAESTER_NO_KEY),
 				 errmsg("key file of provider \"%s\" does not exist", provider)));
 	if (st.st_uid != geteuid() || (st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				(errcode(ERRCODE_MAESTER_NO_KEY),
 				 errmsg("key file of provider \"%s\" has unsafe permissions", provider),
 				 errdetail("It must be owned by the database server's user and have mode 0600 or stricter.")));
 	/* read(2) into our buffer: no stdio buffer keeps a copy of the key */
 	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
 	if (fd < 0)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				(errcode(ERRCODE_MAESTER_NO_KEY),
 				 errmsg("could not read the key file of provider \"%s\"", provider)));
 	nread = read(fd, buf, sizeof(buf) - 1);
 	CloseTransientFile(fd);
@@ -106,7 +107,7 @@ read_key_file(const char *provider, const char *file)
  * The API key of a provider, palloc'd, or NULL for a keyless provider
  * (both key_env and key_file NULL).  When the named environment variable is
  * not set, returns NULL and sets *missing (so that the gateway can fall
- * back to another provider); a bad configuration raises 28000.
+ * back to another provider); a bad configuration raises MG007.
  */
 char *
 maester_provider_key(const char *provider, const char *key_env,
@@ -119,7 +120,7 @@ maester_provider_key(const char *provider, const char *key_env,
 
 		if (!key_env_name_ok(key_env))
 			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+					(errcode(ERRCODE_MAESTER_NO_KEY),
 					 errmsg("invalid api_key_env \"%s\" for provider \"%s\"", key_env, provider),
 					 errdetail("The name of a key variable consists of letters, digits and underscores and ends in _KEY or _TOKEN.")));
 		v = getenv(key_env);

@@ -22,10 +22,13 @@ COMMENT ON VIEW maester.trace IS
 
 CREATE FUNCTION maester.explain(trace_id text)
 RETURNS SETOF text
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH RECURSIVE tree AS (
         SELECT s.*, 0 AS depth, ARRAY[s.started_at] AS path
           FROM maester.span s
@@ -58,7 +61,14 @@ AS $$
                'prompt=' OPERATOR(pg_catalog.||) (t.attributes ->> 'gen_ai.prompt.name') OPERATOR(pg_catalog.||) '@'
                    OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.prompt.version')), ''), '')
       FROM tree t
-     ORDER BY t.path
+     ORDER BY t.path;
+    -- (another tenant's trace is not found either)
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'trace "%" not found', $1
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'A trace is explained once its spans are written (a fraction of a second after the call), within your tenant''s traces and the span retention.';
+    END IF;
+END
 $$;
 
 COMMENT ON FUNCTION maester.explain(text) IS

@@ -17,7 +17,7 @@ CREATE TABLE maester.provider (
     api_key_file              text
         CHECK (api_key_file OPERATOR(pg_catalog.~) '^[^/]+$' AND api_key_file OPERATOR(pg_catalog.<>) ALL (ARRAY['.', '..'])),
     models                    text[] NOT NULL DEFAULT '{}',
-    priority                  integer NOT NULL DEFAULT 100,
+    priority                  integer NOT NULL DEFAULT 0,
     connect_timeout_ms        integer NOT NULL DEFAULT 5000 CHECK (connect_timeout_ms OPERATOR(pg_catalog.>) 0),
     timeout_ms                integer NOT NULL DEFAULT 60000 CHECK (timeout_ms OPERATOR(pg_catalog.>) 0),
     max_attempts              integer NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 20),
@@ -40,7 +40,7 @@ COMMENT ON COLUMN maester.provider.base_url IS 'https://api.openai.com/v1, https
 COMMENT ON COLUMN maester.provider.api_key_env IS 'Name of the server environment variable holding the key (ends in _KEY or _TOKEN); NULL for keyless local servers.';
 COMMENT ON COLUMN maester.provider.api_key_file IS 'Name of a file in maester.key_directory holding the key, owned by the server user, mode 0600.';
 COMMENT ON COLUMN maester.provider.models IS 'LIKE patterns of the model names this provider serves, for models without a maester.model row.';
-COMMENT ON COLUMN maester.provider.priority IS 'Lower first, when several providers'' patterns match a model.';
+COMMENT ON COLUMN maester.provider.priority IS 'Lower first, when several providers'' patterns match a model; 0 by default, so that a provider an admin adds wins over the shipped ones (10 and 20) for the same pattern.';
 COMMENT ON COLUMN maester.provider.timeout_ms IS 'Total time allowed for one attempt.';
 COMMENT ON COLUMN maester.provider.max_attempts IS 'Attempts per call on this provider before falling back (options.max_attempts overrides).';
 COMMENT ON COLUMN maester.provider.backoff_base_ms IS 'First retry waits about this long (exponential, with jitter), unless the provider sent Retry-After.';

@@ -7,7 +7,7 @@
 
 CREATE TABLE maester.price (
     model                                 text NOT NULL,
-    valid_from                            timestamptz NOT NULL,
+    valid_from                            timestamptz NOT NULL DEFAULT pg_catalog.now(),
     input_cost_per_million                numeric NOT NULL CHECK (input_cost_per_million OPERATOR(pg_catalog.>=) 0),
     output_cost_per_million               numeric NOT NULL CHECK (output_cost_per_million OPERATOR(pg_catalog.>=) 0),
     cache_read_input_cost_per_million     numeric CHECK (cache_read_input_cost_per_million OPERATOR(pg_catalog.>=) 0),

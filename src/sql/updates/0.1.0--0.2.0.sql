@@ -111,3 +111,12 @@ CREATE POLICY budget_tenant ON maester.budget FOR SELECT TO maester_user, maeste
 -- one model identity for prices and budgets (router.c)
 ALTER TABLE maester.usage ADD COLUMN model_name text;
 COMMENT ON COLUMN maester.usage.model_name IS 'The model''s identity, the name prices and budgets know it by: the maester.model row''s name when a row covers the call, else the model id without a snapshot date (NULL for rows of 0.1.0).';
+
+-- a price inserted without valid_from applies from now (the unpriced
+-- model's hint suggests INSERT INTO maester.price)
+ALTER TABLE maester.price ALTER COLUMN valid_from SET DEFAULT pg_catalog.now();
+
+-- a provider an admin adds wins over the shipped ones (10, 20) for the
+-- same pattern (0.1.0's default of 100 lost to them)
+ALTER TABLE maester.provider ALTER COLUMN priority SET DEFAULT 0;
+COMMENT ON COLUMN maester.provider.priority IS 'Lower first, when several providers'' patterns match a model; 0 by default, so that a provider an admin adds wins over the shipped ones (10 and 20) for the same pattern.';
