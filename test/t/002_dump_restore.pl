@@ -24,6 +24,8 @@ $node->safe_psql('src', q{
 	SELECT maester.prompt_set_label('p', 'production', 'v2');
 	SELECT maester.prompt_register('other', 'x', version => 'beta');
 	INSERT INTO maester.tenant_member (role, tenant) VALUES ('dump_app', 'acme');
+	INSERT INTO maester.span (trace_id, span_id, name, started_at, duration_us, status, tenant)
+	SELECT 't' || i, 's', 'llm_generate', now(), 1, 'ok', 'acme' FROM generate_series(1, 5) i;
 });
 
 my $q_versions = q{SELECT string_agg(format('%s/%s/%s/%s', name, version, labels, template_hash), ';' ORDER BY seq)
@@ -49,6 +51,13 @@ is($node->safe_psql('dst', $q_versions), $before_v, 'versions and labels restore
 is($node->safe_psql('dst', $q_history), $before_h, 'label history restored');
 is($node->safe_psql('dst', q{SELECT role::text || '/' || tenant FROM maester.tenant_member}),
 	'dump_app/acme', 'tenant mappings restored');
+# spans written after the restore come after the restored ones (the OTLP
+# exporter reads by seq)
+$node->safe_psql('dst', q{INSERT INTO maester.span (trace_id, span_id, name, started_at, duration_us, status, tenant)
+	VALUES ('after', 's', 'llm_generate', now(), 1, 'ok', 'acme')});
+is($node->safe_psql('dst', q{SELECT (SELECT seq FROM maester.span WHERE trace_id = 'after') >
+	(SELECT max(seq) FROM maester.span WHERE trace_id <> 'after')}), 't',
+	'span_seq_seq restored: a new span comes after the restored ones');
 is($node->safe_psql('dst',
 	q{SELECT content || '|' || system FROM maester.prompt_render('p', '{"x": 1, "y": 2}', 'production')}),
 	'two 1|sys 2', 'restored registry renders');
