@@ -7,6 +7,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 
 my $node = PostgreSQL::Test::Cluster->new('dump');
 $node->init;
@@ -45,6 +46,17 @@ $node->safe_psql('postgres', 'CREATE DATABASE dst');
 	$node->command_ok(
 		[ 'pg_restore', '--exit-on-error', '-d', $node->connstr('dst'), $dump ],
 		'pg_restore with session_replication_role = replica');
+}
+
+# without session_replication_role = replica the restore fails, and says
+# which setting it needs
+$node->safe_psql('postgres', 'CREATE DATABASE dst_plain');
+{
+	my @cmd = ('pg_restore', '--exit-on-error', '-d', $node->connstr('dst_plain'), $dump);
+	my ($stdout, $stderr) = ('', '');
+	IPC::Run::run(\@cmd, '>', \$stdout, '2>', \$stderr);
+	like($stderr, qr/session_replication_role = replica/,
+		'a restore without session_replication_role = replica names the setting');
 }
 
 is($node->safe_psql('dst', $q_versions), $before_v, 'versions and labels restored');

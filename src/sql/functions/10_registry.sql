@@ -139,7 +139,8 @@ BEGIN
     END IF;
     RAISE EXCEPTION 'maester.prompt_label_history is written only by the registry'
         USING ERRCODE = 'insufficient_privilege',
-              DETAIL = pg_catalog.format('%s is not allowed.', TG_OP);
+              DETAIL = pg_catalog.format('%s is not allowed.', TG_OP),
+              HINT = 'Restoring a dump? Restore as a superuser with session_replication_role = replica (PGOPTIONS=''-c session_replication_role=replica'' pg_restore ...), so that the registry''s triggers do not fire on restored rows.';
 END
 $$;
 
