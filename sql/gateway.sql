@@ -344,3 +344,24 @@ UPDATE maester.provider SET enabled = false WHERE name IN ('gpt_proxy', 'openai'
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'gpt-4.1-nano') $$);
 UPDATE maester.provider SET enabled = true WHERE name = 'openai';
 DELETE FROM maester.provider WHERE name = 'gpt_proxy';
+
+-- a prompt version's config supplies the model, max_tokens and options
+-- the call does not give; the call's own arguments win
+SELECT version FROM maester.prompt_register('gw_configured', 'Configured: {x}',
+    config => '{"model": "mock-cfg", "max_tokens": 33, "temperature": 0.25, "description": "not an option"}');
+SELECT g.model, r -> 'body' ->> 'model' AS sent_model, r -> 'body' -> 'max_tokens' AS max_tokens,
+       r -> 'body' -> 'temperature' AS temperature
+  FROM maester.llm_generate(prompt_name => 'gw_configured', variables => '{"x": 1}') g,
+       pg_temp.last_request() r;
+SELECT g.model, r -> 'body' -> 'max_tokens' AS max_tokens, r -> 'body' -> 'temperature' AS temperature
+  FROM maester.llm_generate(prompt_name => 'gw_configured', variables => '{"x": 2}', model => 'mock-own',
+                            max_tokens => 5, options => '{"temperature": 0.9}') g,
+       pg_temp.last_request() r;
+SELECT (maester.complete('{"prompt_name": "gw_configured", "variables": {"x": 3}}') ->> 'model') AS complete_model,
+       pg_temp.last_request() -> 'body' -> 'max_tokens' AS max_tokens;
+SELECT b.model, b.error_code FROM maester.generate_batch(ARRAY['{"prompt_name": "gw_configured", "variables": {"x": 4}}'::jsonb]) b;
+SELECT max_tokens, requested_model FROM maester.usage WHERE prompt_name = 'gw_configured' ORDER BY ts;
+-- eval_run without a model uses the version's
+INSERT INTO maester.eval_suite (name, prompt) VALUES ('gw_configured_suite', 'gw_configured');
+INSERT INTO maester.eval_case (suite, case_name, variables) VALUES ('gw_configured_suite', 'one', '{"x": 5}');
+SELECT model FROM maester.eval_run('gw_configured_suite');

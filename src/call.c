@@ -127,6 +127,51 @@ call_note_failure(Call *c, const char *provider, const Failure *f)
 	cs->last = *f;
 }
 
+/* The options a prompt version's config may supply (request.c parses them) */
+static const char *const config_options[] = {
+	"temperature", "top_p", "stop", "response_format", "timeout_ms", "max_attempts",
+	"fallback", "tags"
+};
+
+/*
+ * A prompt version's config applied to a call: its options under the
+ * call's own (the call's win), as one options object for request.c;
+ * keys that are not options (model, max_tokens, anything else) are left
+ * to the caller.
+ */
+static Jsonb *
+config_with_options(Jsonb *config, Jsonb *call_options)
+{
+	JsonbParseState *st = NULL;
+	JsonbValue *res;
+	Jsonb	   *merged;
+	bool		any = false;
+
+	(void) pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < lengthof(config_options); i++)
+	{
+		JsonbValue *v = json_get(&config->root, config_options[i]);
+		JsonbValue	k;
+
+		if (v == NULL)
+			continue;
+		k.type = jbvString;
+		k.val.string.val = (char *) config_options[i];
+		k.val.string.len = strlen(config_options[i]);
+		(void) pushJsonbValue(&st, WJB_KEY, &k);
+		(void) pushJsonbValue(&st, WJB_VALUE, v);
+		any = true;
+	}
+	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	if (!any)
+		return call_options;
+	merged = JsonbValueToJsonb(res);
+	if (call_options == NULL)
+		return merged;
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(merged),
+											  JsonbPGetDatum(call_options)));
+}
+
 /*
  * A call, prepared: its arguments checked, its prompt rendered (or
  * hashed), its route planned, its trace begun (under `parent`'s span
@@ -142,6 +187,7 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 	Generation *g = &c->g;
 	text	   *content;
 	text	   *system = NULL;
+	int			max_tokens = a->max_tokens;
 
 	c->ordinal = ordinal;
 	c->cxt = cxt;
@@ -183,6 +229,20 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 		g->prompt_name = rp.name;
 		g->prompt_version = rp.version;
 		g->checks = rp.checks ? DatumGetJsonbPCopy(JsonbPGetDatum(rp.checks)) : NULL;
+		/* the version's config, where the call gives nothing of its own */
+		if (rp.config != NULL && JB_ROOT_IS_OBJECT(rp.config))
+		{
+			char	   *model = json_get_string(&rp.config->root, "model");
+			int64		mt;
+
+			if (g->requested_model == NULL && model != NULL)
+				g->requested_model = model;
+			if (a->max_tokens <= 0 && json_get_int64(&rp.config->root, "max_tokens", &mt) &&
+				mt > 0 && mt <= PG_INT32_MAX)
+				max_tokens = (int) mt;
+			request_parse_options(config_with_options(rp.config, a->options), &c->opts);
+			g->tags = c->opts.tags;
+		}
 		if (rp.system == NULL && system != NULL)
 			maester_prompt_hash(system, content, g->prompt_hash);
 		else
@@ -208,7 +268,7 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 	}
 	c->opts.gen.prompt = text_to_cstring(content);
 	c->opts.gen.system = system ? text_to_cstring(system) : NULL;
-	c->opts.gen.max_tokens = a->max_tokens;
+	c->opts.gen.max_tokens = max_tokens;
 	{
 		Span	   *root = &g->trace->spans[0];
 

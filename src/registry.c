@@ -74,6 +74,7 @@ typedef struct PromptCacheEntry
 	CompiledTemplate *tmpl;
 	CompiledTemplate *sys;		/* NULL when the version has none */
 	Jsonb	   *checks;			/* the version's evaluation checks, or NULL */
+	Jsonb	   *config;			/* the version's config (model, options), or NULL */
 } PromptCacheEntry;
 
 static MemoryContext PromptCacheContext = NULL;
@@ -457,7 +458,8 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 		 * version registered last (highest seq); latest is not a stored
 		 * label, so nothing can make it disagree with registration order.
 		 */
-		plan = SPI_prepare("SELECT v.version, v.template, v.system_template, v.template_hash, v.checks "
+		plan = SPI_prepare("SELECT v.version, v.template, v.system_template, v.template_hash, v.checks, "
+						   "v.config "
 						   "FROM maester.prompt_version v "
 						   "WHERE v.name OPERATOR(pg_catalog.=) $1 "
 						   "AND ($2 IS NULL "
@@ -512,6 +514,8 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 	entry->template_hash = DatumGetTextPCopy(SPI_getbinval(tup, desc, 4, &isnull));
 	d = SPI_getbinval(tup, desc, 5, &isnull);
 	entry->checks = isnull ? NULL : DatumGetJsonbPCopy(d);
+	d = SPI_getbinval(tup, desc, 6, &isnull);
+	entry->config = isnull ? NULL : DatumGetJsonbPCopy(d);
 	entry->tmpl = template_compile(VARDATA_ANY(tmpl_text),
 								   VARSIZE_ANY_EXHDR(tmpl_text), "template");
 	entry->sys = sys_text ? template_compile(VARDATA_ANY(sys_text),
@@ -689,6 +693,7 @@ maester_render(const char *name, const char *ref, Jsonb *vars, RenderedPrompt *o
 	out->name = text_to_cstring(entry->name);
 	out->version = text_to_cstring(entry->version);
 	out->checks = entry->checks;
+	out->config = entry->config;
 	render_entry(entry, vars, &out->content, &out->system);
 	maester_prompt_hash(out->system, out->content, out->hash);
 }

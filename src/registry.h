@@ -20,6 +20,7 @@ typedef struct RenderedPrompt
 	text	   *system;			/* NULL: no system template */
 	char		hash[MAESTER_SHA256_HEXLEN + 1];
 	Jsonb	   *checks;			/* the version's checks (cache memory), or NULL */
+	Jsonb	   *config;			/* the version's config (cache memory), or NULL */
 } RenderedPrompt;
 
 extern void registry_init(void);
