@@ -311,6 +311,19 @@ budget_load(void)
 	BudgetStale = false;
 }
 
+/*
+ * This backend's budgets, reloaded when the budget table changed or a
+ * model's identity may have (router_generation: the budgets' models are
+ * resolved through it)
+ */
+static void
+budget_fresh(void)
+{
+	AcceptInvalidationMessages();
+	if (BudgetStale || BudgetRouterGen != router_generation())
+		budget_load();
+}
+
 /* Start of the budget's current period (UTC) */
 static TimestampTz
 period_start(BudgetConf *b, TimestampTz now)
@@ -608,9 +621,7 @@ budget_reserve(const char *tenant, const char *prompt, const char *model,
 	bool		all_loaded = false;
 
 	memset(hold, 0, sizeof(*hold));
-	AcceptInvalidationMessages();
-	if (BudgetStale || BudgetRouterGen != router_generation())
-		budget_load();
+	budget_fresh();
 	est = estimate ? usd_to_nano(estimate) : 0;
 
 	/* the call's scope: a budget created while it is in flight settles it too */
@@ -818,16 +829,13 @@ budget_counters(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	BudgetState *copy;
 	int			n;
-
 	const char *tenant = NULL;	/* a non-admin sees its tenant's budgets */
 
 	maester_check_catalog();
 	maester_require_preload();
 	if (!maester_is_admin(GetUserId()))
 		tenant = maester_current_tenant();
-	AcceptInvalidationMessages();
-	if (BudgetStale || BudgetRouterGen != router_generation())
-		budget_load();
+	budget_fresh();
 	InitMaterializedSRF(fcinfo, 0);
 	LWLockAcquire(budget_shared->lock, LW_SHARED);
 	n = budget_shared->n;

@@ -27,9 +27,6 @@
 #include "router.h"
 #include "trace.h"
 
-/* Estimated output tokens when the caller gives no max_tokens */
-#define ESTIMATE_DEFAULT_MAX_TOKENS 4096
-
 /* generate_batch: most requests in flight at once */
 #define MAESTER_MAX_CONCURRENCY 256
 

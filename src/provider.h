@@ -83,6 +83,9 @@ typedef struct ProviderOps
 	int			default_max_tokens; /* sent when the call gives none; 0: none sent */
 } ProviderOps;
 
+/* Estimated output tokens when the call gives none and the kind sends none */
+#define ESTIMATE_DEFAULT_MAX_TOKENS 4096
+
 /* the output tokens a call to `p` may produce, for estimates and pacing */
 #define PROVIDER_MAX_TOKENS(p, asked) \
 	((asked) > 0 ? (asked) : (p)->ops->default_max_tokens > 0 ? \

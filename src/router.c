@@ -297,6 +297,15 @@ find_provider(const char *name)
 	return NULL;
 }
 
+/* The cache, reloaded if a committed change made it stale */
+static void
+router_fresh(void)
+{
+	AcceptInvalidationMessages();
+	if (RouterStale)
+		router_load();
+}
+
 /*
  * Is `s` a snapshot suffix: a real date as YYYY-MM-DD or YYYYMMDD (years
  * 2000-2099), or "latest"?
@@ -358,9 +367,7 @@ model_base_len(const char *model)
 uint64
 router_generation(void)
 {
-	AcceptInvalidationMessages();
-	if (RouterStale)
-		router_load();
+	router_fresh();
 	return RouterLoads;
 }
 
@@ -409,9 +416,7 @@ router_model_identity(const char *name)
 {
 	ModelConf  *m;
 
-	AcceptInvalidationMessages();
-	if (RouterStale)
-		router_load();
+	router_fresh();
 	m = model_by_name(name);
 	if (m == NULL)
 		m = model_by_id(NULL, name);
@@ -428,9 +433,7 @@ router_model_row_id(const char *name)
 {
 	ModelConf  *m;
 
-	AcceptInvalidationMessages();
-	if (RouterStale)
-		router_load();
+	router_fresh();
 	m = model_by_name(name);
 	return m ? m->provider_model : NULL;
 }
@@ -458,9 +461,7 @@ router_model_known(const char *name)
 	text	   *full;
 	text	   *base;
 
-	AcceptInvalidationMessages();
-	if (RouterStale)
-		router_load();
+	router_fresh();
 	if (model_by_name(name) || model_by_id(NULL, name))
 		return true;
 	for (int i = 0; i < nroutes; i++)
@@ -513,9 +514,7 @@ router_plan(const char *requested)
 	RoutePlan  *plan = palloc0(sizeof(RoutePlan));
 	const char *name = requested ? requested : "default";
 
-	AcceptInvalidationMessages();
-	if (RouterStale)
-		router_load();
+	router_fresh();
 
 	plan->requested = requested;
 
