@@ -1,7 +1,8 @@
 # pg_dump keeps the registry: versions, labels, history and sequences come
 # back when restored with session_replication_role = replica (so that the
 # registry's triggers do not fire on restored rows), and the restored
-# registry works.
+# registry works.  The gateway's configuration comes back as it was, edits
+# and deletions of the shipped rows included.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -27,7 +28,37 @@ $node->safe_psql('src', q{
 	INSERT INTO maester.tenant_member (role, tenant) VALUES ('dump_app', 'acme');
 	INSERT INTO maester.span (trace_id, span_id, name, started_at, duration_us, status, tenant)
 	SELECT 't' || i, 's', 'llm_generate', now(), 1, 'ok', 'acme' FROM generate_series(1, 5) i;
+
+	-- the shipped configuration, edited: openai disabled and pointed at a
+	-- proxy, the default route rewritten, anthropic deleted
+	UPDATE maester.provider SET enabled = false, base_url = 'https://llm-proxy.internal.example/v1'
+	 WHERE name = 'openai';
+	UPDATE maester.route SET description = 'ours' WHERE name = 'default';
+	UPDATE maester.route_target SET model = 'gpt-4.1' WHERE route = 'default' AND position = 1;
+	-- (an edited shipped row deleted: CREATE EXTENSION ships its key again)
+	UPDATE maester.route_target SET model = 'claude-sonnet-4-5' WHERE route = 'default' AND position = 2;
+	DELETE FROM maester.route_target WHERE route = 'default' AND position = 2;
+	DELETE FROM maester.provider WHERE name = 'anthropic';
+	INSERT INTO maester.provider (name, kind, base_url, models)
+	VALUES ('local', 'openai_compatible', 'https://llm.internal.example/v1', '{llama%}');
+	INSERT INTO maester.route_target (route, position, provider, model) VALUES ('default', 3, 'local', 'llama3.2');
+	INSERT INTO maester.route (name) VALUES ('cheap');
+	INSERT INTO maester.route_target (route, position, provider, model) VALUES ('cheap', 1, 'local', 'llama3.2:3b');
+	-- a price an admin adds with a vendor's source is theirs
+	INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million, source)
+	VALUES ('gpt-5', '2025-08-07', 1.25, 10, 'openai.com/api/pricing');
 });
+
+# the configuration tables, every row and column
+my $q_config = q{SELECT string_agg(r, E'\n' ORDER BY r) FROM (
+	SELECT 'provider ' || to_jsonb(t)::text AS r FROM maester.provider t
+	UNION ALL SELECT 'model ' || to_jsonb(t)::text FROM maester.model t
+	UNION ALL SELECT 'route ' || to_jsonb(t)::text FROM maester.route t
+	UNION ALL SELECT 'route_target ' || to_jsonb(t)::text FROM maester.route_target t
+	UNION ALL SELECT 'price ' || to_jsonb(t)::text FROM maester.price t
+	UNION ALL SELECT 'shipped_removed ' || to_jsonb(t)::text FROM maester.shipped_removed t) s};
+my $before_c = $node->safe_psql('src', $q_config);
+like($before_c, qr/"name": "openai".*"shipped": false/, 'the edited openai row is no longer marked shipped');
 
 my $q_versions = q{SELECT string_agg(format('%s/%s/%s/%s', name, version, labels, template_hash), ';' ORDER BY seq)
 	FROM maester.prompt_versions};
@@ -60,6 +91,22 @@ $node->safe_psql('postgres', 'CREATE DATABASE dst_plain');
 }
 
 is($node->safe_psql('dst', $q_versions), $before_v, 'versions and labels restored');
+is($node->safe_psql('dst', $q_config), $before_c,
+	'providers, models, routes, targets, prices and deletions of shipped rows restored as they were');
+is($node->safe_psql('dst', q{SELECT base_url || ' ' || enabled FROM maester.provider WHERE name = 'openai'}),
+	'https://llm-proxy.internal.example/v1 false', 'the disabled openai provider keeps its proxy');
+is($node->safe_psql('dst', q{SELECT count(*) FROM maester.provider WHERE name = 'anthropic'}),
+	'0', 'the deleted anthropic provider stays deleted');
+# and a second round trip changes nothing
+my $dump2 = $node->basedir . '/dst.dump';
+$node->command_ok([ 'pg_dump', '-Fc', '-f', $dump2, '-d', $node->connstr('dst') ], 'pg_dump of the restored database');
+$node->safe_psql('postgres', 'CREATE DATABASE dst2');
+{
+	local $ENV{PGOPTIONS} = '-c session_replication_role=replica';
+	$node->command_ok([ 'pg_restore', '--exit-on-error', '-d', $node->connstr('dst2'), $dump2 ],
+		'pg_restore of the restored database');
+}
+is($node->safe_psql('dst2', $q_config), $before_c, 'a second round trip keeps the configuration');
 is($node->safe_psql('dst', $q_history), $before_h, 'label history restored');
 is($node->safe_psql('dst', q{SELECT role::text || '/' || tenant FROM maester.tenant_member}),
 	'dump_app/acme', 'tenant mappings restored');

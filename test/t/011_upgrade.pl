@@ -85,6 +85,11 @@ my %facts = (
 		SELECT concat_ws(' ', c::regclass, coalesce(f, '-'))
 		  FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS u(c, f)
 		 WHERE e.extname = 'maester' ORDER BY 1},
+	shipped => q{
+		SELECT string_agg(r, ',' ORDER BY r) FROM (
+		    SELECT 'provider ' || name AS r FROM maester.provider WHERE shipped
+		    UNION ALL SELECT 'route ' || name FROM maester.route WHERE shipped
+		    UNION ALL SELECT 'price ' || model FROM maester.price WHERE shipped) s},
 	types => q{
 		SELECT t.typname || ' ' || string_agg(a.attname || ':' || format_type(a.atttypid, a.atttypmod), ',' ORDER BY a.attnum)
 		  FROM pg_type t JOIN pg_class c ON c.oid = t.typrelid JOIN pg_attribute a ON a.attrelid = c.oid
@@ -130,6 +135,7 @@ maester.capture_content = on
 		VALUES ('grader', 'mock', 'fault-verdict-pass', '{judge}');
 		INSERT INTO maester.route (name) VALUES ('cheap');
 		INSERT INTO maester.route_target (route, position, provider, model) VALUES ('cheap', 1, 'mock', 'mock-1');
+		UPDATE maester.route_target SET model = 'claude-sonnet-4-5' WHERE route = 'default' AND position = 2;
 		INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
 		VALUES ('mock-1', '2020-01-01', 1, 2), ('fault-verdict-pass', '2020-01-01', 3, 4);
 		INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('default', 'month', 10, 'block');
@@ -230,6 +236,9 @@ maester.capture_content = on
 	is($node->safe_psql('filled', q{SELECT extversion FROM pg_extension WHERE extname = 'maester'}),
 		$current_version, "updated from $old to $current_version");
 	is($node->safe_psql('filled', $render), $before{render}, 'a render gives the old hash');
+	is($node->safe_psql('filled', q{SELECT string_agg(position || ' ' || shipped, ',' ORDER BY position)
+		FROM maester.route_target WHERE route = 'default'}), '1 true,2 false',
+		'the update marks the shipped rows still as shipped, and not the one an admin edited');
 	is($node->safe_psql('filled', q{SELECT (result).content || '|' || (result).cost_usd
 		FROM maester.job WHERE status = 'done'}), $before{job}, "a job's result reads back");
 	is($node->safe_psql('filled', q{SELECT count(*) || ' ' || sum(cost_usd) || ' '

@@ -32,6 +32,12 @@ CREATE TRIGGER price_model_check
     BEFORE INSERT ON maester.price
     FOR EACH ROW EXECUTE FUNCTION maester.model_name_check();
 
+-- a price an admin inserts is theirs (dumped); see shipped_row_guard
+CREATE TRIGGER price_shipped
+    BEFORE INSERT ON maester.price
+    FOR EACH ROW EXECUTE FUNCTION maester.shipped_row_guard('model', 'valid_from');
+ALTER TABLE maester.price ENABLE ALWAYS TRIGGER price_shipped;
+
 CREATE FUNCTION maester.price_key(model text, at timestamptz,
                                   OUT model text, OUT valid_from timestamptz)
 AS 'MODULE_PATHNAME', 'price_key'

@@ -83,3 +83,4 @@ GRANT SELECT ON maester.budget, maester.budget_status TO maester_user;
 GRANT EXECUTE ON FUNCTION maester.budget_counters() TO maester_user;
 GRANT EXECUTE ON FUNCTION maester.price_key(text, timestamptz), maester.model_identity(text)
     TO maester_reader, maester_user;
+GRANT SELECT, INSERT, DELETE ON maester.shipped_removed TO maester_admin;

@@ -30,7 +30,8 @@ CREATE TABLE maester.provider (
     max_connections           integer CHECK (max_connections OPERATOR(pg_catalog.>) 0),
     requests_per_minute       integer CHECK (requests_per_minute OPERATOR(pg_catalog.>) 0),
     tokens_per_minute         integer CHECK (tokens_per_minute OPERATOR(pg_catalog.>) 0),
-    CHECK (api_key_env IS NULL OR api_key_file IS NULL)
+    CHECK (api_key_env IS NULL OR api_key_file IS NULL),
+    shipped                   boolean NOT NULL DEFAULT false
 );
 
 COMMENT ON TABLE maester.provider IS
@@ -48,13 +49,14 @@ COMMENT ON COLUMN maester.provider.circuit_failure_threshold IS 'Consecutive fai
 COMMENT ON COLUMN maester.provider.circuit_cooldown_ms IS 'How long an open circuit skips the provider before one probe call.';
 COMMENT ON COLUMN maester.provider.max_connections IS 'Most requests one session (or job worker) has in flight to this provider at once, in generate_batch; NULL: no limit beyond the batch''s concurrency.';
 COMMENT ON COLUMN maester.provider.requests_per_minute IS 'Rate limit, honoured server-wide by spacing calls evenly (they wait, they do not fail); NULL: none.';
+COMMENT ON COLUMN maester.provider.shipped IS 'True for a row as maester ships it; maester clears it when an admin edits the row, and pg_dump keeps every row where it is false.';
 COMMENT ON COLUMN maester.provider.tokens_per_minute IS 'Token rate limit (input estimate plus reserved output tokens per call), honoured server-wide by pacing; NULL: none.';
 
-INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, priority) VALUES
+INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, priority, shipped) VALUES
     ('openai', 'openai', 'https://api.openai.com/v1', 'OPENAI_API_KEY',
-     ARRAY['gpt-%', 'o1%', 'o3%', 'o4%', 'chatgpt-%'], 10),
+     ARRAY['gpt-%', 'o1%', 'o3%', 'o4%', 'chatgpt-%'], 10, true),
     ('anthropic', 'anthropic', 'https://api.anthropic.com', 'ANTHROPIC_API_KEY',
-     ARRAY['claude-%'], 20);
+     ARRAY['claude-%'], 20, true);
 
 CREATE TABLE maester.model (
     name           text PRIMARY KEY,
@@ -71,7 +73,8 @@ COMMENT ON COLUMN maester.model.aliases IS 'Other names callers may use for this
 
 CREATE TABLE maester.route (
     name        text PRIMARY KEY,
-    description text
+    description text,
+    shipped     boolean NOT NULL DEFAULT false
 );
 
 COMMENT ON TABLE maester.route IS
@@ -82,15 +85,32 @@ CREATE TABLE maester.route_target (
     position integer NOT NULL,
     provider text NOT NULL REFERENCES maester.provider (name) ON UPDATE CASCADE,
     model    text NOT NULL,
-    PRIMARY KEY (route, position)
+    PRIMARY KEY (route, position),
+    shipped  boolean NOT NULL DEFAULT false
 );
 
 COMMENT ON TABLE maester.route_target IS
     'The targets of a route, tried in position order: each target''s attempts, then the next target.';
 COMMENT ON COLUMN maester.route_target.model IS 'The model id sent to the provider.';
+COMMENT ON COLUMN maester.route.shipped IS 'True for a row as maester ships it; maester clears it when an admin edits the row, and pg_dump keeps every row where it is false.';
+COMMENT ON COLUMN maester.route_target.shipped IS 'True for a row as maester ships it; maester clears it when an admin edits the row, and pg_dump keeps every row where it is false.';
 
-INSERT INTO maester.route (name, description) VALUES
-    ('default', 'Used when no model is given: OpenAI first, Anthropic as fallback.');
-INSERT INTO maester.route_target (route, position, provider, model) VALUES
-    ('default', 1, 'openai', 'gpt-4.1-mini'),
-    ('default', 2, 'anthropic', 'claude-haiku-4-5');
+INSERT INTO maester.route (name, description, shipped) VALUES
+    ('default', 'Used when no model is given: OpenAI first, Anthropic as fallback.', true);
+INSERT INTO maester.route_target (route, position, provider, model, shipped) VALUES
+    ('default', 1, 'openai', 'gpt-4.1-mini', true),
+    ('default', 2, 'anthropic', 'claude-haiku-4-5', true);
+
+-- Keys admins deleted, so that a restore deletes the shipped rows again
+-- after CREATE EXTENSION has put them back (see shipped_row_guard)
+CREATE TABLE maester.shipped_removed (
+    table_name text NOT NULL
+        CHECK (table_name OPERATOR(pg_catalog.=) ANY (ARRAY['provider', 'route', 'route_target'])),
+    key        text[] NOT NULL,
+    removed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (table_name, key)
+);
+
+COMMENT ON TABLE maester.shipped_removed IS
+    'Keys of providers, routes and route targets that admins deleted or renamed: pg_dump keeps this table, and restoring a row of it deletes the shipped row with that key again (CREATE EXTENSION ships it before the dumped rows are restored). Delete a row here to keep the shipped row at the next restore.';
+COMMENT ON COLUMN maester.shipped_removed.key IS 'The deleted row''s primary key, as text: {name} for providers and routes, {route,position} for route targets.';

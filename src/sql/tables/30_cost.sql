@@ -14,7 +14,8 @@ CREATE TABLE maester.price (
     cache_creation_input_cost_per_million numeric CHECK (cache_creation_input_cost_per_million OPERATOR(pg_catalog.>=) 0),
     currency                              text NOT NULL DEFAULT 'USD' CHECK (currency OPERATOR(pg_catalog.=) 'USD'),
     source                                text,
-    PRIMARY KEY (model, valid_from)
+    PRIMARY KEY (model, valid_from),
+    shipped                               boolean NOT NULL DEFAULT false
 );
 
 COMMENT ON TABLE maester.price IS
@@ -23,18 +24,19 @@ COMMENT ON COLUMN maester.price.model IS 'Model name as providers report it; als
 COMMENT ON COLUMN maester.price.valid_from IS 'The price applies to calls from this time until the next row''s valid_from.';
 COMMENT ON COLUMN maester.price.cache_read_input_cost_per_million IS 'Price of prompt tokens read from the provider''s cache (OpenAI cached input, Anthropic cache reads); NULL: the input price.';
 COMMENT ON COLUMN maester.price.cache_creation_input_cost_per_million IS 'Price of prompt tokens written to the cache (Anthropic); NULL: the input price.';
+COMMENT ON COLUMN maester.price.shipped IS 'True for the list prices maester ships; pg_dump keeps every row where it is false.';
 
 -- List prices as published by OpenAI and Anthropic (USD per 1M tokens)
 INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million,
-                           cache_read_input_cost_per_million, cache_creation_input_cost_per_million, source) VALUES
-    ('gpt-4.1',           '2025-04-14', 2.00,  8.00,  0.50,  NULL,  'openai.com/api/pricing'),
-    ('gpt-4.1-mini',      '2025-04-14', 0.40,  1.60,  0.10,  NULL,  'openai.com/api/pricing'),
-    ('gpt-4.1-nano',      '2025-04-14', 0.10,  0.40,  0.025, NULL,  'openai.com/api/pricing'),
-    ('gpt-4o',            '2024-05-13', 2.50,  10.00, 1.25,  NULL,  'openai.com/api/pricing'),
-    ('gpt-4o-mini',       '2024-07-18', 0.15,  0.60,  0.075, NULL,  'openai.com/api/pricing'),
-    ('claude-sonnet-4-5', '2025-09-29', 3.00,  15.00, 0.30,  3.75,  'anthropic.com/pricing'),
-    ('claude-haiku-4-5',  '2025-10-15', 1.00,  5.00,  0.10,  1.25,  'anthropic.com/pricing'),
-    ('claude-opus-4-1',   '2025-08-05', 15.00, 75.00, 1.50,  18.75, 'anthropic.com/pricing');
+                           cache_read_input_cost_per_million, cache_creation_input_cost_per_million, source, shipped) VALUES
+    ('gpt-4.1',           '2025-04-14', 2.00,  8.00,  0.50,  NULL,  'openai.com/api/pricing', true),
+    ('gpt-4.1-mini',      '2025-04-14', 0.40,  1.60,  0.10,  NULL,  'openai.com/api/pricing', true),
+    ('gpt-4.1-nano',      '2025-04-14', 0.10,  0.40,  0.025, NULL,  'openai.com/api/pricing', true),
+    ('gpt-4o',            '2024-05-13', 2.50,  10.00, 1.25,  NULL,  'openai.com/api/pricing', true),
+    ('gpt-4o-mini',       '2024-07-18', 0.15,  0.60,  0.075, NULL,  'openai.com/api/pricing', true),
+    ('claude-sonnet-4-5', '2025-09-29', 3.00,  15.00, 0.30,  3.75,  'anthropic.com/pricing', true),
+    ('claude-haiku-4-5',  '2025-10-15', 1.00,  5.00,  0.10,  1.25,  'anthropic.com/pricing', true),
+    ('claude-opus-4-1',   '2025-08-05', 15.00, 75.00, 1.50,  18.75, 'anthropic.com/pricing', true);
 
 CREATE TYPE maester.cost AS (
     model           text,

@@ -120,3 +120,62 @@ ALTER TABLE maester.price ALTER COLUMN valid_from SET DEFAULT pg_catalog.now();
 -- same pattern (0.1.0's default of 100 lost to them)
 ALTER TABLE maester.provider ALTER COLUMN priority SET DEFAULT 0;
 COMMENT ON COLUMN maester.provider.priority IS 'Lower first, when several providers'' patterns match a model; 0 by default, so that a provider an admin adds wins over the shipped ones (10 and 20) for the same pattern.';
+
+-- shipped rows are marked, so that pg_dump keeps admins' edits of them
+-- (0.1.0 dumped by name and lost the edits): a row is marked when it is
+-- still exactly as 0.1.0 shipped it
+ALTER TABLE maester.provider ADD COLUMN shipped boolean NOT NULL DEFAULT false;
+ALTER TABLE maester.route ADD COLUMN shipped boolean NOT NULL DEFAULT false;
+ALTER TABLE maester.route_target ADD COLUMN shipped boolean NOT NULL DEFAULT false;
+ALTER TABLE maester.price ADD COLUMN shipped boolean NOT NULL DEFAULT false;
+UPDATE maester.provider p SET shipped = true
+ WHERE (pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.-) 'shipped') OPERATOR(pg_catalog.=) ANY (ARRAY[
+    '{"name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1",
+      "api_key_env": "OPENAI_API_KEY", "api_key_file": null,
+      "models": ["gpt-%", "o1%", "o3%", "o4%", "chatgpt-%"], "priority": 10,
+      "connect_timeout_ms": 5000, "timeout_ms": 60000, "max_attempts": 3,
+      "backoff_base_ms": 250, "backoff_max_ms": 8000, "circuit_failure_threshold": 5,
+      "circuit_cooldown_ms": 30000, "anthropic_version": "2023-06-01", "enabled": true,
+      "max_connections": null, "requests_per_minute": null, "tokens_per_minute": null}'::jsonb,
+    '{"name": "anthropic", "kind": "anthropic", "base_url": "https://api.anthropic.com",
+      "api_key_env": "ANTHROPIC_API_KEY", "api_key_file": null,
+      "models": ["claude-%"], "priority": 20,
+      "connect_timeout_ms": 5000, "timeout_ms": 60000, "max_attempts": 3,
+      "backoff_base_ms": 250, "backoff_max_ms": 8000, "circuit_failure_threshold": 5,
+      "circuit_cooldown_ms": 30000, "anthropic_version": "2023-06-01", "enabled": true,
+      "max_connections": null, "requests_per_minute": null, "tokens_per_minute": null}'::jsonb]);
+UPDATE maester.route SET shipped = true
+ WHERE name OPERATOR(pg_catalog.=) 'default'
+   AND description OPERATOR(pg_catalog.=) 'Used when no model is given: OpenAI first, Anthropic as fallback.';
+UPDATE maester.route_target SET shipped = true
+ WHERE (route, position, provider, model) IN (('default', 1, 'openai', 'gpt-4.1-mini'),
+                                              ('default', 2, 'anthropic', 'claude-haiku-4-5'));
+-- prices are immutable (price_guard): the shipped ones are those 0.1.0
+-- inserted, by key and source
+ALTER TABLE maester.price DISABLE TRIGGER price_guard;
+UPDATE maester.price SET shipped = true
+ WHERE (model, valid_from, source) IN (
+    ('gpt-4.1',           '2025-04-14', 'openai.com/api/pricing'),
+    ('gpt-4.1-mini',      '2025-04-14', 'openai.com/api/pricing'),
+    ('gpt-4.1-nano',      '2025-04-14', 'openai.com/api/pricing'),
+    ('gpt-4o',            '2024-05-13', 'openai.com/api/pricing'),
+    ('gpt-4o-mini',       '2024-07-18', 'openai.com/api/pricing'),
+    ('claude-sonnet-4-5', '2025-09-29', 'anthropic.com/pricing'),
+    ('claude-haiku-4-5',  '2025-10-15', 'anthropic.com/pricing'),
+    ('claude-opus-4-1',   '2025-08-05', 'anthropic.com/pricing'));
+ALTER TABLE maester.price ENABLE TRIGGER price_guard;
+COMMENT ON COLUMN maester.provider.shipped IS 'True for a row as maester ships it; maester clears it when an admin edits the row, and pg_dump keeps every row where it is false.';
+COMMENT ON COLUMN maester.route.shipped IS 'True for a row as maester ships it; maester clears it when an admin edits the row, and pg_dump keeps every row where it is false.';
+COMMENT ON COLUMN maester.route_target.shipped IS 'True for a row as maester ships it; maester clears it when an admin edits the row, and pg_dump keeps every row where it is false.';
+COMMENT ON COLUMN maester.price.shipped IS 'True for the list prices maester ships; pg_dump keeps every row where it is false.';
+
+CREATE TABLE maester.shipped_removed (
+    table_name text NOT NULL
+        CHECK (table_name OPERATOR(pg_catalog.=) ANY (ARRAY['provider', 'route', 'route_target'])),
+    key        text[] NOT NULL,
+    removed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (table_name, key)
+);
+COMMENT ON TABLE maester.shipped_removed IS
+    'Keys of providers, routes and route targets that admins deleted or renamed: pg_dump keeps this table, and restoring a row of it deletes the shipped row with that key again (CREATE EXTENSION ships it before the dumped rows are restored). Delete a row here to keep the shipped row at the next restore.';
+COMMENT ON COLUMN maester.shipped_removed.key IS 'The deleted row''s primary key, as text: {name} for providers and routes, {route,position} for route targets.';
