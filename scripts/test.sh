@@ -20,6 +20,9 @@ maester_build_releases "$work/releases"
 [ "$(id -u)" -eq 0 ] && chown -R postgres: "$work/releases"
 export MAESTER_RELEASES="$work/releases/installs"
 
+# the suite never calls a real provider, whatever keys the caller has
+unset OPENAI_API_KEY ANTHROPIC_API_KEY AZURE_OPENAI_API_KEY
+
 # the mock provider for the pg_regress suites (TAP tests start their own);
 # the key is a test value the servers see in their environment
 export MAESTER_TEST_API_KEY="sk-test-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"

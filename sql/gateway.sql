@@ -161,6 +161,8 @@ SELECT pg_temp.err($$ UPDATE maester.provider SET api_key_env = 'PGPASSWORD' WHE
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'no-such-model') $$);
 -- the default route (shipped: OpenAI, then Anthropic) when no model is given
 SELECT route, position, provider, model FROM maester.route_target ORDER BY 1, 2;
+-- with no key for either (a local-only setup), the error says what to change
+SELECT count(*) FROM maester.llm_generate('x');
 UPDATE maester.route_target SET provider = 'mock', model = 'mock-default' WHERE route = 'default' AND position = 1;
 SELECT provider, model, requested_model FROM maester.llm_generate('x');
 DELETE FROM maester.route_target WHERE route = 'default';

@@ -100,6 +100,11 @@ call_fail(Call *c)
 	c->detail = psprintf("Requested model: %s. Attempts: %s.",
 						 c->plan && c->plan->requested ? c->plan->requested : "(default route)",
 						 cs->log.len ? cs->log.data : "none");
+	/* a local-only setup still has the shipped default route */
+	if (c->plan && c->plan->requested == NULL && cs->nkeyless == c->plan->ntargets)
+		c->hint = pstrdup("No model was given, so the route \"default\" was used, and none of its providers has a key. "
+						  "Point it at a provider you have (UPDATE maester.route_target SET provider = '...', model = '...' "
+						  "WHERE route = 'default'), or pass model => '...'.");
 }
 
 /* Fail the call with a failure that is not an attempt's */

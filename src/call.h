@@ -70,6 +70,7 @@ typedef struct CallState
 	TimestampTz deadline;
 	StringInfoData log;			/* "provider: class; ..." for the error detail */
 	Failure		last;			/* the last failure */
+	int			nkeyless;		/* targets skipped for a missing key */
 } CallState;
 
 /* The phases of a call: see machine.c */

@@ -161,6 +161,7 @@ phase_target(Call *c)
 		key = call_key(c, &missing);
 		if (missing)
 		{
+			c->cs.nkeyless++;
 			call_fail_with(c, t->provider->name, "no_api_key",
 						   ERRCODE_MAESTER_NO_KEY,
 						   psprintf("API key of provider \"%s\" is not set: %s",
