@@ -67,8 +67,29 @@ is($node->safe_psql('postgres', q{
 	  FROM maester.budget_status b WHERE tenant = 'hammer'}),
 	't', 'the shared counter matches the ledger');
 
+# a downgrade budget: once the budget on mock-b is spent, calls go to
+# mock-s; the live counters and the ones reloaded from the ledger after a
+# restart must agree, for the model's budget and for the tenant's
+$node->safe_psql('postgres', q{
+	INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+	VALUES ('mock-s', '2020-01-01', 5, 15);
+	INSERT INTO maester.budget (tenant, model, period, limit_usd, action, downgrade_model)
+	VALUES ('thrifty', 'mock-b', 'day', 0.01, 'downgrade', 'mock-s');
+	INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('thrifty', 'day', 100, 'warn');
+});
+my $served = $node->safe_psql('postgres', q{SET maester.tenant = 'thrifty';
+	SELECT string_agg(m, ',' ORDER BY i) FROM (
+	    SELECT i, (maester.llm_generate('spend some money please', 'mock-b', max_tokens => 20)).model AS m
+	      FROM generate_series(1, 6) i) s});
+like($served, qr/^mock-b,.*mock-s$/, "the downgrade budget sends later calls to the cheaper model ($served)");
+my $q_thrifty = q{SELECT string_agg(coalesce(model, '*') || ' ' || spent_usd, ', ' ORDER BY model NULLS LAST)
+	FROM maester.budget_status WHERE tenant = 'thrifty'};
+my $live = $node->safe_psql('postgres', $q_thrifty);
+
 # the counters come back from the ledger after a restart
 $node->restart;
+is($node->safe_psql('postgres', $q_thrifty), $live,
+	"a downgrade budget's spend is the same live and reloaded after a restart ($live)");
 $node->safe_psql('postgres', q{SELECT set_config('maester.tenant', 'hammer', false)});
 my ($ret, $out, $err) = $node->psql('postgres', q{SET maester.tenant = 'hammer';
 	SELECT maester.llm_generate('more', 'mock-b', max_tokens => 2000)});
