@@ -1,6 +1,10 @@
 -- Shipped rows: maester marks what it ships, an admin's edit clears the
 -- mark, a deletion is remembered, so that pg_dump keeps both (the round
 -- trip itself is test/t/002_dump_restore.pl)
+-- in a database of its own: the other suites edit the shipped rows
+CREATE DATABASE shipped_regress;
+\c shipped_regress
+CREATE EXTENSION maester;
 CREATE ROLE ship_admin IN ROLE maester_admin;
 CREATE ROLE ship_user IN ROLE maester_user;
 SELECT name, shipped FROM maester.provider ORDER BY name;
@@ -57,3 +61,5 @@ SET ROLE ship_user;
 SELECT count(*) FROM maester.shipped_removed;
 RESET ROLE;
 DROP ROLE ship_admin, ship_user;
+\c contrib_regression
+DROP DATABASE shipped_regress;

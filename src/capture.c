@@ -7,7 +7,9 @@
  *	  stored only when asked for).  replay() itself is SQL.
  *
  * The row is written in the caller's transaction, as the last step of a
- * successful call: a rollback loses the capture, never the ledger row.
+ * successful call: a rollback loses the capture, never the ledger row.  It
+ * is written as the table's owner: users cannot insert captures, so
+ * replay() runs only what a call really sent.
  *
  *-------------------------------------------------------------------------
  */
@@ -25,6 +27,7 @@
 #include "jsonutil.h"
 #include "settings.h"
 #include "tenant.h"
+#include "util.h"
 
 /*
  * With maester.capture_content on, keep what replay needs in
@@ -38,6 +41,7 @@ capture_call(const Generation *g, text *content, text *system, Jsonb *vars,
 	char		n[14];
 	Oid			t[14] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
 	TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID, TEXTOID, FLOAT8OID};
+	OwnerScope	scope;
 	JsonbValue *sc = g->evaluation ? json_get(&g->evaluation->root, "reliability_score") : NULL;
 
 	memset(n, ' ', sizeof(n));
@@ -66,11 +70,14 @@ capture_call(const Generation *g, text *content, text *system, Jsonb *vars,
 	n[13] = sc && sc->type == jbvNumeric ? ' ' : 'n';
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* as the table's owner: users cannot insert captures themselves */
+	maester_become_owner(maester_table_oid("capture"), &scope);
 	if (SPI_execute_with_args("INSERT INTO maester.capture (request_id, tenant, prompt_name, "
 							  "prompt_version, variables, prompt, system, requested_model, model, "
 							  "provider, max_tokens, options, output, eval_score) "
 							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
 							  14, t, v, n, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not capture the call");
+	maester_restore_user(&scope);
 	SPI_finish();
 }

@@ -20,32 +20,31 @@ COMMENT ON FUNCTION maester.validate_checks(jsonb) IS
 COMMENT ON FUNCTION maester.evaluate(text, jsonb, jsonb) IS
     'Checks an output: {status, reliability_score, metrics[{name, score, passed, reason}]}. checks: an object ({"required_terms": [...], "max_length": 500, "threshold": 0.8}) or an array of assertions ({"type", "value", "weight"}); NULL: non_empty and max_length 500. context: cost_usd, latency_ms.';
 
-CREATE FUNCTION maester.eval_run(suite text, prompt_version text DEFAULT NULL, model text DEFAULT NULL,
-                                 concurrency integer DEFAULT 8)
-RETURNS maester.eval_run
+CREATE FUNCTION maester.eval_run_calls(suite text, prompt_version text DEFAULT NULL, model text DEFAULT NULL,
+                                       concurrency integer DEFAULT 8)
+RETURNS jsonb
 LANGUAGE plpgsql
 VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
-    s     maester.eval_suite;
-    c     maester.eval_case;
-    cases maester.eval_case[];
-    g     maester.batch_result;
-    run   maester.eval_run;
-    chk   jsonb;
-    ev    jsonb;
-    msg   text;
+    s       maester.eval_suite;
+    c       maester.eval_case;
+    cases   maester.eval_case[];
+    g       maester.batch_result;
+    chk     jsonb;
+    ev      jsonb;
+    msg     text;
+    version text := eval_run_calls.prompt_version;
+    used    text := eval_run_calls.model;
+    results jsonb := '[]';
 BEGIN
-    SELECT * INTO s FROM maester.eval_suite es WHERE es.name OPERATOR(pg_catalog.=) eval_run.suite;
+    SELECT * INTO s FROM maester.eval_suite es WHERE es.name OPERATOR(pg_catalog.=) eval_run_calls.suite;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'evaluation suite "%" does not exist', eval_run.suite
+        RAISE EXCEPTION 'evaluation suite "%" does not exist', eval_run_calls.suite
             USING ERRCODE = 'undefined_object';
     END IF;
-    INSERT INTO maester.eval_run AS r (suite, prompt, prompt_version, model)
-    VALUES (s.name, s.prompt, eval_run.prompt_version, eval_run.model)
-    RETURNING * INTO run;
 
     -- every case through the batch path, `concurrency` at a time
     cases := ARRAY(SELECT ec FROM maester.eval_case ec
@@ -53,15 +52,16 @@ BEGIN
     FOR g IN SELECT * FROM maester.generate_batch(
                  ARRAY(SELECT jsonb_build_object('prompt_name', s.prompt,
                                                  'variables', (cases[i]).variables,
-                                                 'prompt_version', eval_run.prompt_version,
-                                                 'model', eval_run.model)
+                                                 'prompt_version', eval_run_calls.prompt_version,
+                                                 'model', eval_run_calls.model)
                          FROM pg_catalog.generate_subscripts(cases, 1) i ORDER BY i),
-                 concurrency => eval_run.concurrency) b
+                 concurrency => eval_run_calls.concurrency) b
              ORDER BY b.ordinal LOOP
         c := cases[g.ordinal];
         IF g.error_class IS NOT NULL THEN
-            INSERT INTO maester.eval_result (run_id, case_name, score, passed, error, trace_id, request_id)
-            VALUES (run.id, c.case_name, 0, false, g.error_message, g.trace_id, g.request_id);
+            results := results OPERATOR(pg_catalog.||) jsonb_build_array(jsonb_build_object(
+                'case_name', c.case_name, 'score', 0, 'passed', false, 'error', g.error_message,
+                'trace_id', g.trace_id, 'request_id', g.request_id));
             CONTINUE;
         END IF;
         BEGIN
@@ -85,44 +85,37 @@ BEGIN
             END IF;
             ev := maester.evaluate(g.content, chk,
                                    jsonb_build_object('cost_usd', g.cost_usd, 'latency_ms', g.latency_ms));
-            INSERT INTO maester.eval_result (run_id, case_name, content, score, passed, evaluation,
-                                             cost_usd, latency_ms, trace_id, request_id)
-            VALUES (run.id, c.case_name, g.content, (ev ->> 'reliability_score')::numeric,
-                    ev ->> 'status' OPERATOR(pg_catalog.=) 'pass', ev, g.cost_usd, g.latency_ms,
-                    g.trace_id, g.request_id);
-            run.prompt_version := g.prompt_version;
-            run.model := COALESCE(eval_run.model, g.model);
+            results := results OPERATOR(pg_catalog.||) jsonb_build_array(jsonb_build_object(
+                'case_name', c.case_name, 'content', g.content,
+                'score', (ev ->> 'reliability_score')::numeric,
+                'passed', ev ->> 'status' OPERATOR(pg_catalog.=) 'pass', 'evaluation', ev,
+                'cost_usd', g.cost_usd, 'latency_ms', g.latency_ms,
+                'trace_id', g.trace_id, 'request_id', g.request_id));
+            version := g.prompt_version;
+            used := COALESCE(eval_run_calls.model, g.model);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-            INSERT INTO maester.eval_result (run_id, case_name, score, passed, error, trace_id, request_id)
-            VALUES (run.id, c.case_name, 0, false, msg, g.trace_id, g.request_id);
+            results := results OPERATOR(pg_catalog.||) jsonb_build_array(jsonb_build_object(
+                'case_name', c.case_name, 'score', 0, 'passed', false, 'error', msg,
+                'trace_id', g.trace_id, 'request_id', g.request_id));
         END;
     END LOOP;
-
-    UPDATE maester.eval_run r SET
-        prompt_version = run.prompt_version,
-        model = run.model,
-        finished_at = pg_catalog.clock_timestamp(),
-        cases = x.cases, passed = x.passed, errors = x.errors,
-        pass_rate = x.pass_rate, mean_score = x.mean_score, total_cost_usd = x.total_cost,
-        p50_latency_ms = x.p50, p95_latency_ms = x.p95
-      FROM (SELECT pg_catalog.count(*)::integer AS cases,
-                   pg_catalog.count(*) FILTER (WHERE e.passed)::integer AS passed,
-                   pg_catalog.count(*) FILTER (WHERE e.error IS NOT NULL)::integer AS errors,
-                   pg_catalog.round(pg_catalog.avg(CASE WHEN e.passed THEN 1 ELSE 0 END), 4) AS pass_rate,
-                   pg_catalog.round(pg_catalog.avg(e.score), 4) AS mean_score,
-                   COALESCE(pg_catalog.sum(e.cost_usd), 0) AS total_cost,
-                   pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY e.latency_ms) AS p50,
-                   pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY e.latency_ms) AS p95
-              FROM maester.eval_result e WHERE e.run_id OPERATOR(pg_catalog.=) run.id) x
-     WHERE r.id OPERATOR(pg_catalog.=) run.id
-    RETURNING r.* INTO run;
-    RETURN run;
+    RETURN jsonb_build_object('suite', s.name, 'prompt', s.prompt, 'prompt_version', version,
+                              'model', used, 'results', results);
 END
 $$;
 
+COMMENT ON FUNCTION maester.eval_run_calls(text, text, text, integer) IS
+    'What maester.eval_run records, without recording it: runs every case of a suite through the batch path and checks each output; returns {suite, prompt, prompt_version, model, results[{case_name, content, score, passed, evaluation, cost_usd, latency_ms, trace_id, request_id, error}]}.';
+
+CREATE FUNCTION maester.eval_run(suite text, prompt_version text DEFAULT NULL, model text DEFAULT NULL,
+                                 concurrency integer DEFAULT 8)
+RETURNS maester.eval_run
+AS 'MODULE_PATHNAME', 'eval_run'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
 COMMENT ON FUNCTION maester.eval_run(text, text, text, integer) IS
-    'Runs every case of a suite through the gateway''s batch path (concurrency cases at a time; prompt version: given, else latest; model: given, else the version''s route) and stores each result and the run''s summary; the calls are ledger rows like any other.';
+    'Runs every case of a suite through the gateway''s batch path (concurrency cases at a time; prompt version: given, else latest; model: given, else the version''s route) and stores each result and the run''s summary, under the caller''s tenant; the calls are ledger rows like any other. Only this function writes maester.eval_run and maester.eval_result.';
 
 CREATE FUNCTION maester.eval_compare(run_a bigint, run_b bigint)
 RETURNS TABLE (case_name text, score_a numeric, score_b numeric, passed_a boolean, passed_b boolean,

@@ -41,11 +41,11 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON maester.budget TO maester_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON maester.eval_suite, maester.eval_case TO maester_admin;
 GRANT SELECT ON maester.eval_suite, maester.eval_case, maester.eval_run, maester.eval_result
     TO maester_user, maester_reader;
-GRANT INSERT, UPDATE ON maester.eval_run, maester.eval_result TO maester_user;
-GRANT EXECUTE ON FUNCTION maester.eval_run(text, text, text, integer), maester.replay(uuid) TO maester_user;
+GRANT DELETE ON maester.eval_run, maester.eval_result TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.eval_run(text, text, text, integer),
+    maester.eval_run_calls(text, text, text, integer), maester.replay(uuid) TO maester_user;
 GRANT EXECUTE ON FUNCTION maester.eval_compare(bigint, bigint) TO maester_user, maester_reader;
 GRANT SELECT ON maester.capture TO maester_user, maester_reader;
-GRANT INSERT ON maester.capture TO maester_user;
 GRANT SELECT, DELETE ON maester.capture TO maester_admin;
 GRANT SELECT ON maester.span, maester.trace TO maester_user, maester_reader, maester_admin;
 GRANT DELETE ON maester.span TO maester_admin;

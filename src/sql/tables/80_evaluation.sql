@@ -44,11 +44,13 @@ CREATE TABLE maester.eval_run (
     mean_score     numeric,
     total_cost_usd numeric,
     p50_latency_ms double precision,
-    p95_latency_ms double precision
+    p95_latency_ms double precision,
+    tenant         text NOT NULL DEFAULT 'default'
 );
 
 COMMENT ON TABLE maester.eval_run IS
-    'One run of a suite against a prompt version and model, with its summary: pass rate, mean score, total cost, p50/p95 latency.';
+    'One run of a suite against a prompt version and model, with its summary: pass rate, mean score, total cost, p50/p95 latency. Written only by maester.eval_run; row-level security by tenant.';
+COMMENT ON COLUMN maester.eval_run.tenant IS 'The tenant the run was made as (runs of 0.1.0, and runs restored from its dumps: default).';
 
 CREATE TABLE maester.eval_result (
     run_id     bigint NOT NULL REFERENCES maester.eval_run (id) ON DELETE CASCADE,
@@ -62,11 +64,22 @@ CREATE TABLE maester.eval_result (
     trace_id   text,
     request_id uuid,
     error      text,
-    PRIMARY KEY (run_id, case_name)
+    PRIMARY KEY (run_id, case_name),
+    tenant     text NOT NULL DEFAULT 'default'
 );
 
 COMMENT ON TABLE maester.eval_result IS
-    'The result of one case in one run: the output, its evaluation, cost, latency and trace id (or the error).';
+    'The result of one case in one run: the output, its evaluation, cost, latency and trace id (or the error). Written only by maester.eval_run; row-level security by tenant.';
+COMMENT ON COLUMN maester.eval_result.tenant IS 'The tenant of the run (results of 0.1.0, and results restored from its dumps: default).';
+
+ALTER TABLE maester.eval_run ENABLE ROW LEVEL SECURITY;
+CREATE POLICY eval_run_admin ON maester.eval_run FOR ALL TO maester_admin USING (true);
+CREATE POLICY eval_run_tenant ON maester.eval_run FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+ALTER TABLE maester.eval_result ENABLE ROW LEVEL SECURITY;
+CREATE POLICY eval_result_admin ON maester.eval_result FOR ALL TO maester_admin USING (true);
+CREATE POLICY eval_result_tenant ON maester.eval_result FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
 
 CREATE TABLE maester.capture (
     request_id      uuid PRIMARY KEY,
@@ -87,11 +100,9 @@ CREATE TABLE maester.capture (
 );
 
 COMMENT ON TABLE maester.capture IS
-    'Prompts, variables and outputs of calls, kept only while maester.capture_content is on (off by default); what maester.replay needs. Written in the caller''s transaction. Row-level security by tenant.';
+    'Prompts, variables and outputs of calls, kept only while maester.capture_content is on (off by default); what maester.replay needs. Written by maester in the caller''s transaction (users cannot insert). Row-level security by tenant.';
 
 ALTER TABLE maester.capture ENABLE ROW LEVEL SECURITY;
 CREATE POLICY capture_admin ON maester.capture FOR ALL TO maester_admin USING (true);
 CREATE POLICY capture_tenant ON maester.capture FOR SELECT TO maester_user, maester_reader
     USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
-CREATE POLICY capture_insert ON maester.capture FOR INSERT TO maester_user
-    WITH CHECK (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));

@@ -97,8 +97,12 @@ ALTER POLICY job_tenant ON maester.job
     USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
 ALTER POLICY capture_tenant ON maester.capture
     USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
-ALTER POLICY capture_insert ON maester.capture
-    WITH CHECK (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+-- maester writes captures as the table's owner: users cannot forge one
+-- for replay() to run
+DROP POLICY capture_insert ON maester.capture;
+REVOKE INSERT ON maester.capture FROM maester_user;
+COMMENT ON TABLE maester.capture IS
+    'Prompts, variables and outputs of calls, kept only while maester.capture_content is on (off by default); what maester.replay needs. Written by maester in the caller''s transaction (users cannot insert). Row-level security by tenant.';
 ALTER POLICY span_tenant ON maester.span
     USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
 
@@ -179,3 +183,24 @@ CREATE TABLE maester.shipped_removed (
 COMMENT ON TABLE maester.shipped_removed IS
     'Keys of providers, routes and route targets that admins deleted or renamed: pg_dump keeps this table, and restoring a row of it deletes the shipped row with that key again (CREATE EXTENSION ships it before the dumped rows are restored). Delete a row here to keep the shipped row at the next restore.';
 COMMENT ON COLUMN maester.shipped_removed.key IS 'The deleted row''s primary key, as text: {name} for providers and routes, {route,position} for route targets.';
+
+-- evaluation runs and results belong to a tenant and are written only by
+-- eval_run (as the tables' owner): users can no longer insert or rewrite
+-- them, and see their own tenant's
+ALTER TABLE maester.eval_run ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+ALTER TABLE maester.eval_result ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+REVOKE INSERT, UPDATE ON maester.eval_run, maester.eval_result FROM maester_user;
+COMMENT ON TABLE maester.eval_run IS
+    'One run of a suite against a prompt version and model, with its summary: pass rate, mean score, total cost, p50/p95 latency. Written only by maester.eval_run; row-level security by tenant.';
+COMMENT ON COLUMN maester.eval_run.tenant IS 'The tenant the run was made as (runs of 0.1.0, and runs restored from its dumps: default).';
+COMMENT ON TABLE maester.eval_result IS
+    'The result of one case in one run: the output, its evaluation, cost, latency and trace id (or the error). Written only by maester.eval_run; row-level security by tenant.';
+COMMENT ON COLUMN maester.eval_result.tenant IS 'The tenant of the run (results of 0.1.0, and results restored from its dumps: default).';
+ALTER TABLE maester.eval_run ENABLE ROW LEVEL SECURITY;
+CREATE POLICY eval_run_admin ON maester.eval_run FOR ALL TO maester_admin USING (true);
+CREATE POLICY eval_run_tenant ON maester.eval_run FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+ALTER TABLE maester.eval_result ENABLE ROW LEVEL SECURITY;
+CREATE POLICY eval_result_admin ON maester.eval_result FOR ALL TO maester_admin USING (true);
+CREATE POLICY eval_result_tenant ON maester.eval_result FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
