@@ -66,6 +66,46 @@ SELECT prompt, tenant FROM maester.capture WHERE prompt = 'captured for acme';
 RESET ROLE;
 RESET maester.capture_content;
 
+-- attack: crash the server (or hog a backend) with a template of many
+-- variables; 0.1.0 grew the backend until the kernel killed it at 50,000
+SET ROLE s_acme;
+SELECT array_length(maester.template_variables(
+    (SELECT string_agg('{v' || g || '}', '') FROM generate_series(1, 50000) g)), 1);
+RESET ROLE;
+SELECT version FROM maester.prompt_register('sec_many',
+    (SELECT string_agg('{v' || g || '}', ' ') FROM generate_series(1, 50000) g),
+    system_template => (SELECT string_agg('{v' || g || '} {w' || g || '}', ' ') FROM generate_series(1, 50000) g));
+SELECT array_length(variables, 1) FROM maester.prompt_version WHERE name = 'sec_many';
+-- rendering it with nothing names the first missing ones, not all 100,000
+SELECT pg_temp.err($$ SELECT maester.prompt_render('sec_many', '{}') $$) ~ '^22023: missing variables .*"v1", "v2", .*, \.\.\.$' AS short_error,
+       length(pg_temp.err($$ SELECT maester.prompt_render('sec_many', '{}') $$)) < 1200 AS bounded;
+-- and it can be cancelled: statement_timeout stops a template of
+-- 2,000,000 variables (the compiler checks for interrupts)
+CREATE TEMP TABLE big_template AS
+    SELECT string_agg('{v' || g || '}', '') AS t FROM generate_series(1, 2000000) g;
+SET statement_timeout = '50ms';
+SELECT maester.template_variables(t) IS NOT NULL FROM big_template;
+RESET statement_timeout;
+-- a hostile variable name is not echoed whole
+SELECT pg_temp.err($$ SELECT maester.template_variables('{' || repeat('x', 100000) || '-}') $$);
+
+-- attack: poison the ledger and every budget of a tenant with a NaN or
+-- infinite price (0.1.0 accepted both: CHECK (x >= 0) passes for NaN)
+SELECT pg_temp.err($$ INSERT INTO maester.price (model, input_cost_per_million, output_cost_per_million)
+                      VALUES ('secmock-1', 'NaN', 1) $$);
+SELECT pg_temp.err($$ INSERT INTO maester.price (model, input_cost_per_million, output_cost_per_million)
+                      VALUES ('secmock-1', 1, 'Infinity') $$);
+SELECT pg_temp.err($$ INSERT INTO maester.price (model, input_cost_per_million, output_cost_per_million,
+                                                 cache_read_input_cost_per_million)
+                      VALUES ('secmock-1', 1, 1, 'NaN') $$);
+SELECT pg_temp.err($$ INSERT INTO maester.price (model, input_cost_per_million, output_cost_per_million)
+                      VALUES ('secmock-1', 1e7, 1) $$);
+SELECT pg_temp.err($$ INSERT INTO maester.budget (tenant, period, limit_usd) VALUES ('sec-acme', 'day', 'NaN') $$);
+-- huge token counts: cost_of says what overflows, cost_exact prices them
+SELECT pg_temp.err($$ SELECT maester.cost_of('gpt-4.1', 9223372036854775807, 9223372036854775807) $$);
+SELECT * FROM maester.cost_exact('gpt-4.1', 9223372036854775807, 9223372036854775807);
+SELECT pg_temp.err($$ SELECT maester.cost_of('gpt-4.1', 10, 1, 9223372036854775807, now(), 9223372036854775807) $$);
+
 DELETE FROM maester.eval_suite WHERE name = 'sec_suite';
 DELETE FROM maester.capture WHERE tenant = 'sec-acme';
 DELETE FROM maester.tenant_member WHERE tenant IN ('sec-acme', 'sec-globex');

@@ -44,6 +44,7 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "storage/sinval.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -208,10 +209,13 @@ variables_array(CompiledTemplate *const *tmpls, int ntmpls)
 		{
 			bool		dup = false;
 
-			for (int k = 0; k < n && !dup; k++)
-				dup = strcmp(TextDatumGetCString(elems[k]), tmpls[t]->vars[v]) == 0;
+			/* a template's variables are distinct: look in the earlier ones */
+			for (int k = 0; k < t && !dup; k++)
+				dup = tmpls[k] != NULL &&
+					template_var_index(tmpls[k], tmpls[t]->vars[v], tmpls[t]->var_lens[v]) >= 0;
 			if (!dup)
 				elems[n++] = CStringGetTextDatum(tmpls[t]->vars[v]);
+			CHECK_FOR_INTERRUPTS();
 		}
 	}
 	return construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT);

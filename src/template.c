@@ -25,8 +25,10 @@
  */
 #include "postgres.h"
 
+#include "common/hashfn.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
@@ -54,6 +56,46 @@ is_ident_char(char c)
 	return is_ident_start(c) || (c >= '0' && c <= '9');
 }
 
+/* The slot where `name` is, or the empty slot where it would go */
+static int
+var_slot(const CompiledTemplate *t, const char *name, int len)
+{
+	uint32		mask = t->nslots - 1;
+	uint32		h = hash_bytes((const unsigned char *) name, len) & mask;
+
+	for (;;)
+	{
+		int			v = t->slots[h];
+
+		if (v < 0 || (t->var_lens[v] == len && memcmp(t->vars[v], name, len) == 0))
+			return h;
+		h = (h + 1) & mask;
+	}
+}
+
+/* Index the first `t->nvars` variables in a table of `nslots` slots */
+static void
+index_vars(CompiledTemplate *t, int nslots)
+{
+	if (t->slots)
+		pfree(t->slots);
+	t->nslots = nslots;
+	t->slots = palloc(sizeof(int) * nslots);
+	memset(t->slots, -1, sizeof(int) * nslots);
+	for (int v = 0; v < t->nvars; v++)
+		t->slots[var_slot(t, t->vars[v], t->var_lens[v])] = v;
+}
+
+/*
+ * The index of variable `name` (`len` bytes) in `tmpl`, or -1: constant
+ * time, so that a template with many variables compiles in linear time.
+ */
+int
+template_var_index(const CompiledTemplate *tmpl, const char *name, int len)
+{
+	return tmpl->slots[var_slot(tmpl, name, len)];
+}
+
 /*
  * Compile `src` (`len` bytes) into a CompiledTemplate allocated in the
  * current memory context.  `what` names the template in errors ("template",
@@ -73,10 +115,13 @@ template_compile(const char *src, int len, const char *what)
 	t->segs = palloc(sizeof(TemplateSegment) * segs_alloc);
 	t->vars = palloc(sizeof(char *) * vars_alloc);
 	t->var_lens = palloc(sizeof(int) * vars_alloc);
+	index_vars(t, 8);
 
 	while (i < len)
 	{
 		char		c = src[i];
+
+		CHECK_FOR_INTERRUPTS();
 
 		if (c == '{' && i + 1 < len && src[i + 1] == '{')
 		{
@@ -120,18 +165,16 @@ template_compile(const char *src, int len, const char *what)
 				if (k == i + 1 ? !is_ident_start(src[k]) : !is_ident_char(src[k]))
 					ereport(ERROR,
 							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							 errmsg("invalid %s: variable name \"%.*s\" at character %d is not an identifier",
-									what, namelen, src + i + 1,
+							 errmsg("invalid %s: variable name \"%.*s%s\" at character %d is not an identifier",
+									what, pg_mbcliplen(src + i + 1, namelen, 64), src + i + 1,
+									namelen > pg_mbcliplen(src + i + 1, namelen, 64) ? "..." : "",
 									char_position(src, i)),
 							 errhint("Variable names are ASCII letters, digits and underscores, not starting with a digit; write \"{{\" and \"}}\" for literal braces.")));
 			}
 
 			/* find or add the variable */
-			for (v = 0; v < t->nvars; v++)
-				if (t->var_lens[v] == namelen &&
-					memcmp(t->vars[v], src + i + 1, namelen) == 0)
-					break;
-			if (v == t->nvars)
+			v = template_var_index(t, src + i + 1, namelen);
+			if (v < 0)
 			{
 				if (t->nvars == vars_alloc)
 				{
@@ -139,9 +182,13 @@ template_compile(const char *src, int len, const char *what)
 					t->vars = repalloc(t->vars, sizeof(char *) * vars_alloc);
 					t->var_lens = repalloc(t->var_lens, sizeof(int) * vars_alloc);
 				}
+				v = t->nvars++;
 				t->vars[v] = pnstrdup(src + i + 1, namelen);
 				t->var_lens[v] = namelen;
-				t->nvars++;
+				if (t->nvars * 2 > t->nslots)
+					index_vars(t, t->nslots * 2);
+				else
+					t->slots[var_slot(t, t->vars[v], namelen)] = v;
 			}
 
 			/* close the segment: literal run so far, then this variable */
@@ -291,7 +338,15 @@ jsonb_to_compact_text(StringInfo out, JsonbContainer *container)
 	}
 }
 
-/* Append `"name"` to the comma-separated list of missing names, once */
+/* The list of missing names stops at about this many bytes, with "..." */
+#define MISSING_LIST_MAX 1024
+
+/*
+ * Append `"name"` to the comma-separated list of missing names, once; past
+ * MISSING_LIST_MAX bytes the list ends in ", ..." (so that a template of
+ * 50,000 variables rendered with none costs linear time, and the error
+ * stays readable).
+ */
 static void
 note_missing(StringInfo missing, const char *name)
 {
@@ -301,8 +356,18 @@ note_missing(StringInfo missing, const char *name)
 
 	if (missing->data == NULL)
 		initStringInfo(missing);
+	if (missing->len >= MISSING_LIST_MAX)
+	{
+		if (missing->len < 5 || strcmp(missing->data + missing->len - 5, ", ...") != 0)
+			appendStringInfoString(missing, ", ...");
+		return;
+	}
 	initStringInfo(&quoted);
-	appendStringInfo(&quoted, "\"%s\"", name);
+	/* names are ASCII identifiers: cutting one at 64 bytes is safe */
+	if (strlen(name) > 64)
+		appendStringInfo(&quoted, "\"%.64s...\"", name);
+	else
+		appendStringInfo(&quoted, "\"%s\"", name);
 	qlen = quoted.len;
 	for (p = missing->data; (p = strstr(p, quoted.data)) != NULL; p += qlen)
 	{

@@ -35,12 +35,16 @@ typedef struct CompiledTemplate
 	int			nvars;			/* distinct variables, first-use order */
 	char	  **vars;			/* NUL-terminated names */
 	int		   *var_lens;
+	int		   *slots;			/* open-addressing index of vars: -1 empty */
+	int			nslots;			/* a power of two, at least 2 * nvars */
 } CompiledTemplate;
 
 extern CompiledTemplate *template_compile(const char *src, int len,
 										  const char *what);
 extern text *template_render(const CompiledTemplate *tmpl,
 							 JsonbContainer *variables, StringInfo missing);
+extern int	template_var_index(const CompiledTemplate *tmpl, const char *name,
+							   int len);
 extern void template_check_variables(Jsonb *variables);
 extern void jsonb_to_compact_text(StringInfo out, JsonbContainer *container);
 

@@ -36,7 +36,7 @@ verdict-fail answer like an llm_rubric grader (verdict-pass-MS after MS ms).
 
 Faults come from header "x-mock-fault: SPEC", else from a model named
 "fault-SPEC".  SPECs: latency-MS, status-CODE, 429, 429-ra-SECONDS,
-flaky-N-CODE, hang, malformed, nousage, missingfields, wrongtype,
+flaky-N-CODE, usage-N, hang, malformed, nousage, missingfields, wrongtype,
 huge[-BYTES], drip[-MS], reset, echo-headers, redirect.  See FAULTS below.
 
 With --api-key KEY, model endpoints outside /open require
@@ -78,6 +78,7 @@ FAULTS = [
     (re.compile(r"huge(?:-(\d+))?"), "huge"),
     (re.compile(r"drip(?:-(\d+))?"), "drip"),
     (re.compile(r"cached-(\d+)-(\d+)"), "cached"),
+    (re.compile(r"usage-(\d+)"), "usage"),
     (re.compile(r"verdict-(pass|fail)(?:-(\d+))?"), "verdict"),
     (re.compile(r"(hang|malformed|nousage|missingfields|wrongtype|reset|"
                 r"echo-headers|redirect|badutf8)"), "simple"),
@@ -506,6 +507,9 @@ class Handler(BaseHTTPRequestHandler):
             ans.cache_read, ans.cache_write = int(arg), int(m.group(2))
             ans.input_tokens = max(ans.input_tokens, ans.cache_read + ans.cache_write)
             return self._json(200, ans.render())
+        if name == "usage":
+            # a provider reporting N output tokens (a lying or broken one)
+            return self._json(200, ans.render(out_tokens=int(arg)))
         if name == "verdict":
             # a grader's answer, for llm_rubric tests (after MS ms, if given)
             if m.group(2):

@@ -114,9 +114,15 @@ BEGIN
         RAISE EXCEPTION 'token counts must not be negative'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF (cached_input_tokens OPERATOR(pg_catalog.+) cache_write_tokens) OPERATOR(pg_catalog.>) input_tokens THEN
+    IF (cached_input_tokens::numeric OPERATOR(pg_catalog.+) cache_write_tokens) OPERATOR(pg_catalog.>) input_tokens THEN
         RAISE EXCEPTION 'cached_input_tokens and cache_write_tokens are part of input_tokens and cannot exceed it'
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (input_tokens::numeric OPERATOR(pg_catalog.+) output_tokens) OPERATOR(pg_catalog.>) 9223372036854775807 THEN
+        RAISE EXCEPTION 'input_tokens + output_tokens is %, more than total_tokens (bigint) holds',
+                input_tokens::numeric OPERATOR(pg_catalog.+) output_tokens
+            USING ERRCODE = 'numeric_value_out_of_range',
+                  HINT = 'maester.cost_exact prices any token counts.';
     END IF;
     SELECT * INTO c FROM maester.cost_exact(model, input_tokens, output_tokens,
                                             cached_input_tokens, cache_write_tokens, COALESCE(at, pg_catalog.now()));

@@ -204,3 +204,37 @@ ALTER TABLE maester.eval_result ENABLE ROW LEVEL SECURITY;
 CREATE POLICY eval_result_admin ON maester.eval_result FOR ALL TO maester_admin USING (true);
 CREATE POLICY eval_result_tenant ON maester.eval_result FOR SELECT TO maester_user, maester_reader
     USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+
+-- prices are finite and bounded: 0.1.0's CHECK (x >= 0) let NaN and
+-- Infinity through (numeric orders them above every number), and one such
+-- price poisoned the ledger and the tenant's budgets
+DO $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN SELECT model, valid_from FROM maester.price
+              WHERE NOT (input_cost_per_million OPERATOR(pg_catalog.<=) 1000000
+                         AND output_cost_per_million OPERATOR(pg_catalog.<=) 1000000
+                         AND COALESCE(cache_read_input_cost_per_million, 0) OPERATOR(pg_catalog.<=) 1000000
+                         AND COALESCE(cache_creation_input_cost_per_million, 0) OPERATOR(pg_catalog.<=) 1000000) LOOP
+        RAISE EXCEPTION 'the price of "%" from % is NaN, Infinity or above 1000000 USD per million tokens, which 0.2.0 refuses',
+                p.model, p.valid_from
+            USING HINT = 'Prices are immutable: as the owner of maester.price, ALTER TABLE maester.price DISABLE TRIGGER price_guard, delete the row, ENABLE TRIGGER price_guard, then update again.',
+                  ERRCODE = 'check_violation';
+    END LOOP;
+END
+$$;
+ALTER TABLE maester.price
+    DROP CONSTRAINT price_input_cost_per_million_check,
+    ADD CONSTRAINT price_input_cost_per_million_check
+        CHECK (input_cost_per_million OPERATOR(pg_catalog.>=) 0 AND input_cost_per_million OPERATOR(pg_catalog.<=) 1000000),
+    DROP CONSTRAINT price_output_cost_per_million_check,
+    ADD CONSTRAINT price_output_cost_per_million_check
+        CHECK (output_cost_per_million OPERATOR(pg_catalog.>=) 0 AND output_cost_per_million OPERATOR(pg_catalog.<=) 1000000),
+    DROP CONSTRAINT price_cache_read_input_cost_per_million_check,
+    ADD CONSTRAINT price_cache_read_input_cost_per_million_check
+        CHECK (cache_read_input_cost_per_million OPERATOR(pg_catalog.>=) 0 AND cache_read_input_cost_per_million OPERATOR(pg_catalog.<=) 1000000),
+    DROP CONSTRAINT price_cache_creation_input_cost_per_million_check,
+    ADD CONSTRAINT price_cache_creation_input_cost_per_million_check
+        CHECK (cache_creation_input_cost_per_million OPERATOR(pg_catalog.>=) 0 AND cache_creation_input_cost_per_million OPERATOR(pg_catalog.<=) 1000000);
+COMMENT ON COLUMN maester.price.input_cost_per_million IS 'USD per 1M input tokens: from 0 to 1,000,000 (NaN and Infinity are refused, like the other prices).';
