@@ -109,7 +109,8 @@ circuit_idle(MaesterCircuit *c, TimestampTz now)
 
 /*
  * The entry of (this database, provider, model) -- model NULL: the
- * provider's pacing entry --, created if need be; lock held exclusively.
+ * provider's pacing entry; provider "": a tenant's, model its name --,
+ * created if need be; lock held exclusively.
  * NULL when the table is full of entries in use (no breaker, no pacing).
  */
 static MaesterCircuit *
@@ -184,44 +185,67 @@ circuit_forget_database(Oid dboid)
  * away is not taken: false.  Else true, with *turn the time at which the
  * call may start (0: now).
  */
-bool
-rate_reserve(ProviderConf *p, int64 tokens, int64 max_wait_us, TimestampTz *turn)
+static bool
+pace(const char *provider, const char *model, int rpm, int tpm, int64 tokens,
+	 int64 max_wait_us, TimestampTz *turn)
 {
 	MaesterCircuit *c;
 	TimestampTz now;
 	TimestampTz start;
 
 	*turn = 0;
-	if (p->requests_per_minute <= 0 && p->tokens_per_minute <= 0)
+	if (rpm <= 0 && tpm <= 0)
 		return true;
 	now = GetCurrentTimestamp();
-	if (p->tokens_per_minute > 0)
-		tokens = Min(Max(tokens, 1), (int64) p->tokens_per_minute);
+	if (tpm > 0)
+		tokens = Min(Max(tokens, 1), (int64) tpm);
 	LWLockAcquire(circuit_shared->lock, LW_EXCLUSIVE);
-	c = circuit_entry(p->name, NULL);
+	c = circuit_entry(provider, model);
 	if (c == NULL)
 	{
 		LWLockRelease(circuit_shared->lock);
 		return true;
 	}
 	start = now;
-	if (p->requests_per_minute > 0)
+	if (rpm > 0)
 		start = Max(start, c->rate_requests_at);
-	if (p->tokens_per_minute > 0)
+	if (tpm > 0)
 		start = Max(start, c->rate_tokens_at);
 	if (start - now > max_wait_us)
 	{
 		LWLockRelease(circuit_shared->lock);
 		return false;
 	}
-	if (p->requests_per_minute > 0)
-		c->rate_requests_at = start + USECS_PER_MINUTE / p->requests_per_minute;
-	if (p->tokens_per_minute > 0)
+	if (rpm > 0)
+		c->rate_requests_at = start + USECS_PER_MINUTE / rpm;
+	if (tpm > 0)
 		c->rate_tokens_at = start +
-			(TimestampTz) ((double) tokens * USECS_PER_MINUTE / p->tokens_per_minute);
+			(TimestampTz) ((double) tokens * USECS_PER_MINUTE / tpm);
 	LWLockRelease(circuit_shared->lock);
 	*turn = start > now ? start : 0;
 	return true;
+}
+
+/* A provider's pacing: see above */
+bool
+rate_reserve(ProviderConf *p, int64 tokens, int64 max_wait_us, TimestampTz *turn)
+{
+	return pace(p->name, NULL, p->requests_per_minute, p->tokens_per_minute,
+				tokens, max_wait_us, turn);
+}
+
+/*
+ * A tenant's pacing (maester.tenant_limit), the same way, in an entry of
+ * its own (provider "", which no provider is named: its model field holds
+ * the tenant), so that one tenant waiting for its turn never delays
+ * another's calls.
+ */
+bool
+tenant_rate_reserve(const char *tenant, int requests_per_minute, int tokens_per_minute,
+					int64 tokens, int64 max_wait_us, TimestampTz *turn)
+{
+	return pace("", tenant, requests_per_minute, tokens_per_minute,
+				tokens, max_wait_us, turn);
 }
 
 /* May we call `model` of provider `p` now?  See the header comment */
@@ -344,7 +368,8 @@ circuit_status(PG_FUNCTION_ARGS)
 		const char *state = copy[i].state == CIRCUIT_OPEN ? "open" :
 		copy[i].state == CIRCUIT_HALF_OPEN ? "half_open" : "closed";
 
-		if (copy[i].dboid != MyDatabaseId || copy[i].model[0] == '\0')
+		if (copy[i].dboid != MyDatabaseId || copy[i].model[0] == '\0' ||
+			copy[i].provider[0] == '\0')
 			continue;
 		values[0] = CStringGetTextDatum(copy[i].provider);
 		values[1] = CStringGetTextDatum(copy[i].model);
@@ -382,7 +407,7 @@ circuit_reset(PG_FUNCTION_ARGS)
 	{
 		MaesterCircuit *c = &circuit_shared->circuits[i];
 
-		if (c->dboid != MyDatabaseId || c->model[0] == '\0')
+		if (c->dboid != MyDatabaseId || c->model[0] == '\0' || c->provider[0] == '\0')
 			continue;
 		if (name && strncmp(c->provider, name, MAESTER_PROVIDER_NAMELEN - 1) != 0)
 			continue;

@@ -30,5 +30,8 @@ extern void circuit_forget_database(Oid dboid);
 
 extern bool rate_reserve(ProviderConf *p, int64 tokens, int64 max_wait_us,
 						 TimestampTz *turn);
+extern bool tenant_rate_reserve(const char *tenant, int requests_per_minute,
+								int tokens_per_minute, int64 tokens,
+								int64 max_wait_us, TimestampTz *turn);
 
 #endif							/* MAESTER_CIRCUIT_H */

@@ -147,13 +147,25 @@ param_string(const char *check, JsonbValue *v)
 	return pnstrdup(v->val.string.val, v->val.string.len);
 }
 
-/* A parameter as a number */
+/*
+ * A parameter as a number; raises 22003, naming the check, for one beyond
+ * double precision (rather than numeric_float8's error, which names
+ * nothing and echoes every digit of 1e400).
+ */
 static double
 param_number(const char *check, JsonbValue *v)
 {
+	double		d;
+
 	if (v == NULL || v->type != jbvNumeric)
 		check_error(check, "a number");
-	return DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v->val.numeric)));
+	d = json_numeric_double(v->val.numeric);
+	if (isinf(d))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("number of check \"%s\" is out of range", check),
+				 errdetail("Numbers in checks are double precision: at most about 1.8e308 in absolute value.")));
+	return d;
 }
 
 /* A parameter as a list of strings (a lone string counts as one) */
@@ -194,7 +206,7 @@ join_terms(List *terms)
 	return s.data;
 }
 
-/* A number from the context object, or false */
+/* A number from the context object, or false; raises 22003 beyond double precision */
 static bool
 context_number(EvalInput *in, const char *key, double *out)
 {
@@ -202,7 +214,12 @@ context_number(EvalInput *in, const char *key, double *out)
 
 	if (v == NULL || v->type != jbvNumeric)
 		return false;
-	*out = DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v->val.numeric)));
+	*out = json_numeric_double(v->val.numeric);
+	if (isinf(*out))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("context.%s is out of range", key),
+				 errdetail("It must be a double precision number: at most about 1.8e308 in absolute value.")));
 	return true;
 }
 
@@ -218,6 +235,25 @@ is_valid_json(const char *s, int len)
 }
 
 /* ---- json_schema ---- */
+
+/* Compare JSON numbers exactly: bounds and outputs need not fit a double */
+static int
+numeric_compare(Numeric a, Numeric b)
+{
+	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(a),
+											 NumericGetDatum(b)));
+}
+
+/* A JSON number for a reason: %g, or from its digits beyond a double (1e400) */
+static char *
+number_text(Numeric n)
+{
+	double		d = json_numeric_double(n);
+
+	if (isinf(d) || (d == 0 && numeric_compare(n, int64_to_numeric(0)) != 0))
+		return numeric_out_sci(n, 5);
+	return psprintf("%g", d);
+}
 
 static const char *
 jbv_type_name(JsonbValue *v)
@@ -421,39 +457,40 @@ schema_validate(JsonbContainer *schema, JsonbValue *v, const char *path)
 
 	if (v->type == jbvNumeric)
 	{
-		double		d = DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v->val.numeric)));
-
 		if ((kw = json_get(schema, "minimum")) != NULL)
 		{
 			if (kw->type != jbvNumeric)
 				schema_error("\"minimum\" must be a number");
-			if (d < param_number("json_schema", kw))
-				return psprintf("%s: %g is less than the minimum", path, d);
+			if (numeric_compare(v->val.numeric, kw->val.numeric) < 0)
+				return psprintf("%s: %s is less than the minimum", path,
+								number_text(v->val.numeric));
 		}
 		if ((kw = json_get(schema, "maximum")) != NULL)
 		{
 			if (kw->type != jbvNumeric)
 				schema_error("\"maximum\" must be a number");
-			if (d > param_number("json_schema", kw))
-				return psprintf("%s: %g is more than the maximum", path, d);
+			if (numeric_compare(v->val.numeric, kw->val.numeric) > 0)
+				return psprintf("%s: %s is more than the maximum", path,
+								number_text(v->val.numeric));
 		}
 	}
 	if (v->type == jbvString)
 	{
-		int			n = pg_mbstrlen_with_len(v->val.string.val, v->val.string.len);
+		Numeric		n = int64_to_numeric(pg_mbstrlen_with_len(v->val.string.val,
+															  v->val.string.len));
 
 		if ((kw = json_get(schema, "minLength")) != NULL)
 		{
 			if (kw->type != jbvNumeric)
 				schema_error("\"minLength\" must be a number");
-			if (n < param_number("json_schema", kw))
+			if (numeric_compare(n, kw->val.numeric) < 0)
 				return psprintf("%s: string shorter than minLength", path);
 		}
 		if ((kw = json_get(schema, "maxLength")) != NULL)
 		{
 			if (kw->type != jbvNumeric)
 				schema_error("\"maxLength\" must be a number");
-			if (n > param_number("json_schema", kw))
+			if (numeric_compare(n, kw->val.numeric) > 0)
 				return psprintf("%s: string longer than maxLength", path);
 		}
 	}
@@ -816,6 +853,19 @@ run_check(const char *name, JsonbValue *param, JsonbContainer *extra,
 	return true;
 }
 
+/* A check's weight: a double (the score never overflows); raises 22023 */
+static double
+param_weight(const char *check, JsonbValue *w)
+{
+	double		d = w->type == jbvNumeric ? json_numeric_double(w->val.numeric) : -1;
+
+	if (w->type != jbvNumeric || isinf(d))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("weight of check \"%s\" must be a number from 0 to about 1.8e308", check)));
+	return d;
+}
+
 /* Parse one assertion (a name, or {type, value, weight}) and run it */
 static void
 run_assertion(const char *name, JsonbValue *param, JsonbContainer *extra,
@@ -921,6 +971,7 @@ evaluate_internal(const char *content, int len, Jsonb *checks, Jsonb *context,
 	bool		saw_non_empty = false;
 	double		wsum = 0;
 	double		ssum = 0;
+	double		wmax = 0;
 	bool		all_passed = true;
 	bool		pass;
 	double		score;
@@ -963,7 +1014,14 @@ evaluate_internal(const char *content, int len, Jsonb *checks, Jsonb *context,
 
 		if (t)
 		{
-			threshold = param_number("threshold", t);
+			/* the score is between 0 and 1: beyond, a result always passes or fails */
+			if (t->type == jbvNumeric)
+				threshold = json_numeric_double(t->val.numeric);
+			if (t->type != jbvNumeric || !(threshold >= 0 && threshold <= 1))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("threshold must be a number between 0 and 1"),
+						 errdetail("The threshold is compared with the weighted score, which lies between 0 and 1.")));
 			has_threshold = true;
 		}
 		if (a)
@@ -1024,7 +1082,7 @@ evaluate_internal(const char *content, int len, Jsonb *checks, Jsonb *context,
 							 errhint("Write checks as {\"type\": \"contains\", \"value\": \"...\"}.")));
 				param = json_get(obj, "value");
 				if ((w = json_get(obj, "weight")) != NULL)
-					weight = param_number("weight", w);
+					weight = param_weight(name, w);
 			}
 			else
 				ereport(ERROR,
@@ -1053,6 +1111,19 @@ evaluate_internal(const char *content, int len, Jsonb *checks, Jsonb *context,
 		wsum += m->weight;
 		ssum += m->score * m->weight;
 		all_passed &= m->passed;
+		wmax = Max(wmax, m->weight);
+	}
+	if (isinf(wsum))
+	{
+		/* weights near the largest double: the same sums, scaled down */
+		wsum = ssum = 0;
+		foreach(lc, metrics)
+		{
+			Metric	   *m = lfirst(lc);
+
+			wsum += m->weight / wmax;
+			ssum += m->score * (m->weight / wmax);
+		}
 	}
 	score = wsum > 0 ? ssum / wsum : 1;
 	score = round(score * 10000) / 10000;

@@ -24,8 +24,9 @@
  *	 - Egress: no redirects; http and https only; the address curl is about
  *	   to connect to (after DNS) is checked in the open-socket callback, and
  *	   loopback, private, link-local and unspecified addresses are refused
- *	   unless the URL's host is listed in maester.allow_insecure_hosts, the
- *	   same superuser-only setting that permits plain http.
+ *	   unless the URL's host (or host and port) is listed in
+ *	   maester.allow_insecure_hosts, the same superuser-only setting that
+ *	   permits plain http.
  *	 - Never CURLOPT_VERBOSE: it would print the Authorization header.
  *	 - Sockets are file descriptors PostgreSQL counts (AcquireExternalFD in
  *	   the open-socket callback, ReleaseExternalFD in the close-socket
@@ -53,6 +54,7 @@
 #include "utils/memutils.h"
 #include "utils/wait_event.h"
 
+#include "hostlist.h"
 #include "http.h"
 #include "settings.h"
 
@@ -144,83 +146,72 @@ http_get_multi(void)
 	return http_multi;
 }
 
-/* Is `host` (a name or address) listed in maester.allow_insecure_hosts? */
-bool
-http_host_allowed_insecure(const char *host)
-{
-	const char *p = maester_allow_insecure_hosts;
-	size_t		hlen;
-
-	if (host == NULL || p == NULL)
-		return false;
-	/* curl gives IPv6 hosts as "[::1]"; the list may name them either way */
-	hlen = strlen(host);
-	while (*p)
-	{
-		const char *start;
-		size_t		len;
-
-		while (*p == ',' || *p == ' ' || *p == '\t')
-			p++;
-		start = p;
-		while (*p && *p != ',' && *p != ' ' && *p != '\t')
-			p++;
-		len = p - start;
-		if (len == 0)
-			continue;
-		if ((len == hlen && pg_strncasecmp(start, host, len) == 0) ||
-			(hlen > 2 && host[0] == '[' && len == hlen - 2 &&
-			 pg_strncasecmp(start, host + 1, len) == 0))
-			return true;
-	}
-	return false;
-}
-
 /*
- * Check a URL against the egress policy before anything is sent: it must
- * parse, be http or https, and plain http is allowed only for hosts listed
- * in maester.allow_insecure_hosts.  Sets *allow_private for the open-socket
- * check.  Raises 42501 when refused, 22023 when the URL is not valid.
+ * The host (palloc'd; IPv6 in brackets) and port (the scheme's default
+ * when the URL has none) of a URL, and whether it is https.  Raises 22023
+ * when the URL does not parse.
  */
-void
-http_check_url(const char *url, bool *allow_private)
+char *
+http_url_host(const char *url, int *port, bool *https)
 {
 	CURLU	   *u = curl_url();
 	char	   *scheme = NULL;
 	char	   *host = NULL;
-	bool		listed;
-	bool		https;
+	char	   *portstr = NULL;
+	char	   *result;
 
 	if (u == NULL)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
 	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
 		curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-		curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+		curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+		curl_url_get(u, CURLUPART_PORT, &portstr, CURLU_DEFAULT_PORT) != CURLUE_OK)
 	{
+		curl_free(scheme);
+		curl_free(host);
 		curl_url_cleanup(u);
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid provider URL \"%s\"", url)));
 	}
-	listed = http_host_allowed_insecure(host);
-	https = pg_strcasecmp(scheme, "https") == 0;
-	if (!https && !(pg_strcasecmp(scheme, "http") == 0 && listed))
-	{
-		char		msg[256];
-
-		snprintf(msg, sizeof(msg), "%s", host);
-		curl_free(scheme);
-		curl_free(host);
-		curl_url_cleanup(u);
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("egress to \"%s\" refused: only https is allowed", msg),
-				 errhint("A superuser can allow plain http to a local server by listing its host in maester.allow_insecure_hosts.")));
-	}
-	*allow_private = listed;
+	*port = atoi(portstr);
+	*https = pg_strcasecmp(scheme, "https") == 0;
+	if (!*https && pg_strcasecmp(scheme, "http") != 0)
+		*port = -1;				/* neither: refused by http_check_url */
+	result = pstrdup(host);
 	curl_free(scheme);
 	curl_free(host);
+	curl_free(portstr);
 	curl_url_cleanup(u);
+	return result;
+}
+
+/*
+ * Check a URL against the egress policy before anything is sent: it must
+ * parse, be http or https, and plain http is allowed only for hosts (and
+ * ports) listed in maester.allow_insecure_hosts.  Sets *allow_private for
+ * the open-socket check.  Raises 42501 when refused, 22023 when the URL is
+ * not valid.
+ */
+void
+http_check_url(const char *url, bool *allow_private)
+{
+	int			port;
+	bool		https;
+	char	   *host = http_url_host(url, &port, &https);
+	bool		listed = port > 0 && hostlist_match(maester_allow_insecure_hosts, host, port);
+
+	if (port < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("egress to \"%s\" refused: only http and https are allowed", host)));
+	if (!https && !listed)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("egress to \"%s:%d\" refused: only https is allowed", host, port),
+				 errhint("A superuser can allow plain http to a local server by listing its host, or host:port, in maester.allow_insecure_hosts.")));
+	*allow_private = listed;
+	pfree(host);
 }
 
 /* Is this resolved address loopback, private, link-local or unspecified? */
@@ -504,6 +495,22 @@ http_start(CURLM *multi, HttpRequest *req)
 				 errmsg("could not start HTTP transfer: %s", curl_multi_strerror(mc))));
 }
 
+/*
+ * Did curl give up on a response header over CURL_MAX_HTTP_HEADER?  Before
+ * 8.6 it reports CURLE_OUT_OF_MEMORY (with an empty error buffer), later
+ * CURLE_TOO_LARGE.  Out of memory after the status line arrived is taken
+ * for it: its allocations are tiny and bounded until a header grows.
+ */
+static bool
+http_header_too_large(CURLcode code, long status)
+{
+#if LIBCURL_VERSION_NUM >= 0x080600
+	if (code == CURLE_TOO_LARGE)
+		return true;
+#endif
+	return code == CURLE_OUT_OF_MEMORY && status > 0;
+}
+
 /* Record how a finished transfer ended */
 static void
 http_finish(HttpRequest *req, CURLcode code)
@@ -538,6 +545,14 @@ http_finish(HttpRequest *req, CURLcode code)
 		snprintf(req->error, sizeof(req->error),
 				 "response larger than maester.max_response_bytes (%zu bytes)",
 				 req->max_response_bytes);
+	}
+	else if (http_header_too_large(code, req->status))
+	{
+		/* curl's own cap on a header line: a bad response, not our memory */
+		req->outcome = HTTP_TOO_LARGE;
+		snprintf(req->error, sizeof(req->error),
+				 "a response header longer than libcurl's limit of %d bytes",
+				 CURL_MAX_HTTP_HEADER);
 	}
 	else if (code == CURLE_OK)
 		req->outcome = HTTP_OK;

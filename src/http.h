@@ -65,7 +65,7 @@ extern void http_submit(HttpRequest *req);
 extern void http_step(long max_wait_ms);
 extern void http_abort(HttpRequest *req);
 extern void http_request_cleanup(HttpRequest *req);
-extern bool http_host_allowed_insecure(const char *host);
+extern char *http_url_host(const char *url, int *port, bool *https);
 extern void http_check_url(const char *url, bool *allow_private);
 
 #endif							/* MAESTER_HTTP_H */

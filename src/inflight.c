@@ -201,6 +201,44 @@ attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
 	return estimate;
 }
 
+/*
+ * A settlement above its reservation: the provider reported more tokens
+ * than the prompt's bytes and max_tokens allow (a broken or dishonest
+ * provider; an honest one cannot, test/bench/tokens.sh).  Budgets count
+ * what was billed; the ledger row carries overrun_usd (the worker computes
+ * it), and the caller gets a WARNING and the log a LOG line to alert on.
+ */
+void
+attempt_warn_overrun(Call *c, RouteTarget *t, Numeric reserved, Numeric billed,
+					 int max_tokens)
+{
+	char	   *b;
+	char	   *r;
+	char		id[UUID_LEN * 2 + 5];
+
+	if (reserved == NULL || billed == NULL ||
+		!DatumGetBool(DirectFunctionCall2(numeric_gt, NumericGetDatum(billed),
+										  NumericGetDatum(reserved))))
+		return;
+	b = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(billed)));
+	r = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(reserved)));
+	strlcpy(id, DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&c->g.request_id))),
+			sizeof(id));
+	ereport(LOG,
+			(errmsg("maester: budget overrun request_id=%s tenant=%s provider=%s model=%s billed_usd=%s reserved_usd=%s input_tokens=" INT64_FORMAT " output_tokens=" INT64_FORMAT,
+					id, c->tenant, t->provider->name, t->model, b, r,
+					c->g.resp.input_tokens, c->g.resp.output_tokens),
+			 errhidestmt(true)));
+	ereport(WARNING,
+			(errcode(ERRCODE_MAESTER_BAD_RESPONSE),
+			 errmsg("provider \"%s\" billed %s USD for a call reserved at %s USD, its worst case",
+					t->provider->name, b, r),
+			 errdetail("It reported " INT64_FORMAT " input and " INT64_FORMAT " output tokens for a prompt of at most " INT64_FORMAT " tokens and max_tokens %d.",
+					   c->g.resp.input_tokens, c->g.resp.output_tokens,
+					   c->cs.est_input_tokens, max_tokens),
+			 errhint("Budgets count what was billed; the ledger row's overrun_usd and maester.budget_status show the overrun.")));
+}
+
 /* A blocked attempt leaves a durable 'blocked' row (nothing was sent) */
 void
 attempt_record_blocked(LedgerSlot *slot, LedgerRecord *r)

@@ -40,6 +40,8 @@ extern int64 estimate_tokens(const char *s);
 
 extern Numeric attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r);
 extern void attempt_record_blocked(LedgerSlot *slot, LedgerRecord *r);
+extern void attempt_warn_overrun(Call *c, RouteTarget *t, Numeric reserved,
+								 Numeric billed, int max_tokens);
 extern void attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 								   LedgerRecord *r, bool ok);
 extern void attempt_record_evaluation(Call *c, LedgerRecord *r);

@@ -77,6 +77,19 @@ json_get_string(JsonbContainer *c, const char *key)
 	return pnstrdup(v->val.string.val, v->val.string.len);
 }
 
+/*
+ * A JSON number as a double, never throwing: beyond the range of double
+ * precision it is +-Infinity, too close to zero it is 0.  (numeric_float8
+ * raises 22003 for 1e400 or 1e-400, echoing all of its digits.)  Callers
+ * that take a number check its range and name what it is for.
+ */
+double
+json_numeric_double(Numeric n)
+{
+	return DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow,
+											  NumericGetDatum(n)));
+}
+
 /* An integer member; false when absent, not a number, or not integral */
 bool
 json_get_int64(JsonbContainer *c, const char *key, int64 *out)
@@ -86,9 +99,7 @@ json_get_int64(JsonbContainer *c, const char *key, int64 *out)
 
 	if (v == NULL || v->type != jbvNumeric)
 		return false;
-	/* numeric_float8 does not throw for finite numerics */
-	d = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
-										   NumericGetDatum(v->val.numeric)));
+	d = json_numeric_double(v->val.numeric);
 	if (!(d >= 0 && d <= 9007199254740992.0) || d != (double) (int64) d)
 		return false;
 	*out = (int64) d;

@@ -9,10 +9,12 @@
 #define MAESTER_JSONUTIL_H
 
 #include "utils/jsonb.h"
+#include "utils/numeric.h"
 
 extern Jsonb *json_parse_object(const char *body, char **problem);
 extern JsonbValue *json_get(JsonbContainer *c, const char *key);
 extern char *json_get_string(JsonbContainer *c, const char *key);
+extern double json_numeric_double(Numeric n);
 extern bool json_get_int64(JsonbContainer *c, const char *key, int64 *out);
 extern JsonbContainer *json_get_container(JsonbContainer *c, const char *key);
 

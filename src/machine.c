@@ -139,7 +139,8 @@ call_key(Call *c, char **missing)
 	ProviderConf *p = c->plan->targets[c->ti].provider;
 
 	*missing = NULL;
-	return maester_provider_key(p->name, p->api_key_env, p->api_key_file, missing);
+	return maester_provider_key(p->name, p->api_key_env, p->api_key_file,
+								provider_url(p), missing);
 }
 
 /* TARGET: the next target that can be tried, or FAILED */
@@ -156,6 +157,16 @@ phase_target(Call *c)
 		{
 			call_fail_with(c, t->provider->name, "disabled", ERRCODE_MAESTER_UNAVAILABLE,
 						   psprintf("provider \"%s\" is disabled", t->provider->name));
+			continue;
+		}
+		if (c->opts.gen.max_tokens > (t->max_output_tokens > 0 ?
+									  t->max_output_tokens : maester_max_output_tokens))
+		{
+			call_fail_with(c, t->provider->name, "max_tokens", ERRCODE_INVALID_PARAMETER_VALUE,
+						   psprintf("max_tokens %d is more than model \"%s\" may be asked for (%d, %s)",
+									c->opts.gen.max_tokens, t->name,
+									t->max_output_tokens > 0 ? t->max_output_tokens : maester_max_output_tokens,
+									t->max_output_tokens > 0 ? "maester.model.max_output_tokens" : "maester.max_output_tokens"));
 			continue;
 		}
 		key = call_key(c, &missing);
@@ -263,11 +274,25 @@ phase_attempt(Call *c, CallSet *set)
 	if (!c->paced)
 	{
 		int			max_tokens = PROVIDER_MAX_TOKENS(p, c->opts.gen.max_tokens);
+		int64		tokens = estimate_tokens(c->opts.gen.prompt) +
+			estimate_tokens(c->opts.gen.system) + max_tokens;
 		TimestampTz turn;
+		TimestampTz tenant_turn;
+		int			rpm;
+		int			tpm;
 
-		if (!rate_reserve(p, estimate_tokens(c->opts.gen.prompt) +
-						  estimate_tokens(c->opts.gen.system) + max_tokens,
-						  (int64) c->opts.timeout_ms * 1000, &turn))
+		/* the tenant's own limits first: its wait is no one else's */
+		router_tenant_limits(c->tenant, &rpm, &tpm);
+		if (!tenant_rate_reserve(c->tenant, rpm, tpm, tokens,
+								 (int64) c->opts.timeout_ms * 1000, &tenant_turn))
+		{
+			call_fail_with(c, p->name, "tenant_rate_limited", ERRCODE_MAESTER_UNAVAILABLE,
+						   psprintf("tenant \"%s\"'s rate limit (maester.tenant_limit) would delay the call by more than its timeout of %d ms",
+									c->tenant, c->opts.timeout_ms));
+			call_fail(c);
+			return;
+		}
+		if (!rate_reserve(p, tokens, (int64) c->opts.timeout_ms * 1000, &turn))
 		{
 			call_fail_with(c, p->name, "rate_limited", ERRCODE_MAESTER_UNAVAILABLE,
 						   psprintf("provider \"%s\"'s rate limit would delay the call by more than its timeout of %d ms",
@@ -276,6 +301,7 @@ phase_attempt(Call *c, CallSet *set)
 			return;
 		}
 		c->paced = true;
+		turn = Max(turn, tenant_turn);
 		if (turn > now)
 		{
 			c->wake_at = turn;
@@ -549,7 +575,10 @@ attempt_end(Call *c, CallSet *set, bool ok, Failure *fp, bool sent)
 	c->gen_span = NULL;
 	c->rec = NULL;
 	if (ok)
+	{
 		budget_settle(&hold, c->g.cost ? c->g.cost : c->estimate);
+		attempt_warn_overrun(c, t, c->estimate, c->g.cost, r->max_tokens);
+	}
 	else if (r->cost[0] == '\0')
 		budget_settle_at_estimate(&hold);
 	else

@@ -14,13 +14,15 @@
  *
  * A provider's body is untrusted input: parsing never throws on it
  * (jsonutil.c), so malformed answers become clear gateway errors, never
- * crashes; error details summarize a body with the key masked.  Keys are
+ * crashes; error details summarize a body with the key masked (any run of
+ * 8 bytes of it, plain, base64'd or percent-encoded).  Keys are
  * put only into a curl header list, which provider_request_free wipes.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "common/base64.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
@@ -297,17 +299,175 @@ provider_outcome(const ProviderConf *p, HttpRequest *req, const char *key,
 	return false;
 }
 
-/* Replace every occurrence of `secret` in `s` (in place) by '*' */
-static void
-redact(char *s, const char *secret)
-{
-	size_t		slen;
-	char	   *p;
+/*
+ * Key masking.  A provider, or a proxy in front of it, may echo what it
+ * was sent in an error body: the key, a part of it, or an encoding of it
+ * (the Authorization header base64'd inside a Basic credential or a log
+ * line, the key percent-encoded in a URL).  So the summary masks every run
+ * of at least MASK_RUN bytes that is also a run of the key or of one of its
+ * encodings: a key cut by one character, its prefix or its suffix are
+ * masked, not only the whole key.
+ *
+ * MASK_RUN is 8: fewer than 8 characters of a key (at most some 48 bits of
+ * a key of 128 bits or more) do not help anyone guess the rest, while
+ * shorter runs -- sk-, a 5-character fragment -- occur in ordinary text and
+ * would blank it; and 8 bytes are one uint64, so that each position of the
+ * text costs one binary search over the key's runs, whatever the key.  A
+ * server that cuts the key into pieces of fewer than 8 characters on
+ * purpose is not an echo but an attacker that has the key anyway.
+ *
+ * The encodings: base64, standard and URL-safe (without padding), of the
+ * key at each of the three alignments a longer text can put it at (the
+ * 4-character groups that mix in bytes before or after the key are left
+ * out); percent-encoding of the bytes outside RFC 3986's unreserved set,
+ * and of every byte, each with upper- and lower-case hex digits.
+ */
+#define MASK_RUN 8
 
-	if (secret == NULL || (slen = strlen(secret)) < 4)
+/* The runs of `k` bytes of a key and its encodings, sorted, as integers */
+typedef struct KeyRuns
+{
+	int			k;				/* run length: MASK_RUN, or the key's if shorter */
+	int			n;
+	int			size;
+	uint64	   *runs;
+} KeyRuns;
+
+/* The `k` bytes at `s` as an integer (zero-filled) */
+static inline uint64
+run_at(const char *s, int k)
+{
+	uint64		v = 0;
+
+	memcpy(&v, s, k);
+	return v;
+}
+
+/* Add every run of `form` (len bytes) */
+static void
+key_runs_add(KeyRuns *r, const char *form, int len)
+{
+	for (int i = 0; i + r->k <= len; i++)
+	{
+		if (r->n == r->size)
+		{
+			r->size *= 2;
+			r->runs = repalloc(r->runs, sizeof(uint64) * r->size);
+		}
+		r->runs[r->n++] = run_at(form + i, r->k);
+	}
+}
+
+/* Add the base64 forms of `key`: standard and URL-safe, at offsets 0, 1, 2 */
+static void
+key_runs_add_base64(KeyRuns *r, const char *key, int len)
+{
+	for (int a = 0; a < 3; a++)
+	{
+		char	   *src = palloc0(a + len);
+		int			cap = pg_b64_enc_len(a + len) + 1;
+		char	   *enc = palloc(cap);
+		int			n;
+		int			start = a > 0 ? 4 : 0;	/* the group holding the bytes before */
+		int			end;
+
+		memcpy(src + a, key, len);
+		n = pg_b64_encode(src, a + len, enc, cap);
+		if (n < 0)
+			elog(ERROR, "could not base64-encode a key");
+		/* the last group holds padding, or bytes after the key in a longer text */
+		end = (a + len) % 3 != 0 ? n - 4 : n;
+		if (end > start)
+		{
+			key_runs_add(r, enc + start, end - start);
+			for (int i = start; i < end; i++)
+				enc[i] = enc[i] == '+' ? '-' : enc[i] == '/' ? '_' : enc[i];
+			key_runs_add(r, enc + start, end - start);
+		}
+		pfree(src);
+		pfree(enc);
+	}
+}
+
+/* Add the percent-encoded forms of `key` (see above) */
+static void
+key_runs_add_percent(KeyRuns *r, const char *key, int len)
+{
+	static const char *const digits[] = {"0123456789ABCDEF", "0123456789abcdef"};
+	char	   *enc = palloc(len * 3);
+
+	for (int all = 0; all < 2; all++)
+		for (int d = 0; d < 2; d++)
+		{
+			int			n = 0;
+
+			for (int i = 0; i < len; i++)
+			{
+				unsigned char c = (unsigned char) key[i];
+
+				if (!all && ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+							 (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == '~'))
+					enc[n++] = c;
+				else
+				{
+					enc[n++] = '%';
+					enc[n++] = digits[d][c >> 4];
+					enc[n++] = digits[d][c & 15];
+				}
+			}
+			key_runs_add(r, enc, n);
+		}
+	pfree(enc);
+}
+
+static int
+uint64_cmp(const void *a, const void *b)
+{
+	uint64		x = *(const uint64 *) a;
+	uint64		y = *(const uint64 *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Mask (by '*', in place) every run of the first `len` bytes of `s` that is
+ * also a run of MASK_RUN bytes of `key` or of one of its encodings (see
+ * above); keys of fewer than 4 bytes are not masked, shorter keys than
+ * MASK_RUN only whole.  Linear in `len`, times a binary search.
+ */
+static void
+mask_key_runs(char *s, int len, const char *key)
+{
+	KeyRuns		r;
+	int			klen;
+	int			until = 0;
+
+	if (key == NULL || (klen = strlen(key)) < 4)
 		return;
-	while ((p = strstr(s, secret)) != NULL)
-		memset(p, '*', slen);
+	r.k = Min(MASK_RUN, klen);
+	r.n = 0;
+	r.size = 16 * klen;
+	r.runs = palloc(sizeof(uint64) * r.size);
+	key_runs_add(&r, key, klen);
+	key_runs_add_base64(&r, key, klen);
+	key_runs_add_percent(&r, key, klen);
+	qsort(r.runs, r.n, sizeof(uint64), uint64_cmp);
+
+	for (int i = 0; i < len; i++)
+	{
+		if (i + r.k <= len)
+		{
+			uint64		v = run_at(s + i, r.k);
+
+			if (bsearch(&v, r.runs, r.n, sizeof(uint64), uint64_cmp) != NULL)
+				until = i + r.k;
+		}
+		/* s[i] is not read again: the runs still to look at start after it */
+		if (i < until)
+			s[i] = '*';
+	}
+	explicit_bzero(r.runs, sizeof(uint64) * r.size);
+	pfree(r.runs);
 }
 
 /*
@@ -345,16 +505,20 @@ redact_headers(char *s)
  * A short, printable summary of a provider's error body for errdetail: the
  * error message when the body is a provider-shaped JSON error (OpenAI
  * {"error": {"message"}}, Anthropic {"error": {"type", "message"}}),
- * otherwise the body; cut to 300 characters.  Control characters become
+ * otherwise the body; cut to SUMMARY_MAX bytes.  Control characters become
  * blanks.  Before cutting, `secret` (the API key in use) is masked
- * wherever it appears, and so is any value after "authorization:" or
+ * wherever it or a long enough part of it appears, plain or encoded (see
+ * mask_key_runs), and so is any value after "authorization:" or
  * "x-api-key:", in case a server echoes request headers back.
  */
+#define SUMMARY_MAX 300
+
 char *
 provider_error_summary(const char *body, size_t len, const char *secret)
 {
 	char	   *problem = NULL;
 	char	   *msg = NULL;
+	size_t		msglen;
 	StringInfoData s;
 
 	if (body == NULL || len == 0)
@@ -382,14 +546,20 @@ provider_error_summary(const char *body, size_t len, const char *secret)
 	if (msg == NULL)
 		msg = pnstrdup(body, len);
 
-	/* mask keys in the whole text first, then cut it short */
-	redact(msg, secret);
+	/*
+	 * Mask keys first, then cut the text short.  Only the runs that start in
+	 * the part kept can show in it, so the key's runs are looked for there
+	 * (and MASK_RUN - 1 bytes further, where those runs end), not in a body
+	 * of megabytes.
+	 */
+	msglen = strlen(msg);
+	mask_key_runs(msg, Min(msglen, SUMMARY_MAX + MASK_RUN - 1), secret);
 	redact_headers(msg);
 
 	initStringInfo(&s);
-	for (const char *p = msg; *p && s.len < 300; p++)
+	for (const char *p = msg; *p && s.len < SUMMARY_MAX; p++)
 		appendStringInfoChar(&s, ((unsigned char) *p < ' ') ? ' ' : *p);
-	if (strlen(msg) > 300)
+	if (msglen > SUMMARY_MAX)
 		appendStringInfoString(&s, "...");
 	/* a body in another encoding, or cut inside a character: keep ASCII */
 	if (!pg_verifymbstr(s.data, s.len, true))

@@ -24,6 +24,7 @@
 #include "jsonutil.h"
 #include "ledger.h"
 #include "request.h"
+#include "router.h"
 #include "settings.h"
 #include "template.h"
 
@@ -44,8 +45,7 @@ option_number(JsonbValue *v, const char *key, double min, double max)
 
 	if (v->type != jbvNumeric)
 		option_error(key, psprintf("a number between %g and %g", min, max));
-	d = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
-										   NumericGetDatum(v->val.numeric)));
+	d = json_numeric_double(v->val.numeric);
 	if (!(d >= min && d <= max))
 		option_error(key, psprintf("a number between %g and %g", min, max));
 	return d;
@@ -263,8 +263,7 @@ request_parse(Jsonb *req, CallArgs *a, bool *has_model)
 				continue;
 			if (v.type != jbvNumeric)
 				request_error(key, "a positive integer");
-			d = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
-												   NumericGetDatum(v.val.numeric)));
+			d = json_numeric_double(v.val.numeric);
 			if (!(d >= 1 && d <= INT_MAX) || d != floor(d))
 				request_error(key, "a positive integer");
 			a->max_tokens = (int) d;
@@ -280,7 +279,7 @@ request_parse(Jsonb *req, CallArgs *a, bool *has_model)
 /*
  * Raise 22023 unless the arguments make a call: exactly one of prompt and
  * prompt_name, variables and prompt_version only with prompt_name, a
- * positive max_tokens.
+ * positive max_tokens, a model name a call may ask for.
  */
 void
 request_check_args(const CallArgs *a)
@@ -298,6 +297,8 @@ request_check_args(const CallArgs *a)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_tokens must be positive")));
+	if (a->model != NULL)
+		router_check_model_name(a->model);
 }
 
 /*

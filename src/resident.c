@@ -204,6 +204,8 @@ write_record(LedgerRecord *r)
 			" input_tokens = $6, output_tokens = $7, cached_input_tokens = $8, "
 			" cache_write_tokens = $9, usage_estimated = $10, "
 			" cost_usd = CASE WHEN $12 THEN $11::pg_catalog.numeric ELSE estimated_cost_usd END, "
+			" overrun_usd = CASE WHEN $12 AND $11::pg_catalog.numeric OPERATOR(pg_catalog.>) estimated_cost_usd "
+			"   THEN $11::pg_catalog.numeric OPERATOR(pg_catalog.-) estimated_cost_usd END, "
 			" priced = priced AND $16, latency_ms = $13, http_status = $14, settled_at = $15, "
 			" fallback_used = $17, eval_status = $18, eval_score = $19 "
 			"WHERE request_id OPERATOR(pg_catalog.=) $1 AND attempt OPERATOR(pg_catalog.=) $2",

@@ -21,6 +21,15 @@
  *	    disabled providers match, MG005 as for the other paths);
  *	 5. otherwise 42704 -- never a silent substitution.
  *
+ * A requested name is checked first (router_check_model_name), wherever it
+ * comes from (an argument, a request object, a prompt version's config, a
+ * rubric, a budget's downgrade): 1 to MODEL_NAME_MAX bytes, no control
+ * characters, no "%".  It is only ever the subject of the providers' LIKE
+ * patterns, never a pattern itself, so "%" could not act as a wildcard;
+ * but no model id contains one, and a name with one is a mistake or a
+ * probe, which a catch-all pattern would otherwise send on.  "_" is in
+ * real model ids (and a literal in the subject), so it is allowed.
+ *
  * Model identity.  One name stands for a model wherever prices and budgets
  * look: the maester.model row's name when a row covers the target (asked
  * for by its name or an alias, or a route target with the row's provider
@@ -69,7 +78,15 @@ typedef struct ModelConf
 	char	  **aliases;
 	char	   *provider;
 	char	   *provider_model;
+	int			max_output_tokens;	/* 0: maester.max_output_tokens */
 } ModelConf;
+
+typedef struct TenantLimit
+{
+	char	   *tenant;
+	int			requests_per_minute;	/* 0: no limit */
+	int			tokens_per_minute;
+} TenantLimit;
 
 typedef struct RouteConf
 {
@@ -82,13 +99,15 @@ typedef struct RouteConf
 static MemoryContext RouterContext = NULL;
 static bool RouterStale = true;
 static uint64 RouterLoads = 0;	/* bumped by loads and by invalidations */
-static Oid	RouterRelids[4];
+static Oid	RouterRelids[5];
 static int	nproviders;
 static ProviderConf *providers;
 static int	nmodels;
 static ModelConf *models;
 static int	nroutes;
 static RouteConf *routes;
+static int	ntenantlimits;
+static TenantLimit *tenantlimits;
 
 /* Relcache callback: any change to our configuration tables */
 static void
@@ -175,14 +194,14 @@ router_load(void)
 	Oid			nsp = get_namespace_oid("maester", false);
 	OwnerScope	scope;
 	uint64		loads_at_start;
-	const char *tables[4] = {"provider", "model", "route", "route_target"};
+	const char *tables[5] = {"provider", "model", "route", "route_target", "tenant_limit"};
 
 	if (RouterContext == NULL)
 		RouterContext = AllocSetContextCreate(TopMemoryContext,
 											  "maester router cache",
 											  ALLOCSET_SMALL_SIZES);
 	MemoryContextReset(RouterContext);
-	nproviders = nmodels = nroutes = 0;
+	nproviders = nmodels = nroutes = ntenantlimits = 0;
 	RouterStale = true;			/* until the load below completes */
 	loads_at_start = ++RouterLoads;
 	for (int i = 0; i < lengthof(tables); i++)
@@ -243,7 +262,8 @@ router_load(void)
 		}
 		nproviders = n;
 
-		n = load_query("SELECT m.name, m.aliases, m.provider, m.provider_model "
+		n = load_query("SELECT m.name, m.aliases, m.provider, m.provider_model, "
+					   "COALESCE(m.max_output_tokens, 0) "
 					   "FROM maester.model m ORDER BY m.name");
 		models = MemoryContextAllocZero(RouterContext, sizeof(ModelConf) * Max(n, 1));
 		for (uint64 i = 0; i < n; i++)
@@ -255,8 +275,23 @@ router_load(void)
 			models[i].naliases = col_text_array(t, d, 2, &models[i].aliases);
 			models[i].provider = col_string(t, d, 3);
 			models[i].provider_model = col_string(t, d, 4);
+			models[i].max_output_tokens = col_int(t, d, 5);
 		}
 		nmodels = n;
+
+		n = load_query("SELECT l.tenant, COALESCE(l.requests_per_minute, 0), "
+					   "COALESCE(l.tokens_per_minute, 0) FROM maester.tenant_limit l");
+		tenantlimits = MemoryContextAllocZero(RouterContext, sizeof(TenantLimit) * Max(n, 1));
+		for (uint64 i = 0; i < n; i++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[i];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+
+			tenantlimits[i].tenant = col_string(t, d, 1);
+			tenantlimits[i].requests_per_minute = col_int(t, d, 2);
+			tenantlimits[i].tokens_per_minute = col_int(t, d, 3);
+		}
+		ntenantlimits = n;
 
 		n = load_query("SELECT r.name, "
 					   "COALESCE(pg_catalog.array_agg(t.provider ORDER BY t.position) FILTER (WHERE t.provider IS NOT NULL), '{}'::pg_catalog.text[]), "
@@ -397,6 +432,16 @@ model_by_id(const char *provider, const char *id)
 	return NULL;
 }
 
+/* The output limit of the model row named `name`, or 0 (the setting's) */
+static int
+output_limit_of(const char *name)
+{
+	for (int i = 0; i < nmodels; i++)
+		if (strcmp(models[i].name, name) == 0)
+			return models[i].max_output_tokens;
+	return 0;
+}
+
 /* A target's identity (see the header), palloc'd */
 static char *
 target_identity(const char *provider, const char *id)
@@ -436,6 +481,38 @@ router_model_row_id(const char *name)
 	router_fresh();
 	m = model_by_name(name);
 	return m ? m->provider_model : NULL;
+}
+
+/*
+ * Raise 22023 unless `name` may be a requested model name (see the header),
+ * echoing it cut short.
+ */
+void
+router_check_model_name(const char *name)
+{
+	size_t		len = strlen(name);
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model name must not be empty"),
+				 errhint("Name a model or a route, or pass NULL for the route \"default\".")));
+	if (len > MODEL_NAME_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model name \"%s\" is too long", maester_cut_short(name, 64)),
+				 errdetail("Model names are at most %d bytes; this one has %zu.", MODEL_NAME_MAX, len)));
+	if (maester_control_char(name) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model name \"%s\" contains a control character", maester_cut_short(name, 64)),
+				 errdetail("Model names are one line of printable characters.")));
+	if (strchr(name, '%') != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model name \"%s\" contains \"%%\"", maester_cut_short(name, 64)),
+				 errdetail("A requested model is a name, not a pattern, and no model id contains \"%%\"."),
+				 errhint("Name the model or the route in full.")));
 }
 
 /* Does `model` match one of the provider's LIKE patterns? */
@@ -514,6 +591,8 @@ router_plan(const char *requested)
 	RoutePlan  *plan = palloc0(sizeof(RoutePlan));
 	const char *name = requested ? requested : "default";
 
+	if (requested)
+		router_check_model_name(requested);
 	router_fresh();
 
 	plan->requested = requested;
@@ -535,6 +614,7 @@ router_plan(const char *requested)
 			plan->targets[k].provider = copy_provider(find_provider(routes[i].providers[k]));
 			plan->targets[k].model = pstrdup(routes[i].models[k]);
 			plan->targets[k].name = target_identity(routes[i].providers[k], routes[i].models[k]);
+			plan->targets[k].max_output_tokens = output_limit_of(plan->targets[k].name);
 			if (plan->targets[k].provider == NULL)
 				elog(ERROR, "provider \"%s\" of route \"%s\" not found",
 					 routes[i].providers[k], name);
@@ -560,6 +640,7 @@ router_plan(const char *requested)
 		plan->targets[0].provider = copy_provider(find_provider(models[i].provider));
 		plan->targets[0].model = pstrdup(models[i].provider_model);
 		plan->targets[0].name = pstrdup(models[i].name);
+		plan->targets[0].max_output_tokens = models[i].max_output_tokens;
 		if (plan->targets[0].provider == NULL)
 			elog(ERROR, "provider \"%s\" of model \"%s\" not found",
 				 models[i].provider, models[i].name);
@@ -586,6 +667,7 @@ router_plan(const char *requested)
 			plan->targets[0].provider = copy_provider(&providers[i]);
 			plan->targets[0].model = pstrdup(requested);
 			plan->targets[0].name = target_identity(providers[i].name, requested);
+			plan->targets[0].max_output_tokens = output_limit_of(plan->targets[0].name);
 			return plan;
 		}
 		/* as for a model row or a route target on a disabled provider */
@@ -600,6 +682,23 @@ router_plan(const char *requested)
 			 errmsg("no provider serves model \"%s\"", requested),
 			 errhint("Add the model to maester.model, a matching pattern to maester.provider.models, or a route of that name to maester.route.")));
 	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * A tenant's request and token rate limits (maester.tenant_limit; 0: none).
+ * Reads the cache: the caller has planned a route in this call.
+ */
+void
+router_tenant_limits(const char *tenant, int *requests_per_minute, int *tokens_per_minute)
+{
+	*requests_per_minute = *tokens_per_minute = 0;
+	for (int i = 0; i < ntenantlimits; i++)
+		if (strcmp(tenantlimits[i].tenant, tenant) == 0)
+		{
+			*requests_per_minute = tenantlimits[i].requests_per_minute;
+			*tokens_per_minute = tenantlimits[i].tokens_per_minute;
+			return;
+		}
 }
 
 PG_FUNCTION_INFO_V1(model_identity);
@@ -647,7 +746,7 @@ model_name_check(PG_FUNCTION_ARGS)
 		if (!router_model_known(model))
 			ereport(WARNING,
 					(errmsg("no provider, model or route serves model \"%s\": this %s applies to no call",
-							model, RelationGetRelationName(trigdata->tg_relation)),
+							maester_cut_short(model, 64), RelationGetRelationName(trigdata->tg_relation)),
 					 errhint("Name a model of maester.model (or one of its aliases), a route target's model, or a model a provider's pattern serves.")));
 	}
 	return PointerGetDatum(tuple);

@@ -41,6 +41,7 @@ typedef struct RouteTarget
 	ProviderConf *provider;
 	char	   *model;			/* the model id sent */
 	char	   *name;			/* its identity, for prices and budgets */
+	int			max_output_tokens;	/* its model row's limit; 0: the setting's */
 } RouteTarget;
 
 /* The ordered targets for a requested model (or route) */
@@ -52,7 +53,11 @@ typedef struct RoutePlan
 	RouteTarget *targets;
 } RoutePlan;
 
+/* The longest requested model name, in bytes */
+#define MODEL_NAME_MAX 256
+
 extern void router_init(void);
+extern void router_check_model_name(const char *name);
 extern RoutePlan *router_plan(const char *requested);
 extern uint64 router_generation(void);
 extern char *router_model_identity(const char *name);
@@ -60,5 +65,8 @@ extern const char *router_model_row_id(const char *name);
 extern bool router_model_known(const char *name);
 extern bool model_snapshot_suffix(const char *s);
 extern int	model_base_len(const char *model);
+
+extern void router_tenant_limits(const char *tenant, int *requests_per_minute,
+								 int *tokens_per_minute);
 
 #endif							/* MAESTER_ROUTER_H */

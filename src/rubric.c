@@ -71,7 +71,8 @@ rubric_verdict(const char *answer, double *score, bool *passed, char **reason)
 	*score = *passed ? 1 : 0;
 	if (sv && sv->type == jbvNumeric)
 	{
-		double		d = DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(sv->val.numeric)));
+		/* a score beyond double precision (1e400) is out of [0, 1], not an error */
+		double		d = json_numeric_double(sv->val.numeric);
 
 		if (d >= 0 && d <= 1)
 			*score = d;

@@ -14,7 +14,12 @@
  *	   ending in _KEY or _TOKEN (OPENAI_API_KEY, ANTHROPIC_API_KEY, HF_TOKEN);
  *	 - api_key_file is a plain file name inside maester.key_directory (a
  *	   superuser-only setting, empty by default: no key files), owned by the
- *	   server's OS user and not accessible to group or others.
+ *	   server's OS user and not accessible to group or others;
+ *	 - a key is sent only to the hosts the superuser bound it to in
+ *	   maester.key_hosts (OPENAI_API_KEY to api.openai.com and
+ *	   ANTHROPIC_API_KEY to api.anthropic.com by default), so that an admin
+ *	   who repoints a provider at a host of their own receives no key: the
+ *	   call fails (42501) before anything is sent.
  * A key is returned palloc'd; callers wipe it with maester_forget_key().
  *
  *-------------------------------------------------------------------------
@@ -27,24 +32,54 @@
 
 #include "storage/fd.h"
 
+#include "hostlist.h"
+#include "http.h"
 #include "maester.h"
 #include "secrets.h"
 #include "settings.h"
 
-/* Does `name` look like the name of an environment variable holding a key? */
-static bool
-key_env_name_ok(const char *name)
-{
-	size_t		len = strlen(name);
 
-	if (len == 0 || len > 128 || (name[0] >= '0' && name[0] <= '9'))
-		return false;
-	for (const char *p = name; *p; p++)
-		if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
-			  (*p >= '0' && *p <= '9') || *p == '_'))
-			return false;
-	return (len > 4 && strcmp(name + len - 4, "_KEY") == 0) ||
-		(len > 6 && strcmp(name + len - 6, "_TOKEN") == 0);
+/*
+ * Refuse (42501) to send the key `name` (a variable name, or "file:" and a
+ * file name) of `provider` to `url`, unless maester.key_hosts binds it to
+ * the URL's host and port.
+ */
+static void
+check_key_host(const char *provider, const char *name, const char *url)
+{
+	int			port;
+	bool		https;
+	char	   *host = http_url_host(url, &port, &https);
+	const char *p = maester_key_hosts;
+	const char *e;
+	size_t		len;
+	bool		named = false;
+
+	while (p && hostlist_next(&p, &e, &len))
+	{
+		const char *n;
+		const char *h;
+		size_t		nlen;
+		size_t		hlen;
+
+		if (!keyhosts_entry(e, len, &n, &nlen, &h, &hlen) ||
+			nlen != strlen(name) || strncmp(n, name, nlen) != 0)
+			continue;
+		named = true;
+		if (hostlist_entry_matches(h, hlen, host, port))
+		{
+			pfree(host);
+			return;
+		}
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("the key of provider \"%s\" may not be sent to \"%s:%d\"", provider, host, port),
+			 named ?
+			 errdetail("maester.key_hosts binds %s to other hosts.", name) :
+			 errdetail("maester.key_hosts binds %s to no host.", name),
+			 errhint("A superuser binds a key to the hosts it may be sent to, e.g. maester.key_hosts = '..., %s=%s'.",
+					 name, host)));
 }
 
 /* Read the key file `file` of `provider`; see the header comment */
@@ -104,21 +139,22 @@ read_key_file(const char *provider, const char *file)
 }
 
 /*
- * The API key of a provider, palloc'd, or NULL for a keyless provider
- * (both key_env and key_file NULL).  When the named environment variable is
- * not set, returns NULL and sets *missing (so that the gateway can fall
- * back to another provider); a bad configuration raises MG007.
+ * The API key of a provider, palloc'd, to be sent to `url`, or NULL for a
+ * keyless provider (both key_env and key_file NULL).  When the named
+ * environment variable is not set, returns NULL and sets *missing (so that
+ * the gateway can fall back to another provider); a bad configuration
+ * raises MG007, a key not bound to the URL's host 42501.
  */
 char *
 maester_provider_key(const char *provider, const char *key_env,
-					 const char *key_file, char **missing)
+					 const char *key_file, const char *url, char **missing)
 {
 	*missing = NULL;
 	if (key_env != NULL)
 	{
 		const char *v;
 
-		if (!key_env_name_ok(key_env))
+		if (!keyhosts_key_name_ok(key_env))
 			ereport(ERROR,
 					(errcode(ERRCODE_MAESTER_NO_KEY),
 					 errmsg("invalid api_key_env \"%s\" for provider \"%s\"", key_env, provider),
@@ -129,10 +165,17 @@ maester_provider_key(const char *provider, const char *key_env,
 			*missing = psprintf("the server's environment has no %s", key_env);
 			return NULL;
 		}
+		check_key_host(provider, key_env, url);
 		return pstrdup(v);
 	}
 	if (key_file != NULL)
+	{
+		char	   *name = psprintf("file:%s", key_file);
+
+		check_key_host(provider, name, url);
+		pfree(name);
 		return read_key_file(provider, key_file);
+	}
 	return NULL;
 }
 

@@ -9,7 +9,8 @@
 #define MAESTER_SECRETS_H
 
 extern char *maester_provider_key(const char *provider, const char *key_env,
-								  const char *key_file, char **missing);
+								  const char *key_file, const char *url,
+								  char **missing);
 extern void maester_forget_key(char *key);
 
 #endif							/* MAESTER_SECRETS_H */

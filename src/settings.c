@@ -23,12 +23,15 @@
 #include "miscadmin.h"
 #include "utils/guc.h"
 
+#include "hostlist.h"
 #include "settings.h"
 #include "tenant.h"
 
 char	   *maester_allow_insecure_hosts = NULL;
+char	   *maester_key_hosts = NULL;
 int			maester_max_response_bytes = 10 * 1024 * 1024;
 int			maester_request_timeout_ms = 120000;
+int			maester_max_output_tokens = 131072;
 int			maester_retry_after_max_ms = 60000;
 int			maester_routing_log_level = DEBUG1;
 char	   *maester_key_directory = NULL;
@@ -126,6 +129,35 @@ check_tenant(char **newval, void **extra, GucSource source)
 	return tenant_check_setting(*newval, source);
 }
 
+/* maester.allow_insecure_hosts: host, host:port or *.domain entries */
+static bool
+check_host_list(char **newval, void **extra, GucSource source)
+{
+	char	   *bad;
+
+	if (*newval != NULL && !hostlist_valid(*newval, &bad))
+	{
+		GUC_check_errdetail("\"%s\" is not a host, host:port or *.domain entry.", bad);
+		return false;
+	}
+	return true;
+}
+
+/* maester.key_hosts: KEY=host entries (hostlist.c) */
+static bool
+check_key_hosts(char **newval, void **extra, GucSource source)
+{
+	char	   *bad;
+
+	if (*newval != NULL && !keyhosts_valid(*newval, &bad))
+	{
+		GUC_check_errdetail("\"%s\" is not an entry NAME=host, NAME=host:port or NAME=*.domain, "
+							"NAME a key variable (ending in _KEY or _TOKEN) or file:NAME a key file.", bad);
+		return false;
+	}
+	return true;
+}
+
 static const struct config_enum_entry log_level_options[] = {
 	{"debug5", DEBUG5, false},
 	{"debug4", DEBUG4, false},
@@ -145,14 +177,26 @@ settings_define(void)
 {
 	DefineCustomStringVariable("maester.allow_insecure_hosts",
 							   "Hosts that may be reached over plain http and on private or loopback addresses.",
-							   "Comma-separated host names or addresses, as written in provider URLs "
+							   "Comma-separated host names or addresses as written in provider URLs, "
+							   "each alone (any port), as host:port, or as *.domain "
 							   "(for local servers such as the mock provider or Ollama). "
 							   "All other providers must use https on public addresses.",
 							   &maester_allow_insecure_hosts,
 							   "",
 							   PGC_SUSET,
 							   GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
+							   check_host_list, NULL, NULL);
+
+	DefineCustomStringVariable("maester.key_hosts",
+							   "The hosts each provider key may be sent to.",
+							   "Comma-separated entries NAME=host, NAME=host:port or NAME=*.domain; "
+							   "NAME is a key variable (api_key_env) or file:NAME a key file (api_key_file). "
+							   "A key is sent only to a host its entries name; repeat NAME for more hosts.",
+							   &maester_key_hosts,
+							   MAESTER_DEFAULT_KEY_HOSTS,
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   check_key_hosts, NULL, NULL);
 
 	DefineCustomIntVariable("maester.max_response_bytes",
 							"Largest provider response accepted, in bytes.",
@@ -172,6 +216,17 @@ settings_define(void)
 							1, INT_MAX,
 							PGC_USERSET,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("maester.max_output_tokens",
+							"Largest max_tokens a call may ask of a model without an output limit of its own.",
+							"maester.model.max_output_tokens sets a model's; a larger max_tokens skips the target. "
+							"It bounds what one call reserves of budgets and of a provider's tokens_per_minute.",
+							&maester_max_output_tokens,
+							131072,
+							1, INT_MAX,
+							PGC_SUSET,
+							0,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("maester.retry_after_max_ms",

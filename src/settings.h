@@ -16,9 +16,15 @@
 extern char *maester_allow_insecure_hosts;
 extern int	maester_max_response_bytes;
 extern int	maester_request_timeout_ms;
+extern int	maester_max_output_tokens;
 extern int	maester_retry_after_max_ms;
 extern int	maester_routing_log_level;
 extern char *maester_key_directory;
+extern char *maester_key_hosts;
+
+/* the shipped keys, bound to their vendors' API hosts */
+#define MAESTER_DEFAULT_KEY_HOSTS \
+	"OPENAI_API_KEY=api.openai.com, ANTHROPIC_API_KEY=api.anthropic.com"
 extern bool maester_capture_content;
 
 /* the ledger, tenants and budgets */

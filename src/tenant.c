@@ -24,7 +24,9 @@
  * set_config, and a function's SET clause) is refused at once with 42501
  * by the setting's check hook, so the last allowed tenant stays in force.
  * maester's workers set a job's tenant through maester_set_tenant, which
- * skips that check: the job's call checks it as its submitter.
+ * skips that check: the job's call checks it as its submitter.  A tenant
+ * name with a control character (a newline forging a log line, an escape
+ * sequence) is refused from every source.
  *
  * The mapping is read from the table directly (neither the role's
  * privileges nor row-level security apply), cached per backend, and
@@ -54,6 +56,7 @@
 
 #include "catalog.h"
 #include "tenant.h"
+#include "util.h"
 
 typedef struct Member
 {
@@ -244,7 +247,8 @@ maester_current_tenant(void)
 
 /*
  * From maester.tenant's check hook: may the current role set it to
- * `tenant`?  Checked for SET (and set_config, and SET clauses of
+ * `tenant`?  A name with a control character is refused from any source.
+ * The rest is checked for SET (and set_config, and SET clauses of
  * functions), in a database where maester's catalog is served; other
  * sources (a role's or database's defaults, connection options, a parallel
  * worker restoring its leader's settings) are checked where the tenant is
@@ -257,6 +261,15 @@ tenant_check_setting(const char *tenant, GucSource source)
 	char	   *why;
 	Resolution	r;
 
+	/* whatever the source: a tenant name goes into every row and log line */
+	if (maester_control_char(tenant) != NULL)
+	{
+		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+		GUC_check_errmsg("tenant name \"%s\" contains a control character",
+						 maester_cut_short(tenant, 64));
+		GUC_check_errdetail("Tenant names are one line of printable characters.");
+		return false;
+	}
 	if (internal_set || source != PGC_S_SESSION || !IsTransactionState() ||
 		IsAbortedTransactionBlockState() || !OidIsValid(MyDatabaseId) ||
 		IsParallelWorker() || IsBinaryUpgrade)

@@ -2,9 +2,10 @@
  *
  * util.c
  *	  Helpers shared by the modules: the preload check, "run this in a
- *	  subtransaction and hand me the error", and acting as the owner of
- *	  maester's tables.  This file calls no other file of maester, so any
- *	  file may call it.
+ *	  subtransaction and hand me the error", acting as the owner of
+ *	  maester's tables, and names checked for control characters and cut
+ *	  short for messages.  This file calls no other file of maester, so
+ *	  any file may call it.
  *
  * Acting as the owner.  The gateway reads its configuration (providers,
  * prices, budgets) and writes some rows (jobs) on behalf of callers who
@@ -23,6 +24,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -142,4 +144,48 @@ maester_restore_user(OwnerScope *scope)
 {
 	AtEOXact_GUC(false, scope->save_nestlevel);
 	SetUserIdAndSecContext(scope->save_userid, scope->save_sec);
+}
+
+/*
+ * The first control character of `s` -- C0 (newline, tab, escape...), DEL,
+ * or in a UTF-8 database C1 (U+0080 to U+009F) -- or NULL.  Safe outside a
+ * transaction (for settings' check hooks).
+ */
+const char *
+maester_control_char(const char *s)
+{
+	bool		utf8 = GetDatabaseEncoding() == PG_UTF8;
+
+	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
+		if (*p < 0x20 || *p == 0x7f ||
+			(utf8 && p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f))
+			return (const char *) p;
+	return NULL;
+}
+
+/*
+ * `s` for an error message: at most `max` bytes (cut at a character
+ * boundary, then "..."), control characters shown as '?'.  Names given by
+ * users are echoed this way, never whole.
+ */
+char *
+maester_cut_short(const char *s, int max)
+{
+	int			len = strlen(s);
+	int			cut = pg_mbcliplen(s, len, max);
+	char	   *out = palloc(cut + 4);
+
+	memcpy(out, s, cut);
+	out[cut] = '\0';
+	for (unsigned char *p = (unsigned char *) out; *p; p++)
+	{
+		if (*p < 0x20 || *p == 0x7f)
+			*p = '?';
+		else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f &&
+				 GetDatabaseEncoding() == PG_UTF8)
+			p[0] = p[1] = '?';
+	}
+	if (cut < len)
+		strcpy(out + cut, "...");
+	return out;
 }

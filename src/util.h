@@ -19,6 +19,8 @@ extern void maester_rethrow_if_worker_error(ErrorData *edata);
 extern ErrorData *maester_subxact(void (*fn) (void *), void *arg,
 								  MemoryContext errcxt);
 extern Oid	maester_relation_owner(Oid relid);
+extern const char *maester_control_char(const char *s);
+extern char *maester_cut_short(const char *s, int max);
 
 /* Acting as the owner of one of maester's tables, see util.c */
 typedef struct OwnerScope

@@ -36,14 +36,20 @@ verdict-fail answer like an llm_rubric grader (verdict-pass-MS after MS ms).
 
 Faults come from header "x-mock-fault: SPEC", else from a model named
 "fault-SPEC".  SPECs: latency-MS, status-CODE, 429, 429-ra-SECONDS,
-flaky-N-CODE, usage-N, hang, malformed, nousage, missingfields, wrongtype,
-huge[-BYTES], drip[-MS], reset, echo-headers, redirect.  See FAULTS below.
+flaky-N-CODE, usage-N, bigheader-BYTES, hang, malformed, nousage, missingfields, wrongtype,
+huge[-BYTES], drip[-MS], reset, echo-headers, echo-key, redirect.  See FAULTS below.
+The fault echo-key answers 400 with the key it was sent, transformed: cut by
+its last character (cut), without its first (tail), its first half (half),
+base64'd alone (b64), after "Bearer " (b64bearer), after "user:" (b64basic),
+URL-safe (b64url), and percent-encoded (pct, pctlower); echo-key-FORM echoes
+one of them.
 
 With --api-key KEY, model endpoints outside /open require
 "Authorization: Bearer KEY" (OpenAI) or "x-api-key: KEY" (Anthropic).
 """
 
 import argparse
+import base64
 import collections
 import json
 import math
@@ -79,6 +85,7 @@ FAULTS = [
     (re.compile(r"drip(?:-(\d+))?"), "drip"),
     (re.compile(r"cached-(\d+)-(\d+)"), "cached"),
     (re.compile(r"usage-(\d+)"), "usage"),
+    (re.compile(r"bigheader-(\d+)"), "bigheader"),
     (re.compile(r"verdict-(pass|fail)(?:-(\d+))?"), "verdict"),
     (re.compile(r"(hang|malformed|nousage|missingfields|wrongtype|reset|"
                 r"echo-headers|redirect|badutf8)"), "simple"),
@@ -106,6 +113,25 @@ def error_body(kind, status, message, code=None):
         return {"type": "error", "error": {"type": etype, "message": message}}
     etype = OPENAI_ETYPE.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": etype, "param": None, "code": code}}
+
+
+ECHO_KEY = re.compile(r"echo-key(?:-([a-z0-9]+))?")
+
+
+def echo_key_forms(headers, only=None):
+    """The key a request carried, in the forms a careless server echoes it
+    (all of them, or the one named `only`)."""
+    key = headers.get("x-api-key") or (headers.get("Authorization") or "")
+    key = key[len("Bearer "):] if key.startswith("Bearer ") else key
+    raw = key.encode()
+    forms = [("cut", key[:-1]), ("tail", key[1:]), ("half", key[:len(key) // 2]),
+             ("b64", base64.b64encode(raw).decode()),
+             ("b64bearer", base64.b64encode(b"Bearer " + raw).decode()),
+             ("b64basic", base64.b64encode(b"user:" + raw).decode()),
+             ("b64url", base64.urlsafe_b64encode(b"~~" + raw).decode().rstrip("=")),
+             ("pct", "".join("%%%02X" % b for b in raw)),
+             ("pctlower", "".join("%%%02x" % b for b in raw))]
+    return " ".join("%s=%s" % f for f in forms if only is None or f[0] == only)
 
 
 def text_of(content):
@@ -447,6 +473,9 @@ class Handler(BaseHTTPRequestHandler):
         if spec == "echo-headers":             # before auth, by design
             lines = "\n".join("%s: %s" % (k, v) for k, v in hdrs.items())
             return self._error(kind, 400, "mock echo-headers:\n" + lines)
+        if spec is not None and ECHO_KEY.fullmatch(spec):  # before auth too: the key as sent
+            return self._error(kind, 400, "mock echo-key: " +
+                               echo_key_forms(hdrs, ECHO_KEY.fullmatch(spec).group(1)))
 
         key = self.server.api_key
         if key is not None and not keyless:
@@ -510,6 +539,10 @@ class Handler(BaseHTTPRequestHandler):
         if name == "usage":
             # a provider reporting N output tokens (a lying or broken one)
             return self._json(200, ans.render(out_tokens=int(arg)))
+        if name == "bigheader":
+            # a normal answer behind one response header of N bytes
+            return self._send(200, json.dumps(ans.render()).encode(),
+                              extra=[("X-Mock-Padding", "x" * int(arg))])
         if name == "verdict":
             # a grader's answer, for llm_rubric tests (after MS ms, if given)
             if m.group(2):

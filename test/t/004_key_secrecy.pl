@@ -1,8 +1,10 @@
 # API keys never leak: not into the server log (log_statement = all,
 # log_min_messages = debug5), not into errors (even when the upstream
 # echoes the request headers back), not into tables, settings or
-# pg_stat_activity.  And without shared_preload_libraries the gateway
-# refuses with 55000 while the registry still works.
+# pg_stat_activity, and not to a host the superuser did not bind the key
+# to (maester.key_hosts), however an admin repoints a provider.  And
+# without shared_preload_libraries the gateway refuses with 55000 while
+# the registry still works.
 use strict;
 use warnings;
 use FindBin;
@@ -16,12 +18,18 @@ my $key = 'sk-secret-' . join('', map { sprintf('%02x', int(rand(256))) } 1 .. 1
 my $mock = MaesterMock->start('--api-key', $key);
 my $url = $mock->url;
 
+my ($mport) = $url =~ /:(\d+)$/;
+my $openai_key = 'sk-openai-' . join('', map { sprintf('%02x', int(rand(256))) } 1 .. 12);
 local $ENV{MAESTER_SECRET_API_KEY} = $key;
+local $ENV{OPENAI_API_KEY} = $openai_key;
 my $node = PostgreSQL::Test::Cluster->new('secrets');
 $node->init;
+# the test key is bound to the mock's port only; OpenAI's to OpenAI only
+my $key_hosts = "OPENAI_API_KEY=api.openai.com, ANTHROPIC_API_KEY=api.anthropic.com, MAESTER_SECRET_API_KEY=127.0.0.1:$mport";
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'maester'
 maester.allow_insecure_hosts = '127.0.0.1'
+maester.key_hosts = '$key_hosts'
 });
 $node->start;
 # (set after start: at DEBUG3, PostgreSQL's postmaster itself prints its
@@ -62,11 +70,53 @@ $node->safe_psql('postgres', q{INSERT INTO maester.model VALUES ('anth-echo', 'm
 like($err, qr/x-api-key: \*+/i, 'the echoed x-api-key is masked in the error');
 unlike($err, qr/\Q$key\E/, 'the key is not in the Anthropic error');
 
-# other failures, for the log: 401 with a wrong key, timeouts
+# other failures, for the log: a key refused for another port, timeouts
 $node->safe_psql('postgres', q{
 	INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit_failure_threshold)
 	VALUES ('badkey', 'openai_compatible', 'http://127.0.0.1:1/v1', 'MAESTER_SECRET_API_KEY', '{bad-%}', 0)});
-$node->psql('postgres', q{SELECT maester.llm_generate('hello', 'bad-1')});
+($ret, $out, $err) = $node->psql('postgres', q{SELECT maester.llm_generate('hello', 'bad-1')});
+like($err, qr/the key of provider "badkey" may not be sent to "127.0.0.1:1"/,
+	'a key bound to host:port is refused for another port of that host');
+
+# attack: an admin (not a superuser) repoints the shipped openai provider,
+# or a new one, at a host of their own (here the mock, which records every
+# request) to receive OPENAI_API_KEY: refused before anything is sent
+$node->safe_psql('postgres', q{CREATE ROLE adm LOGIN IN ROLE maester_admin});
+my $before = scalar @{ $mock->get('/_mock/requests') };
+($ret, $out, $err) = $node->psql('postgres', qq{
+	UPDATE maester.provider SET base_url = '$url/v1' WHERE name = 'openai';
+	SELECT maester.llm_generate('hello', 'gpt-4o-mini');}, extra_params => [ '-U', 'adm' ]);
+like($err, qr/the key of provider "openai" may not be sent to "127.0.0.1:$mport"/,
+	'the shipped openai provider repointed by an admin sends no key');
+($ret, $out, $err) = $node->psql('postgres', qq{
+	INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit_failure_threshold)
+	VALUES ('thief', 'openai_compatible', '$url/v1', 'OPENAI_API_KEY', '{thief-%}', 0);
+	SELECT maester.llm_generate('hello', 'thief-1');}, extra_params => [ '-U', 'adm' ]);
+like($err, qr/42501|may not be sent/, 'a new provider naming OPENAI_API_KEY sends no key');
+($ret, $out, $err) = $node->psql('postgres', q{ALTER SYSTEM SET maester.key_hosts = 'OPENAI_API_KEY=127.0.0.1'},
+	extra_params => [ '-U', 'adm' ]);
+like($err, qr/must be superuser|permission denied/, 'an admin cannot rebind keys');
+is(scalar @{ $mock->get('/_mock/requests') }, $before, 'the mock received no request from any of it');
+unlike($err, qr/\Q$openai_key\E/, 'no error shows the key');
+
+# the superuser binds OPENAI_API_KEY to the mock: now the key is sent
+$node->safe_psql('postgres', "ALTER SYSTEM SET maester.key_hosts = '$key_hosts, OPENAI_API_KEY=127.0.0.1:$mport'");
+$node->reload;
+$node->poll_query_until('postgres', q{SELECT current_setting('maester.key_hosts') LIKE '%OPENAI_API_KEY=127.0.0.1%'})
+  or die 'reload not seen';
+$node->psql('postgres', q{SELECT maester.llm_generate('hello', 'thief-1')});
+$seen = $mock->get('/_mock/requests');
+is($seen->[-1]{headers}{authorization}, "Bearer $openai_key", 'a key the superuser bound to the host is sent');
+$node->safe_psql('postgres', q{
+	ALTER SYSTEM RESET maester.key_hosts;
+	DELETE FROM maester.provider WHERE name = 'thief';
+	UPDATE maester.provider SET base_url = 'https://api.openai.com/v1' WHERE name = 'openai'});
+$node->reload;
+# a malformed binding is refused when set
+($ret, $out, $err) = $node->psql('postgres', q{ALTER SYSTEM SET maester.key_hosts = 'OPENAI_API_KEY'});
+like($err, qr/invalid value for parameter "maester.key_hosts"/, 'a malformed binding is refused');
+($ret, $out, $err) = $node->psql('postgres', q{ALTER SYSTEM SET maester.key_hosts = 'HOME=127.0.0.1'});
+like($err, qr/invalid value for parameter "maester.key_hosts"/, 'only key variables can be bound');
 $node->psql('postgres', q{SELECT maester.llm_generate('hello', 'fault-hang', options => '{"timeout_ms": 200}')});
 
 # nowhere in SQL-visible state

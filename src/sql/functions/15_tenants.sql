@@ -7,3 +7,6 @@
 CREATE TRIGGER tenant_member_invalidate
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON maester.tenant_member
     FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();
+CREATE TRIGGER tenant_limit_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON maester.tenant_limit
+    FOR EACH STATEMENT EXECUTE FUNCTION maester.cache_invalidate();

@@ -37,7 +37,9 @@ SELECT b.id,
            WHEN 'day' THEN w.period_start OPERATOR(pg_catalog.+) interval '1 day'
            WHEN 'month' THEN w.period_start OPERATOR(pg_catalog.+) interval '1 month'
        END AS period_end,
-       COALESCE(c.loaded, false) AS counters_loaded
+       COALESCE(c.loaded, false) AS counters_loaded,
+       o.overruns,
+       o.overrun_usd
   FROM maester.budget b
   LEFT JOIN maester.budget_counters() c ON c.id OPERATOR(pg_catalog.=) b.id
   CROSS JOIN LATERAL (SELECT CASE b.period
@@ -56,7 +58,20 @@ SELECT b.id,
                                        AND (u.model OPERATOR(pg_catalog.=) b.model
                                             OR u.requested_model OPERATOR(pg_catalog.=) b.model)))
                               AND (w.period_start IS NULL OR u.ts OPERATOR(pg_catalog.>=) w.period_start)
-                              AND u.status OPERATOR(pg_catalog.<>) 'pending') END AS spent_usd) s;
+                              AND u.status OPERATOR(pg_catalog.<>) 'pending') END AS spent_usd) s
+  -- settlements above their reservation in the period (index usage_overrun)
+  CROSS JOIN LATERAL (SELECT pg_catalog.count(*) AS overruns,
+                             COALESCE(pg_catalog.sum(u.overrun_usd), 0) AS overrun_usd
+                        FROM maester.usage u
+                       WHERE u.overrun_usd IS NOT NULL
+                         AND u.tenant OPERATOR(pg_catalog.=) b.tenant
+                         AND (b.prompt IS NULL OR u.prompt_name OPERATOR(pg_catalog.=) b.prompt)
+                         AND (b.model IS NULL
+                              OR u.model_name OPERATOR(pg_catalog.=) maester.model_identity(b.model)
+                              OR (u.model_name IS NULL
+                                  AND (u.model OPERATOR(pg_catalog.=) b.model
+                                       OR u.requested_model OPERATOR(pg_catalog.=) b.model)))
+                         AND (w.period_start IS NULL OR u.ts OPERATOR(pg_catalog.>=) w.period_start)) o;
 
 COMMENT ON VIEW maester.budget_status IS
     'Each budget with its limit, what was spent and is reserved by calls in flight in the current period, what remains, and the period''s window (UTC). Counters are loaded from the ledger when a budget is first used in a period.';
@@ -72,4 +87,6 @@ COMMENT ON COLUMN maester.budget_status.reserved_usd IS 'Worst-case cost reserve
 COMMENT ON COLUMN maester.budget_status.period_start IS 'Start of the current period (UTC); NULL for total.';
 COMMENT ON COLUMN maester.budget_status.period_end IS 'End of the current period (UTC); NULL for total.';
 COMMENT ON COLUMN maester.budget_status.remaining_usd IS 'limit - spent - reserved, at least 0.';
+COMMENT ON COLUMN maester.budget_status.overruns IS 'Calls in the current period whose provider billed more than the worst case reserved for them (maester.usage.overrun_usd): 0 with honest providers.';
+COMMENT ON COLUMN maester.budget_status.overrun_usd IS 'How much those calls went over their reservations, in USD.';
 COMMENT ON COLUMN maester.budget_status.counters_loaded IS 'False until a call used the budget in this period (spent then comes from the ledger).';

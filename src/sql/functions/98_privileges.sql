@@ -78,6 +78,8 @@ GRANT SELECT, DELETE ON maester.dead_letter TO maester_admin;
 GRANT EXECUTE ON FUNCTION maester.worker_status() TO maester_reader, maester_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON maester.tenant_member TO maester_admin;
 GRANT SELECT ON maester.tenant_member TO maester_user, maester_reader;
+GRANT SELECT, INSERT, UPDATE, DELETE ON maester.tenant_limit TO maester_admin;
+GRANT SELECT ON maester.tenant_limit TO maester_user, maester_reader;
 GRANT EXECUTE ON FUNCTION maester.current_tenant() TO maester_reader, maester_user, maester_admin;
 GRANT SELECT ON maester.budget, maester.budget_status TO maester_user;
 GRANT EXECUTE ON FUNCTION maester.budget_counters() TO maester_user;

@@ -30,5 +30,6 @@ SELECT pg_catalog.pg_extension_config_dump('maester.job_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.dead_letter', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.dead_letter_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.tenant_member', '');
+SELECT pg_catalog.pg_extension_config_dump('maester.tenant_limit', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.span_seq_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.shipped_removed', '');

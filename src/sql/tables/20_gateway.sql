@@ -63,11 +63,13 @@ CREATE TABLE maester.model (
     provider       text NOT NULL REFERENCES maester.provider (name) ON UPDATE CASCADE,
     provider_model text NOT NULL,
     aliases        text[] NOT NULL DEFAULT '{}',
-    description    text
+    description    text,
+    max_output_tokens integer CHECK (max_output_tokens OPERATOR(pg_catalog.>) 0)
 );
 
 COMMENT ON TABLE maester.model IS
     'Model names and aliases mapped to a provider and the model id it is sent as. Models without a row go to the first enabled provider whose pattern matches.';
+COMMENT ON COLUMN maester.model.max_output_tokens IS 'The most output tokens the model may be asked for: a larger max_tokens skips the target (22023). NULL: maester.max_output_tokens.';
 COMMENT ON COLUMN maester.model.provider_model IS 'The model id sent to the provider.';
 COMMENT ON COLUMN maester.model.aliases IS 'Other names callers may use for this model.';
 

@@ -41,12 +41,14 @@ CREATE TABLE maester.usage (
     backend_pid         integer,
     server_epoch        bigint,
     model_name          text,
+    overrun_usd         numeric,
     PRIMARY KEY (request_id, attempt)
 );
 
 CREATE INDEX usage_ts_brin ON maester.usage USING brin (ts);
 CREATE INDEX usage_tenant_day ON maester.usage (tenant, ((ts AT TIME ZONE 'UTC')::date));
 CREATE INDEX usage_pending ON maester.usage (ts) WHERE status OPERATOR(pg_catalog.=) 'pending';
+CREATE INDEX usage_overrun ON maester.usage (tenant, ts) WHERE overrun_usd IS NOT NULL;
 
 COMMENT ON TABLE maester.usage IS
     'The ledger: one row per attempt of every model call, written by the maester ledger worker (never by the caller''s transaction), so that no rollback, error or crash loses it. Row-level security by tenant for maester_user and maester_reader.';
@@ -56,6 +58,7 @@ COMMENT ON COLUMN maester.usage.tenant IS 'maester.tenant of the calling session
 COMMENT ON COLUMN maester.usage.role IS 'The calling role (current_user).';
 COMMENT ON COLUMN maester.usage.purpose IS 'generation, or evaluation for calls made by evaluators.';
 COMMENT ON COLUMN maester.usage.model IS 'The model as served (or, before an answer, as requested from the provider).';
+COMMENT ON COLUMN maester.usage.overrun_usd IS 'How much the settled cost exceeded the worst case reserved before sending (estimated_cost_usd), when it did: the provider reported more tokens than the prompt''s bytes and max_tokens allow. NULL otherwise.';
 COMMENT ON COLUMN maester.usage.model_name IS 'The model''s identity, the name prices and budgets know it by: the maester.model row''s name when a row covers the call, else the model id without a snapshot date (NULL for rows of 0.1.0).';
 COMMENT ON COLUMN maester.usage.max_tokens IS 'Output tokens reserved by the estimate (the call''s max_tokens, else 4096).';
 COMMENT ON COLUMN maester.usage.estimated_cost_usd IS 'Worst-case cost reserved before the request left: estimated input tokens plus max_tokens at the output price.';

@@ -238,3 +238,50 @@ ALTER TABLE maester.price
     ADD CONSTRAINT price_cache_creation_input_cost_per_million_check
         CHECK (cache_creation_input_cost_per_million OPERATOR(pg_catalog.>=) 0 AND cache_creation_input_cost_per_million OPERATOR(pg_catalog.<=) 1000000);
 COMMENT ON COLUMN maester.price.input_cost_per_million IS 'USD per 1M input tokens: from 0 to 1,000,000 (NaN and Infinity are refused, like the other prices).';
+
+-- settlements above their reservation are flagged (issue #14)
+ALTER TABLE maester.usage ADD COLUMN overrun_usd numeric;
+CREATE INDEX usage_overrun ON maester.usage (tenant, ts) WHERE overrun_usd IS NOT NULL;
+COMMENT ON COLUMN maester.usage.overrun_usd IS 'How much the settled cost exceeded the worst case reserved before sending (estimated_cost_usd), when it did: the provider reported more tokens than the prompt''s bytes and max_tokens allow. NULL otherwise.';
+
+-- output limits per model and rate limits per tenant (issue #14)
+ALTER TABLE maester.model ADD COLUMN max_output_tokens integer CHECK (max_output_tokens OPERATOR(pg_catalog.>) 0);
+COMMENT ON COLUMN maester.model.max_output_tokens IS 'The most output tokens the model may be asked for: a larger max_tokens skips the target (22023). NULL: maester.max_output_tokens.';
+
+CREATE TABLE maester.tenant_limit (
+    tenant              text PRIMARY KEY
+        CHECK (pg_catalog.octet_length(tenant) OPERATOR(pg_catalog.>=) 1
+               AND pg_catalog.octet_length(tenant) OPERATOR(pg_catalog.<) 64)
+        CONSTRAINT tenant_limit_tenant_printable
+            CHECK (tenant OPERATOR(pg_catalog.!~) '[\x01-\x1f\x7f\u0080-\u009f]'),
+    requests_per_minute integer CHECK (requests_per_minute OPERATOR(pg_catalog.>) 0),
+    tokens_per_minute   integer CHECK (tokens_per_minute OPERATOR(pg_catalog.>) 0)
+);
+
+COMMENT ON TABLE maester.tenant_limit IS
+    'Per-tenant rate limits, paced like a provider''s (calls wait their turn, never beyond their timeout): one tenant''s calls cannot take more of the providers'' capacity than this, whatever its max_tokens. Admins write; users and readers see their own tenant''s row.';
+COMMENT ON COLUMN maester.tenant_limit.tenant IS 'The tenant (maester.tenant).';
+COMMENT ON COLUMN maester.tenant_limit.requests_per_minute IS 'Attempts per minute across all providers; NULL: no limit.';
+COMMENT ON COLUMN maester.tenant_limit.tokens_per_minute IS 'Input estimate plus max_tokens per minute across all providers; NULL: no limit.';
+
+ALTER TABLE maester.tenant_limit ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_limit_admin ON maester.tenant_limit FOR ALL TO maester_admin USING (true);
+CREATE POLICY tenant_limit_own ON maester.tenant_limit FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+
+-- tenant names without control characters (the setting refuses them too)
+DO $$
+DECLARE
+    t text;
+BEGIN
+    SELECT tenant INTO t FROM maester.tenant_member
+     WHERE tenant OPERATOR(pg_catalog.~) '[\x01-\x1f\x7f\u0080-\u009f]' LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'tenant name % contains a control character, which 0.2.0 refuses', pg_catalog.quote_literal(t)
+            USING HINT = 'Rename the tenant in maester.tenant_member (and its rows elsewhere), then update again.',
+                  ERRCODE = 'check_violation';
+    END IF;
+END
+$$;
+ALTER TABLE maester.tenant_member ADD CONSTRAINT tenant_member_tenant_printable
+    CHECK (tenant OPERATOR(pg_catalog.!~) '[\x01-\x1f\x7f\u0080-\u009f]');
