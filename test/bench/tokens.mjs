@@ -15,13 +15,13 @@
 //                    S  system = first half of the text (code points),
 //                       prompt = the second half
 // and compares with maester's numbers:
-//   bound    src/call.c est_input_tokens: strlen(prompt) + strlen(system)
-//            + 16, strlen counting UTF-8 bytes (a UTF-8 database)
+//   bound    src/call.c est_input_tokens: UTF-8 bytes of prompt and system
+//            (converted from the server encoding first) + 16
 //   est      src/inflight.c estimate_tokens(): (characters + 3) / 4
-// It also prints the bound that a non-UTF-8 database would give (strlen
-// counts server-encoding bytes there while the request goes out as UTF-8).
-// Exit 1 if some sample's chat tokens exceed the UTF-8 bound, 2 if only a
-// legacy-encoding bound is exceeded, 0 otherwise.
+// It also prints what a bound counting server-encoding bytes would give in
+// a non-UTF-8 database (what maester did before this check found it: the
+// request goes out as UTF-8, so such a bound can be exceeded).
+// Exit 1 if some sample's chat tokens exceed the bound, 0 otherwise.
 
 import { createRequire } from "node:module";
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
@@ -179,7 +179,7 @@ if (!isMainThread) {
 	for (const x of worst.slice(0, 8))
 		console.log(`  ${f3(x.rb)}  ${x.encName} ${x.cls} ${x.name}: chat ${x.chat}, bound ${x.bound} (raw ${x.raw} tokens, ${x.bytes} bytes)`);
 	console.log("");
-	console.log("non-UTF-8 databases (strlen counts server-encoding bytes; 'fewer' = samples with fewer bytes there than in UTF-8):");
+	console.log("for comparison, a bound counting server-encoding bytes (maester before the fix; 'fewer' = samples with fewer bytes there than in UTF-8):");
 	console.log("  " + ["server enc", "samples", "fewer", "max chat/bound", "over", "worst"].map((c, k) => k === 0 ? c.padEnd(12) : k === 5 ? c : c.padStart(k === 3 ? 15 : 8)).join(" "));
 	let legacyOver = 0;
 	for (const [le, l] of legacy) {
@@ -195,14 +195,6 @@ if (!isMainThread) {
 		process.exit(1);
 	}
 	console.log("bound held: no sample's chat tokens exceed UTF-8 bytes + 16 (both encodings, all shapes).");
-	if (legacyOver) {
-		console.log(`FAIL: ${legacyOver} (sample, tokenizer) pairs exceed the bound a non-UTF-8 database would compute:`);
-		const seen = [];
-		for (const [le, l] of legacy)
-			for (const o of l.over)
-				seen.push(`${le}: ${o}`);
-		for (const o of seen.slice(0, 40))
-			console.log("  " + o);
-		process.exit(2);
-	}
+	if (legacyOver)
+		console.log(`(a bound counting server-encoding bytes would be exceeded by ${legacyOver} (sample, tokenizer) pairs: why maester counts UTF-8 bytes in every encoding)`);
 }

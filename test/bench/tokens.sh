@@ -5,8 +5,8 @@
 #
 #   test/bench/tokens.sh
 #
-# src/call.c reserves budget for est_input_tokens = strlen(prompt) +
-# strlen(system) + 16, claiming that an honest provider's input tokens never
+# src/call.c reserves budget for est_input_tokens = UTF-8 bytes of prompt
+# and system (whatever the server encoding) + 16, claiming that an honest provider's input tokens never
 # exceed it (byte-level BPE emits at least one byte per token; 16 covers the
 # chat format).  src/inflight.c estimate_tokens() = (characters + 3) / 4 is
 # only a best guess (usage-less providers, rate pacing): we measure its
