@@ -350,10 +350,30 @@ http_header_cb(char *data, size_t size, size_t nitems, void *userp)
 	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0)
 	{
 		req->retry_after_ms = -1;
+		req->retry_after_exact = false;
+		req->should_retry = -1;
 		return n;
 	}
+	/* the SDKs' override of their retry rules */
+	if (n > 15 && pg_strncasecmp(data, "x-should-retry:", 15) == 0)
+	{
+		const char *w = data + 15;
+
+		while (w < data + n && (*w == ' ' || *w == '\t'))
+			w++;
+		if (data + n - w >= 4 && pg_strncasecmp(w, "true", 4) == 0)
+			req->should_retry = 1;
+		else if (data + n - w >= 5 && pg_strncasecmp(w, "false", 5) == 0)
+			req->should_retry = 0;
+		return n;
+	}
+	/* retry-after-ms wins over retry-after, in whichever order they come */
 	if (n > 12 && pg_strncasecmp(data, "retry-after:", 12) == 0)
+	{
+		if (req->retry_after_exact)
+			return n;
 		v = data + 12;
+	}
 	else if (n > 15 && pg_strncasecmp(data, "retry-after-ms:", 15) == 0)
 	{
 		v = data + 15;
@@ -378,7 +398,10 @@ http_header_cb(char *data, size_t size, size_t nitems, void *userp)
 		double		d = strtod(value, &end);
 
 		if (end != value && d >= 0)
+		{
 			req->retry_after_ms = ms ? d : d * 1000.0;
+			req->retry_after_exact = ms;
+		}
 	}
 	else
 	{
@@ -396,6 +419,7 @@ http_request_init(HttpRequest *req)
 {
 	memset(req, 0, sizeof(*req));
 	req->retry_after_ms = -1;
+	req->should_retry = -1;
 	req->max_response_bytes = (size_t) maester_max_response_bytes;
 	req->connect_timeout_ms = 10000;
 	req->timeout_ms = 60000;

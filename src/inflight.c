@@ -334,7 +334,26 @@ attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 		strlcpy(r->status, strcmp(f->error_class, "timeout") == 0 ? "timeout" : "error",
 				sizeof(r->status));
 		strlcpy(r->error_class, f->error_class, sizeof(r->error_class));
-		if (!maybe_billed)
+		if (f->billed)
+		{
+			/* unusable but billed: charged at the usage it reported */
+			const char *names[4] = {g->resp.served_model ? g->resp.served_model : t->model,
+				t->model, t->name, g->requested_model};
+			bool		priced;
+			Numeric		cost = maester_cost(names, lengthof(names),
+											g->resp.input_tokens, g->resp.output_tokens,
+											g->resp.cached_input_tokens,
+											g->resp.cache_write_tokens, r->ts, &priced);
+
+			r->has_usage = true;
+			r->input_tokens = g->resp.input_tokens;
+			r->output_tokens = g->resp.output_tokens;
+			r->cached_input_tokens = g->resp.cached_input_tokens;
+			r->cache_write_tokens = g->resp.cache_write_tokens;
+			r->priced = priced;
+			numeric_to_field(cost, r->cost, sizeof(r->cost));
+		}
+		else if (!maybe_billed)
 			strlcpy(r->cost, "0", sizeof(r->cost));
 		r->http_status = f->http_status;
 		trace_attr_str(gen_span, "error.type", f->error_class);

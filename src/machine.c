@@ -523,6 +523,7 @@ phase_settle(Call *c, CallSet *set)
 	Failure		f;
 	bool		ok;
 
+	memset(&c->g.resp, 0, sizeof(c->g.resp));	/* nothing of an earlier attempt */
 	ok = provider_outcome(t->provider, &c->req, c->key, &c->g.resp, &f);
 	release_request(c);
 	trace_span_end(c->gen_span, ok ? "ok" : "error");
@@ -579,6 +580,11 @@ attempt_end(Call *c, CallSet *set, bool ok, Failure *fp, bool sent)
 		budget_settle(&hold, c->g.cost ? c->g.cost : c->estimate);
 		attempt_warn_overrun(c, t, c->estimate, c->g.cost, r->max_tokens);
 	}
+	else if (f.billed && r->cost[0] != '\0')
+		budget_settle(&hold, DatumGetNumeric(DirectFunctionCall3(numeric_in,
+																 CStringGetDatum(r->cost),
+																 ObjectIdGetDatum(InvalidOid),
+																 Int32GetDatum(-1))));
 	else if (r->cost[0] == '\0')
 		budget_settle_at_estimate(&hold);
 	else

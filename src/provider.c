@@ -161,6 +161,15 @@ classify_status(long status, Failure *f)
 	f->retryable = false;
 	switch (status)
 	{
+		case 408:
+			f->error_class = "request_timeout";
+			f->sqlstate = ERRCODE_MAESTER_TIMEOUT;
+			f->retryable = f->counts = true;
+			break;
+		case 409:
+			f->error_class = "conflict";
+			f->retryable = true;
+			break;
 		case 429:
 			f->error_class = "rate_limited";
 			f->retryable = f->counts = true;
@@ -192,11 +201,35 @@ classify_status(long status, Failure *f)
 			else if (status >= 500)
 			{
 				f->error_class = "server_error";
-				f->counts = true;
+				f->retryable = f->counts = true;
 			}
 			else
 				f->error_class = "bad_request";
 	}
+}
+
+/*
+ * Is a 429's body OpenAI's "insufficient_quota" (error.code or error.type)?
+ * The SDKs retry every 429; that one only comes back when someone pays.
+ */
+static bool
+quota_exhausted(const char *body)
+{
+	char	   *problem = NULL;
+	Jsonb	   *jb;
+	JsonbContainer *error;
+	char	   *v;
+
+	if (body == NULL || strstr(body, "insufficient_quota") == NULL)
+		return false;
+	jb = json_parse_object(body, &problem);
+	if (jb == NULL || (error = json_get_container(&jb->root, "error")) == NULL)
+		return false;
+	v = json_get_string(error, "code");
+	if (v && strcmp(v, "insufficient_quota") == 0)
+		return true;
+	v = json_get_string(error, "type");
+	return v && strcmp(v, "insufficient_quota") == 0;
 }
 
 /*
@@ -245,7 +278,21 @@ provider_outcome(const ProviderConf *p, HttpRequest *req, const char *key,
 					f->error_class = "bad_response";
 					f->sqlstate = ERRCODE_MAESTER_BAD_RESPONSE;
 					f->counts = true;
+					f->http_status = (int) req->status;
 					f->message = psprintf("%s: %s", p->name, problem);
+					if (out->usage_present)
+					{
+						/*
+						 * Billed (it reports usage): charged as reported, and
+						 * the call stops here, for another target would be
+						 * billed too.
+						 */
+						f->billed = true;
+						f->fatal = true;
+						f->detail = psprintf("The answer was billed: %lld input and %lld output tokens, recorded in the ledger.",
+											 (long long) out->input_tokens,
+											 (long long) out->output_tokens);
+					}
 				}
 			}
 			else
@@ -253,6 +300,16 @@ provider_outcome(const ProviderConf *p, HttpRequest *req, const char *key,
 				classify_status(req->status, f);
 				f->http_status = (int) req->status;
 				f->retry_after_ms = req->retry_after_ms;
+				if (req->status == 429 && quota_exhausted(req->response))
+				{
+					/* no retry brings quota back: go on to the next target */
+					f->error_class = "quota";
+					f->retryable = false;
+					f->retry_after_ms = -1;
+				}
+				/* the provider's own word on retrying, as the SDKs take it */
+				if (req->should_retry >= 0)
+					f->retryable = req->should_retry == 1;
 				if (strcmp(f->error_class, "redirect") == 0)
 					f->message = psprintf("%s answered HTTP %ld, a redirect, which is not followed",
 										  p->name, req->status);

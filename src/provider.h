@@ -63,6 +63,7 @@ typedef struct Failure
 	bool		retryable;
 	bool		counts;			/* says something about provider health */
 	bool		fatal;			/* stop the call: trying elsewhere cannot help */
+	bool		billed;			/* an unusable answer that reported usage */
 	char	   *message;
 	char	   *detail;			/* for fatal failures: their own detail, hint */
 	const char *hint;

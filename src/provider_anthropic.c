@@ -96,11 +96,30 @@ anthropic_parse_response(Jsonb *jb, GenResponse *out, char **problem)
 	StringInfoData text;
 	int			n;
 
+	/* usage first: a billed answer is charged even if unusable */
+	out->served_model = json_get_string(&jb->root, "model");
+	out->response_id = json_get_string(&jb->root, "id");
+	usage = json_get_container(&jb->root, "usage");
+	if (usage &&
+		json_get_int64(usage, "input_tokens", &out->input_tokens) &&
+		json_get_int64(usage, "output_tokens", &out->output_tokens))
+	{
+		int64		cache_read = 0;
+		int64		cache_write = 0;
+
+		(void) json_get_int64(usage, "cache_read_input_tokens", &cache_read);
+		(void) json_get_int64(usage, "cache_creation_input_tokens", &cache_write);
+		out->usage_present = true;
+		out->cached_input_tokens = cache_read;
+		out->cache_write_tokens = cache_write;
+		out->input_tokens += cache_read + cache_write;
+	}
 	if (content == NULL || !JsonContainerIsArray(content))
 	{
 		*problem = pstrdup("the response has no \"content\"");
 		return false;
 	}
+	/* the text blocks; tool_use, thinking and other blocks carry no text */
 	initStringInfo(&text);
 	n = JsonContainerSize(content);
 	for (int i = 0; i < n; i++)
@@ -120,24 +139,6 @@ anthropic_parse_response(Jsonb *jb, GenResponse *out, char **problem)
 	}
 	out->content = text.data;
 	out->finish_reason = json_get_string(&jb->root, "stop_reason");
-	out->served_model = json_get_string(&jb->root, "model");
-	out->response_id = json_get_string(&jb->root, "id");
-
-	usage = json_get_container(&jb->root, "usage");
-	if (usage &&
-		json_get_int64(usage, "input_tokens", &out->input_tokens) &&
-		json_get_int64(usage, "output_tokens", &out->output_tokens))
-	{
-		int64		cache_read = 0;
-		int64		cache_write = 0;
-
-		(void) json_get_int64(usage, "cache_read_input_tokens", &cache_read);
-		(void) json_get_int64(usage, "cache_creation_input_tokens", &cache_write);
-		out->usage_present = true;
-		out->cached_input_tokens = cache_read;
-		out->cache_write_tokens = cache_write;
-		out->input_tokens += cache_read + cache_write;
-	}
 	return true;
 }
 

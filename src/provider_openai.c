@@ -102,7 +102,50 @@ openai_headers(struct curl_slist *list, const char *key, const char *api_version
 	return list;
 }
 
-/* Normalize a Chat Completions answer; false with *problem if unusable */
+/*
+ * The text of a message's content: a string, or an array of content parts
+ * whose "text" members are concatenated; NULL when null or absent.
+ */
+static char *
+message_text(JsonbContainer *message)
+{
+	JsonbValue *v = json_get(message, "content");
+
+	if (v == NULL || v->type == jbvNull)
+		return NULL;
+	if (v->type == jbvString)
+		return pnstrdup(v->val.string.val, v->val.string.len);
+	if (v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data))
+	{
+		JsonbContainer *parts = v->val.binary.data;
+		StringInfoData text;
+		int			n = JsonContainerSize(parts);
+
+		initStringInfo(&text);
+		for (int i = 0; i < n; i++)
+		{
+			JsonbValue *part = getIthJsonbValueFromContainer(parts, i);
+			char	   *t;
+
+			if (part == NULL || part->type != jbvBinary)
+				continue;
+			t = json_get_string(part->val.binary.data, "text");
+			if (t)
+				appendStringInfoString(&text, t);
+		}
+		return text.data;
+	}
+	return NULL;
+}
+
+/*
+ * Normalize a Chat Completions answer (openai's ChatCompletion type); false
+ * with *problem if unusable.  Usage is read first, so that a billed answer
+ * whose content cannot be used is still charged (provider_outcome).  A
+ * message's content may be null: with tool_calls, or a finish_reason of
+ * length, content_filter or tool_calls, the answer is an empty text; a
+ * refusal (message.refusal) is the text, with finish_reason "refusal".
+ */
 static bool
 openai_parse_response(Jsonb *jb, GenResponse *out, char **problem)
 {
@@ -110,6 +153,23 @@ openai_parse_response(Jsonb *jb, GenResponse *out, char **problem)
 	JsonbValue *first;
 	JsonbContainer *message;
 	JsonbContainer *usage;
+	JsonbContainer *tool_calls;
+	char	   *refusal;
+
+	out->served_model = json_get_string(&jb->root, "model");
+	out->response_id = json_get_string(&jb->root, "id");
+	usage = json_get_container(&jb->root, "usage");
+	if (usage &&
+		json_get_int64(usage, "prompt_tokens", &out->input_tokens) &&
+		json_get_int64(usage, "completion_tokens", &out->output_tokens))
+	{
+		JsonbContainer *details = json_get_container(usage, "prompt_tokens_details");
+
+		out->usage_present = true;
+		if (details == NULL ||
+			!json_get_int64(details, "cached_tokens", &out->cached_input_tokens))
+			out->cached_input_tokens = 0;
+	}
 
 	if (choices == NULL || !JsonContainerIsArray(choices) ||
 		(first = getIthJsonbValueFromContainer(choices, 0)) == NULL ||
@@ -124,29 +184,27 @@ openai_parse_response(Jsonb *jb, GenResponse *out, char **problem)
 		*problem = pstrdup("the response has no \"choices[0].message\"");
 		return false;
 	}
-	out->content = json_get_string(message, "content");
-	if (out->content == NULL)
-		out->content = json_get_string(message, "refusal");
+	out->finish_reason = json_get_string(first->val.binary.data, "finish_reason");
+	out->content = message_text(message);
+	refusal = json_get_string(message, "refusal");
+	if (refusal != NULL && (out->content == NULL || out->content[0] == '\0'))
+	{
+		out->content = refusal;
+		out->finish_reason = pstrdup("refusal");
+	}
+	tool_calls = json_get_container(message, "tool_calls");
+	if (out->content == NULL &&
+		((tool_calls && JsonContainerIsArray(tool_calls) && JsonContainerSize(tool_calls) > 0) ||
+		 (out->finish_reason &&
+		  (strcmp(out->finish_reason, "length") == 0 ||
+		   strcmp(out->finish_reason, "content_filter") == 0 ||
+		   strcmp(out->finish_reason, "tool_calls") == 0 ||
+		   strcmp(out->finish_reason, "function_call") == 0))))
+		out->content = pstrdup("");
 	if (out->content == NULL)
 	{
 		*problem = pstrdup("the response has no \"choices[0].message.content\"");
 		return false;
-	}
-	out->finish_reason = json_get_string(first->val.binary.data, "finish_reason");
-	out->served_model = json_get_string(&jb->root, "model");
-	out->response_id = json_get_string(&jb->root, "id");
-
-	usage = json_get_container(&jb->root, "usage");
-	if (usage &&
-		json_get_int64(usage, "prompt_tokens", &out->input_tokens) &&
-		json_get_int64(usage, "completion_tokens", &out->output_tokens))
-	{
-		JsonbContainer *details = json_get_container(usage, "prompt_tokens_details");
-
-		out->usage_present = true;
-		if (details == NULL ||
-			!json_get_int64(details, "cached_tokens", &out->cached_input_tokens))
-			out->cached_input_tokens = 0;
 	}
 	return true;
 }

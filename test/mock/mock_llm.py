@@ -37,7 +37,10 @@ verdict-fail answer like an llm_rubric grader (verdict-pass-MS after MS ms).
 Faults come from header "x-mock-fault: SPEC", else from a model named
 "fault-SPEC".  SPECs: latency-MS, status-CODE, 429, 429-ra-SECONDS,
 flaky-N-CODE, usage-N, bigheader-BYTES, hang, malformed, nousage, missingfields, wrongtype,
-huge[-BYTES], drip[-MS], reset, echo-headers, echo-key, redirect.  See FAULTS below.
+huge[-BYTES], drip[-MS], reset, echo-headers, echo-key, redirect,
+xretry-(true|false)-CODE, raorder-N, quota, shape-NAME
+(answers the SDK types allow: toolcalls, length, filter, parts, refusal,
+nochoices, tooluse, anthrefusal; see _shape).  See FAULTS below.
 The fault echo-key answers 400 with the key it was sent, transformed: cut by
 its last character (cut), without its first (tail), its first half (half),
 base64'd alone (b64), after "Bearer " (b64bearer), after "user:" (b64basic),
@@ -86,6 +89,10 @@ FAULTS = [
     (re.compile(r"cached-(\d+)-(\d+)"), "cached"),
     (re.compile(r"usage-(\d+)"), "usage"),
     (re.compile(r"bigheader-(\d+)"), "bigheader"),
+    (re.compile(r"xretry-(true|false)-([1-5]\d\d)"), "xretry"),
+    (re.compile(r"raorder-(\d+)"), "raorder"),
+    (re.compile(r"(quota)"), "quota"),
+    (re.compile(r"shape-(toolcalls|length|filter|parts|refusal|nochoices|tooluse|anthrefusal)"), "shape"),
     (re.compile(r"verdict-(pass|fail)(?:-(\d+))?"), "verdict"),
     (re.compile(r"(hang|malformed|nousage|missingfields|wrongtype|reset|"
                 r"echo-headers|redirect|badutf8)"), "simple"),
@@ -539,6 +546,29 @@ class Handler(BaseHTTPRequestHandler):
         if name == "usage":
             # a provider reporting N output tokens (a lying or broken one)
             return self._json(200, ans.render(out_tokens=int(arg)))
+        if name == "xretry":
+            # an error carrying the SDKs' x-should-retry override
+            return self._error(kind, int(m.group(2)), "mock error with x-should-retry: " + arg,
+                               extra=[("x-should-retry", arg)])
+        if name == "raorder":
+            # N 429s giving Retry-After (an hour) before Retry-After-Ms (5 ms):
+            # the SDKs take retry-after-ms whatever the order; then success
+            st = self.server.state
+            k = (self.headers.get("x-request-id"), spec)
+            with st.lock:
+                n = st.attempts[k] = st.attempts.get(k, 0) + 1
+            if n <= int(arg):
+                return self._error(kind, 429, "mock rate limit (attempt %d)" % n,
+                                   code=None if kind == "anthropic" else "rate_limit_exceeded",
+                                   extra=[("Retry-After", "3600"), ("Retry-After-Ms", "5")])
+            return self._json(200, ans.render())
+        if name == "quota":
+            # OpenAI's exhausted quota: a 429 no retry cures (APIError code)
+            return self._json(429, {"error": {
+                "message": "You exceeded your current quota, please check your plan and billing details.",
+                "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}})
+        if name == "shape":
+            return self._json(200, self._shape(kind, arg, ans))
         if name == "bigheader":
             # a normal answer behind one response header of N bytes
             return self._send(200, json.dumps(ans.render()).encode(),
@@ -588,6 +618,59 @@ class Handler(BaseHTTPRequestHandler):
                               ctype="text/plain",
                               extra=[("Location", "http://127.0.0.1:1/elsewhere")])
         raise AssertionError(arg)
+
+    @staticmethod
+    def _shape(kind, arg, ans):
+        """Real answers the SDK types allow and a gateway may mishandle.
+
+        OpenAI (npm openai, resources/chat/completions): ChatCompletionMessage
+        has content: string | null and refusal: string | null; content is
+        null beside tool_calls, and may be null with finish_reason length or
+        content_filter; ChatCompletion.Choice.finish_reason is 'stop' |
+        'length' | 'tool_calls' | 'content_filter' | 'function_call'.
+        Anthropic (@anthropic-ai/sdk, resources/messages): Message.content is
+        ContentBlock[] (ToolUseBlock {type, id, name, input} among them) and
+        stop_reason includes 'tool_use' and 'refusal'.  Usage is always
+        reported (1000 in, 200 out), so each answer is billed.
+        """
+        doc = ans.render(out_tokens=200)
+        if kind == "anthropic":
+            doc["usage"]["input_tokens"] = 1000
+            if arg == "tooluse":
+                doc["content"] = [{"type": "tool_use", "id": "toolu_01", "name": "get_weather",
+                                   "input": {"city": "Paris"}}]
+                doc["stop_reason"] = "tool_use"
+            elif arg == "anthrefusal":
+                doc["content"] = []
+                doc["stop_reason"] = "refusal"
+            elif arg == "nochoices":
+                del doc["content"]
+            return doc
+        doc["usage"]["prompt_tokens"] = 1000
+        doc["usage"]["total_tokens"] = 1200
+        choice = doc["choices"][0]
+        msg = choice["message"]
+        if arg == "toolcalls":
+            msg["content"] = None
+            msg["tool_calls"] = [{"id": "call_1", "type": "function",
+                                  "function": {"name": "get_weather",
+                                               "arguments": "{\"city\": \"Paris\"}"}}]
+            choice["finish_reason"] = "tool_calls"
+        elif arg == "length":
+            msg["content"] = None
+            choice["finish_reason"] = "length"
+        elif arg == "filter":
+            msg["content"] = None
+            choice["finish_reason"] = "content_filter"
+        elif arg == "parts":
+            msg["content"] = [{"type": "text", "text": "part one, "},
+                              {"type": "text", "text": "part two"}]
+        elif arg == "refusal":
+            msg["content"] = None
+            msg["refusal"] = "I can't help with that."
+        elif arg == "nochoices":
+            doc["choices"] = []
+        return doc
 
     def _hang(self):
         """Send nothing; return once the client closes (or after HANG_LIMIT_S)."""
