@@ -71,6 +71,8 @@ SELECT prompt_hash = encode(sha256(convert_to('Be brief.', 'UTF8') || '\x00'::by
   FROM maester.llm_generate('Hi', 'mock-1', system => 'Be brief.',
        options => '{"temperature": 0.2, "top_p": 0.9, "stop": ["\n\n", "END"], "tags": {"team": "a"}}');
 SELECT pg_temp.last_request() -> 'body' AS body;
+-- numbers as written: shortest round-trip form (not 0.20000000000000001)
+SELECT substring(pg_temp.last_request() ->> 'raw' from '"temperature":[^,]*') AS raw_temperature;
 SELECT content FROM maester.llm_generate('Summarize this', 'mock-1',
        options => '{"response_format": "json"}');
 SELECT pg_temp.last_request() -> 'body' -> 'response_format' AS response_format;
@@ -250,6 +252,10 @@ SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'mock-1', variables => '{
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'mock-1', 0) $$);
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'mock-1', options => '{"colour": 1}') $$);
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'mock-1', options => '{"temperature": 3}') $$);
+-- an empty prompt is refused here, not sent for a provider's 400
+SELECT pg_temp.err($$ SELECT maester.llm_generate('', 'mock-1') $$);
+SELECT version FROM maester.prompt_register('empty_p', '{x}');
+SELECT pg_temp.err($$ SELECT maester.llm_generate(prompt_name => 'empty_p', variables => '{"x": ""}', model => 'mock-1') $$);
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'mock-1', options => '{"top_p": "high"}') $$);
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'mock-1', options => '{"stop": 5}') $$);
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'mock-1', options => '{"response_format": "xml"}') $$);

@@ -50,6 +50,19 @@ DELETE FROM maester.budget WHERE tenant = 'shapes';
 RESET maester.tenant;
 DELETE FROM maester.route WHERE name = 'sh-route';
 
+-- impossible usage (found by test/fuzz): more cached tokens than prompt
+-- tokens is cut to the prompt, a negative count is no usage (estimated):
+-- neither prices a call below nothing
+INSERT INTO maester.model (name, provider, provider_model) VALUES
+    ('sh-overcached', 'shmock', 'fault-shape-overcached'), ('sh-negative', 'shmock', 'fault-shape-negative');
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million,
+                           cache_read_input_cost_per_million)
+VALUES ('sh-overcached', '2020-01-01', 1, 10, 0.1), ('sh-negative', '2020-01-01', 1, 10, 0.1);
+SELECT input_tokens, cached_input_tokens, cost_usd >= 0 AS nonnegative
+  FROM maester.llm_generate('hi', 'sh-overcached');
+SELECT input_tokens > 0 AS estimated_input, usage_estimated, cost_usd >= 0 AS nonnegative
+  FROM maester.llm_generate('hi', 'sh-negative');
+
 -- Retries as the SDKs do them (test/mock/SDK_TYPES.md: both SDKs retry 408,
 -- 409, 429 and every 5xx; x-should-retry overrides; retry-after-ms wins)
 UPDATE maester.provider SET max_attempts = 3, backoff_base_ms = 1, backoff_max_ms = 5 WHERE name = 'shmock';

@@ -284,6 +284,13 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 	}
 	c->content = content;
 	c->system = system;
+	/* a provider answers an empty prompt with a 400 (billed by some): not sent */
+	if (VARSIZE_ANY_EXHDR(content) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the prompt is empty"),
+				 g->prompt_name ?
+				 errdetail("Prompt \"%s\" rendered to an empty text.", g->prompt_name) : 0));
 
 	/* route */
 	{

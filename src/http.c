@@ -43,6 +43,7 @@
 #include "postgres.h"
 
 #include <arpa/inet.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -336,6 +337,9 @@ http_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	return n;
 }
 
+/* a longer Retry-After is taken as a day: no caller waits that long anyway */
+#define HTTP_RETRY_AFTER_MAX_MS (86400.0 * 1000.0)
+
 /* curl header callback: Retry-After, and a reset on each new status line */
 static size_t
 http_header_cb(char *data, size_t size, size_t nitems, void *userp)
@@ -397,9 +401,10 @@ http_header_cb(char *data, size_t size, size_t nitems, void *userp)
 		char	   *end;
 		double		d = strtod(value, &end);
 
-		if (end != value && d >= 0)
+		/* finite, and at most a day (test/fuzz: 1e300 and Infinity came in) */
+		if (end != value && d >= 0 && !isinf(d) && !isnan(d))
 		{
-			req->retry_after_ms = ms ? d : d * 1000.0;
+			req->retry_after_ms = Min(ms ? d : d * 1000.0, HTTP_RETRY_AFTER_MAX_MS);
 			req->retry_after_exact = ms;
 		}
 	}
@@ -408,7 +413,8 @@ http_header_cb(char *data, size_t size, size_t nitems, void *userp)
 		time_t		t = curl_getdate(value, NULL);
 
 		if (t > 0)
-			req->retry_after_ms = Max(0, (double) (t - time(NULL)) * 1000.0);
+			req->retry_after_ms = Min(Max(0, (double) (t - time(NULL)) * 1000.0),
+									  HTTP_RETRY_AFTER_MAX_MS);
 	}
 	return n;
 }

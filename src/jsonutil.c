@@ -17,9 +17,11 @@
 
 #include "fmgr.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "common/shortest_dec.h"
 
 #include "jsonutil.h"
 
@@ -115,4 +117,20 @@ json_get_container(JsonbContainer *c, const char *key)
 	if (v == NULL || v->type != jbvBinary)
 		return NULL;
 	return v->val.binary.data;
+}
+
+/*
+ * Append ,"key":number in the shortest form that reads back as the same
+ * double (0.2, not 0.20000000000000001); `v` must be finite.
+ */
+void
+json_append_number_member(StringInfo out, const char *key, double v)
+{
+	char		buf[DOUBLE_SHORTEST_DECIMAL_LEN];
+
+	double_to_shortest_decimal_buf(v, buf);
+	appendStringInfoChar(out, ',');
+	escape_json(out, key);
+	appendStringInfoChar(out, ':');
+	appendStringInfoString(out, buf);
 }

@@ -8,6 +8,7 @@
 #ifndef MAESTER_JSONUTIL_H
 #define MAESTER_JSONUTIL_H
 
+#include "lib/stringinfo.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
@@ -17,5 +18,7 @@ extern char *json_get_string(JsonbContainer *c, const char *key);
 extern double json_numeric_double(Numeric n);
 extern bool json_get_int64(JsonbContainer *c, const char *key, int64 *out);
 extern JsonbContainer *json_get_container(JsonbContainer *c, const char *key);
+
+extern void json_append_number_member(StringInfo out, const char *key, double v);
 
 #endif							/* MAESTER_JSONUTIL_H */

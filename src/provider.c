@@ -145,11 +145,37 @@ parse_response(const ProviderOps *ops, const char *body, GenResponse *out,
 			   char **problem)
 {
 	Jsonb	   *jb = json_parse_object(body, problem);
+	bool		ok;
 
 	memset(out, 0, sizeof(*out));
 	if (jb == NULL)
 		return false;
-	return ops->parse_response(jb, out, problem);
+	ok = ops->parse_response(jb, out, problem);
+
+	/*
+	 * Usage that cannot be true is no usage (the tokens are then estimated
+	 * and marked so): a negative count would price the call below nothing.
+	 * Cache reads and writes are part of the prompt: more of them than the
+	 * prompt has is cut to the prompt (test/fuzz found cached_tokens above
+	 * prompt_tokens accepted, and priced negative).
+	 */
+	if (out->usage_present)
+	{
+		if (out->input_tokens < 0 || out->output_tokens < 0 ||
+			out->cached_input_tokens < 0 || out->cache_write_tokens < 0)
+		{
+			out->usage_present = false;
+			out->input_tokens = out->output_tokens = 0;
+			out->cached_input_tokens = out->cache_write_tokens = 0;
+		}
+		else
+		{
+			out->cache_write_tokens = Min(out->cache_write_tokens, out->input_tokens);
+			out->cached_input_tokens = Min(out->cached_input_tokens,
+										   out->input_tokens - out->cache_write_tokens);
+		}
+	}
+	return ok;
 }
 
 /* Fill `f` for an HTTP status that is not a success */

@@ -53,9 +53,9 @@ anthropic_build_body(const GenRequest *req, StringInfo out)
 	escape_json(out, req->prompt);
 	appendStringInfoString(out, "}]");
 	if (req->has_temperature)
-		appendStringInfo(out, ",\"temperature\":%.17g", req->temperature);
+		json_append_number_member(out, "temperature", req->temperature);
 	if (req->has_top_p)
-		appendStringInfo(out, ",\"top_p\":%.17g", req->top_p);
+		json_append_number_member(out, "top_p", req->top_p);
 	if (req->stop != NIL)
 	{
 		appendStringInfoString(out, ",\"stop_sequences\":[");

@@ -57,9 +57,9 @@ build_body(const GenRequest *req, StringInfo out, const char *max_name)
 	if (req->max_tokens > 0)
 		appendStringInfo(out, ",\"%s\":%d", max_name, req->max_tokens);
 	if (req->has_temperature)
-		appendStringInfo(out, ",\"temperature\":%.17g", req->temperature);
+		json_append_number_member(out, "temperature", req->temperature);
 	if (req->has_top_p)
-		appendStringInfo(out, ",\"top_p\":%.17g", req->top_p);
+		json_append_number_member(out, "top_p", req->top_p);
 	if (req->stop != NIL)
 	{
 		appendStringInfoString(out, ",\"stop\":[");

@@ -40,7 +40,8 @@ flaky-N-CODE, usage-N, bigheader-BYTES, hang, malformed, nousage, missingfields,
 huge[-BYTES], drip[-MS], reset, echo-headers, echo-key, redirect,
 xretry-(true|false)-CODE, raorder-N, quota, shape-NAME
 (answers the SDK types allow: toolcalls, length, filter, parts, refusal,
-nochoices, tooluse, anthrefusal; see _shape).  See FAULTS below.
+nochoices, tooluse, anthrefusal; and impossible usage: overcached,
+negative; see _shape).  See FAULTS below.
 The fault echo-key answers 400 with the key it was sent, transformed: cut by
 its last character (cut), without its first (tail), its first half (half),
 base64'd alone (b64), after "Bearer " (b64bearer), after "user:" (b64basic),
@@ -92,7 +93,7 @@ FAULTS = [
     (re.compile(r"xretry-(true|false)-([1-5]\d\d)"), "xretry"),
     (re.compile(r"raorder-(\d+)"), "raorder"),
     (re.compile(r"(quota)"), "quota"),
-    (re.compile(r"shape-(toolcalls|length|filter|parts|refusal|nochoices|tooluse|anthrefusal)"), "shape"),
+    (re.compile(r"shape-(toolcalls|length|filter|parts|refusal|nochoices|tooluse|anthrefusal|overcached|negative)"), "shape"),
     (re.compile(r"verdict-(pass|fail)(?:-(\d+))?"), "verdict"),
     (re.compile(r"(hang|malformed|nousage|missingfields|wrongtype|reset|"
                 r"echo-headers|redirect|badutf8)"), "simple"),
@@ -475,6 +476,7 @@ class Handler(BaseHTTPRequestHandler):
             st.requests.append({"seq": st.seq, "method": self.command, "path": self.path,
                                 "headers": hmap,
                                 "body": req if parsed else body.decode("utf-8", "replace"),
+                                "raw": body.decode("utf-8", "replace"),
                                 "fault": spec})
 
         if spec == "echo-headers":             # before auth, by design
@@ -670,6 +672,11 @@ class Handler(BaseHTTPRequestHandler):
             msg["refusal"] = "I can't help with that."
         elif arg == "nochoices":
             doc["choices"] = []
+        elif arg == "overcached":
+            # impossible usage: more cached tokens than prompt tokens
+            doc["usage"]["prompt_tokens_details"] = {"cached_tokens": 5000, "audio_tokens": 0}
+        elif arg == "negative":
+            doc["usage"]["prompt_tokens"] = -5
         return doc
 
     def _hang(self):
