@@ -50,6 +50,11 @@ DELETE FROM maester.budget WHERE tenant = 'shapes';
 RESET maester.tenant;
 DELETE FROM maester.route WHERE name = 'sh-route';
 
+-- finish reasons in one vocabulary; the provider's own and its request id
+-- (x-request-id at OpenAI, request-id at Anthropic) on the ledger row
+SELECT model, finish_reason, provider_finish_reason, provider_request_id ~ '^req_[0-9a-f]{16}$' AS has_request_id
+  FROM maester.usage WHERE tenant = 'shapes' ORDER BY ts, attempt;
+
 -- impossible usage (found by test/fuzz): more cached tokens than prompt
 -- tokens is cut to the prompt, a negative count is no usage (estimated):
 -- neither prices a call below nothing

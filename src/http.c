@@ -356,6 +356,22 @@ http_header_cb(char *data, size_t size, size_t nitems, void *userp)
 		req->retry_after_ms = -1;
 		req->retry_after_exact = false;
 		req->should_retry = -1;
+		req->request_id[0] = '\0';
+		return n;
+	}
+	/* the provider's id of the request (OpenAI x-request-id, Anthropic request-id) */
+	if ((n > 13 && pg_strncasecmp(data, "x-request-id:", 13) == 0) ||
+		(n > 11 && pg_strncasecmp(data, "request-id:", 11) == 0))
+	{
+		const char *w = (const char *) memchr(data, ':', n) + 1;
+		size_t		k = 0;
+
+		while (w < data + n && (*w == ' ' || *w == '\t'))
+			w++;
+		/* printable ASCII only: it goes to the ledger and the logs */
+		while (w < data + n && *w > ' ' && *w < 0x7f && k < sizeof(req->request_id) - 1)
+			req->request_id[k++] = *w++;
+		req->request_id[k] = '\0';
 		return n;
 	}
 	/* the SDKs' override of their retry rules */

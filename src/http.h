@@ -48,6 +48,7 @@ typedef struct HttpRequest
 	double		retry_after_ms; /* from Retry-After(-ms), or -1 */
 	bool		retry_after_exact;	/* it came from retry-after-ms */
 	int			should_retry;	/* x-should-retry: 1 true, 0 false, -1 absent */
+	char		request_id[128];	/* x-request-id or request-id, "" if none */
 	char		content_type[128];
 	char		error[CURL_ERROR_SIZE + 64];	/* curl's or our message */
 	char		egress_reason[128];	/* the address the egress check refused */

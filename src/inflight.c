@@ -272,6 +272,9 @@ attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 	g->last_model = t->model;
 	r->kind = LEDGER_SETTLE;
 	r->settled_at = GetCurrentTimestamp();
+	if (g->resp.provider_request_id)
+		strlcpy(r->provider_request_id, g->resp.provider_request_id,
+				sizeof(r->provider_request_id));
 	r->latency_ms = (double) (r->settled_at - c->attempt_start) / 1000.0;
 	if (ok)
 	{
@@ -292,13 +295,13 @@ attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 		trace_attr_str(gen_span, "gen_ai.response.id", g->resp.response_id);
 		trace_attr_num(gen_span, "gen_ai.usage.input_tokens", g->resp.input_tokens);
 		trace_attr_num(gen_span, "gen_ai.usage.output_tokens", g->resp.output_tokens);
-		if (g->resp.finish_reason)
+		if (g->resp.raw_finish_reason)
 		{
 			StringInfoData fr;
 
 			initStringInfo(&fr);
 			appendStringInfoChar(&fr, '[');
-			escape_json(&fr, g->resp.finish_reason);
+			escape_json(&fr, g->resp.raw_finish_reason);
 			appendStringInfoChar(&fr, ']');
 			trace_attr_raw(gen_span, "gen_ai.response.finish_reasons", fr.data);
 		}
@@ -324,6 +327,11 @@ attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 		r->fallback_used = g->fallback_used;
 		r->http_status = 200;
 		numeric_to_field(g->cost, r->cost, sizeof(r->cost));
+		if (g->resp.finish_reason)
+			strlcpy(r->finish_reason, g->resp.finish_reason, sizeof(r->finish_reason));
+		if (g->resp.raw_finish_reason)
+			ledger_copy_name(r->provider_finish_reason, g->resp.raw_finish_reason,
+							 sizeof(r->provider_finish_reason));
 	}
 	else
 	{

@@ -70,6 +70,9 @@ typedef struct LedgerRecord
 	double		latency_ms;
 	char		tags[512];		/* options.tags as JSON text, "" = none */
 	char		eval_status[8];	/* pass, fail, error; "" = none */
+	char		finish_reason[16];	/* normalized; "" = none */
+	char		provider_finish_reason[48];	/* as the provider said it */
+	char		provider_request_id[128];	/* its request id header */
 	double		eval_score;
 } LedgerRecord;
 

@@ -139,6 +139,32 @@ provider_request_free(HttpRequest *req)
 	http_request_cleanup(req);
 }
 
+/*
+ * One vocabulary of finish reasons over the providers': stop, length,
+ * tool_calls, content_filter, refusal, other (the raw value is kept in the
+ * ledger).  NULL stays NULL: the provider said nothing.
+ */
+static char *
+normalize_finish_reason(const char *raw)
+{
+	static const char *const map[][2] = {
+		{"stop", "stop"}, {"end_turn", "stop"}, {"stop_sequence", "stop"},
+		{"length", "length"}, {"max_tokens", "length"},
+		{"model_context_window_exceeded", "length"},
+		{"tool_calls", "tool_calls"}, {"function_call", "tool_calls"},
+		{"tool_use", "tool_calls"},
+		{"content_filter", "content_filter"},
+		{"refusal", "refusal"},
+	};
+
+	if (raw == NULL)
+		return NULL;
+	for (int i = 0; i < lengthof(map); i++)
+		if (strcmp(raw, map[i][0]) == 0)
+			return pstrdup(map[i][1]);
+	return pstrdup("other");
+}
+
 /* Parse a successful answer with the kind's parser; false with *problem */
 static bool
 parse_response(const ProviderOps *ops, const char *body, GenResponse *out,
@@ -151,6 +177,9 @@ parse_response(const ProviderOps *ops, const char *body, GenResponse *out,
 	if (jb == NULL)
 		return false;
 	ok = ops->parse_response(jb, out, problem);
+	if (out->raw_finish_reason == NULL)
+		out->raw_finish_reason = out->finish_reason;
+	out->finish_reason = normalize_finish_reason(out->finish_reason);
 
 	/*
 	 * Usage that cannot be true is no usage (the tokens are then estimated
@@ -269,6 +298,7 @@ provider_outcome(const ProviderConf *p, HttpRequest *req, const char *key,
 {
 	memset(f, 0, sizeof(*f));
 	f->retry_after_ms = -1;
+	out->provider_request_id = req->request_id[0] ? pstrdup(req->request_id) : NULL;
 	switch (req->outcome)
 	{
 		case HTTP_OK:
@@ -298,7 +328,10 @@ provider_outcome(const ProviderConf *p, HttpRequest *req, const char *key,
 														 req->response_len,
 														 PG_UTF8),
 										out, &problem))
+				{
+					out->provider_request_id = req->request_id[0] ? pstrdup(req->request_id) : NULL;
 					return true;
+				}
 				else
 				{
 					f->error_class = "bad_response";
@@ -306,6 +339,7 @@ provider_outcome(const ProviderConf *p, HttpRequest *req, const char *key,
 					f->counts = true;
 					f->http_status = (int) req->status;
 					f->message = psprintf("%s: %s", p->name, problem);
+					out->provider_request_id = req->request_id[0] ? pstrdup(req->request_id) : NULL;
 					if (out->usage_present)
 					{
 						/*

@@ -45,7 +45,10 @@ typedef struct GenRequest
 typedef struct GenResponse
 {
 	char	   *content;
-	char	   *finish_reason;
+	char	   *finish_reason;	/* stop, length, tool_calls, content_filter,
+								 * refusal or other (provider.c) */
+	char	   *raw_finish_reason;	/* as the provider said it */
+	char	   *provider_request_id;	/* its x-request-id / request-id */
 	char	   *served_model;
 	char	   *response_id;
 	int64		input_tokens;

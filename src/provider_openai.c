@@ -190,6 +190,7 @@ openai_parse_response(Jsonb *jb, GenResponse *out, char **problem)
 	if (refusal != NULL && (out->content == NULL || out->content[0] == '\0'))
 	{
 		out->content = refusal;
+		out->raw_finish_reason = out->finish_reason;
 		out->finish_reason = pstrdup("refusal");
 	}
 	tool_calls = json_get_container(message, "tool_calls");

@@ -184,9 +184,10 @@ write_record(LedgerRecord *r)
 			TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID,
 		INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTOID};
-		Oid			st[19] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
+		Oid			st[22] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
 			INT8OID, INT8OID, INT8OID, INT8OID, BOOLOID, TEXTOID, BOOLOID,
-		FLOAT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID, BOOLOID, TEXTOID, FLOAT8OID};
+			FLOAT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID, BOOLOID, TEXTOID, FLOAT8OID,
+		TEXTOID, TEXTOID, TEXTOID};
 
 		InsertPlan = SPI_prepare(
 			"INSERT INTO maester.usage (request_id, attempt, ts, tenant, role, trace_id, "
@@ -207,9 +208,10 @@ write_record(LedgerRecord *r)
 			" overrun_usd = CASE WHEN $12 AND $11::pg_catalog.numeric OPERATOR(pg_catalog.>) estimated_cost_usd "
 			"   THEN $11::pg_catalog.numeric OPERATOR(pg_catalog.-) estimated_cost_usd END, "
 			" priced = priced AND $16, latency_ms = $13, http_status = $14, settled_at = $15, "
-			" fallback_used = $17, eval_status = $18, eval_score = $19 "
+			" fallback_used = $17, eval_status = $18, eval_score = $19, "
+			" finish_reason = $20, provider_finish_reason = $21, provider_request_id = $22 "
 			"WHERE request_id OPERATOR(pg_catalog.=) $1 AND attempt OPERATOR(pg_catalog.=) $2",
-			19, st);
+			22, st);
 		if (SettlePlan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(SettlePlan);
@@ -280,6 +282,12 @@ write_record(LedgerRecord *r)
 		n[17] = NULL_IF_EMPTY(r->eval_status) ? 'n' : ' ';
 		v[18] = Float8GetDatum(r->eval_score);
 		n[18] = NULL_IF_EMPTY(r->eval_status) ? 'n' : ' ';
+		v[19] = CStringGetTextDatum(r->finish_reason);
+		n[19] = NULL_IF_EMPTY(r->finish_reason) ? 'n' : ' ';
+		v[20] = CStringGetTextDatum(r->provider_finish_reason);
+		n[20] = NULL_IF_EMPTY(r->provider_finish_reason) ? 'n' : ' ';
+		v[21] = CStringGetTextDatum(r->provider_request_id);
+		n[21] = NULL_IF_EMPTY(r->provider_request_id) ? 'n' : ' ';
 		rc = SPI_execute_plan(SettlePlan, v, n, false, 0);
 		if (rc != SPI_OK_UPDATE)
 			elog(ERROR, "could not settle a ledger row: %s", SPI_result_code_string(rc));
@@ -300,6 +308,9 @@ record_json(LedgerRecord *r)
 		{"requested_model", r->requested_model}, {"model", r->model},
 		{"model_name", r->model_name},
 		{"status", r->status}, {"error_class", r->error_class}, {"purpose", r->purpose},
+		{"finish_reason", r->finish_reason},
+		{"provider_finish_reason", r->provider_finish_reason},
+		{"provider_request_id", r->provider_request_id},
 		{"cost_usd", r->cost}, {"estimated_cost_usd", r->estimate},
 		{"tags", r->tags}, {"eval_status", r->eval_status}};
 

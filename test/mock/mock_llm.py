@@ -358,6 +358,9 @@ class Handler(BaseHTTPRequestHandler):
         """Queue status line and headers (sent with the next flush)."""
         self.send_response(status)
         self.send_header("Content-Type", ctype)
+        # the providers' request ids: OpenAI x-request-id, Anthropic request-id
+        rid = "req_" + os.urandom(8).hex()
+        self.send_header("request-id" if self.path.endswith("/messages") else "x-request-id", rid)
         if length is not None:
             self.send_header("Content-Length", str(length))
         for k, v in extra:

@@ -42,6 +42,9 @@ CREATE TABLE maester.usage (
     server_epoch        bigint,
     model_name          text,
     overrun_usd         numeric,
+    finish_reason       text,
+    provider_finish_reason text,
+    provider_request_id text,
     PRIMARY KEY (request_id, attempt)
 );
 
@@ -58,6 +61,9 @@ COMMENT ON COLUMN maester.usage.tenant IS 'maester.tenant of the calling session
 COMMENT ON COLUMN maester.usage.role IS 'The calling role (current_user).';
 COMMENT ON COLUMN maester.usage.purpose IS 'generation, or evaluation for calls made by evaluators.';
 COMMENT ON COLUMN maester.usage.model IS 'The model as served (or, before an answer, as requested from the provider).';
+COMMENT ON COLUMN maester.usage.finish_reason IS 'Why the answer ended, in one vocabulary over the providers: stop, length, tool_calls, content_filter, refusal or other.';
+COMMENT ON COLUMN maester.usage.provider_finish_reason IS 'The finish reason as the provider gave it (finish_reason at OpenAI, stop_reason at Anthropic).';
+COMMENT ON COLUMN maester.usage.provider_request_id IS 'The provider''s id of the request (its x-request-id or request-id header), for its support.';
 COMMENT ON COLUMN maester.usage.overrun_usd IS 'How much the settled cost exceeded the worst case reserved before sending (estimated_cost_usd), when it did: the provider reported more tokens than the prompt''s bytes and max_tokens allow. NULL otherwise.';
 COMMENT ON COLUMN maester.usage.model_name IS 'The model''s identity, the name prices and budgets know it by: the maester.model row''s name when a row covers the call, else the model id without a snapshot date (NULL for rows of 0.1.0).';
 COMMENT ON COLUMN maester.usage.max_tokens IS 'Output tokens reserved by the estimate (the call''s max_tokens, else 4096).';

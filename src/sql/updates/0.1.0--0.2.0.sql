@@ -285,3 +285,11 @@ END
 $$;
 ALTER TABLE maester.tenant_member ADD CONSTRAINT tenant_member_tenant_printable
     CHECK (tenant OPERATOR(pg_catalog.!~) '[\x01-\x1f\x7f\u0080-\u009f]');
+
+-- finish reasons in one vocabulary, the provider's own and its request id (issue #15)
+ALTER TABLE maester.usage ADD COLUMN finish_reason text,
+    ADD COLUMN provider_finish_reason text,
+    ADD COLUMN provider_request_id text;
+COMMENT ON COLUMN maester.usage.finish_reason IS 'Why the answer ended, in one vocabulary over the providers: stop, length, tool_calls, content_filter, refusal or other.';
+COMMENT ON COLUMN maester.usage.provider_finish_reason IS 'The finish reason as the provider gave it (finish_reason at OpenAI, stop_reason at Anthropic).';
+COMMENT ON COLUMN maester.usage.provider_request_id IS 'The provider''s id of the request (its x-request-id or request-id header), for its support.';
