@@ -73,6 +73,14 @@ SELECT prompt_hash = encode(sha256(convert_to('Be brief.', 'UTF8') || '\x00'::by
 SELECT pg_temp.last_request() -> 'body' AS body;
 -- numbers as written: shortest round-trip form (not 0.20000000000000001)
 SELECT substring(pg_temp.last_request() ->> 'raw' from '"temperature":[^,]*') AS raw_temperature;
+-- provider parameters maester does not model pass through options.extra
+SELECT content IS NOT NULL AS answered FROM maester.llm_generate('Hi', 'mock-1',
+       options => '{"extra": {"seed": 7, "user": "u-1", "reasoning_effort": "low", "logit_bias": {"50256": -100}}}');
+SELECT b -> 'seed' AS seed, b -> 'user' AS "user", b -> 'reasoning_effort' AS effort, b -> 'logit_bias' AS bias
+  FROM (SELECT pg_temp.last_request() -> 'body' AS b) r;
+SELECT pg_temp.err($$ SELECT maester.llm_generate('Hi', 'mock-1', options => '{"extra": {"temperature": 1.5}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('Hi', 'mock-1', options => '{"extra": {"stream": true}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('Hi', 'mock-1', options => '{"extra": ["seed", 7]}') $$);
 SELECT content FROM maester.llm_generate('Summarize this', 'mock-1',
        options => '{"response_format": "json"}');
 SELECT pg_temp.last_request() -> 'body' -> 'response_format' AS response_format;
@@ -87,6 +95,10 @@ SELECT r -> 'path' AS path, r -> 'body' AS body,
        r -> 'headers' ->> 'anthropic-version' AS anthropic_version
   FROM pg_temp.last_request() r;
 SELECT provider, requested_model, finish_reason FROM maester.llm_generate('Hello', 'anth', 3);
+-- options.extra reaches Anthropic's body too
+SELECT content IS NOT NULL AS answered FROM maester.llm_generate('Hi', 'anth',
+       options => '{"extra": {"metadata": {"user_id": "u-1"}, "top_k": 5}}');
+SELECT pg_temp.last_request() -> 'body' -> 'metadata' AS metadata, pg_temp.last_request() -> 'body' -> 'top_k' AS top_k;
 -- Anthropic's max_tokens is required: 1024 when none is given
 SELECT pg_temp.last_request() -> 'body' -> 'max_tokens' AS max_tokens
   FROM maester.llm_generate('Hello', 'anth');

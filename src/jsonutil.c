@@ -120,6 +120,37 @@ json_get_container(JsonbContainer *c, const char *key)
 }
 
 /*
+ * Append each member of the object `obj` (NULL: none) as ,"key":value --
+ * options.extra, passed through to a provider's request body.
+ */
+void
+json_append_members(StringInfo out, Jsonb *obj)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (obj == NULL)
+		return;
+	it = JsonbIteratorInit(&obj->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			appendStringInfoChar(out, ',');
+			escape_json(out, pnstrdup(v.val.string.val, v.val.string.len));
+			appendStringInfoChar(out, ':');
+		}
+		else if (tok == WJB_VALUE)
+		{
+			Jsonb	   *j = JsonbValueToJsonb(&v);
+
+			appendStringInfoString(out, JsonbToCString(NULL, &j->root, VARSIZE(j)));
+		}
+	}
+}
+
+/*
  * Append ,"key":number in the shortest form that reads back as the same
  * double (0.2, not 0.20000000000000001); `v` must be finite.
  */

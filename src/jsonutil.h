@@ -19,6 +19,7 @@ extern double json_numeric_double(Numeric n);
 extern bool json_get_int64(JsonbContainer *c, const char *key, int64 *out);
 extern JsonbContainer *json_get_container(JsonbContainer *c, const char *key);
 
+extern void json_append_members(StringInfo out, Jsonb *obj);
 extern void json_append_number_member(StringInfo out, const char *key, double v);
 
 #endif							/* MAESTER_JSONUTIL_H */

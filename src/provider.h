@@ -34,6 +34,7 @@ typedef struct GenRequest
 	double		top_p;
 	List	   *stop;			/* of char *; NIL: none */
 	bool		json_format;	/* ask for a JSON object */
+	Jsonb	   *extra;			/* options.extra: members added to the body */
 } GenRequest;
 
 /*

@@ -67,6 +67,7 @@ anthropic_build_body(const GenRequest *req, StringInfo out)
 		}
 		appendStringInfoChar(out, ']');
 	}
+	json_append_members(out, req->extra);
 	appendStringInfoChar(out, '}');
 }
 

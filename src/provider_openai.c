@@ -73,6 +73,7 @@ build_body(const GenRequest *req, StringInfo out, const char *max_name)
 	}
 	if (req->json_format)
 		appendStringInfoString(out, ",\"response_format\":{\"type\":\"json_object\"}");
+	json_append_members(out, req->extra);
 	appendStringInfoString(out, ",\"stream\":false}");
 }
 

@@ -62,6 +62,43 @@ option_int(JsonbValue *v, const char *key, int min, int max)
 	return (int) d;
 }
 
+/*
+ * options.extra: provider parameters maester does not model (seed, user,
+ * reasoning_effort, service_tier, thinking, ...), passed through as members
+ * of the request body.  An object, none of whose members maester writes
+ * itself (they have their own arguments and options).
+ */
+static Jsonb *
+option_extra(JsonbValue *v)
+{
+	static const char *const ours[] = {
+		"model", "messages", "system", "max_tokens", "max_completion_tokens",
+		"temperature", "top_p", "stop", "stop_sequences", "response_format", "stream",
+	};
+	Jsonb	   *extra;
+	JsonbIterator *it;
+	JsonbValue	k;
+	JsonbIteratorToken tok;
+
+	if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+		option_error("extra", "a JSON object of request members");
+	extra = JsonbValueToJsonb(v);
+	it = JsonbIteratorInit(&extra->root);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	{
+		if (tok != WJB_KEY)
+			continue;
+		for (int i = 0; i < lengthof(ours); i++)
+			if (k.val.string.len == strlen(ours[i]) &&
+				memcmp(k.val.string.val, ours[i], k.val.string.len) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("options.extra may not set \"%s\"", ours[i]),
+						 errhint("maester writes it: use the argument or option of that name.")));
+	}
+	return JsonContainerSize(&extra->root) > 0 ? extra : NULL;
+}
+
 /* Parse and check the options object (NULL: the defaults); raises 22023 */
 void
 request_parse_options(Jsonb *opts, CallOptions *o)
@@ -138,6 +175,8 @@ request_parse_options(Jsonb *opts, CallOptions *o)
 			else
 				option_error(key, "\"json\", \"text\" or {\"type\": \"json_object\"}");
 		}
+		else if (strcmp(key, "extra") == 0)
+			o->gen.extra = option_extra(&v);
 		else if (strcmp(key, "timeout_ms") == 0)
 			o->timeout_ms = option_int(&v, key, 1, INT_MAX);
 		else if (strcmp(key, "max_attempts") == 0)
