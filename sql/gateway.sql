@@ -81,6 +81,17 @@ SELECT b -> 'seed' AS seed, b -> 'user' AS "user", b -> 'reasoning_effort' AS ef
 SELECT pg_temp.err($$ SELECT maester.llm_generate('Hi', 'mock-1', options => '{"extra": {"temperature": 1.5}}') $$);
 SELECT pg_temp.err($$ SELECT maester.llm_generate('Hi', 'mock-1', options => '{"extra": {"stream": true}}') $$);
 SELECT pg_temp.err($$ SELECT maester.llm_generate('Hi', 'mock-1', options => '{"extra": ["seed", 7]}') $$);
+-- n answers are billed but one is read and reserved; names are identifiers
+SELECT pg_temp.err($$ SELECT maester.llm_generate('Hi', 'mock-1', options => '{"extra": {"n": 100}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('Hi', 'mock-1', options => '{"extra": {"max_tokens ": 99999}}') $$);
+-- a call without max_tokens is sent what it reserves: the kind's default
+-- (4,096; Anthropic 1,024), or the model's output limit when lower
+SELECT content IS NOT NULL AS answered FROM maester.llm_generate('Hi', 'mock-1');
+SELECT pg_temp.last_request() -> 'body' -> 'max_tokens' AS max_tokens;
+INSERT INTO maester.model (name, provider, provider_model, max_output_tokens) VALUES ('mock-capped', 'mock', 'mock-1', 50);
+SELECT content IS NOT NULL AS answered FROM maester.llm_generate('Hi', 'mock-capped');
+SELECT pg_temp.last_request() -> 'body' -> 'max_tokens' AS max_tokens;
+DELETE FROM maester.model WHERE name = 'mock-capped';
 SELECT content FROM maester.llm_generate('Summarize this', 'mock-1',
        options => '{"response_format": "json"}');
 SELECT pg_temp.last_request() -> 'body' -> 'response_format' AS response_format;

@@ -41,8 +41,10 @@ UPDATE maester.route_target SET model = 'fault-shape-nochoices' WHERE route = 's
 \set VERBOSITY default
 SELECT maester.llm_generate('hi', 'sh-route');
 SELECT maester.llm_generate('hi', 'sha-nochoices');
+-- billed above its reservation (max_tokens 10): flagged like any overrun
+SELECT maester.llm_generate('hi', 'sh-nochoices', max_tokens => 10);
 \set VERBOSITY terse
-SELECT model, status, error_class, http_status, input_tokens, output_tokens, cost_usd
+SELECT model, status, error_class, http_status, input_tokens, output_tokens, cost_usd, overrun_usd IS NOT NULL AS overrun
   FROM maester.usage WHERE tenant = 'shapes' ORDER BY ts, attempt;
 -- and the budget counted it when it settled (0.021 before, 0.027 after)
 SELECT spent_usd, counters_loaded FROM maester.budget_status WHERE tenant = 'shapes';

@@ -115,6 +115,7 @@ struct Call
 	int			ti;				/* current target */
 	int			tries;			/* attempts on it so far */
 	bool		paced;			/* this attempt has its rate-limit turn */
+	bool		tenant_paced;	/* and its tenant's (taken first) */
 	bool		deadline_bound;	/* its timeout is the caller's deadline, not the provider's */
 	TimestampTz paced_since;
 	TimestampTz started;

@@ -108,6 +108,20 @@ circuit_idle(MaesterCircuit *c, TimestampTz now)
 }
 
 /*
+ * Reusable when nothing else is: a closed circuit that only counts
+ * failures, with no pacing ahead.  (Entries with failures must not pin the
+ * table: failing calls to made-up model names would fill it, and every
+ * rate limit would then go unpaced.)  Open circuits and schedules ahead
+ * are kept.
+ */
+static bool
+circuit_evictable(MaesterCircuit *c, TimestampTz now)
+{
+	return c->state == CIRCUIT_CLOSED &&
+		c->rate_requests_at <= now && c->rate_tokens_at <= now;
+}
+
+/*
  * The entry of (this database, provider, model) -- model NULL: the
  * provider's pacing entry; provider "": a tenant's, model its name --,
  * created if need be; lock held exclusively.
@@ -121,6 +135,7 @@ circuit_entry(const char *provider, const char *model)
 	char		m[MAESTER_PROVIDER_NAMELEN];
 	MaesterCircuit *c = NULL;
 	MaesterCircuit *reuse = NULL;
+	MaesterCircuit *evict = NULL;
 	TimestampTz now = GetCurrentTimestamp();
 
 	/* compare as stored: cut to the entry's size */
@@ -143,7 +158,12 @@ circuit_entry(const char *provider, const char *model)
 		else if (circuit_idle(e, now) && (reuse == NULL ||
 										  (reuse->dboid != InvalidOid && e->last_used < reuse->last_used)))
 			reuse = e;
+		else if (circuit_evictable(e, now) &&
+				 (evict == NULL || e->last_used < evict->last_used))
+			evict = e;
 	}
+	if (reuse == NULL)
+		reuse = evict;
 	if (s->ncircuits < s->maxcircuits && (reuse == NULL || reuse->dboid != InvalidOid))
 		c = &s->circuits[s->ncircuits++];
 	else
@@ -182,8 +202,10 @@ circuit_forget_database(Oid dboid)
  * tokens_per_minute.  No burst allowance: after an idle period the first
  * call starts at once, and then calls are evenly spaced.  One call never
  * takes more than a minute of either budget.  A turn more than max_wait_us
- * away is not taken: false.  Else true, with *turn the time at which the
- * call may start (0: now).
+ * away is not taken: false.  False too, with *turn DT_NOEND, when the
+ * shared table has no room for the schedule (maester.max_providers): a
+ * limit is never silently dropped.  Else true, with *turn the time at
+ * which the call may start (0: now).
  */
 static bool
 pace(const char *provider, const char *model, int rpm, int tpm, int64 tokens,
@@ -203,8 +225,10 @@ pace(const char *provider, const char *model, int rpm, int tpm, int64 tokens,
 	c = circuit_entry(provider, model);
 	if (c == NULL)
 	{
+		/* no room to keep the schedule: refuse rather than go unpaced */
 		LWLockRelease(circuit_shared->lock);
-		return true;
+		*turn = DT_NOEND;
+		return false;
 	}
 	start = now;
 	if (rpm > 0)

@@ -160,6 +160,22 @@ numeric_to_field(Numeric n, char *dst, size_t size)
 	strlcpy(dst, s, size);
 }
 
+/*
+ * The output tokens an attempt on `t` asks for, and so reserves: the
+ * caller's max_tokens, else the kind's default (Anthropic's 1,024, else
+ * 4,096), never more than the model's output limit.  It is always sent, so
+ * that the reservation bounds what an honest provider can bill.
+ */
+int
+target_max_tokens(const RouteTarget *t, int asked)
+{
+	int			limit = t->max_output_tokens > 0 ? t->max_output_tokens : maester_max_output_tokens;
+
+	if (asked > 0)
+		return asked;
+	return Min(PROVIDER_MAX_TOKENS(t->provider, 0), limit);
+}
+
 /* Fill the PENDING record of an attempt; returns the estimate (or NULL) */
 Numeric
 attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
@@ -188,8 +204,8 @@ attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
 	strlcpy(r->purpose, g->purpose, sizeof(r->purpose));
 	if (g->tags)
 		strlcpy(r->tags, g->tags, sizeof(r->tags));
-	/* what the request sends (Anthropic: 1,024 when the call gives none) */
-	r->max_tokens = PROVIDER_MAX_TOKENS(t->provider, max_tokens);
+	/* what the request sends (target_max_tokens) */
+	r->max_tokens = target_max_tokens(t, max_tokens);
 	{
 		const char *names[3] = {t->model, t->name, g->requested_model};
 

@@ -181,7 +181,7 @@ phase_target(Call *c)
 		}
 		maester_forget_key(key);
 		c->tries = 0;
-		c->paced = false;
+		c->paced = c->tenant_paced = false;
 		c->phase = PHASE_ATTEMPT;
 		return;
 	}
@@ -193,7 +193,7 @@ static void
 next_target(Call *c)
 {
 	c->ti++;
-	c->paced = false;
+	c->paced = c->tenant_paced = false;
 	if (GetCurrentTimestamp() >= c->cs.deadline)
 		call_fail(c);
 	else
@@ -267,41 +267,59 @@ phase_attempt(Call *c, CallSet *set)
 	}
 
 	/*
-	 * The provider's rate limit: wait for our turn.  The wait does not
-	 * count against the deadline, but may not be longer than it: a turn
-	 * further away is not taken, and the target fails as rate_limited.
+	 * Rate limits: the tenant's (maester.tenant_limit), then the
+	 * provider's; wait for each turn in that order, so that a tenant
+	 * waiting for its own turn holds no place in the provider's schedule
+	 * (which would delay other tenants).  The waits do not count against
+	 * the deadline, but may not be longer than it: a turn further away is
+	 * not taken, and the call (tenant) or the target (provider) fails.
 	 */
 	if (!c->paced)
 	{
-		int			max_tokens = PROVIDER_MAX_TOKENS(p, c->opts.gen.max_tokens);
+		int			max_tokens = target_max_tokens(t, c->opts.gen.max_tokens);
 		int64		tokens = estimate_tokens(c->opts.gen.prompt) +
 			estimate_tokens(c->opts.gen.system) + max_tokens;
 		TimestampTz turn;
-		TimestampTz tenant_turn;
-		int			rpm;
-		int			tpm;
 
-		/* the tenant's own limits first: its wait is no one else's */
-		router_tenant_limits(c->tenant, &rpm, &tpm);
-		if (!tenant_rate_reserve(c->tenant, rpm, tpm, tokens,
-								 (int64) c->opts.timeout_ms * 1000, &tenant_turn))
+		if (!c->tenant_paced)
 		{
-			call_fail_with(c, p->name, "tenant_rate_limited", ERRCODE_MAESTER_UNAVAILABLE,
-						   psprintf("tenant \"%s\"'s rate limit (maester.tenant_limit) would delay the call by more than its timeout of %d ms",
-									c->tenant, c->opts.timeout_ms));
-			call_fail(c);
-			return;
+			int			rpm;
+			int			tpm;
+
+			router_tenant_limits(c->tenant, &rpm, &tpm);
+			if (!tenant_rate_reserve(c->tenant, rpm, tpm, tokens,
+									 (int64) c->opts.timeout_ms * 1000, &turn))
+			{
+				call_fail_with(c, p->name, "tenant_rate_limited", ERRCODE_MAESTER_UNAVAILABLE,
+							   turn == DT_NOEND ?
+							   psprintf("tenant \"%s\"'s rate limit cannot be kept: maester.max_providers has no room left",
+										c->tenant) :
+							   psprintf("tenant \"%s\"'s rate limit (maester.tenant_limit) would delay the call by more than its timeout of %d ms",
+										c->tenant, c->opts.timeout_ms));
+				call_fail(c);
+				return;
+			}
+			c->tenant_paced = true;
+			if (turn > now)
+			{
+				c->wake_at = turn;
+				c->paced_since = now;
+				c->phase = PHASE_PACED;
+				return;
+			}
 		}
 		if (!rate_reserve(p, tokens, (int64) c->opts.timeout_ms * 1000, &turn))
 		{
 			call_fail_with(c, p->name, "rate_limited", ERRCODE_MAESTER_UNAVAILABLE,
+						   turn == DT_NOEND ?
+						   psprintf("provider \"%s\"'s rate limit cannot be kept: maester.max_providers has no room left",
+									p->name) :
 						   psprintf("provider \"%s\"'s rate limit would delay the call by more than its timeout of %d ms",
 									p->name, c->opts.timeout_ms));
 			next_target(c);
 			return;
 		}
 		c->paced = true;
-		turn = Max(turn, tenant_turn);
 		if (turn > now)
 		{
 			c->wake_at = turn;
@@ -374,17 +392,10 @@ phase_attempt(Call *c, CallSet *set)
 		cs->downgraded = true;
 		c->g.fallback_used = true;
 		c->ti = 0;
-		c->paced = false;
+		c->paced = c->tenant_paced = false;
 		c->phase = PHASE_TARGET;
 		return;
 	}
-
-	/*
-	 * A budget reserved max_tokens output tokens (4,096 when the caller gave
-	 * none): ask the provider for no more, so the reservation bounds the cost.
-	 */
-	if (hold.n > 0 && c->opts.gen.max_tokens <= 0)
-		c->opts.gen.max_tokens = r->max_tokens;
 
 	/* from the PENDING row on, the attempt is in flight */
 	c->pending_seq = enqueue_pending(cs->slot, r, &hold);
@@ -414,11 +425,14 @@ phase_send(Call *c, CallSet *set)
 {
 	RouteTarget *t = &c->plan->targets[c->ti];
 	ProviderConf *p = t->provider;
-	GenRequest *gen = &c->opts.gen;
+	GenRequest	sendgen = c->opts.gen;
+	GenRequest *gen = &sendgen;
 	Span	   *span;
 	char	   *missing;
 	long		remaining = (long) ((c->cs.deadline - GetCurrentTimestamp()) / 1000);
 
+	/* ask for no more than was reserved (target_max_tokens) */
+	sendgen.max_tokens = c->rec->max_tokens;
 	span = trace_span_start(c->g.trace, "model_generate");
 	c->gen_span = span;
 	trace_attr_str(span, "gen_ai.operation.name", "chat");
@@ -581,10 +595,15 @@ attempt_end(Call *c, CallSet *set, bool ok, Failure *fp, bool sent)
 		attempt_warn_overrun(c, t, c->estimate, c->g.cost, r->max_tokens);
 	}
 	else if (f.billed && r->cost[0] != '\0')
-		budget_settle(&hold, DatumGetNumeric(DirectFunctionCall3(numeric_in,
+	{
+		Numeric		billed = DatumGetNumeric(DirectFunctionCall3(numeric_in,
 																 CStringGetDatum(r->cost),
 																 ObjectIdGetDatum(InvalidOid),
-																 Int32GetDatum(-1))));
+																 Int32GetDatum(-1)));
+
+		budget_settle(&hold, billed);
+		attempt_warn_overrun(c, t, c->estimate, billed, r->max_tokens);
+	}
 	else if (r->cost[0] == '\0')
 		budget_settle_at_estimate(&hold);
 	else
@@ -648,7 +667,7 @@ attempt_end(Call *c, CallSet *set, bool ok, Failure *fp, bool sent)
 		return;
 	}
 	c->wake_at = GetCurrentTimestamp() + (TimestampTz) (wait * 1000);
-	c->paced = false;
+	c->paced = c->tenant_paced = false;
 	c->phase = PHASE_BACKOFF;
 }
 

@@ -24,6 +24,7 @@
 #include "jsonutil.h"
 #include "ledger.h"
 #include "request.h"
+#include "util.h"
 #include "router.h"
 #include "settings.h"
 #include "template.h"
@@ -74,6 +75,7 @@ option_extra(JsonbValue *v)
 	static const char *const ours[] = {
 		"model", "messages", "system", "max_tokens", "max_completion_tokens",
 		"temperature", "top_p", "stop", "stop_sequences", "response_format", "stream",
+		"n",					/* several answers billed, one read and reserved */
 	};
 	Jsonb	   *extra;
 	JsonbIterator *it;
@@ -88,6 +90,25 @@ option_extra(JsonbValue *v)
 	{
 		if (tok != WJB_KEY)
 			continue;
+		/* request members are identifiers: no "max_tokens " or "" */
+		{
+			bool		ident = k.val.string.len > 0 && k.val.string.len <= 64 &&
+				!(k.val.string.val[0] >= '0' && k.val.string.val[0] <= '9');
+
+			for (int i = 0; ident && i < k.val.string.len; i++)
+			{
+				char		ch = k.val.string.val[i];
+
+				ident = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+					(ch >= '0' && ch <= '9') || ch == '_';
+			}
+			if (!ident)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("options.extra member \"%s\" is not a request member name",
+								maester_cut_short(pnstrdup(k.val.string.val, k.val.string.len), 64)),
+						 errdetail("Names are letters, digits and underscores, at most 64 bytes.")));
+		}
 		for (int i = 0; i < lengthof(ours); i++)
 			if (k.val.string.len == strlen(ours[i]) &&
 				memcmp(k.val.string.val, ours[i], k.val.string.len) == 0)
