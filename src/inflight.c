@@ -169,11 +169,33 @@ numeric_to_field(Numeric n, char *dst, size_t size)
 int
 target_max_tokens(const RouteTarget *t, int asked)
 {
-	int			limit = t->max_output_tokens > 0 ? t->max_output_tokens : maester_max_output_tokens;
-
 	if (asked > 0)
 		return asked;
-	return Min(PROVIDER_MAX_TOKENS(t->provider, 0), limit);
+	return Min(PROVIDER_MAX_TOKENS(t->provider, 0), target_output_limit(t));
+}
+
+/* The most output tokens `t` may be asked for: its model's, or the setting's */
+int
+target_output_limit(const RouteTarget *t)
+{
+	return t->max_output_tokens > 0 ? t->max_output_tokens : maester_max_output_tokens;
+}
+
+/*
+ * The cost of the usage an attempt on `t` reported, at the prices of the
+ * names the call may be priced as, most specific first (meter.c).
+ */
+static Numeric
+attempt_cost(Call *c, RouteTarget *t, TimestampTz ts, bool *priced)
+{
+	Generation *g = &c->g;
+	const char *names[4] = {g->resp.served_model ? g->resp.served_model : t->model,
+		t->model, t->name, g->requested_model};
+
+	return maester_cost(names, lengthof(names),
+						g->resp.input_tokens, g->resp.output_tokens,
+						g->resp.cached_input_tokens, g->resp.cache_write_tokens,
+						ts, priced);
 }
 
 /* Fill the PENDING record of an attempt; returns the estimate (or NULL) */
@@ -294,10 +316,6 @@ attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 	r->latency_ms = (double) (r->settled_at - c->attempt_start) / 1000.0;
 	if (ok)
 	{
-		/* what the call may be priced as, most specific first (meter.c) */
-		const char *names[4] = {g->resp.served_model ? g->resp.served_model : t->model,
-			t->model, t->name, g->requested_model};
-
 		if (!g->resp.usage_present)
 		{
 			/* no usage from the provider: estimate it, and say so */
@@ -322,10 +340,7 @@ attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 			trace_attr_raw(gen_span, "gen_ai.response.finish_reasons", fr.data);
 		}
 		span = trace_span_start(g->trace, "cost_metering");
-		g->cost = maester_cost(names, lengthof(names),
-							   g->resp.input_tokens, g->resp.output_tokens,
-							   g->resp.cached_input_tokens, g->resp.cache_write_tokens,
-							   r->ts, &g->priced);
+		g->cost = attempt_cost(c, t, r->ts, &g->priced);
 		if (g->cost)
 			trace_attr_raw(span, "maester.cost_usd",
 						   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(g->cost))));
@@ -361,21 +376,14 @@ attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 		if (f->billed)
 		{
 			/* unusable but billed: charged at the usage it reported */
-			const char *names[4] = {g->resp.served_model ? g->resp.served_model : t->model,
-				t->model, t->name, g->requested_model};
-			bool		priced;
-			Numeric		cost = maester_cost(names, lengthof(names),
-											g->resp.input_tokens, g->resp.output_tokens,
-											g->resp.cached_input_tokens,
-											g->resp.cache_write_tokens, r->ts, &priced);
-
+			g->cost = attempt_cost(c, t, r->ts, &g->priced);
 			r->has_usage = true;
 			r->input_tokens = g->resp.input_tokens;
 			r->output_tokens = g->resp.output_tokens;
 			r->cached_input_tokens = g->resp.cached_input_tokens;
 			r->cache_write_tokens = g->resp.cache_write_tokens;
-			r->priced = priced;
-			numeric_to_field(cost, r->cost, sizeof(r->cost));
+			r->priced = g->priced;
+			numeric_to_field(g->cost, r->cost, sizeof(r->cost));
 		}
 		else if (!maybe_billed)
 			strlcpy(r->cost, "0", sizeof(r->cost));

@@ -159,13 +159,11 @@ phase_target(Call *c)
 						   psprintf("provider \"%s\" is disabled", t->provider->name));
 			continue;
 		}
-		if (c->opts.gen.max_tokens > (t->max_output_tokens > 0 ?
-									  t->max_output_tokens : maester_max_output_tokens))
+		if (c->opts.gen.max_tokens > target_output_limit(t))
 		{
 			call_fail_with(c, t->provider->name, "max_tokens", ERRCODE_INVALID_PARAMETER_VALUE,
 						   psprintf("max_tokens %d is more than model \"%s\" may be asked for (%d, %s)",
-									c->opts.gen.max_tokens, t->name,
-									t->max_output_tokens > 0 ? t->max_output_tokens : maester_max_output_tokens,
+									c->opts.gen.max_tokens, t->name, target_output_limit(t),
 									t->max_output_tokens > 0 ? "maester.model.max_output_tokens" : "maester.max_output_tokens"));
 			continue;
 		}
@@ -537,7 +535,6 @@ phase_settle(Call *c, CallSet *set)
 	Failure		f;
 	bool		ok;
 
-	memset(&c->g.resp, 0, sizeof(c->g.resp));	/* nothing of an earlier attempt */
 	ok = provider_outcome(t->provider, &c->req, c->key, &c->g.resp, &f);
 	release_request(c);
 	trace_span_end(c->gen_span, ok ? "ok" : "error");
@@ -594,15 +591,10 @@ attempt_end(Call *c, CallSet *set, bool ok, Failure *fp, bool sent)
 		budget_settle(&hold, c->g.cost ? c->g.cost : c->estimate);
 		attempt_warn_overrun(c, t, c->estimate, c->g.cost, r->max_tokens);
 	}
-	else if (f.billed && r->cost[0] != '\0')
+	else if (f.billed && c->g.cost != NULL)
 	{
-		Numeric		billed = DatumGetNumeric(DirectFunctionCall3(numeric_in,
-																 CStringGetDatum(r->cost),
-																 ObjectIdGetDatum(InvalidOid),
-																 Int32GetDatum(-1)));
-
-		budget_settle(&hold, billed);
-		attempt_warn_overrun(c, t, c->estimate, billed, r->max_tokens);
+		budget_settle(&hold, c->g.cost);
+		attempt_warn_overrun(c, t, c->estimate, c->g.cost, r->max_tokens);
 	}
 	else if (r->cost[0] == '\0')
 		budget_settle_at_estimate(&hold);

@@ -173,7 +173,6 @@ parse_response(const ProviderOps *ops, const char *body, GenResponse *out,
 	Jsonb	   *jb = json_parse_object(body, problem);
 	bool		ok;
 
-	memset(out, 0, sizeof(*out));
 	if (jb == NULL)
 		return false;
 	ok = ops->parse_response(jb, out, problem);
@@ -298,6 +297,7 @@ provider_outcome(const ProviderConf *p, HttpRequest *req, const char *key,
 {
 	memset(f, 0, sizeof(*f));
 	f->retry_after_ms = -1;
+	memset(out, 0, sizeof(*out));	/* nothing of an earlier attempt */
 	out->provider_request_id = req->request_id[0] ? pstrdup(req->request_id) : NULL;
 	switch (req->outcome)
 	{
@@ -328,10 +328,7 @@ provider_outcome(const ProviderConf *p, HttpRequest *req, const char *key,
 														 req->response_len,
 														 PG_UTF8),
 										out, &problem))
-				{
-					out->provider_request_id = req->request_id[0] ? pstrdup(req->request_id) : NULL;
 					return true;
-				}
 				else
 				{
 					f->error_class = "bad_response";
@@ -339,7 +336,6 @@ provider_outcome(const ProviderConf *p, HttpRequest *req, const char *key,
 					f->counts = true;
 					f->http_status = (int) req->status;
 					f->message = psprintf("%s: %s", p->name, problem);
-					out->provider_request_id = req->request_id[0] ? pstrdup(req->request_id) : NULL;
 					if (out->usage_present)
 					{
 						/*
