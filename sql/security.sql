@@ -207,6 +207,7 @@ SELECT pg_temp.err($$ SELECT maester.llm_generate('hi', 'fault-bigheader-200000'
 SELECT error_class FROM maester.usage WHERE model = 'fault-bigheader-200000';
 SELECT provider FROM maester.llm_generate('hi', 'fault-bigheader-50000');
 RESET client_min_messages;
+UPDATE maester.provider SET models = '{secmock-%}' WHERE name = 'secmock';
 
 DELETE FROM maester.eval_suite WHERE name = 'sec_suite';
 DELETE FROM maester.capture WHERE tenant = 'sec-acme';
