@@ -22,18 +22,21 @@ INSERT INTO maester.route (name) VALUES ('sh-route');
 INSERT INTO maester.route_target (route, position, provider, model) VALUES
     ('sh-route', 1, 'shmock', 'fault-shape-toolcalls'), ('sh-route', 2, 'shmock', 'shape-plain');
 SET maester.tenant = 'shapes';
-SELECT model, content, finish_reason, input_tokens, output_tokens, cost_usd, attempts, fallback_used
+SELECT model, content, finish_reason, tool_calls, input_tokens, output_tokens, cost_usd, attempts, fallback_used
   FROM maester.llm_generate('What is the weather in Paris?', 'sh-route');
 -- null content with finish_reason length or content_filter: an empty answer
 SELECT content, finish_reason, cost_usd FROM maester.llm_generate('hi', 'sh-length');
 SELECT content, finish_reason, cost_usd FROM maester.llm_generate('hi', 'sh-filter');
 -- content as an array of parts: concatenated
 SELECT content FROM maester.llm_generate('hi', 'sh-parts');
--- a refusal: its text, and finish_reason refusal (not stop)
-SELECT content, finish_reason FROM maester.llm_generate('hi', 'sh-refusal');
+-- a refusal: its text apart from the (empty) content, and finish_reason
+-- refusal (not stop); the evaluation fails it
+SELECT content, refusal, finish_reason, evaluation ->> 'status' AS evaluation
+  FROM maester.llm_generate('hi', 'sh-refusal');
 -- Anthropic: only a tool_use block; a refusal with no content
-SELECT content, finish_reason, input_tokens, output_tokens FROM maester.llm_generate('hi', 'sha-tooluse');
-SELECT content, finish_reason FROM maester.llm_generate('hi', 'sha-anthrefusal');
+SELECT content, finish_reason, tool_calls, input_tokens, output_tokens FROM maester.llm_generate('hi', 'sha-tooluse');
+-- (the refusal's text is then stop_details.explanation)
+SELECT content, refusal, finish_reason FROM maester.llm_generate('hi', 'sha-anthrefusal');
 INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('shapes', 'day', 1, 'block');
 -- an answer that cannot be used but reports usage: an error, charged as
 -- billed, and the route does not go on to bill another provider

@@ -31,8 +31,10 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -46,6 +48,8 @@
 #include "evaluate.h"
 #include "jsonutil.h"
 #include "registry.h"
+#include "request.h"
+#include "sha256.h"
 #include "rubric.h"
 #include "settings.h"
 #include "stat.h"
@@ -134,8 +138,8 @@ call_note_failure(Call *c, const char *provider, const Failure *f)
 
 /* The options a prompt version's config may supply (request.c parses them) */
 static const char *const config_options[] = {
-	"temperature", "top_p", "stop", "response_format", "timeout_ms", "max_attempts",
-	"fallback", "tags"
+	"temperature", "top_p", "stop", "response_format", "tools", "tool_choice",
+	"timeout_ms", "max_attempts", "fallback", "tags"
 };
 
 /*
@@ -175,6 +179,51 @@ config_with_options(Jsonb *config, Jsonb *call_options)
 		return merged;
 	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(merged),
 											  JsonbPGetDatum(call_options)));
+}
+
+/*
+ * The checks of a call whose answer must follow a schema (response_format
+ * json_schema): the version's checks and a json_schema check of that
+ * schema -- a member of the object form (unless it has its own), an
+ * assertion appended to the array forms; alone when there are no checks
+ * (the default max_length does not fit a JSON answer).
+ */
+static Jsonb *
+checks_with_schema(Jsonb *checks, const char *schema)
+{
+	const char *json;
+
+	if (checks == NULL)
+		json = psprintf("{\"json_schema\": %s}", schema);
+	else if (JB_ROOT_IS_OBJECT(checks) && json_get(&checks->root, "assert") == NULL)
+	{
+		if (json_get(&checks->root, "json_schema") != NULL)
+			return checks;
+		return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(checks),
+												  DirectFunctionCall1(jsonb_in, CStringGetDatum(
+																							   psprintf("{\"json_schema\": %s}", schema)))));
+	}
+	else
+	{
+		Jsonb	   *assertion = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
+																							   psprintf("[{\"type\": \"json_schema\", \"value\": %s}]", schema))));
+
+		if (JB_ROOT_IS_ARRAY(checks))
+			return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(checks),
+													  JsonbPGetDatum(assertion)));
+		/* {"assert": [...], ...} */
+		{
+			Datum		path = PointerGetDatum(construct_array((Datum[]) {CStringGetTextDatum("assert")},
+															   1, TEXTOID, -1, false, TYPALIGN_INT));
+			Datum		assertions = DirectFunctionCall2(jsonb_concat,
+														 JsonbPGetDatum(JsonbValueToJsonb(json_get(&checks->root, "assert"))),
+														 JsonbPGetDatum(assertion));
+
+			return DatumGetJsonbP(DirectFunctionCall4(jsonb_set, JsonbPGetDatum(checks), path,
+													  assertions, BoolGetDatum(true)));
+		}
+	}
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
 }
 
 /*
@@ -238,7 +287,20 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 	g->requested_model = a->model;
 
 	/* the prompt */
-	if (a->prompt_name != NULL)
+	if (a->messages != NULL)
+	{
+		char	   *canon;
+		const char *parts[1];
+		int			lens[1];
+
+		c->opts.gen.messages = request_messages(a->messages, &c->opts.gen.input_chars);
+		canon = request_messages_canonical(c->opts.gen.messages);
+		parts[0] = canon;
+		lens[0] = strlen(canon);
+		maester_sha256_hex(parts, lens, 1, g->prompt_hash);
+		content = NULL;
+	}
+	else if (a->prompt_name != NULL)
 	{
 		RenderedPrompt rp;
 		Span	   *span = trace_span_start(g->trace, "prompt_render");
@@ -282,10 +344,12 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 		system = a->system;
 		maester_prompt_hash(system, content, g->prompt_hash);
 	}
+	if (c->opts.gen.schema != NULL)
+		g->checks = checks_with_schema(g->checks, c->opts.gen.schema);
 	c->content = content;
 	c->system = system;
 	/* a provider answers an empty prompt with a 400 (billed by some): not sent */
-	if (VARSIZE_ANY_EXHDR(content) == 0)
+	if (content != NULL && VARSIZE_ANY_EXHDR(content) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the prompt is empty"),
@@ -301,8 +365,26 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 		trace_attr_num(span, "maester.route.targets", c->plan->ntargets);
 		trace_span_end(span, NULL);
 	}
-	c->opts.gen.prompt = text_to_cstring(content);
-	c->opts.gen.system = system ? text_to_cstring(system) : NULL;
+	if (content != NULL)
+	{
+		GenMessage *user = palloc0(sizeof(GenMessage));
+
+		c->opts.gen.prompt = text_to_cstring(content);
+		c->opts.gen.system = system ? text_to_cstring(system) : NULL;
+		if (c->opts.gen.system)
+		{
+			GenMessage *sys = palloc0(sizeof(GenMessage));
+
+			sys->role = "system";
+			sys->content = c->opts.gen.system;
+			c->opts.gen.messages = list_make1(sys);
+			c->opts.gen.input_chars = pg_mbstrlen(c->opts.gen.system);
+		}
+		user->role = "user";
+		user->content = c->opts.gen.prompt;
+		c->opts.gen.messages = lappend(c->opts.gen.messages, user);
+		c->opts.gen.input_chars += pg_mbstrlen(c->opts.gen.prompt);
+	}
 	c->opts.gen.max_tokens = max_tokens;
 	{
 		Span	   *root = &g->trace->spans[0];
@@ -324,8 +406,50 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 	 * (byte-level BPE emits at least a byte per token), plus the chat
 	 * format's overhead (7 to 13 tokens measured: test/bench/tokens.sh).
 	 */
-	c->cs.est_input_tokens = utf8_length(c->opts.gen.prompt) +
-		utf8_length(c->opts.gen.system) + 16;
+	c->cs.est_input_tokens = 16;
+	{
+		ListCell   *lc;
+
+		/*
+		 * Each message past a system and a user one: its text and 4 tokens
+		 * of chat format (the system and user messages of a prompt are
+		 * such messages too, within the 16).
+		 */
+		if (list_length(c->opts.gen.messages) > 2)
+			c->cs.est_input_tokens += 4 * (list_length(c->opts.gen.messages) - 2);
+		foreach(lc, c->opts.gen.messages)
+		{
+			GenMessage *m = (GenMessage *) lfirst(lc);
+			ListCell   *tl;
+
+			c->cs.est_input_tokens += utf8_length(m->content);
+			foreach(tl, m->tool_calls)
+			{
+				GenToolCall *tc = (GenToolCall *) lfirst(tl);
+
+				c->cs.est_input_tokens += utf8_length(tc->name) + utf8_length(tc->arguments) +
+					utf8_length(tc->id) + 8;
+			}
+			c->cs.est_input_tokens += utf8_length(m->tool_call_id);
+		}
+		/* tool definitions and a schema are sent as input too */
+		foreach(lc, c->opts.gen.tools)
+		{
+			GenTool    *t = (GenTool *) lfirst(lc);
+			int64		n = utf8_length(t->name) + utf8_length(t->description) +
+				utf8_length(t->parameters) + 16;
+
+			c->cs.est_input_tokens += n;
+			c->opts.gen.input_chars += n;
+		}
+		if (c->opts.gen.schema)
+		{
+			int64		n = utf8_length(c->opts.gen.schema) + 64;
+
+			c->cs.est_input_tokens += n;
+			c->opts.gen.input_chars += n;
+		}
+	}
 	initStringInfo(&c->cs.log);
 	c->ntargets = c->opts.fallback ? c->plan->ntargets : Min(c->plan->ntargets, 1);
 	c->phase = PHASE_TARGET;
@@ -381,7 +505,7 @@ call_succeeded_finish(Call *c)
 
 	/* last: the only step that writes in the caller's transaction */
 	if (maester_capture_content)
-		capture_call(g, c->content, c->system, c->args.variables, c->args.options,
+		capture_call(g, c->content, c->system, c->args.messages, c->args.variables, c->args.options,
 					 c->opts.gen.max_tokens);
 }
 
@@ -473,6 +597,19 @@ generation_values(Generation *g, Datum *values, bool *nulls)
 		values[21] = JsonbPGetDatum(g->evaluation);
 	else
 		nulls[21] = true;
+	/* 0.2.0 */
+	if (g->resp.tool_calls)
+		values[22] = DirectFunctionCall1(jsonb_in, CStringGetDatum(g->resp.tool_calls));
+	else
+		nulls[22] = true;
+	if (g->resp.parsed)
+		values[23] = JsonbPGetDatum(g->resp.parsed);
+	else
+		nulls[23] = true;
+	if (g->resp.refusal)
+		values[24] = CStringGetTextDatum(g->resp.refusal);
+	else
+		nulls[24] = true;
 }
 
 /* Raise the error of a FAILED call, as llm_generate does */
@@ -655,13 +792,28 @@ typedef struct EvalPass
 	Jsonb	   *result;
 } EvalPass;
 
+/*
+ * What the checks see: the content, or, for an answer that is only tool
+ * calls, their JSON (so that it is not empty, and is_json or json_schema
+ * checks apply to the calls)
+ */
+static const char *
+evaluated_text(Generation *g)
+{
+	if (g->resp.content[0] == '\0' && g->resp.tool_calls != NULL)
+		return g->resp.tool_calls;
+	return g->resp.content;
+}
+
 static void
 evaluate_pass_fn(void *arg)
 {
 	EvalPass   *ep = (EvalPass *) arg;
 	Generation *g = &ep->c->g;
 
-	ep->result = maester_evaluate(g->resp.content, strlen(g->resp.content),
+	const char *out = evaluated_text(g);
+
+	ep->result = maester_evaluate(out, strlen(out),
 								  g->checks, ep->ctx, ep->grader, ep->grader_arg);
 }
 
@@ -698,7 +850,7 @@ evaluate_pass(Call *c, RubricGrader grader, void *grader_arg, bool *ok)
 
 	*ok = true;
 	if (g->checks == NULL)
-		return maester_evaluate(g->resp.content, strlen(g->resp.content), NULL,
+		return maester_evaluate(evaluated_text(g), strlen(evaluated_text(g)), NULL,
 								ep.ctx, NULL, NULL);
 	edata = maester_subxact(evaluate_pass_fn, &ep, CurrentMemoryContext);
 	if (edata == NULL)

@@ -30,8 +30,13 @@
 /* generate_batch: most requests in flight at once */
 #define MAESTER_MAX_CONCURRENCY 256
 
-/* attributes of maester.generation, as this library fills them */
-#define CALL_GENERATION_NATTS 22
+/*
+ * attributes of maester.generation, as this library fills them; the first
+ * CALL_GENERATION_NATTS_0_1 are 0.1.0's, which maester.batch_result has
+ * before its error fields (the later ones come after them)
+ */
+#define CALL_GENERATION_NATTS 25
+#define CALL_GENERATION_NATTS_0_1 22
 
 /* Everything a call returns (maester.generation) and identifies it */
 typedef struct Generation

@@ -34,13 +34,13 @@
  * maester.capture, in the caller's transaction.
  */
 void
-capture_call(const Generation *g, text *content, text *system, Jsonb *vars,
-			 Jsonb *options, int max_tokens)
+capture_call(const Generation *g, text *content, text *system, Jsonb *messages,
+			 Jsonb *vars, Jsonb *options, int max_tokens)
 {
-	Datum		v[14];
-	char		n[14];
-	Oid			t[14] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
-	TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID, TEXTOID, FLOAT8OID};
+	Datum		v[15];
+	char		n[15];
+	Oid			t[15] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID, TEXTOID, FLOAT8OID, JSONBOID};
 	OwnerScope	scope;
 	JsonbValue *sc = g->evaluation ? json_get(&g->evaluation->root, "reliability_score") : NULL;
 
@@ -53,7 +53,8 @@ capture_call(const Generation *g, text *content, text *system, Jsonb *vars,
 	n[3] = g->prompt_version ? ' ' : 'n';
 	v[4] = vars ? JsonbPGetDatum(vars) : (Datum) 0;
 	n[4] = vars ? ' ' : 'n';
-	v[5] = PointerGetDatum(content);
+	v[5] = content ? PointerGetDatum(content) : (Datum) 0;
+	n[5] = content ? ' ' : 'n';
 	v[6] = system ? PointerGetDatum(system) : (Datum) 0;
 	n[6] = system ? ' ' : 'n';
 	v[7] = g->requested_model ? CStringGetTextDatum(g->requested_model) : (Datum) 0;
@@ -68,15 +69,17 @@ capture_call(const Generation *g, text *content, text *system, Jsonb *vars,
 	v[13] = sc && sc->type == jbvNumeric ?
 		DirectFunctionCall1(numeric_float8, NumericGetDatum(sc->val.numeric)) : (Datum) 0;
 	n[13] = sc && sc->type == jbvNumeric ? ' ' : 'n';
+	v[14] = messages ? JsonbPGetDatum(messages) : (Datum) 0;
+	n[14] = messages ? ' ' : 'n';
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	/* as the table's owner: users cannot insert captures themselves */
 	maester_become_owner(maester_table_oid("capture"), &scope);
 	if (SPI_execute_with_args("INSERT INTO maester.capture (request_id, tenant, prompt_name, "
 							  "prompt_version, variables, prompt, system, requested_model, model, "
-							  "provider, max_tokens, options, output, eval_score) "
-							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-							  14, t, v, n, false, 0) != SPI_OK_INSERT)
+							  "provider, max_tokens, options, output, eval_score, messages) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+							  15, t, v, n, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not capture the call");
 	maester_restore_user(&scope);
 	SPI_finish();

@@ -10,7 +10,7 @@
 
 #include "call.h"
 
-extern void capture_call(const Generation *g, text *content, text *system,
+extern void capture_call(const Generation *g, text *content, text *system, Jsonb *messages,
 						 Jsonb *vars, Jsonb *options, int max_tokens);
 
 #endif							/* MAESTER_CAPTURE_H */

@@ -98,7 +98,7 @@ PG_FUNCTION_INFO_V1(llm_generate);
 /*
  * maester.llm_generate(prompt text, model text, max_tokens int, system text,
  *						prompt_name text, variables jsonb,
- *						prompt_version text, options jsonb)
+ *						prompt_version text, options jsonb, messages jsonb)
  *	 RETURNS maester.generation
  */
 Datum
@@ -129,6 +129,11 @@ llm_generate(PG_FUNCTION_ARGS)
 	a.variables = PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5);
 	a.prompt_version = PG_ARGISNULL(6) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(6));
 	a.options = PG_ARGISNULL(7) ? NULL : PG_GETARG_JSONB_P(7);
+	a.messages = PG_ARGISNULL(8) ? NULL : PG_GETARG_JSONB_P(8);
+	if (a.messages && (!JB_ROOT_IS_ARRAY(a.messages) || JB_ROOT_IS_SCALAR(a.messages)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("messages must be a JSON array of messages")));
 
 	tupdesc = generation_tupdesc(fcinfo, CALL_GENERATION_NATTS);
 	c = run_single(&a);
@@ -230,6 +235,9 @@ batch_done(Call *c, void *arg)
 	BatchState *b = (BatchState *) arg;
 	Datum		values[CALL_GENERATION_NATTS + 5];
 	bool		nulls[CALL_GENERATION_NATTS + 5];
+	Datum		g[CALL_GENERATION_NATTS];
+	bool		gnulls[CALL_GENERATION_NATTS];
+	const int	err = CALL_GENERATION_NATTS_0_1 + 1;	/* first error field */
 	MemoryContext old = MemoryContextSwitchTo(c->cxt);
 
 	if (c->phase == PHASE_FAILED && b->fail_fast)
@@ -240,27 +248,37 @@ batch_done(Call *c, void *arg)
 				 c->hint ? errhint("%s", c->hint) : 0,
 				 errcontext("maester.generate_batch with fail_fast")));
 
+	/*
+	 * ordinal, 0.1.0's generation fields, the error fields, then the
+	 * generation fields added since (maester.batch_result)
+	 */
 	memset(nulls, 0, sizeof(nulls));
 	values[0] = Int32GetDatum(c->ordinal);
 	if (c->phase == PHASE_DONE)
 		batch_finish_success(c);
-	if (!call_generation_values(c, values + 1, nulls + 1))
-		for (int k = 1; k <= CALL_GENERATION_NATTS; k++)
-			nulls[k] = true;
+	if (!call_generation_values(c, g, gnulls))
+		memset(gnulls, true, sizeof(gnulls));
+	for (int k = 0; k < CALL_GENERATION_NATTS; k++)
+	{
+		int			at = k < CALL_GENERATION_NATTS_0_1 ? 1 + k : err + 4 + (k - CALL_GENERATION_NATTS_0_1);
+
+		values[at] = g[k];
+		nulls[at] = gnulls[k];
+	}
 	if (c->phase == PHASE_FAILED)
 	{
 		if (b->nfailed++ == 0)
 			strlcpy(b->first_sqlstate, unpack_sql_state(c->sqlstate), sizeof(b->first_sqlstate));
-		values[CALL_GENERATION_NATTS + 1] = CStringGetTextDatum(unpack_sql_state(c->sqlstate));
-		values[CALL_GENERATION_NATTS + 2] = CStringGetTextDatum(c->error_class ? c->error_class : "error");
-		values[CALL_GENERATION_NATTS + 3] = CStringGetTextDatum(c->message ? c->message : "");
+		values[err] = CStringGetTextDatum(unpack_sql_state(c->sqlstate));
+		values[err + 1] = CStringGetTextDatum(c->error_class ? c->error_class : "error");
+		values[err + 2] = CStringGetTextDatum(c->message ? c->message : "");
 		if (c->detail)
-			values[CALL_GENERATION_NATTS + 4] = CStringGetTextDatum(c->detail);
+			values[err + 3] = CStringGetTextDatum(c->detail);
 		else
-			nulls[CALL_GENERATION_NATTS + 4] = true;
+			nulls[err + 3] = true;
 	}
 	else
-		for (int k = CALL_GENERATION_NATTS + 1; k <= CALL_GENERATION_NATTS + 4; k++)
+		for (int k = err; k < err + 4; k++)
 			nulls[k] = true;
 	tuplestore_putvalues(b->rsinfo->setResult, b->rsinfo->setDesc, values, nulls);
 	MemoryContextSwitchTo(old);

@@ -319,8 +319,7 @@ attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 		if (!g->resp.usage_present)
 		{
 			/* no usage from the provider: estimate it, and say so */
-			g->resp.input_tokens = estimate_tokens(gen->prompt) +
-				estimate_tokens(gen->system);
+			g->resp.input_tokens = (gen->input_chars + 3) / 4;
 			g->resp.output_tokens = estimate_tokens(g->resp.content);
 			g->resp.cached_input_tokens = g->resp.cache_write_tokens = 0;
 		}

@@ -682,7 +682,8 @@ record_end(JobWorker *w, Call *c)
 		INT8OID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID,
 		UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID,
 		INT8OID, INT8OID, BOOLOID, FLOAT8OID, INT4OID, BOOLOID, TEXTOID, TEXTOID,
-	TEXTOID, TEXTOID, TEXTOID, NUMERICOID, BOOLOID, JSONBOID};
+		TEXTOID, TEXTOID, TEXTOID, NUMERICOID, BOOLOID, JSONBOID,
+	JSONBOID, JSONBOID, TEXTOID};
 	bool		ok = c->phase == PHASE_DONE;
 	bool		has_g;
 	const char *status;
@@ -734,7 +735,7 @@ record_end(JobWorker *w, Call *c)
 							  "finished_at = pg_catalog.clock_timestamp(), trace_id = $8, "
 							  "error_code = $4, error_class = $5, error_message = $6, "
 							  "result = CASE WHEN $3 THEN ROW($7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
-							  "$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)::maester.generation END, "
+							  "$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)::maester.generation END, "
 							  "worker_pid = NULL, cancel_requested = false "
 							  "FROM (SELECT q.id FROM maester.job q WHERE q.id = $1 FOR UPDATE SKIP LOCKED) l "
 							  "WHERE j.id = l.id RETURNING j.callback IS NOT NULL",

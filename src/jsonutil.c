@@ -59,6 +59,44 @@ json_parse_object(const char *body, char **problem)
 	return jb;
 }
 
+/*
+ * Parse `text` as any JSON value (a model's tool arguments or structured
+ * answer); NULL with *problem when it is not JSON.
+ */
+Jsonb *
+json_parse_any(const char *text, char **problem)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Jsonb	   *jb = NULL;
+
+	PG_TRY();
+	{
+		jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		*problem = pstrdup(edata->message);
+		FreeErrorData(edata);
+		return NULL;
+	}
+	PG_END_TRY();
+	return jb;
+}
+
+/* A JSON value (scalar or container) as compact JSON text */
+char *
+json_value_text(JsonbValue *v)
+{
+	Jsonb	   *j = JsonbValueToJsonb(v);
+
+	return JsonbToCString(NULL, &j->root, VARSIZE(j));
+}
+
 /* The value of `key` in object container `c`, or NULL */
 JsonbValue *
 json_get(JsonbContainer *c, const char *key)
@@ -142,11 +180,7 @@ json_append_members(StringInfo out, Jsonb *obj)
 			appendStringInfoChar(out, ':');
 		}
 		else if (tok == WJB_VALUE)
-		{
-			Jsonb	   *j = JsonbValueToJsonb(&v);
-
-			appendStringInfoString(out, JsonbToCString(NULL, &j->root, VARSIZE(j)));
-		}
+			appendStringInfoString(out, json_value_text(&v));
 	}
 }
 

@@ -13,6 +13,8 @@
 #include "utils/numeric.h"
 
 extern Jsonb *json_parse_object(const char *body, char **problem);
+extern Jsonb *json_parse_any(const char *text, char **problem);
+extern char *json_value_text(JsonbValue *v);
 extern JsonbValue *json_get(JsonbContainer *c, const char *key);
 extern char *json_get_string(JsonbContainer *c, const char *key);
 extern double json_numeric_double(Numeric n);

@@ -275,8 +275,7 @@ phase_attempt(Call *c, CallSet *set)
 	if (!c->paced)
 	{
 		int			max_tokens = target_max_tokens(t, c->opts.gen.max_tokens);
-		int64		tokens = estimate_tokens(c->opts.gen.prompt) +
-			estimate_tokens(c->opts.gen.system) + max_tokens;
+		int64		tokens = (c->opts.gen.input_chars + 3) / 4 + max_tokens;
 		TimestampTz turn;
 
 		if (!c->tenant_paced)
@@ -535,7 +534,7 @@ phase_settle(Call *c, CallSet *set)
 	Failure		f;
 	bool		ok;
 
-	ok = provider_outcome(t->provider, &c->req, c->key, &c->g.resp, &f);
+	ok = provider_outcome(t->provider, &c->opts.gen, &c->req, c->key, &c->g.resp, &f);
 	release_request(c);
 	trace_span_end(c->gen_span, ok ? "ok" : "error");
 	if (!ok)

@@ -27,6 +27,7 @@
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/elog.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
@@ -165,17 +166,36 @@ normalize_finish_reason(const char *raw)
 	return pstrdup("other");
 }
 
+/*
+ * A structured answer (response_format json_schema or json_object): the
+ * content must be JSON; its parsed value is out->parsed.  Not JSON is not
+ * a protocol failure -- the model wrote it, and was billed for it -- so
+ * parsed stays NULL and the evaluation's json_schema check fails it.
+ */
+static void
+parse_structured(const GenRequest *req, GenResponse *out)
+{
+	char	   *problem = NULL;
+
+	if (req == NULL || (!req->json_format && req->schema == NULL) ||
+		out->content == NULL || out->refusal != NULL)
+		return;
+	out->parsed = json_parse_any(out->content, &problem);
+}
+
 /* Parse a successful answer with the kind's parser; false with *problem */
 static bool
-parse_response(const ProviderOps *ops, const char *body, GenResponse *out,
-			   char **problem)
+parse_response(const ProviderOps *ops, const GenRequest *req, const char *body,
+			   GenResponse *out, char **problem)
 {
 	Jsonb	   *jb = json_parse_object(body, problem);
 	bool		ok;
 
 	if (jb == NULL)
 		return false;
-	ok = ops->parse_response(jb, out, problem);
+	ok = ops->parse_response(jb, req, out, problem);
+	if (ok)
+		parse_structured(req, out);
 	if (out->raw_finish_reason == NULL)
 		out->raw_finish_reason = out->finish_reason;
 	out->finish_reason = normalize_finish_reason(out->finish_reason);
@@ -292,8 +312,8 @@ quota_exhausted(const char *body)
  * summaries of provider bodies.
  */
 bool
-provider_outcome(const ProviderConf *p, HttpRequest *req, const char *key,
-				 GenResponse *out, Failure *f)
+provider_outcome(const ProviderConf *p, const GenRequest *gen, HttpRequest *req,
+				 const char *key, GenResponse *out, Failure *f)
 {
 	memset(f, 0, sizeof(*f));
 	f->retry_after_ms = -1;
@@ -323,7 +343,7 @@ provider_outcome(const ProviderConf *p, HttpRequest *req, const char *key,
 					f->message = psprintf("%s answered with text that is not valid UTF-8",
 										  p->name);
 				}
-				else if (parse_response(p->ops,
+				else if (parse_response(p->ops, gen,
 										pg_any_to_server(req->response,
 														 req->response_len,
 														 PG_UTF8),

@@ -21,12 +21,60 @@
 
 typedef struct ProviderConf ProviderConf;	/* router.h */
 
+/*
+ * A tool call, normalized: the model's id for it, the tool's name, and its
+ * arguments as JSON text (OpenAI sends them as a string of JSON, Anthropic
+ * as an object; either way this is JSON text, or a JSON string when the
+ * model wrote something that is not JSON).
+ */
+typedef struct GenToolCall
+{
+	char	   *id;
+	char	   *name;
+	char	   *arguments;
+} GenToolCall;
+
+/*
+ * One message of a conversation, normalized (request.c): role system,
+ * user, assistant or tool; content NULL only for an assistant message that
+ * only calls tools; tool_calls (of GenToolCall *) for an assistant's calls;
+ * tool_call_id for a tool's result.
+ */
+typedef struct GenMessage
+{
+	const char *role;
+	const char *content;
+	List	   *tool_calls;
+	const char *tool_call_id;
+} GenMessage;
+
+/* A tool the model may call: name, description, JSON-schema parameters */
+typedef struct GenTool
+{
+	char	   *name;
+	char	   *description;	/* NULL: none */
+	char	   *parameters;		/* JSON text of an object schema */
+} GenTool;
+
+typedef enum ToolChoice
+{
+	TOOL_CHOICE_DEFAULT,		/* not given: the provider's default (auto) */
+	TOOL_CHOICE_AUTO,
+	TOOL_CHOICE_NONE,
+	TOOL_CHOICE_REQUIRED,
+	TOOL_CHOICE_NAMED
+} ToolChoice;
+
 /* What the gateway asks of a model, independent of the provider */
 typedef struct GenRequest
 {
 	const char *model;			/* the provider's model id */
 	const char *system;			/* NULL: none */
 	const char *prompt;
+	List	   *messages;		/* of GenMessage *: the conversation sent
+								 * (system and prompt folded in) */
+	int64		input_chars;	/* characters of everything sent as input,
+								 * for estimates */
 	int			max_tokens;		/* 0: not given */
 	bool		has_temperature;
 	double		temperature;
@@ -34,6 +82,14 @@ typedef struct GenRequest
 	double		top_p;
 	List	   *stop;			/* of char *; NIL: none */
 	bool		json_format;	/* ask for a JSON object */
+	char	   *schema_name;	/* response_format json_schema: its name, */
+	char	   *schema;			/* the schema (JSON text), */
+	char	   *schema_spec;	/* and OpenAI's json_schema object as given */
+	List	   *tools;			/* of GenTool *; NIL: none */
+	ToolChoice	tool_choice;
+	char	   *tool_choice_name;	/* TOOL_CHOICE_NAMED */
+	bool		native_schema;	/* Anthropic: output_config.format, not a
+								 * forced tool (maester.model) */
 	Jsonb	   *extra;			/* options.extra: members added to the body */
 } GenRequest;
 
@@ -46,6 +102,9 @@ typedef struct GenRequest
 typedef struct GenResponse
 {
 	char	   *content;
+	char	   *refusal;		/* a refusal's text, kept apart from content */
+	char	   *tool_calls;		/* JSON text: [{id, name, arguments}], or NULL */
+	Jsonb	   *parsed;			/* a structured answer's content, parsed */
 	char	   *finish_reason;	/* stop, length, tool_calls, content_filter,
 								 * refusal or other (provider.c) */
 	char	   *raw_finish_reason;	/* as the provider said it */
@@ -84,7 +143,8 @@ typedef struct ProviderOps
 	struct curl_slist *(*headers) (struct curl_slist *list, const char *key,
 								   const char *api_version);
 	void		(*build_body) (const GenRequest *req, StringInfo out);
-	bool		(*parse_response) (Jsonb *jb, GenResponse *out, char **problem);
+	bool		(*parse_response) (Jsonb *jb, const GenRequest *req, GenResponse *out,
+								   char **problem);
 	int			default_max_tokens; /* sent when the call gives none; 0: none sent */
 } ProviderOps;
 
@@ -108,8 +168,9 @@ extern void provider_request(const ProviderConf *p, const GenRequest *gen,
 							 const char *traceparent, long timeout_ms,
 							 HttpRequest *req);
 extern void provider_request_free(HttpRequest *req);
-extern bool provider_outcome(const ProviderConf *p, HttpRequest *req,
-							 const char *key, GenResponse *out, Failure *f);
+extern bool provider_outcome(const ProviderConf *p, const GenRequest *gen,
+							 HttpRequest *req, const char *key, GenResponse *out,
+							 Failure *f);
 extern char *provider_error_summary(const char *body, size_t len,
 									const char *secret);
 

@@ -4,13 +4,17 @@
  *	  The OpenAI Chat Completions adapter (kinds openai and
  *	  openai_compatible): POST {base_url}/chat/completions.
  *
- * Request: {"model", "messages": [system?, user], "max_completion_tokens"
- * (openai) or "max_tokens" (compatible servers such as Ollama, vLLM and
- * llama.cpp, which do not all know the newer name), "temperature",
- * "top_p", "stop", "response_format": {"type": "json_object"}}.
+ * Request (openai's ChatCompletionCreateParamsNonStreaming): {"model",
+ * "messages" (system, user, assistant with tool_calls, tool with
+ * tool_call_id), "max_completion_tokens" (openai) or "max_tokens"
+ * (compatible servers such as Ollama, vLLM and llama.cpp, which do not all
+ * know the newer name), "temperature", "top_p", "stop", "tools" (function
+ * tools), "tool_choice", "response_format": {"type": "json_object"} or
+ * {"type": "json_schema", "json_schema": {...}}}.
  *
- * Response: choices[0].message.content (or .refusal), finish_reason,
- * model, id, usage.{prompt_tokens, completion_tokens,
+ * Response: choices[0].message.content, .refusal (kept apart), .tool_calls
+ * (normalized to {id, name, arguments}), finish_reason, model, id,
+ * usage.{prompt_tokens, completion_tokens,
  * prompt_tokens_details.cached_tokens}.  prompt_tokens already include the
  * cached tokens, which is our normalized convention.
  *
@@ -21,7 +25,11 @@
 #include "utils/json.h"
 
 #include "jsonutil.h"
+#include "message.h"
 #include "provider.h"
+
+/* Said when JSON mode is asked for and no message mentions JSON */
+#define JSON_MODE_INSTRUCTION "Answer in JSON."
 
 /* Append "key": "value" with JSON escaping (value NUL-terminated) */
 static void
@@ -32,6 +40,131 @@ append_string_member(StringInfo out, const char *key, const char *value)
 	escape_json(out, value);
 }
 
+/* Append a JSON array of strings */
+static void
+append_string_array(StringInfo out, List *strings)
+{
+	ListCell   *lc;
+
+	appendStringInfoChar(out, '[');
+	foreach(lc, strings)
+	{
+		if (lc != list_head(strings))
+			appendStringInfoChar(out, ',');
+		escape_json(out, (const char *) lfirst(lc));
+	}
+	appendStringInfoChar(out, ']');
+}
+
+/*
+ * The conversation as ChatCompletionMessageParam[]: system, user,
+ * assistant (tool_calls as ChatCompletionMessageFunctionToolCall, whose
+ * arguments are a string of JSON) and tool ({tool_call_id, content}).
+ */
+static void
+append_messages(StringInfo out, const GenRequest *req)
+{
+	ListCell   *lc;
+
+	appendStringInfoString(out, ",\"messages\":[");
+	/* JSON mode is refused (400) unless a message says "json": say it */
+	if (req->json_format && !messages_mention_json(req))
+	{
+		appendStringInfoString(out, "{\"role\":\"system\",");
+		append_string_member(out, "content", JSON_MODE_INSTRUCTION);
+		appendStringInfoString(out, "},");
+	}
+	foreach(lc, req->messages)
+	{
+		GenMessage *m = (GenMessage *) lfirst(lc);
+
+		if (lc != list_head(req->messages))
+			appendStringInfoChar(out, ',');
+		appendStringInfoString(out, "{\"role\":");
+		escape_json(out, m->role);
+		appendStringInfoString(out, ",\"content\":");
+		/* an assistant's turn that only calls tools: content null, as the API answers it */
+		if (m->content && !(m->content[0] == '\0' && m->tool_calls))
+			escape_json(out, m->content);
+		else
+			appendStringInfoString(out, "null");
+		if (m->tool_calls)
+		{
+			ListCell   *tl;
+
+			appendStringInfoString(out, ",\"tool_calls\":[");
+			foreach(tl, m->tool_calls)
+			{
+				GenToolCall *tc = (GenToolCall *) lfirst(tl);
+
+				if (tl != list_head(m->tool_calls))
+					appendStringInfoChar(out, ',');
+				appendStringInfoChar(out, '{');
+				append_string_member(out, "id", tc->id);
+				appendStringInfoString(out, ",\"type\":\"function\",\"function\":{");
+				append_string_member(out, "name", tc->name);
+				appendStringInfoChar(out, ',');
+				append_string_member(out, "arguments", tc->arguments);
+				appendStringInfoString(out, "}}");
+			}
+			appendStringInfoChar(out, ']');
+		}
+		if (m->tool_call_id)
+		{
+			appendStringInfoChar(out, ',');
+			append_string_member(out, "tool_call_id", m->tool_call_id);
+		}
+		appendStringInfoChar(out, '}');
+	}
+	appendStringInfoChar(out, ']');
+}
+
+/* tools as ChatCompletionFunctionTool[], and tool_choice */
+static void
+append_tools(StringInfo out, const GenRequest *req)
+{
+	ListCell   *lc;
+
+	if (req->tools == NIL)
+		return;
+	appendStringInfoString(out, ",\"tools\":[");
+	foreach(lc, req->tools)
+	{
+		GenTool    *t = (GenTool *) lfirst(lc);
+
+		if (lc != list_head(req->tools))
+			appendStringInfoChar(out, ',');
+		appendStringInfoString(out, "{\"type\":\"function\",\"function\":{");
+		append_string_member(out, "name", t->name);
+		if (t->description)
+		{
+			appendStringInfoChar(out, ',');
+			append_string_member(out, "description", t->description);
+		}
+		appendStringInfo(out, ",\"parameters\":%s}}", t->parameters);
+	}
+	appendStringInfoChar(out, ']');
+	switch (req->tool_choice)
+	{
+		case TOOL_CHOICE_DEFAULT:
+			break;
+		case TOOL_CHOICE_AUTO:
+			appendStringInfoString(out, ",\"tool_choice\":\"auto\"");
+			break;
+		case TOOL_CHOICE_NONE:
+			appendStringInfoString(out, ",\"tool_choice\":\"none\"");
+			break;
+		case TOOL_CHOICE_REQUIRED:
+			appendStringInfoString(out, ",\"tool_choice\":\"required\"");
+			break;
+		case TOOL_CHOICE_NAMED:
+			appendStringInfoString(out, ",\"tool_choice\":{\"type\":\"function\",\"function\":{");
+			append_string_member(out, "name", req->tool_choice_name);
+			appendStringInfoString(out, "}}");
+			break;
+	}
+}
+
 /*
  * The request body.  `max_name` is the name of the output limit:
  * max_completion_tokens at OpenAI, max_tokens at compatible servers (not
@@ -40,20 +173,9 @@ append_string_member(StringInfo out, const char *key, const char *value)
 static void
 build_body(const GenRequest *req, StringInfo out, const char *max_name)
 {
-	ListCell   *lc;
-
 	appendStringInfoChar(out, '{');
 	append_string_member(out, "model", req->model);
-	appendStringInfoString(out, ",\"messages\":[");
-	if (req->system)
-	{
-		appendStringInfoString(out, "{\"role\":\"system\",");
-		append_string_member(out, "content", req->system);
-		appendStringInfoString(out, "},");
-	}
-	appendStringInfoString(out, "{\"role\":\"user\",");
-	append_string_member(out, "content", req->prompt);
-	appendStringInfoString(out, "}]");
+	append_messages(out, req);
 	if (req->max_tokens > 0)
 		appendStringInfo(out, ",\"%s\":%d", max_name, req->max_tokens);
 	if (req->has_temperature)
@@ -62,16 +184,14 @@ build_body(const GenRequest *req, StringInfo out, const char *max_name)
 		json_append_number_member(out, "top_p", req->top_p);
 	if (req->stop != NIL)
 	{
-		appendStringInfoString(out, ",\"stop\":[");
-		foreach(lc, req->stop)
-		{
-			if (lc != list_head(req->stop))
-				appendStringInfoChar(out, ',');
-			escape_json(out, (const char *) lfirst(lc));
-		}
-		appendStringInfoChar(out, ']');
+		appendStringInfoString(out, ",\"stop\":");
+		append_string_array(out, req->stop);
 	}
-	if (req->json_format)
+	append_tools(out, req);
+	if (req->schema_spec)
+		appendStringInfo(out, ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":%s}",
+						 req->schema_spec);
+	else if (req->json_format)
 		appendStringInfoString(out, ",\"response_format\":{\"type\":\"json_object\"}");
 	json_append_members(out, req->extra);
 	appendStringInfoString(out, ",\"stream\":false}");
@@ -140,21 +260,75 @@ message_text(JsonbContainer *message)
 }
 
 /*
+ * The message's tool_calls (ChatCompletionMessageToolCall[]) normalized:
+ * function calls' arguments, a string of JSON, parsed (kept as a JSON
+ * string when the model wrote something that is not JSON: the SDK's own
+ * comment warns it may); custom tools' input kept as a string.
+ */
+static List *
+tool_calls_of(JsonbContainer *calls)
+{
+	List	   *out = NIL;
+	int			n;
+
+	if (calls == NULL || !JsonContainerIsArray(calls))
+		return NIL;
+	n = JsonContainerSize(calls);
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(calls, i);
+		JsonbContainer *fn;
+		GenToolCall *tc;
+		char	   *args;
+		Jsonb	   *parsed;
+		char	   *problem = NULL;
+
+		if (e == NULL || e->type != jbvBinary || !JsonContainerIsObject(e->val.binary.data))
+			continue;
+		tc = palloc0(sizeof(GenToolCall));
+		tc->id = json_get_string(e->val.binary.data, "id");
+		fn = json_get_container(e->val.binary.data, "function");
+		if (fn == NULL)
+			fn = json_get_container(e->val.binary.data, "custom");
+		tc->name = fn ? json_get_string(fn, "name") : NULL;
+		args = fn ? json_get_string(fn, "arguments") : NULL;
+		if (args == NULL && fn)
+			args = json_get_string(fn, "input");
+		if (args == NULL)
+			tc->arguments = pstrdup("{}");
+		else if ((parsed = json_parse_any(args, &problem)) != NULL)
+			tc->arguments = JsonbToCString(NULL, &parsed->root, VARSIZE(parsed));
+		else
+		{
+			StringInfoData q;
+
+			initStringInfo(&q);
+			escape_json(&q, args);
+			tc->arguments = q.data;
+		}
+		out = lappend(out, tc);
+	}
+	return out;
+}
+
+/*
  * Normalize a Chat Completions answer (openai's ChatCompletion type); false
  * with *problem if unusable.  Usage is read first, so that a billed answer
  * whose content cannot be used is still charged (provider_outcome).  A
  * message's content may be null: with tool_calls, or a finish_reason of
  * length, content_filter or tool_calls, the answer is an empty text; a
- * refusal (message.refusal) is the text, with finish_reason "refusal".
+ * refusal (message.refusal) is kept apart, with an empty content and
+ * finish_reason "refusal".
  */
 static bool
-openai_parse_response(Jsonb *jb, GenResponse *out, char **problem)
+openai_parse_response(Jsonb *jb, const GenRequest *req, GenResponse *out,
+					  char **problem)
 {
 	JsonbContainer *choices = json_get_container(&jb->root, "choices");
 	JsonbValue *first;
 	JsonbContainer *message;
 	JsonbContainer *usage;
-	JsonbContainer *tool_calls;
+	List	   *calls;
 	char	   *refusal;
 
 	out->served_model = json_get_string(&jb->root, "model");
@@ -188,15 +362,18 @@ openai_parse_response(Jsonb *jb, GenResponse *out, char **problem)
 	out->finish_reason = json_get_string(first->val.binary.data, "finish_reason");
 	out->content = message_text(message);
 	refusal = json_get_string(message, "refusal");
-	if (refusal != NULL && (out->content == NULL || out->content[0] == '\0'))
+	if (refusal != NULL)
 	{
-		out->content = refusal;
+		out->refusal = refusal;
 		out->raw_finish_reason = out->finish_reason;
 		out->finish_reason = pstrdup("refusal");
+		if (out->content == NULL)
+			out->content = pstrdup("");
 	}
-	tool_calls = json_get_container(message, "tool_calls");
+	calls = tool_calls_of(json_get_container(message, "tool_calls"));
+	out->tool_calls = message_tool_calls_json(calls);
 	if (out->content == NULL &&
-		((tool_calls && JsonContainerIsArray(tool_calls) && JsonContainerSize(tool_calls) > 0) ||
+		(calls != NIL ||
 		 (out->finish_reason &&
 		  (strcmp(out->finish_reason, "length") == 0 ||
 		   strcmp(out->finish_reason, "content_filter") == 0 ||

@@ -17,7 +17,9 @@
 #include <math.h>
 
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
@@ -120,6 +122,181 @@ option_extra(JsonbValue *v)
 	return JsonContainerSize(&extra->root) > 0 ? extra : NULL;
 }
 
+/* A tool or schema name as both providers accept it: [a-zA-Z0-9_-]{1,64} */
+static bool
+valid_tool_name(const char *s, int len)
+{
+	if (len < 1 || len > 64)
+		return false;
+	for (int i = 0; i < len; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+			  (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '-'))
+			return false;
+	return true;
+}
+
+/* A string member of container `c` that must be a tool name */
+static char *
+tool_name_of(JsonbContainer *c, const char *what)
+{
+	JsonbValue *v = json_get(c, "name");
+
+	if (v == NULL || v->type != jbvString)
+		option_error(what, "given with a \"name\"");
+	if (!valid_tool_name(v->val.string.val, v->val.string.len))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s name \"%s\" is not valid", what,
+						maester_cut_short(pnstrdup(v->val.string.val, v->val.string.len), 64)),
+				 errdetail("Names are 1 to 64 letters, digits, underscores and dashes.")));
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/*
+ * options.tools: an array of tool definitions, each {name, description,
+ * parameters} (also OpenAI's {type: "function", function: {...}} and
+ * Anthropic's {name, description, input_schema}), normalized.
+ */
+static List *
+option_tools(JsonbValue *v)
+{
+	List	   *tools = NIL;
+	int			n;
+
+	if (v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
+		option_error("tools", "an array of tool definitions");
+	n = JsonContainerSize(v->val.binary.data);
+	if (n > 128)
+		option_error("tools", "an array of at most 128 tools");
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(v->val.binary.data, i);
+		JsonbContainer *def;
+		JsonbValue *params;
+		JsonbValue *desc;
+		GenTool    *t = palloc0(sizeof(GenTool));
+		char	   *type;
+		ListCell   *lc;
+
+		if (e->type != jbvBinary || !JsonContainerIsObject(e->val.binary.data))
+			option_error("tools", "an array of tool definitions (objects)");
+		def = e->val.binary.data;
+		type = json_get_string(def, "type");
+		if (type != NULL && strcmp(type, "function") == 0)
+		{
+			def = json_get_container(def, "function");
+			if (def == NULL || !JsonContainerIsObject(def))
+				option_error("tools", "function tools with a \"function\" object");
+		}
+		else if (type != NULL && strcmp(type, "custom") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("tool type \"%s\" is not supported", type),
+					 errhint("Give function tools: {\"name\", \"description\", \"parameters\"}; provider-specific tools go in options.extra.")));
+		t->name = tool_name_of(def, "tool");
+		foreach(lc, tools)
+			if (strcmp(((GenTool *) lfirst(lc))->name, t->name) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("tool \"%s\" is defined twice", t->name)));
+		desc = json_get(def, "description");
+		if (desc != NULL && desc->type != jbvNull)
+		{
+			if (desc->type != jbvString)
+				option_error("tools", "definitions whose \"description\" is a string");
+			t->description = pnstrdup(desc->val.string.val, desc->val.string.len);
+		}
+		params = json_get(def, "parameters");
+		if (params == NULL)
+			params = json_get(def, "input_schema");
+		if (params == NULL || params->type == jbvNull)
+			t->parameters = pstrdup("{\"type\":\"object\",\"properties\":{}}");
+		else if (params->type == jbvBinary && JsonContainerIsObject(params->val.binary.data))
+			t->parameters = json_value_text(params);
+		else
+			option_error("tools", "definitions whose \"parameters\" is a JSON-schema object");
+		tools = lappend(tools, t);
+	}
+	return tools;
+}
+
+/*
+ * options.tool_choice: "auto", "none", "required" (or Anthropic's "any"),
+ * or one tool by name: {"name": ...} (also OpenAI's {"type": "function",
+ * "function": {"name": ...}} and Anthropic's {"type": "tool", "name": ...}).
+ */
+static void
+option_tool_choice(JsonbValue *v, GenRequest *gen)
+{
+	if (v->type == jbvString)
+	{
+		char	   *c = pnstrdup(v->val.string.val, v->val.string.len);
+
+		if (strcmp(c, "auto") == 0)
+			gen->tool_choice = TOOL_CHOICE_AUTO;
+		else if (strcmp(c, "none") == 0)
+			gen->tool_choice = TOOL_CHOICE_NONE;
+		else if (strcmp(c, "required") == 0 || strcmp(c, "any") == 0)
+			gen->tool_choice = TOOL_CHOICE_REQUIRED;
+		else
+			option_error("tool_choice", "\"auto\", \"none\", \"required\" or {\"name\": tool}");
+		return;
+	}
+	if (v->type == jbvBinary && JsonContainerIsObject(v->val.binary.data))
+	{
+		JsonbContainer *c = v->val.binary.data;
+		char	   *type = json_get_string(c, "type");
+
+		if (type && strcmp(type, "function") == 0)
+			c = json_get_container(c, "function");
+		else if (type && strcmp(type, "tool") != 0)
+		{
+			/* Anthropic's {"type": "auto" | "any" | "none"} */
+			JsonbValue	s;
+
+			s.type = jbvString;
+			s.val.string.val = type;
+			s.val.string.len = strlen(type);
+			option_tool_choice(&s, gen);
+			return;
+		}
+		if (c != NULL && JsonContainerIsObject(c))
+		{
+			gen->tool_choice = TOOL_CHOICE_NAMED;
+			gen->tool_choice_name = tool_name_of(c, "tool_choice");
+			return;
+		}
+	}
+	option_error("tool_choice", "\"auto\", \"none\", \"required\" or {\"name\": tool}");
+}
+
+/*
+ * options.response_format {"type": "json_schema", "json_schema": {name,
+ * schema, strict, description}}, OpenAI's shape: the answer must be a JSON
+ * value of that schema.
+ */
+static void
+option_json_schema(JsonbContainer *rf, GenRequest *gen)
+{
+	JsonbValue *spec = json_get(rf, "json_schema");
+	JsonbValue *schema;
+	JsonbValue *strict;
+
+	if (spec == NULL || spec->type != jbvBinary ||
+		!JsonContainerIsObject(spec->val.binary.data))
+		option_error("response_format", "{\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}}");
+	gen->schema_name = tool_name_of(spec->val.binary.data, "response_format json_schema");
+	schema = json_get(spec->val.binary.data, "schema");
+	if (schema == NULL || schema->type != jbvBinary ||
+		!JsonContainerIsObject(schema->val.binary.data))
+		option_error("response_format", "a json_schema whose \"schema\" is a JSON-schema object");
+	strict = json_get(spec->val.binary.data, "strict");
+	if (strict != NULL && strict->type != jbvBool && strict->type != jbvNull)
+		option_error("response_format", "a json_schema whose \"strict\" is a boolean");
+	gen->schema = json_value_text(schema);
+	gen->schema_spec = json_value_text(spec);
+}
+
 /* Parse and check the options object (NULL: the defaults); raises 22023 */
 void
 request_parse_options(Jsonb *opts, CallOptions *o)
@@ -185,19 +362,25 @@ request_parse_options(Jsonb *opts, CallOptions *o)
 		{
 			char	   *fmt = NULL;
 
+			o->gen.json_format = false;
+			o->gen.schema = o->gen.schema_name = o->gen.schema_spec = NULL;
 			if (v.type == jbvString)
 				fmt = pnstrdup(v.val.string.val, v.val.string.len);
 			else if (v.type == jbvBinary)
 				fmt = json_get_string(v.val.binary.data, "type");
 			if (fmt && (strcmp(fmt, "json") == 0 || strcmp(fmt, "json_object") == 0))
 				o->gen.json_format = true;
-			else if (fmt && strcmp(fmt, "text") == 0)
-				o->gen.json_format = false;
-			else
-				option_error(key, "\"json\", \"text\" or {\"type\": \"json_object\"}");
+			else if (fmt && v.type == jbvBinary && strcmp(fmt, "json_schema") == 0)
+				option_json_schema(v.val.binary.data, &o->gen);
+			else if (!fmt || strcmp(fmt, "text") != 0)
+				option_error(key, "\"json\", \"text\", {\"type\": \"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": {...}}");
 		}
 		else if (strcmp(key, "extra") == 0)
 			o->gen.extra = option_extra(&v);
+		else if (strcmp(key, "tools") == 0)
+			o->gen.tools = option_tools(&v);
+		else if (strcmp(key, "tool_choice") == 0)
+			option_tool_choice(&v, &o->gen);
 		else if (strcmp(key, "timeout_ms") == 0)
 			o->timeout_ms = option_int(&v, key, 1, INT_MAX);
 		else if (strcmp(key, "max_attempts") == 0)
@@ -226,6 +409,23 @@ request_parse_options(Jsonb *opts, CallOptions *o)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unknown option \"%s\"", key),
 					 errhint("Known options: " KNOWN_OPTIONS ".")));
+	}
+	if (o->gen.tool_choice != TOOL_CHOICE_DEFAULT && o->gen.tools == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"tool_choice\" needs option \"tools\"")));
+	if (o->gen.tool_choice == TOOL_CHOICE_NAMED)
+	{
+		ListCell   *lc;
+		bool		found = false;
+
+		foreach(lc, o->gen.tools)
+			found |= strcmp(((GenTool *) lfirst(lc))->name, o->gen.tool_choice_name) == 0;
+		if (!found)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("tool_choice names tool \"%s\", which is not among the tools",
+							o->gen.tool_choice_name)));
 	}
 }
 
@@ -293,6 +493,14 @@ request_parse(Jsonb *req, CallArgs *a, bool *has_model)
 		tok = JsonbIteratorNext(&it, &v, true);
 		if (strcmp(key, "prompt") == 0)
 			a->prompt = request_text(&v, key);
+		else if (strcmp(key, "messages") == 0)
+		{
+			if (v.type == jbvNull)
+				continue;
+			if (v.type != jbvBinary || !JsonContainerIsArray(v.val.binary.data))
+				request_error(key, "an array of messages");
+			a->messages = JsonbValueToJsonb(&v);
+		}
 		else if (strcmp(key, "system") == 0)
 			a->system = request_text(&v, key);
 		else if (strcmp(key, "model") == 0)
@@ -344,11 +552,16 @@ request_parse(Jsonb *req, CallArgs *a, bool *has_model)
 void
 request_check_args(const CallArgs *a)
 {
-	if ((a->prompt == NULL) == (a->prompt_name == NULL))
+	if ((a->prompt != NULL) + (a->prompt_name != NULL) + (a->messages != NULL) != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("give exactly one of prompt and prompt_name"),
-				 errhint("Pass prompt => 'text' for a raw prompt, or prompt_name => 'name' to render one from the registry.")));
+				 errmsg("give exactly one of prompt, messages and prompt_name"),
+				 errhint("Pass prompt => 'text' for a raw prompt, messages => '[{\"role\": \"user\", \"content\": \"...\"}]' for a conversation, or prompt_name => 'name' to render one from the registry.")));
+	if (a->messages != NULL && a->system != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("system does not go with messages"),
+				 errhint("Put the system prompt in messages: {\"role\": \"system\", \"content\": \"...\"}.")));
 	if (a->prompt_name == NULL && (a->variables != NULL || a->prompt_version != NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -375,7 +588,7 @@ request_with_defaults(Jsonb *req, text *model, text *prompt_name, Jsonb *options
 	request_parse(req, a, &has_model);
 	if (!has_model && model)
 		a->model = text_to_cstring(model);
-	if (a->prompt == NULL && a->prompt_name == NULL && prompt_name)
+	if (a->prompt == NULL && a->messages == NULL && a->prompt_name == NULL && prompt_name)
 		a->prompt_name = text_to_cstring(prompt_name);
 	if (options && a->options)
 		a->options = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
@@ -396,4 +609,287 @@ request_validate(Jsonb *request)
 	request_parse(request, &a, &has_model);
 	request_check_args(&a);
 	request_parse_options(a.options, &o);
+	if (a.messages)
+		(void) request_messages(a.messages, NULL);
+}
+
+/* Raise 22023 for a bad message */
+static void
+message_error(int i, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("message %d %s", i + 1, what),
+			 errhint("A message is {\"role\": \"system\" | \"user\" | \"assistant\" | \"tool\", \"content\": \"...\"}; "
+					 "an assistant's may carry \"tool_calls\": [{\"id\", \"name\", \"arguments\"}], "
+					 "a tool's result names its \"tool_call_id\".")));
+}
+
+/*
+ * A message's content: a string, or an array of text parts ({"type":
+ * "text", "text": ...}, both providers' shape) concatenated; NULL for
+ * null.
+ */
+static char *
+message_content(JsonbValue *v, int i)
+{
+	StringInfoData t;
+	int			n;
+
+	if (v->type == jbvNull)
+		return NULL;
+	if (v->type == jbvString)
+		return pnstrdup(v->val.string.val, v->val.string.len);
+	if (v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
+		message_error(i, "has a \"content\" that is not a string or an array of text parts");
+	initStringInfo(&t);
+	n = JsonContainerSize(v->val.binary.data);
+	for (int k = 0; k < n; k++)
+	{
+		JsonbValue *part = getIthJsonbValueFromContainer(v->val.binary.data, k);
+		char	   *type;
+		char	   *text;
+
+		if (part->type != jbvBinary || !JsonContainerIsObject(part->val.binary.data) ||
+			(type = json_get_string(part->val.binary.data, "type")) == NULL ||
+			strcmp(type, "text") != 0 ||
+			(text = json_get_string(part->val.binary.data, "text")) == NULL)
+			message_error(i, "has a content part that is not {\"type\": \"text\", \"text\": \"...\"} (only text is supported)");
+		appendStringInfoString(&t, text);
+	}
+	return t.data;
+}
+
+/*
+ * An assistant message's tool calls: our shape {id, name, arguments}
+ * (what maester.generation.tool_calls holds, so that a tool loop appends
+ * it as it came), or OpenAI's {id, type: "function", function: {name,
+ * arguments: "<JSON text>"}}.  Arguments are kept as JSON text of an
+ * object.
+ */
+static List *
+message_tool_calls(JsonbValue *v, int i, int64 *chars)
+{
+	List	   *calls = NIL;
+	int			n;
+
+	if (v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data) ||
+		(n = JsonContainerSize(v->val.binary.data)) == 0)
+		message_error(i, "has \"tool_calls\" that are not a non-empty array");
+	for (int k = 0; k < n; k++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(v->val.binary.data, k);
+		JsonbContainer *c;
+		JsonbContainer *fn;
+		JsonbValue *args;
+		GenToolCall *tc = palloc0(sizeof(GenToolCall));
+
+		if (e->type != jbvBinary || !JsonContainerIsObject(e->val.binary.data))
+			message_error(i, "has a tool call that is not an object");
+		c = e->val.binary.data;
+		tc->id = json_get_string(c, "id");
+		if (tc->id == NULL || tc->id[0] == '\0')
+			message_error(i, "has a tool call without an \"id\"");
+		fn = json_get_container(c, "function");
+		if (fn != NULL && JsonContainerIsObject(fn))
+			c = fn;
+		tc->name = json_get_string(c, "name");
+		if (tc->name == NULL || !valid_tool_name(tc->name, strlen(tc->name)))
+			message_error(i, "has a tool call without a valid \"name\"");
+		args = json_get(c, "arguments");
+		if (args == NULL || args->type == jbvNull)
+			tc->arguments = pstrdup("{}");
+		else if (args->type == jbvString)
+		{
+			char	   *problem = NULL;
+			char	   *text = pnstrdup(args->val.string.val, args->val.string.len);
+			Jsonb	   *parsed = json_parse_any(text, &problem);
+
+			if (parsed == NULL || !JB_ROOT_IS_OBJECT(parsed))
+				message_error(i, "has a tool call whose \"arguments\" string is not a JSON object");
+			tc->arguments = JsonbToCString(NULL, &parsed->root, VARSIZE(parsed));
+		}
+		else if (args->type == jbvBinary && JsonContainerIsObject(args->val.binary.data))
+			tc->arguments = json_value_text(args);
+		else
+			message_error(i, "has a tool call whose \"arguments\" are not a JSON object");
+		if (chars)
+			*chars += strlen(tc->name) + pg_mbstrlen(tc->arguments);
+		calls = lappend(calls, tc);
+	}
+	return calls;
+}
+
+/*
+ * A conversation, checked and normalized: a list of GenMessage.  Raises
+ * 22023 naming the message (1-based) and what is wrong with it.  Tool
+ * results must follow the assistant message whose calls they answer (both
+ * providers refuse anything else, after billing nothing; better to say so
+ * here).  *chars (if not NULL) gets the characters of everything sent.
+ */
+List *
+request_messages(Jsonb *messages, int64 *chars)
+{
+	List	   *out = NIL;
+	int			n;
+	int			nconv = 0;
+	List	   *open_calls = NIL;	/* ids of the last assistant's tool calls */
+	int64		total = 0;
+
+	if (!JB_ROOT_IS_ARRAY(messages) || JB_ROOT_IS_SCALAR(messages))
+		request_error("messages", "an array of messages");
+	n = JsonContainerSize(&messages->root);
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(&messages->root, i);
+		JsonbContainer *c;
+		GenMessage *m = palloc0(sizeof(GenMessage));
+		JsonbIterator *it;
+		JsonbValue	k;
+		JsonbIteratorToken tok;
+		char	   *role;
+		bool		has_content = false;
+
+		if (e->type != jbvBinary || !JsonContainerIsObject(e->val.binary.data))
+			message_error(i, "is not a JSON object");
+		c = e->val.binary.data;
+		role = json_get_string(c, "role");
+		if (role == NULL ||
+			(strcmp(role, "system") != 0 && strcmp(role, "user") != 0 &&
+			 strcmp(role, "assistant") != 0 && strcmp(role, "tool") != 0))
+			message_error(i, "has no \"role\" of system, user, assistant or tool");
+		m->role = role;
+		it = JsonbIteratorInit(c);
+		while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+		{
+			char	   *key;
+			JsonbValue	v;
+
+			if (tok != WJB_KEY)
+				continue;
+			key = pnstrdup(k.val.string.val, k.val.string.len);
+			(void) JsonbIteratorNext(&it, &v, true);
+			if (strcmp(key, "role") == 0)
+				continue;
+			else if (strcmp(key, "content") == 0)
+			{
+				m->content = message_content(&v, i);
+				has_content = true;
+			}
+			else if (strcmp(key, "tool_calls") == 0 && strcmp(role, "assistant") == 0)
+			{
+				if (v.type != jbvNull)
+					m->tool_calls = message_tool_calls(&v, i, &total);
+			}
+			else if (strcmp(key, "tool_call_id") == 0 && strcmp(role, "tool") == 0)
+			{
+				if (v.type != jbvString || v.val.string.len == 0)
+					message_error(i, "has a \"tool_call_id\" that is not a string");
+				m->tool_call_id = pnstrdup(v.val.string.val, v.val.string.len);
+			}
+			else if (strcmp(key, "refusal") == 0 && strcmp(role, "assistant") == 0 &&
+					 v.type == jbvNull)
+				continue;		/* OpenAI's assistant messages carry refusal: null */
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("message %d (%s) has an unknown member \"%s\"", i + 1, role,
+								maester_cut_short(key, 64)),
+						 errhint("Members are role and content; tool_calls for an assistant, tool_call_id for a tool.")));
+		}
+		if (m->content == NULL && m->tool_calls == NIL)
+			message_error(i, has_content ? "has a null \"content\"" : "has no \"content\"");
+		if (strcmp(role, "tool") == 0)
+		{
+			ListCell   *lc;
+			bool		found = false;
+
+			if (m->tool_call_id == NULL)
+				message_error(i, "is a tool result without a \"tool_call_id\"");
+			foreach(lc, open_calls)
+				found |= strcmp((char *) lfirst(lc), m->tool_call_id) == 0;
+			if (!found)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("message %d answers tool call \"%s\", which the assistant message before it did not make",
+								i + 1, maester_cut_short(pstrdup(m->tool_call_id), 64)),
+						 errhint("Tool results follow the assistant message with their tool_calls.")));
+		}
+		else
+		{
+			ListCell   *lc;
+
+			open_calls = NIL;
+			foreach(lc, m->tool_calls)
+				open_calls = lappend(open_calls, ((GenToolCall *) lfirst(lc))->id);
+		}
+		if (strcmp(role, "system") != 0)
+			nconv++;
+		if (m->content)
+			total += pg_mbstrlen(m->content);
+		out = lappend(out, m);
+	}
+	if (nconv == 0)
+		request_error("messages", "a conversation with at least one user, assistant or tool message");
+	if (chars)
+		*chars = total;
+	return out;
+}
+
+/*
+ * The canonical form of a conversation, which its prompt hash is taken
+ * over: a JSON array with no whitespace, each message an object with, in
+ * this order, "role", "content" (absent when null), "tool_calls" (each
+ * {"id", "name", "arguments"}, arguments in jsonb's text form) and
+ * "tool_call_id", as present.
+ */
+char *
+request_messages_canonical(List *messages)
+{
+	StringInfoData s;
+	ListCell   *lc;
+
+	initStringInfo(&s);
+	appendStringInfoChar(&s, '[');
+	foreach(lc, messages)
+	{
+		GenMessage *m = (GenMessage *) lfirst(lc);
+
+		if (lc != list_head(messages))
+			appendStringInfoChar(&s, ',');
+		appendStringInfoString(&s, "{\"role\":");
+		escape_json(&s, m->role);
+		if (m->content)
+		{
+			appendStringInfoString(&s, ",\"content\":");
+			escape_json(&s, m->content);
+		}
+		if (m->tool_calls)
+		{
+			ListCell   *tl;
+
+			appendStringInfoString(&s, ",\"tool_calls\":[");
+			foreach(tl, m->tool_calls)
+			{
+				GenToolCall *tc = (GenToolCall *) lfirst(tl);
+
+				if (tl != list_head(m->tool_calls))
+					appendStringInfoChar(&s, ',');
+				appendStringInfoString(&s, "{\"id\":");
+				escape_json(&s, tc->id);
+				appendStringInfoString(&s, ",\"name\":");
+				escape_json(&s, tc->name);
+				appendStringInfo(&s, ",\"arguments\":%s}", tc->arguments);
+			}
+			appendStringInfoChar(&s, ']');
+		}
+		if (m->tool_call_id)
+		{
+			appendStringInfoString(&s, ",\"tool_call_id\":");
+			escape_json(&s, m->tool_call_id);
+		}
+		appendStringInfoChar(&s, '}');
+	}
+	appendStringInfoChar(&s, ']');
+	return s.data;
 }

@@ -13,8 +13,8 @@
 
 #include "provider.h"
 
-#define KNOWN_OPTIONS "temperature, top_p, stop, response_format, timeout_ms, max_attempts, fallback, tags, extra"
-#define REQUEST_KEYS "prompt, model, max_tokens, system, prompt_name, variables, prompt_version, options"
+#define KNOWN_OPTIONS "temperature, top_p, stop, response_format, tools, tool_choice, timeout_ms, max_attempts, fallback, tags, extra"
+#define REQUEST_KEYS "prompt, messages, model, max_tokens, system, prompt_name, variables, prompt_version, options"
 
 /* Per-call options, from the options jsonb */
 typedef struct CallOptions
@@ -30,6 +30,7 @@ typedef struct CallOptions
 typedef struct CallArgs
 {
 	text	   *prompt;
+	Jsonb	   *messages;		/* a conversation, instead of prompt */
 	char	   *model;
 	int			max_tokens;		/* 0: none */
 	text	   *system;
@@ -45,5 +46,7 @@ extern void request_check_args(const CallArgs *a);
 extern void request_with_defaults(Jsonb *req, text *model, text *prompt_name,
 								  Jsonb *options, CallArgs *a);
 extern void request_validate(Jsonb *request);
+extern List *request_messages(Jsonb *messages, int64 *chars);
+extern char *request_messages_canonical(List *messages);
 
 #endif							/* MAESTER_REQUEST_H */

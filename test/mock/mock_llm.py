@@ -29,6 +29,14 @@ Answers are deterministic: content is "[Mock:MODEL] Generated response for
 prompt: PROMPT" ("[MockAnthropic:MODEL] ..." on /v1/messages), cut to
 4*max_tokens chars (finish "length" / "max_tokens").  Input tokens =
 ceil(len(system+prompt)/4)+3, output tokens = ceil(len(content)/4).
+With tools (and tool_choice not none), the model calls the named tool, else
+the first, with arguments made from its schema (schema_example), unless the
+conversation ends with tool results: then content is "[Mock:MODEL] Tool
+results: R1 | R2".  A json_schema response format (OpenAI response_format,
+Anthropic output_config.format) answers a value made from the schema; JSON
+mode without the word "json" in the messages is OpenAI's 400.  Conversations
+are checked as the APIs check them (tool results answer the calls just
+before them).
 Headers x-mock-cached-tokens / x-mock-cache-write-tokens fake prompt caching;
 so does the fault cached-R-W (R tokens read from the cache, W written).
 The fault badutf8 answers with content that is not valid UTF-8; verdict-pass and
@@ -39,7 +47,7 @@ Faults come from header "x-mock-fault: SPEC", else from a model named
 flaky-N-CODE, usage-N, bigheader-BYTES, hang, malformed, nousage, missingfields, wrongtype,
 huge[-BYTES], drip[-MS], reset, echo-headers, echo-key, redirect,
 xretry-(true|false)-CODE, raorder-N, quota, shape-NAME
-(answers the SDK types allow: toolcalls, length, filter, parts, refusal,
+(answers the SDK types allow: toolcalls, badargs, length, filter, parts, refusal,
 nochoices, tooluse, anthrefusal; and impossible usage: overcached,
 negative; see _shape).  See FAULTS below.
 The fault echo-key answers 400 with the key it was sent, transformed: cut by
@@ -93,7 +101,7 @@ FAULTS = [
     (re.compile(r"xretry-(true|false)-([1-5]\d\d)"), "xretry"),
     (re.compile(r"raorder-(\d+)"), "raorder"),
     (re.compile(r"(quota)"), "quota"),
-    (re.compile(r"shape-(toolcalls|length|filter|parts|refusal|nochoices|tooluse|anthrefusal|overcached|negative)"), "shape"),
+    (re.compile(r"shape-(toolcalls|badargs|length|filter|parts|refusal|nochoices|tooluse|anthrefusal|overcached|negative)"), "shape"),
     (re.compile(r"verdict-(pass|fail)(?:-(\d+))?"), "verdict"),
     (re.compile(r"(hang|malformed|nousage|missingfields|wrongtype|reset|"
                 r"echo-headers|redirect|badutf8)"), "simple"),
@@ -156,6 +164,166 @@ def ceil4(n):
     return (n + 3) // 4
 
 
+def schema_example(schema, depth=0):
+    """A value the JSON schema accepts (deterministic): what a model told to
+    follow the schema (strict structured output, a forced tool) answers."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    t = schema.get("type")
+    if isinstance(t, list):
+        t = next((x for x in t if x != "null"), "null")
+    if t == "object" or (t is None and "properties" in schema):
+        props = schema.get("properties") or {}
+        return {k: schema_example(v, depth + 1) for k, v in props.items()}
+    if t == "array":
+        return [schema_example(schema.get("items") or {"type": "string"}, depth + 1)]
+    if t == "string":
+        return "mock"
+    if t == "integer":
+        return int(schema.get("minimum", 1))
+    if t == "number":
+        return schema.get("minimum", 1.5)
+    if t == "boolean":
+        return True
+    return None
+
+
+def check_openai_messages(msgs):
+    """ChatCompletionMessageParam[] (npm openai 6.49.0, completions.d.ts 1379):
+    tool messages answer the tool_calls of the assistant message before them,
+    and every call is answered before the conversation goes on (the API's
+    400 otherwise)."""
+    pending = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise ClientError("messages[%d]: must be an object" % i)
+        role = m.get("role")
+        if role not in ("system", "developer", "user", "assistant", "tool"):
+            raise ClientError("messages[%d].role: invalid value %r" % (i, role))
+        content = m.get("content")
+        if role == "tool":
+            tid = m.get("tool_call_id")
+            if not isinstance(tid, str):
+                raise ClientError("messages[%d].tool_call_id: field required" % i)
+            if tid not in pending:
+                raise ClientError("Invalid parameter: messages with role 'tool' must be a response "
+                                  "to a preceeding message with 'tool_calls'.")
+            pending.remove(tid)
+        elif pending:
+            raise ClientError("An assistant message with 'tool_calls' must be followed by tool "
+                              "messages responding to each 'tool_call_id'. The following "
+                              "tool_call_ids did not have response messages: %s" % ", ".join(pending))
+        if role == "assistant":
+            calls = m.get("tool_calls")
+            if calls is not None:
+                if not isinstance(calls, list):
+                    raise ClientError("messages[%d].tool_calls: must be an array" % i)
+                for c in calls:
+                    fn = c.get("function") if isinstance(c, dict) else None
+                    if (c.get("type") != "function" or not isinstance(c.get("id"), str)
+                            or not isinstance(fn, dict) or not isinstance(fn.get("name"), str)
+                            or not isinstance(fn.get("arguments"), str)):
+                        raise ClientError("messages[%d].tool_calls: each is {id, type: 'function', "
+                                          "function: {name, arguments: string}}" % i)
+                    pending.append(c["id"])
+            if content is None and not calls:
+                raise ClientError("messages[%d]: assistant content is required without tool_calls" % i)
+        elif not isinstance(content, (str, list)):
+            raise ClientError("messages[%d].content: must be a string or an array" % i)
+    return pending
+
+
+def check_anthropic_messages(msgs):
+    """MessageParam[] (@anthropic-ai/sdk 1.16.0, messages.d.ts 3922): a
+    tool_result must answer a tool_use of the assistant turn just before it
+    (the API's 400 otherwise)."""
+    last_uses = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise ClientError("messages.%d: must be an object" % i)
+        role, content = m.get("role"), m.get("content")
+        if role not in ("user", "assistant", "system"):
+            raise ClientError("messages.%d.role: Input should be 'user' or 'assistant'" % i)
+        if not isinstance(content, (str, list)):
+            raise ClientError("messages.%d.content: Input should be a valid list or string" % i)
+        blocks = content if isinstance(content, list) else []
+        uses = []
+        for b in blocks:
+            if not isinstance(b, dict) or not isinstance(b.get("type"), str):
+                raise ClientError("messages.%d.content: each block is an object with a type" % i)
+            if b["type"] == "text" and not isinstance(b.get("text"), str):
+                raise ClientError("messages.%d.content: text blocks need a text" % i)
+            if b["type"] == "text" and b["text"] == "":
+                raise ClientError("messages: text content blocks must be non-empty")
+            if b["type"] == "tool_use":
+                if role != "assistant" or not isinstance(b.get("id"), str) \
+                        or not isinstance(b.get("name"), str) or not isinstance(b.get("input"), dict):
+                    raise ClientError("messages.%d: tool_use blocks are {id, name, input: object} "
+                                      "in assistant turns" % i)
+                uses.append(b["id"])
+            if b["type"] == "tool_result":
+                if role != "user" or b.get("tool_use_id") not in last_uses:
+                    raise ClientError("messages.%d.content: unexpected `tool_use_id` found in "
+                                      "`tool_result` blocks: %s. Each `tool_result` block must have "
+                                      "a corresponding `tool_use` block in the previous message."
+                                      % (i, b.get("tool_use_id")))
+        last_uses = uses
+    return last_uses
+
+
+def check_tools(kind, req):
+    """tools and tool_choice as the SDK types have them; the tools (as
+    (name, schema)) and the one the model must call, if any."""
+    tools, forced = [], None
+    raw = req.get("tools")
+    if raw is not None:
+        if not isinstance(raw, list):
+            raise ClientError("tools: must be an array")
+        for t in raw:
+            if kind == "anthropic":
+                # Tool (messages.d.ts 4417): name, input_schema {type: 'object'}
+                if not isinstance(t, dict) or not isinstance(t.get("name"), str) \
+                        or not isinstance(t.get("input_schema"), dict) \
+                        or t["input_schema"].get("type") != "object":
+                    raise ClientError("tools: each is {name, input_schema: {type: 'object', ...}}")
+                tools.append((t["name"], t["input_schema"]))
+            else:
+                # ChatCompletionFunctionTool (completions.d.ts 1208)
+                fn = t.get("function") if isinstance(t, dict) else None
+                if t.get("type") != "function" or not isinstance(fn, dict) \
+                        or not isinstance(fn.get("name"), str):
+                    raise ClientError("tools: each is {type: 'function', function: {name, ...}}")
+                tools.append((fn["name"], fn.get("parameters") or {"type": "object"}))
+    choice = req.get("tool_choice")
+    names = [n for n, _ in tools]
+    if choice is not None:
+        if not tools:
+            raise ClientError("tool_choice: only allowed when tools are specified")
+        if kind == "anthropic":
+            if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
+                raise ClientError("tool_choice: {type: auto | any | tool | none}")
+            if choice["type"] == "tool":
+                if choice.get("name") not in names:
+                    raise ClientError("tool_choice: tool %r not found in tools" % choice.get("name"))
+                forced = choice["name"]
+            elif choice["type"] == "none":
+                return tools, None, False
+        else:
+            if isinstance(choice, dict):
+                fn = choice.get("function")
+                if choice.get("type") != "function" or not isinstance(fn, dict) \
+                        or fn.get("name") not in names:
+                    raise ClientError("tool_choice: {type: 'function', function: {name}} of a tool")
+                forced = fn["name"]
+            elif choice not in ("none", "auto", "required"):
+                raise ClientError("tool_choice: invalid value %r" % choice)
+            elif choice == "none":
+                return tools, None, False
+    return tools, forced, bool(tools)
+
+
 class Answer:
     """Everything needed to render a normal (deterministic) answer."""
 
@@ -176,32 +344,80 @@ class Answer:
             limit = req.get("max_tokens")
             if limit is None:
                 raise ClientError("max_tokens: Field required")
+            check_anthropic_messages(msgs)
         else:
             limit = req.get("max_completion_tokens", req.get("max_tokens"))
+            check_openai_messages(msgs)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                                   or limit < 1):
             raise ClientError("max_tokens must be a positive integer")
-        prompt = []
+        tools, forced, may_call = check_tools(kind, req)
+        prompt, others, results = [], [], []
         for m in msgs:
-            if not isinstance(m, dict):
-                raise ClientError("messages: each message must be an object")
-            role = m.get("role")
+            role, content = m.get("role"), m.get("content")
+            if role != "tool":
+                results = []    # the results of the last round only
             if role == "user":
-                prompt.append(text_of(m.get("content")))
+                prompt.append(text_of(content))
+                if isinstance(content, list):
+                    results = [text_of(b.get("content")) if isinstance(b.get("content"), (str, list))
+                               else "" for b in content if b.get("type") == "tool_result"]
             elif role in ("system", "developer"):
-                system.append(text_of(m.get("content")))
+                system.append(text_of(content))
+            else:
+                others.append(text_of(content) if content is not None else "")
+                if role == "tool":
+                    results.append(text_of(content))
+                for c in (m.get("tool_calls") or []):
+                    others.append(c["function"]["name"] + c["function"]["arguments"])
+                if isinstance(content, list):
+                    others.extend(b["name"] + json.dumps(b["input"]) for b in content
+                                  if b.get("type") == "tool_use")
+        last = msgs[-1] if msgs else {}
+        answered = last.get("role") == "tool" or (
+            isinstance(last.get("content"), list)
+            and any(b.get("type") == "tool_result" for b in last["content"]))
+        if not answered:
+            results = []
         self.kind, self.model = kind, model
         prompt_text, system_text = "".join(prompt), "".join(system)
 
+        # what the answer is: a tool call, a schema's value, JSON, or text
+        self.tool_call = None
         rf = req.get("response_format")
-        if kind == "openai" and isinstance(rf, dict) and rf.get("type") == "json_object":
+        schema = None
+        if kind == "openai" and isinstance(rf, dict) and rf.get("type") == "json_schema":
+            js = rf.get("json_schema")
+            if not isinstance(js, dict) or not isinstance(js.get("name"), str):
+                raise ClientError("response_format.json_schema.name: field required")
+            schema = js.get("schema") or {}
+        oc = req.get("output_config")
+        if kind == "anthropic" and isinstance(oc, dict) and isinstance(oc.get("format"), dict):
+            fmt = oc["format"]
+            if fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+                raise ClientError("output_config.format: {type: 'json_schema', schema}")
+            schema = fmt["schema"]
+        if forced or (may_call and not answered):
+            name = forced or tools[0][0]
+            self.tool_call = (name, schema_example(dict(tools)[name]) or {})
+            content = ""
+        elif results:
+            tag = "MockAnthropic" if kind == "anthropic" else "Mock"
+            content = "[%s:%s] Tool results: %s" % (tag, model, " | ".join(results))
+        elif schema is not None:
+            content = json.dumps(schema_example(schema))
+        elif kind == "openai" and isinstance(rf, dict) and rf.get("type") == "json_object":
+            if not any("json" in text_of(m.get("content") or "").lower() for m in msgs):
+                raise ClientError("'messages' must contain the word 'json' in some form, to use "
+                                  "'response_format' of type 'json_object'.")
             content = json.dumps({"model": model, "summary": prompt_text[:80]})
         else:
             tag = "MockAnthropic" if kind == "anthropic" else "Mock"
             content = "[%s:%s] Generated response for prompt: %s" % (tag, model, prompt_text)
         self.truncated = limit is not None and len(content) > 4 * limit
         self.content = content[:4 * limit] if self.truncated else content
-        self.input_tokens = max(1, ceil4(len(system_text) + len(prompt_text)) + 3)
+        extra = "".join(others) + (json.dumps(req.get("tools")) if tools else "")
+        self.input_tokens = max(1, ceil4(len(system_text) + len(prompt_text) + len(extra)) + 3)
         self.cache_read = self._hdr_int(headers, "x-mock-cached-tokens")
         self.cache_write = self._hdr_int(headers, "x-mock-cache-write-tokens")
 
@@ -222,11 +438,22 @@ class Answer:
         """The response document as a dict (content/out_tokens overridable)."""
         content = self.content if content is None else content
         ct = out_tokens if out_tokens is not None else max(1, ceil4(len(content)))
+        if self.tool_call and content == self.content:
+            ct = out_tokens if out_tokens is not None else \
+                max(1, ceil4(len(json.dumps(self.tool_call[1]))))
         if self.kind == "anthropic":
+            blocks = [{"type": "text", "text": content, "citations": None}]
+            stop = "max_tokens" if self.truncated else "end_turn"
+            if self.tool_call and content == self.content:
+                # ToolUseBlock (messages.d.ts 4767): input is an object
+                blocks = [{"type": "tool_use", "id": "toolu_" + os.urandom(12).hex(),
+                           "caller": {"type": "direct"},
+                           "name": self.tool_call[0], "input": self.tool_call[1]}]
+                stop = "tool_use"
             doc = {"id": "msg_" + os.urandom(12).hex(), "type": "message",
                    "role": "assistant", "model": self.model,
-                   "content": [{"type": "text", "text": content}],
-                   "stop_reason": "max_tokens" if self.truncated else "end_turn",
+                   "content": blocks,
+                   "stop_reason": stop,
                    "stop_sequence": None,
                    "usage": {"input_tokens": max(self.input_tokens - self.cache_read
                                                  - self.cache_write, 0),
@@ -235,13 +462,22 @@ class Answer:
                              "cache_read_input_tokens": self.cache_read}}
         else:
             pt = max(self.input_tokens, self.cache_read)
+            message = {"role": "assistant", "content": content, "refusal": None}
+            finish = "length" if self.truncated else "stop"
+            if self.tool_call and content == self.content:
+                # ChatCompletionMessageFunctionToolCall (completions.d.ts 1342):
+                # content null, arguments a string of JSON
+                message["content"] = None
+                message["tool_calls"] = [{"id": "call_" + os.urandom(12).hex(), "type": "function",
+                                          "function": {"name": self.tool_call[0],
+                                                       "arguments": json.dumps(self.tool_call[1])}}]
+                finish = "tool_calls"
             doc = {"id": "chatcmpl-" + os.urandom(12).hex(), "object": "chat.completion",
                    "created": int(time.time()), "model": self.model,
                    "choices": [{"index": 0,
-                                "message": {"role": "assistant", "content": content,
-                                            "refusal": None},
+                                "message": message,
                                 "logprobs": None,
-                                "finish_reason": "length" if self.truncated else "stop"}],
+                                "finish_reason": finish}],
                    "usage": {"prompt_tokens": pt, "completion_tokens": ct,
                              "total_tokens": pt + ct,
                              "prompt_tokens_details": {"cached_tokens": self.cache_read,
@@ -648,6 +884,9 @@ class Handler(BaseHTTPRequestHandler):
             elif arg == "anthrefusal":
                 doc["content"] = []
                 doc["stop_reason"] = "refusal"
+                # RefusalStopDetails (messages.d.ts 4069)
+                doc["stop_details"] = {"type": "refusal", "category": "general_harms",
+                                       "explanation": "The request was declined."}
             elif arg == "nochoices":
                 del doc["content"]
             return doc
@@ -660,6 +899,13 @@ class Handler(BaseHTTPRequestHandler):
             msg["tool_calls"] = [{"id": "call_1", "type": "function",
                                   "function": {"name": "get_weather",
                                                "arguments": "{\"city\": \"Paris\"}"}}]
+            choice["finish_reason"] = "tool_calls"
+        elif arg == "badargs":
+            # "the model does not always generate valid JSON" (completions.d.ts 1360)
+            msg["content"] = None
+            msg["tool_calls"] = [{"id": "call_2", "type": "function",
+                                  "function": {"name": "get_weather",
+                                               "arguments": "{\"city\": \"Par"}}]
             choice["finish_reason"] = "tool_calls"
         elif arg == "length":
             msg["content"] = None

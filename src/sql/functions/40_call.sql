@@ -12,13 +12,14 @@ CREATE FUNCTION maester.llm_generate(
     prompt_name    text DEFAULT NULL,
     variables      jsonb DEFAULT NULL,
     prompt_version text DEFAULT NULL,
-    options        jsonb DEFAULT '{}')
+    options        jsonb DEFAULT '{}',
+    messages       jsonb DEFAULT NULL)
 RETURNS maester.generation
 AS 'MODULE_PATHNAME', 'llm_generate'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 
-COMMENT ON FUNCTION maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb) IS
-    'Calls a model through the gateway: exactly one of prompt (raw text) and prompt_name (rendered from the registry with variables and prompt_version). model is a model, alias or route; NULL uses the route default. options: temperature, top_p, stop, response_format, timeout_ms, max_attempts, fallback, tags.';
+COMMENT ON FUNCTION maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb, jsonb) IS
+    'Calls a model through the gateway: exactly one of prompt (raw text), messages (a conversation: [{role, content}], roles system, user, assistant, tool) and prompt_name (rendered from the registry with variables and prompt_version). model is a model, alias or route; NULL uses the route default. options: temperature, top_p, stop, response_format (json, json_object, json_schema), tools, tool_choice, timeout_ms, max_attempts, fallback, tags, extra.';
 
 CREATE FUNCTION maester.generate_batch(
     requests    jsonb[],

@@ -179,6 +179,9 @@ BEGIN
         g := maester.llm_generate(prompt_name => c.prompt_name, variables => c.variables,
                                   prompt_version => c.prompt_version, model => c.model,
                                   max_tokens => c.max_tokens, options => COALESCE(c.options, '{}'));
+    ELSIF c.messages IS NOT NULL THEN
+        g := maester.llm_generate(messages => c.messages, model => c.model,
+                                  max_tokens => c.max_tokens, options => COALESCE(c.options, '{}'));
     ELSE
         g := maester.llm_generate(prompt => c.prompt, system => c.system, model => c.model,
                                   max_tokens => c.max_tokens, options => COALESCE(c.options, '{}'));

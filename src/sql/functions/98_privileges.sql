@@ -25,7 +25,7 @@ GRANT EXECUTE ON FUNCTION
     maester.prompt_unset_label(text, text) TO maester_admin;
 
 GRANT EXECUTE ON FUNCTION
-    maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb),
+    maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb, jsonb),
     maester.generate_batch(jsonb[], integer, text, text, jsonb, boolean),
     maester.submit(jsonb, regproc, text),
     maester.cancel_job(bigint),

@@ -27,7 +27,10 @@ CREATE TYPE maester.generation AS (
     response_id         text,
     cost_usd            numeric,
     priced              boolean,
-    evaluation          jsonb
+    evaluation          jsonb,
+    tool_calls          jsonb,
+    parsed              jsonb,
+    refusal             text
 );
 
 COMMENT ON TYPE maester.generation IS
@@ -72,8 +75,15 @@ CREATE TYPE maester.batch_result AS (
     error_code          text,
     error_class         text,
     error_message       text,
-    error_detail        text
+    error_detail        text,
+    tool_calls          jsonb,
+    parsed              jsonb,
+    refusal             text
 );
+
+COMMENT ON COLUMN maester.generation.tool_calls IS 'The tools the model called (options.tools): [{id, name, arguments}], arguments as JSON, for OpenAI and Anthropic alike; NULL when it called none. Append it to messages as an assistant message''s tool_calls to continue a tool loop.';
+COMMENT ON COLUMN maester.generation.parsed IS 'With response_format json_schema or json_object: the answer parsed as JSON (NULL when it is not JSON); the schema is checked by the evaluation''s json_schema check.';
+COMMENT ON COLUMN maester.generation.refusal IS 'A refusal''s text (OpenAI message.refusal; Anthropic stop_reason refusal), kept apart from content, which is then empty; finish_reason is refusal.';
 
 COMMENT ON TYPE maester.batch_result IS
     'One request of maester.generate_batch: its ordinal (1-based position in the requests array), the maester.generation fields, and, when it failed, the SQLSTATE, class and message the same call would have raised.';

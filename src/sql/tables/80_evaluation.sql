@@ -96,7 +96,8 @@ CREATE TABLE maester.capture (
     max_tokens      integer,
     options         jsonb,
     output          text,
-    eval_score      double precision
+    eval_score      double precision,
+    messages        jsonb
 );
 
 COMMENT ON TABLE maester.capture IS

@@ -293,3 +293,16 @@ ALTER TABLE maester.usage ADD COLUMN finish_reason text,
 COMMENT ON COLUMN maester.usage.finish_reason IS 'Why the answer ended, in one vocabulary over the providers: stop, length, tool_calls, content_filter, refusal or other.';
 COMMENT ON COLUMN maester.usage.provider_finish_reason IS 'The finish reason as the provider gave it (finish_reason at OpenAI, stop_reason at Anthropic).';
 COMMENT ON COLUMN maester.usage.provider_request_id IS 'The provider''s id of the request (its x-request-id or request-id header), for its support.';
+
+-- conversations, tools and structured output (issue #15): the generation's
+-- tool calls, parsed answer and refusal (appended: job.result stores
+-- generations), llm_generate's messages argument, captured conversations
+ALTER TYPE maester.generation ADD ATTRIBUTE tool_calls jsonb,
+    ADD ATTRIBUTE parsed jsonb, ADD ATTRIBUTE refusal text;
+ALTER TYPE maester.batch_result ADD ATTRIBUTE tool_calls jsonb,
+    ADD ATTRIBUTE parsed jsonb, ADD ATTRIBUTE refusal text;
+COMMENT ON COLUMN maester.generation.tool_calls IS 'The tools the model called (options.tools): [{id, name, arguments}], arguments as JSON, for OpenAI and Anthropic alike; NULL when it called none. Append it to messages as an assistant message''s tool_calls to continue a tool loop.';
+COMMENT ON COLUMN maester.generation.parsed IS 'With response_format json_schema or json_object: the answer parsed as JSON (NULL when it is not JSON); the schema is checked by the evaluation''s json_schema check.';
+COMMENT ON COLUMN maester.generation.refusal IS 'A refusal''s text (OpenAI message.refusal; Anthropic stop_reason refusal), kept apart from content, which is then empty; finish_reason is refusal.';
+DROP FUNCTION maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb);
+ALTER TABLE maester.capture ADD COLUMN messages jsonb;

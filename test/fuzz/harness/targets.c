@@ -734,6 +734,7 @@ run_provider(const ProviderOps *ops, const uint8 *data, size_t size)
 {
 	ProviderConf p;
 	HttpRequest req;
+	GenRequest	gen;
 	GenResponse out;
 	Failure		f;
 	bool		ok;
@@ -751,7 +752,19 @@ run_provider(const ProviderOps *ops, const uint8 *data, size_t size)
 	req.response_len = size;
 	strlcpy(req.content_type, "application/json", sizeof(req.content_type));
 
-	ok = provider_outcome(&p, &req, FUZZ_KEY, &out, &f);
+	/*
+	 * Half the inputs as answers to a json_schema call (the first byte
+	 * decides), so that the structured-answer paths are fuzzed too: the
+	 * parse of the content, Anthropic's forced tool
+	 */
+	memset(&gen, 0, sizeof(gen));
+	if (size > 0 && (data[0] & 1))
+	{
+		gen.schema_name = "answer";
+		gen.schema = "{\"type\": \"object\"}";
+		gen.json_format = (data[0] & 2) != 0;
+	}
+	ok = provider_outcome(&p, &gen, &req, FUZZ_KEY, &out, &f);
 	if (!ok)
 	{
 		if (f.message == NULL || f.error_class == NULL ||
@@ -817,7 +830,7 @@ run_error_summary(const uint8 *data, size_t size)
 	req.response_len = size;
 	strlcpy(req.content_type, "application/json", sizeof(req.content_type));
 
-	if (provider_outcome(&p, &req, FUZZ_KEY, &out, &f))
+	if (provider_outcome(&p, NULL, &req, FUZZ_KEY, &out, &f))
 	{
 		fuzz_finding("error-accepted", "a 429 answer was taken for a success");
 		return 0;

@@ -1,0 +1,208 @@
+-- Conversations, tools and structured output (issue #15), at OpenAI and
+-- Anthropic alike.  The mock checks conversations as the APIs do (npm
+-- openai 6.49.0 ChatCompletionMessageParam; @anthropic-ai/sdk 1.16.0
+-- MessageParam, ToolUseBlock, ToolResultBlockParam) and answers tool calls
+-- and schema values as their response types describe (see the mock's
+-- check_openai_messages, check_anthropic_messages and Answer).
+\getenv mock_url MAESTER_MOCK_URL
+SELECT set_config('test.mock_url', :'mock_url', false) IS NOT NULL AS ok;
+CREATE TEMP TABLE mock_out (line text);
+CREATE FUNCTION pg_temp.mock(path text) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+  TRUNCATE mock_out;
+  EXECUTE format('COPY mock_out FROM PROGRAM %L WITH (FORMAT csv, QUOTE E''\x01'', DELIMITER E''\x02'')',
+                 'curl -s ' || current_setting('test.mock_url') || path);
+  RETURN (SELECT string_agg(line, E'\n')::jsonb FROM mock_out);
+END $$;
+CREATE FUNCTION pg_temp.last_body() RETURNS jsonb LANGUAGE sql AS $$
+  SELECT pg_temp.mock('/_mock/requests') -> -1 -> 'body' $$;
+CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN EXECUTE q; RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$;
+
+INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit_failure_threshold)
+VALUES ('cvopenai', 'openai', :'mock_url' || '/v1', 'MAESTER_TEST_API_KEY', '{}', 0),
+       ('cvanth', 'anthropic', :'mock_url', 'MAESTER_TEST_API_KEY', '{}', 0);
+INSERT INTO maester.model (name, provider, provider_model) VALUES
+    ('cv-o', 'cvopenai', 'gpt-cv'), ('cv-a', 'cvanth', 'claude-cv'),
+    ('cv-badargs', 'cvopenai', 'fault-shape-badargs'), ('cv-replay', 'cvopenai', 'cv-replay');
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+SELECT name, '2020-01-01', 1, 10 FROM maester.model WHERE name LIKE 'cv-%';
+SET maester.tenant = 'conversation';
+
+-- a multi-turn call: the conversation is sent as given, and its hash is
+-- the SHA-256 of its canonical form (README)
+SELECT content, finish_reason, tool_calls, parsed, refusal,
+       prompt_hash = encode(sha256(convert_to(
+         '[{"role":"system","content":"Be brief."},{"role":"user","content":"Name a colour."},'
+         '{"role":"assistant","content":"Blue."},{"role":"user","content":"Another?"}]', 'UTF8')), 'hex') AS canonical_hash
+  FROM maester.llm_generate(model => 'cv-o', messages => '[
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Blue."},
+    {"role": "user", "content": "Another?"}]');
+SELECT pg_temp.last_body() -> 'messages' AS openai_messages;
+-- the same hash whatever the key order or spacing of the input
+SELECT a.prompt_hash = b.prompt_hash AS same_hash
+  FROM maester.llm_generate(model => 'cv-o', messages => '[{"role":"user","content":"hi"}]') a,
+       maester.llm_generate(model => 'cv-o', messages => '[ { "content" : "hi", "role" : "user" } ]') b;
+-- Anthropic: system messages become "system", the turns "messages"
+SELECT content FROM maester.llm_generate(model => 'cv-a', messages => '[
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Blue."},
+    {"role": "user", "content": [{"type": "text", "text": "Another"}, {"type": "text", "text": "?"}]}]');
+SELECT pg_temp.last_body() -> 'system' AS system, pg_temp.last_body() -> 'messages' AS anthropic_messages;
+
+-- a tool loop at OpenAI: the model calls the tool (null content,
+-- tool_calls with arguments as a string of JSON: normalized to an object)
+CREATE TEMP TABLE turn AS
+SELECT g.* FROM maester.llm_generate(model => 'cv-o',
+    messages => '[{"role": "user", "content": "Weather in Paris?"}]',
+    options => '{"tools": [{"name": "get_weather", "description": "Current weather",
+                            "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                           "days": {"type": "integer", "minimum": 1}},
+                                           "required": ["city"]}}]}') g;
+SELECT content, finish_reason, jsonb_array_length(tool_calls) AS calls,
+       tool_calls -> 0 ->> 'id' ~ '^call_[0-9a-f]{24}$' AS has_id,
+       tool_calls -> 0 -> 'name' AS name, tool_calls -> 0 -> 'arguments' AS arguments,
+       output_tokens > 0 AS billed, evaluation ->> 'status' AS evaluation
+  FROM turn;
+SELECT pg_temp.last_body() -> 'tools' AS openai_tools, pg_temp.last_body() ? 'tool_choice' AS tool_choice_sent;
+-- the tool's result goes back with the assistant's turn as it came
+SELECT g.content, g.finish_reason, g.tool_calls
+  FROM turn t, maester.llm_generate(model => 'cv-o',
+    messages => jsonb_build_array(
+        jsonb_build_object('role', 'user', 'content', 'Weather in Paris?'),
+        jsonb_build_object('role', 'assistant', 'content', t.content, 'tool_calls', t.tool_calls),
+        jsonb_build_object('role', 'tool', 'tool_call_id', t.tool_calls -> 0 -> 'id', 'content', '18C, sunny')),
+    options => '{"tools": [{"name": "get_weather", "parameters": {"type": "object"}}]}') g;
+SELECT m -> 'role' AS role, m -> 'content' AS content,
+       m -> 'tool_calls' -> 0 -> 'type' AS call_type,
+       m -> 'tool_calls' -> 0 -> 'function' -> 'arguments' AS arguments_sent,
+       (m ->> 'tool_call_id') IS NOT NULL AS has_tool_call_id
+  FROM jsonb_array_elements(pg_temp.last_body() -> 'messages') m;
+DROP TABLE turn;
+
+-- the same loop at Anthropic: tool_use blocks in, tool_result blocks out
+CREATE TEMP TABLE turn AS
+SELECT g.* FROM maester.llm_generate(model => 'cv-a',
+    messages => '[{"role": "user", "content": "Weather in Paris?"}]',
+    options => '{"tools": [{"type": "function", "function": {"name": "get_weather",
+                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+                 "tool_choice": "required"}') g;
+SELECT content, finish_reason, tool_calls -> 0 ->> 'id' ~ '^toolu_' AS has_id,
+       tool_calls -> 0 -> 'name' AS name, tool_calls -> 0 -> 'arguments' AS arguments
+  FROM turn;
+SELECT pg_temp.last_body() -> 'tools' AS anthropic_tools, pg_temp.last_body() -> 'tool_choice' AS tool_choice;
+SELECT g.content, g.finish_reason
+  FROM turn t, maester.llm_generate(model => 'cv-a',
+    messages => jsonb_build_array(
+        jsonb_build_object('role', 'user', 'content', 'Weather in Paris?'),
+        jsonb_build_object('role', 'assistant', 'content', 'Let me look.', 'tool_calls', t.tool_calls),
+        jsonb_build_object('role', 'tool', 'tool_call_id', t.tool_calls -> 0 -> 'id', 'content', '18C, sunny')),
+    options => '{"tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]}') g;
+SELECT m -> 'role' AS role, CASE jsonb_typeof(m -> 'content') WHEN 'string' THEN '"text"'
+       ELSE jsonb_path_query_array(m -> 'content', '$[*].type') END AS blocks
+  FROM jsonb_array_elements(pg_temp.last_body() -> 'messages') m;
+DROP TABLE turn;
+-- tool_choice none: the model answers in text
+SELECT content, tool_calls FROM maester.llm_generate('Weather?', 'cv-a',
+    options => '{"tools": [{"name": "get_weather"}], "tool_choice": "none"}');
+SELECT pg_temp.last_body() -> 'tool_choice' AS tool_choice;
+
+-- arguments a model wrote that are not JSON stay a JSON string, not an error
+SELECT finish_reason, tool_calls -> 0 -> 'arguments' AS arguments, cost_usd > 0 AS billed
+  FROM maester.llm_generate('hi', 'cv-badargs');
+
+-- structured output: the parsed answer, checked against the schema
+SELECT content, parsed, finish_reason, evaluation -> 'metrics' -> 1 ->> 'name' AS check,
+       evaluation ->> 'status' AS status
+  FROM maester.llm_generate('Extract the city: I live in Paris.', 'cv-o', options => '{
+    "response_format": {"type": "json_schema", "json_schema": {"name": "place", "strict": true,
+      "schema": {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+                 "required": ["city", "population"], "additionalProperties": false}}}}');
+SELECT pg_temp.last_body() -> 'response_format' AS openai_response_format;
+-- at Anthropic, a forced tool whose input is the answer (not a tool call)
+SELECT content, parsed, finish_reason, tool_calls, evaluation ->> 'status' AS status
+  FROM maester.llm_generate('Extract the city: I live in Paris.', 'cv-a', options => '{
+    "response_format": {"type": "json_schema", "json_schema": {"name": "place",
+      "schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}}');
+SELECT pg_temp.last_body() -> 'tool_choice' AS tool_choice,
+       pg_temp.last_body() -> 'tools' -> 0 -> 'name' AS tool;
+-- a schema the answer does not meet fails the evaluation (the schema asks
+-- for a minimum the mock's value is under)
+SELECT parsed, evaluation ->> 'status' AS status, evaluation -> 'metrics' -> 1 ->> 'reason' AS reason
+  FROM maester.llm_generate('Extract.', 'cv-o', options => '{
+    "response_format": {"type": "json_schema", "json_schema": {"name": "n",
+      "schema": {"type": "object", "properties": {"n": {"type": "number", "maximum": 1}}}}}}');
+-- with a version's checks: the json_schema check is added to them
+SELECT version FROM maester.prompt_register('cv_extract', 'Extract the number: {text}',
+    checks => '{"max_length": 100}');
+SELECT jsonb_path_query_array(evaluation -> 'metrics', '$[*].name') AS checks, evaluation ->> 'status' AS status
+  FROM maester.llm_generate(prompt_name => 'cv_extract', variables => '{"text": "two"}', model => 'cv-o',
+    options => '{"response_format": {"type": "json_schema", "json_schema": {"name": "n",
+      "schema": {"type": "object", "properties": {"n": {"type": "number"}}}}}}') g;
+
+-- JSON mode: OpenAI refuses it (400) unless a message says "json", so
+-- maester says it when none does
+SELECT parsed IS NOT NULL AS parsed FROM maester.llm_generate('Summarize: tea.', 'cv-o',
+    options => '{"response_format": {"type": "json_object"}}');
+SELECT pg_temp.last_body() -> 'messages' -> 0 AS added;
+SELECT jsonb_array_length(pg_temp.last_body() -> 'messages') AS sent
+  FROM maester.llm_generate('Summarize as JSON: tea.', 'cv-o', options => '{"response_format": "json"}');
+
+-- messages in a batch; generation's new fields after the error fields
+SELECT ordinal, content, tool_calls IS NOT NULL AS called, error_class
+  FROM maester.generate_batch(ARRAY[
+    '{"messages": [{"role": "user", "content": "one"}], "model": "cv-o"}',
+    '{"messages": [{"role": "user", "content": "two"}], "model": "cv-a",
+      "options": {"tools": [{"name": "t"}]}}',
+    '{"messages": [{"role": "tool", "content": "x", "tool_call_id": "c"}], "model": "cv-o"}']::jsonb[])
+ ORDER BY ordinal;
+
+-- bad conversations and options: 22023 before anything is sent or billed
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', messages => '[{"role": "user", "content": "y"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": "y"}]', system => 's') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '{"role": "user"}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "system", "content": "only"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "robot", "content": "y"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": 5}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": [{"type": "image_url"}]}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": "y", "name": "bob"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": null}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": "q"},
+    {"role": "tool", "tool_call_id": "call_9", "content": "r"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": "q"},
+    {"role": "assistant", "tool_calls": [{"id": "a", "name": "t", "arguments": {}}]},
+    {"role": "tool", "tool_call_id": "b", "content": "r"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": "q"},
+    {"role": "assistant", "tool_calls": [{"id": "a", "name": "t", "arguments": "[1]"}]}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": "q"},
+    {"role": "assistant", "tool_calls": [{"id": "a", "name": "bad name"}]}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"tools": {"name": "t"}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"tools": [{"name": "no spaces"}]}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"tools": [{"name": "t"}, {"name": "t"}]}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"tools": [{"name": "t", "parameters": "x"}]}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"tools": [{"type": "web_search"}]}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"tool_choice": "auto"}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"tools": [{"name": "t"}], "tool_choice": {"name": "u"}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"tools": [{"name": "t"}], "tool_choice": "sometimes"}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": []}}}') $$);
+SELECT pg_temp.err($$ SELECT maester.submit('{"messages": [{"role": "user"}]}') $$);
+
+-- a captured conversation replays as a conversation
+SET maester.capture_content = on;
+SELECT request_id AS rid FROM maester.llm_generate(model => 'cv-replay',
+    messages => '[{"role": "user", "content": "Say hi."}]') \gset
+SELECT messages, prompt IS NULL AS no_prompt FROM maester.capture WHERE request_id = :'rid';
+SELECT r -> 'content_match' AS content_match FROM maester.replay(:'rid') r;
+RESET maester.capture_content;
+DELETE FROM maester.capture WHERE tenant = 'conversation';
+
+-- the ledger billed every call above, and none failed
+SELECT count(*) > 0 AS calls, count(*) FILTER (WHERE status <> 'ok') AS failed
+  FROM maester.usage WHERE tenant = 'conversation';
+RESET maester.tenant;
