@@ -202,7 +202,91 @@ SELECT r -> 'content_match' AS content_match FROM maester.replay(:'rid') r;
 RESET maester.capture_content;
 DELETE FROM maester.capture WHERE tenant = 'conversation';
 
+-- chat prompts in the registry: a version that is a list of role
+-- messages, each a template with the same strict rules
+SELECT version, variables, template IS NULL AS no_template,
+       template_hash = encode(sha256(convert_to((jsonb_build_object('template', NULL, 'system_template', NULL,
+           'config', '{}'::jsonb, 'checks', NULL) || jsonb_build_object('messages', messages))::text, 'UTF8')), 'hex') AS documented_hash
+  FROM maester.prompt_register('cv_chat', messages => '[
+    {"role": "system", "content": "You answer in {language}."},
+    {"role": "user", "content": "Translate: {text}"},
+    {"role": "assistant", "content": "Which register?"},
+    {"role": "user", "content": "{register}, please."}]');
+-- registering the same again is the same version; a text version's hash
+-- is still 0.1.0's (messages are not part of it)
+SELECT version FROM maester.prompt_register('cv_chat', messages => '[
+    {"role": "system", "content": "You answer in {language}."},
+    {"role": "user", "content": "Translate: {text}"},
+    {"role": "assistant", "content": "Which register?"},
+    {"role": "user", "content": "{register}, please."}]');
+SELECT template_hash = encode(sha256(convert_to(jsonb_build_object('template', template,
+           'system_template', system_template, 'config', config, 'checks', checks)::text, 'UTF8')), 'hex') AS text_hash_unchanged
+  FROM maester.prompt_version WHERE name = 'cv_extract';
+SELECT content, system, messages,
+       hash = encode(sha256(convert_to(messages::text, 'UTF8')), 'hex') AS jsonb_text_is_not_canonical,
+       hash = encode(sha256(convert_to('[{"role":"system","content":"You answer in French."},'
+           '{"role":"user","content":"Translate: good morning"},{"role":"assistant","content":"Which register?"},'
+           '{"role":"user","content":"formal, please."}]', 'UTF8')), 'hex') AS canonical_hash
+  FROM maester.prompt_render('cv_chat', '{"language": "French", "text": "good morning", "register": "formal"}');
+SELECT g.content, g.prompt_name, g.prompt_version, g.prompt_hash = r.hash AS same_hash
+  FROM maester.llm_generate(prompt_name => 'cv_chat', model => 'cv-a',
+         variables => '{"language": "French", "text": "good morning", "register": "formal"}') g,
+       maester.prompt_render('cv_chat', '{"language": "French", "text": "good morning", "register": "formal"}') r;
+SELECT pg_temp.last_body() -> 'system' AS system, pg_temp.last_body() -> 'messages' AS messages;
+SELECT pg_temp.err($$ SELECT maester.llm_generate(prompt_name => 'cv_chat', model => 'cv-a', variables => '{"language": "French"}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(prompt_name => 'cv_chat', model => 'cv-a', system => 'x',
+    variables => '{"language": "French", "text": "t", "register": "r"}') $$);
+SELECT pg_temp.err($$ SELECT maester.prompt_register('cv_bad', 'text', messages => '[{"role": "user", "content": "x"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.prompt_register('cv_bad', system_template => 's', messages => '[{"role": "user", "content": "x"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.prompt_register('cv_bad', messages => '[{"role": "tool", "content": "x"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.prompt_register('cv_bad', messages => '[{"role": "system", "content": "x"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.prompt_register('cv_bad', messages => '[{"role": "user", "content": "x", "name": "n"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.prompt_register('cv_bad', messages => '[{"role": "user", "content": "ok"}, {"role": "user", "content": "a { b"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.prompt_register('cv_bad', messages => '{"role": "user", "content": "x"}') $$);
+SELECT pg_temp.err($$ SELECT maester.prompt_register('cv_bad') $$);
+
+-- what a model accepts (maester.model): sampling parameters it refuses
+-- are left out, by its row or by the documented rule
+INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit_failure_threshold)
+VALUES ('cvcompat', 'openai_compatible', :'mock_url' || '/v1', 'MAESTER_TEST_API_KEY', '{}', 0);
+INSERT INTO maester.model (name, provider, provider_model, unsupported_params, output_limit_param, structured_output) VALUES
+    ('cv-o3', 'cvopenai', 'o3-mini', NULL, NULL, NULL),
+    ('cv-o3-all', 'cvopenai', 'o3-mini-2025-01-31', '{}', NULL, NULL),
+    ('cv-c45', 'cvanth', 'claude-sonnet-4-5-20250929', NULL, NULL, NULL),
+    ('cv-c5', 'cvanth', 'claude-opus-5', NULL, NULL, 'native'),
+    ('cv-c35', 'cvanth', 'claude-3-5-haiku-20241022', NULL, NULL, NULL),
+    ('cv-proxy', 'cvcompat', 'o4-mini', NULL, 'max_completion_tokens', NULL),
+    ('cv-grader', 'cvopenai', 'fault-verdict-pass', '{temperature}', NULL, NULL);
+CREATE FUNCTION pg_temp.sent(model text) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE b jsonb;
+BEGIN
+  PERFORM maester.llm_generate('Hello.', model, max_tokens => 50,
+      options => '{"temperature": 0.2, "top_p": 0.9, "stop": ["END"]}');
+  b := pg_temp.last_body();
+  RETURN jsonb_build_object('temperature', b -> 'temperature', 'top_p', b -> 'top_p',
+                            'stop', COALESCE(b -> 'stop', b -> 'stop_sequences'),
+                            'limit', COALESCE(b -> 'max_tokens', b -> 'max_completion_tokens'),
+                            'limit_name', CASE WHEN b ? 'max_completion_tokens' THEN 'max_completion_tokens'
+                                               WHEN b ? 'max_tokens' THEN 'max_tokens' END);
+END $$;
+SELECT m, pg_temp.sent(m) FROM unnest(ARRAY['cv-o', 'cv-o3', 'cv-o3-all', 'cv-c45', 'cv-c5', 'cv-c35', 'cv-proxy']) m;
+-- a grader on a model that refuses temperature is sent none (llm_rubric
+-- asks for temperature 0)
+SELECT maester.evaluate('The disk is full.', '{"llm_rubric": {"rubric": "Names the resource.", "model": "cv-grader"}}') ->> 'status' AS graded;
+SELECT pg_temp.last_body() ? 'temperature' AS temperature_sent, pg_temp.last_body() -> 'model' AS grader;
+-- structured output native at Anthropic: output_config.format, no tool
+SELECT parsed FROM maester.llm_generate('Extract the city.', 'cv-c5', options => '{
+    "response_format": {"type": "json_schema", "json_schema": {"name": "place",
+      "schema": {"type": "object", "properties": {"city": {"type": "string"}}}}}}');
+SELECT pg_temp.last_body() -> 'output_config' AS output_config, pg_temp.last_body() ? 'tools' AS tools;
+-- only known parameters and values
+SELECT pg_temp.err($$ UPDATE maester.model SET unsupported_params = '{seed}' WHERE name = 'cv-o3' $$);
+SELECT pg_temp.err($$ UPDATE maester.model SET output_limit_param = 'max_output' WHERE name = 'cv-o3' $$);
+SELECT pg_temp.err($$ UPDATE maester.model SET structured_output = 'magic' WHERE name = 'cv-o3' $$);
+
 -- the ledger billed every call above, and none failed
 SELECT count(*) > 0 AS calls, count(*) FILTER (WHERE status <> 'ok') AS failed
   FROM maester.usage WHERE tenant = 'conversation';
 RESET maester.tenant;
+-- later suites route these model ids by their own rows
+DELETE FROM maester.model WHERE name LIKE 'cv-%';

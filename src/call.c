@@ -47,6 +47,7 @@
 #include "capture.h"
 #include "evaluate.h"
 #include "jsonutil.h"
+#include "message.h"
 #include "registry.h"
 #include "request.h"
 #include "sha256.h"
@@ -294,7 +295,7 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 		int			lens[1];
 
 		c->opts.gen.messages = request_messages(a->messages, &c->opts.gen.input_chars);
-		canon = request_messages_canonical(c->opts.gen.messages);
+		canon = messages_canonical(c->opts.gen.messages);
 		parts[0] = canon;
 		lens[0] = strlen(canon);
 		maester_sha256_hex(parts, lens, 1, g->prompt_hash);
@@ -309,11 +310,12 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 		trace_attr_str(span, "gen_ai.prompt.name", rp.name);
 		trace_attr_str(span, "maester.prompt.version", rp.version);
 		trace_span_end(span, NULL);
-		if (rp.system != NULL && a->system != NULL)
+		if ((rp.system != NULL || rp.messages != NIL) && a->system != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("prompt \"%s\" version \"%s\" has a system template; do not pass system",
-							rp.name, rp.version)));
+							rp.name, rp.version),
+					 rp.messages != NIL ? errdetail("It is a chat prompt, whose messages are the whole conversation.") : 0));
 		content = rp.content;
 		system = rp.system ? rp.system : a->system;
 		g->prompt_name = rp.name;
@@ -333,7 +335,16 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 			request_parse_options(config_with_options(rp.config, a->options), &c->opts);
 			g->tags = c->opts.tags;
 		}
-		if (rp.system == NULL && system != NULL)
+		if (rp.messages != NIL)
+		{
+			ListCell   *lc;
+
+			/* a chat prompt: its conversation is what is sent (after the config's options) */
+			c->opts.gen.messages = rp.messages;
+			foreach(lc, rp.messages)
+				c->opts.gen.input_chars += pg_mbstrlen(((GenMessage *) lfirst(lc))->content);
+		}
+		if (rp.messages == NIL && rp.system == NULL && system != NULL)
 			maester_prompt_hash(system, content, g->prompt_hash);
 		else
 			memcpy(g->prompt_hash, rp.hash, sizeof(g->prompt_hash));

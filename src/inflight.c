@@ -421,3 +421,35 @@ attempt_record_evaluation(Call *c, LedgerRecord *r)
 		c->eval_span = NULL;
 	}
 }
+
+/*
+ * Leave out of the request what the target's model refuses (a 400 that
+ * would end the target, and with it a fallback route's chance): the
+ * sampling parameters of maester.model.unsupported_params, else of the
+ * rule (router.c).  What was left out is on the span.
+ */
+void
+target_drop_refused(const RouteTarget *t, GenRequest *gen, Span *span)
+{
+	StringInfoData dropped;
+
+	initStringInfo(&dropped);
+	if (gen->has_temperature && (t->refuses & MODEL_NO_TEMPERATURE))
+	{
+		gen->has_temperature = false;
+		appendStringInfoString(&dropped, "temperature");
+	}
+	if (gen->has_top_p && ((t->refuses & MODEL_NO_TOP_P) ||
+						   ((t->refuses & MODEL_TEMPERATURE_XOR_TOP_P) && gen->has_temperature)))
+	{
+		gen->has_top_p = false;
+		appendStringInfo(&dropped, "%stop_p", dropped.len ? "," : "");
+	}
+	if (gen->stop != NIL && (t->refuses & MODEL_NO_STOP))
+	{
+		gen->stop = NIL;
+		appendStringInfo(&dropped, "%sstop", dropped.len ? "," : "");
+	}
+	if (dropped.len > 0)
+		trace_attr_str(span, "maester.request.dropped_params", dropped.data);
+}

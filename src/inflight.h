@@ -48,4 +48,6 @@ extern void attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 								   LedgerRecord *r, bool ok);
 extern void attempt_record_evaluation(Call *c, LedgerRecord *r);
 
+extern void target_drop_refused(const RouteTarget *t, GenRequest *gen, Span *span);
+
 #endif							/* MAESTER_INFLIGHT_H */

@@ -341,6 +341,8 @@ phase_attempt(Call *c, CallSet *set)
 	provider_check_egress(p);
 
 	c->opts.gen.model = t->model;
+	c->opts.gen.native_schema = t->native_schema;
+	c->opts.gen.max_tokens_name = t->output_limit_param;
 	c->tries++;
 	c->g.attempts++;
 	c->g.fallback_used = c->ti > 0 || cs->downgraded;
@@ -431,6 +433,7 @@ phase_send(Call *c, CallSet *set)
 	/* ask for no more than was reserved (target_max_tokens) */
 	sendgen.max_tokens = c->rec->max_tokens;
 	span = trace_span_start(c->g.trace, "model_generate");
+	target_drop_refused(t, &sendgen, span);
 	c->gen_span = span;
 	trace_attr_str(span, "gen_ai.operation.name", "chat");
 	trace_attr_str(span, "gen_ai.provider.name", p->name);

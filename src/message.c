@@ -8,7 +8,9 @@
  * the provider (OpenAI's function calls, Anthropic's tool_use blocks), and
  * the same shape is what an assistant message's tool_calls take
  * (request.c), so that a tool loop appends a generation's calls as they
- * came.
+ * came.  A conversation's prompt hash is taken over its canonical form
+ * (messages_canonical), whether it came as messages or from a chat prompt
+ * of the registry.
  *
  *-------------------------------------------------------------------------
  */
@@ -64,4 +66,62 @@ messages_mention_json(const GenRequest *req)
 				return true;
 	}
 	return false;
+}
+
+/*
+ * The canonical form of a conversation, which its prompt hash is taken
+ * over: a JSON array with no whitespace, each message an object with, in
+ * this order, "role", "content" (absent when null), "tool_calls" (each
+ * {"id", "name", "arguments"}, arguments in jsonb's text form) and
+ * "tool_call_id", as present.
+ */
+char *
+messages_canonical(List *messages)
+{
+	StringInfoData s;
+	ListCell   *lc;
+
+	initStringInfo(&s);
+	appendStringInfoChar(&s, '[');
+	foreach(lc, messages)
+	{
+		GenMessage *m = (GenMessage *) lfirst(lc);
+
+		if (lc != list_head(messages))
+			appendStringInfoChar(&s, ',');
+		appendStringInfoString(&s, "{\"role\":");
+		escape_json(&s, m->role);
+		if (m->content)
+		{
+			appendStringInfoString(&s, ",\"content\":");
+			escape_json(&s, m->content);
+		}
+		if (m->tool_calls)
+		{
+			ListCell   *tl;
+
+			appendStringInfoString(&s, ",\"tool_calls\":[");
+			foreach(tl, m->tool_calls)
+			{
+				GenToolCall *tc = (GenToolCall *) lfirst(tl);
+
+				if (tl != list_head(m->tool_calls))
+					appendStringInfoChar(&s, ',');
+				appendStringInfoString(&s, "{\"id\":");
+				escape_json(&s, tc->id);
+				appendStringInfoString(&s, ",\"name\":");
+				escape_json(&s, tc->name);
+				appendStringInfo(&s, ",\"arguments\":%s}", tc->arguments);
+			}
+			appendStringInfoChar(&s, ']');
+		}
+		if (m->tool_call_id)
+		{
+			appendStringInfoString(&s, ",\"tool_call_id\":");
+			escape_json(&s, m->tool_call_id);
+		}
+		appendStringInfoChar(&s, '}');
+	}
+	appendStringInfoChar(&s, ']');
+	return s.data;
 }

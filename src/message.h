@@ -12,5 +12,6 @@
 
 extern char *message_tool_calls_json(List *calls);
 extern bool messages_mention_json(const GenRequest *req);
+extern char *messages_canonical(List *messages);
 
 #endif							/* MAESTER_MESSAGE_H */

@@ -90,6 +90,8 @@ typedef struct GenRequest
 	char	   *tool_choice_name;	/* TOOL_CHOICE_NAMED */
 	bool		native_schema;	/* Anthropic: output_config.format, not a
 								 * forced tool (maester.model) */
+	const char *max_tokens_name;	/* the output limit's member; NULL: the
+									 * kind's (maester.model) */
 	Jsonb	   *extra;			/* options.extra: members added to the body */
 } GenRequest;
 

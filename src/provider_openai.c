@@ -177,7 +177,8 @@ build_body(const GenRequest *req, StringInfo out, const char *max_name)
 	append_string_member(out, "model", req->model);
 	append_messages(out, req);
 	if (req->max_tokens > 0)
-		appendStringInfo(out, ",\"%s\":%d", max_name, req->max_tokens);
+		appendStringInfo(out, ",\"%s\":%d",
+						 req->max_tokens_name ? req->max_tokens_name : max_name, req->max_tokens);
 	if (req->has_temperature)
 		json_append_number_member(out, "temperature", req->temperature);
 	if (req->has_top_p)

@@ -59,6 +59,7 @@
 #include "catalog.h"
 #include "evaluate.h"
 #include "maester.h"
+#include "message.h"
 #include "registry.h"
 #include "sha256.h"
 #include "template.h"
@@ -74,6 +75,9 @@ typedef struct PromptCacheEntry
 	text	   *template_hash;
 	CompiledTemplate *tmpl;
 	CompiledTemplate *sys;		/* NULL when the version has none */
+	int			nmsgs;			/* a chat prompt: its messages' roles and */
+	char	  **roles;			/* templates (tmpl and sys are then NULL) */
+	CompiledTemplate **msgs;
 	Jsonb	   *checks;			/* the version's evaluation checks, or NULL */
 	Jsonb	   *config;			/* the version's config (model, options), or NULL */
 } PromptCacheEntry;
@@ -189,6 +193,59 @@ check_name_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(PG_GETARG_DATUM(1));
 }
 
+/*
+ * A chat prompt's messages: an array of {"role", "content"} objects, roles
+ * system, user and assistant, each content a template, at least one of
+ * them not a system message.  Compiled into *roles and *tmpls (in the
+ * current memory context); raises 22023 naming the message.
+ */
+static int
+chat_templates(Jsonb *messages, char ***roles, CompiledTemplate ***tmpls)
+{
+	int			n;
+	int			nconv = 0;
+
+	if (!JB_ROOT_IS_ARRAY(messages) || JB_ROOT_IS_SCALAR(messages) ||
+		(n = JsonContainerSize(&messages->root)) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("messages must be a non-empty array of {\"role\", \"content\"} templates")));
+	*roles = palloc(sizeof(char *) * n);
+	*tmpls = palloc(sizeof(CompiledTemplate *) * n);
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(&messages->root, i);
+		JsonbValue *role;
+		JsonbValue *content;
+		char		what[64];
+
+		if (e->type != jbvBinary || !JsonContainerIsObject(e->val.binary.data) ||
+			JsonContainerSize(e->val.binary.data) != 2 ||
+			(role = getKeyJsonValueFromContainer(e->val.binary.data, "role", 4, NULL)) == NULL ||
+			(content = getKeyJsonValueFromContainer(e->val.binary.data, "content", 7, NULL)) == NULL ||
+			role->type != jbvString || content->type != jbvString)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("message %d of the chat prompt is not {\"role\": ..., \"content\": \"template\"}", i + 1)));
+		(*roles)[i] = pnstrdup(role->val.string.val, role->val.string.len);
+		if (strcmp((*roles)[i], "system") != 0 && strcmp((*roles)[i], "user") != 0 &&
+			strcmp((*roles)[i], "assistant") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("message %d of the chat prompt has role \"%s\"", i + 1, (*roles)[i]),
+					 errhint("The roles of a chat prompt are system, user and assistant.")));
+		if (strcmp((*roles)[i], "system") != 0)
+			nconv++;
+		snprintf(what, sizeof(what), "message %d", i + 1);
+		(*tmpls)[i] = template_compile(content->val.string.val, content->val.string.len, what);
+	}
+	if (nconv == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a chat prompt needs a user or assistant message")));
+	return n;
+}
+
 /* Build a text[] of the distinct variables of the given templates */
 static ArrayType *
 variables_array(CompiledTemplate *const *tmpls, int ntmpls)
@@ -239,10 +296,13 @@ template_variables(PG_FUNCTION_ARGS)
 
 /*
  * The identity of a version's content: SHA-256 hex of the jsonb text of
- * {"template", "system_template", "config", "checks"} (jsonb's text is
- * canonical: keys sorted, one blank after ':' and ',').  In SQL:
- *	 encode(sha256(convert_to(jsonb_build_object('template', t,
- *		 'system_template', s, 'config', c, 'checks', k)::text, 'UTF8')), 'hex')
+ * {"template", "system_template", "config", "checks"}, and "messages" for
+ * a chat prompt only, so that a text version's hash is 0.1.0's (jsonb's
+ * text is canonical: keys sorted, one blank after ':' and ',').  In SQL:
+ *	 encode(sha256(convert_to((jsonb_build_object('template', t,
+ *		 'system_template', s, 'config', c, 'checks', k) ||
+ *		 CASE WHEN m IS NULL THEN '{}' ELSE jsonb_build_object('messages', m)
+ *		 END)::text, 'UTF8')), 'hex')
  */
 static text *
 content_hash(HeapTuple tuple, TupleDesc desc)
@@ -251,15 +311,15 @@ content_hash(HeapTuple tuple, TupleDesc desc)
 	const char *parts[1];
 	int			lens[1];
 	char		hex[MAESTER_SHA256_HEXLEN + 1];
-	Datum		values[4];
-	bool		nulls[4];
-	const char *cols[4] = {"template", "system_template", "config", "checks"};
-	Oid			types[4];
-	char		nullflags[4];
+	Datum		values[5];
+	bool		nulls[5];
+	const char *cols[5] = {"template", "system_template", "config", "checks", "messages"};
+	Oid			types[5];
+	char		nullflags[5];
 	int			rc;
 	char	   *json;
 
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < 5; i++)
 	{
 		int			attno = SPI_fnumber(desc, cols[i]);
 
@@ -271,11 +331,13 @@ content_hash(HeapTuple tuple, TupleDesc desc)
 	}
 	initStringInfo(&sql);
 	appendStringInfoString(&sql,
-						   "SELECT pg_catalog.jsonb_build_object('template', $1, "
-						   "'system_template', $2, 'config', $3, 'checks', $4)::pg_catalog.text");
+						   "SELECT (pg_catalog.jsonb_build_object('template', $1, "
+						   "'system_template', $2, 'config', $3, 'checks', $4) OPERATOR(pg_catalog.||) "
+						   "CASE WHEN $5 IS NULL THEN '{}'::pg_catalog.jsonb "
+						   "ELSE pg_catalog.jsonb_build_object('messages', $5) END)::pg_catalog.text");
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute_with_args(sql.data, 4, types, values, nullflags, true, 1);
+	rc = SPI_execute_with_args(sql.data, 5, types, values, nullflags, true, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not build the content of a prompt version");
 	json = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -301,7 +363,8 @@ prompt_version_guard(PG_FUNCTION_ARGS)
 	HeapTuple	tuple;
 	Datum		d;
 	bool		isnull;
-	CompiledTemplate *tmpls[2] = {NULL, NULL};
+	CompiledTemplate **tmpls;
+	int			ntmpls;
 	int			attnos[2];
 	Datum		newvals[2];
 	bool		newnulls[2] = {false, false};
@@ -344,23 +407,36 @@ prompt_version_guard(PG_FUNCTION_ARGS)
 	version = TextDatumGetCString(d);
 	check_name("version", version);
 
-	d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, "template"), &isnull);
-	if (isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("template must not be null")));
-	{
-		text	   *t = DatumGetTextPP(d);
-
-		tmpls[0] = template_compile(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), "template");
-	}
-	d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, "system_template"), &isnull);
+	d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, "messages"), &isnull);
 	if (!isnull)
 	{
-		text	   *t = DatumGetTextPP(d);
+		/* a chat prompt: its messages' templates (the CHECK keeps the rest NULL) */
+		char	  **roles;
 
-		tmpls[1] = template_compile(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
-									"system template");
+		ntmpls = chat_templates(DatumGetJsonbP(d), &roles, &tmpls);
+	}
+	else
+	{
+		tmpls = palloc0(sizeof(CompiledTemplate *) * 2);
+		ntmpls = 2;
+		d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, "template"), &isnull);
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("template must not be null")));
+		{
+			text	   *t = DatumGetTextPP(d);
+
+			tmpls[0] = template_compile(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), "template");
+		}
+		d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, "system_template"), &isnull);
+		if (!isnull)
+		{
+			text	   *t = DatumGetTextPP(d);
+
+			tmpls[1] = template_compile(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
+										"system template");
+		}
 	}
 
 	/* the checks must be ones evaluate() accepts */
@@ -370,7 +446,7 @@ prompt_version_guard(PG_FUNCTION_ARGS)
 
 	attnos[0] = SPI_fnumber(desc, "variables");
 	attnos[1] = SPI_fnumber(desc, "template_hash");
-	newvals[0] = PointerGetDatum(variables_array(tmpls, 2));
+	newvals[0] = PointerGetDatum(variables_array(tmpls, ntmpls));
 	newvals[1] = PointerGetDatum(content_hash(tuple, desc));
 
 	tuple = heap_modify_tuple_by_cols(tuple, desc, 2, attnos, newvals, newnulls);
@@ -463,7 +539,7 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 		 * label, so nothing can make it disagree with registration order.
 		 */
 		plan = SPI_prepare("SELECT v.version, v.template, v.system_template, v.template_hash, v.checks, "
-						   "v.config "
+						   "v.config, v.messages "
 						   "FROM maester.prompt_version v "
 						   "WHERE v.name OPERATOR(pg_catalog.=) $1 "
 						   "AND ($2 IS NULL "
@@ -511,7 +587,8 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 	oldcxt = MemoryContextSwitchTo(PromptCacheContext);
 	entry->name = cstring_to_text(name);
 	entry->version = DatumGetTextPCopy(SPI_getbinval(tup, desc, 1, &isnull));
-	tmpl_text = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
+	d = SPI_getbinval(tup, desc, 2, &isnull);
+	tmpl_text = isnull ? NULL : DatumGetTextPP(d);
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	if (!isnull)
 		sys_text = DatumGetTextPP(d);
@@ -520,11 +597,21 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 	entry->checks = isnull ? NULL : DatumGetJsonbPCopy(d);
 	d = SPI_getbinval(tup, desc, 6, &isnull);
 	entry->config = isnull ? NULL : DatumGetJsonbPCopy(d);
-	entry->tmpl = template_compile(VARDATA_ANY(tmpl_text),
-								   VARSIZE_ANY_EXHDR(tmpl_text), "template");
-	entry->sys = sys_text ? template_compile(VARDATA_ANY(sys_text),
-											 VARSIZE_ANY_EXHDR(sys_text),
-											 "system template") : NULL;
+	d = SPI_getbinval(tup, desc, 7, &isnull);
+	if (!isnull)
+	{
+		entry->nmsgs = chat_templates(DatumGetJsonbP(d), &entry->roles, &entry->msgs);
+		entry->tmpl = entry->sys = NULL;
+	}
+	else
+	{
+		entry->nmsgs = 0;
+		entry->tmpl = template_compile(VARDATA_ANY(tmpl_text),
+									   VARSIZE_ANY_EXHDR(tmpl_text), "template");
+		entry->sys = sys_text ? template_compile(VARDATA_ANY(sys_text),
+												 VARSIZE_ANY_EXHDR(sys_text),
+												 "system template") : NULL;
+	}
 	MemoryContextSwitchTo(oldcxt);
 
 	SPI_finish();
@@ -640,14 +727,30 @@ maester_prompt_hash(text *system, text *content, char *hex_out)
 	maester_sha256_hex(parts, lens, nparts, hex_out);
 }
 
-/* Render a cached version's templates; raise 22023 naming missing variables */
+/*
+ * Render a cached version's templates: its content and system prompt, or
+ * a chat prompt's messages (a list of GenMessage; content and system are
+ * then NULL); raise 22023 naming missing variables.
+ */
 static void
-render_entry(PromptCacheEntry *entry, Jsonb *vars, text **content, text **system)
+render_entry(PromptCacheEntry *entry, Jsonb *vars, text **content, text **system,
+			 List **messages)
 {
 	StringInfoData missing = {NULL, 0, 0, 0};
 
-	*content = template_render(entry->tmpl, vars ? &vars->root : NULL, &missing);
-	*system = NULL;
+	*content = *system = NULL;
+	*messages = NIL;
+	for (int i = 0; i < entry->nmsgs; i++)
+	{
+		GenMessage *m = palloc0(sizeof(GenMessage));
+		text	   *t = template_render(entry->msgs[i], vars ? &vars->root : NULL, &missing);
+
+		m->role = entry->roles[i];
+		m->content = t ? text_to_cstring(t) : "";
+		*messages = lappend(*messages, m);
+	}
+	if (entry->tmpl)
+		*content = template_render(entry->tmpl, vars ? &vars->root : NULL, &missing);
 	if (entry->sys)
 		*system = template_render(entry->sys, vars ? &vars->root : NULL, &missing);
 	if (missing.data != NULL)
@@ -658,6 +761,22 @@ render_entry(PromptCacheEntry *entry, Jsonb *vars, text **content, text **system
 						text_to_cstring(entry->version), missing.data),
 				 errdetail("A variable that is absent or JSON null is missing."),
 				 errhint("Pass every variable the template names in the variables object.")));
+}
+
+/* The prompt hash of what was rendered: a text's, or a conversation's */
+static void
+rendered_hash(text *system, text *content, List *messages, char *hex_out)
+{
+	if (messages != NIL)
+	{
+		char	   *canon = messages_canonical(messages);
+		const char *parts[1] = {canon};
+		int			lens[1] = {(int) strlen(canon)};
+
+		maester_sha256_hex(parts, lens, 1, hex_out);
+	}
+	else
+		maester_prompt_hash(system, content, hex_out);
 }
 
 /* Raise 42704 for names too long to have been registered */
@@ -698,8 +817,8 @@ maester_render(const char *name, const char *ref, Jsonb *vars, RenderedPrompt *o
 	out->version = text_to_cstring(entry->version);
 	out->checks = entry->checks;
 	out->config = entry->config;
-	render_entry(entry, vars, &out->content, &out->system);
-	maester_prompt_hash(out->system, out->content, out->hash);
+	render_entry(entry, vars, &out->content, &out->system, &out->messages);
+	rendered_hash(out->system, out->content, out->messages, out->hash);
 }
 
 PG_FUNCTION_INFO_V1(prompt_render);
@@ -722,8 +841,9 @@ prompt_render(PG_FUNCTION_ARGS)
 	text	   *content;
 	text	   *system;
 	text	   *hash;
-	Datum		values[6];
-	bool		nulls[6] = {false, false, false, false, false, false};
+	List	   *messages;
+	Datum		values[7];
+	bool		nulls[7] = {false, false, false, false, false, false, false};
 
 	maester_check_catalog();
 	if (PG_ARGISNULL(0))
@@ -775,14 +895,21 @@ prompt_render(PG_FUNCTION_ARGS)
 		rc->entry = entry;
 	}
 
-	render_entry(entry, vars, &content, &system);
+	render_entry(entry, vars, &content, &system, &messages);
 	hash = (text *) palloc(VARHDRSZ + MAESTER_SHA256_HEXLEN + 1);
-	maester_prompt_hash(system, content, VARDATA(hash));
+	rendered_hash(system, content, messages, VARDATA(hash));
 	SET_VARSIZE(hash, VARHDRSZ + MAESTER_SHA256_HEXLEN);
 
 	values[0] = PointerGetDatum(entry->name);
 	values[1] = PointerGetDatum(entry->version);
-	values[2] = PointerGetDatum(content);
+	if (content)
+		values[2] = PointerGetDatum(content);
+	else
+		nulls[2] = true;
+	if (messages != NIL)
+		values[6] = DirectFunctionCall1(jsonb_in, CStringGetDatum(messages_canonical(messages)));
+	else
+		nulls[6] = true;
 	if (system)
 		values[3] = PointerGetDatum(system);
 	else

@@ -8,6 +8,7 @@
 #ifndef MAESTER_REGISTRY_H
 #define MAESTER_REGISTRY_H
 
+#include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
 #include "maester.h"
@@ -18,6 +19,8 @@ typedef struct RenderedPrompt
 	char	   *version;
 	text	   *content;
 	text	   *system;			/* NULL: no system template */
+	List	   *messages;		/* a chat prompt's conversation (GenMessage);
+								 * content and system are then NULL */
 	char		hash[MAESTER_SHA256_HEXLEN + 1];
 	Jsonb	   *checks;			/* the version's checks (cache memory), or NULL */
 	Jsonb	   *config;			/* the version's config (cache memory), or NULL */

@@ -47,6 +47,5 @@ extern void request_with_defaults(Jsonb *req, text *model, text *prompt_name,
 								  Jsonb *options, CallArgs *a);
 extern void request_validate(Jsonb *request);
 extern List *request_messages(Jsonb *messages, int64 *chars);
-extern char *request_messages_canonical(List *messages);
 
 #endif							/* MAESTER_REQUEST_H */

@@ -79,6 +79,9 @@ typedef struct ModelConf
 	char	   *provider;
 	char	   *provider_model;
 	int			max_output_tokens;	/* 0: maester.max_output_tokens */
+	int			refuses;		/* MODEL_NO_*, or -1: the rule's */
+	char	   *output_limit_param; /* NULL: the kind's */
+	char	   *structured_output;	/* native, tool, or NULL: the kind's */
 } ModelConf;
 
 typedef struct TenantLimit
@@ -263,7 +266,12 @@ router_load(void)
 		nproviders = n;
 
 		n = load_query("SELECT m.name, m.aliases, m.provider, m.provider_model, "
-					   "COALESCE(m.max_output_tokens, 0) "
+					   "COALESCE(m.max_output_tokens, 0), "
+					   "CASE WHEN m.unsupported_params IS NULL THEN -1 ELSE "
+					   "(CASE WHEN 'temperature' = ANY (m.unsupported_params) THEN 1 ELSE 0 END) + "
+					   "(CASE WHEN 'top_p' = ANY (m.unsupported_params) THEN 2 ELSE 0 END) + "
+					   "(CASE WHEN 'stop' = ANY (m.unsupported_params) THEN 4 ELSE 0 END) END, "
+					   "m.output_limit_param, m.structured_output "
 					   "FROM maester.model m ORDER BY m.name");
 		models = MemoryContextAllocZero(RouterContext, sizeof(ModelConf) * Max(n, 1));
 		for (uint64 i = 0; i < n; i++)
@@ -276,6 +284,9 @@ router_load(void)
 			models[i].provider = col_string(t, d, 3);
 			models[i].provider_model = col_string(t, d, 4);
 			models[i].max_output_tokens = col_int(t, d, 5);
+			models[i].refuses = col_int(t, d, 6);
+			models[i].output_limit_param = col_string(t, d, 7);
+			models[i].structured_output = col_string(t, d, 8);
 		}
 		nmodels = n;
 
@@ -432,14 +443,92 @@ model_by_id(const char *provider, const char *id)
 	return NULL;
 }
 
-/* The output limit of the model row named `name`, or 0 (the setting's) */
-static int
-output_limit_of(const char *name)
+/*
+ * The Claude version in a model id: claude-opus-4-5-20251101 and
+ * claude-sonnet-4-5 are 4.5, claude-3-5-sonnet-20241022 is 3.5 (a date is
+ * no minor version); false when there is none.
+ */
+static bool
+claude_version(const char *model, int *major, int *minor)
+{
+	const char *s;
+	char	   *end;
+
+	if (strncmp(model, "claude-", 7) != 0)
+		return false;
+	for (s = model + 7; *s && !(*s >= '0' && *s <= '9'); s++)
+		;
+	if (*s == '\0')
+		return false;
+	*major = (int) strtol(s, &end, 10);
+	*minor = 0;
+	if (end[0] == '-' && end[1] >= '0' && end[1] <= '9')
+	{
+		char	   *e2;
+		long		m = strtol(end + 1, &e2, 10);
+
+		if (e2 - (end + 1) <= 2)
+			*minor = (int) m;
+	}
+	return true;
+}
+
+/*
+ * The documented rule for a model whose row says nothing of the sampling
+ * parameters it refuses (README, "Models"): OpenAI's reasoning models (o1,
+ * o3, o4-mini, gpt-5 but not its chat variants) refuse temperature, top_p
+ * and stop; Claude models newer than Opus 4.6 refuse temperature and top_p;
+ * Claude 4.1 to 4.6 refuse the two together (top_p is left out).
+ */
+int
+model_rule_caps(const char *kind, const char *model)
+{
+	int			major;
+	int			minor;
+
+	if (strcmp(kind, "anthropic") == 0)
+	{
+		if (!claude_version(model, &major, &minor))
+			return 0;
+		if (major > 4 || (major == 4 && minor > 6))
+			return MODEL_NO_TEMPERATURE | MODEL_NO_TOP_P;
+		if (major == 4 && minor >= 1)
+			return MODEL_TEMPERATURE_XOR_TOP_P;
+		return 0;
+	}
+	if ((model[0] == 'o' && model[1] >= '1' && model[1] <= '9') ||
+		(strncmp(model, "gpt-5", 5) == 0 && strstr(model, "-chat") == NULL))
+		return MODEL_NO_TEMPERATURE | MODEL_NO_TOP_P | MODEL_NO_STOP;
+	return 0;
+}
+
+/* The model row named `name`, or NULL */
+static ModelConf *
+model_row_of(const char *name)
 {
 	for (int i = 0; i < nmodels; i++)
 		if (strcmp(models[i].name, name) == 0)
-			return models[i].max_output_tokens;
-	return 0;
+			return &models[i];
+	return NULL;
+}
+
+/*
+ * A target's model settings: its row's (found by name), else the rules:
+ * the output limit of the setting, the parameters of model_rule_caps, the
+ * kind's output limit parameter, native structured output except at
+ * Anthropic (where a forced tool works with every model).
+ */
+static void
+target_settings(RouteTarget *t)
+{
+	ModelConf  *m = model_row_of(t->name);
+
+	t->max_output_tokens = m ? m->max_output_tokens : 0;
+	t->refuses = m && m->refuses >= 0 ? m->refuses :
+		(t->provider ? model_rule_caps(t->provider->ops->kind, t->model) : 0);
+	t->output_limit_param = m && m->output_limit_param ? pstrdup(m->output_limit_param) : NULL;
+	t->native_schema = m && m->structured_output ?
+		strcmp(m->structured_output, "native") == 0 : false;
 }
 
 /* A target's identity (see the header), palloc'd */
@@ -614,10 +703,10 @@ router_plan(const char *requested)
 			plan->targets[k].provider = copy_provider(find_provider(routes[i].providers[k]));
 			plan->targets[k].model = pstrdup(routes[i].models[k]);
 			plan->targets[k].name = target_identity(routes[i].providers[k], routes[i].models[k]);
-			plan->targets[k].max_output_tokens = output_limit_of(plan->targets[k].name);
 			if (plan->targets[k].provider == NULL)
 				elog(ERROR, "provider \"%s\" of route \"%s\" not found",
 					 routes[i].providers[k], name);
+			target_settings(&plan->targets[k]);
 		}
 		return plan;
 	}
@@ -640,10 +729,10 @@ router_plan(const char *requested)
 		plan->targets[0].provider = copy_provider(find_provider(models[i].provider));
 		plan->targets[0].model = pstrdup(models[i].provider_model);
 		plan->targets[0].name = pstrdup(models[i].name);
-		plan->targets[0].max_output_tokens = models[i].max_output_tokens;
 		if (plan->targets[0].provider == NULL)
 			elog(ERROR, "provider \"%s\" of model \"%s\" not found",
 				 models[i].provider, models[i].name);
+		target_settings(&plan->targets[0]);
 		return plan;
 	}
 
@@ -667,7 +756,7 @@ router_plan(const char *requested)
 			plan->targets[0].provider = copy_provider(&providers[i]);
 			plan->targets[0].model = pstrdup(requested);
 			plan->targets[0].name = target_identity(providers[i].name, requested);
-			plan->targets[0].max_output_tokens = output_limit_of(plan->targets[0].name);
+			target_settings(&plan->targets[0]);
 			return plan;
 		}
 		/* as for a model row or a route target on a disabled provider */

@@ -35,6 +35,16 @@ struct ProviderConf
 	int			tokens_per_minute;	/* 0: no limit */
 };
 
+/*
+ * What a model accepts (maester.model's unsupported_params, else the rule
+ * of model_rule_caps): sampling parameters it refuses, left out of its
+ * requests
+ */
+#define MODEL_NO_TEMPERATURE	0x01
+#define MODEL_NO_TOP_P			0x02
+#define MODEL_NO_STOP			0x04
+#define MODEL_TEMPERATURE_XOR_TOP_P 0x08	/* not both: top_p is left out */
+
 /* One place a request can be sent: a provider and its model id */
 typedef struct RouteTarget
 {
@@ -42,6 +52,10 @@ typedef struct RouteTarget
 	char	   *model;			/* the model id sent */
 	char	   *name;			/* its identity, for prices and budgets */
 	int			max_output_tokens;	/* its model row's limit; 0: the setting's */
+	int			refuses;		/* MODEL_NO_* */
+	const char *output_limit_param; /* max_tokens or max_completion_tokens;
+									 * NULL: the kind's */
+	bool		native_schema;	/* Anthropic: output_config.format */
 } RouteTarget;
 
 /* The ordered targets for a requested model (or route) */
@@ -64,6 +78,7 @@ extern char *router_model_identity(const char *name);
 extern const char *router_model_row_id(const char *name);
 extern bool router_model_known(const char *name);
 extern bool model_snapshot_suffix(const char *s);
+extern int	model_rule_caps(const char *kind, const char *model);
 extern int	model_base_len(const char *model);
 
 extern void router_tenant_limits(const char *tenant, int *requests_per_minute,

@@ -62,7 +62,7 @@ CFLAGS="-g -O1 -fno-omit-frame-pointer -fPIC $SAN -fsanitize=fuzzer-no-link
 	-I$HERE/harness -I$ROOT/src -I$($PG_CONFIG --includedir-server) -D_GNU_SOURCE"
 # the src/ files the targets reach (http.c comes in through fuzz_http.c)
 SRCS="$ROOT/src/template.c $ROOT/src/jsonutil.c $ROOT/src/provider.c
-	$ROOT/src/provider_openai.c $ROOT/src/provider_anthropic.c $ROOT/src/rubric.c
+	$ROOT/src/message.c $ROOT/src/provider_openai.c $ROOT/src/provider_anthropic.c $ROOT/src/rubric.c
 	$HERE/harness/fuzz_http.c $HERE/harness/targets.c $HERE/harness/fuzz_main.c
 	$HERE/harness/stubs.c"
 echo "building $WORK/build/maester_fuzz.so"

@@ -85,6 +85,21 @@ $node->poll_query_until('postgres',
 	    AND trace_id IN (SELECT trace_id FROM maester.job WHERE submission = 'greetings')})
   or diag('spans missing');
 
+# a conversation with tools as a job: the result's later fields (tool calls,
+# the parsed answer) are the job's columns
+my $tj = sq(q{SELECT maester.submit('{"messages": [{"role": "user", "content": "Weather?"}], "model": "mock-1",
+    "options": {"tools": [{"name": "get_weather", "parameters": {"type": "object",
+                "properties": {"city": {"type": "string"}}}}]}}')});
+my $schema_job = sq(q{SELECT maester.submit('{"prompt": "Extract", "model": "mock-1", "options": {"response_format":
+    {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object",
+     "properties": {"n": {"type": "integer"}}}}}}}')});
+ok(wait_jobs("id IN ($tj, $schema_job)"), 'the tool and schema jobs ended');
+is(sq(qq{SELECT status || ' ' || (result).finish_reason || ' ' || (tool_calls -> 0 ->> 'name') || ' ' ||
+         (tool_calls -> 0 -> 'arguments')::text FROM maester.job WHERE id = $tj}),
+	'done tool_calls get_weather {"city": "mock"}', 'a job\'s tool calls are its tool_calls column');
+is(sq(qq{SELECT status || ' ' || parsed::text || ' ' || (result).content FROM maester.job WHERE id = $schema_job}),
+	'done {"n": 1} {"n": 1}', 'a job\'s parsed answer is its parsed column');
+
 # callbacks run apart, in the callback worker; wait until the matching jobs'
 # callbacks have run
 sub wait_callbacks

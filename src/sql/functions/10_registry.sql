@@ -156,12 +156,13 @@ CREATE TRIGGER prompt_label_history_no_truncate
 
 CREATE FUNCTION maester.prompt_register(
     name            text,
-    template        text,
+    template        text DEFAULT NULL,
     version         text DEFAULT NULL,
     system_template text DEFAULT NULL,
     config          jsonb DEFAULT '{}',
     checks          jsonb DEFAULT NULL,
-    description     text DEFAULT NULL)
+    description     text DEFAULT NULL,
+    messages        jsonb DEFAULT NULL)
 RETURNS maester.prompt_version
 LANGUAGE plpgsql
 VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
@@ -175,14 +176,21 @@ DECLARE
     p_checks  jsonb := prompt_register.checks;
     p_tmpl    text := prompt_register.template;
     p_sys     text := prompt_register.system_template;
+    p_msgs    jsonb := prompt_register.messages;
     cur       maester.prompt_version;
     next_n    numeric;
 BEGIN
     IF p_name IS NULL THEN
         RAISE EXCEPTION 'prompt name must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF p_tmpl IS NULL THEN
-        RAISE EXCEPTION 'template must not be null' USING ERRCODE = 'null_value_not_allowed';
+    IF p_tmpl IS NULL AND p_msgs IS NULL THEN
+        RAISE EXCEPTION 'template must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Give a template, or messages for a chat prompt.';
+    END IF;
+    IF p_msgs IS NOT NULL AND (p_tmpl IS NOT NULL OR p_sys IS NOT NULL) THEN
+        RAISE EXCEPTION 'give either template (and system_template) or messages'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A chat prompt''s system prompt is its first message: {"role": "system", "content": "..."}.';
     END IF;
     PERFORM maester.check_name('prompt', p_name);
     IF p_version IS NOT NULL THEN
@@ -220,7 +228,8 @@ BEGIN
     END IF;
 
     IF FOUND THEN
-        IF cur.template OPERATOR(pg_catalog.=) p_tmpl
+        IF cur.template IS NOT DISTINCT FROM p_tmpl
+           AND cur.messages IS NOT DISTINCT FROM p_msgs
            AND cur.system_template IS NOT DISTINCT FROM p_sys
            AND cur.config OPERATOR(pg_catalog.=) p_config
            AND cur.checks IS NOT DISTINCT FROM p_checks THEN
@@ -252,15 +261,15 @@ BEGIN
     END IF;
 
     INSERT INTO maester.prompt_version AS v
-        (name, version, template, system_template, config, checks, description)
-    VALUES (p_name, p_version, p_tmpl, p_sys, p_config, p_checks, prompt_register.description)
+        (name, version, template, system_template, config, checks, description, messages)
+    VALUES (p_name, p_version, p_tmpl, p_sys, p_config, p_checks, prompt_register.description, p_msgs)
     RETURNING * INTO cur;
     RETURN cur;
 END
 $$;
 
-COMMENT ON FUNCTION maester.prompt_register(text, text, text, text, jsonb, jsonb, text) IS
-    'Registers a prompt version and returns it. version NULL: the next vN, unless the content equals the latest version''s (then that one is returned). Same content under an existing version: returns it; different content: 23505.';
+COMMENT ON FUNCTION maester.prompt_register(text, text, text, text, jsonb, jsonb, text, jsonb) IS
+    'Registers a prompt version and returns it: a template (and system_template), or messages, a chat prompt ([{role, content}] of role templates). version NULL: the next vN, unless the content equals the latest version''s (then that one is returned). Same content under an existing version: returns it; different content: 23505.';
 
 CREATE FUNCTION maester.prompt_set_label(name text, label text, version text)
 RETURNS maester.prompt_label

@@ -20,7 +20,7 @@ GRANT INSERT ON maester.prompt_version TO maester_admin;
 GRANT INSERT, UPDATE, DELETE ON maester.prompt_label TO maester_admin;
 GRANT INSERT ON maester.prompt_label_history TO maester_admin;
 GRANT EXECUTE ON FUNCTION
-    maester.prompt_register(text, text, text, text, jsonb, jsonb, text),
+    maester.prompt_register(text, text, text, text, jsonb, jsonb, text, jsonb),
     maester.prompt_set_label(text, text, text),
     maester.prompt_unset_label(text, text) TO maester_admin;
 

@@ -22,7 +22,7 @@ CREATE TABLE maester.prompt_version (
     name            text NOT NULL REFERENCES maester.prompt (name),
     version         text NOT NULL,
     seq             bigint NOT NULL GENERATED ALWAYS AS IDENTITY UNIQUE,
-    template        text NOT NULL,
+    template        text,
     system_template text,
     config          jsonb NOT NULL DEFAULT '{}',
     checks          jsonb,
@@ -31,23 +31,28 @@ CREATE TABLE maester.prompt_version (
     description     text,
     created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     created_by      name NOT NULL DEFAULT CURRENT_USER,
+    messages        jsonb,
     PRIMARY KEY (name, version),
     CONSTRAINT prompt_version_config_is_object
         CHECK (pg_catalog.jsonb_typeof(config) OPERATOR(pg_catalog.=) 'object'),
     CONSTRAINT prompt_version_checks_is_object_or_array
-        CHECK (checks IS NULL OR pg_catalog.jsonb_typeof(checks) OPERATOR(pg_catalog.=) ANY (ARRAY['object', 'array']))
+        CHECK (checks IS NULL OR pg_catalog.jsonb_typeof(checks) OPERATOR(pg_catalog.=) ANY (ARRAY['object', 'array'])),
+    CONSTRAINT prompt_version_template_or_messages
+        CHECK ((template IS NULL) OPERATOR(pg_catalog.<>) (messages IS NULL)
+               AND (messages IS NULL OR system_template IS NULL))
 );
 
 COMMENT ON TABLE maester.prompt_version IS
     'Immutable prompt versions: UPDATE, DELETE and TRUNCATE are refused. Register with maester.prompt_register().';
 COMMENT ON COLUMN maester.prompt_version.version IS 'Version name: given, or the next vN.';
 COMMENT ON COLUMN maester.prompt_version.seq IS 'Registration order across the registry; the latest version of a prompt has the highest seq (so v10 is newer than v9).';
-COMMENT ON COLUMN maester.prompt_version.template IS 'User prompt template: {name} is replaced, {{ and }} are literal braces.';
+COMMENT ON COLUMN maester.prompt_version.template IS 'User prompt template: {name} is replaced, {{ and }} are literal braces. NULL for a chat prompt (messages).';
+COMMENT ON COLUMN maester.prompt_version.messages IS 'A chat prompt: [{role, content}] with roles system, user and assistant, each content a template of the same syntax; instead of template and system_template.';
 COMMENT ON COLUMN maester.prompt_version.system_template IS 'Optional system prompt template, same syntax.';
 COMMENT ON COLUMN maester.prompt_version.config IS 'Model settings that travel with the version (model, max_tokens, temperature, ...).';
 COMMENT ON COLUMN maester.prompt_version.checks IS 'Evaluation checks run on every output of this version.';
 COMMENT ON COLUMN maester.prompt_version.variables IS 'Variables the templates use, in order of first use (computed at registration).';
-COMMENT ON COLUMN maester.prompt_version.template_hash IS 'SHA-256 hex of the version''s content: the jsonb text of {template, system_template, config, checks} (computed at registration).';
+COMMENT ON COLUMN maester.prompt_version.template_hash IS 'SHA-256 hex of the version''s content: the jsonb text of {template, system_template, config, checks}, and messages for a chat prompt (computed at registration).';
 
 CREATE TABLE maester.prompt_label (
     name     text NOT NULL REFERENCES maester.prompt (name),
@@ -85,12 +90,15 @@ CREATE TYPE maester.rendered_prompt AS (
     content       text,
     system        text,
     hash          text,
-    template_hash text
+    template_hash text,
+    messages      jsonb
 );
 
 COMMENT ON TYPE maester.rendered_prompt IS
     'A rendered prompt: its identity (name, version, template_hash), the rendered content and system prompt, and hash, the SHA-256 hex of what is sent.';
 COMMENT ON COLUMN maester.rendered_prompt.hash IS
     'SHA-256 hex of the rendered content; with a system prompt, of system, one zero byte, then content.';
+COMMENT ON COLUMN maester.rendered_prompt.messages IS
+    'A chat prompt''s rendered conversation ([{role, content}]); content and system are then NULL, and hash is over the conversation''s canonical form.';
 COMMENT ON COLUMN maester.rendered_prompt.template_hash IS
     'The version''s content identity (maester.prompt_version.template_hash).';

@@ -64,7 +64,10 @@ CREATE TABLE maester.model (
     provider_model text NOT NULL,
     aliases        text[] NOT NULL DEFAULT '{}',
     description    text,
-    max_output_tokens integer CHECK (max_output_tokens OPERATOR(pg_catalog.>) 0)
+    max_output_tokens integer CHECK (max_output_tokens OPERATOR(pg_catalog.>) 0),
+    unsupported_params text[] CHECK (unsupported_params OPERATOR(pg_catalog.<@) ARRAY['temperature', 'top_p', 'stop']),
+    output_limit_param text CHECK (output_limit_param OPERATOR(pg_catalog.=) ANY (ARRAY['max_tokens', 'max_completion_tokens'])),
+    structured_output  text CHECK (structured_output OPERATOR(pg_catalog.=) ANY (ARRAY['native', 'tool']))
 );
 
 COMMENT ON TABLE maester.model IS
@@ -72,6 +75,9 @@ COMMENT ON TABLE maester.model IS
 COMMENT ON COLUMN maester.model.max_output_tokens IS 'The most output tokens the model may be asked for: a larger max_tokens skips the target (22023). NULL: maester.max_output_tokens.';
 COMMENT ON COLUMN maester.model.provider_model IS 'The model id sent to the provider.';
 COMMENT ON COLUMN maester.model.aliases IS 'Other names callers may use for this model.';
+COMMENT ON COLUMN maester.model.unsupported_params IS 'Sampling parameters the model refuses (of temperature, top_p, stop): left out of its requests, and named on the span (maester.request.dropped_params). NULL: the rule (README, Models): OpenAI reasoning models (o1, o3, o4, gpt-5 but not -chat) refuse all three; Claude newer than 4.6 refuses temperature and top_p; Claude 4.1 to 4.6 refuses the two together (top_p is left out). ''{}'': none.';
+COMMENT ON COLUMN maester.model.output_limit_param IS 'The request member the output limit is sent as: max_tokens or max_completion_tokens. NULL: the kind''s (max_completion_tokens at openai, max_tokens at openai_compatible; Anthropic always max_tokens). Set max_completion_tokens for OpenAI reasoning models behind a compatible endpoint (a proxy, Azure).';
+COMMENT ON COLUMN maester.model.structured_output IS 'How a json_schema response format is asked of an Anthropic model: native (output_config.format) or tool (a forced tool whose input is the answer, which every Claude model has). NULL: tool. OpenAI kinds always send response_format.';
 
 CREATE TABLE maester.route (
     name        text PRIMARY KEY,

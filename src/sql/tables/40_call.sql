@@ -1,4 +1,4 @@
--- src/sql/tables/40_call.sql: The results of a call: maester.generation (also stored in maester.job.result) and maester.batch_result.
+-- src/sql/tables/40_call.sql: The results of a call: maester.generation and maester.batch_result.
 --
 -- Written once: this file runs only when the extension is created.  A
 -- change to it must also go into the update fragment of the next version

@@ -5,6 +5,35 @@
 -- (src/sql/updates/), so that an updated database ends up like a new one;
 -- see src/sql/README.
 
+-- A job's result: 0.1.0's maester.generation, frozen (see the comment)
+CREATE TYPE maester.job_result AS (
+    request_id          uuid,
+    trace_id            text,
+    provider            text,
+    model               text,
+    content             text,
+    finish_reason       text,
+    input_tokens        bigint,
+    output_tokens       bigint,
+    cached_input_tokens bigint,
+    cache_write_tokens  bigint,
+    usage_estimated     boolean,
+    latency_ms          double precision,
+    attempts            integer,
+    fallback_used       boolean,
+    prompt_name         text,
+    prompt_version      text,
+    prompt_hash         text,
+    requested_model     text,
+    response_id         text,
+    cost_usd            numeric,
+    priced              boolean,
+    evaluation          jsonb
+);
+
+COMMENT ON TYPE maester.job_result IS
+    'A job''s result: the maester.generation fields of 0.1.0, frozen, so that dumps of any version restore (a stored composite value must have every attribute of its type). Fields the generation gained since are columns of maester.job (tool_calls, parsed, refusal).';
+
 -- Asynchronous jobs: requests queued with maester.submit and run by the
 -- database's resident worker (and job workers) through the same gateway.
 CREATE TABLE maester.job (
@@ -21,7 +50,7 @@ CREATE TABLE maester.job (
     attempts         integer NOT NULL DEFAULT 0,
     request_id       uuid,
     trace_id         text,
-    result           maester.generation,
+    result           maester.job_result,
     error_code       text,
     error_class      text,
     error_message    text,
@@ -31,7 +60,10 @@ CREATE TABLE maester.job (
     finished_at      timestamptz,
     worker           integer,
     worker_pid       integer,
-    callback_done_at timestamptz
+    callback_done_at timestamptz,
+    tool_calls       jsonb,
+    parsed           jsonb,
+    refusal          text
 );
 
 CREATE INDEX job_queued ON maester.job (id) WHERE status OPERATOR(pg_catalog.=) 'queued';
@@ -49,6 +81,10 @@ COMMENT ON COLUMN maester.job.attempts IS 'Times a worker took the job (more tha
 COMMENT ON COLUMN maester.job.request_id IS 'The call''s request id, set when a worker takes the job, before anything is sent: its ledger rows.';
 COMMENT ON COLUMN maester.job.callback IS 'A procedure called with the job id after the job ended (done, failed or cancelled while running), as the submitter, by the database''s callback worker in a transaction of its own, within maester.callback_timeout; its error is kept in callback_error.';
 COMMENT ON COLUMN maester.job.callback_done_at IS 'When the callback ran (NULL: it waits, or there is none).';
+COMMENT ON COLUMN maester.job.result IS 'The call''s result when it is done: maester.generation''s fields of 0.1.0 (maester.job_result).';
+COMMENT ON COLUMN maester.job.tool_calls IS 'The result''s maester.generation.tool_calls.';
+COMMENT ON COLUMN maester.job.parsed IS 'The result''s maester.generation.parsed.';
+COMMENT ON COLUMN maester.job.refusal IS 'The result''s maester.generation.refusal.';
 
 ALTER TABLE maester.job ENABLE ROW LEVEL SECURITY;
 CREATE POLICY job_admin ON maester.job FOR ALL TO maester_admin USING (true);

@@ -294,9 +294,48 @@ COMMENT ON COLUMN maester.usage.finish_reason IS 'Why the answer ended, in one v
 COMMENT ON COLUMN maester.usage.provider_finish_reason IS 'The finish reason as the provider gave it (finish_reason at OpenAI, stop_reason at Anthropic).';
 COMMENT ON COLUMN maester.usage.provider_request_id IS 'The provider''s id of the request (its x-request-id or request-id header), for its support.';
 
+-- a job's result is 0.1.0's generation, frozen: a stored composite value
+-- must have every attribute of its type, so a job.result of type
+-- generation would make every older dump fail to restore once generation
+-- gains an attribute; fields added since are job columns
+CREATE TYPE maester.job_result AS (
+    request_id          uuid,
+    trace_id            text,
+    provider            text,
+    model               text,
+    content             text,
+    finish_reason       text,
+    input_tokens        bigint,
+    output_tokens       bigint,
+    cached_input_tokens bigint,
+    cache_write_tokens  bigint,
+    usage_estimated     boolean,
+    latency_ms          double precision,
+    attempts            integer,
+    fallback_used       boolean,
+    prompt_name         text,
+    prompt_version      text,
+    prompt_hash         text,
+    requested_model     text,
+    response_id         text,
+    cost_usd            numeric,
+    priced              boolean,
+    evaluation          jsonb
+);
+COMMENT ON TYPE maester.job_result IS
+    'A job''s result: the maester.generation fields of 0.1.0, frozen, so that dumps of any version restore (a stored composite value must have every attribute of its type). Fields the generation gained since are columns of maester.job (tool_calls, parsed, refusal).';
+ALTER TABLE maester.job ALTER COLUMN result TYPE maester.job_result
+    USING result::text::maester.job_result;
+ALTER TABLE maester.job ADD COLUMN tool_calls jsonb, ADD COLUMN parsed jsonb,
+    ADD COLUMN refusal text;
+COMMENT ON COLUMN maester.job.result IS 'The call''s result when it is done: maester.generation''s fields of 0.1.0 (maester.job_result).';
+COMMENT ON COLUMN maester.job.tool_calls IS 'The result''s maester.generation.tool_calls.';
+COMMENT ON COLUMN maester.job.parsed IS 'The result''s maester.generation.parsed.';
+COMMENT ON COLUMN maester.job.refusal IS 'The result''s maester.generation.refusal.';
+
 -- conversations, tools and structured output (issue #15): the generation's
--- tool calls, parsed answer and refusal (appended: job.result stores
--- generations), llm_generate's messages argument, captured conversations
+-- tool calls, parsed answer and refusal (appended), llm_generate's
+-- messages argument, captured conversations
 ALTER TYPE maester.generation ADD ATTRIBUTE tool_calls jsonb,
     ADD ATTRIBUTE parsed jsonb, ADD ATTRIBUTE refusal text;
 ALTER TYPE maester.batch_result ADD ATTRIBUTE tool_calls jsonb,
@@ -306,3 +345,28 @@ COMMENT ON COLUMN maester.generation.parsed IS 'With response_format json_schema
 COMMENT ON COLUMN maester.generation.refusal IS 'A refusal''s text (OpenAI message.refusal; Anthropic stop_reason refusal), kept apart from content, which is then empty; finish_reason is refusal.';
 DROP FUNCTION maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb);
 ALTER TABLE maester.capture ADD COLUMN messages jsonb;
+
+-- what each model accepts (issue #15): sampling parameters it refuses, the
+-- name of its output limit, how it is asked for structured output
+ALTER TABLE maester.model
+    ADD COLUMN unsupported_params text[] CHECK (unsupported_params OPERATOR(pg_catalog.<@) ARRAY['temperature', 'top_p', 'stop']),
+    ADD COLUMN output_limit_param text CHECK (output_limit_param OPERATOR(pg_catalog.=) ANY (ARRAY['max_tokens', 'max_completion_tokens'])),
+    ADD COLUMN structured_output  text CHECK (structured_output OPERATOR(pg_catalog.=) ANY (ARRAY['native', 'tool']));
+COMMENT ON COLUMN maester.model.unsupported_params IS 'Sampling parameters the model refuses (of temperature, top_p, stop): left out of its requests, and named on the span (maester.request.dropped_params). NULL: the rule (README, Models): OpenAI reasoning models (o1, o3, o4, gpt-5 but not -chat) refuse all three; Claude newer than 4.6 refuses temperature and top_p; Claude 4.1 to 4.6 refuses the two together (top_p is left out). ''{}'': none.';
+COMMENT ON COLUMN maester.model.output_limit_param IS 'The request member the output limit is sent as: max_tokens or max_completion_tokens. NULL: the kind''s (max_completion_tokens at openai, max_tokens at openai_compatible; Anthropic always max_tokens). Set max_completion_tokens for OpenAI reasoning models behind a compatible endpoint (a proxy, Azure).';
+COMMENT ON COLUMN maester.model.structured_output IS 'How a json_schema response format is asked of an Anthropic model: native (output_config.format) or tool (a forced tool whose input is the answer, which every Claude model has). NULL: tool. OpenAI kinds always send response_format.';
+
+-- chat prompts (issue #15): a version may be a list of role messages
+-- instead of a template (and a system template)
+ALTER TABLE maester.prompt_version ALTER COLUMN template DROP NOT NULL,
+    ADD COLUMN messages jsonb,
+    ADD CONSTRAINT prompt_version_template_or_messages
+        CHECK ((template IS NULL) OPERATOR(pg_catalog.<>) (messages IS NULL)
+               AND (messages IS NULL OR system_template IS NULL));
+COMMENT ON COLUMN maester.prompt_version.template IS 'User prompt template: {name} is replaced, {{ and }} are literal braces. NULL for a chat prompt (messages).';
+COMMENT ON COLUMN maester.prompt_version.messages IS 'A chat prompt: [{role, content}] with roles system, user and assistant, each content a template of the same syntax; instead of template and system_template.';
+COMMENT ON COLUMN maester.prompt_version.template_hash IS 'SHA-256 hex of the version''s content: the jsonb text of {template, system_template, config, checks}, and messages for a chat prompt (computed at registration).';
+ALTER TYPE maester.rendered_prompt ADD ATTRIBUTE messages jsonb;
+COMMENT ON COLUMN maester.rendered_prompt.messages IS
+    'A chat prompt''s rendered conversation ([{role, content}]); content and system are then NULL, and hash is over the conversation''s canonical form.';
+DROP FUNCTION maester.prompt_register(text, text, text, text, jsonb, jsonb, text);

@@ -31,6 +31,7 @@
 #include "utils/numeric.h"
 
 #include "http.h"
+#include "jsonutil.h"
 #include "maester.h"
 #include "provider.h"
 #include "router.h"
@@ -778,7 +779,36 @@ run_provider(const ProviderOps *ops, const uint8 *data, size_t size)
 	if (out.content == NULL)
 		fuzz_finding("outcome-no-content", "an accepted answer without content");
 	check_string("content", out.content);
+	check_string("refusal", out.refusal);
 	check_string("finish_reason", out.finish_reason);
+	if (out.tool_calls && check_string("tool_calls", out.tool_calls))
+	{
+		/* what generation_values gives jsonb_in, which must not throw there */
+		char	   *problem = NULL;
+		Jsonb	   *calls = json_parse_any(out.tool_calls, &problem);
+
+		if (calls == NULL || !JB_ROOT_IS_ARRAY(calls) || JB_ROOT_IS_SCALAR(calls))
+			fuzz_finding("outcome-tool-calls", "tool calls are not a JSON array: %s",
+						 problem ? problem : out.tool_calls);
+		else
+			for (int i = 0; i < JsonContainerSize(&calls->root); i++)
+			{
+				JsonbValue *e = getIthJsonbValueFromContainer(&calls->root, i);
+
+				if (e->type != jbvBinary || json_get(e->val.binary.data, "id") == NULL ||
+					json_get(e->val.binary.data, "name") == NULL ||
+					json_get(e->val.binary.data, "arguments") == NULL)
+					fuzz_finding("outcome-tool-call-shape", "a tool call is not {id, name, arguments}");
+			}
+	}
+	if (out.parsed && out.content)
+	{
+		char	   *problem = NULL;
+		Jsonb	   *again = json_parse_any(out.content, &problem);
+
+		if (again == NULL || compareJsonbContainers(&again->root, &out.parsed->root) != 0)
+			fuzz_finding("outcome-parsed", "parsed is not what the content parses to");
+	}
 	check_string("served_model", out.served_model);
 	check_string("response_id", out.response_id);
 	if (out.usage_present)
