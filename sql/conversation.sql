@@ -284,6 +284,67 @@ SELECT pg_temp.err($$ UPDATE maester.model SET unsupported_params = '{seed}' WHE
 SELECT pg_temp.err($$ UPDATE maester.model SET output_limit_param = 'max_output' WHERE name = 'cv-o3' $$);
 SELECT pg_temp.err($$ UPDATE maester.model SET structured_output = 'magic' WHERE name = 'cv-o3' $$);
 
+-- usage details kept in the ledger: reasoning tokens, cache writes (and
+-- Anthropic's by ttl), the service tier (the mock's shape-details, after
+-- CompletionUsage and Anthropic's Usage)
+INSERT INTO maester.model (name, provider, provider_model) VALUES
+    ('cv-details', 'cvopenai', 'fault-shape-details'), ('cv-adetails', 'cvanth', 'fault-shape-details'),
+    ('cv-cache', 'cvanth', 'claude-cvcache');
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million,
+                           cache_read_input_cost_per_million, cache_creation_input_cost_per_million)
+VALUES ('fault-shape-details', '2020-01-01', 1, 10, 0.1, 1.25), ('claude-cvcache', '2020-01-01', 1, 10, 0.1, 1.25);
+SELECT request_id AS o_rid FROM maester.llm_generate('hi', 'cv-details') \gset
+SELECT request_id AS a_rid FROM maester.llm_generate('hi', 'cv-adetails') \gset
+SELECT model_name, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens,
+       reasoning_tokens, service_tier, cost_usd
+  FROM maester.usage WHERE request_id IN (:'o_rid', :'a_rid') ORDER BY model_name;
+-- (Anthropic: 1000 + 50 read + 400 written, 300 of them for an hour, at
+-- twice the input price with no 1h price: 1000 x 1 + 50 x 0.1 + 100 x 1.25
+-- + 300 x 2 = 1730 micro-dollars in, 200 x 10 out; OpenAI: 700 x 1 +
+-- 200 x 0.1 + 100 x 1.25 in, 2000 out)
+
+-- Anthropic prompt caching as an option: the system prompt, or the
+-- conversation's prefix, marked with cache_control; written, then read
+SELECT cache_write_tokens > 0 AS wrote, cached_input_tokens AS read
+  FROM maester.llm_generate('Q1', 'cv-cache', system => repeat('Long instructions. ', 50),
+                            options => '{"cache_control": "system"}');
+SELECT pg_temp.last_body() -> 'system' -> 0 -> 'cache_control' AS marked;
+SELECT cache_write_tokens AS wrote, cached_input_tokens > 0 AS read
+  FROM maester.llm_generate('Q2', 'cv-cache', system => repeat('Long instructions. ', 50),
+                            options => '{"cache_control": "system"}');
+SELECT request_id AS c_rid FROM maester.llm_generate(model => 'cv-cache', messages => '[
+    {"role": "user", "content": "Here is a long document: ..."},
+    {"role": "assistant", "content": "Read."},
+    {"role": "user", "content": "Summarize it."}]', options => '{"cache_control": {"at": "prefix", "ttl": "1h"}}') \gset
+SELECT m -> 'role' AS role, m -> 'content' -> 0 -> 'cache_control' AS cache_control
+  FROM jsonb_array_elements(pg_temp.last_body() -> 'messages') m;
+SELECT cache_write_tokens > 0 AS wrote, cache_write_1h_tokens = cache_write_tokens AS hour
+  FROM maester.usage WHERE request_id = :'c_rid';
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"cache_control": "everything"}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"cache_control": {"ttl": "2h"}}') $$);
+
+-- Azure OpenAI: the api-key header, the v1 API (the deployment as the
+-- model), or deployment URLs with an api-version
+INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit_failure_threshold)
+VALUES ('cvazure', 'azure', :'mock_url', 'MAESTER_TEST_API_KEY', '{}', 0);
+INSERT INTO maester.model (name, provider, provider_model) VALUES
+    ('cv-az', 'cvazure', 'my-gpt-deployment'), ('cv-az-odd', 'cvazure', 'a/b?c');
+CREATE FUNCTION pg_temp.last_azure() RETURNS jsonb LANGUAGE sql AS $$
+  SELECT jsonb_build_object('path', r -> 'path', 'model', r -> 'body' -> 'model',
+                            'api_key', r -> 'headers' ? 'api-key',
+                            'authorization', r -> 'headers' ? 'authorization',
+                            'limit', CASE WHEN r -> 'body' ? 'max_completion_tokens' THEN 'max_completion_tokens' END)
+    FROM (SELECT pg_temp.mock('/_mock/requests') -> -1 AS r) x $$;
+SELECT content, provider FROM maester.llm_generate('Hello.', 'cv-az', max_tokens => 20);
+SELECT pg_temp.last_azure();
+UPDATE maester.provider SET api_version = '2024-10-21' WHERE name = 'cvazure';
+SELECT content FROM maester.llm_generate('Hello.', 'cv-az', max_tokens => 20);
+SELECT pg_temp.last_azure();
+-- a deployment name cannot reach another path or query
+SELECT content FROM maester.llm_generate('Hello.', 'cv-az-odd', max_tokens => 20);
+SELECT pg_temp.last_azure() -> 'path' AS path;
+SELECT pg_temp.err($$ UPDATE maester.provider SET api_version = '2024-10-21&x=1' WHERE name = 'cvazure' $$);
+
 -- the ledger billed every call above, and none failed
 SELECT count(*) > 0 AS calls, count(*) FILTER (WHERE status <> 'ok') AS failed
   FROM maester.usage WHERE tenant = 'conversation';

@@ -139,7 +139,7 @@ call_note_failure(Call *c, const char *provider, const Failure *f)
 
 /* The options a prompt version's config may supply (request.c parses them) */
 static const char *const config_options[] = {
-	"temperature", "top_p", "stop", "response_format", "tools", "tool_choice",
+	"temperature", "top_p", "stop", "response_format", "tools", "tool_choice", "cache_control",
 	"timeout_ms", "max_attempts", "fallback", "tags"
 };
 

@@ -143,6 +143,21 @@ estimate_tokens(const char *s)
 	return s ? (pg_mbstrlen(s) + 3) / 4 : 0;
 }
 
+/* An answer's usage into its ledger record */
+static void
+record_usage(LedgerRecord *r, const GenResponse *resp)
+{
+	r->has_usage = true;
+	r->input_tokens = resp->input_tokens;
+	r->output_tokens = resp->output_tokens;
+	r->cached_input_tokens = resp->cached_input_tokens;
+	r->cache_write_tokens = resp->cache_write_tokens;
+	r->cache_write_1h_tokens = resp->cache_write_1h_tokens;
+	r->reasoning_tokens = resp->reasoning_tokens;
+	if (resp->service_tier)
+		ledger_copy_name(r->service_tier, resp->service_tier, sizeof(r->service_tier));
+}
+
 /* Numeric as text into a ledger field ("" for NULL) */
 static void
 numeric_to_field(Numeric n, char *dst, size_t size)
@@ -195,7 +210,7 @@ attempt_cost(Call *c, RouteTarget *t, TimestampTz ts, bool *priced)
 	return maester_cost(names, lengthof(names),
 						g->resp.input_tokens, g->resp.output_tokens,
 						g->resp.cached_input_tokens, g->resp.cache_write_tokens,
-						ts, priced);
+						g->resp.cache_write_1h_tokens, ts, priced);
 }
 
 /* Fill the PENDING record of an attempt; returns the estimate (or NULL) */
@@ -230,9 +245,12 @@ attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
 	r->max_tokens = target_max_tokens(t, max_tokens);
 	{
 		const char *names[3] = {t->model, t->name, g->requested_model};
+		/* a call that writes the prompt cache may pay the write rate for all of it */
+		int64		writes = c->opts.gen.cache_at != CACHE_NONE ? c->cs.est_input_tokens : 0;
 
 		estimate = maester_cost(names, lengthof(names), c->cs.est_input_tokens,
-								r->max_tokens, 0, 0, r->ts, &priced);
+								r->max_tokens, 0, writes, c->opts.gen.cache_1h ? writes : 0,
+								r->ts, &priced);
 	}
 	numeric_to_field(estimate, r->estimate, sizeof(r->estimate));
 	r->priced = priced;
@@ -347,12 +365,8 @@ attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 		strlcpy(r->status, "ok", sizeof(r->status));
 		if (g->resp.served_model)
 			ledger_copy_name(r->model, g->resp.served_model, sizeof(r->model));
-		r->has_usage = true;
+		record_usage(r, &g->resp);
 		r->usage_estimated = !g->resp.usage_present;
-		r->input_tokens = g->resp.input_tokens;
-		r->output_tokens = g->resp.output_tokens;
-		r->cached_input_tokens = g->resp.cached_input_tokens;
-		r->cache_write_tokens = g->resp.cache_write_tokens;
 		r->priced = g->priced;
 		r->fallback_used = g->fallback_used;
 		r->http_status = 200;
@@ -376,11 +390,7 @@ attempt_record_outcome(Call *c, RouteTarget *t, const Failure *f,
 		{
 			/* unusable but billed: charged at the usage it reported */
 			g->cost = attempt_cost(c, t, r->ts, &g->priced);
-			r->has_usage = true;
-			r->input_tokens = g->resp.input_tokens;
-			r->output_tokens = g->resp.output_tokens;
-			r->cached_input_tokens = g->resp.cached_input_tokens;
-			r->cache_write_tokens = g->resp.cache_write_tokens;
+			record_usage(r, &g->resp);
 			r->priced = g->priced;
 			numeric_to_field(g->cost, r->cost, sizeof(r->cost));
 		}

@@ -65,6 +65,9 @@ typedef struct LedgerRecord
 	int64		output_tokens;
 	int64		cached_input_tokens;
 	int64		cache_write_tokens;
+	int64		cache_write_1h_tokens;
+	int64		reasoning_tokens;
+	char		service_tier[16];	/* "" = not said */
 	int32		http_status;
 	int32		max_tokens;		/* output tokens reserved by the estimate */
 	double		latency_ms;

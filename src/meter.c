@@ -56,6 +56,7 @@ typedef struct PriceRow
 	Numeric		output;
 	Numeric		cache_read;		/* the input price when not given */
 	Numeric		cache_write;
+	Numeric		cache_write_1h;	/* twice the input price when not given */
 } PriceRow;
 
 static MemoryContext PriceContext = NULL;
@@ -110,7 +111,9 @@ price_load(void)
 		plan = SPI_prepare("SELECT p.model, p.valid_from, p.input_cost_per_million, "
 						   "p.output_cost_per_million, "
 						   "COALESCE(p.cache_read_input_cost_per_million, p.input_cost_per_million), "
-						   "COALESCE(p.cache_creation_input_cost_per_million, p.input_cost_per_million) "
+						   "COALESCE(p.cache_creation_input_cost_per_million, p.input_cost_per_million), "
+						   "COALESCE(p.cache_creation_1h_input_cost_per_million, "
+						   "         2 OPERATOR(pg_catalog.*) p.input_cost_per_million) "
 						   "FROM maester.price p", 0, NULL);
 		if (plan == NULL ||
 			SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
@@ -130,6 +133,7 @@ price_load(void)
 			prices[i].output = DatumGetNumericCopy(SPI_getbinval(t, d, 4, &isnull));
 			prices[i].cache_read = DatumGetNumericCopy(SPI_getbinval(t, d, 5, &isnull));
 			prices[i].cache_write = DatumGetNumericCopy(SPI_getbinval(t, d, 6, &isnull));
+			prices[i].cache_write_1h = DatumGetNumericCopy(SPI_getbinval(t, d, 7, &isnull));
 			MemoryContextSwitchTo(old);
 		}
 		nprices = SPI_processed;
@@ -216,7 +220,7 @@ num(int64 v)
 Numeric
 maester_cost(const char *const *names, int nnames, int64 input_tokens, int64 output_tokens,
 			 int64 cached_input_tokens, int64 cache_write_tokens,
-			 TimestampTz at, bool *priced)
+			 int64 cache_write_1h_tokens, TimestampTz at, bool *priced)
 {
 	PriceRow   *p;
 	const char *model = names[0];
@@ -259,8 +263,12 @@ maester_cost(const char *const *names, int nnames, int64 input_tokens, int64 out
 								 DirectFunctionCall2(numeric_mul, num(cached_input_tokens),
 													 NumericGetDatum(p->cache_read)));
 		in = DirectFunctionCall2(numeric_add, in,
-								 DirectFunctionCall2(numeric_mul, num(cache_write_tokens),
+								 DirectFunctionCall2(numeric_mul,
+													 num(cache_write_tokens - cache_write_1h_tokens),
 													 NumericGetDatum(p->cache_write)));
+		in = DirectFunctionCall2(numeric_add, in,
+								 DirectFunctionCall2(numeric_mul, num(cache_write_1h_tokens),
+													 NumericGetDatum(p->cache_write_1h)));
 		in = DirectFunctionCall2(numeric_div, in, NumericGetDatum(Million));
 		out = DirectFunctionCall2(numeric_div,
 								  DirectFunctionCall2(numeric_mul, num(output_tokens),

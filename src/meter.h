@@ -14,7 +14,8 @@
 extern void meter_init(void);
 extern Numeric maester_cost(const char *const *names, int nnames, int64 input_tokens,
 							int64 output_tokens, int64 cached_input_tokens,
-							int64 cache_write_tokens, TimestampTz at,
+							int64 cache_write_tokens, int64 cache_write_1h_tokens,
+							TimestampTz at,
 							bool *priced);
 
 #endif							/* MAESTER_METER_H */

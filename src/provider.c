@@ -37,7 +37,8 @@
 #include "provider.h"
 #include "router.h"
 
-static const ProviderOps *const all_ops[] = {&openai_ops, &anthropic_ops, &openai_compatible_ops};
+static const ProviderOps *const all_ops[] = {&openai_ops, &anthropic_ops, &openai_compatible_ops,
+&azure_ops};
 
 /* The operations of a provider kind (the provider.kind column has a CHECK) */
 const ProviderOps *
@@ -49,7 +50,7 @@ provider_ops(const char *kind)
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("unknown provider kind \"%s\"", kind),
-			 errhint("Use openai, anthropic or openai_compatible.")));
+			 errhint("Use openai, anthropic, openai_compatible or azure.")));
 	return NULL;				/* keep compiler quiet */
 }
 
@@ -62,6 +63,36 @@ provider_url(const ProviderConf *p)
 	while (len > 0 && p->base_url[len - 1] == '/')
 		len--;
 	return psprintf("%.*s%s", (int) len, p->base_url, p->ops->path);
+}
+
+/*
+ * The URL of one request: provider_url, except for Azure deployments (an
+ * api_version given): {base_url}/openai/deployments/{model}/chat/completions
+ * ?api-version={api_version}, both escaped (a model id with a '/' or '?'
+ * cannot reach another path).  The host is the base URL's either way, so
+ * the egress and key checks of provider_url hold for it.
+ */
+static char *
+request_url(const ProviderConf *p, const GenRequest *gen)
+{
+	size_t		len = strlen(p->base_url);
+	char	   *model;
+	char	   *version;
+	char	   *url;
+
+	if (!p->ops->deployments || p->api_version == NULL)
+		return provider_url(p);
+	while (len > 0 && p->base_url[len - 1] == '/')
+		len--;
+	model = curl_easy_escape(NULL, gen->model, 0);
+	version = curl_easy_escape(NULL, p->api_version, 0);
+	if (model == NULL || version == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	url = psprintf("%.*s/openai/deployments/%s/chat/completions?api-version=%s",
+				   (int) len, p->base_url, model, version);
+	curl_free(model);
+	curl_free(version);
+	return url;
 }
 
 /* Raise 42501 (or 22023) if the egress policy forbids the provider's URL */
@@ -84,7 +115,7 @@ provider_request(const ProviderConf *p, const GenRequest *gen, const char *key,
 				 long timeout_ms, HttpRequest *req)
 {
 	StringInfoData body;
-	char	   *url = provider_url(p);
+	char	   *url = request_url(p, gen);
 	struct curl_slist *h = NULL;
 	char		line[1024];
 	char		uuid[UUID_LEN * 2 + 5];
@@ -215,10 +246,15 @@ parse_response(const ProviderOps *ops, const GenRequest *req, const char *body,
 			out->usage_present = false;
 			out->input_tokens = out->output_tokens = 0;
 			out->cached_input_tokens = out->cache_write_tokens = 0;
+			out->cache_write_1h_tokens = out->reasoning_tokens = 0;
 		}
 		else
 		{
+			/* details are parts of their whole, never more */
+			out->reasoning_tokens = Max(Min(out->reasoning_tokens, out->output_tokens), 0);
 			out->cache_write_tokens = Min(out->cache_write_tokens, out->input_tokens);
+			out->cache_write_1h_tokens = Max(Min(out->cache_write_1h_tokens,
+												 out->cache_write_tokens), 0);
 			out->cached_input_tokens = Min(out->cached_input_tokens,
 										   out->input_tokens - out->cache_write_tokens);
 		}

@@ -65,6 +65,12 @@ typedef enum ToolChoice
 	TOOL_CHOICE_NAMED
 } ToolChoice;
 
+/* Where Anthropic's prompt cache breakpoint goes (options.cache_control) */
+#define CACHE_NONE		0
+#define CACHE_SYSTEM	1		/* the system prompt */
+#define CACHE_PREFIX	2		/* the system prompt and the conversation
+								 * before its last turn */
+
 /* What the gateway asks of a model, independent of the provider */
 typedef struct GenRequest
 {
@@ -92,6 +98,8 @@ typedef struct GenRequest
 								 * forced tool (maester.model) */
 	const char *max_tokens_name;	/* the output limit's member; NULL: the
 									 * kind's (maester.model) */
+	int			cache_at;		/* options.cache_control: CACHE_* */
+	bool		cache_1h;		/* its ttl is an hour (else 5 minutes) */
 	Jsonb	   *extra;			/* options.extra: members added to the body */
 } GenRequest;
 
@@ -117,6 +125,11 @@ typedef struct GenResponse
 	int64		output_tokens;
 	int64		cached_input_tokens;
 	int64		cache_write_tokens;
+	int64		cache_write_1h_tokens;	/* of the writes, those kept an hour
+										 * (Anthropic; priced apart) */
+	int64		reasoning_tokens;	/* of the output, reasoning (OpenAI) or
+									 * thinking (Anthropic) tokens */
+	char	   *service_tier;	/* the tier that served it, as said */
 	bool		usage_present;
 } GenResponse;
 
@@ -148,6 +161,8 @@ typedef struct ProviderOps
 	bool		(*parse_response) (Jsonb *jb, const GenRequest *req, GenResponse *out,
 								   char **problem);
 	int			default_max_tokens; /* sent when the call gives none; 0: none sent */
+	bool		deployments;	/* azure: with an api_version, the model is
+								 * the deployment in the URL */
 } ProviderOps;
 
 /* Estimated output tokens when the call gives none and the kind sends none */
@@ -161,6 +176,7 @@ typedef struct ProviderOps
 extern const ProviderOps openai_ops;
 extern const ProviderOps openai_compatible_ops;
 extern const ProviderOps anthropic_ops;
+extern const ProviderOps azure_ops;
 
 extern const ProviderOps *provider_ops(const char *kind);
 extern char *provider_url(const ProviderConf *p);

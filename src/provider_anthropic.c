@@ -17,6 +17,8 @@
  * Response: the text blocks of "content" concatenated, tool_use blocks as
  * tool calls, stop_reason, model,
  * id, usage.{input_tokens, output_tokens, cache_read_input_tokens,
+ * cache_creation.ephemeral_1h_input_tokens, output_tokens_details.
+ * thinking_tokens, service_tier,
  * cache_creation_input_tokens}.  Anthropic's input_tokens exclude cache
  * reads and writes; we normalize input_tokens to include both, with the
  * reads as cached_input_tokens and the writes as cache_write_tokens.
@@ -35,6 +37,14 @@
 #define ANTHROPIC_DEFAULT_MAX_TOKENS 1024
 
 #define JSON_INSTRUCTION "Answer with a single JSON object and nothing else."
+
+/* The member that marks a block as a cache breakpoint (CacheControlEphemeral) */
+static const char *
+cache_control(const GenRequest *req)
+{
+	return req->cache_1h ? "\"cache_control\":{\"type\":\"ephemeral\",\"ttl\":\"1h\"}" :
+		"\"cache_control\":{\"type\":\"ephemeral\"}";
+}
 
 /* A text block {"type": "text", "text": ...} */
 static void
@@ -55,6 +65,7 @@ typedef struct Turn
 	const char *role;
 	StringInfoData blocks;
 	int			nblocks;
+	int			last_end;		/* offset of the last block's closing brace */
 	const char *only_text;		/* the turn is this one text: sent as a string */
 } Turn;
 
@@ -116,6 +127,7 @@ append_conversation(StringInfo out, const GenRequest *req)
 			appendStringInfoString(&t->blocks, ",\"content\":");
 			escape_json(&t->blocks, m->content);
 			appendStringInfoChar(&t->blocks, '}');
+			t->last_end = t->blocks.len - 1;
 			continue;
 		}
 		t = turn_for(&turns, m->role);
@@ -125,6 +137,7 @@ append_conversation(StringInfo out, const GenRequest *req)
 
 			turn_block_sep(t);
 			append_text_block(&t->blocks, m->content);
+			t->last_end = t->blocks.len - 1;
 			if (first && m->tool_calls == NIL)
 				t->only_text = m->content;
 		}
@@ -138,6 +151,7 @@ append_conversation(StringInfo out, const GenRequest *req)
 			appendStringInfoString(&t->blocks, ",\"name\":");
 			escape_json(&t->blocks, tc->name);
 			appendStringInfo(&t->blocks, ",\"input\":%s}", tc->arguments);
+			t->last_end = t->blocks.len - 1;
 		}
 	}
 	if (req->json_format)
@@ -146,7 +160,15 @@ append_conversation(StringInfo out, const GenRequest *req)
 			appendStringInfoString(&sys, "\n\n");
 		appendStringInfoString(&sys, JSON_INSTRUCTION);
 	}
-	if (sys.len > 0)
+	if (sys.len > 0 && req->cache_at != CACHE_NONE)
+	{
+		/* a cache breakpoint: the system prompt as a marked text block */
+		appendStringInfoString(out, ",\"system\":[");
+		append_text_block(out, sys.data);
+		out->len--;
+		appendStringInfo(out, ",%s}]", cache_control(req));
+	}
+	else if (sys.len > 0)
 	{
 		appendStringInfoString(out, ",\"system\":");
 		escape_json(out, sys.data);
@@ -155,14 +177,27 @@ append_conversation(StringInfo out, const GenRequest *req)
 	foreach(lc, turns)
 	{
 		Turn	   *t = (Turn *) lfirst(lc);
+		/* the prefix's breakpoint: the last block before the last turn */
+		bool		mark = req->cache_at == CACHE_PREFIX &&
+			foreach_current_index(lc) == list_length(turns) - 2;
 
 		if (lc != list_head(turns))
 			appendStringInfoChar(out, ',');
 		appendStringInfoString(out, "{\"role\":");
 		escape_json(out, t->role);
 		appendStringInfoString(out, ",\"content\":");
-		if (t->only_text)
+		if (t->only_text && !mark)
 			escape_json(out, t->only_text);
+		else if (t->only_text)
+		{
+			appendStringInfoChar(out, '[');
+			append_text_block(out, t->only_text);
+			out->len--;
+			appendStringInfo(out, ",%s}]", cache_control(req));
+		}
+		else if (mark && t->nblocks > 0)
+			appendStringInfo(out, "[%.*s,%s%s]", t->last_end, t->blocks.data,
+							 cache_control(req), t->blocks.data + t->last_end);
 		else
 			appendStringInfo(out, "[%s]", t->blocks.data);
 		appendStringInfoChar(out, '}');
@@ -316,12 +351,23 @@ anthropic_parse_response(Jsonb *jb, const GenRequest *req, GenResponse *out,
 		int64		cache_read = 0;
 		int64		cache_write = 0;
 
+		JsonbContainer *creation = json_get_container(usage, "cache_creation");
+		JsonbContainer *odetails = json_get_container(usage, "output_tokens_details");
+
 		(void) json_get_int64(usage, "cache_read_input_tokens", &cache_read);
 		(void) json_get_int64(usage, "cache_creation_input_tokens", &cache_write);
 		out->usage_present = true;
 		out->cached_input_tokens = cache_read;
 		out->cache_write_tokens = cache_write;
 		out->input_tokens += cache_read + cache_write;
+		/* CacheCreation: the writes by lifetime (an hour's cost more) */
+		if (creation == NULL ||
+			!json_get_int64(creation, "ephemeral_1h_input_tokens", &out->cache_write_1h_tokens))
+			out->cache_write_1h_tokens = 0;
+		if (odetails == NULL ||
+			!json_get_int64(odetails, "thinking_tokens", &out->reasoning_tokens))
+			out->reasoning_tokens = 0;
+		out->service_tier = json_get_string(usage, "service_tier");
 	}
 	if (content == NULL || !JsonContainerIsArray(content))
 	{

@@ -14,8 +14,9 @@
  *
  * Response: choices[0].message.content, .refusal (kept apart), .tool_calls
  * (normalized to {id, name, arguments}), finish_reason, model, id,
- * usage.{prompt_tokens, completion_tokens,
- * prompt_tokens_details.cached_tokens}.  prompt_tokens already include the
+ * usage.{prompt_tokens, completion_tokens, prompt_tokens_details.
+ * {cached_tokens, cache_write_tokens}, completion_tokens_details.
+ * reasoning_tokens}, service_tier.  prompt_tokens already include the
  * cached tokens, which is our normalized convention.
  *
  *-------------------------------------------------------------------------
@@ -340,12 +341,21 @@ openai_parse_response(Jsonb *jb, const GenRequest *req, GenResponse *out,
 		json_get_int64(usage, "completion_tokens", &out->output_tokens))
 	{
 		JsonbContainer *details = json_get_container(usage, "prompt_tokens_details");
+		JsonbContainer *odetails = json_get_container(usage, "completion_tokens_details");
 
 		out->usage_present = true;
 		if (details == NULL ||
 			!json_get_int64(details, "cached_tokens", &out->cached_input_tokens))
 			out->cached_input_tokens = 0;
+		/* cache writes (CompletionUsage 6.x), like reads part of prompt_tokens */
+		if (details == NULL ||
+			!json_get_int64(details, "cache_write_tokens", &out->cache_write_tokens))
+			out->cache_write_tokens = 0;
+		if (odetails == NULL ||
+			!json_get_int64(odetails, "reasoning_tokens", &out->reasoning_tokens))
+			out->reasoning_tokens = 0;
 	}
+	out->service_tier = json_get_string(&jb->root, "service_tier");
 
 	if (choices == NULL || !JsonContainerIsArray(choices) ||
 		(first = getIthJsonbValueFromContainer(choices, 0)) == NULL ||
@@ -395,6 +405,34 @@ const ProviderOps openai_ops = {
 	.headers = openai_headers,
 	.build_body = openai_build_body,
 	.parse_response = openai_parse_response,
+};
+
+/* api-key, Azure OpenAI's key header, when there is a key */
+static struct curl_slist *
+azure_headers(struct curl_slist *list, const char *key, const char *api_version)
+{
+	char		line[1024];
+
+	if (key == NULL)
+		return list;
+	snprintf(line, sizeof(line), "api-key: %s", key);
+	list = curl_slist_append(list, line);
+	explicit_bzero(line, sizeof(line));
+	return list;
+}
+
+/*
+ * Azure OpenAI: the v1 API ({base_url}/openai/v1/chat/completions, the
+ * deployment name as the model) or, with the provider's api_version, the
+ * deployment URL (provider.c); OpenAI's body and answers either way.
+ */
+const ProviderOps azure_ops = {
+	.kind = "azure",
+	.path = "/openai/v1/chat/completions",
+	.headers = azure_headers,
+	.build_body = openai_build_body,
+	.parse_response = openai_parse_response,
+	.deployments = true,
 };
 
 const ProviderOps openai_compatible_ops = {

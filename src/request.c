@@ -297,6 +297,58 @@ option_json_schema(JsonbContainer *rf, GenRequest *gen)
 	gen->schema_spec = json_value_text(spec);
 }
 
+/*
+ * options.cache_control: where Anthropic's prompt cache breakpoint goes --
+ * "system", "prefix" (the system prompt and the conversation before its
+ * last turn), or {"at": one of them, "ttl": "5m" | "1h"}
+ */
+static void
+option_cache_control(JsonbValue *v, GenRequest *gen)
+{
+	const char *what = "\"system\", \"prefix\" or {\"at\": \"system\" | \"prefix\", \"ttl\": \"5m\" | \"1h\"}";
+	char	   *at = NULL;
+
+	gen->cache_1h = false;
+	if (v->type == jbvString)
+		at = pnstrdup(v->val.string.val, v->val.string.len);
+	else if (v->type == jbvBinary && JsonContainerIsObject(v->val.binary.data))
+	{
+		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
+		JsonbValue	k;
+		JsonbIteratorToken tok;
+
+		while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+		{
+			JsonbValue	val;
+			char	   *key;
+
+			if (tok != WJB_KEY)
+				continue;
+			key = pnstrdup(k.val.string.val, k.val.string.len);
+			(void) JsonbIteratorNext(&it, &val, true);
+			if (val.type != jbvString)
+				option_error("cache_control", what);
+			if (strcmp(key, "at") == 0)
+				at = pnstrdup(val.val.string.val, val.val.string.len);
+			else if (strcmp(key, "ttl") == 0 &&
+					 val.val.string.len == 2 &&
+					 (memcmp(val.val.string.val, "5m", 2) == 0 ||
+					  memcmp(val.val.string.val, "1h", 2) == 0))
+				gen->cache_1h = memcmp(val.val.string.val, "1h", 2) == 0;
+			else
+				option_error("cache_control", what);
+		}
+		if (at == NULL)
+			at = pstrdup("prefix");
+	}
+	if (at && strcmp(at, "system") == 0)
+		gen->cache_at = CACHE_SYSTEM;
+	else if (at && strcmp(at, "prefix") == 0)
+		gen->cache_at = CACHE_PREFIX;
+	else
+		option_error("cache_control", what);
+}
+
 /* Parse and check the options object (NULL: the defaults); raises 22023 */
 void
 request_parse_options(Jsonb *opts, CallOptions *o)
@@ -381,6 +433,8 @@ request_parse_options(Jsonb *opts, CallOptions *o)
 			o->gen.tools = option_tools(&v);
 		else if (strcmp(key, "tool_choice") == 0)
 			option_tool_choice(&v, &o->gen);
+		else if (strcmp(key, "cache_control") == 0)
+			option_cache_control(&v, &o->gen);
 		else if (strcmp(key, "timeout_ms") == 0)
 			o->timeout_ms = option_int(&v, key, 1, INT_MAX);
 		else if (strcmp(key, "max_attempts") == 0)

@@ -13,7 +13,7 @@
 
 #include "provider.h"
 
-#define KNOWN_OPTIONS "temperature, top_p, stop, response_format, tools, tool_choice, timeout_ms, max_attempts, fallback, tags, extra"
+#define KNOWN_OPTIONS "temperature, top_p, stop, response_format, tools, tool_choice, cache_control, timeout_ms, max_attempts, fallback, tags, extra"
 #define REQUEST_KEYS "prompt, messages, model, max_tokens, system, prompt_name, variables, prompt_version, options"
 
 /* Per-call options, from the options jsonb */

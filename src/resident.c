@@ -184,10 +184,10 @@ write_record(LedgerRecord *r)
 			TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID,
 		INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTOID};
-		Oid			st[22] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
+		Oid			st[25] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
 			INT8OID, INT8OID, INT8OID, INT8OID, BOOLOID, TEXTOID, BOOLOID,
 			FLOAT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID, BOOLOID, TEXTOID, FLOAT8OID,
-		TEXTOID, TEXTOID, TEXTOID};
+		TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID};
 
 		InsertPlan = SPI_prepare(
 			"INSERT INTO maester.usage (request_id, attempt, ts, tenant, role, trace_id, "
@@ -209,9 +209,10 @@ write_record(LedgerRecord *r)
 			"   THEN $11::pg_catalog.numeric OPERATOR(pg_catalog.-) estimated_cost_usd END, "
 			" priced = priced AND $16, latency_ms = $13, http_status = $14, settled_at = $15, "
 			" fallback_used = $17, eval_status = $18, eval_score = $19, "
-			" finish_reason = $20, provider_finish_reason = $21, provider_request_id = $22 "
+			" finish_reason = $20, provider_finish_reason = $21, provider_request_id = $22, "
+			" reasoning_tokens = $23, cache_write_1h_tokens = $24, service_tier = $25 "
 			"WHERE request_id OPERATOR(pg_catalog.=) $1 AND attempt OPERATOR(pg_catalog.=) $2",
-			22, st);
+			25, st);
 		if (SettlePlan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(SettlePlan);
@@ -288,6 +289,11 @@ write_record(LedgerRecord *r)
 		n[20] = NULL_IF_EMPTY(r->provider_finish_reason) ? 'n' : ' ';
 		v[21] = CStringGetTextDatum(r->provider_request_id);
 		n[21] = NULL_IF_EMPTY(r->provider_request_id) ? 'n' : ' ';
+		v[22] = Int64GetDatum(r->reasoning_tokens);
+		v[23] = Int64GetDatum(r->cache_write_1h_tokens);
+		n[22] = n[23] = r->has_usage ? ' ' : 'n';
+		v[24] = CStringGetTextDatum(r->service_tier);
+		n[24] = NULL_IF_EMPTY(r->service_tier) ? 'n' : ' ';
 		rc = SPI_execute_plan(SettlePlan, v, n, false, 0);
 		if (rc != SPI_OK_UPDATE)
 			elog(ERROR, "could not settle a ledger row: %s", SPI_result_code_string(rc));
@@ -310,7 +316,7 @@ record_json(LedgerRecord *r)
 		{"status", r->status}, {"error_class", r->error_class}, {"purpose", r->purpose},
 		{"finish_reason", r->finish_reason},
 		{"provider_finish_reason", r->provider_finish_reason},
-		{"provider_request_id", r->provider_request_id},
+		{"provider_request_id", r->provider_request_id}, {"service_tier", r->service_tier},
 		{"cost_usd", r->cost}, {"estimated_cost_usd", r->estimate},
 		{"tags", r->tags}, {"eval_status", r->eval_status}};
 
@@ -337,8 +343,10 @@ record_json(LedgerRecord *r)
 		appendStringInfo(&j, ", \"settled_at\": \"%s\"", timestamptz_to_str(r->settled_at));
 	if (r->has_usage)
 		appendStringInfo(&j, ", \"input_tokens\": " INT64_FORMAT ", \"output_tokens\": " INT64_FORMAT
-						 ", \"cached_input_tokens\": " INT64_FORMAT ", \"cache_write_tokens\": " INT64_FORMAT,
-						 r->input_tokens, r->output_tokens, r->cached_input_tokens, r->cache_write_tokens);
+						 ", \"cached_input_tokens\": " INT64_FORMAT ", \"cache_write_tokens\": " INT64_FORMAT
+						 ", \"cache_write_1h_tokens\": " INT64_FORMAT ", \"reasoning_tokens\": " INT64_FORMAT,
+						 r->input_tokens, r->output_tokens, r->cached_input_tokens, r->cache_write_tokens,
+						 r->cache_write_1h_tokens, r->reasoning_tokens);
 	appendStringInfo(&j, ", \"max_tokens\": %d, \"priced\": %s, \"backend_pid\": %d}",
 					 r->max_tokens, r->priced ? "true" : "false", r->backend_pid);
 	return j.data;

@@ -225,7 +225,8 @@ router_load(void)
 					   "p.models, p.connect_timeout_ms, p.timeout_ms, p.max_attempts, "
 					   "p.backoff_base_ms, p.backoff_max_ms, p.circuit_failure_threshold, "
 					   "p.circuit_cooldown_ms, p.anthropic_version, p.enabled, "
-					   "p.max_connections, p.requests_per_minute, p.tokens_per_minute "
+					   "p.max_connections, p.requests_per_minute, p.tokens_per_minute, "
+					   "p.api_version "
 					   "FROM maester.provider p ORDER BY p.priority, p.name");
 		providers = MemoryContextAllocZero(RouterContext, sizeof(ProviderConf) * Max(n, 1));
 		for (uint64 i = 0; i < n; i++)
@@ -260,6 +261,7 @@ router_load(void)
 			p->anthropic_version = col_string(t, d, 14);
 			p->enabled = DatumGetBool(SPI_getbinval(t, d, 15, &isnull)) && !isnull;
 			p->max_connections = col_int(t, d, 16);
+			p->api_version = col_string(t, d, 19);
 			p->requests_per_minute = col_int(t, d, 17);
 			p->tokens_per_minute = col_int(t, d, 18);
 		}
@@ -664,6 +666,7 @@ copy_provider(ProviderConf *p)
 	c->api_key_env = p->api_key_env ? pstrdup(p->api_key_env) : NULL;
 	c->api_key_file = p->api_key_file ? pstrdup(p->api_key_file) : NULL;
 	c->anthropic_version = p->anthropic_version ? pstrdup(p->anthropic_version) : NULL;
+	c->api_version = p->api_version ? pstrdup(p->api_version) : NULL;
 	c->npatterns = 0;			/* patterns are only needed for resolution */
 	c->patterns = NULL;
 	return c;

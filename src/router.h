@@ -29,6 +29,7 @@ struct ProviderConf
 	int			circuit_failure_threshold;	/* 0: no breaker */
 	int			circuit_cooldown_ms;
 	char	   *anthropic_version;
+	char	   *api_version;	/* azure: the api-version of deployment URLs */
 	bool		enabled;
 	int			max_connections;	/* per backend; 0: no limit */
 	int			requests_per_minute;	/* 0: no limit */

@@ -16,6 +16,8 @@ Usage:
 Endpoints (each also reachable under the keyless prefix /open):
     POST /v1/chat/completions, POST /chat/completions   OpenAI
     POST /v1/messages                                    Anthropic
+    POST /openai/v1/chat/completions                     Azure OpenAI (v1 API; api-key header)
+    POST /openai/deployments/D/chat/completions?api-version=V   Azure (model D)
     GET  /_mock/requests   last 1000 model-endpoint requests, oldest first
     POST /_mock/reset      clear requests, flaky counters, connection stats
     GET  /_mock/stats      {"requests", "open_connections", "connections_total"}
@@ -47,7 +49,7 @@ Faults come from header "x-mock-fault: SPEC", else from a model named
 flaky-N-CODE, usage-N, bigheader-BYTES, hang, malformed, nousage, missingfields, wrongtype,
 huge[-BYTES], drip[-MS], reset, echo-headers, echo-key, redirect,
 xretry-(true|false)-CODE, raorder-N, quota, shape-NAME
-(answers the SDK types allow: toolcalls, badargs, length, filter, parts, refusal,
+(answers the SDK types allow: toolcalls, badargs, length, filter, parts, refusal, details,
 nochoices, tooluse, anthrefusal; and impossible usage: overcached,
 negative; see _shape).  See FAULTS below.
 The fault echo-key answers 400 with the key it was sent, transformed: cut by
@@ -75,13 +77,16 @@ import struct
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODEL_PATHS = {
     "/v1/chat/completions": "openai",
     "/chat/completions": "openai",
     "/v1/messages": "anthropic",
+    "/openai/v1/chat/completions": "azure",        # Azure OpenAI's v1 API
 }
+AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/chat/completions")
 NOT_FOUND = {"error": {"message": "not found", "type": "invalid_request_error"}}
 HUGE_DEFAULT = 20_000_000
 HANG_LIMIT_S = 300.0
@@ -101,7 +106,7 @@ FAULTS = [
     (re.compile(r"xretry-(true|false)-([1-5]\d\d)"), "xretry"),
     (re.compile(r"raorder-(\d+)"), "raorder"),
     (re.compile(r"(quota)"), "quota"),
-    (re.compile(r"shape-(toolcalls|badargs|length|filter|parts|refusal|nochoices|tooluse|anthrefusal|overcached|negative)"), "shape"),
+    (re.compile(r"shape-(toolcalls|badargs|length|filter|parts|refusal|nochoices|tooluse|anthrefusal|overcached|negative|details)"), "shape"),
     (re.compile(r"verdict-(pass|fail)(?:-(\d+))?"), "verdict"),
     (re.compile(r"(hang|malformed|nousage|missingfields|wrongtype|reset|"
                 r"echo-headers|redirect|badutf8)"), "simple"),
@@ -420,6 +425,45 @@ class Answer:
         self.input_tokens = max(1, ceil4(len(system_text) + len(prompt_text) + len(extra)) + 3)
         self.cache_read = self._hdr_int(headers, "x-mock-cached-tokens")
         self.cache_write = self._hdr_int(headers, "x-mock-cache-write-tokens")
+        self.cache_write_1h = 0
+
+    def prompt_cache(self, req, state):
+        """Anthropic's prompt cache: the prompt up to the last block marked
+        with cache_control (CacheControlEphemeral {type: 'ephemeral', ttl?:
+        '5m' | '1h'}) is written on first sight and read after (per model;
+        no expiry).  Usage says so as the SDK's Usage does: cache reads and
+        writes apart from input_tokens, the writes by ttl in cache_creation."""
+        if self.cache_read or self.cache_write:
+            return                      # the headers say what to report
+        blocks = []
+        sysv = req.get("system")
+        for b in (sysv if isinstance(sysv, list) else [{"type": "text", "text": sysv or ""}]):
+            blocks.append(b)
+        for m in req.get("messages", []):
+            c = m.get("content")
+            for b in (c if isinstance(c, list) else [{"type": "text", "text": c}]):
+                blocks.append(dict(b, role=m.get("role")))
+        marked = [i for i, b in enumerate(blocks) if isinstance(b, dict) and "cache_control" in b]
+        if not marked:
+            return
+        for i in marked:
+            cc = blocks[i]["cache_control"]
+            if not isinstance(cc, dict) or cc.get("type") != "ephemeral" \
+                    or cc.get("ttl", "5m") not in ("5m", "1h"):
+                raise ClientError("cache_control: {type: 'ephemeral', ttl?: '5m' | '1h'}")
+        last = marked[-1]
+        prefix = json.dumps([self.model] + [{k: v for k, v in b.items() if k != "cache_control"}
+                                            for b in blocks[:last + 1]], sort_keys=True)
+        tokens = min(max(1, ceil4(len(json.dumps(blocks[:last + 1])))), self.input_tokens)
+        with state.lock:
+            seen = prefix in state.prompt_cache
+            state.prompt_cache[prefix] = True
+        if seen:
+            self.cache_read = tokens
+        else:
+            self.cache_write = tokens
+            if blocks[last]["cache_control"].get("ttl") == "1h":
+                self.cache_write_1h = tokens
 
     @staticmethod
     def _hdr_int(headers, name):
@@ -459,7 +503,13 @@ class Answer:
                                                  - self.cache_write, 0),
                              "output_tokens": ct,
                              "cache_creation_input_tokens": self.cache_write,
-                             "cache_read_input_tokens": self.cache_read}}
+                             "cache_read_input_tokens": self.cache_read,
+                             "cache_creation": {
+                                 "ephemeral_1h_input_tokens": self.cache_write_1h,
+                                 "ephemeral_5m_input_tokens": self.cache_write - self.cache_write_1h},
+                             "inference_geo": None, "output_tokens_details": None,
+                             "server_tool_use": None, "service_tier": "standard",
+                             "speed": None}}
         else:
             pt = max(self.input_tokens, self.cache_read)
             message = {"role": "assistant", "content": content, "refusal": None}
@@ -550,6 +600,7 @@ class State:
         self.trace_fail = 0                            # posts still to refuse
         self.trace_rejected = []                       # why malformed posts were refused
         self.trace_headers = {}                        # headers of the last post
+        self.prompt_cache = {}                         # Anthropic cache prefixes seen
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -633,9 +684,17 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/v1/traces":
             return self._traces(body)
         kind = MODEL_PATHS.get(path)
+        deployment = None
+        m = AZURE_DEPLOYMENT.fullmatch(path)
+        if m:
+            # Azure OpenAI's deployment URL: the api-version is required
+            query = urllib.parse.parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
+            if not query.get("api-version"):
+                return self._json(404, {"error": {"code": "404", "message": "Resource not found"}})
+            kind, deployment = "azure", urllib.parse.unquote(m.group(1))
         if kind is None:
             return self._json(404, NOT_FOUND)
-        self._model(kind, keyless, body)
+        self._model(kind, keyless, body, deployment)
 
     def _control(self, path):
         st = self.server.state
@@ -694,12 +753,17 @@ class Handler(BaseHTTPRequestHandler):
             st.trace_spans.extend(spans)
         return self._json(200, {})
 
-    def _model(self, kind, keyless, body):
+    def _model(self, kind, keyless, body, deployment=None):
         st, hdrs = self.server.state, self.headers
         try:
             req, parsed = (json.loads(body), True) if body else (None, False)
         except ValueError:
             req, parsed = None, False
+        azure = kind == "azure"
+        if azure:
+            kind = "openai"             # Azure speaks OpenAI's wire format
+            if deployment is not None and isinstance(req, dict):
+                req["model"] = deployment   # the deployment names the model
         model = req.get("model") if isinstance(req, dict) else None
         spec = hdrs.get("x-mock-fault")
         if spec is None and isinstance(model, str) and model.startswith("fault-"):
@@ -729,6 +793,8 @@ class Handler(BaseHTTPRequestHandler):
         if key is not None and not keyless:
             if kind == "anthropic":
                 ok = hdrs.get("x-api-key") == key
+            elif azure:
+                ok = hdrs.get("api-key") == key and hdrs.get("Authorization") is None
             else:
                 ok = hdrs.get("Authorization") == "Bearer " + key
             if not ok:
@@ -742,6 +808,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(kind, 400, "request body is not valid JSON")
         try:
             ans = Answer(kind, req, hdrs)
+            if kind == "anthropic":
+                ans.prompt_cache(req, st)
         except ClientError as e:
             return self._error(kind, 400, str(e))
         if spec is None:
@@ -889,6 +957,13 @@ class Handler(BaseHTTPRequestHandler):
                                        "explanation": "The request was declined."}
             elif arg == "nochoices":
                 del doc["content"]
+            elif arg == "details":
+                # Usage (messages.d.ts 4807): writes by ttl, thinking tokens, tier
+                doc["usage"].update({"cache_creation_input_tokens": 400, "cache_read_input_tokens": 50,
+                                     "cache_creation": {"ephemeral_1h_input_tokens": 300,
+                                                        "ephemeral_5m_input_tokens": 100},
+                                     "output_tokens_details": {"thinking_tokens": 120},
+                                     "service_tier": "priority"})
             return doc
         doc["usage"]["prompt_tokens"] = 1000
         doc["usage"]["total_tokens"] = 1200
@@ -926,6 +1001,12 @@ class Handler(BaseHTTPRequestHandler):
             doc["usage"]["prompt_tokens_details"] = {"cached_tokens": 5000, "audio_tokens": 0}
         elif arg == "negative":
             doc["usage"]["prompt_tokens"] = -5
+        elif arg == "details":
+            # CompletionUsage (completions.d.ts 91): cache writes and reasoning
+            doc["usage"]["prompt_tokens_details"] = {"cached_tokens": 200, "cache_write_tokens": 100,
+                                                     "audio_tokens": 0}
+            doc["usage"]["completion_tokens_details"]["reasoning_tokens"] = 150
+            doc["service_tier"] = "flex"
         return doc
 
     def _hang(self):

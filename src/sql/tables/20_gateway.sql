@@ -9,7 +9,7 @@ CREATE TABLE maester.provider (
     name                      text PRIMARY KEY
         CHECK (pg_catalog.octet_length(name) BETWEEN 1 AND 127),
     kind                      text NOT NULL
-        CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['openai', 'anthropic', 'openai_compatible'])),
+        CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['openai', 'anthropic', 'openai_compatible', 'azure'])),
     base_url                  text NOT NULL
         CHECK (base_url OPERATOR(pg_catalog.~) '^https?://[^/?#]+'),
     api_key_env               text
@@ -31,12 +31,14 @@ CREATE TABLE maester.provider (
     requests_per_minute       integer CHECK (requests_per_minute OPERATOR(pg_catalog.>) 0),
     tokens_per_minute         integer CHECK (tokens_per_minute OPERATOR(pg_catalog.>) 0),
     CHECK (api_key_env IS NULL OR api_key_file IS NULL),
-    shipped                   boolean NOT NULL DEFAULT false
+    shipped                   boolean NOT NULL DEFAULT false,
+    api_version               text CHECK (api_version OPERATOR(pg_catalog.~) '^[A-Za-z0-9._-]{1,64}$')
 );
 
 COMMENT ON TABLE maester.provider IS
     'Model providers the gateway may call (admins only). Keys are never stored: api_key_env names an environment variable of the server, api_key_file a file in maester.key_directory.';
-COMMENT ON COLUMN maester.provider.kind IS 'openai (Chat Completions), anthropic (Messages API), or openai_compatible (Ollama, vLLM, llama.cpp, Groq, Together, ...).';
+COMMENT ON COLUMN maester.provider.kind IS 'openai (Chat Completions), anthropic (Messages API), openai_compatible (Ollama, vLLM, llama.cpp, Groq, Together, ...), or azure (Azure OpenAI: api-key header, the deployment as the model).';
+COMMENT ON COLUMN maester.provider.api_version IS 'azure: the api-version of deployment URLs ({base_url}/openai/deployments/{model}/chat/completions?api-version=...); NULL: Azure''s v1 API ({base_url}/openai/v1/chat/completions). Other kinds: unused.';
 COMMENT ON COLUMN maester.provider.base_url IS 'https://api.openai.com/v1, https://api.anthropic.com, http://127.0.0.1:11434/v1 (plain http only for hosts in maester.allow_insecure_hosts).';
 COMMENT ON COLUMN maester.provider.api_key_env IS 'Name of the server environment variable holding the key (ends in _KEY or _TOKEN); NULL for keyless local servers.';
 COMMENT ON COLUMN maester.provider.api_key_file IS 'Name of a file in maester.key_directory holding the key, owned by the server user, mode 0600.';

@@ -15,7 +15,8 @@ CREATE TABLE maester.price (
     currency                              text NOT NULL DEFAULT 'USD' CHECK (currency OPERATOR(pg_catalog.=) 'USD'),
     source                                text,
     PRIMARY KEY (model, valid_from),
-    shipped                               boolean NOT NULL DEFAULT false
+    shipped                               boolean NOT NULL DEFAULT false,
+    cache_creation_1h_input_cost_per_million numeric CHECK (cache_creation_1h_input_cost_per_million OPERATOR(pg_catalog.>=) 0 AND cache_creation_1h_input_cost_per_million OPERATOR(pg_catalog.<=) 1000000)
 );
 
 COMMENT ON TABLE maester.price IS
@@ -24,6 +25,7 @@ COMMENT ON COLUMN maester.price.model IS 'Model name as providers report it; als
 COMMENT ON COLUMN maester.price.valid_from IS 'The price applies to calls from this time until the next row''s valid_from.';
 COMMENT ON COLUMN maester.price.cache_read_input_cost_per_million IS 'Price of prompt tokens read from the provider''s cache (OpenAI cached input, Anthropic cache reads); NULL: the input price.';
 COMMENT ON COLUMN maester.price.cache_creation_input_cost_per_million IS 'Price of prompt tokens written to the cache (Anthropic); NULL: the input price.';
+COMMENT ON COLUMN maester.price.cache_creation_1h_input_cost_per_million IS 'Price of prompt tokens written to the cache for an hour (Anthropic''s ttl 1h); NULL: twice the input price, Anthropic''s published rate (5-minute writes are cache_creation_input_cost_per_million).';
 COMMENT ON COLUMN maester.price.input_cost_per_million IS 'USD per 1M input tokens: from 0 to 1,000,000 (NaN and Infinity are refused, like the other prices).';
 COMMENT ON COLUMN maester.price.shipped IS 'True for the list prices maester ships; pg_dump keeps every row where it is false.';
 

@@ -45,6 +45,9 @@ CREATE TABLE maester.usage (
     finish_reason       text,
     provider_finish_reason text,
     provider_request_id text,
+    reasoning_tokens    bigint,
+    cache_write_1h_tokens bigint,
+    service_tier        text,
     PRIMARY KEY (request_id, attempt)
 );
 
@@ -64,6 +67,9 @@ COMMENT ON COLUMN maester.usage.model IS 'The model as served (or, before an ans
 COMMENT ON COLUMN maester.usage.finish_reason IS 'Why the answer ended, in one vocabulary over the providers: stop, length, tool_calls, content_filter, refusal or other.';
 COMMENT ON COLUMN maester.usage.provider_finish_reason IS 'The finish reason as the provider gave it (finish_reason at OpenAI, stop_reason at Anthropic).';
 COMMENT ON COLUMN maester.usage.provider_request_id IS 'The provider''s id of the request (its x-request-id or request-id header), for its support.';
+COMMENT ON COLUMN maester.usage.reasoning_tokens IS 'Of output_tokens, those the model spent reasoning (OpenAI completion_tokens_details.reasoning_tokens, Anthropic output_tokens_details.thinking_tokens).';
+COMMENT ON COLUMN maester.usage.cache_write_1h_tokens IS 'Of cache_write_tokens, those written for an hour (Anthropic cache_creation.ephemeral_1h_input_tokens), priced at price.cache_creation_1h_input_cost_per_million.';
+COMMENT ON COLUMN maester.usage.service_tier IS 'The service tier that served the call, as the provider said it (OpenAI service_tier, Anthropic usage.service_tier).';
 COMMENT ON COLUMN maester.usage.overrun_usd IS 'How much the settled cost exceeded the worst case reserved before sending (estimated_cost_usd), when it did: the provider reported more tokens than the prompt''s bytes and max_tokens allow. NULL otherwise.';
 COMMENT ON COLUMN maester.usage.model_name IS 'The model''s identity, the name prices and budgets know it by: the maester.model row''s name when a row covers the call, else the model id without a snapshot date (NULL for rows of 0.1.0).';
 COMMENT ON COLUMN maester.usage.max_tokens IS 'Output tokens reserved by the estimate (the call''s max_tokens, else 4096).';

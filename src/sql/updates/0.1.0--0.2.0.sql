@@ -370,3 +370,21 @@ ALTER TYPE maester.rendered_prompt ADD ATTRIBUTE messages jsonb;
 COMMENT ON COLUMN maester.rendered_prompt.messages IS
     'A chat prompt''s rendered conversation ([{role, content}]); content and system are then NULL, and hash is over the conversation''s canonical form.';
 DROP FUNCTION maester.prompt_register(text, text, text, text, jsonb, jsonb, text);
+
+-- usage details (issue #15): reasoning tokens, hour-long cache writes and
+-- their price, the service tier
+ALTER TABLE maester.usage ADD COLUMN reasoning_tokens bigint,
+    ADD COLUMN cache_write_1h_tokens bigint, ADD COLUMN service_tier text;
+COMMENT ON COLUMN maester.usage.reasoning_tokens IS 'Of output_tokens, those the model spent reasoning (OpenAI completion_tokens_details.reasoning_tokens, Anthropic output_tokens_details.thinking_tokens).';
+COMMENT ON COLUMN maester.usage.cache_write_1h_tokens IS 'Of cache_write_tokens, those written for an hour (Anthropic cache_creation.ephemeral_1h_input_tokens), priced at price.cache_creation_1h_input_cost_per_million.';
+COMMENT ON COLUMN maester.usage.service_tier IS 'The service tier that served the call, as the provider said it (OpenAI service_tier, Anthropic usage.service_tier).';
+ALTER TABLE maester.price ADD COLUMN cache_creation_1h_input_cost_per_million numeric
+    CHECK (cache_creation_1h_input_cost_per_million OPERATOR(pg_catalog.>=) 0 AND cache_creation_1h_input_cost_per_million OPERATOR(pg_catalog.<=) 1000000);
+COMMENT ON COLUMN maester.price.cache_creation_1h_input_cost_per_million IS 'Price of prompt tokens written to the cache for an hour (Anthropic''s ttl 1h); NULL: twice the input price, Anthropic''s published rate (5-minute writes are cache_creation_input_cost_per_million).';
+
+-- Azure OpenAI as a provider kind (issue #15), with its api-version
+ALTER TABLE maester.provider DROP CONSTRAINT provider_kind_check,
+    ADD CONSTRAINT provider_kind_check CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['openai', 'anthropic', 'openai_compatible', 'azure'])),
+    ADD COLUMN api_version text CHECK (api_version OPERATOR(pg_catalog.~) '^[A-Za-z0-9._-]{1,64}$');
+COMMENT ON COLUMN maester.provider.kind IS 'openai (Chat Completions), anthropic (Messages API), openai_compatible (Ollama, vLLM, llama.cpp, Groq, Together, ...), or azure (Azure OpenAI: api-key header, the deployment as the model).';
+COMMENT ON COLUMN maester.provider.api_version IS 'azure: the api-version of deployment URLs ({base_url}/openai/deployments/{model}/chat/completions?api-version=...); NULL: Azure''s v1 API ({base_url}/openai/v1/chat/completions). Other kinds: unused.';
