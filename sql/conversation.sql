@@ -329,6 +329,8 @@ INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit
 VALUES ('cvazure', 'azure', :'mock_url', 'MAESTER_TEST_API_KEY', '{}', 0);
 INSERT INTO maester.model (name, provider, provider_model) VALUES
     ('cv-az', 'cvazure', 'my-gpt-deployment'), ('cv-az-odd', 'cvazure', 'a/b?c');
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+VALUES ('cv-az', '2020-01-01', 1, 10), ('cv-az-odd', '2020-01-01', 1, 10);
 CREATE FUNCTION pg_temp.last_azure() RETURNS jsonb LANGUAGE sql AS $$
   SELECT jsonb_build_object('path', r -> 'path', 'model', r -> 'body' -> 'model',
                             'api_key', r -> 'headers' ? 'api-key',
