@@ -161,6 +161,11 @@ SELECT ordinal, content, tool_calls IS NOT NULL AS called, error_class
     '{"messages": [{"role": "tool", "content": "x", "tool_call_id": "c"}], "model": "cv-o"}']::jsonb[])
  ORDER BY ordinal;
 
+-- complete() takes messages, and says what it called
+SELECT r -> 'content' AS content, r -> 'tool_calls' -> 0 -> 'name' AS tool, r ? 'parsed' AS has_parsed
+  FROM maester.complete('{"messages": [{"role": "user", "content": "Weather?"}], "model": "cv-o",
+                          "options": {"tools": [{"name": "get_weather"}]}}') r;
+
 -- bad conversations and options: 22023 before anything is sent or billed
 SELECT pg_temp.err($$ SELECT maester.llm_generate('x', messages => '[{"role": "user", "content": "y"}]') $$);
 SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": "y"}]', system => 's') $$);
@@ -270,6 +275,9 @@ BEGIN
                                                WHEN b ? 'max_tokens' THEN 'max_tokens' END);
 END $$;
 SELECT m, pg_temp.sent(m) FROM unnest(ARRAY['cv-o', 'cv-o3', 'cv-o3-all', 'cv-c45', 'cv-c5', 'cv-c35', 'cv-proxy']) m;
+-- Anthropic takes a temperature up to 1 (OpenAI up to 2): more is sent as 1
+SELECT content IS NOT NULL AS answered FROM maester.llm_generate('Hi.', 'cv-c35', options => '{"temperature": 1.5}');
+SELECT pg_temp.last_body() -> 'temperature' AS temperature_sent;
 -- a grader on a model that refuses temperature is sent none (llm_rubric
 -- asks for temperature 0)
 SELECT maester.evaluate('The disk is full.', '{"llm_rubric": {"rubric": "Names the resource.", "model": "cv-grader"}}') ->> 'status' AS graded;

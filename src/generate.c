@@ -364,7 +364,8 @@ PG_FUNCTION_INFO_V1(complete);
  * call.  The request is an object with llm_generate's argument names,
  * parsed like generate_batch's (request.c); the answer is {provider,
  * model, trace_id, prompt_name, prompt_version, prompt_hash, content,
- * cost, evaluation}, cost in the shape of maester.cost_of.
+ * cost, evaluation}, cost in the shape of maester.cost_of, and tool_calls,
+ * parsed and refusal when the answer has them.
  */
 Datum
 complete(PG_FUNCTION_ARGS)
@@ -374,10 +375,10 @@ complete(PG_FUNCTION_ARGS)
 	bool		has_model;
 	Call	   *c;
 	Generation *g;
-	Datum		v[13];
-	char		n[13];
-	Oid			t[13] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	BOOLOID, INT8OID, INT8OID, INT8OID, INT8OID, JSONBOID};
+	Datum		v[16];
+	char		n[16];
+	Oid			t[16] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	BOOLOID, INT8OID, INT8OID, INT8OID, INT8OID, JSONBOID, TEXTOID, JSONBOID, TEXTOID};
 	Jsonb	   *result;
 
 	maester_check_catalog();
@@ -405,6 +406,12 @@ complete(PG_FUNCTION_ARGS)
 	v[11] = Int64GetDatum(g->resp.cache_write_tokens);
 	v[12] = g->evaluation ? JsonbPGetDatum(g->evaluation) : (Datum) 0;
 	n[12] = g->evaluation ? ' ' : 'n';
+	v[13] = g->resp.tool_calls ? CStringGetTextDatum(g->resp.tool_calls) : (Datum) 0;
+	n[13] = g->resp.tool_calls ? ' ' : 'n';
+	v[14] = g->resp.parsed ? JsonbPGetDatum(g->resp.parsed) : (Datum) 0;
+	n[14] = g->resp.parsed ? ' ' : 'n';
+	v[15] = g->resp.refusal ? CStringGetTextDatum(g->resp.refusal) : (Datum) 0;
+	n[15] = g->resp.refusal ? ' ' : 'n';
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args(
@@ -421,8 +428,10 @@ complete(PG_FUNCTION_ARGS)
 		"         'unit', c.unit)"
 		"       FROM maester.cost_of($2, $9, $10, $11, pg_catalog.now(), $12) c)"
 		"  END,"
-		"  'evaluation', $13)",
-		13, t, v, n, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		"  'evaluation', $13) OPERATOR(pg_catalog.||) pg_catalog.jsonb_strip_nulls("
+		"  pg_catalog.jsonb_build_object('tool_calls', $14::pg_catalog.jsonb, 'parsed', $15,"
+		"  'refusal', $16))",
+		16, t, v, n, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not build the answer of complete()");
 	{
 		bool		isnull;

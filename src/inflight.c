@@ -460,6 +460,13 @@ target_drop_refused(const RouteTarget *t, GenRequest *gen, Span *span)
 		gen->stop = NIL;
 		appendStringInfo(&dropped, "%sstop", dropped.len ? "," : "");
 	}
+	/* Anthropic's temperature goes to 1 (OpenAI's to 2): the most it takes */
+	if (gen->has_temperature && gen->temperature > 1 &&
+		strcmp(t->provider->ops->kind, "anthropic") == 0)
+	{
+		gen->temperature = 1;
+		trace_attr_num(span, "maester.request.temperature_clamped", 1);
+	}
 	if (dropped.len > 0)
 		trace_attr_str(span, "maester.request.dropped_params", dropped.data);
 }
