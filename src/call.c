@@ -468,6 +468,83 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 	return c;
 }
 
+/*
+ * An embedding call (embed.c): `inputs` (of char *, each not empty) sent
+ * as one request to `model` (NULL: the route default_embedding), with the
+ * options embed.c parsed.  Metered, budgeted, traced and retried like any
+ * call; not evaluated.  Its prompt_hash is the SHA-256 of the inputs, each
+ * followed by a zero byte.
+ */
+Call *
+call_prepare_embedding(List *inputs, const char *model, const CallOptions *opts,
+					   int ordinal, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	Call	   *c = palloc0(sizeof(Call));
+	Generation *g = &c->g;
+	int			n = list_length(inputs);
+	const char **parts = palloc(sizeof(char *) * 2 * n);
+	int		   *lens = palloc(sizeof(int) * 2 * n);
+	int			k = 0;
+	ListCell   *lc;
+
+	c->ordinal = ordinal;
+	c->cxt = cxt;
+	c->started = GetCurrentTimestamp();
+	c->tenant = pstrdup(maester_current_tenant());
+	c->opts = *opts;
+	c->opts.gen.embedding = true;
+	c->opts.gen.inputs = inputs;
+	g->purpose = "embedding";
+	new_ids(&g->request_id, g->trace_id);
+	g->trace = palloc(sizeof(CallTrace));
+	trace_begin(g->trace, "embed", NULL, NULL);
+	strlcpy(g->trace_id, g->trace->trace_id, sizeof(g->trace_id));
+	g->tags = c->opts.tags;
+	g->requested_model = model ? pstrdup(model) : NULL;
+	if (model)
+		router_check_model_name(model);
+
+	/* worst case: a token per byte, and a few per input */
+	c->cs.est_input_tokens = 8;
+	foreach(lc, inputs)
+	{
+		const char *s = (const char *) lfirst(lc);
+
+		parts[k] = s;
+		lens[k++] = strlen(s);
+		parts[k] = "";
+		lens[k++] = 1;
+		c->cs.est_input_tokens += utf8_length(s) + 2;
+		c->opts.gen.input_chars += pg_mbstrlen(s);
+	}
+	maester_sha256_hex(parts, lens, k, g->prompt_hash);
+	{
+		Span	   *span = trace_span_start(g->trace, "model_route");
+
+		trace_attr_str(span, "gen_ai.request.model", model ? model : "(default_embedding route)");
+		c->plan = router_plan(model ? model : "default_embedding");
+		trace_attr_num(span, "maester.route.targets", c->plan->ntargets);
+		trace_span_end(span, NULL);
+	}
+	{
+		Span	   *root = &g->trace->spans[0];
+
+		trace_attr_str(root, "gen_ai.operation.name", "embeddings");
+		trace_attr_str(root, "gen_ai.request.model", g->requested_model);
+		trace_attr_num(root, "maester.embedding.inputs", n);
+		if (c->opts.gen.dimensions > 0)
+			trace_attr_num(root, "gen_ai.request.embedding.dimensions", c->opts.gen.dimensions);
+	}
+	c->cs.slot = ledger_attach();
+	c->cs.deadline = GetCurrentTimestamp() + (TimestampTz) c->opts.timeout_ms * 1000;
+	initStringInfo(&c->cs.log);
+	c->ntargets = c->opts.fallback ? c->plan->ntargets : Min(c->plan->ntargets, 1);
+	c->phase = PHASE_TARGET;
+	MemoryContextSwitchTo(old);
+	return c;
+}
+
 /* A call with llm_generate's arguments: see prepare() */
 Call *
 call_prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id)
@@ -498,6 +575,8 @@ call_succeeded_finish(Call *c)
 	trace_attr_str(root, "gen_ai.response.model", g->model);
 	trace_attr_num(root, "gen_ai.usage.input_tokens", g->resp.input_tokens);
 	trace_attr_num(root, "gen_ai.usage.output_tokens", g->resp.output_tokens);
+	if (c->opts.gen.embedding)
+		trace_attr_num(root, "gen_ai.embeddings.dimension.count", g->resp.dims);
 	if (g->cost)
 		trace_attr_raw(root, "maester.cost_usd",
 					   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(g->cost))));
@@ -515,7 +594,7 @@ call_succeeded_finish(Call *c)
 			 errhidestmt(true)));
 
 	/* last: the only step that writes in the caller's transaction */
-	if (maester_capture_content)
+	if (maester_capture_content && !c->opts.gen.embedding)
 		capture_call(g, c->content, c->system, c->args.messages, c->args.variables, c->args.options,
 					 c->opts.gen.max_tokens);
 }
@@ -915,6 +994,8 @@ call_evaluate_begin(Call *c)
 	Jsonb	   *ev;
 
 	memset(&asks, 0, sizeof(asks));
+	if (c->opts.gen.embedding)
+		return false;			/* vectors have no checks */
 	c->eval_span = trace_span_start(c->g.trace, "evaluation");
 	ev = evaluate_pass(c, call_grader_ask, &asks, &ok);
 	if (!ok || asks.n == 0)

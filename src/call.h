@@ -152,6 +152,7 @@ struct Call
 	Grade	   *grades;
 	Call	  **spawned;		/* grading calls for run_calls to take */
 	int			nspawned;
+	void	   *driver_data;	/* its driver's own (embed.c: the inputs it holds) */
 	/* a failed call */
 	int			sqlstate;
 	const char *error_class;
@@ -217,6 +218,9 @@ extern Call *call_prepare(CallArgs *a, int ordinal, MemoryContext cxt,
 						  const pg_uuid_t *request_id);
 extern Call *call_from_request(Jsonb *request, int ordinal, MemoryContext cxt,
 							   const pg_uuid_t *request_id);
+extern Call *call_prepare_embedding(List *inputs, const char *model,
+									const CallOptions *opts, int ordinal,
+									MemoryContext cxt);
 extern Call *call_from_error(int ordinal, MemoryContext cxt, ErrorData *edata);
 extern void call_fail(Call *c);
 extern void call_fail_with(Call *c, const char *provider, const char *error_class,

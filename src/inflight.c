@@ -242,7 +242,7 @@ attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
 	if (g->tags)
 		strlcpy(r->tags, g->tags, sizeof(r->tags));
 	/* what the request sends (target_max_tokens) */
-	r->max_tokens = target_max_tokens(t, max_tokens);
+	r->max_tokens = c->opts.gen.embedding ? 0 : target_max_tokens(t, max_tokens);
 	{
 		const char *names[3] = {t->model, t->name, g->requested_model};
 		/* a call that writes the prompt cache may pay the write rate for all of it */
@@ -417,8 +417,13 @@ void
 attempt_record_evaluation(Call *c, LedgerRecord *r)
 {
 	Jsonb	   *ev = c->g.evaluation;
-	char	   *st = json_get_string(&ev->root, "status");
-	JsonbValue *sc = json_get(&ev->root, "reliability_score");
+	char	   *st;
+	JsonbValue *sc;
+
+	if (ev == NULL)
+		return;					/* not evaluated (an embedding) */
+	st = json_get_string(&ev->root, "status");
+	sc = json_get(&ev->root, "reliability_score");
 
 	strlcpy(r->eval_status, st ? st : "error", sizeof(r->eval_status));
 	r->eval_score = sc && sc->type == jbvNumeric ?

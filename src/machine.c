@@ -159,6 +159,13 @@ phase_target(Call *c)
 						   psprintf("provider \"%s\" is disabled", t->provider->name));
 			continue;
 		}
+		if (c->opts.gen.embedding && t->provider->ops->embed_path == NULL)
+		{
+			call_fail_with(c, t->provider->name, "unsupported", ERRCODE_FEATURE_NOT_SUPPORTED,
+						   psprintf("provider \"%s\" (%s) has no embeddings", t->provider->name,
+									t->provider->ops->kind));
+			continue;
+		}
 		if (c->opts.gen.max_tokens > target_output_limit(t))
 		{
 			call_fail_with(c, t->provider->name, "max_tokens", ERRCODE_INVALID_PARAMETER_VALUE,
@@ -274,7 +281,8 @@ phase_attempt(Call *c, CallSet *set)
 	 */
 	if (!c->paced)
 	{
-		int			max_tokens = target_max_tokens(t, c->opts.gen.max_tokens);
+		int			max_tokens = c->opts.gen.embedding ? 0 :
+			target_max_tokens(t, c->opts.gen.max_tokens);
 		int64		tokens = (c->opts.gen.input_chars + 3) / 4 + max_tokens;
 		TimestampTz turn;
 
@@ -432,10 +440,13 @@ phase_send(Call *c, CallSet *set)
 
 	/* ask for no more than was reserved (target_max_tokens) */
 	sendgen.max_tokens = c->rec->max_tokens;
-	span = trace_span_start(c->g.trace, "model_generate");
-	target_drop_refused(t, &sendgen, span);
+	span = trace_span_start(c->g.trace, gen->embedding ? "model_embed" : "model_generate");
+	if (!gen->embedding)
+		target_drop_refused(t, &sendgen, span);
+	else
+		trace_attr_num(span, "maester.embedding.inputs", list_length(gen->inputs));
 	c->gen_span = span;
-	trace_attr_str(span, "gen_ai.operation.name", "chat");
+	trace_attr_str(span, "gen_ai.operation.name", gen->embedding ? "embeddings" : "chat");
 	trace_attr_str(span, "gen_ai.provider.name", p->name);
 	trace_attr_str(span, "gen_ai.request.model", t->model);
 	trace_attr_str(span, "server.address", server_address(p->base_url));

@@ -65,6 +65,17 @@ provider_url(const ProviderConf *p)
 	return psprintf("%.*s%s", (int) len, p->base_url, p->ops->path);
 }
 
+/* The embeddings endpoint: the base URL and the kind's embeddings path */
+static char *
+embed_url(const ProviderConf *p)
+{
+	size_t		len = strlen(p->base_url);
+
+	while (len > 0 && p->base_url[len - 1] == '/')
+		len--;
+	return psprintf("%.*s%s", (int) len, p->base_url, p->ops->embed_path);
+}
+
 /*
  * The URL of one request: provider_url, except for Azure deployments (an
  * api_version given): {base_url}/openai/deployments/{model}/chat/completions
@@ -81,15 +92,16 @@ request_url(const ProviderConf *p, const GenRequest *gen)
 	char	   *url;
 
 	if (!p->ops->deployments || p->api_version == NULL)
-		return provider_url(p);
+		return gen->embedding ? embed_url(p) : provider_url(p);
 	while (len > 0 && p->base_url[len - 1] == '/')
 		len--;
 	model = curl_easy_escape(NULL, gen->model, 0);
 	version = curl_easy_escape(NULL, p->api_version, 0);
 	if (model == NULL || version == NULL)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	url = psprintf("%.*s/openai/deployments/%s/chat/completions?api-version=%s",
-				   (int) len, p->base_url, model, version);
+	url = psprintf("%.*s/openai/deployments/%s/%s?api-version=%s",
+				   (int) len, p->base_url, model,
+				   gen->embedding ? "embeddings" : "chat/completions", version);
 	curl_free(model);
 	curl_free(version);
 	return url;
@@ -121,7 +133,10 @@ provider_request(const ProviderConf *p, const GenRequest *gen, const char *key,
 	char		uuid[UUID_LEN * 2 + 5];
 
 	initStringInfo(&body);
-	p->ops->build_body(gen, &body);
+	if (gen->embedding)
+		p->ops->build_embed_body(gen, &body);
+	else
+		p->ops->build_body(gen, &body);
 
 	http_request_init(req);
 	http_check_url(url, &req->allow_private);
@@ -224,7 +239,10 @@ parse_response(const ProviderOps *ops, const GenRequest *req, const char *body,
 
 	if (jb == NULL)
 		return false;
-	ok = ops->parse_response(jb, req, out, problem);
+	if (req && req->embedding)
+		ok = ops->parse_embed_response(jb, req, out, problem);
+	else
+		ok = ops->parse_response(jb, req, out, problem);
 	if (ok)
 		parse_structured(req, out);
 	if (out->raw_finish_reason == NULL)

@@ -100,6 +100,11 @@ typedef struct GenRequest
 									 * kind's (maester.model) */
 	int			cache_at;		/* options.cache_control: CACHE_* */
 	bool		cache_1h;		/* its ttl is an hour (else 5 minutes) */
+	/* an embedding request (embed.c) instead of a chat one */
+	bool		embedding;
+	List	   *inputs;			/* of char *: the texts to embed */
+	int			dimensions;		/* asked for; 0: the model's */
+	const char *input_type;		/* query or document; NULL: none */
 	Jsonb	   *extra;			/* options.extra: members added to the body */
 } GenRequest;
 
@@ -131,6 +136,10 @@ typedef struct GenResponse
 									 * thinking (Anthropic) tokens */
 	char	   *service_tier;	/* the tier that served it, as said */
 	bool		usage_present;
+	/* an embedding answer: one vector per input, in input order */
+	int			nvectors;
+	int			dims;
+	float4	  **vectors;
 } GenResponse;
 
 /* One failed attempt (or skipped target), classified for the retry policy */
@@ -163,6 +172,11 @@ typedef struct ProviderOps
 	int			default_max_tokens; /* sent when the call gives none; 0: none sent */
 	bool		deployments;	/* azure: with an api_version, the model is
 								 * the deployment in the URL */
+	/* embeddings; NULL: the kind has none */
+	const char *embed_path;
+	void		(*build_embed_body) (const GenRequest *req, StringInfo out);
+	bool		(*parse_embed_response) (Jsonb *jb, const GenRequest *req,
+										 GenResponse *out, char **problem);
 } ProviderOps;
 
 /* Estimated output tokens when the call gives none and the kind sends none */

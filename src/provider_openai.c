@@ -23,6 +23,9 @@
  */
 #include "postgres.h"
 
+#include <float.h>
+#include <math.h>
+
 #include "utils/json.h"
 
 #include "jsonutil.h"
@@ -399,13 +402,121 @@ openai_parse_response(Jsonb *jb, const GenRequest *req, GenResponse *out,
 	return true;
 }
 
-const ProviderOps openai_ops = {
-	.kind = "openai",
-	.path = "/chat/completions",
-	.headers = openai_headers,
-	.build_body = openai_build_body,
-	.parse_response = openai_parse_response,
-};
+
+/*
+ * An embeddings request (openai's EmbeddingCreateParams): {"model",
+ * "input": [texts], "encoding_format": "float" (the SDK asks for base64 and
+ * decodes it; floats need no decoding here), "dimensions"}; compatible
+ * servers also get "input_type" when the call gives one (servers that
+ * know it -- query or document -- use it; OpenAI has no such member).
+ */
+static void
+build_embed_body(const GenRequest *req, StringInfo out, bool input_type)
+{
+	appendStringInfoChar(out, '{');
+	append_string_member(out, "model", req->model);
+	appendStringInfoString(out, ",\"input\":");
+	append_string_array(out, req->inputs);
+	appendStringInfoString(out, ",\"encoding_format\":\"float\"");
+	if (req->dimensions > 0)
+		appendStringInfo(out, ",\"dimensions\":%d", req->dimensions);
+	if (input_type && req->input_type)
+	{
+		appendStringInfoChar(out, ',');
+		append_string_member(out, "input_type", req->input_type);
+	}
+	json_append_members(out, req->extra);
+	appendStringInfoChar(out, '}');
+}
+
+static void
+openai_build_embed_body(const GenRequest *req, StringInfo out)
+{
+	build_embed_body(req, out, false);
+}
+
+static void
+compatible_build_embed_body(const GenRequest *req, StringInfo out)
+{
+	build_embed_body(req, out, true);
+}
+
+/*
+ * An embeddings answer (CreateEmbeddingResponse): data[] of {index,
+ * embedding: number[]}, put in input order by index; usage.prompt_tokens.
+ * Unusable -- false with *problem -- when the count, an index or a vector
+ * is wrong: a vector of another length than the others, or than the call
+ * asked for, names both (embed.c checks the model's own length).
+ */
+static bool
+openai_parse_embed_response(Jsonb *jb, const GenRequest *req, GenResponse *out,
+							char **problem)
+{
+	JsonbContainer *data = json_get_container(&jb->root, "data");
+	JsonbContainer *usage = json_get_container(&jb->root, "usage");
+	int			n = list_length(req->inputs);
+
+	out->served_model = json_get_string(&jb->root, "model");
+	out->response_id = NULL;
+	if (usage && json_get_int64(usage, "prompt_tokens", &out->input_tokens))
+	{
+		out->usage_present = true;
+		out->output_tokens = 0;
+	}
+	if (data == NULL || !JsonContainerIsArray(data) || JsonContainerSize(data) != n)
+	{
+		*problem = psprintf("the response has %d embeddings for %d inputs",
+							data && JsonContainerIsArray(data) ? JsonContainerSize(data) : 0, n);
+		return false;
+	}
+	out->nvectors = n;
+	out->dims = 0;
+	out->vectors = palloc0(sizeof(float4 *) * n);
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(data, i);
+		JsonbContainer *vec;
+		int64		index;
+		int			d;
+
+		if (e == NULL || e->type != jbvBinary ||
+			!json_get_int64(e->val.binary.data, "index", &index) || index < 0 || index >= n ||
+			out->vectors[index] != NULL ||
+			(vec = json_get_container(e->val.binary.data, "embedding")) == NULL ||
+			!JsonContainerIsArray(vec))
+		{
+			*problem = psprintf("embedding %d of the response has no valid index and embedding", i);
+			return false;
+		}
+		d = JsonContainerSize(vec);
+		if (d == 0 || (out->dims > 0 && d != out->dims) ||
+			(req->dimensions > 0 && d != req->dimensions))
+		{
+			*problem = psprintf("the response has an embedding of %d dimensions where %d were %s",
+								d, req->dimensions > 0 ? req->dimensions : out->dims,
+								req->dimensions > 0 ? "asked for" : "in the others");
+			return false;
+		}
+		out->dims = d;
+		out->vectors[index] = palloc(sizeof(float4) * d);
+		for (int k = 0; k < d; k++)
+		{
+			JsonbValue *x = getIthJsonbValueFromContainer(vec, k);
+			double		v;
+
+			if (x == NULL || x->type != jbvNumeric ||
+				!isfinite(v = json_numeric_double(x->val.numeric)) || fabs(v) > FLT_MAX)
+			{
+				*problem = psprintf("embedding %d of the response has a value that is not a finite number",
+									(int) index);
+				return false;
+			}
+			out->vectors[index][k] = (float4) v;
+		}
+	}
+	out->content = pstrdup("");
+	return true;
+}
 
 /* api-key, Azure OpenAI's key header, when there is a key */
 static struct curl_slist *
@@ -421,6 +532,17 @@ azure_headers(struct curl_slist *list, const char *key, const char *api_version)
 	return list;
 }
 
+const ProviderOps openai_ops = {
+	.kind = "openai",
+	.path = "/chat/completions",
+	.headers = openai_headers,
+	.build_body = openai_build_body,
+	.parse_response = openai_parse_response,
+	.embed_path = "/embeddings",
+	.build_embed_body = openai_build_embed_body,
+	.parse_embed_response = openai_parse_embed_response,
+};
+
 /*
  * Azure OpenAI: the v1 API ({base_url}/openai/v1/chat/completions, the
  * deployment name as the model) or, with the provider's api_version, the
@@ -433,6 +555,9 @@ const ProviderOps azure_ops = {
 	.build_body = openai_build_body,
 	.parse_response = openai_parse_response,
 	.deployments = true,
+	.embed_path = "/openai/v1/embeddings",
+	.build_embed_body = openai_build_embed_body,
+	.parse_embed_response = openai_parse_embed_response,
 };
 
 const ProviderOps openai_compatible_ops = {
@@ -441,4 +566,7 @@ const ProviderOps openai_compatible_ops = {
 	.headers = openai_headers,
 	.build_body = compatible_build_body,
 	.parse_response = openai_parse_response,
+	.embed_path = "/embeddings",
+	.build_embed_body = compatible_build_embed_body,
+	.parse_embed_response = openai_parse_embed_response,
 };

@@ -82,6 +82,7 @@ typedef struct ModelConf
 	int			refuses;		/* MODEL_NO_*, or -1: the rule's */
 	char	   *output_limit_param; /* NULL: the kind's */
 	char	   *structured_output;	/* native, tool, or NULL: the kind's */
+	int			embedding_dimensions;	/* 0: not an embedding model (or unknown) */
 } ModelConf;
 
 typedef struct TenantLimit
@@ -226,7 +227,7 @@ router_load(void)
 					   "p.backoff_base_ms, p.backoff_max_ms, p.circuit_failure_threshold, "
 					   "p.circuit_cooldown_ms, p.anthropic_version, p.enabled, "
 					   "p.max_connections, p.requests_per_minute, p.tokens_per_minute, "
-					   "p.api_version "
+					   "p.api_version, p.embedding_batch_tokens "
 					   "FROM maester.provider p ORDER BY p.priority, p.name");
 		providers = MemoryContextAllocZero(RouterContext, sizeof(ProviderConf) * Max(n, 1));
 		for (uint64 i = 0; i < n; i++)
@@ -262,6 +263,7 @@ router_load(void)
 			p->enabled = DatumGetBool(SPI_getbinval(t, d, 15, &isnull)) && !isnull;
 			p->max_connections = col_int(t, d, 16);
 			p->api_version = col_string(t, d, 19);
+			p->embedding_batch_tokens = col_int(t, d, 20);
 			p->requests_per_minute = col_int(t, d, 17);
 			p->tokens_per_minute = col_int(t, d, 18);
 		}
@@ -273,7 +275,7 @@ router_load(void)
 					   "(CASE WHEN 'temperature' = ANY (m.unsupported_params) THEN 1 ELSE 0 END) + "
 					   "(CASE WHEN 'top_p' = ANY (m.unsupported_params) THEN 2 ELSE 0 END) + "
 					   "(CASE WHEN 'stop' = ANY (m.unsupported_params) THEN 4 ELSE 0 END) END, "
-					   "m.output_limit_param, m.structured_output "
+					   "m.output_limit_param, m.structured_output, m.embedding_dimensions "
 					   "FROM maester.model m ORDER BY m.name");
 		models = MemoryContextAllocZero(RouterContext, sizeof(ModelConf) * Max(n, 1));
 		for (uint64 i = 0; i < n; i++)
@@ -289,6 +291,7 @@ router_load(void)
 			models[i].refuses = col_int(t, d, 6);
 			models[i].output_limit_param = col_string(t, d, 7);
 			models[i].structured_output = col_string(t, d, 8);
+			models[i].embedding_dimensions = col_int(t, d, 9);
 		}
 		nmodels = n;
 
@@ -531,6 +534,7 @@ target_settings(RouteTarget *t)
 	t->output_limit_param = m && m->output_limit_param ? pstrdup(m->output_limit_param) : NULL;
 	t->native_schema = m && m->structured_output ?
 		strcmp(m->structured_output, "native") == 0 : false;
+	t->embedding_dimensions = m ? m->embedding_dimensions : 0;
 }
 
 /* A target's identity (see the header), palloc'd */

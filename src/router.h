@@ -30,6 +30,8 @@ struct ProviderConf
 	int			circuit_cooldown_ms;
 	char	   *anthropic_version;
 	char	   *api_version;	/* azure: the api-version of deployment URLs */
+	int			embedding_batch_tokens; /* most tokens per embeddings request;
+										 * 0: OpenAI's 300,000 */
 	bool		enabled;
 	int			max_connections;	/* per backend; 0: no limit */
 	int			requests_per_minute;	/* 0: no limit */
@@ -57,6 +59,7 @@ typedef struct RouteTarget
 	const char *output_limit_param; /* max_tokens or max_completion_tokens;
 									 * NULL: the kind's */
 	bool		native_schema;	/* Anthropic: output_config.format */
+	int			embedding_dimensions;	/* an embedding model's; 0: unknown */
 } RouteTarget;
 
 /* The ordered targets for a requested model (or route) */

@@ -65,6 +65,7 @@ With --api-key KEY, model endpoints outside /open require
 import argparse
 import base64
 import collections
+import hashlib
 import json
 import math
 import os
@@ -83,10 +84,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 MODEL_PATHS = {
     "/v1/chat/completions": "openai",
     "/chat/completions": "openai",
+    "/v1/embeddings": "embeddings",
+    "/embeddings": "embeddings",
+    "/openai/v1/embeddings": "azure-embeddings",
     "/v1/messages": "anthropic",
     "/openai/v1/chat/completions": "azure",        # Azure OpenAI's v1 API
 }
-AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/chat/completions")
+AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|embeddings)")
 NOT_FOUND = {"error": {"message": "not found", "type": "invalid_request_error"}}
 HUGE_DEFAULT = 20_000_000
 HANG_LIMIT_S = 300.0
@@ -106,6 +110,7 @@ FAULTS = [
     (re.compile(r"xretry-(true|false)-([1-5]\d\d)"), "xretry"),
     (re.compile(r"raorder-(\d+)"), "raorder"),
     (re.compile(r"(quota)"), "quota"),
+    (re.compile(r"embeddim-(\d+)"), "embeddim"),
     (re.compile(r"shape-(toolcalls|badargs|length|filter|parts|refusal|nochoices|tooluse|anthrefusal|overcached|negative|details)"), "shape"),
     (re.compile(r"verdict-(pass|fail)(?:-(\d+))?"), "verdict"),
     (re.compile(r"(hang|malformed|nousage|missingfields|wrongtype|reset|"
@@ -327,6 +332,75 @@ def check_tools(kind, req):
             elif choice == "none":
                 return tools, None, False
     return tools, forced, bool(tools)
+
+
+WORD = re.compile(r"[a-z0-9]+")
+
+
+def feature_vector(text, dims):
+    """Signed feature hashing of the text's lower-cased words into dims
+    dimensions, L2-normalised: texts sharing words point the same way, so
+    retrieval over mock embeddings means something."""
+    v = [0.0] * dims
+    for w in WORD.findall(text.lower()):
+        h = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
+        v[h % dims] += 1.0 if (h >> 32) & 1 else -1.0
+    n = math.sqrt(sum(x * x for x in v))
+    if n == 0:
+        v[0], n = 1.0, 1.0
+    return [round(x / n, 6) for x in v]
+
+
+class EmbedAnswer:
+    """An embeddings answer (npm openai, resources/embeddings.d.ts:
+    CreateEmbeddingResponse {object: 'list', data: Embedding[] {embedding:
+    number[], index, object: 'embedding'}, model, usage {prompt_tokens,
+    total_tokens}}).  The request is checked as EmbeddingCreateParams: input
+    a string or an array of (at most 2,048, non-empty) strings; dimensions
+    1536 (3072 for *-large) unless asked.  A model named "...-ctx-N" takes at
+    most N tokens an input (more is the API's 400, naming the limit)."""
+
+    def __init__(self, req):
+        if not isinstance(req, dict):
+            raise ClientError("request body must be a JSON object")
+        model, inp = req.get("model"), req.get("input")
+        if not isinstance(model, str) or not model:
+            raise ClientError("model: field required")
+        if isinstance(inp, str):
+            inp = [inp]
+        if not isinstance(inp, list) or not inp or len(inp) > 2048 \
+                or not all(isinstance(x, str) for x in inp):
+            raise ClientError("'$.input' is invalid. Please check the API reference: "
+                              "https://platform.openai.com/docs/api-reference.")
+        if any(x == "" for x in inp):
+            raise ClientError("'$.input' is invalid: an input cannot be an empty string.")
+        dims = req.get("dimensions")
+        if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
+            raise ClientError("dimensions must be a positive integer")
+        if req.get("encoding_format", "float") not in ("float", "base64"):
+            raise ClientError("encoding_format must be float or base64")
+        if req.get("encoding_format") == "base64":
+            raise ClientError("the mock answers floats only (encoding_format float)")
+        m = re.search(r"-ctx-(\d+)$", model)
+        for x in inp:
+            if m and ceil4(len(x)) > int(m.group(1)):
+                raise ClientError("This model's maximum context length is %s tokens, however you "
+                                  "requested %d tokens (%d in your prompt; 0 for the completion). "
+                                  "Please reduce your prompt; or completion length."
+                                  % (m.group(1), ceil4(len(x)), ceil4(len(x))))
+        self.kind, self.model, self.inputs = "openai", model, inp
+        self.dims = dims or (3072 if model.endswith("-large") else 1536)
+        self.input_tokens = sum(max(1, ceil4(len(x))) for x in inp)
+
+    def render(self, content=None, out_tokens=None, usage=True):
+        doc = {"object": "list", "model": self.model,
+               "data": [{"object": "embedding", "index": i,
+                         "embedding": feature_vector(x, self.dims)}
+                        for i, x in enumerate(self.inputs)],
+               "usage": {"prompt_tokens": self.input_tokens, "total_tokens": self.input_tokens}}
+        if not usage:
+            del doc["usage"]
+        return doc
 
 
 class Answer:
@@ -691,7 +765,8 @@ class Handler(BaseHTTPRequestHandler):
             query = urllib.parse.parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
             if not query.get("api-version"):
                 return self._json(404, {"error": {"code": "404", "message": "Resource not found"}})
-            kind, deployment = "azure", urllib.parse.unquote(m.group(1))
+            kind = "azure" if m.group(2) == "chat/completions" else "azure-embeddings"
+            deployment = urllib.parse.unquote(m.group(1))
         if kind is None:
             return self._json(404, NOT_FOUND)
         self._model(kind, keyless, body, deployment)
@@ -759,8 +834,9 @@ class Handler(BaseHTTPRequestHandler):
             req, parsed = (json.loads(body), True) if body else (None, False)
         except ValueError:
             req, parsed = None, False
-        azure = kind == "azure"
-        if azure:
+        azure = kind in ("azure", "azure-embeddings")
+        embeddings = kind in ("embeddings", "azure-embeddings")
+        if azure or embeddings:
             kind = "openai"             # Azure speaks OpenAI's wire format
             if deployment is not None and isinstance(req, dict):
                 req["model"] = deployment   # the deployment names the model
@@ -807,7 +883,10 @@ class Handler(BaseHTTPRequestHandler):
         if not parsed:
             return self._error(kind, 400, "request body is not valid JSON")
         try:
-            ans = Answer(kind, req, hdrs)
+            if embeddings:
+                ans = EmbedAnswer(req)
+            else:
+                ans = Answer(kind, req, hdrs)
             if kind == "anthropic":
                 ans.prompt_cache(req, st)
         except ClientError as e:
@@ -878,6 +957,10 @@ class Handler(BaseHTTPRequestHandler):
                 "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}})
         if name == "shape":
             return self._json(200, self._shape(kind, arg, ans))
+        if name == "embeddim":
+            # embeddings of another length than the model's (a wrong deployment)
+            ans.dims = int(arg)
+            return self._json(200, ans.render())
         if name == "bigheader":
             # a normal answer behind one response header of N bytes
             return self._send(200, json.dumps(ans.render()).encode(),

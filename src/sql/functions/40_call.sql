@@ -21,6 +21,28 @@ LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 COMMENT ON FUNCTION maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb, jsonb) IS
     'Calls a model through the gateway: exactly one of prompt (raw text), messages (a conversation: [{role, content}], roles system, user, assistant, tool) and prompt_name (rendered from the registry with variables and prompt_version). model is a model, alias or route; NULL uses the route default. options: temperature, top_p, stop, response_format (json, json_object, json_schema), tools, tool_choice, timeout_ms, max_attempts, fallback, tags, extra.';
 
+CREATE FUNCTION maester.embed(
+    input   text[],
+    model   text DEFAULT NULL,
+    options jsonb DEFAULT '{}')
+RETURNS SETOF maester.embedding_result
+AS 'MODULE_PATHNAME', 'embed_many'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE ROWS 1000;
+
+COMMENT ON FUNCTION maester.embed(text[], text, jsonb) IS
+    'Embeds the inputs through the gateway, one row per input in input order: requests of at most 2,048 inputs and the provider''s embedding_batch_tokens, several in flight, each metered (purpose embedding), budgeted and traced; an input the model refuses fails alone. model NULL: the route default_embedding. options: dimensions, input_type (query, document), normalize (default true), concurrency (default 4), timeout_ms, max_attempts, fallback, tags, extra.';
+
+CREATE FUNCTION maester.embed(
+    input   text,
+    model   text DEFAULT NULL,
+    options jsonb DEFAULT '{}')
+RETURNS real[]
+AS 'MODULE_PATHNAME', 'embed_one'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.embed(text, text, jsonb) IS
+    'Embeds one text through the gateway and returns its vector; raises the call''s error. See maester.embed(text[], ...).';
+
 CREATE FUNCTION maester.generate_batch(
     requests    jsonb[],
     concurrency integer DEFAULT 16,

@@ -31,7 +31,8 @@ GRANT EXECUTE ON FUNCTION
     maester.cancel_job(bigint),
     maester.complete(jsonb),
     maester.evaluate(text, jsonb, jsonb),
-    maester.validate_checks(jsonb) TO maester_user;
+    maester.validate_checks(jsonb),
+    maester.embed(text[], text, jsonb), maester.embed(text, text, jsonb) TO maester_user;
 GRANT SELECT ON maester.circuit TO maester_reader;
 GRANT SELECT ON maester.price TO maester_reader, maester_user;
 GRANT SELECT ON maester.usage TO maester_reader, maester_user, maester_admin;

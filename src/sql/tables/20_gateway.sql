@@ -32,12 +32,14 @@ CREATE TABLE maester.provider (
     tokens_per_minute         integer CHECK (tokens_per_minute OPERATOR(pg_catalog.>) 0),
     CHECK (api_key_env IS NULL OR api_key_file IS NULL),
     shipped                   boolean NOT NULL DEFAULT false,
-    api_version               text CHECK (api_version OPERATOR(pg_catalog.~) '^[A-Za-z0-9._-]{1,64}$')
+    api_version               text CHECK (api_version OPERATOR(pg_catalog.~) '^[A-Za-z0-9._-]{1,64}$'),
+    embedding_batch_tokens    integer CHECK (embedding_batch_tokens OPERATOR(pg_catalog.>) 0)
 );
 
 COMMENT ON TABLE maester.provider IS
     'Model providers the gateway may call (admins only). Keys are never stored: api_key_env names an environment variable of the server, api_key_file a file in maester.key_directory.';
 COMMENT ON COLUMN maester.provider.kind IS 'openai (Chat Completions), anthropic (Messages API), openai_compatible (Ollama, vLLM, llama.cpp, Groq, Together, ...), or azure (Azure OpenAI: api-key header, the deployment as the model).';
+COMMENT ON COLUMN maester.provider.embedding_batch_tokens IS 'Most tokens (counted at their worst, a token per UTF-8 byte) maester.embed sends in one request to this provider; NULL: 300,000, OpenAI''s limit. Requests also hold at most 2,048 inputs.';
 COMMENT ON COLUMN maester.provider.api_version IS 'azure: the api-version of deployment URLs ({base_url}/openai/deployments/{model}/chat/completions?api-version=...); NULL: Azure''s v1 API ({base_url}/openai/v1/chat/completions). Other kinds: unused.';
 COMMENT ON COLUMN maester.provider.base_url IS 'https://api.openai.com/v1, https://api.anthropic.com, http://127.0.0.1:11434/v1 (plain http only for hosts in maester.allow_insecure_hosts).';
 COMMENT ON COLUMN maester.provider.api_key_env IS 'Name of the server environment variable holding the key (ends in _KEY or _TOKEN); NULL for keyless local servers.';
@@ -56,7 +58,7 @@ COMMENT ON COLUMN maester.provider.tokens_per_minute IS 'Token rate limit (input
 
 INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, priority, shipped) VALUES
     ('openai', 'openai', 'https://api.openai.com/v1', 'OPENAI_API_KEY',
-     ARRAY['gpt-%', 'o1%', 'o3%', 'o4%', 'chatgpt-%'], 10, true),
+     ARRAY['gpt-%', 'o1%', 'o3%', 'o4%', 'chatgpt-%', 'text-embedding-%'], 10, true),
     ('anthropic', 'anthropic', 'https://api.anthropic.com', 'ANTHROPIC_API_KEY',
      ARRAY['claude-%'], 20, true);
 
@@ -69,7 +71,8 @@ CREATE TABLE maester.model (
     max_output_tokens integer CHECK (max_output_tokens OPERATOR(pg_catalog.>) 0),
     unsupported_params text[] CHECK (unsupported_params OPERATOR(pg_catalog.<@) ARRAY['temperature', 'top_p', 'stop']),
     output_limit_param text CHECK (output_limit_param OPERATOR(pg_catalog.=) ANY (ARRAY['max_tokens', 'max_completion_tokens'])),
-    structured_output  text CHECK (structured_output OPERATOR(pg_catalog.=) ANY (ARRAY['native', 'tool']))
+    structured_output  text CHECK (structured_output OPERATOR(pg_catalog.=) ANY (ARRAY['native', 'tool'])),
+    embedding_dimensions integer CHECK (embedding_dimensions BETWEEN 1 AND 65536)
 );
 
 COMMENT ON TABLE maester.model IS
@@ -79,6 +82,7 @@ COMMENT ON COLUMN maester.model.provider_model IS 'The model id sent to the prov
 COMMENT ON COLUMN maester.model.aliases IS 'Other names callers may use for this model.';
 COMMENT ON COLUMN maester.model.unsupported_params IS 'Sampling parameters the model refuses (of temperature, top_p, stop): left out of its requests, and named on the span (maester.request.dropped_params). NULL: the rule (README, Models): OpenAI reasoning models (o1, o3, o4, gpt-5 but not -chat) refuse all three; Claude newer than 4.6 refuses temperature and top_p; Claude 4.1 to 4.6 refuses the two together (top_p is left out). ''{}'': none.';
 COMMENT ON COLUMN maester.model.output_limit_param IS 'The request member the output limit is sent as: max_tokens or max_completion_tokens. NULL: the kind''s (max_completion_tokens at openai, max_tokens at openai_compatible; Anthropic always max_tokens). Set max_completion_tokens for OpenAI reasoning models behind a compatible endpoint (a proxy, Azure).';
+COMMENT ON COLUMN maester.model.embedding_dimensions IS 'An embedding model''s vector length: maester.embed refuses answers of another length unless the call asks for dimensions. NULL: a chat model, or an embedding model whose length is taken as it comes.';
 COMMENT ON COLUMN maester.model.structured_output IS 'How a json_schema response format is asked of an Anthropic model: native (output_config.format) or tool (a forced tool whose input is the answer, which every Claude model has). NULL: tool. OpenAI kinds always send response_format.';
 
 CREATE TABLE maester.route (
@@ -110,6 +114,10 @@ INSERT INTO maester.route (name, description, shipped) VALUES
 INSERT INTO maester.route_target (route, position, provider, model, shipped) VALUES
     ('default', 1, 'openai', 'gpt-4.1-mini', true),
     ('default', 2, 'anthropic', 'claude-haiku-4-5', true);
+INSERT INTO maester.route (name, description, shipped) VALUES
+    ('default_embedding', 'Used by maester.embed when no model is given.', true);
+INSERT INTO maester.route_target (route, position, provider, model, shipped) VALUES
+    ('default_embedding', 1, 'openai', 'text-embedding-3-small', true);
 
 -- Keys admins deleted, so that a restore deletes the shipped rows again
 -- after CREATE EXTENSION has put them back (see shipped_row_guard)

@@ -39,7 +39,9 @@ INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cos
     ('gpt-4o-mini',       '2024-07-18', 0.15,  0.60,  0.075, NULL,  'openai.com/api/pricing', true),
     ('claude-sonnet-4-5', '2025-09-29', 3.00,  15.00, 0.30,  3.75,  'anthropic.com/pricing', true),
     ('claude-haiku-4-5',  '2025-10-15', 1.00,  5.00,  0.10,  1.25,  'anthropic.com/pricing', true),
-    ('claude-opus-4-1',   '2025-08-05', 15.00, 75.00, 1.50,  18.75, 'anthropic.com/pricing', true);
+    ('claude-opus-4-1',   '2025-08-05', 15.00, 75.00, 1.50,  18.75, 'anthropic.com/pricing', true),
+    ('text-embedding-3-small', '2024-01-25', 0.02, 0, NULL, NULL, 'openai.com/api/pricing', true),
+    ('text-embedding-3-large', '2024-01-25', 0.13, 0, NULL, NULL, 'openai.com/api/pricing', true);
 
 CREATE TYPE maester.cost AS (
     model           text,

@@ -85,6 +85,19 @@ COMMENT ON COLUMN maester.generation.tool_calls IS 'The tools the model called (
 COMMENT ON COLUMN maester.generation.parsed IS 'With response_format json_schema or json_object: the answer parsed as JSON (NULL when it is not JSON); the schema is checked by the evaluation''s json_schema check.';
 COMMENT ON COLUMN maester.generation.refusal IS 'A refusal''s text (OpenAI message.refusal; Anthropic stop_reason refusal), kept apart from content, which is then empty; finish_reason is refusal.';
 
+CREATE TYPE maester.embedding_result AS (
+    ordinal       integer,
+    embedding     real[],
+    input_tokens  integer,
+    error_code    text,
+    error_class   text,
+    error_message text,
+    error_detail  text
+);
+
+COMMENT ON TYPE maester.embedding_result IS
+    'One input of maester.embed: its ordinal (1-based), its vector (L2-normalized unless options.normalize is false), its share of the request''s input tokens (by bytes), or, when it failed, the SQLSTATE, class and message.';
+
 COMMENT ON TYPE maester.batch_result IS
     'One request of maester.generate_batch: its ordinal (1-based position in the requests array), the maester.generation fields, and, when it failed, the SQLSTATE, class and message the same call would have raised.';
 COMMENT ON COLUMN maester.batch_result.error_class IS 'NULL on success; else invalid_request, budget, egress_denied, ledger_unavailable, error, or the last attempt''s class (rate_limited, server_error, timeout, connection, auth, bad_response, circuit_open, no_api_key, ...).';

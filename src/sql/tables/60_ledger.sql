@@ -62,7 +62,7 @@ COMMENT ON COLUMN maester.usage.ts IS 'When the attempt started (the row is dura
 COMMENT ON COLUMN maester.usage.settled_at IS 'When the attempt''s outcome was recorded (NULL while pending).';
 COMMENT ON COLUMN maester.usage.tenant IS 'maester.tenant of the calling session.';
 COMMENT ON COLUMN maester.usage.role IS 'The calling role (current_user).';
-COMMENT ON COLUMN maester.usage.purpose IS 'generation, or evaluation for calls made by evaluators.';
+COMMENT ON COLUMN maester.usage.purpose IS 'generation, evaluation for calls made by evaluators, or embedding (maester.embed).';
 COMMENT ON COLUMN maester.usage.model IS 'The model as served (or, before an answer, as requested from the provider).';
 COMMENT ON COLUMN maester.usage.finish_reason IS 'Why the answer ended, in one vocabulary over the providers: stop, length, tool_calls, content_filter, refusal or other.';
 COMMENT ON COLUMN maester.usage.provider_finish_reason IS 'The finish reason as the provider gave it (finish_reason at OpenAI, stop_reason at Anthropic).';

@@ -388,3 +388,39 @@ ALTER TABLE maester.provider DROP CONSTRAINT provider_kind_check,
     ADD COLUMN api_version text CHECK (api_version OPERATOR(pg_catalog.~) '^[A-Za-z0-9._-]{1,64}$');
 COMMENT ON COLUMN maester.provider.kind IS 'openai (Chat Completions), anthropic (Messages API), openai_compatible (Ollama, vLLM, llama.cpp, Groq, Together, ...), or azure (Azure OpenAI: api-key header, the deployment as the model).';
 COMMENT ON COLUMN maester.provider.api_version IS 'azure: the api-version of deployment URLs ({base_url}/openai/deployments/{model}/chat/completions?api-version=...); NULL: Azure''s v1 API ({base_url}/openai/v1/chat/completions). Other kinds: unused.';
+
+-- embeddings through the gateway (issue #16): embedding models, a route
+-- for embed() without a model, OpenAI's embedding models and list prices
+ALTER TABLE maester.provider ADD COLUMN embedding_batch_tokens integer
+    CHECK (embedding_batch_tokens OPERATOR(pg_catalog.>) 0);
+COMMENT ON COLUMN maester.provider.embedding_batch_tokens IS 'Most tokens (counted at their worst, a token per UTF-8 byte) maester.embed sends in one request to this provider; NULL: 300,000, OpenAI''s limit. Requests also hold at most 2,048 inputs.';
+ALTER TABLE maester.model ADD COLUMN embedding_dimensions integer
+    CHECK (embedding_dimensions BETWEEN 1 AND 65536);
+COMMENT ON COLUMN maester.model.embedding_dimensions IS 'An embedding model''s vector length: maester.embed refuses answers of another length unless the call asks for dimensions. NULL: a chat model, or an embedding model whose length is taken as it comes.';
+UPDATE maester.provider SET models = models OPERATOR(pg_catalog.||) 'text-embedding-%'::text
+ WHERE name OPERATOR(pg_catalog.=) 'openai' AND shipped;
+INSERT INTO maester.route (name, description, shipped)
+VALUES ('default_embedding', 'Used by maester.embed when no model is given.', true)
+ON CONFLICT DO NOTHING;
+INSERT INTO maester.route_target (route, position, provider, model, shipped)
+SELECT 'default_embedding', 1, 'openai', 'text-embedding-3-small', true
+ WHERE EXISTS (SELECT FROM maester.route r WHERE r.name OPERATOR(pg_catalog.=) 'default_embedding' AND r.shipped)
+   AND EXISTS (SELECT FROM maester.provider p WHERE p.name OPERATOR(pg_catalog.=) 'openai')
+ON CONFLICT DO NOTHING;
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million,
+                           cache_read_input_cost_per_million, cache_creation_input_cost_per_million, source, shipped)
+VALUES ('text-embedding-3-small', '2024-01-25', 0.02, 0, NULL, NULL, 'openai.com/api/pricing', true),
+       ('text-embedding-3-large', '2024-01-25', 0.13, 0, NULL, NULL, 'openai.com/api/pricing', true)
+ON CONFLICT DO NOTHING;
+CREATE TYPE maester.embedding_result AS (
+    ordinal       integer,
+    embedding     real[],
+    input_tokens  integer,
+    error_code    text,
+    error_class   text,
+    error_message text,
+    error_detail  text
+);
+COMMENT ON TYPE maester.embedding_result IS
+    'One input of maester.embed: its ordinal (1-based), its vector (L2-normalized unless options.normalize is false), its share of the request''s input tokens (by bytes), or, when it failed, the SQLSTATE, class and message.';
+COMMENT ON COLUMN maester.usage.purpose IS 'generation, evaluation for calls made by evaluators, or embedding (maester.embed).';

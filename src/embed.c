@@ -1,0 +1,511 @@
+/*-------------------------------------------------------------------------
+ *
+ * embed.c
+ *	  maester.embed: embeddings through the gateway.
+ *
+ * The inputs are cut into requests bounded by count (2,048, OpenAI's
+ * limit) and by worst-case tokens (a token per UTF-8 byte; the provider's
+ * embedding_batch_tokens, else OpenAI's 300,000), and each request is a
+ * call of the call machine (call_prepare_embedding): routed, paced,
+ * budgeted, metered in the ledger (purpose embedding), traced, retried
+ * and failed over like a chat call, several in flight at once on the
+ * backend's multi handle.  Results come back in input order.
+ *
+ * One bad input must fail alone.  An empty input is refused here; an input
+ * over the model's context is found by the provider, which refuses the
+ * whole request (HTTP 400, nothing billed): the request is then split in
+ * two and each half sent again, down to the one input that fails, so the
+ * others succeed and nothing is ever truncated.
+ *
+ * Vectors are checked (their count and indexes, one length across the
+ * answer, the length asked for or the model row's embedding_dimensions)
+ * and L2-normalized unless options.normalize is false.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+
+#include "call.h"
+#include "catalog.h"
+#include "jsonutil.h"
+#include "request.h"
+#include "router.h"
+#include "tenant.h"
+#include "util.h"
+
+/* Most inputs in one request (OpenAI's limit) */
+#define EMBED_MAX_BATCH_INPUTS 2048
+/* Most worst-case tokens in one request when the provider says nothing */
+#define EMBED_DEFAULT_BATCH_TOKENS 300000
+/* Attributes of maester.embedding_result */
+#define EMBED_RESULT_NATTS 7
+
+#define EMBED_OPTIONS "dimensions, input_type, normalize, concurrency, timeout_ms, max_attempts, fallback, tags, extra"
+
+/* One input's result */
+typedef struct EmbedSlot
+{
+	float4	   *vector;			/* NULL: failed (or not yet) */
+	int			dims;
+	int64		tokens;			/* its share of the request's input tokens */
+	int			sqlstate;
+	const char *error_class;
+	char	   *message;
+	char	   *detail;
+} EmbedSlot;
+
+/* A request still to send: the inputs it holds, by index */
+typedef struct EmbedBatch
+{
+	int			n;
+	int		   *idx;
+} EmbedBatch;
+
+typedef struct EmbedState
+{
+	char	  **inputs;
+	int			ninputs;
+	EmbedSlot  *slots;
+	List	   *queue;			/* of EmbedBatch *, to send */
+	const char *model;
+	CallOptions opts;
+	bool		normalize;
+	int			model_dims;		/* the first target's model row's; 0: unknown */
+	MemoryContext cxt;
+	int			ordinal;
+} EmbedState;
+
+static void
+embed_option_error(const char *key, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("option \"%s\" must be %s", key, what)));
+}
+
+/*
+ * The options: dimensions, input_type, normalize and concurrency are
+ * embed()'s own; timeout_ms, max_attempts, fallback, tags and extra are a
+ * call's (request.c checks them).  Raises 22023.
+ */
+static void
+embed_parse_options(Jsonb *opts, EmbedState *st, int *concurrency)
+{
+	JsonbParseState *ps = NULL;
+	JsonbIterator *it;
+	JsonbValue	k;
+	JsonbIteratorToken tok;
+	JsonbValue *common;
+	int			dimensions = 0;
+	const char *input_type = NULL;
+
+	st->normalize = true;
+	*concurrency = 4;
+	if (opts != NULL && !JB_ROOT_IS_OBJECT(opts))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("options must be a JSON object"),
+				 errhint("Known options: " EMBED_OPTIONS ".")));
+	(void) pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	if (opts != NULL)
+	{
+		it = JsonbIteratorInit(&opts->root);
+		while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+		{
+			JsonbValue	v;
+			char	   *key;
+
+			if (tok != WJB_KEY)
+				continue;
+			key = pnstrdup(k.val.string.val, k.val.string.len);
+			(void) JsonbIteratorNext(&it, &v, true);
+			if (strcmp(key, "dimensions") == 0 || strcmp(key, "concurrency") == 0)
+			{
+				double		d = v.type == jbvNumeric ? json_numeric_double(v.val.numeric) : -1;
+				int			max = strcmp(key, "dimensions") == 0 ? 65536 : MAESTER_MAX_CONCURRENCY;
+
+				if (!(d >= 1 && d <= max) || d != floor(d))
+					embed_option_error(key, psprintf("an integer between 1 and %d", max));
+				if (key[0] == 'd')
+					dimensions = (int) d;
+				else
+					*concurrency = (int) d;
+			}
+			else if (strcmp(key, "input_type") == 0)
+			{
+				if (v.type != jbvString ||
+					!((v.val.string.len == 5 && memcmp(v.val.string.val, "query", 5) == 0) ||
+					  (v.val.string.len == 8 && memcmp(v.val.string.val, "document", 8) == 0)))
+					embed_option_error(key, "\"query\" or \"document\"");
+				input_type = pnstrdup(v.val.string.val, v.val.string.len);
+			}
+			else if (strcmp(key, "normalize") == 0)
+			{
+				if (v.type != jbvBool)
+					embed_option_error(key, "a boolean");
+				st->normalize = v.val.boolean;
+			}
+			else if (strcmp(key, "timeout_ms") == 0 || strcmp(key, "max_attempts") == 0 ||
+					 strcmp(key, "fallback") == 0 || strcmp(key, "tags") == 0 ||
+					 strcmp(key, "extra") == 0)
+			{
+				(void) pushJsonbValue(&ps, WJB_KEY, &k);
+				(void) pushJsonbValue(&ps, WJB_VALUE, &v);
+			}
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("unknown option \"%s\" of embed", key),
+						 errhint("Known options: " EMBED_OPTIONS ".")));
+		}
+	}
+	common = pushJsonbValue(&ps, WJB_END_OBJECT, NULL);
+	request_parse_options(JsonbValueToJsonb(common), &st->opts);
+	st->opts.gen.dimensions = dimensions;
+	st->opts.gen.input_type = input_type;
+}
+
+/* Fail input i with the error of call c */
+static void
+slot_fail(EmbedState *st, int i, Call *c)
+{
+	EmbedSlot  *s = &st->slots[i];
+
+	s->sqlstate = c->sqlstate;
+	s->error_class = c->error_class ? c->error_class : "error";
+	s->message = MemoryContextStrdup(st->cxt, c->message ? c->message : "");
+	s->detail = c->detail ? MemoryContextStrdup(st->cxt, c->detail) : NULL;
+}
+
+/* Fail input i with an error of its own */
+static void
+slot_fail_with(EmbedState *st, int i, int sqlstate, const char *error_class, char *message)
+{
+	EmbedSlot  *s = &st->slots[i];
+
+	s->sqlstate = sqlstate;
+	s->error_class = error_class;
+	s->message = MemoryContextStrdup(st->cxt, message);
+	s->detail = NULL;
+}
+
+/* A batch of inputs from[0..n), copied into the state's memory */
+static EmbedBatch *
+batch_of(EmbedState *st, const int *from, int n)
+{
+	EmbedBatch *b = MemoryContextAlloc(st->cxt, sizeof(EmbedBatch));
+
+	b->n = n;
+	b->idx = MemoryContextAlloc(st->cxt, sizeof(int) * n);
+	memcpy(b->idx, from, sizeof(int) * n);
+	return b;
+}
+
+static Call *
+embed_next(void *arg)
+{
+	EmbedState *st = (EmbedState *) arg;
+	EmbedBatch *b;
+	MemoryContext cxt;
+	MemoryContext old;
+	List	   *inputs = NIL;
+	Call	   *c;
+
+	if (st->queue == NIL)
+		return NULL;
+	b = (EmbedBatch *) linitial(st->queue);
+	old = MemoryContextSwitchTo(st->cxt);
+	st->queue = list_delete_first(st->queue);
+	MemoryContextSwitchTo(old);
+	cxt = AllocSetContextCreate(st->cxt, "maester embedding call", ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	for (int k = 0; k < b->n; k++)
+		inputs = lappend(inputs, st->inputs[b->idx[k]]);
+	c = call_prepare_embedding(inputs, st->model, &st->opts, ++st->ordinal, cxt);
+	MemoryContextSwitchTo(old);
+	c->driver_data = b;			/* which inputs it holds, for embed_done */
+	return c;
+}
+
+static void
+embed_done(Call *c, void *arg)
+{
+	EmbedState *st = (EmbedState *) arg;
+	EmbedBatch *b = (EmbedBatch *) c->driver_data;
+	GenResponse *r = &c->g.resp;
+
+	if (c->phase == PHASE_FAILED)
+	{
+		/*
+		 * A request the provider refused (400) may hold one input it cannot
+		 * take (too long for the model): send each half again, so that only
+		 * that input fails.
+		 */
+		if (b->n > 1 && c->error_class && strcmp(c->error_class, "bad_request") == 0)
+		{
+			int			half = b->n / 2;
+			/* the queue lives as long as embed() (done runs in a call's move) */
+			MemoryContext old = MemoryContextSwitchTo(st->cxt);
+
+			st->queue = lappend(st->queue, batch_of(st, b->idx, half));
+			st->queue = lappend(st->queue, batch_of(st, b->idx + half, b->n - half));
+			MemoryContextSwitchTo(old);
+		}
+		else
+			for (int k = 0; k < b->n; k++)
+				slot_fail(st, b->idx[k], c);
+	}
+	else if (st->model_dims > 0 && st->opts.gen.dimensions == 0 && r->dims != st->model_dims)
+	{
+		char	   *msg = psprintf("%s answered embeddings of %d dimensions; model \"%s\" has %d (maester.model.embedding_dimensions)",
+								   c->g.provider, r->dims, c->g.model, st->model_dims);
+
+		for (int k = 0; k < b->n; k++)
+			slot_fail_with(st, b->idx[k], ERRCODE_MAESTER_BAD_RESPONSE, "bad_response", msg);
+	}
+	else
+	{
+		int64		bytes = 0;
+		int64		given = 0;
+
+		(void) call_finish_isolated(c);
+		for (int k = 0; k < b->n; k++)
+			bytes += strlen(st->inputs[b->idx[k]]);
+		for (int k = 0; k < b->n; k++)
+		{
+			EmbedSlot  *s = &st->slots[b->idx[k]];
+			float4	   *v = r->vectors[k];
+			double		norm = 0;
+
+			if (st->normalize)
+			{
+				for (int d = 0; d < r->dims; d++)
+					norm += (double) v[d] * v[d];
+				norm = sqrt(norm);
+				if (norm > 0)
+					for (int d = 0; d < r->dims; d++)
+						v[d] = (float4) (v[d] / norm);
+			}
+			s->vector = MemoryContextAlloc(st->cxt, sizeof(float4) * r->dims);
+			memcpy(s->vector, v, sizeof(float4) * r->dims);
+			s->dims = r->dims;
+			/* the request's tokens, shared by bytes (the last gets the rest) */
+			s->tokens = k == b->n - 1 ? r->input_tokens - given :
+				bytes > 0 ? r->input_tokens * (int64) strlen(st->inputs[b->idx[k]]) / bytes : 0;
+			given += s->tokens;
+		}
+	}
+	MemoryContextDelete(c->cxt);
+}
+
+/*
+ * The batch limits of the route's targets: the fewest tokens any of their
+ * providers takes in one request, and the first target's model dimensions
+ */
+static int64
+batch_tokens(EmbedState *st)
+{
+	RoutePlan  *plan = router_plan(st->model ? st->model : "default_embedding");
+	int64		limit = EMBED_DEFAULT_BATCH_TOKENS;
+
+	for (int i = 0; i < plan->ntargets; i++)
+		if (plan->targets[i].provider->embedding_batch_tokens > 0)
+			limit = Min(limit, plan->targets[i].provider->embedding_batch_tokens);
+	st->model_dims = plan->ntargets > 0 ? plan->targets[0].embedding_dimensions : 0;
+	return limit;
+}
+
+/* Embed `inputs` (NULL entries allowed: they fail alone) into st->slots */
+static void
+embed_run(EmbedState *st, int concurrency)
+{
+	int64		limit = batch_tokens(st);
+	int		   *cur = palloc(sizeof(int) * Min(st->ninputs, EMBED_MAX_BATCH_INPUTS) + sizeof(int));
+	int			ncur = 0;
+	int64		tokens = 0;
+
+	for (int i = 0; i < st->ninputs; i++)
+	{
+		int64		t;
+
+		if (st->inputs[i] == NULL)
+		{
+			slot_fail_with(st, i, ERRCODE_NULL_VALUE_NOT_ALLOWED, "invalid_request",
+						   psprintf("input %d is NULL", i + 1));
+			continue;
+		}
+		if (st->inputs[i][0] == '\0')
+		{
+			slot_fail_with(st, i, ERRCODE_INVALID_PARAMETER_VALUE, "invalid_request",
+						   psprintf("input %d is empty", i + 1));
+			continue;
+		}
+		/* worst case: a token per byte of UTF-8, and a couple more */
+		t = (int64) strlen(st->inputs[i]) + 2;
+		if (ncur > 0 && (ncur == EMBED_MAX_BATCH_INPUTS || tokens + t > limit))
+		{
+			st->queue = lappend(st->queue, batch_of(st, cur, ncur));
+			ncur = 0;
+			tokens = 0;
+		}
+		cur[ncur++] = i;
+		tokens += t;
+	}
+	if (ncur > 0)
+		st->queue = lappend(st->queue, batch_of(st, cur, ncur));
+	/* again while refused requests left halves to send (embed_done) */
+	while (st->queue != NIL)
+	{
+		CallDriver	d = {.next = embed_next, .done = embed_done, .arg = st,
+			.concurrency = concurrency, .isolation = CALLS_SUBXACT};
+
+		run_calls(&d);
+	}
+}
+
+/* Set up the state for `inputs` (in the server encoding) */
+static void
+embed_begin(EmbedState *st, char **inputs, int n, text *model, Jsonb *options,
+			int *concurrency)
+{
+	memset(st, 0, sizeof(*st));
+	st->cxt = AllocSetContextCreate(CurrentMemoryContext, "maester embed",
+									ALLOCSET_DEFAULT_SIZES);
+	st->inputs = inputs;
+	st->ninputs = n;
+	st->slots = palloc0(sizeof(EmbedSlot) * Max(n, 1));
+	st->model = model ? text_to_cstring(model) : NULL;
+	embed_parse_options(options, st, concurrency);
+}
+
+/* An input's vector as real[] */
+static Datum
+vector_datum(EmbedSlot *s)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * s->dims);
+
+	for (int d = 0; d < s->dims; d++)
+		elems[d] = Float4GetDatum(s->vector[d]);
+	return PointerGetDatum(construct_array(elems, s->dims, FLOAT4OID, sizeof(float4),
+										   true, TYPALIGN_INT));
+}
+
+PG_FUNCTION_INFO_V1(embed_many);
+/*
+ * maester.embed(input text[], model text DEFAULT NULL, options jsonb
+ *				 DEFAULT '{}') RETURNS SETOF maester.embedding_result
+ */
+Datum
+embed_many(PG_FUNCTION_ARGS)
+{
+	EmbedState	st;
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	char	  **inputs;
+	int			concurrency;
+	ReturnSetInfo *rsinfo;
+
+	maester_check_catalog();
+	maester_require_preload();
+	(void) maester_current_tenant();
+	InitMaterializedSRF(fcinfo, 0);
+	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	if (rsinfo->setDesc->natts != EMBED_RESULT_NATTS)
+		elog(ERROR, "maester.embedding_result has %d attributes, not %d",
+			 rsinfo->setDesc->natts, EMBED_RESULT_NATTS);
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	arr = PG_GETARG_ARRAYTYPE_P(0);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("input must be a one-dimensional array")));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	inputs = palloc(sizeof(char *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		inputs[i] = nulls[i] ? NULL : TextDatumGetCString(elems[i]);
+	embed_begin(&st, inputs, n, PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1),
+				PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &concurrency);
+	embed_run(&st, concurrency);
+
+	for (int i = 0; i < n; i++)
+	{
+		EmbedSlot  *s = &st.slots[i];
+		Datum		v[EMBED_RESULT_NATTS];
+		bool		vn[EMBED_RESULT_NATTS];
+
+		memset(vn, true, sizeof(vn));
+		v[0] = Int32GetDatum(i + 1);
+		vn[0] = false;
+		if (s->vector)
+		{
+			v[1] = vector_datum(s);
+			v[2] = Int32GetDatum((int32) Min(s->tokens, PG_INT32_MAX));
+			vn[1] = vn[2] = false;
+		}
+		else
+		{
+			v[3] = CStringGetTextDatum(unpack_sql_state(s->sqlstate ? s->sqlstate : ERRCODE_INTERNAL_ERROR));
+			v[4] = CStringGetTextDatum(s->error_class ? s->error_class : "error");
+			v[5] = CStringGetTextDatum(s->message ? s->message : "no answer");
+			vn[3] = vn[4] = vn[5] = false;
+			if (s->detail)
+			{
+				v[6] = CStringGetTextDatum(s->detail);
+				vn[6] = false;
+			}
+		}
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, vn);
+	}
+	MemoryContextDelete(st.cxt);
+	PG_RETURN_NULL();
+}
+
+PG_FUNCTION_INFO_V1(embed_one);
+/*
+ * maester.embed(input text, model text DEFAULT NULL, options jsonb
+ *				 DEFAULT '{}') RETURNS real[]: raises the call's error
+ */
+Datum
+embed_one(PG_FUNCTION_ARGS)
+{
+	EmbedState	st;
+	char	   *input;
+	int			concurrency;
+	EmbedSlot  *s;
+	Datum		result;
+
+	maester_check_catalog();
+	maester_require_preload();
+	(void) maester_current_tenant();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("input must not be null")));
+	input = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	embed_begin(&st, &input, 1, PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1),
+				PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &concurrency);
+	embed_run(&st, 1);
+	s = &st.slots[0];
+	if (s->vector == NULL)
+		ereport(ERROR,
+				(errcode(s->sqlstate ? s->sqlstate : ERRCODE_INTERNAL_ERROR),
+				 errmsg_internal("%s", s->message ? s->message : "no answer"),
+				 s->detail ? errdetail_internal("%s", s->detail) : 0));
+	result = vector_datum(s);
+	MemoryContextDelete(st.cxt);
+	PG_RETURN_DATUM(result);
+}
