@@ -77,8 +77,8 @@ SELECT ordinal, provider IS NOT NULL AS served, error_code, error_class, error_m
 -- a batch in which every request failed says so (NOTICE)
 SET client_min_messages = notice;
 SELECT count(*) AS rows, count(error_code) AS failed FROM maester.generate_batch(ARRAY[
-    '{"prompt": "bad one", "model": "fault-status-400"}',
-    '{"prompt": "bad two", "model": "no-such-model-anywhere"}']::jsonb[]);
+    '{"prompt": "bad two", "model": "no-such-model-anywhere"}',
+    '{"prompt": "bad one", "model": "fault-status-400"}']::jsonb[]);
 SET client_min_messages = error;
 
 -- fail_fast: the first failure is the statement's error

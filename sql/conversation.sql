@@ -250,6 +250,58 @@ SELECT pg_temp.err($$ SELECT maester.prompt_register('cv_bad', messages => '[{"r
 SELECT pg_temp.err($$ SELECT maester.prompt_register('cv_bad', messages => '{"role": "user", "content": "x"}') $$);
 SELECT pg_temp.err($$ SELECT maester.prompt_register('cv_bad') $$);
 
+-- (review) a tool loop goes on when the model wrote arguments that are not
+-- JSON: they go back as the string they were
+SELECT g2.content
+  FROM maester.llm_generate('Weather?', 'cv-badargs') g1,
+       maester.llm_generate(model => 'cv-o', messages => jsonb_build_array(
+           jsonb_build_object('role', 'user', 'content', 'Weather?'),
+           jsonb_build_object('role', 'assistant', 'content', NULL, 'tool_calls', g1.tool_calls),
+           jsonb_build_object('role', 'tool', 'tool_call_id', g1.tool_calls -> 0 ->> 'id',
+                              'content', 'error: your arguments were not JSON')),
+         options => '{"tools": [{"name": "get_weather"}]}') g2;
+SELECT pg_temp.last_body() -> 'messages' -> 1 -> 'tool_calls' -> 0 -> 'function' -> 'arguments' AS arguments_sent;
+-- and at Anthropic (whose input is an object) under _raw
+SELECT content FROM maester.llm_generate(model => 'cv-a', messages => '[
+    {"role": "user", "content": "Weather?"},
+    {"role": "assistant", "tool_calls": [{"id": "toolu_9", "name": "get_weather", "arguments": "{\"city\": \"Par"}]},
+    {"role": "tool", "tool_call_id": "toolu_9", "content": "bad arguments"}]',
+    options => '{"tools": [{"name": "get_weather"}]}');
+SELECT pg_temp.last_body() -> 'messages' -> 1 -> 'content' -> 0 -> 'input' AS input_sent;
+-- a turn that only calls tools is not held to the answer's schema
+SELECT finish_reason, evaluation ->> 'status' AS status
+  FROM maester.llm_generate(model => 'cv-o', messages => '[{"role": "user", "content": "Weather?"}]',
+    options => '{"tools": [{"name": "get_weather", "strict": true, "parameters": {"type": "object"}}],
+                 "response_format": {"type": "json_schema", "json_schema": {"name": "report",
+                   "schema": {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}}}}');
+SELECT pg_temp.last_body() -> 'tools' -> 0 -> 'function' -> 'strict' AS strict_sent;
+-- tools from a prompt version's config, tool_choice from the call
+SELECT version FROM maester.prompt_register('cv_wx', 'Weather in {city}?',
+    config => '{"tools": [{"name": "get_weather", "parameters": {"type": "object"}}]}');
+SELECT content, tool_calls IS NULL AS no_calls FROM maester.llm_generate(prompt_name => 'cv_wx', variables => '{"city": "Paris"}',
+    model => 'cv-o', options => '{"tool_choice": "none"}');
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"tools": [{"name": "t"}], "extra": {"tools": []}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"extra": {"output_config": {}}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"tools": [{"name": "answer"}],
+    "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"tools": [{"name": "t", "parameters": {"type": "string"}}]}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', options => '{"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "array"}}}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": "q"},
+    {"role": "assistant", "tool_calls": [{"id": "a", "name": "t"}, {"id": "b", "name": "t"}]},
+    {"role": "tool", "tool_call_id": "a", "content": "r"}, {"role": "user", "content": "and?"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": "q"},
+    {"role": "assistant", "tool_calls": [{"id": "a", "name": "t"}]}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": "q"},
+    {"role": "assistant", "tool_calls": [{"id": "a", "name": "t"}]},
+    {"role": "tool", "tool_call_id": "a", "content": "r"}, {"role": "tool", "tool_call_id": "a", "content": "r"}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": ""}]') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate(messages => '[{"role": "user", "content": "q"},
+    {"role": "assistant", "tool_calls": [{"id": "a", "name": "t"}, {"id": "a", "name": "t"}]}]') $$);
+SELECT pg_temp.err(format($$ SELECT maester.llm_generate(messages => %L) $$, jsonb_build_array(
+    jsonb_build_object('role', 'user', 'content', 'q'),
+    jsonb_build_object('role', 'assistant', 'tool_calls',
+        (SELECT jsonb_agg(jsonb_build_object('id', 'c' || i, 'name', 't')) FROM generate_series(1, 257) i)))));
+
 -- what a model accepts (maester.model): sampling parameters it refuses
 -- are left out, by its row or by the documented rule
 INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit_failure_threshold)

@@ -84,6 +84,12 @@ SELECT c.relname FROM pg_class c
  WHERE c.relnamespace = 'maester'::regnamespace AND c.relname IN ('job', 'job_progress')
    AND obj_description(c.oid, 'pg_class') IS NULL;
 
+-- a tool_choice whose tools come from the prompt version's config is
+-- checked when the job runs, with the config (issue #15)
+SELECT version FROM maester.prompt_register('job_wx', 'Weather in {city}?',
+    config => '{"tools": [{"name": "get_weather", "parameters": {"type": "object"}}]}');
+SELECT pg_temp.err($$ SELECT maester.submit('{"prompt_name": "job_wx", "variables": {"city": "Paris"}, "options": {"tool_choice": {"name": "get_weather"}}}') $$) ~ '^ok' AS submitted;
+
 DELETE FROM maester.job;
 DROP PROCEDURE public.job_cb(bigint), public.wrong_args(text);
 DROP FUNCTION public.not_a_procedure(bigint);

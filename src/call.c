@@ -276,7 +276,7 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 	g->purpose = purpose;
 
 	request_check_args(a);
-	request_parse_options(a->options, &c->opts);
+	request_parse_options_alone(a->options, &c->opts);
 
 	new_ids(&g->request_id, g->trace_id);
 	if (request_id)
@@ -332,7 +332,7 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 			if (a->max_tokens <= 0 && json_get_int64(&rp.config->root, "max_tokens", &mt) &&
 				mt > 0 && mt <= PG_INT32_MAX)
 				max_tokens = (int) mt;
-			request_parse_options(config_with_options(rp.config, a->options), &c->opts);
+			request_parse_options_alone(config_with_options(rp.config, a->options), &c->opts);
 			g->tags = c->opts.tags;
 		}
 		if (rp.messages != NIL)
@@ -355,8 +355,13 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 		system = a->system;
 		maester_prompt_hash(system, content, g->prompt_hash);
 	}
+	request_check_options(&c->opts);
 	if (c->opts.gen.schema != NULL)
+	{
+		c->base_checks = g->checks;
+		c->schema_checked = true;
 		g->checks = checks_with_schema(g->checks, c->opts.gen.schema);
+	}
 	c->content = content;
 	c->system = system;
 	/* a provider answers an empty prompt with a 400 (billed by some): not sent */
@@ -443,7 +448,13 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 			}
 			c->cs.est_input_tokens += utf8_length(m->tool_call_id);
 		}
-		/* tool definitions and a schema are sent as input too */
+		/*
+		 * tool definitions and a schema are sent as input too, and with
+		 * tools a provider adds a system prompt of its own (Anthropic's is
+		 * 300 to 350 tokens)
+		 */
+		if (c->opts.gen.tools != NIL || c->opts.gen.schema != NULL)
+			c->cs.est_input_tokens += 400;
 		foreach(lc, c->opts.gen.tools)
 		{
 			GenTool    *t = (GenTool *) lfirst(lc);
@@ -879,6 +890,7 @@ typedef struct EvalPass
 	Jsonb	   *ctx;
 	RubricGrader grader;
 	void	   *grader_arg;
+	Jsonb	   *checks;
 	Jsonb	   *result;
 } EvalPass;
 
@@ -895,16 +907,30 @@ evaluated_text(Generation *g)
 	return g->resp.content;
 }
 
+/*
+ * The checks an answer is evaluated with: the version's, and a response
+ * format's schema -- but not for a turn that only calls tools, which is
+ * not the answer the schema describes
+ */
+static Jsonb *
+evaluated_checks(Call *c)
+{
+	Generation *g = &c->g;
+
+	if (c->schema_checked && g->resp.content[0] == '\0' && g->resp.tool_calls != NULL)
+		return c->base_checks;
+	return g->checks;
+}
+
 static void
 evaluate_pass_fn(void *arg)
 {
 	EvalPass   *ep = (EvalPass *) arg;
 	Generation *g = &ep->c->g;
-
 	const char *out = evaluated_text(g);
 
-	ep->result = maester_evaluate(out, strlen(out),
-								  g->checks, ep->ctx, ep->grader, ep->grader_arg);
+	ep->result = maester_evaluate(out, strlen(out), ep->checks, ep->ctx, ep->grader,
+								  ep->grader_arg);
 }
 
 /* {"status": "error", ...}, with a WARNING, for an evaluation that failed */
@@ -934,12 +960,12 @@ evaluation_error(Call *c, const char *message)
 static Jsonb *
 evaluate_pass(Call *c, RubricGrader grader, void *grader_arg, bool *ok)
 {
-	EvalPass	ep = {c, evaluation_context(c), grader, grader_arg, NULL};
+	EvalPass	ep = {c, evaluation_context(c), grader, grader_arg, evaluated_checks(c), NULL};
 	Generation *g = &c->g;
 	ErrorData  *edata;
 
 	*ok = true;
-	if (g->checks == NULL)
+	if (ep.checks == NULL)
 		return maester_evaluate(evaluated_text(g), strlen(evaluated_text(g)), NULL,
 								ep.ctx, NULL, NULL);
 	edata = maester_subxact(evaluate_pass_fn, &ep, CurrentMemoryContext);

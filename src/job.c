@@ -736,7 +736,8 @@ record_end(JobWorker *w, Call *c)
 							  "error_code = $4, error_class = $5, error_message = $6, "
 							  "result = CASE WHEN $3 THEN ROW($7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
 							  "$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)::maester.job_result END, "
-							  "tool_calls = $29, parsed = $30, refusal = $31, "
+							  "tool_calls = CASE WHEN $3 THEN $29 END, parsed = CASE WHEN $3 THEN $30 END, "
+							  "refusal = CASE WHEN $3 THEN $31 END, "
 							  "worker_pid = NULL, cancel_requested = false "
 							  "FROM (SELECT q.id FROM maester.job q WHERE q.id = $1 FOR UPDATE SKIP LOCKED) l "
 							  "WHERE j.id = l.id RETURNING j.callback IS NOT NULL",

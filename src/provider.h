@@ -54,6 +54,7 @@ typedef struct GenTool
 	char	   *name;
 	char	   *description;	/* NULL: none */
 	char	   *parameters;		/* JSON text of an object schema */
+	int			strict;			/* -1: not given; else the given boolean */
 } GenTool;
 
 typedef enum ToolChoice

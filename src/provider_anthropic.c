@@ -150,7 +150,11 @@ append_conversation(StringInfo out, const GenRequest *req)
 			escape_json(&t->blocks, tc->id);
 			appendStringInfoString(&t->blocks, ",\"name\":");
 			escape_json(&t->blocks, tc->name);
-			appendStringInfo(&t->blocks, ",\"input\":%s}", tc->arguments);
+			/* input is an object (ToolUseBlockParam); what a model wrote that was not one is kept under _raw */
+			if (tc->arguments[0] == '{')
+				appendStringInfo(&t->blocks, ",\"input\":%s}", tc->arguments);
+			else
+				appendStringInfo(&t->blocks, ",\"input\":{\"_raw\":%s}}", tc->arguments);
 			t->last_end = t->blocks.len - 1;
 		}
 	}
@@ -235,6 +239,8 @@ append_tools(StringInfo out, const GenRequest *req)
 			appendStringInfoString(out, ",\"description\":");
 			escape_json(out, t->description);
 		}
+		if (t->strict >= 0)
+			appendStringInfo(out, ",\"strict\":%s", t->strict ? "true" : "false");
 		appendStringInfo(out, ",\"input_schema\":%s}", t->parameters);
 	}
 	if (forced)

@@ -61,6 +61,30 @@ append_string_array(StringInfo out, List *strings)
 }
 
 /*
+ * "arguments": a string of JSON (ChatCompletionMessageFunctionToolCall):
+ * the arguments' JSON text, or, for arguments the model wrote that were
+ * not JSON (kept as a JSON string), that text as it was
+ */
+static void
+append_arguments(StringInfo out, const char *json)
+{
+	if (json[0] == '"')
+	{
+		char	   *problem = NULL;
+		Jsonb	   *s = json_parse_any(json, &problem);
+		JsonbValue	v;
+
+		if (s && JsonbExtractScalar(&s->root, &v) && v.type == jbvString)
+		{
+			appendStringInfoString(out, "\"arguments\":");
+			escape_json(out, pnstrdup(v.val.string.val, v.val.string.len));
+			return;
+		}
+	}
+	append_string_member(out, "arguments", json);
+}
+
+/*
  * The conversation as ChatCompletionMessageParam[]: system, user,
  * assistant (tool_calls as ChatCompletionMessageFunctionToolCall, whose
  * arguments are a string of JSON) and tool ({tool_call_id, content}).
@@ -108,7 +132,7 @@ append_messages(StringInfo out, const GenRequest *req)
 				appendStringInfoString(out, ",\"type\":\"function\",\"function\":{");
 				append_string_member(out, "name", tc->name);
 				appendStringInfoChar(out, ',');
-				append_string_member(out, "arguments", tc->arguments);
+				append_arguments(out, tc->arguments);
 				appendStringInfoString(out, "}}");
 			}
 			appendStringInfoChar(out, ']');
@@ -145,6 +169,8 @@ append_tools(StringInfo out, const GenRequest *req)
 			appendStringInfoChar(out, ',');
 			append_string_member(out, "description", t->description);
 		}
+		if (t->strict >= 0)
+			appendStringInfo(out, ",\"strict\":%s", t->strict ? "true" : "false");
 		appendStringInfo(out, ",\"parameters\":%s}}", t->parameters);
 	}
 	appendStringInfoChar(out, ']');

@@ -18,6 +18,7 @@
 
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -77,6 +78,7 @@ option_extra(JsonbValue *v)
 	static const char *const ours[] = {
 		"model", "messages", "system", "max_tokens", "max_completion_tokens",
 		"temperature", "top_p", "stop", "stop_sequences", "response_format", "stream",
+		"tools", "tool_choice", "output_config", "input", "dimensions", "encoding_format",
 		"n",					/* several answers billed, one read and reserved */
 	};
 	Jsonb	   *extra;
@@ -192,7 +194,7 @@ option_tools(JsonbValue *v)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("tool type \"%s\" is not supported", type),
-					 errhint("Give function tools: {\"name\", \"description\", \"parameters\"}; provider-specific tools go in options.extra.")));
+					 errhint("Give function tools: {\"name\", \"description\", \"parameters\"}.")));
 		t->name = tool_name_of(def, "tool");
 		foreach(lc, tools)
 			if (strcmp(((GenTool *) lfirst(lc))->name, t->name) == 0)
@@ -212,9 +214,24 @@ option_tools(JsonbValue *v)
 		if (params == NULL || params->type == jbvNull)
 			t->parameters = pstrdup("{\"type\":\"object\",\"properties\":{}}");
 		else if (params->type == jbvBinary && JsonContainerIsObject(params->val.binary.data))
+		{
+			char	   *type = json_get_string(params->val.binary.data, "type");
+
+			/* both providers take an object schema only (Anthropic: 400 otherwise) */
+			if (type == NULL || strcmp(type, "object") != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("the parameters of tool \"%s\" must be a schema of \"type\": \"object\"",
+								t->name)));
 			t->parameters = json_value_text(params);
+		}
 		else
 			option_error("tools", "definitions whose \"parameters\" is a JSON-schema object");
+		{
+			JsonbValue *strict = json_get(def, "strict");
+
+			t->strict = strict && strict->type == jbvBool ? strict->val.boolean : -1;
+		}
 		tools = lappend(tools, t);
 	}
 	return tools;
@@ -290,6 +307,13 @@ option_json_schema(JsonbContainer *rf, GenRequest *gen)
 	if (schema == NULL || schema->type != jbvBinary ||
 		!JsonContainerIsObject(schema->val.binary.data))
 		option_error("response_format", "a json_schema whose \"schema\" is a JSON-schema object");
+	{
+		char	   *type = json_get_string(schema->val.binary.data, "type");
+
+		/* an object at the root: OpenAI's strict mode and Anthropic's tool need one */
+		if (type == NULL || strcmp(type, "object") != 0)
+			option_error("response_format", "a json_schema whose schema is of \"type\": \"object\"");
+	}
 	strict = json_get(spec->val.binary.data, "strict");
 	if (strict != NULL && strict->type != jbvBool && strict->type != jbvNull)
 		option_error("response_format", "a json_schema whose \"strict\" is a boolean");
@@ -349,9 +373,12 @@ option_cache_control(JsonbValue *v, GenRequest *gen)
 		option_error("cache_control", what);
 }
 
-/* Parse and check the options object (NULL: the defaults); raises 22023 */
+/*
+ * Parse and check the options object (NULL: the defaults), each option on
+ * its own; raises 22023.  request_check_options checks them together.
+ */
 void
-request_parse_options(Jsonb *opts, CallOptions *o)
+request_parse_options_alone(Jsonb *opts, CallOptions *o)
 {
 	JsonbIterator *it;
 	JsonbValue	k;
@@ -464,13 +491,24 @@ request_parse_options(Jsonb *opts, CallOptions *o)
 					 errmsg("unknown option \"%s\"", key),
 					 errhint("Known options: " KNOWN_OPTIONS ".")));
 	}
+}
+
+/*
+ * The options together (tool_choice needs tools and names one of them; a
+ * json_schema's name is not a tool's): once a prompt version's config has
+ * been merged in, since tools may come from it.  Raises 22023.
+ */
+void
+request_check_options(const CallOptions *o)
+{
+	ListCell   *lc;
+
 	if (o->gen.tool_choice != TOOL_CHOICE_DEFAULT && o->gen.tools == NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("option \"tool_choice\" needs option \"tools\"")));
 	if (o->gen.tool_choice == TOOL_CHOICE_NAMED)
 	{
-		ListCell   *lc;
 		bool		found = false;
 
 		foreach(lc, o->gen.tools)
@@ -481,6 +519,21 @@ request_parse_options(Jsonb *opts, CallOptions *o)
 					 errmsg("tool_choice names tool \"%s\", which is not among the tools",
 							o->gen.tool_choice_name)));
 	}
+	if (o->gen.schema_name)
+		foreach(lc, o->gen.tools)
+			if (strcmp(((GenTool *) lfirst(lc))->name, o->gen.schema_name) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("response_format json_schema \"%s\" has the name of a tool", o->gen.schema_name),
+						 errhint("At Anthropic the schema is a tool of its own: give it another name.")));
+}
+
+/* Parse the options object and check them together; raises 22023 */
+void
+request_parse_options(Jsonb *opts, CallOptions *o)
+{
+	request_parse_options_alone(opts, o);
+	request_check_options(o);
 }
 
 /* Raise 22023 for a bad request member */
@@ -662,10 +715,18 @@ request_validate(Jsonb *request)
 
 	request_parse(request, &a, &has_model);
 	request_check_args(&a);
-	request_parse_options(a.options, &o);
+	/* a prompt version's config may bring the tools a tool_choice names */
+	if (a.prompt_name)
+		request_parse_options_alone(a.options, &o);
+	else
+		request_parse_options(a.options, &o);
 	if (a.messages)
 		(void) request_messages(a.messages, NULL);
 }
+
+/* Most tool calls in one assistant message, and messages in a conversation */
+#define MAX_TOOL_CALLS 256
+#define MAX_MESSAGES 100000
 
 /* Raise 22023 for a bad message */
 static void
@@ -730,6 +791,8 @@ message_tool_calls(JsonbValue *v, int i, int64 *chars)
 	if (v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data) ||
 		(n = JsonContainerSize(v->val.binary.data)) == 0)
 		message_error(i, "has \"tool_calls\" that are not a non-empty array");
+	if (n > MAX_TOOL_CALLS)
+		message_error(i, psprintf("has more than %d tool calls", MAX_TOOL_CALLS));
 	for (int k = 0; k < n; k++)
 	{
 		JsonbValue *e = getIthJsonbValueFromContainer(v->val.binary.data, k);
@@ -742,8 +805,12 @@ message_tool_calls(JsonbValue *v, int i, int64 *chars)
 			message_error(i, "has a tool call that is not an object");
 		c = e->val.binary.data;
 		tc->id = json_get_string(c, "id");
-		if (tc->id == NULL || tc->id[0] == '\0')
-			message_error(i, "has a tool call without an \"id\"");
+		if (tc->id == NULL || tc->id[0] == '\0' || strlen(tc->id) > 256)
+			message_error(i, "has a tool call without an \"id\" (of at most 256 bytes)");
+		for (ListCell *lc = list_head(calls); lc; lc = lnext(calls, lc))
+			if (strcmp(((GenToolCall *) lfirst(lc))->id, tc->id) == 0)
+				message_error(i, psprintf("has two tool calls with id \"%s\"",
+										  maester_cut_short(pstrdup(tc->id), 64)));
 		fn = json_get_container(c, "function");
 		if (fn != NULL && JsonContainerIsObject(fn))
 			c = fn;
@@ -753,25 +820,48 @@ message_tool_calls(JsonbValue *v, int i, int64 *chars)
 		args = json_get(c, "arguments");
 		if (args == NULL || args->type == jbvNull)
 			tc->arguments = pstrdup("{}");
-		else if (args->type == jbvString)
+		else if (args->type == jbvString && fn != NULL)
 		{
+			/* OpenAI's shape: a string of JSON, kept a string when it is not JSON */
 			char	   *problem = NULL;
 			char	   *text = pnstrdup(args->val.string.val, args->val.string.len);
 			Jsonb	   *parsed = json_parse_any(text, &problem);
 
-			if (parsed == NULL || !JB_ROOT_IS_OBJECT(parsed))
-				message_error(i, "has a tool call whose \"arguments\" string is not a JSON object");
-			tc->arguments = JsonbToCString(NULL, &parsed->root, VARSIZE(parsed));
+			tc->arguments = parsed ? JsonbToCString(NULL, &parsed->root, VARSIZE(parsed)) :
+				json_value_text(args);
 		}
-		else if (args->type == jbvBinary && JsonContainerIsObject(args->val.binary.data))
-			tc->arguments = json_value_text(args);
 		else
-			message_error(i, "has a tool call whose \"arguments\" are not a JSON object");
+		{
+			/*
+			 * Our shape: any JSON value, as generation.tool_calls gives it
+			 * (a model's arguments that were not JSON are a JSON string
+			 * there, and must go back as they came)
+			 */
+			tc->arguments = json_value_text(args);
+		}
 		if (chars)
 			*chars += strlen(tc->name) + pg_mbstrlen(tc->arguments);
 		calls = lappend(calls, tc);
 	}
 	return calls;
+}
+
+/*
+ * Raise 22023 if tool calls are left unanswered at message i (n: the
+ * end): both providers refuse a conversation that goes on without every
+ * call's result
+ */
+static void
+unanswered(List *open_calls, int i)
+{
+	if (open_calls == NIL)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("tool call \"%s\" has no result before %s",
+					maester_cut_short(pstrdup((char *) linitial(open_calls)), 64),
+					psprintf(i >= 0 ? "message %d" : "the end", i + 1)),
+			 errhint("Each tool call of an assistant message is answered by a tool message ({\"role\": \"tool\", \"tool_call_id\": ..., \"content\": ...}) right after it.")));
 }
 
 /*
@@ -793,6 +883,8 @@ request_messages(Jsonb *messages, int64 *chars)
 	if (!JB_ROOT_IS_ARRAY(messages) || JB_ROOT_IS_SCALAR(messages))
 		request_error("messages", "an array of messages");
 	n = JsonContainerSize(&messages->root);
+	if (n > MAX_MESSAGES)
+		request_error("messages", psprintf("a conversation of at most %d messages", MAX_MESSAGES));
 	for (int i = 0; i < n; i++)
 	{
 		JsonbValue *e = getIthJsonbValueFromContainer(&messages->root, i);
@@ -851,8 +943,13 @@ request_messages(Jsonb *messages, int64 *chars)
 								maester_cut_short(key, 64)),
 						 errhint("Members are role and content; tool_calls for an assistant, tool_call_id for a tool.")));
 		}
+		CHECK_FOR_INTERRUPTS();
 		if (m->content == NULL && m->tool_calls == NIL)
 			message_error(i, has_content ? "has a null \"content\"" : "has no \"content\"");
+		/* providers refuse empty text (Anthropic: 400); a tool's result may be empty */
+		if (m->content != NULL && m->content[0] == '\0' && m->tool_calls == NIL &&
+			strcmp(role, "tool") != 0)
+			message_error(i, "has an empty \"content\"");
 		if (strcmp(role, "tool") == 0)
 		{
 			ListCell   *lc;
@@ -861,19 +958,27 @@ request_messages(Jsonb *messages, int64 *chars)
 			if (m->tool_call_id == NULL)
 				message_error(i, "is a tool result without a \"tool_call_id\"");
 			foreach(lc, open_calls)
-				found |= strcmp((char *) lfirst(lc), m->tool_call_id) == 0;
+			{
+				if (strcmp((char *) lfirst(lc), m->tool_call_id) == 0)
+				{
+					/* answered: each call is answered once */
+					open_calls = foreach_delete_current(open_calls, lc);
+					found = true;
+					break;
+				}
+			}
 			if (!found)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("message %d answers tool call \"%s\", which the assistant message before it did not make",
+						 errmsg("message %d answers tool call \"%s\", which the assistant message before it did not make (or another message answered)",
 								i + 1, maester_cut_short(pstrdup(m->tool_call_id), 64)),
-						 errhint("Tool results follow the assistant message with their tool_calls.")));
+						 errhint("Tool results follow the assistant message with their tool_calls, one for each call.")));
 		}
 		else
 		{
 			ListCell   *lc;
 
-			open_calls = NIL;
+			unanswered(open_calls, i);
 			foreach(lc, m->tool_calls)
 				open_calls = lappend(open_calls, ((GenToolCall *) lfirst(lc))->id);
 		}
@@ -883,6 +988,7 @@ request_messages(Jsonb *messages, int64 *chars)
 			total += pg_mbstrlen(m->content);
 		out = lappend(out, m);
 	}
+	unanswered(open_calls, -1);
 	if (nconv == 0)
 		request_error("messages", "a conversation with at least one user, assistant or tool message");
 	if (chars)

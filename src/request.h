@@ -41,6 +41,8 @@ typedef struct CallArgs
 } CallArgs;
 
 extern void request_parse_options(Jsonb *opts, CallOptions *o);
+extern void request_parse_options_alone(Jsonb *opts, CallOptions *o);
+extern void request_check_options(const CallOptions *o);
 extern void request_parse(Jsonb *req, CallArgs *a, bool *has_model);
 extern void request_check_args(const CallArgs *a);
 extern void request_with_defaults(Jsonb *req, text *model, text *prompt_name,
