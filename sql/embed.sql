@@ -46,7 +46,7 @@ CREATE TEMP TABLE e AS
 SELECT * FROM maester.embed(ARRAY['postgres database tuning', 'tuning a postgres database',
                                   'banana smoothie recipe'], 'emb');
 SELECT ordinal, array_length(embedding, 1) AS dims, input_tokens > 0 AS tokens, error_class FROM e ORDER BY ordinal;
-SELECT pg_temp.dot(a.embedding, b.embedding) > pg_temp.dot(a.embedding, c.embedding) AS related_is_closer
+SELECT maester.cosine_similarity(a.embedding, b.embedding) > maester.cosine_similarity(a.embedding, c.embedding) AS related_is_closer
   FROM e a, e b, e c WHERE a.ordinal = 1 AND b.ordinal = 2 AND c.ordinal = 3;
 -- options.dimensions is sent and checked
 SELECT array_length(maester.embed('hello', 'emb', '{"dimensions": 256}'), 1) AS dims;

@@ -25,6 +25,7 @@
 
 #include "hostlist.h"
 #include "settings.h"
+#include "vector_kernels.h"
 #include "tenant.h"
 
 char	   *maester_allow_insecure_hosts = NULL;
@@ -37,6 +38,7 @@ int			maester_routing_log_level = DEBUG1;
 char	   *maester_key_directory = NULL;
 bool		maester_capture_content = false;
 char	   *maester_tenant = NULL;
+char	   *maester_vector_kernels = NULL;
 int			maester_ledger_timeout_ms = 5000;
 bool		maester_budget_allow_unpriced = false;
 char	   *maester_traceparent = NULL;
@@ -114,6 +116,17 @@ check_otlp_endpoint(char **newval, void **extra, GucSource source)
 		return false;
 	}
 	return true;
+}
+
+/* maester.vector_kernels: auto, or kernels this CPU runs */
+static bool
+check_vector_kernels(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || strcmp(*newval, "auto") == 0 || vector_kernels_named(*newval) != NULL)
+		return true;
+	GUC_check_errdetail("This CPU does not run \"%s\" (it runs \"%s\"); use auto, scalar or one it runs.",
+						*newval, vector_kernels()->name);
+	return false;
 }
 
 /* maester.tenant: a non-empty name, of a tenant the role may act as */
@@ -257,6 +270,15 @@ settings_define(void)
 							   PGC_USERSET,
 							   0,
 							   check_tenant, NULL, NULL);
+
+	DefineCustomStringVariable("maester.vector_kernels",
+							   "The SIMD kernels of inner_product, cosine_similarity and l2_distance.",
+							   "auto (the best this CPU runs), or avx512, avx2, neon or scalar, for tests and benchmarks; one this CPU cannot run is refused.",
+							   &maester_vector_kernels,
+							   "auto",
+							   PGC_USERSET,
+							   0,
+							   check_vector_kernels, NULL, NULL);
 
 	DefineCustomIntVariable("maester.ledger_timeout_ms",
 							"How long a call waits for the usage ledger before failing.",

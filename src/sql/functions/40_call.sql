@@ -43,6 +43,30 @@ LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 COMMENT ON FUNCTION maester.embed(text, text, jsonb) IS
     'Embeds one text through the gateway and returns its vector; raises the call''s error. See maester.embed(text[], ...).';
 
+CREATE FUNCTION maester.inner_product(a real[], b real[])
+RETURNS double precision
+AS 'MODULE_PATHNAME', 'vector_inner_product'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION maester.inner_product(real[], real[]) IS
+    'The dot product of two vectors of one length (SIMD: AVX-512, AVX2 with FMA or NEON, chosen at run time); a NULL element, an empty or multidimensional array, or lengths that differ are errors.';
+
+CREATE FUNCTION maester.cosine_similarity(a real[], b real[])
+RETURNS double precision
+AS 'MODULE_PATHNAME', 'vector_cosine_similarity'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION maester.cosine_similarity(real[], real[]) IS
+    'a.b / (|a| |b|), between -1 and 1; NULL when a vector has norm 0. Same rules as inner_product.';
+
+CREATE FUNCTION maester.l2_distance(a real[], b real[])
+RETURNS double precision
+AS 'MODULE_PATHNAME', 'vector_l2_distance'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION maester.l2_distance(real[], real[]) IS
+    'The Euclidean distance |a - b|. Same rules as inner_product.';
+
 CREATE FUNCTION maester.generate_batch(
     requests    jsonb[],
     concurrency integer DEFAULT 16,

@@ -87,3 +87,6 @@ GRANT EXECUTE ON FUNCTION maester.budget_counters() TO maester_user;
 GRANT EXECUTE ON FUNCTION maester.price_key(text, timestamptz), maester.model_identity(text)
     TO maester_reader, maester_user;
 GRANT SELECT, INSERT, DELETE ON maester.shipped_removed TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.inner_product(real[], real[]),
+    maester.cosine_similarity(real[], real[]), maester.l2_distance(real[], real[])
+    TO maester_user, maester_reader, maester_admin;
