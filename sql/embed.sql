@@ -91,6 +91,29 @@ SELECT count(*) AS attempts FROM maester.usage WHERE tenant = 'embeddings' AND m
 SELECT array_length(maester.embed('no usage', 'emb-nousage', '{"dimensions": 4}'), 1) AS dims;
 SELECT usage_estimated, input_tokens FROM maester.usage WHERE tenant = 'embeddings' AND model_name = 'emb-nousage';
 
+-- the embedding cache (options.cache): a repeated input is not sent, and
+-- is a ledger row of status cached at $0 (estimated_cost_usd: what it
+-- would have cost); per tenant, model and dimensions
+SELECT pg_temp.requests() AS before \gset
+CREATE TEMP TABLE c1 AS SELECT * FROM maester.embed(ARRAY['alpha beta', 'gamma'], 'emb', '{"cache": true, "dimensions": 8}');
+SELECT pg_temp.requests() - :before AS requests, (SELECT count(*) FROM maester.embedding_cache WHERE tenant = 'embeddings') AS kept;
+SELECT pg_temp.requests() AS before \gset
+CREATE TEMP TABLE c2 AS SELECT * FROM maester.embed(ARRAY['alpha beta', 'delta', 'alpha beta'], 'emb', '{"cache": true, "dimensions": 8}');
+SELECT pg_temp.requests() - :before AS requests, pg_temp.last_body() -> 'input' AS sent;
+SELECT c2.ordinal, c2.model, c2.embedding = c1.embedding AS same_vector
+  FROM c2 LEFT JOIN c1 ON c1.ordinal = 1 WHERE c2.ordinal IN (1, 3) ORDER BY 1;
+SELECT status, input_tokens, cost_usd, estimated_cost_usd > 0 AS saved, purpose
+  FROM maester.usage WHERE tenant = 'embeddings' AND status = 'cached';
+-- another tenant, other dimensions, no option: not from this cache
+SET maester.tenant = 'embeddings-other';
+SELECT pg_temp.requests() AS before \gset
+SELECT count(*) FROM maester.embed(ARRAY['alpha beta'], 'emb', '{"cache": true, "dimensions": 8}');
+SET maester.tenant = 'embeddings';
+SELECT count(*) FROM maester.embed(ARRAY['alpha beta'], 'emb', '{"cache": true, "dimensions": 16}');
+SELECT count(*) FROM maester.embed(ARRAY['alpha beta'], 'emb', '{"dimensions": 8}');
+SELECT pg_temp.requests() - :before AS requests;
+DELETE FROM maester.embedding_cache;
+
 -- Anthropic has no embeddings; the default route needs OpenAI's key
 SELECT pg_temp.err($$ SELECT maester.embed('x', 'emb-claude') $$);
 SELECT pg_temp.err($$ SELECT maester.embed('x') $$);

@@ -28,6 +28,8 @@
 #include <math.h>
 
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
@@ -35,8 +37,14 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
 
 #include "call.h"
+#include "ledger.h"
+#include "meter.h"
+#include "sha256.h"
 #include "catalog.h"
 #include "jsonutil.h"
 #include "request.h"
@@ -49,9 +57,9 @@
 /* Most worst-case tokens in one request when the provider says nothing */
 #define EMBED_DEFAULT_BATCH_TOKENS 300000
 /* Attributes of maester.embedding_result */
-#define EMBED_RESULT_NATTS 7
+#define EMBED_RESULT_NATTS 8
 
-#define EMBED_OPTIONS "dimensions, input_type, normalize, concurrency, timeout_ms, max_attempts, fallback, tags, extra"
+#define EMBED_OPTIONS "dimensions, input_type, normalize, cache, concurrency, timeout_ms, max_attempts, fallback, tags, extra"
 
 /* One input's result */
 typedef struct EmbedSlot
@@ -59,6 +67,9 @@ typedef struct EmbedSlot
 	float4	   *vector;			/* NULL: failed (or not yet) */
 	int			dims;
 	int64		tokens;			/* its share of the request's input tokens */
+	const char *model;			/* the identity of the model that made it */
+	bool		cached;			/* from the cache (else: to keep there) */
+	uint8		sha[32];		/* options.cache: the input's SHA-256 */
 	int			sqlstate;
 	const char *error_class;
 	char	   *message;
@@ -81,7 +92,9 @@ typedef struct EmbedState
 	const char *model;
 	CallOptions opts;
 	bool		normalize;
+	bool		cache;			/* options.cache */
 	int			model_dims;		/* the first target's model row's; 0: unknown */
+	RouteTarget *first;			/* the route's first target */
 	MemoryContext cxt;
 	int			ordinal;
 } EmbedState;
@@ -150,11 +163,14 @@ embed_parse_options(Jsonb *opts, EmbedState *st, int *concurrency)
 					embed_option_error(key, "\"query\" or \"document\"");
 				input_type = pnstrdup(v.val.string.val, v.val.string.len);
 			}
-			else if (strcmp(key, "normalize") == 0)
+			else if (strcmp(key, "normalize") == 0 || strcmp(key, "cache") == 0)
 			{
 				if (v.type != jbvBool)
 					embed_option_error(key, "a boolean");
-				st->normalize = v.val.boolean;
+				if (key[0] == 'n')
+					st->normalize = v.val.boolean;
+				else
+					st->cache = v.val.boolean;
 			}
 			else if (strcmp(key, "timeout_ms") == 0 || strcmp(key, "max_attempts") == 0 ||
 					 strcmp(key, "fallback") == 0 || strcmp(key, "tags") == 0 ||
@@ -300,6 +316,7 @@ embed_done(Call *c, void *arg)
 			s->vector = MemoryContextAlloc(st->cxt, sizeof(float4) * r->dims);
 			memcpy(s->vector, v, sizeof(float4) * r->dims);
 			s->dims = r->dims;
+			s->model = MemoryContextStrdup(st->cxt, c->plan->targets[c->ti].name);
 			/* the request's tokens, shared by bytes (the last gets the rest) */
 			s->tokens = k == b->n - 1 ? r->input_tokens - given :
 				bytes > 0 ? r->input_tokens * (int64) strlen(st->inputs[b->idx[k]]) / bytes : 0;
@@ -323,7 +340,218 @@ batch_tokens(EmbedState *st)
 		if (plan->targets[i].provider->embedding_batch_tokens > 0)
 			limit = Min(limit, plan->targets[i].provider->embedding_batch_tokens);
 	st->model_dims = plan->ntargets > 0 ? plan->targets[0].embedding_dimensions : 0;
+	st->first = plan->ntargets > 0 ? &plan->targets[0] : NULL;
 	return limit;
+}
+
+/*
+ * options.cache: the inputs the cache holds for this tenant, the route's
+ * first model and these dimensions, into their slots (then not sent)
+ */
+static void
+cache_lookup(EmbedState *st)
+{
+	Datum	   *shas = palloc(sizeof(Datum) * Max(st->ninputs, 1));
+	int			n = 0;
+	Oid			types[4] = {TEXTOID, TEXTOID, INT4OID, BYTEAARRAYOID};
+	Datum		values[4];
+	OwnerScope	scope;
+
+	for (int i = 0; i < st->ninputs; i++)
+	{
+		bytea	   *b;
+		const char *parts[1];
+		int			lens[1];
+
+		if (st->inputs[i] == NULL || st->inputs[i][0] == '\0')
+			continue;
+		parts[0] = st->inputs[i];
+		lens[0] = strlen(st->inputs[i]);
+		maester_sha256(parts, lens, 1, st->slots[i].sha);
+		b = palloc(VARHDRSZ + 32);
+		SET_VARSIZE(b, VARHDRSZ + 32);
+		memcpy(VARDATA(b), st->slots[i].sha, 32);
+		shas[n++] = PointerGetDatum(b);
+	}
+	if (n == 0 || st->first == NULL)
+		return;
+	values[0] = CStringGetTextDatum(maester_current_tenant());
+	values[1] = CStringGetTextDatum(st->first->name);
+	values[2] = Int32GetDatum(st->opts.gen.dimensions);
+	values[3] = PointerGetDatum(construct_array(shas, n, BYTEAOID, -1, false, TYPALIGN_INT));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	maester_become_owner(maester_table_oid("embedding_cache"), &scope);
+	if (SPI_execute_with_args("SELECT input_sha256, embedding, input_tokens FROM maester.embedding_cache "
+							  "WHERE tenant OPERATOR(pg_catalog.=) $1 AND model OPERATOR(pg_catalog.=) $2 "
+							  "AND dimensions OPERATOR(pg_catalog.=) $3 "
+							  "AND input_sha256 OPERATOR(pg_catalog.=) ANY ($4)",
+							  4, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read maester.embedding_cache");
+	maester_restore_user(&scope);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		bytea	   *sha = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
+		ArrayType  *vec = DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
+		int32		tokens = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 3, &isnull));
+		int			dims = ArrayGetNItems(ARR_NDIM(vec), ARR_DIMS(vec));
+
+		/* every input with that text: a text repeated in one call is one hit each */
+		for (int i = 0; i < st->ninputs; i++)
+		{
+			EmbedSlot  *s = &st->slots[i];
+
+			if (s->vector || st->inputs[i] == NULL || st->inputs[i][0] == '\0' ||
+				memcmp(s->sha, VARDATA_ANY(sha), 32) != 0)
+				continue;
+			s->vector = MemoryContextAlloc(st->cxt, sizeof(float4) * dims);
+			memcpy(s->vector, ARR_DATA_PTR(vec), sizeof(float4) * dims);
+			s->dims = dims;
+			s->tokens = tokens;
+			s->model = MemoryContextStrdup(st->cxt, st->first->name);
+			s->cached = true;
+		}
+	}
+	SPI_finish();
+}
+
+/* Keep what the provider answered in the cache (cache_record) */
+static void
+cache_store_fn(void *arg)
+{
+	EmbedState *st = (EmbedState *) arg;
+	OwnerScope	scope;
+	Datum	   *models = palloc(sizeof(Datum) * Max(st->ninputs, 1));
+	Datum	   *shas = palloc(sizeof(Datum) * Max(st->ninputs, 1));
+	Datum	   *vecs = palloc(sizeof(Datum) * Max(st->ninputs, 1));
+	Datum	   *toks = palloc(sizeof(Datum) * Max(st->ninputs, 1));
+	int			k = 0;
+	Oid			types[6] = {TEXTOID, INT4OID, TEXTARRAYOID, BYTEAARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
+	Datum		values[6];
+
+	for (int i = 0; i < st->ninputs; i++)
+	{
+		EmbedSlot  *s = &st->slots[i];
+		bytea	   *b;
+		StringInfoData t;
+
+		if (!s->vector || s->cached)
+			continue;
+		b = palloc(VARHDRSZ + 32);
+		SET_VARSIZE(b, VARHDRSZ + 32);
+		memcpy(VARDATA(b), s->sha, 32);
+		models[k] = CStringGetTextDatum(s->model);
+		shas[k] = PointerGetDatum(b);
+		/* real[] as text: an array of arrays of any lengths is not a type */
+		initStringInfo(&t);
+		appendStringInfoChar(&t, '{');
+		for (int d = 0; d < s->dims; d++)
+			appendStringInfo(&t, "%s%.9g", d ? "," : "", (double) s->vector[d]);
+		appendStringInfoChar(&t, '}');
+		vecs[k] = CStringGetTextDatum(t.data);
+		toks[k] = Int32GetDatum((int32) Min(s->tokens, PG_INT32_MAX));
+		k++;
+	}
+	if (k == 0)
+		return;
+	values[0] = CStringGetTextDatum(maester_current_tenant());
+	values[1] = Int32GetDatum(st->opts.gen.dimensions);
+	values[2] = PointerGetDatum(construct_array(models, k, TEXTOID, -1, false, TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_array(shas, k, BYTEAOID, -1, false, TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_array(vecs, k, TEXTOID, -1, false, TYPALIGN_INT));
+	values[5] = PointerGetDatum(construct_array(toks, k, INT4OID, 4, true, TYPALIGN_INT));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	maester_become_owner(maester_table_oid("embedding_cache"), &scope);
+	if (SPI_execute_with_args("INSERT INTO maester.embedding_cache AS c "
+							  "(tenant, model, dimensions, input_sha256, embedding, input_tokens) "
+							  "SELECT $1, m, $2, h, e::pg_catalog.float4[], t "
+							  "FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), "
+							  "pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(m, h, e, t) "
+							  "ON CONFLICT DO NOTHING",
+							  6, types, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write maester.embedding_cache");
+	maester_restore_user(&scope);
+	SPI_finish();
+}
+
+/*
+ * options.cache: what the cache answered is a ledger row of status cached
+ * at $0, its estimated_cost_usd what it would have cost; what the provider
+ * answered is kept for next time
+ */
+static void
+cache_record(EmbedState *st)
+{
+	int64		tokens = 0;
+	int			hits = 0;
+	int			fresh = 0;
+
+	for (int i = 0; i < st->ninputs; i++)
+	{
+		if (st->slots[i].cached)
+		{
+			tokens += st->slots[i].tokens;
+			hits++;
+		}
+		else if (st->slots[i].vector)
+			fresh++;
+	}
+	if (hits > 0)
+	{
+		LedgerRecord *r = palloc0(sizeof(LedgerRecord));
+		LedgerSlot *slot = ledger_attach();
+		const char *names[2] = {st->first->model, st->first->name};
+		bool		priced;
+		Numeric		would;
+		uint8		t[16];
+
+		r->kind = LEDGER_PENDING;
+		if (!pg_strong_random(r->request_id.data, UUID_LEN) || !pg_strong_random(t, sizeof(t)))
+			elog(ERROR, "could not generate random values");
+		r->request_id.data[6] = (r->request_id.data[6] & 0x0f) | 0x40;
+		r->request_id.data[8] = (r->request_id.data[8] & 0x3f) | 0x80;
+		hex_encode((char *) t, sizeof(t), r->trace_id);
+		r->attempt = 1;
+		r->ts = r->settled_at = GetCurrentTimestamp();
+		ledger_copy_name(r->tenant, maester_current_tenant(), sizeof(r->tenant));
+		ledger_copy_name(r->role, GetUserNameFromId(GetUserId(), false), sizeof(r->role));
+		memset(r->prompt_hash, '0', 64);
+		ledger_copy_name(r->provider, st->first->provider->name, sizeof(r->provider));
+		ledger_copy_name(r->requested_model, st->model, sizeof(r->requested_model));
+		ledger_copy_name(r->model, st->first->model, sizeof(r->model));
+		ledger_copy_name(r->model_name, st->first->name, sizeof(r->model_name));
+		strlcpy(r->status, "cached", sizeof(r->status));
+		strlcpy(r->purpose, "embedding", sizeof(r->purpose));
+		if (st->opts.tags)
+			strlcpy(r->tags, st->opts.tags, sizeof(r->tags));
+		would = maester_cost(names, 2, tokens, 0, 0, 0, 0, r->ts, &priced);
+		if (would)
+			strlcpy(r->estimate, DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(would))),
+					sizeof(r->estimate));
+		strlcpy(r->cost, "0", sizeof(r->cost));
+		r->priced = priced;
+		(void) ledger_enqueue(slot, r);
+		r->kind = LEDGER_SETTLE;
+		r->has_usage = true;
+		r->input_tokens = tokens;
+		(void) ledger_enqueue(slot, r);
+	}
+	/* a cache that cannot be written (a read-only transaction) loses nothing billed */
+	if (fresh > 0)
+	{
+		ErrorData  *edata = maester_subxact(cache_store_fn, st, CurrentMemoryContext);
+
+		if (edata != NULL)
+		{
+			if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+				edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+				ReThrowError(edata);
+			ereport(WARNING,
+					(errmsg("the embeddings were not kept in the cache: %s", edata->message)));
+		}
+	}
 }
 
 /* Embed `inputs` (NULL entries allowed: they fail alone) into st->slots */
@@ -334,6 +562,9 @@ embed_run(EmbedState *st, int concurrency)
 	int		   *cur = palloc(sizeof(int) * Min(st->ninputs, EMBED_MAX_BATCH_INPUTS) + sizeof(int));
 	int			ncur = 0;
 	int64		tokens = 0;
+
+	if (st->cache)
+		cache_lookup(st);
 
 	for (int i = 0; i < st->ninputs; i++)
 	{
@@ -351,6 +582,8 @@ embed_run(EmbedState *st, int concurrency)
 						   psprintf("input %d is empty", i + 1));
 			continue;
 		}
+		if (st->slots[i].cached)
+			continue;			/* the cache answered it */
 		/* worst case: a token per byte of UTF-8, and a couple more */
 		t = (int64) strlen(st->inputs[i]) + 2;
 		if (ncur > 0 && (ncur == EMBED_MAX_BATCH_INPUTS || tokens + t > limit))
@@ -372,6 +605,8 @@ embed_run(EmbedState *st, int concurrency)
 
 		run_calls(&d);
 	}
+	if (st->cache)
+		cache_record(st);
 }
 
 /* Set up the state for `inputs` (in the server encoding) */
@@ -454,18 +689,19 @@ embed_many(PG_FUNCTION_ARGS)
 		{
 			v[1] = vector_datum(s);
 			v[2] = Int32GetDatum((int32) Min(s->tokens, PG_INT32_MAX));
-			vn[1] = vn[2] = false;
+			v[3] = CStringGetTextDatum(s->model);
+			vn[1] = vn[2] = vn[3] = false;
 		}
 		else
 		{
-			v[3] = CStringGetTextDatum(unpack_sql_state(s->sqlstate ? s->sqlstate : ERRCODE_INTERNAL_ERROR));
-			v[4] = CStringGetTextDatum(s->error_class ? s->error_class : "error");
-			v[5] = CStringGetTextDatum(s->message ? s->message : "no answer");
-			vn[3] = vn[4] = vn[5] = false;
+			v[4] = CStringGetTextDatum(unpack_sql_state(s->sqlstate ? s->sqlstate : ERRCODE_INTERNAL_ERROR));
+			v[5] = CStringGetTextDatum(s->error_class ? s->error_class : "error");
+			v[6] = CStringGetTextDatum(s->message ? s->message : "no answer");
+			vn[4] = vn[5] = vn[6] = false;
 			if (s->detail)
 			{
-				v[6] = CStringGetTextDatum(s->detail);
-				vn[6] = false;
+				v[7] = CStringGetTextDatum(s->detail);
+				vn[7] = false;
 			}
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, vn);

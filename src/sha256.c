@@ -62,8 +62,18 @@ void
 maester_sha256_hex(const char *const *parts, const int *lens, int nparts,
 				   char *hex_out)
 {
-	pg_cryptohash_ctx *ctx = get_sha256_ctx();
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+
+	maester_sha256(parts, lens, nparts, digest);
+	hex_encode((const char *) digest, sizeof(digest), hex_out);
+	hex_out[MAESTER_SHA256_HEXLEN] = '\0';
+}
+
+/* The same digest, its 32 bytes into `digest` */
+void
+maester_sha256(const char *const *parts, const int *lens, int nparts, uint8 *digest)
+{
+	pg_cryptohash_ctx *ctx = get_sha256_ctx();
 
 	if (pg_cryptohash_init(ctx) < 0)
 		elog(ERROR, "could not initialize SHA-256 context: %s",
@@ -72,9 +82,7 @@ maester_sha256_hex(const char *const *parts, const int *lens, int nparts,
 		if (pg_cryptohash_update(ctx, (const uint8 *) parts[i], lens[i]) < 0)
 			elog(ERROR, "could not update SHA-256 context: %s",
 				 pg_cryptohash_error(ctx));
-	if (pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+	if (pg_cryptohash_final(ctx, digest, PG_SHA256_DIGEST_LENGTH) < 0)
 		elog(ERROR, "could not finalize SHA-256 context: %s",
 			 pg_cryptohash_error(ctx));
-	hex_encode((const char *) digest, sizeof(digest), hex_out);
-	hex_out[MAESTER_SHA256_HEXLEN] = '\0';
 }

@@ -10,5 +10,7 @@
 
 extern void maester_sha256_hex(const char *const *parts, const int *lens,
 							   int nparts, char *hex_out);
+extern void maester_sha256(const char *const *parts, const int *lens, int nparts,
+						   uint8 *digest);
 
 #endif							/* MAESTER_SHA256_H */

@@ -114,6 +114,31 @@ eval { $s->quit; };
 like(slurp_file($node->logfile), qr/terminating connection due to administrator command/,
 	'terminate gives 57P01');
 
+# 4. an embedding batch with several requests in flight (issue #16)
+$s = $node->background_psql('postgres', on_error_stop => 0);
+$pid = $s->query_safe('SELECT pg_backend_pid()');
+my $before = $mock->stats->{requests};
+$s->{stdin} .= q{SELECT count(*) FROM maester.embed(ARRAY(SELECT 'text ' || i FROM generate_series(1, 10000) i),
+    'fault-hang', '{"dimensions": 4, "concurrency": 3, "timeout_ms": 60000}');} . "\n";
+$s->{run}->pump_nb;
+ok($mock->wait_for(sub { $mock->stats->{requests} >= $before + 3 }, 10),
+	'three embedding requests reached the upstream');
+$t0 = time;
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+$took = wait_idle($pid, $t0);
+diag(sprintf("cancel: the embedding batch stopped %.1f ms after pg_cancel_backend", $took * 1000));
+cmp_ok($took, '<', 1, 'cancel stops an embedding batch at once');
+$s->query('SELECT 1');
+like($s->{stderr}, qr/canceling statement due to user request/, 'cancel gives 57014');
+ok($mock->wait_for(sub { $mock->stats->{open_connections} <= 1 }, 5),
+	'no connection left open after the batch was cancelled');
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) = 0 FROM maester.usage WHERE purpose = 'embedding' AND status = 'pending'}),
+	'the cancelled attempts are settled in the ledger');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM maester.usage WHERE purpose = 'embedding'}),
+	'3', 'one ledger row per request sent, none for those never sent');
+$s->quit;
+
 # the server is fine afterwards
 is($node->safe_psql('postgres', q{SELECT provider FROM maester.llm_generate('x', 'mock-1')}),
 	'mock', 'calls work after the interruptions');

@@ -90,3 +90,5 @@ GRANT SELECT, INSERT, DELETE ON maester.shipped_removed TO maester_admin;
 GRANT EXECUTE ON FUNCTION maester.inner_product(real[], real[]),
     maester.cosine_similarity(real[], real[]), maester.l2_distance(real[], real[])
     TO maester_user, maester_reader, maester_admin;
+GRANT SELECT ON maester.embedding_cache TO maester_user, maester_reader;
+GRANT SELECT, DELETE ON maester.embedding_cache TO maester_admin;

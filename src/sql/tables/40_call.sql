@@ -89,6 +89,7 @@ CREATE TYPE maester.embedding_result AS (
     ordinal       integer,
     embedding     real[],
     input_tokens  integer,
+    model         text,
     error_code    text,
     error_class   text,
     error_message text,
@@ -96,7 +97,7 @@ CREATE TYPE maester.embedding_result AS (
 );
 
 COMMENT ON TYPE maester.embedding_result IS
-    'One input of maester.embed: its ordinal (1-based), its vector (L2-normalized unless options.normalize is false), its share of the request''s input tokens (by bytes), or, when it failed, the SQLSTATE, class and message.';
+    'One input of maester.embed: its ordinal (1-based), its vector (L2-normalized unless options.normalize is false), its share of the request''s input tokens (by bytes), the model that made it (its identity: a route whose targets are other models would give vectors of another space), or, when it failed, the SQLSTATE, class and message.';
 
 COMMENT ON TYPE maester.batch_result IS
     'One request of maester.generate_batch: its ordinal (1-based position in the requests array), the maester.generation fields, and, when it failed, the SQLSTATE, class and message the same call would have raised.';

@@ -31,7 +31,7 @@ CREATE TABLE maester.usage (
     priced              boolean NOT NULL,
     latency_ms          double precision,
     status              text NOT NULL CHECK (status OPERATOR(pg_catalog.=) ANY
-        (ARRAY['pending', 'ok', 'error', 'timeout', 'cancelled', 'orphaned', 'blocked'])),
+        (ARRAY['pending', 'ok', 'error', 'timeout', 'cancelled', 'orphaned', 'blocked', 'cached'])),
     error_class         text,
     http_status         integer,
     fallback_used       boolean,
@@ -76,7 +76,7 @@ COMMENT ON COLUMN maester.usage.max_tokens IS 'Output tokens reserved by the est
 COMMENT ON COLUMN maester.usage.estimated_cost_usd IS 'Worst-case cost reserved before the request left: estimated input tokens plus max_tokens at the output price.';
 COMMENT ON COLUMN maester.usage.cost_usd IS 'Exact cost in USD: at the price in force for ok calls; 0 for errors the provider answered; the estimate for timeouts, cancelled and orphaned attempts, which may have been billed; NULL when unpriced.';
 COMMENT ON COLUMN maester.usage.priced IS 'False when the model had no price (cost NULL).';
-COMMENT ON COLUMN maester.usage.status IS 'pending (in flight), ok, error, timeout, cancelled, orphaned (its backend died mid-call; charged at the estimate), blocked (refused by a budget).';
+COMMENT ON COLUMN maester.usage.status IS 'pending (in flight), ok, error, timeout, cancelled, orphaned (its backend died mid-call; charged at the estimate), blocked (refused by a budget), cached (embeddings the cache answered: cost 0, estimated_cost_usd what they would have cost).';
 COMMENT ON COLUMN maester.usage.error_class IS 'rate_limited, server_error, overloaded, auth, not_found, bad_request, redirect, timeout, connection, network, bad_response, too_large, cancelled.';
 COMMENT ON COLUMN maester.usage.eval_status IS 'The evaluation of a successful attempt''s output: pass, fail, or error (a check could not run).';
 COMMENT ON COLUMN maester.usage.eval_score IS 'The evaluation''s reliability score (0 to 1).';
@@ -111,3 +111,23 @@ COMMENT ON COLUMN maester.dead_letter.error IS 'Why maester.usage refused it; sq
 ALTER TABLE maester.dead_letter ENABLE ROW LEVEL SECURITY;
 CREATE POLICY dead_letter_admin ON maester.dead_letter FOR ALL TO maester_admin USING (true);
 
+-- the embedding cache (issue #16)
+CREATE TABLE maester.embedding_cache (
+    tenant        text NOT NULL,
+    model         text NOT NULL,
+    dimensions    integer NOT NULL,
+    input_sha256  bytea NOT NULL,
+    embedding     real[] NOT NULL,
+    input_tokens  integer NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (tenant, model, dimensions, input_sha256)
+);
+
+COMMENT ON TABLE maester.embedding_cache IS
+    'Embeddings maester.embed(options => {"cache": true}) keeps: by tenant (one tenant''s texts are never another''s hits), the model that made them (its identity), the dimensions asked (0: the model''s) and the SHA-256 of the input. Written by maester only; admins may delete rows.';
+COMMENT ON COLUMN maester.embedding_cache.input_tokens IS 'What the input cost when it was embedded (its share of the request), counted again in the ledger at $0 on a hit.';
+
+ALTER TABLE maester.embedding_cache ENABLE ROW LEVEL SECURITY;
+CREATE POLICY embedding_cache_admin ON maester.embedding_cache FOR ALL TO maester_admin USING (true);
+CREATE POLICY embedding_cache_tenant ON maester.embedding_cache FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));

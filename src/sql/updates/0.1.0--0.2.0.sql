@@ -416,11 +416,37 @@ CREATE TYPE maester.embedding_result AS (
     ordinal       integer,
     embedding     real[],
     input_tokens  integer,
+    model         text,
     error_code    text,
     error_class   text,
     error_message text,
     error_detail  text
 );
 COMMENT ON TYPE maester.embedding_result IS
-    'One input of maester.embed: its ordinal (1-based), its vector (L2-normalized unless options.normalize is false), its share of the request''s input tokens (by bytes), or, when it failed, the SQLSTATE, class and message.';
+    'One input of maester.embed: its ordinal (1-based), its vector (L2-normalized unless options.normalize is false), its share of the request''s input tokens (by bytes), the model that made it (its identity: a route whose targets are other models would give vectors of another space), or, when it failed, the SQLSTATE, class and message.';
 COMMENT ON COLUMN maester.usage.purpose IS 'generation, evaluation for calls made by evaluators, or embedding (maester.embed).';
+
+-- the embedding cache (issue #16): hits are ledger rows of status cached
+ALTER TABLE maester.usage DROP CONSTRAINT usage_status_check,
+    ADD CONSTRAINT usage_status_check CHECK (status OPERATOR(pg_catalog.=) ANY
+        (ARRAY['pending', 'ok', 'error', 'timeout', 'cancelled', 'orphaned', 'blocked', 'cached']));
+COMMENT ON COLUMN maester.usage.status IS 'pending (in flight), ok, error, timeout, cancelled, orphaned (its backend died mid-call; charged at the estimate), blocked (refused by a budget), cached (embeddings the cache answered: cost 0, estimated_cost_usd what they would have cost).';
+CREATE TABLE maester.embedding_cache (
+    tenant        text NOT NULL,
+    model         text NOT NULL,
+    dimensions    integer NOT NULL,
+    input_sha256  bytea NOT NULL,
+    embedding     real[] NOT NULL,
+    input_tokens  integer NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (tenant, model, dimensions, input_sha256)
+);
+
+COMMENT ON TABLE maester.embedding_cache IS
+    'Embeddings maester.embed(options => {"cache": true}) keeps: by tenant (one tenant''s texts are never another''s hits), the model that made them (its identity), the dimensions asked (0: the model''s) and the SHA-256 of the input. Written by maester only; admins may delete rows.';
+COMMENT ON COLUMN maester.embedding_cache.input_tokens IS 'What the input cost when it was embedded (its share of the request), counted again in the ledger at $0 on a hit.';
+
+ALTER TABLE maester.embedding_cache ENABLE ROW LEVEL SECURITY;
+CREATE POLICY embedding_cache_admin ON maester.embedding_cache FOR ALL TO maester_admin USING (true);
+CREATE POLICY embedding_cache_tenant ON maester.embedding_cache FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
