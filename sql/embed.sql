@@ -56,6 +56,21 @@ SELECT purpose, model_name, status, input_tokens > 0 AS tokens, output_tokens, c
        usage_estimated
   FROM maester.usage WHERE tenant = 'embeddings' ORDER BY ts, attempt LIMIT 3;
 
+-- the trace of a request: embed, with the GenAI attributes of embeddings
+SELECT trace_id AS etrace FROM maester.usage WHERE tenant = 'embeddings' ORDER BY ts DESC LIMIT 1 \gset
+SELECT set_config('e.t', :'etrace', false) IS NOT NULL AS ok;
+DO $$
+BEGIN
+  FOR i IN 1..500 LOOP
+    EXIT WHEN EXISTS (SELECT FROM maester.span WHERE trace_id = current_setting('e.t') AND name = 'embed');
+    PERFORM pg_sleep(0.01);
+  END LOOP;
+END $$ ;
+SELECT name, attributes ->> 'gen_ai.operation.name' AS operation, attributes ->> 'gen_ai.request.model' AS model,
+       (attributes ->> 'gen_ai.usage.input_tokens')::int > 0 AS tokens,
+       attributes ->> 'gen_ai.embeddings.dimension.count' AS dims, attributes ->> 'maester.embedding.inputs' AS inputs
+  FROM maester.span WHERE trace_id = :'etrace' AND name IN ('embed', 'model_embed') ORDER BY name;
+
 -- batching: requests of at most 2,048 inputs, several in flight, in order
 SELECT pg_temp.requests() AS before \gset
 SELECT count(*) AS rows, count(*) FILTER (WHERE embedding IS NOT NULL) AS embedded,
