@@ -251,6 +251,78 @@ utf8_length(const char *s)
 }
 
 /*
+ * Worst case of a chat call's input tokens: a token per byte of the UTF-8
+ * text the provider gets (byte-level BPE emits at least a byte per token),
+ * plus the chat format's overhead (7 to 13 tokens measured:
+ * test/bench/tokens.sh).  Tools and a schema add their characters to
+ * gen->input_chars too.
+ */
+static int64
+worst_input_tokens(GenRequest *gen)
+{
+	int64		n = 16;
+	ListCell   *lc;
+
+	/*
+	 * Each message past a system and a user one: its text and 4 tokens
+	 * of chat format (the system and user messages of a prompt are
+	 * such messages too, within the 16).
+	 */
+	if (list_length(gen->messages) > 2)
+		n += 4 * (list_length(gen->messages) - 2);
+	foreach(lc, gen->messages)
+	{
+		GenMessage *m = (GenMessage *) lfirst(lc);
+		ListCell   *tl;
+
+		n += utf8_length(m->content);
+		foreach(tl, m->tool_calls)
+		{
+			GenToolCall *tc = (GenToolCall *) lfirst(tl);
+
+			n += utf8_length(tc->name) + utf8_length(tc->arguments) +
+				utf8_length(tc->id) + 8;
+		}
+		n += utf8_length(m->tool_call_id);
+	}
+	/*
+	 * tool definitions and a schema are sent as input too, and with
+	 * tools a provider adds a system prompt of its own (Anthropic's is
+	 * 300 to 350 tokens)
+	 */
+	if (gen->tools != NIL || gen->schema != NULL)
+		n += 400;
+	foreach(lc, gen->tools)
+	{
+		GenTool    *t = (GenTool *) lfirst(lc);
+		int64		len = utf8_length(t->name) + utf8_length(t->description) +
+			utf8_length(t->parameters) + 16;
+
+		n += len;
+		gen->input_chars += len;
+	}
+	if (gen->schema)
+	{
+		int64		len = utf8_length(gen->schema) + 64;
+
+		n += len;
+		gen->input_chars += len;
+	}
+	return n;
+}
+
+/* The call's state, to start: fail closed -- no ledger, no call */
+static void
+call_ready_to_start(Call *c)
+{
+	c->cs.slot = ledger_attach();
+	c->cs.deadline = GetCurrentTimestamp() + (TimestampTz) c->opts.timeout_ms * 1000;
+	initStringInfo(&c->cs.log);
+	c->ntargets = c->opts.fallback ? c->plan->ntargets : Min(c->plan->ntargets, 1);
+	c->phase = PHASE_TARGET;
+}
+
+/*
  * A call, prepared: its arguments checked, its prompt rendered (or
  * hashed), its route planned, its trace begun (under `parent`'s span
  * `under` for a grading call, named `root`).  Raises 22023 for bad
@@ -414,67 +486,8 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 			trace_attr_num(root, "gen_ai.request.max_tokens", c->opts.gen.max_tokens);
 	}
 
-	/* the call's state; fail closed: no ledger, no call */
-	c->cs.slot = ledger_attach();
-	c->cs.deadline = GetCurrentTimestamp() + (TimestampTz) c->opts.timeout_ms * 1000;
-	/*
-	 * Worst case: a token per byte of the UTF-8 text the provider gets
-	 * (byte-level BPE emits at least a byte per token), plus the chat
-	 * format's overhead (7 to 13 tokens measured: test/bench/tokens.sh).
-	 */
-	c->cs.est_input_tokens = 16;
-	{
-		ListCell   *lc;
-
-		/*
-		 * Each message past a system and a user one: its text and 4 tokens
-		 * of chat format (the system and user messages of a prompt are
-		 * such messages too, within the 16).
-		 */
-		if (list_length(c->opts.gen.messages) > 2)
-			c->cs.est_input_tokens += 4 * (list_length(c->opts.gen.messages) - 2);
-		foreach(lc, c->opts.gen.messages)
-		{
-			GenMessage *m = (GenMessage *) lfirst(lc);
-			ListCell   *tl;
-
-			c->cs.est_input_tokens += utf8_length(m->content);
-			foreach(tl, m->tool_calls)
-			{
-				GenToolCall *tc = (GenToolCall *) lfirst(tl);
-
-				c->cs.est_input_tokens += utf8_length(tc->name) + utf8_length(tc->arguments) +
-					utf8_length(tc->id) + 8;
-			}
-			c->cs.est_input_tokens += utf8_length(m->tool_call_id);
-		}
-		/*
-		 * tool definitions and a schema are sent as input too, and with
-		 * tools a provider adds a system prompt of its own (Anthropic's is
-		 * 300 to 350 tokens)
-		 */
-		if (c->opts.gen.tools != NIL || c->opts.gen.schema != NULL)
-			c->cs.est_input_tokens += 400;
-		foreach(lc, c->opts.gen.tools)
-		{
-			GenTool    *t = (GenTool *) lfirst(lc);
-			int64		n = utf8_length(t->name) + utf8_length(t->description) +
-				utf8_length(t->parameters) + 16;
-
-			c->cs.est_input_tokens += n;
-			c->opts.gen.input_chars += n;
-		}
-		if (c->opts.gen.schema)
-		{
-			int64		n = utf8_length(c->opts.gen.schema) + 64;
-
-			c->cs.est_input_tokens += n;
-			c->opts.gen.input_chars += n;
-		}
-	}
-	initStringInfo(&c->cs.log);
-	c->ntargets = c->opts.fallback ? c->plan->ntargets : Min(c->plan->ntargets, 1);
-	c->phase = PHASE_TARGET;
+	c->cs.est_input_tokens = worst_input_tokens(&c->opts.gen);
+	call_ready_to_start(c);
 	MemoryContextSwitchTo(old);
 	return c;
 }
@@ -547,11 +560,7 @@ call_prepare_embedding(List *inputs, const char *model, const CallOptions *opts,
 		if (c->opts.gen.dimensions > 0)
 			trace_attr_num(root, "gen_ai.request.embedding.dimensions", c->opts.gen.dimensions);
 	}
-	c->cs.slot = ledger_attach();
-	c->cs.deadline = GetCurrentTimestamp() + (TimestampTz) c->opts.timeout_ms * 1000;
-	initStringInfo(&c->cs.log);
-	c->ntargets = c->opts.fallback ? c->plan->ntargets : Min(c->plan->ntargets, 1);
-	c->phase = PHASE_TARGET;
+	call_ready_to_start(c);
 	MemoryContextSwitchTo(old);
 	return c;
 }

@@ -26,40 +26,6 @@
 #include "jsonutil.h"
 
 /*
- * Parse `body` as JSON.  Returns NULL and sets *problem when it is not
- * valid JSON (or not an object).
- */
-Jsonb *
-json_parse_object(const char *body, char **problem)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	Jsonb	   *jb = NULL;
-
-	PG_TRY();
-	{
-		jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(body)));
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		*problem = psprintf("the response is not valid JSON (%s)", edata->message);
-		FreeErrorData(edata);
-		return NULL;
-	}
-	PG_END_TRY();
-	if (!JB_ROOT_IS_OBJECT(jb))
-	{
-		*problem = pstrdup("the response is not a JSON object");
-		return NULL;
-	}
-	return jb;
-}
-
-/*
  * Parse `text` as any JSON value (a model's tool arguments or structured
  * answer); NULL with *problem when it is not JSON.
  */
@@ -85,6 +51,28 @@ json_parse_any(const char *text, char **problem)
 		return NULL;
 	}
 	PG_END_TRY();
+	return jb;
+}
+
+/*
+ * Parse `body` as JSON.  Returns NULL and sets *problem when it is not
+ * valid JSON (or not an object).
+ */
+Jsonb *
+json_parse_object(const char *body, char **problem)
+{
+	Jsonb	   *jb = json_parse_any(body, problem);
+
+	if (jb == NULL)
+	{
+		*problem = psprintf("the response is not valid JSON (%s)", *problem);
+		return NULL;
+	}
+	if (!JB_ROOT_IS_OBJECT(jb))
+	{
+		*problem = pstrdup("the response is not a JSON object");
+		return NULL;
+	}
 	return jb;
 }
 

@@ -54,26 +54,22 @@ provider_ops(const char *kind)
 	return NULL;				/* keep compiler quiet */
 }
 
-/* The endpoint URL: the base URL (without trailing slashes) and the kind's path */
+/* The base URL (without trailing slashes) and `path` */
+static char *
+url_with(const ProviderConf *p, const char *path)
+{
+	size_t		len = strlen(p->base_url);
+
+	while (len > 0 && p->base_url[len - 1] == '/')
+		len--;
+	return psprintf("%.*s%s", (int) len, p->base_url, path);
+}
+
+/* The endpoint URL: the base URL and the kind's path */
 char *
 provider_url(const ProviderConf *p)
 {
-	size_t		len = strlen(p->base_url);
-
-	while (len > 0 && p->base_url[len - 1] == '/')
-		len--;
-	return psprintf("%.*s%s", (int) len, p->base_url, p->ops->path);
-}
-
-/* The embeddings endpoint: the base URL and the kind's embeddings path */
-static char *
-embed_url(const ProviderConf *p)
-{
-	size_t		len = strlen(p->base_url);
-
-	while (len > 0 && p->base_url[len - 1] == '/')
-		len--;
-	return psprintf("%.*s%s", (int) len, p->base_url, p->ops->embed_path);
+	return url_with(p, p->ops->path);
 }
 
 /*
@@ -86,22 +82,18 @@ embed_url(const ProviderConf *p)
 static char *
 request_url(const ProviderConf *p, const GenRequest *gen)
 {
-	size_t		len = strlen(p->base_url);
 	char	   *model;
 	char	   *version;
 	char	   *url;
 
 	if (!p->ops->deployments || p->api_version == NULL)
-		return gen->embedding ? embed_url(p) : provider_url(p);
-	while (len > 0 && p->base_url[len - 1] == '/')
-		len--;
+		return url_with(p, gen->embedding ? p->ops->embed_path : p->ops->path);
 	model = curl_easy_escape(NULL, gen->model, 0);
 	version = curl_easy_escape(NULL, p->api_version, 0);
 	if (model == NULL || version == NULL)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	url = psprintf("%.*s/openai/deployments/%s/%s?api-version=%s",
-				   (int) len, p->base_url, model,
-				   gen->embedding ? "embeddings" : "chat/completions", version);
+	url = url_with(p, psprintf("/openai/deployments/%s/%s?api-version=%s", model,
+							   gen->embedding ? "embeddings" : "chat/completions", version));
 	curl_free(model);
 	curl_free(version);
 	return url;
@@ -234,15 +226,16 @@ static bool
 parse_response(const ProviderOps *ops, const GenRequest *req, const char *body,
 			   GenResponse *out, char **problem)
 {
-	Jsonb	   *jb = json_parse_object(body, problem);
+	Jsonb	   *jb;
 	bool		ok;
 
+	/* embeddings: millions of numbers, read by a parser of their own */
+	if (req && req->embedding)
+		return ops->parse_embed_response(body, req, out, problem);
+	jb = json_parse_object(body, problem);
 	if (jb == NULL)
 		return false;
-	if (req && req->embedding)
-		ok = ops->parse_embed_response(jb, req, out, problem);
-	else
-		ok = ops->parse_response(jb, req, out, problem);
+	ok = ops->parse_response(jb, req, out, problem);
 	if (ok)
 		parse_structured(req, out);
 	if (out->raw_finish_reason == NULL)

@@ -176,7 +176,7 @@ typedef struct ProviderOps
 	/* embeddings; NULL: the kind has none */
 	const char *embed_path;
 	void		(*build_embed_body) (const GenRequest *req, StringInfo out);
-	bool		(*parse_embed_response) (Jsonb *jb, const GenRequest *req,
+	bool		(*parse_embed_response) (const char *body, const GenRequest *req,
 										 GenResponse *out, char **problem);
 } ProviderOps;
 

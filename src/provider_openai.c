@@ -23,9 +23,12 @@
  */
 #include "postgres.h"
 
+#include <errno.h>
 #include <float.h>
 #include <math.h>
 
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
 #include "utils/json.h"
 
 #include "jsonutil.h"
@@ -469,76 +472,228 @@ compatible_build_embed_body(const GenRequest *req, StringInfo out)
 
 /*
  * An embeddings answer (CreateEmbeddingResponse): data[] of {index,
- * embedding: number[]}, put in input order by index; usage.prompt_tokens.
- * Unusable -- false with *problem -- when the count, an index or a vector
- * is wrong: a vector of another length than the others, or than the call
- * asked for, names both (embed.c checks the model's own length).
+ * embedding: number[]}, put in input order by index; usage.prompt_tokens;
+ * model.  It holds a number per dimension per input -- a million and more
+ * -- so it is read with PostgreSQL's JSON parser and callbacks of our own,
+ * each number converted once by strtof, not built into a jsonb of numerics
+ * first (test/bench/embed.sh: that was most of a request's time).
  */
+typedef struct EmbedParse
+{
+	const GenRequest *req;
+	GenResponse *out;
+	int			depth;			/* of objects and arrays */
+	char	   *top_field;		/* the field of the top object we are in */
+	char	   *usage_field;
+	char	   *item_field;		/* the field of a data[] item */
+	int64		index;			/* of the current item; -1: none yet */
+	float4	   *buf;			/* its embedding, as read */
+	int			nbuf;
+	int			maxbuf;
+	bool		has_embedding;
+	char	   *problem;		/* the first thing wrong */
+} EmbedParse;
+
+static void
+ep_problem(EmbedParse *ep, char *what)
+{
+	if (ep->problem == NULL)
+		ep->problem = what;
+}
+
+static void
+ep_object_start(void *state)
+{
+	EmbedParse *ep = (EmbedParse *) state;
+
+	ep->depth++;
+	if (ep->depth == 3 && ep->top_field && strcmp(ep->top_field, "data") == 0)
+	{
+		ep->index = -1;
+		ep->nbuf = 0;
+		ep->has_embedding = false;
+	}
+}
+
+static void
+ep_object_end(void *state)
+{
+	EmbedParse *ep = (EmbedParse *) state;
+	GenResponse *out = ep->out;
+
+	if (ep->depth == 3 && ep->top_field && strcmp(ep->top_field, "data") == 0)
+	{
+		/* a data[] item ends: its vector to its index */
+		if (ep->index < 0 || ep->index >= out->nvectors || !ep->has_embedding)
+			ep_problem(ep, pstrdup("an embedding of the response has no valid index and embedding"));
+		else if (out->vectors[ep->index] != NULL)
+			ep_problem(ep, psprintf("the response has embedding %d twice", (int) ep->index));
+		else if (ep->nbuf == 0 || (out->dims > 0 && ep->nbuf != out->dims) ||
+				 (ep->req->dimensions > 0 && ep->nbuf != ep->req->dimensions))
+			ep_problem(ep, psprintf("the response has an embedding of %d dimensions where %d were %s",
+									ep->nbuf, ep->req->dimensions > 0 ? ep->req->dimensions : out->dims,
+									ep->req->dimensions > 0 ? "asked for" : "in the others"));
+		else
+		{
+			out->dims = ep->nbuf;
+			out->vectors[ep->index] = palloc(sizeof(float4) * ep->nbuf);
+			memcpy(out->vectors[ep->index], ep->buf, sizeof(float4) * ep->nbuf);
+		}
+	}
+	ep->depth--;
+}
+
+static void
+ep_array_start(void *state)
+{
+	EmbedParse *ep = (EmbedParse *) state;
+
+	ep->depth++;
+	if (ep->depth == 4 && ep->item_field && strcmp(ep->item_field, "embedding") == 0)
+	{
+		ep->has_embedding = true;
+		ep->nbuf = 0;
+	}
+}
+
+static void
+ep_array_end(void *state)
+{
+	((EmbedParse *) state)->depth--;
+}
+
+static void
+ep_field_start(void *state, char *fname, bool isnull)
+{
+	EmbedParse *ep = (EmbedParse *) state;
+
+	if (ep->depth == 1)
+		ep->top_field = fname;
+	else if (ep->depth == 2 && ep->top_field && strcmp(ep->top_field, "usage") == 0)
+		ep->usage_field = fname;
+	else if (ep->depth == 3 && ep->top_field && strcmp(ep->top_field, "data") == 0)
+		ep->item_field = fname;
+	else
+		pfree(fname);
+}
+
+static void
+ep_scalar(void *state, char *token, JsonTokenType type)
+{
+	EmbedParse *ep = (EmbedParse *) state;
+	char	   *end;
+
+	if (ep->depth == 4 && ep->has_embedding && ep->item_field &&
+		strcmp(ep->item_field, "embedding") == 0)
+	{
+		float		v;
+
+		/* a value of the vector: a finite float */
+		errno = 0;
+		v = type == JSON_TOKEN_NUMBER ? strtof(token, &end) : 0;
+		if (type != JSON_TOKEN_NUMBER || *end != '\0' || errno == ERANGE || !isfinite(v))
+			ep_problem(ep, pstrdup("an embedding of the response has a value that is not a finite number"));
+		if (ep->nbuf == ep->maxbuf)
+		{
+			ep->maxbuf = Max(256, ep->maxbuf * 2);
+			ep->buf = ep->buf ? repalloc(ep->buf, sizeof(float4) * ep->maxbuf) :
+				palloc(sizeof(float4) * ep->maxbuf);
+		}
+		ep->buf[ep->nbuf++] = v;
+	}
+	else if (ep->depth == 3 && ep->item_field && strcmp(ep->item_field, "index") == 0 &&
+			 ep->top_field && strcmp(ep->top_field, "data") == 0)
+	{
+		errno = 0;
+		ep->index = type == JSON_TOKEN_NUMBER ? strtol(token, &end, 10) : -1;
+		if (type != JSON_TOKEN_NUMBER || *end != '\0' || errno == ERANGE)
+			ep->index = -1;
+	}
+	else if (ep->depth == 2 && ep->usage_field && strcmp(ep->usage_field, "prompt_tokens") == 0 &&
+			 ep->top_field && strcmp(ep->top_field, "usage") == 0)
+	{
+		long long	n;
+
+		errno = 0;
+		n = type == JSON_TOKEN_NUMBER ? strtoll(token, &end, 10) : -1;
+		if (type == JSON_TOKEN_NUMBER && *end == '\0' && errno != ERANGE && n >= 0)
+		{
+			ep->out->input_tokens = n;
+			ep->out->usage_present = true;
+		}
+	}
+	else if (ep->depth == 1 && ep->top_field && strcmp(ep->top_field, "model") == 0 &&
+			 type == JSON_TOKEN_STRING)
+	{
+		ep->out->served_model = token;
+		return;
+	}
+	pfree(token);
+}
+
 static bool
-openai_parse_embed_response(Jsonb *jb, const GenRequest *req, GenResponse *out,
+openai_parse_embed_response(const char *body, const GenRequest *req, GenResponse *out,
 							char **problem)
 {
-	JsonbContainer *data = json_get_container(&jb->root, "data");
-	JsonbContainer *usage = json_get_container(&jb->root, "usage");
-	int			n = list_length(req->inputs);
+	EmbedParse	ep;
+	JsonSemAction sem;
+	JsonLexContext *lex;
+	volatile JsonParseErrorType rc = JSON_SUCCESS;
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *volatile failed = NULL;
 
-	out->served_model = json_get_string(&jb->root, "model");
-	out->response_id = NULL;
-	if (usage && json_get_int64(usage, "prompt_tokens", &out->input_tokens))
+	memset(&ep, 0, sizeof(ep));
+	ep.req = req;
+	ep.out = out;
+	ep.index = -1;
+	out->nvectors = list_length(req->inputs);
+	out->dims = 0;
+	out->vectors = palloc0(sizeof(float4 *) * Max(out->nvectors, 1));
+	out->output_tokens = 0;
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &ep;
+	sem.object_start = ep_object_start;
+	sem.object_end = ep_object_end;
+	sem.array_start = ep_array_start;
+	sem.array_end = ep_array_end;
+	sem.object_field_start = ep_field_start;
+	sem.scalar = ep_scalar;
+	lex = makeJsonLexContextCstringLen((char *) body, strlen(body), GetDatabaseEncoding(), true);
+	/* the parser may throw (too deep a nesting): no resources are held */
+	PG_TRY();
 	{
-		out->usage_present = true;
-		out->output_tokens = 0;
+		rc = pg_parse_json(lex, &sem);
+		if (rc != JSON_SUCCESS)
+			failed = json_errdetail(rc, lex);
 	}
-	if (data == NULL || !JsonContainerIsArray(data) || JsonContainerSize(data) != n)
+	PG_CATCH();
 	{
-		*problem = psprintf("the response has %d embeddings for %d inputs",
-							data && JsonContainerIsArray(data) ? JsonContainerSize(data) : 0, n);
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		failed = pstrdup(edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	if (failed != NULL)
+	{
+		*problem = psprintf("the response is not valid JSON (%s)", failed);
 		return false;
 	}
-	out->nvectors = n;
-	out->dims = 0;
-	out->vectors = palloc0(sizeof(float4 *) * n);
-	for (int i = 0; i < n; i++)
-	{
-		JsonbValue *e = getIthJsonbValueFromContainer(data, i);
-		JsonbContainer *vec;
-		int64		index;
-		int			d;
-
-		if (e == NULL || e->type != jbvBinary ||
-			!json_get_int64(e->val.binary.data, "index", &index) || index < 0 || index >= n ||
-			out->vectors[index] != NULL ||
-			(vec = json_get_container(e->val.binary.data, "embedding")) == NULL ||
-			!JsonContainerIsArray(vec))
-		{
-			*problem = psprintf("embedding %d of the response has no valid index and embedding", i);
-			return false;
-		}
-		d = JsonContainerSize(vec);
-		if (d == 0 || (out->dims > 0 && d != out->dims) ||
-			(req->dimensions > 0 && d != req->dimensions))
-		{
-			*problem = psprintf("the response has an embedding of %d dimensions where %d were %s",
-								d, req->dimensions > 0 ? req->dimensions : out->dims,
-								req->dimensions > 0 ? "asked for" : "in the others");
-			return false;
-		}
-		out->dims = d;
-		out->vectors[index] = palloc(sizeof(float4) * d);
-		for (int k = 0; k < d; k++)
-		{
-			JsonbValue *x = getIthJsonbValueFromContainer(vec, k);
-			double		v;
-
-			if (x == NULL || x->type != jbvNumeric ||
-				!isfinite(v = json_numeric_double(x->val.numeric)) || fabs(v) > FLT_MAX)
+	if (ep.problem == NULL)
+		for (int i = 0; i < out->nvectors; i++)
+			if (out->vectors[i] == NULL)
 			{
-				*problem = psprintf("embedding %d of the response has a value that is not a finite number",
-									(int) index);
-				return false;
+				ep.problem = psprintf("the response has no embedding %d of %d inputs", i,
+									  out->nvectors);
+				break;
 			}
-			out->vectors[index][k] = (float4) v;
-		}
+	if (ep.problem)
+	{
+		*problem = ep.problem;
+		return false;
 	}
 	out->content = pstrdup("");
 	return true;

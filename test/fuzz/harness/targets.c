@@ -765,6 +765,13 @@ run_provider(const ProviderOps *ops, const uint8 *data, size_t size)
 		gen.schema = "{\"type\": \"object\"}";
 		gen.json_format = (data[0] & 2) != 0;
 	}
+	/* and some as answers to an embeddings request of two inputs (OpenAI kinds) */
+	if (size > 0 && (data[0] & 4) && ops->parse_embed_response != NULL)
+	{
+		gen.embedding = true;
+		gen.inputs = list_make2("one", "two");
+		gen.dimensions = (data[0] & 8) ? 3 : 0;
+	}
 	ok = provider_outcome(&p, &gen, &req, FUZZ_KEY, &out, &f);
 	if (!ok)
 	{
@@ -778,6 +785,19 @@ run_provider(const ProviderOps *ops, const uint8 *data, size_t size)
 	}
 	if (out.content == NULL)
 		fuzz_finding("outcome-no-content", "an accepted answer without content");
+	if (gen.embedding)
+	{
+		if (out.nvectors != 2 || out.dims <= 0 || (gen.dimensions > 0 && out.dims != gen.dimensions))
+			fuzz_finding("embed-shape", "%d vectors of %d dimensions accepted for 2 inputs",
+						 out.nvectors, out.dims);
+		for (int v = 0; v < out.nvectors; v++)
+			for (int d = 0; out.vectors[v] && d < out.dims; d++)
+				if (!isfinite(out.vectors[v][d]))
+					fuzz_finding("embed-value", "a value that is not finite was accepted");
+		for (int v = 0; v < out.nvectors; v++)
+			if (out.vectors[v] == NULL)
+				fuzz_finding("embed-missing", "embedding %d missing from an accepted answer", v);
+	}
 	check_string("content", out.content);
 	check_string("refusal", out.refusal);
 	check_string("finish_reason", out.finish_reason);
