@@ -167,6 +167,15 @@ CREATE TRIGGER route_shipped_removed
 CREATE TRIGGER route_target_shipped_removed
     AFTER DELETE ON maester.route_target
     FOR EACH ROW EXECUTE FUNCTION maester.shipped_row_removed('route', 'position');
+CREATE TRIGGER model_shipped
+    BEFORE INSERT OR UPDATE ON maester.model
+    FOR EACH ROW EXECUTE FUNCTION maester.shipped_row_guard('name');
+ALTER TABLE maester.model ENABLE ALWAYS TRIGGER model_shipped;
+-- (only the keys maester ships: admins' own models come and go)
+CREATE TRIGGER model_shipped_removed
+    AFTER DELETE ON maester.model
+    FOR EACH ROW WHEN (OLD.name OPERATOR(pg_catalog.=) ANY (ARRAY['text-embedding-3-small', 'text-embedding-3-large']))
+    EXECUTE FUNCTION maester.shipped_row_removed('name');
 
 CREATE TRIGGER shipped_removed_apply
     AFTER INSERT ON maester.shipped_removed

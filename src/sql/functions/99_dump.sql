@@ -11,7 +11,7 @@ SELECT pg_catalog.pg_extension_config_dump('maester.prompt_label_history', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.prompt_version_seq_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.prompt_label_history_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.provider', 'WHERE NOT shipped');
-SELECT pg_catalog.pg_extension_config_dump('maester.model', '');
+SELECT pg_catalog.pg_extension_config_dump('maester.model', 'WHERE NOT shipped');
 SELECT pg_catalog.pg_extension_config_dump('maester.route', 'WHERE NOT shipped');
 SELECT pg_catalog.pg_extension_config_dump('maester.route_target', 'WHERE NOT shipped');
 SELECT pg_catalog.pg_extension_config_dump('maester.price', 'WHERE NOT shipped');

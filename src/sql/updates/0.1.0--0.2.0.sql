@@ -175,13 +175,13 @@ COMMENT ON COLUMN maester.price.shipped IS 'True for the list prices maester shi
 
 CREATE TABLE maester.shipped_removed (
     table_name text NOT NULL
-        CHECK (table_name OPERATOR(pg_catalog.=) ANY (ARRAY['provider', 'route', 'route_target'])),
+        CHECK (table_name OPERATOR(pg_catalog.=) ANY (ARRAY['provider', 'route', 'route_target', 'model'])),
     key        text[] NOT NULL,
     removed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (table_name, key)
 );
 COMMENT ON TABLE maester.shipped_removed IS
-    'Keys of providers, routes and route targets that admins deleted or renamed: pg_dump keeps this table, and restoring a row of it deletes the shipped row with that key again (CREATE EXTENSION ships it before the dumped rows are restored). Delete a row here to keep the shipped row at the next restore.';
+    'Keys of providers, routes, route targets and models that admins deleted or renamed: pg_dump keeps this table, and restoring a row of it deletes the shipped row with that key again (CREATE EXTENSION ships it before the dumped rows are restored). Delete a row here to keep the shipped row at the next restore.';
 COMMENT ON COLUMN maester.shipped_removed.key IS 'The deleted row''s primary key, as text: {name} for providers and routes, {route,position} for route targets.';
 
 -- evaluation runs and results belong to a tenant and are written only by
@@ -450,3 +450,16 @@ ALTER TABLE maester.embedding_cache ENABLE ROW LEVEL SECURITY;
 CREATE POLICY embedding_cache_admin ON maester.embedding_cache FOR ALL TO maester_admin USING (true);
 CREATE POLICY embedding_cache_tenant ON maester.embedding_cache FOR SELECT TO maester_user, maester_reader
     USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+
+-- OpenAI's embedding models shipped as rows (with their dimensions), under
+-- the shipped-row rules of providers and routes (an admin's row of the
+-- same name wins)
+ALTER TABLE maester.model ADD COLUMN shipped boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN maester.model.shipped IS 'True for a row as maester ships it (OpenAI''s embedding models); maester clears it when an admin edits the row, and pg_dump keeps every row where it is false.';
+INSERT INTO maester.model (name, provider, provider_model, description, embedding_dimensions, shipped)
+SELECT m.name, 'openai', m.name, m.description, m.dims, true
+  FROM (VALUES ('text-embedding-3-small', 'OpenAI embedding model, 1,536 dimensions (fewer on request), 8,192 input tokens.', 1536),
+               ('text-embedding-3-large', 'OpenAI embedding model, 3,072 dimensions (fewer on request), 8,192 input tokens.', 3072))
+       AS m(name, description, dims)
+ WHERE EXISTS (SELECT FROM maester.provider p WHERE p.name OPERATOR(pg_catalog.=) 'openai')
+ON CONFLICT DO NOTHING;
