@@ -705,6 +705,13 @@ embed_many(PG_FUNCTION_ARGS)
 			}
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, vn);
+		/* the row is in the tuplestore (on disk past work_mem): free its copies */
+		for (int k = 1; k < EMBED_RESULT_NATTS; k++)
+			if (!vn[k] && k != 2)
+				pfree(DatumGetPointer(v[k]));
+		if (s->vector)
+			pfree(s->vector);
+		s->vector = NULL;
 	}
 	MemoryContextDelete(st.cxt);
 	PG_RETURN_NULL();
