@@ -98,8 +98,33 @@ SELECT ordinal, embedding IS NOT NULL AS embedded, error_code, error_class,
 SELECT status, error_class, http_status, count(*), bool_and(cost_usd > 0) AS billed FROM maester.usage
  WHERE tenant = 'embeddings' AND model_name = 'emb-ctx' GROUP BY 1, 2, 3 ORDER BY 1;
 
+-- with the model's input limit known, an input that may be over it goes
+-- alone: one refused request, and the others are not split
+UPDATE maester.model SET max_input_tokens = 20 WHERE name = 'emb-ctx';
+DELETE FROM maester.usage WHERE tenant = 'embeddings' AND model_name = 'emb-ctx';
+SELECT count(*) FILTER (WHERE embedding IS NOT NULL) AS embedded, count(error_code) AS failed
+  FROM maester.embed(ARRAY['short one', repeat('long ', 40), 'short two', 'short three'], 'emb-ctx');
+SELECT status, http_status, count(*) FROM maester.usage
+ WHERE tenant = 'embeddings' AND model_name = 'emb-ctx' GROUP BY 1, 2 ORDER BY 1;
+SELECT name, embedding_dimensions, max_input_tokens, shipped FROM maester.model WHERE name LIKE 'text-embedding-%' ORDER BY 1;
+
 -- vectors of another length than the model's: an error naming both
 SELECT error_class, error_message FROM maester.embed(ARRAY['a'], 'emb-wrongdim');
+-- answers the types do not allow are refused, a value too small for a float is 0,
+-- an impossible token count is no usage
+INSERT INTO maester.model (name, provider, provider_model) VALUES
+    ('emb-nested', 'embmock', 'fault-embedbad-nested'), ('emb-object', 'embmock', 'fault-embedbad-object'),
+    ('emb-tiny', 'embmock', 'fault-embedbad-tiny'), ('emb-hugetokens', 'embmock', 'fault-embedbad-hugetokens');
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+VALUES ('emb-nested', '2020-01-01', 0.02, 0), ('emb-object', '2020-01-01', 0.02, 0),
+       ('emb-tiny', '2020-01-01', 0.02, 0), ('emb-hugetokens', '2020-01-01', 0.02, 0);
+SELECT m, error_class, left(error_message, 90) AS error
+  FROM unnest(ARRAY['emb-nested', 'emb-object']) m, maester.embed(ARRAY['a b', 'c d'], m, '{"dimensions": 4}') e
+ WHERE e.ordinal = 1;
+SELECT (maester.embed('a b', 'emb-tiny', '{"dimensions": 4, "normalize": false}'))[1] AS tiny;
+SELECT array_length(maester.embed('a b', 'emb-hugetokens', '{"dimensions": 4}'), 1) AS dims;
+SELECT usage_estimated FROM maester.usage WHERE tenant = 'embeddings' AND model_name = 'emb-hugetokens';
+
 -- a 429 with Retry-After is retried; no usage is estimated and marked so
 SELECT array_length(maester.embed('retried', 'emb-flaky', '{"dimensions": 4}'), 1) AS dims;
 SELECT count(*) AS attempts FROM maester.usage WHERE tenant = 'embeddings' AND model_name = 'emb-flaky';

@@ -94,6 +94,7 @@ typedef struct EmbedState
 	bool		normalize;
 	bool		cache;			/* options.cache */
 	int			model_dims;		/* the first target's model row's; 0: unknown */
+	int			max_input_tokens;	/* and its input limit; 0: unknown */
 	RouteTarget *first;			/* the route's first target */
 	MemoryContext cxt;
 	int			ordinal;
@@ -340,6 +341,7 @@ batch_tokens(EmbedState *st)
 		if (plan->targets[i].provider->embedding_batch_tokens > 0)
 			limit = Min(limit, plan->targets[i].provider->embedding_batch_tokens);
 	st->model_dims = plan->ntargets > 0 ? plan->targets[0].embedding_dimensions : 0;
+	st->max_input_tokens = plan->ntargets > 0 ? plan->targets[0].max_input_tokens : 0;
 	st->first = plan->ntargets > 0 ? &plan->targets[0] : NULL;
 	return limit;
 }
@@ -586,6 +588,15 @@ embed_run(EmbedState *st, int concurrency)
 			continue;			/* the cache answered it */
 		/* worst case: a token per byte of UTF-8, and a couple more */
 		t = (int64) strlen(st->inputs[i]) + 2;
+		/*
+		 * An input that may be over the model's limit goes alone: if the
+		 * provider refuses it, no other input waits for the split
+		 */
+		if (st->max_input_tokens > 0 && t > st->max_input_tokens)
+		{
+			st->queue = lappend(st->queue, batch_of(st, &i, 1));
+			continue;
+		}
 		if (ncur > 0 && (ncur == EMBED_MAX_BATCH_INPUTS || tokens + t > limit))
 		{
 			st->queue = lappend(st->queue, batch_of(st, cur, ncur));

@@ -501,12 +501,22 @@ ep_problem(EmbedParse *ep, char *what)
 		ep->problem = what;
 }
 
+/* Is the parse inside the top object's "data"? */
+static bool
+in_data(EmbedParse *ep)
+{
+	return ep->top_field && strcmp(ep->top_field, "data") == 0;
+}
+
 static void
 ep_object_start(void *state)
 {
 	EmbedParse *ep = (EmbedParse *) state;
 
 	ep->depth++;
+	/* data is an array of objects, an embedding an array of numbers */
+	if ((ep->depth == 2 && in_data(ep)) || (ep->depth >= 5 && in_data(ep)))
+		ep_problem(ep, pstrdup("the response's data is not an array of embeddings"));
 	if (ep->depth == 3 && ep->top_field && strcmp(ep->top_field, "data") == 0)
 	{
 		ep->index = -1;
@@ -549,6 +559,8 @@ ep_array_start(void *state)
 	EmbedParse *ep = (EmbedParse *) state;
 
 	ep->depth++;
+	if ((ep->depth == 3 && in_data(ep)) || (ep->depth >= 5 && in_data(ep)))
+		ep_problem(ep, pstrdup("the response's data is not an array of embeddings"));
 	if (ep->depth == 4 && ep->item_field && strcmp(ep->item_field, "embedding") == 0)
 	{
 		ep->has_embedding = true;
@@ -588,10 +600,10 @@ ep_scalar(void *state, char *token, JsonTokenType type)
 	{
 		float		v;
 
-		/* a value of the vector: a finite float */
+		/* a value of the vector: a finite float (an underflow is its 0 or subnormal) */
 		errno = 0;
 		v = type == JSON_TOKEN_NUMBER ? strtof(token, &end) : 0;
-		if (type != JSON_TOKEN_NUMBER || *end != '\0' || errno == ERANGE || !isfinite(v))
+		if (type != JSON_TOKEN_NUMBER || *end != '\0' || !isfinite(v))
 			ep_problem(ep, pstrdup("an embedding of the response has a value that is not a finite number"));
 		if (ep->nbuf == ep->maxbuf)
 		{
@@ -616,7 +628,9 @@ ep_scalar(void *state, char *token, JsonTokenType type)
 
 		errno = 0;
 		n = type == JSON_TOKEN_NUMBER ? strtoll(token, &end, 10) : -1;
-		if (type == JSON_TOKEN_NUMBER && *end == '\0' && errno != ERANGE && n >= 0)
+		/* a count a double can hold, as json_get_int64 takes them */
+		if (type == JSON_TOKEN_NUMBER && *end == '\0' && errno != ERANGE && n >= 0 &&
+			n <= (INT64CONST(1) << 53))
 		{
 			ep->out->input_tokens = n;
 			ep->out->usage_present = true;

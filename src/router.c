@@ -83,6 +83,7 @@ typedef struct ModelConf
 	char	   *output_limit_param; /* NULL: the kind's */
 	char	   *structured_output;	/* native, tool, or NULL: the kind's */
 	int			embedding_dimensions;	/* 0: not an embedding model (or unknown) */
+	int			max_input_tokens;	/* 0: unknown */
 } ModelConf;
 
 typedef struct TenantLimit
@@ -275,7 +276,8 @@ router_load(void)
 					   "(CASE WHEN 'temperature' = ANY (m.unsupported_params) THEN 1 ELSE 0 END) + "
 					   "(CASE WHEN 'top_p' = ANY (m.unsupported_params) THEN 2 ELSE 0 END) + "
 					   "(CASE WHEN 'stop' = ANY (m.unsupported_params) THEN 4 ELSE 0 END) END, "
-					   "m.output_limit_param, m.structured_output, m.embedding_dimensions "
+					   "m.output_limit_param, m.structured_output, m.embedding_dimensions, "
+					   "COALESCE(m.max_input_tokens, 0) "
 					   "FROM maester.model m ORDER BY m.name");
 		models = MemoryContextAllocZero(RouterContext, sizeof(ModelConf) * Max(n, 1));
 		for (uint64 i = 0; i < n; i++)
@@ -292,6 +294,7 @@ router_load(void)
 			models[i].output_limit_param = col_string(t, d, 7);
 			models[i].structured_output = col_string(t, d, 8);
 			models[i].embedding_dimensions = col_int(t, d, 9);
+			models[i].max_input_tokens = col_int(t, d, 10);
 		}
 		nmodels = n;
 
@@ -535,6 +538,7 @@ target_settings(RouteTarget *t)
 	t->native_schema = m && m->structured_output ?
 		strcmp(m->structured_output, "native") == 0 : false;
 	t->embedding_dimensions = m ? m->embedding_dimensions : 0;
+	t->max_input_tokens = m ? m->max_input_tokens : 0;
 }
 
 /* A target's identity (see the header), palloc'd */

@@ -60,6 +60,7 @@ typedef struct RouteTarget
 									 * NULL: the kind's */
 	bool		native_schema;	/* Anthropic: output_config.format */
 	int			embedding_dimensions;	/* an embedding model's; 0: unknown */
+	int			max_input_tokens;	/* its input limit; 0: unknown */
 } RouteTarget;
 
 /* The ordered targets for a requested model (or route) */

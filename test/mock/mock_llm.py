@@ -111,6 +111,7 @@ FAULTS = [
     (re.compile(r"raorder-(\d+)"), "raorder"),
     (re.compile(r"(quota)"), "quota"),
     (re.compile(r"embeddim-(\d+)"), "embeddim"),
+    (re.compile(r"embedbad-(nested|object|tiny|hugetokens)"), "embedbad"),
     (re.compile(r"shape-(toolcalls|badargs|length|filter|parts|refusal|nochoices|tooluse|anthrefusal|overcached|negative|details)"), "shape"),
     (re.compile(r"verdict-(pass|fail)(?:-(\d+))?"), "verdict"),
     (re.compile(r"(hang|malformed|nousage|missingfields|wrongtype|reset|"
@@ -967,6 +968,19 @@ class Handler(BaseHTTPRequestHandler):
             # embeddings of another length than the model's (a wrong deployment)
             ans.dims = int(arg)
             return self._json(200, ans.render())
+        if name == "embedbad":
+            # answers the SDK's types do not allow (found by fuzzing the parser),
+            # and one they do: a value too small for a float (its 0)
+            doc = ans.render()
+            if arg == "nested":
+                doc["data"][0]["embedding"][1] = [9, 9]
+            elif arg == "object":
+                doc["data"] = {"first": doc["data"][0]}
+            elif arg == "tiny":
+                doc["data"][0]["embedding"][0] = 1e-300
+            elif arg == "hugetokens":
+                doc["usage"]["prompt_tokens"] = 9223372036854775807
+            return self._json(200, doc)
         if name == "bigheader":
             # a normal answer behind one response header of N bytes
             return self._send(200, json.dumps(ans.render()).encode(),

@@ -73,7 +73,8 @@ CREATE TABLE maester.model (
     output_limit_param text CHECK (output_limit_param OPERATOR(pg_catalog.=) ANY (ARRAY['max_tokens', 'max_completion_tokens'])),
     structured_output  text CHECK (structured_output OPERATOR(pg_catalog.=) ANY (ARRAY['native', 'tool'])),
     embedding_dimensions integer CHECK (embedding_dimensions BETWEEN 1 AND 65536),
-    shipped            boolean NOT NULL DEFAULT false
+    shipped            boolean NOT NULL DEFAULT false,
+    max_input_tokens   integer CHECK (max_input_tokens OPERATOR(pg_catalog.>) 0)
 );
 
 COMMENT ON TABLE maester.model IS
@@ -83,6 +84,7 @@ COMMENT ON COLUMN maester.model.provider_model IS 'The model id sent to the prov
 COMMENT ON COLUMN maester.model.aliases IS 'Other names callers may use for this model.';
 COMMENT ON COLUMN maester.model.unsupported_params IS 'Sampling parameters the model refuses (of temperature, top_p, stop): left out of its requests, and named on the span (maester.request.dropped_params). NULL: the rule (README, Models): OpenAI reasoning models (o1, o3, o4, gpt-5 but not -chat) refuse all three; Claude newer than 4.6 refuses temperature and top_p; Claude 4.1 to 4.6 refuses the two together (top_p is left out). ''{}'': none.';
 COMMENT ON COLUMN maester.model.output_limit_param IS 'The request member the output limit is sent as: max_tokens or max_completion_tokens. NULL: the kind''s (max_completion_tokens at openai, max_tokens at openai_compatible; Anthropic always max_tokens). Set max_completion_tokens for OpenAI reasoning models behind a compatible endpoint (a proxy, Azure).';
+COMMENT ON COLUMN maester.model.max_input_tokens IS 'An embedding model''s input limit in tokens (8,192 for OpenAI''s). maester.embed sends an input whose UTF-8 bytes exceed it (so that it may be over: a token is at least a byte) in a request of its own, so that the provider''s refusal of it costs the other inputs nothing; NULL: no limit known.';
 COMMENT ON COLUMN maester.model.shipped IS 'True for a row as maester ships it (OpenAI''s embedding models); maester clears it when an admin edits the row, and pg_dump keeps every row where it is false.';
 COMMENT ON COLUMN maester.model.embedding_dimensions IS 'An embedding model''s vector length: maester.embed refuses answers of another length unless the call asks for dimensions. NULL: a chat model, or an embedding model whose length is taken as it comes.';
 COMMENT ON COLUMN maester.model.structured_output IS 'How a json_schema response format is asked of an Anthropic model: native (output_config.format) or tool (a forced tool whose input is the answer, which every Claude model has). NULL: tool. OpenAI kinds always send response_format.';
@@ -118,9 +120,9 @@ INSERT INTO maester.route_target (route, position, provider, model, shipped) VAL
     ('default', 2, 'anthropic', 'claude-haiku-4-5', true);
 INSERT INTO maester.route (name, description, shipped) VALUES
     ('default_embedding', 'Used by maester.embed when no model is given.', true);
-INSERT INTO maester.model (name, provider, provider_model, description, embedding_dimensions, shipped) VALUES
-    ('text-embedding-3-small', 'openai', 'text-embedding-3-small', 'OpenAI embedding model, 1,536 dimensions (fewer on request), 8,192 input tokens.', 1536, true),
-    ('text-embedding-3-large', 'openai', 'text-embedding-3-large', 'OpenAI embedding model, 3,072 dimensions (fewer on request), 8,192 input tokens.', 3072, true);
+INSERT INTO maester.model (name, provider, provider_model, description, embedding_dimensions, max_input_tokens, shipped) VALUES
+    ('text-embedding-3-small', 'openai', 'text-embedding-3-small', 'OpenAI embedding model, 1,536 dimensions (fewer on request), 8,192 input tokens.', 1536, 8192, true),
+    ('text-embedding-3-large', 'openai', 'text-embedding-3-large', 'OpenAI embedding model, 3,072 dimensions (fewer on request), 8,192 input tokens.', 3072, 8192, true);
 INSERT INTO maester.route_target (route, position, provider, model, shipped) VALUES
     ('default_embedding', 1, 'openai', 'text-embedding-3-small', true);
 

@@ -454,10 +454,12 @@ CREATE POLICY embedding_cache_tenant ON maester.embedding_cache FOR SELECT TO ma
 -- OpenAI's embedding models shipped as rows (with their dimensions), under
 -- the shipped-row rules of providers and routes (an admin's row of the
 -- same name wins)
-ALTER TABLE maester.model ADD COLUMN shipped boolean NOT NULL DEFAULT false;
+ALTER TABLE maester.model ADD COLUMN shipped boolean NOT NULL DEFAULT false,
+    ADD COLUMN max_input_tokens integer CHECK (max_input_tokens OPERATOR(pg_catalog.>) 0);
+COMMENT ON COLUMN maester.model.max_input_tokens IS 'An embedding model''s input limit in tokens (8,192 for OpenAI''s). maester.embed sends an input whose UTF-8 bytes exceed it (so that it may be over: a token is at least a byte) in a request of its own, so that the provider''s refusal of it costs the other inputs nothing; NULL: no limit known.';
 COMMENT ON COLUMN maester.model.shipped IS 'True for a row as maester ships it (OpenAI''s embedding models); maester clears it when an admin edits the row, and pg_dump keeps every row where it is false.';
-INSERT INTO maester.model (name, provider, provider_model, description, embedding_dimensions, shipped)
-SELECT m.name, 'openai', m.name, m.description, m.dims, true
+INSERT INTO maester.model (name, provider, provider_model, description, embedding_dimensions, max_input_tokens, shipped)
+SELECT m.name, 'openai', m.name, m.description, m.dims, 8192, true
   FROM (VALUES ('text-embedding-3-small', 'OpenAI embedding model, 1,536 dimensions (fewer on request), 8,192 input tokens.', 1536),
                ('text-embedding-3-large', 'OpenAI embedding model, 3,072 dimensions (fewer on request), 8,192 input tokens.', 3072))
        AS m(name, description, dims)
