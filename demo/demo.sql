@@ -49,6 +49,8 @@ INSERT INTO maester.model (name, provider, provider_model)
 VALUES ('gpt-4.1-mini', 'mock', 'gpt-4.1-mini');
 UPDATE maester.route_target SET provider = 'mock'
  WHERE route = 'default' AND position = 1;
+UPDATE maester.model SET provider = 'mock' WHERE name = 'text-embedding-3-small';
+UPDATE maester.route_target SET provider = 'mock' WHERE route = 'default_embedding';
 \endif
 \set ECHO queries
 SELECT name, kind, base_url, api_key_env, models, enabled FROM maester.provider ORDER BY priority, name;
@@ -174,6 +176,47 @@ SELECT submission, total, queued, running, done, failed, per_second > 0 AS has_r
   FROM maester.job_progress;
 SELECT id, status, left((result).content, 60) AS content, (result).cost_usd, request_id IS NOT NULL AS in_ledger
   FROM maester.job ORDER BY id LIMIT 3;
+
+-- Tools: the model asks for one, SQL runs it, the model answers with its
+-- result.  tool_calls is one shape for OpenAI and Anthropic alike.
+CREATE TEMP TABLE turn AS
+SELECT * FROM maester.llm_generate(model => 'gpt-4.1-mini',
+    messages => '[{"role": "user", "content": "How many jobs are queued right now?"}]',
+    options => '{"tools": [{"name": "count_jobs", "description": "Count maester jobs by status",
+                            "parameters": {"type": "object", "properties": {"status": {"type": "string"}},
+                                           "required": ["status"]}}],
+                 "tool_choice": "required"}');
+SELECT finish_reason, tool_calls FROM turn;
+SELECT left(g.content, 70) AS answer
+  FROM turn t, maester.llm_generate(model => 'gpt-4.1-mini', messages => jsonb_build_array(
+         jsonb_build_object('role', 'user', 'content', 'How many jobs are queued right now?'),
+         jsonb_build_object('role', 'assistant', 'content', t.content, 'tool_calls', t.tool_calls),
+         jsonb_build_object('role', 'tool', 'tool_call_id', t.tool_calls -> 0 ->> 'id',
+             'content', (SELECT count(*) FROM maester.job WHERE status = 'queued')::text)),
+       options => '{"tools": [{"name": "count_jobs", "parameters": {"type": "object"}}]}') g;
+
+-- Structured output: the answer as jsonb, checked against its schema.
+SELECT parsed, evaluation ->> 'status' AS schema_check
+  FROM maester.llm_generate('Extract the service and the latency: inference latency rose to 340 ms.',
+         'gpt-4.1-mini', options => '{"response_format": {"type": "json_schema", "json_schema": {
+           "name": "incident", "strict": true, "schema": {"type": "object",
+           "properties": {"service": {"type": "string"}, "latency_ms": {"type": "integer"}},
+           "required": ["service", "latency_ms"], "additionalProperties": false}}}}');
+
+-- Knowledge: embed a few runbook lines through the gateway (metered like
+-- any call), then find the closest to a question with the vector helpers.
+CREATE TABLE runbook (id int PRIMARY KEY, line text, embedding real[]);
+INSERT INTO runbook (id, line) VALUES
+    (1, 'Disk full on a database host: rotate logs and extend the volume.'),
+    (2, 'Inference latency above 300 ms: scale the model servers out.'),
+    (3, 'Revoked API key: rotate the key and audit the account.');
+UPDATE runbook r SET embedding = e.embedding
+  FROM maester.embed(ARRAY(SELECT line FROM runbook ORDER BY id)) e WHERE e.ordinal = r.id;
+SELECT id, line, round(maester.cosine_similarity(embedding,
+                         maester.embed('latency of the inference service is high'))::numeric, 3) AS similarity
+  FROM runbook ORDER BY similarity DESC LIMIT 2;
+SELECT purpose, model, count(*) AS requests, sum(input_tokens) AS tokens
+  FROM maester.usage WHERE purpose = 'embedding' GROUP BY 1, 2;
 
 -- A budget: the demo tenant may spend $0.0003 a day; the next call whose
 -- worst case does not fit is refused before anything is sent.
