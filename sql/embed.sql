@@ -108,6 +108,15 @@ SELECT status, http_status, count(*) FROM maester.usage
  WHERE tenant = 'embeddings' AND model_name = 'emb-ctx' GROUP BY 1, 2 ORDER BY 1;
 SELECT name, embedding_dimensions, max_input_tokens, shipped FROM maester.model WHERE name LIKE 'text-embedding-%' ORDER BY 1;
 
+-- a provider that refuses every request is not sent one per input: the
+-- splits stop when none has succeeded
+INSERT INTO maester.model (name, provider, provider_model) VALUES ('emb-allbad', 'embmock', 'fault-status-400');
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million) VALUES ('emb-allbad', '2020-01-01', 0.02, 0);
+SELECT pg_temp.requests() AS before \gset
+SELECT count(*) AS inputs, count(*) FILTER (WHERE error_class = 'bad_request') AS failed
+  FROM maester.embed(ARRAY(SELECT 'text ' || i FROM generate_series(1, 64) i), 'emb-allbad');
+SELECT pg_temp.requests() - :before <= 9 AS bounded;
+
 -- vectors of another length than the model's: an error naming both
 SELECT error_class, error_message FROM maester.embed(ARRAY['a'], 'emb-wrongdim');
 -- answers the types do not allow are refused, a value too small for a float is 0,

@@ -98,7 +98,16 @@ typedef struct EmbedState
 	RouteTarget *first;			/* the route's first target */
 	MemoryContext cxt;
 	int			ordinal;
+	bool		answered;		/* a request of this call succeeded */
+	int			splits;			/* refused requests split so far */
 } EmbedState;
+
+/*
+ * Refused requests split before any request succeeded: a provider that
+ * refuses every request (a parameter it does not take, say) must not be
+ * sent one request per input
+ */
+#define EMBED_BLIND_SPLITS 4
 
 static void
 embed_option_error(const char *key, const char *what)
@@ -269,7 +278,8 @@ embed_done(Call *c, void *arg)
 		 * take (too long for the model): send each half again, so that only
 		 * that input fails.
 		 */
-		if (b->n > 1 && c->error_class && strcmp(c->error_class, "bad_request") == 0)
+		if (b->n > 1 && c->error_class && strcmp(c->error_class, "bad_request") == 0 &&
+			(st->answered || st->splits < EMBED_BLIND_SPLITS))
 		{
 			int			half = b->n / 2;
 			/* the queue lives as long as embed() (done runs in a call's move) */
@@ -278,6 +288,7 @@ embed_done(Call *c, void *arg)
 			st->queue = lappend(st->queue, batch_of(st, b->idx, half));
 			st->queue = lappend(st->queue, batch_of(st, b->idx + half, b->n - half));
 			MemoryContextSwitchTo(old);
+			st->splits++;
 		}
 		else
 			for (int k = 0; k < b->n; k++)
@@ -297,6 +308,7 @@ embed_done(Call *c, void *arg)
 		int64		given = 0;
 
 		(void) call_finish_isolated(c);
+		st->answered = true;
 		for (int k = 0; k < b->n; k++)
 			bytes += strlen(st->inputs[b->idx[k]]);
 		for (int k = 0; k < b->n; k++)
