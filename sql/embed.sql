@@ -108,14 +108,22 @@ SELECT status, http_status, count(*) FROM maester.usage
  WHERE tenant = 'embeddings' AND model_name = 'emb-ctx' GROUP BY 1, 2 ORDER BY 1;
 SELECT name, embedding_dimensions, max_input_tokens, shipped FROM maester.model WHERE name LIKE 'text-embedding-%' ORDER BY 1;
 
--- a provider that refuses every request is not sent one per input: the
--- splits stop when none has succeeded
+-- a provider that refuses every request is not sent one per input: a
+-- refusal before anything was taken sends the shortest input alone first,
+-- and when that is refused too, the rest fail
 INSERT INTO maester.model (name, provider, provider_model) VALUES ('emb-allbad', 'embmock', 'fault-status-400');
 INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million) VALUES ('emb-allbad', '2020-01-01', 0.02, 0);
 SELECT pg_temp.requests() AS before \gset
 SELECT count(*) AS inputs, count(*) FILTER (WHERE error_class = 'bad_request') AS failed
   FROM maester.embed(ARRAY(SELECT 'text ' || i FROM generate_series(1, 64) i), 'emb-allbad');
-SELECT pg_temp.requests() - :before <= 9 AS bounded;
+SELECT pg_temp.requests() - :before AS requests;
+-- while one that refuses some inputs still has every other one embedded
+-- (every 8th input here is over the model's context, and no limit is known)
+UPDATE maester.model SET max_input_tokens = NULL WHERE name = 'emb-ctx';
+SELECT count(*) FILTER (WHERE embedding IS NOT NULL) AS embedded, count(error_code) AS failed,
+       bool_and((error_code IS NOT NULL) = (ordinal % 8 = 0)) AS the_long_ones_failed
+  FROM maester.embed(ARRAY(SELECT CASE WHEN i % 8 = 0 THEN repeat('long ', 40) ELSE 'short ' || i END
+                             FROM generate_series(1, 64) i), 'emb-ctx');
 
 -- vectors of another length than the model's: an error naming both
 SELECT error_class, error_message FROM maester.embed(ARRAY['a'], 'emb-wrongdim');
@@ -161,7 +169,28 @@ SET maester.tenant = 'embeddings';
 SELECT count(*) FROM maester.embed(ARRAY['alpha beta'], 'emb', '{"cache": true, "dimensions": 16}');
 SELECT count(*) FROM maester.embed(ARRAY['alpha beta'], 'emb', '{"dimensions": 8}');
 SELECT pg_temp.requests() - :before AS requests;
+-- what else makes the vector is part of the key: normalize, input_type,
+-- and the model id the row sends
+SELECT pg_temp.requests() AS before \gset
+SELECT count(*) FROM maester.embed(ARRAY['alpha beta'], 'emb', '{"cache": true, "dimensions": 8, "normalize": false}');
+SELECT count(*) FROM maester.embed(ARRAY['alpha beta'], 'emb', '{"cache": true, "dimensions": 8, "input_type": "query"}');
+UPDATE maester.model SET provider_model = 'text-embedding-3-small-v2' WHERE name = 'emb';
+SELECT count(*) FROM maester.embed(ARRAY['alpha beta'], 'emb', '{"cache": true, "dimensions": 8}');
+UPDATE maester.model SET provider_model = 'text-embedding-3-small' WHERE name = 'emb';
+SELECT pg_temp.requests() - :before AS requests_all_misses;
+SELECT count(DISTINCT variant) AS variants FROM maester.embedding_cache WHERE tenant = 'embeddings';
 DELETE FROM maester.embedding_cache;
+
+-- a fallback to a model of other dimensions: its vector, named
+INSERT INTO maester.model (name, provider, provider_model, embedding_dimensions)
+VALUES ('emb-broken', 'embmock', 'fault-status-500', 1536);
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+VALUES ('emb-broken', '2020-01-01', 0.02, 0);
+INSERT INTO maester.route (name) VALUES ('emb-route');
+INSERT INTO maester.route_target (route, position, provider, model) VALUES
+    ('emb-route', 1, 'embmock', 'fault-status-500'), ('emb-route', 2, 'embmock', 'text-embedding-3-large');
+SELECT model, array_length(embedding, 1) AS dims, error_class FROM maester.embed(ARRAY['x y'], 'emb-route');
+DELETE FROM maester.route WHERE name = 'emb-route';
 
 -- Anthropic has no embeddings; the default route needs OpenAI's key
 SELECT pg_temp.err($$ SELECT maester.embed('x', 'emb-claude') $$);

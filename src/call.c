@@ -227,28 +227,6 @@ checks_with_schema(Jsonb *checks, const char *schema)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
 }
 
-/*
- * Bytes of `s` once converted to UTF-8, as providers receive it (in a
- * LATIN1 or WIN1251 database a byte may become two or three).
- */
-static int64
-utf8_length(const char *s)
-{
-	int			len;
-	char	   *u;
-	int64		n;
-
-	if (s == NULL)
-		return 0;
-	len = strlen(s);
-	if (GetDatabaseEncoding() == PG_UTF8 || GetDatabaseEncoding() == PG_SQL_ASCII)
-		return len;
-	u = pg_server_to_any(s, len, PG_UTF8);
-	n = strlen(u);
-	if (u != s)
-		pfree(u);
-	return n;
-}
 
 /*
  * Worst case of a chat call's input tokens: a token per byte of the UTF-8
@@ -275,15 +253,15 @@ worst_input_tokens(GenRequest *gen)
 		GenMessage *m = (GenMessage *) lfirst(lc);
 		ListCell   *tl;
 
-		n += utf8_length(m->content);
+		n += maester_utf8_length(m->content);
 		foreach(tl, m->tool_calls)
 		{
 			GenToolCall *tc = (GenToolCall *) lfirst(tl);
 
-			n += utf8_length(tc->name) + utf8_length(tc->arguments) +
-				utf8_length(tc->id) + 8;
+			n += maester_utf8_length(tc->name) + maester_utf8_length(tc->arguments) +
+				maester_utf8_length(tc->id) + 8;
 		}
-		n += utf8_length(m->tool_call_id);
+		n += maester_utf8_length(m->tool_call_id);
 	}
 	/*
 	 * tool definitions and a schema are sent as input too, and with
@@ -295,15 +273,15 @@ worst_input_tokens(GenRequest *gen)
 	foreach(lc, gen->tools)
 	{
 		GenTool    *t = (GenTool *) lfirst(lc);
-		int64		len = utf8_length(t->name) + utf8_length(t->description) +
-			utf8_length(t->parameters) + 16;
+		int64		len = maester_utf8_length(t->name) + maester_utf8_length(t->description) +
+			maester_utf8_length(t->parameters) + 16;
 
 		n += len;
 		gen->input_chars += len;
 	}
 	if (gen->schema)
 	{
-		int64		len = utf8_length(gen->schema) + 64;
+		int64		len = maester_utf8_length(gen->schema) + 64;
 
 		n += len;
 		gen->input_chars += len;
@@ -539,7 +517,7 @@ call_prepare_embedding(List *inputs, const char *model, const CallOptions *opts,
 		lens[k++] = strlen(s);
 		parts[k] = "";
 		lens[k++] = 1;
-		c->cs.est_input_tokens += utf8_length(s) + 2;
+		c->cs.est_input_tokens += maester_utf8_length(s) + 2;
 		c->opts.gen.input_chars += pg_mbstrlen(s);
 	}
 	maester_sha256_hex(parts, lens, k, g->prompt_hash);

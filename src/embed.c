@@ -68,6 +68,7 @@ typedef struct EmbedSlot
 	int			dims;
 	int64		tokens;			/* its share of the request's input tokens */
 	const char *model;			/* the identity of the model that made it */
+	const char *variant;		/* and its cache variant (cache_variant) */
 	bool		cached;			/* from the cache (else: to keep there) */
 	uint8		sha[32];		/* options.cache: the input's SHA-256 */
 	int			sqlstate;
@@ -81,6 +82,7 @@ typedef struct EmbedBatch
 {
 	int			n;
 	int		   *idx;
+	bool		probe;			/* the probe of a refusal (see PROBE_*) */
 } EmbedBatch;
 
 typedef struct EmbedState
@@ -99,15 +101,23 @@ typedef struct EmbedState
 	MemoryContext cxt;
 	int			ordinal;
 	bool		answered;		/* a request of this call succeeded */
-	int			splits;			/* refused requests split so far */
+	int			probe;			/* PROBE_*: does the provider take anything? */
+	List	   *held;			/* refused batches waiting for the probe */
 } EmbedState;
 
 /*
- * Refused requests split before any request succeeded: a provider that
- * refuses every request (a parameter it does not take, say) must not be
- * sent one request per input
+ * A provider that refuses every request (a parameter it does not take,
+ * say) must not be sent one request per input.  So when a request is
+ * refused before any succeeded, its shortest input is sent alone first:
+ * if that is refused too, the provider takes nothing, and the held
+ * requests fail; else they are split down to the inputs it refuses.
  */
-#define EMBED_BLIND_SPLITS 4
+#define PROBE_NONE		0
+#define PROBE_SENT		1
+#define PROBE_TAKEN		2
+#define PROBE_REFUSED	3
+
+static char *cache_variant(EmbedState *st, const RouteTarget *t);
 
 static void
 embed_option_error(const char *key, const char *what)
@@ -233,9 +243,42 @@ batch_of(EmbedState *st, const int *from, int n)
 	EmbedBatch *b = MemoryContextAlloc(st->cxt, sizeof(EmbedBatch));
 
 	b->n = n;
+	b->probe = false;
 	b->idx = MemoryContextAlloc(st->cxt, sizeof(int) * n);
 	memcpy(b->idx, from, sizeof(int) * n);
 	return b;
+}
+
+/* Send each half of a refused batch again */
+static void
+split_batch(EmbedState *st, EmbedBatch *b)
+{
+	int			half = b->n / 2;
+
+	st->queue = lappend(st->queue, batch_of(st, b->idx, half));
+	st->queue = lappend(st->queue, batch_of(st, b->idx + half, b->n - half));
+}
+
+/*
+ * The probe has answered: the held batches are split (the provider takes
+ * inputs), or fail with the probe's refusal (it takes none); in st->cxt
+ */
+static void
+release_held(EmbedState *st, Call *refusal)
+{
+	ListCell   *lc;
+
+	foreach(lc, st->held)
+	{
+		EmbedBatch *h = (EmbedBatch *) lfirst(lc);
+
+		if (refusal)
+			for (int k = 0; k < h->n; k++)
+				slot_fail(st, h->idx[k], refusal);
+		else
+			split_batch(st, h);
+	}
+	st->held = NIL;
 }
 
 static Call *
@@ -276,29 +319,67 @@ embed_done(Call *c, void *arg)
 		/*
 		 * A request the provider refused (400) may hold one input it cannot
 		 * take (too long for the model): send each half again, so that only
-		 * that input fails.
+		 * that input fails -- once the provider is known to take some
+		 * (PROBE_*).
 		 */
-		if (b->n > 1 && c->error_class && strcmp(c->error_class, "bad_request") == 0 &&
-			(st->answered || st->splits < EMBED_BLIND_SPLITS))
-		{
-			int			half = b->n / 2;
-			/* the queue lives as long as embed() (done runs in a call's move) */
-			MemoryContext old = MemoryContextSwitchTo(st->cxt);
+		bool		refused = c->error_class && strcmp(c->error_class, "bad_request") == 0;
+		/* the queue lives as long as embed() (done runs in a call's move) */
+		MemoryContext old = MemoryContextSwitchTo(st->cxt);
 
-			st->queue = lappend(st->queue, batch_of(st, b->idx, half));
-			st->queue = lappend(st->queue, batch_of(st, b->idx + half, b->n - half));
-			MemoryContextSwitchTo(old);
-			st->splits++;
+		if (b->probe)
+		{
+			/* the probe: the provider takes an input, or nothing */
+			st->probe = refused ? PROBE_REFUSED : PROBE_TAKEN;
+			slot_fail(st, b->idx[0], c);
+			release_held(st, refused ? c : NULL);
 		}
+		else if (refused && b->n > 1 && st->answered)
+			split_batch(st, b);
+		else if (refused && b->n > 1 && st->probe == PROBE_NONE)
+		{
+			/* refused before anything was taken: probe with its shortest input */
+			int			j = 0;
+			int			k2 = 0;
+			EmbedBatch *rest = batch_of(st, b->idx, b->n - 1);
+			EmbedBatch *probe;
+
+			for (int k = 1; k < b->n; k++)
+				if (strlen(st->inputs[b->idx[k]]) < strlen(st->inputs[b->idx[j]]))
+					j = k;
+			for (int k = 0; k < b->n; k++)
+				if (k != j)
+					rest->idx[k2++] = b->idx[k];
+			probe = batch_of(st, &b->idx[j], 1);
+			probe->probe = true;
+			st->probe = PROBE_SENT;
+			st->queue = lappend(st->queue, probe);
+			st->held = lappend(st->held, rest);
+		}
+		else if (refused && b->n > 1 && st->probe == PROBE_SENT)
+			st->held = lappend(st->held, batch_of(st, b->idx, b->n));
 		else
 			for (int k = 0; k < b->n; k++)
 				slot_fail(st, b->idx[k], c);
+		MemoryContextSwitchTo(old);
 	}
-	else if (st->model_dims > 0 && st->opts.gen.dimensions == 0 && r->dims != st->model_dims)
+	else if (c->plan->targets[c->ti].embedding_dimensions > 0 && st->opts.gen.dimensions == 0 &&
+			 r->dims != c->plan->targets[c->ti].embedding_dimensions)
 	{
+		/* the model that answered: a fallback target may be another */
 		char	   *msg = psprintf("%s answered embeddings of %d dimensions; model \"%s\" has %d (maester.model.embedding_dimensions)",
-								   c->g.provider, r->dims, c->g.model, st->model_dims);
+								   c->g.provider, r->dims, c->plan->targets[c->ti].name,
+								   c->plan->targets[c->ti].embedding_dimensions);
 
+		(void) call_finish_isolated(c);		/* it was answered, and billed */
+		st->answered = true;
+		if (b->probe)
+		{
+			MemoryContext old = MemoryContextSwitchTo(st->cxt);
+
+			st->probe = PROBE_TAKEN;
+			release_held(st, NULL);
+			MemoryContextSwitchTo(old);
+		}
 		for (int k = 0; k < b->n; k++)
 			slot_fail_with(st, b->idx[k], ERRCODE_MAESTER_BAD_RESPONSE, "bad_response", msg);
 	}
@@ -306,9 +387,20 @@ embed_done(Call *c, void *arg)
 	{
 		int64		bytes = 0;
 		int64		given = 0;
+		const char *model = MemoryContextStrdup(st->cxt, c->plan->targets[c->ti].name);
+		const char *variant = st->cache ?
+			MemoryContextStrdup(st->cxt, cache_variant(st, &c->plan->targets[c->ti])) : NULL;
 
 		(void) call_finish_isolated(c);
 		st->answered = true;
+		if (b->probe)
+		{
+			MemoryContext old = MemoryContextSwitchTo(st->cxt);
+
+			st->probe = PROBE_TAKEN;
+			release_held(st, NULL);
+			MemoryContextSwitchTo(old);
+		}
 		for (int k = 0; k < b->n; k++)
 			bytes += strlen(st->inputs[b->idx[k]]);
 		for (int k = 0; k < b->n; k++)
@@ -329,7 +421,8 @@ embed_done(Call *c, void *arg)
 			s->vector = MemoryContextAlloc(st->cxt, sizeof(float4) * r->dims);
 			memcpy(s->vector, v, sizeof(float4) * r->dims);
 			s->dims = r->dims;
-			s->model = MemoryContextStrdup(st->cxt, c->plan->targets[c->ti].name);
+			s->model = model;
+			s->variant = variant;
 			/* the request's tokens, shared by bytes (the last gets the rest) */
 			s->tokens = k == b->n - 1 ? r->input_tokens - given :
 				bytes > 0 ? r->input_tokens * (int64) strlen(st->inputs[b->idx[k]]) / bytes : 0;
@@ -359,6 +452,38 @@ batch_tokens(EmbedState *st)
 }
 
 /*
+ * What besides the model's identity and the dimensions makes a vector, as
+ * the cache's variant: the provider and model id that answered, normalize,
+ * input_type and options.extra (SHA-256 hex of them)
+ */
+static char *
+cache_variant(EmbedState *st, const RouteTarget *t)
+{
+	StringInfoData s;
+	const char *parts[1];
+	int			lens[1];
+	char	   *hex = palloc(MAESTER_SHA256_HEXLEN + 1);
+
+	initStringInfo(&s);
+	appendStringInfo(&s, "%s%c%s%c%d%c%s%c", t->provider->name, 0, t->model, 0,
+					 st->normalize ? 1 : 0, 0, st->opts.gen.input_type ? st->opts.gen.input_type : "", 0);
+	if (st->opts.gen.extra)
+		appendStringInfoString(&s, JsonbToCString(NULL, &st->opts.gen.extra->root,
+												  VARSIZE(st->opts.gen.extra)));
+	parts[0] = s.data;
+	lens[0] = s.len;
+	maester_sha256_hex(parts, lens, 1, hex);
+	return hex;
+}
+
+/* Slots by input SHA-256, for the cache lookup */
+static int
+sha_cmp(const void *a, const void *b)
+{
+	return memcmp(((const EmbedSlot *const *) a)[0]->sha, ((const EmbedSlot *const *) b)[0]->sha, 32);
+}
+
+/*
  * options.cache: the inputs the cache holds for this tenant, the route's
  * first model and these dimensions, into their slots (then not sent)
  */
@@ -366,11 +491,15 @@ static void
 cache_lookup(EmbedState *st)
 {
 	Datum	   *shas = palloc(sizeof(Datum) * Max(st->ninputs, 1));
+	EmbedSlot **sorted = palloc(sizeof(EmbedSlot *) * Max(st->ninputs, 1));
 	int			n = 0;
-	Oid			types[4] = {TEXTOID, TEXTOID, INT4OID, BYTEAARRAYOID};
-	Datum		values[4];
+	Oid			types[5] = {TEXTOID, TEXTOID, INT4OID, TEXTOID, BYTEAARRAYOID};
+	Datum		values[5];
 	OwnerScope	scope;
+	char	   *variant;
 
+	if (st->first == NULL)
+		return;
 	for (int i = 0; i < st->ninputs; i++)
 	{
 		bytea	   *b;
@@ -385,22 +514,28 @@ cache_lookup(EmbedState *st)
 		b = palloc(VARHDRSZ + 32);
 		SET_VARSIZE(b, VARHDRSZ + 32);
 		memcpy(VARDATA(b), st->slots[i].sha, 32);
-		shas[n++] = PointerGetDatum(b);
+		shas[n] = PointerGetDatum(b);
+		sorted[n++] = &st->slots[i];
+		CHECK_FOR_INTERRUPTS();
 	}
-	if (n == 0 || st->first == NULL)
+	if (n == 0)
 		return;
+	/* rows are matched to inputs by a binary search, not a scan of them all */
+	qsort(sorted, n, sizeof(EmbedSlot *), sha_cmp);
+	variant = cache_variant(st, st->first);
 	values[0] = CStringGetTextDatum(maester_current_tenant());
 	values[1] = CStringGetTextDatum(st->first->name);
 	values[2] = Int32GetDatum(st->opts.gen.dimensions);
-	values[3] = PointerGetDatum(construct_array(shas, n, BYTEAOID, -1, false, TYPALIGN_INT));
+	values[3] = CStringGetTextDatum(variant);
+	values[4] = PointerGetDatum(construct_array(shas, n, BYTEAOID, -1, false, TYPALIGN_INT));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	maester_become_owner(maester_table_oid("embedding_cache"), &scope);
 	if (SPI_execute_with_args("SELECT input_sha256, embedding, input_tokens FROM maester.embedding_cache "
 							  "WHERE tenant OPERATOR(pg_catalog.=) $1 AND model OPERATOR(pg_catalog.=) $2 "
-							  "AND dimensions OPERATOR(pg_catalog.=) $3 "
-							  "AND input_sha256 OPERATOR(pg_catalog.=) ANY ($4)",
-							  4, types, values, NULL, true, 0) != SPI_OK_SELECT)
+							  "AND dimensions OPERATOR(pg_catalog.=) $3 AND variant OPERATOR(pg_catalog.=) $4 "
+							  "AND input_sha256 OPERATOR(pg_catalog.=) ANY ($5)",
+							  5, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read maester.embedding_cache");
 	maester_restore_user(&scope);
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -410,14 +545,27 @@ cache_lookup(EmbedState *st)
 		ArrayType  *vec = DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
 		int32		tokens = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 3, &isnull));
 		int			dims = ArrayGetNItems(ARR_NDIM(vec), ARR_DIMS(vec));
+		EmbedSlot	key;
+		EmbedSlot  *keyp = &key;
+		EmbedSlot **hit;
 
-		/* every input with that text: a text repeated in one call is one hit each */
-		for (int i = 0; i < st->ninputs; i++)
+		CHECK_FOR_INTERRUPTS();
+		/* a length the model no longer has is no hit (its row was changed) */
+		if (VARSIZE_ANY_EXHDR(sha) != 32 || dims == 0 ||
+			(st->opts.gen.dimensions == 0 && st->model_dims > 0 && dims != st->model_dims))
+			continue;
+		memcpy(key.sha, VARDATA_ANY(sha), 32);
+		hit = bsearch(&keyp, sorted, n, sizeof(EmbedSlot *), sha_cmp);
+		if (hit == NULL)
+			continue;
+		/* the first of equal inputs, then every one (a text repeated in one call is one hit each) */
+		while (hit > sorted && memcmp(hit[-1]->sha, key.sha, 32) == 0)
+			hit--;
+		for (; hit < sorted + n && memcmp((*hit)->sha, key.sha, 32) == 0; hit++)
 		{
-			EmbedSlot  *s = &st->slots[i];
+			EmbedSlot  *s = *hit;
 
-			if (s->vector || st->inputs[i] == NULL || st->inputs[i][0] == '\0' ||
-				memcmp(s->sha, VARDATA_ANY(sha), 32) != 0)
+			if (s->vector)
 				continue;
 			s->vector = MemoryContextAlloc(st->cxt, sizeof(float4) * dims);
 			memcpy(s->vector, ARR_DATA_PTR(vec), sizeof(float4) * dims);
@@ -440,9 +588,11 @@ cache_store_fn(void *arg)
 	Datum	   *shas = palloc(sizeof(Datum) * Max(st->ninputs, 1));
 	Datum	   *vecs = palloc(sizeof(Datum) * Max(st->ninputs, 1));
 	Datum	   *toks = palloc(sizeof(Datum) * Max(st->ninputs, 1));
+	Datum	   *variants = palloc(sizeof(Datum) * Max(st->ninputs, 1));
 	int			k = 0;
-	Oid			types[6] = {TEXTOID, INT4OID, TEXTARRAYOID, BYTEAARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
-	Datum		values[6];
+	Oid			types[7] = {TEXTOID, INT4OID, TEXTARRAYOID, BYTEAARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+	TEXTARRAYOID};
+	Datum		values[7];
 
 	for (int i = 0; i < st->ninputs; i++)
 	{
@@ -456,6 +606,7 @@ cache_store_fn(void *arg)
 		SET_VARSIZE(b, VARHDRSZ + 32);
 		memcpy(VARDATA(b), s->sha, 32);
 		models[k] = CStringGetTextDatum(s->model);
+		variants[k] = CStringGetTextDatum(s->variant);
 		shas[k] = PointerGetDatum(b);
 		/* real[] as text: an array of arrays of any lengths is not a type */
 		initStringInfo(&t);
@@ -475,16 +626,18 @@ cache_store_fn(void *arg)
 	values[3] = PointerGetDatum(construct_array(shas, k, BYTEAOID, -1, false, TYPALIGN_INT));
 	values[4] = PointerGetDatum(construct_array(vecs, k, TEXTOID, -1, false, TYPALIGN_INT));
 	values[5] = PointerGetDatum(construct_array(toks, k, INT4OID, 4, true, TYPALIGN_INT));
+	values[6] = PointerGetDatum(construct_array(variants, k, TEXTOID, -1, false, TYPALIGN_INT));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	maester_become_owner(maester_table_oid("embedding_cache"), &scope);
 	if (SPI_execute_with_args("INSERT INTO maester.embedding_cache AS c "
-							  "(tenant, model, dimensions, input_sha256, embedding, input_tokens) "
-							  "SELECT $1, m, $2, h, e::pg_catalog.float4[], t "
+							  "(tenant, model, dimensions, variant, input_sha256, embedding, input_tokens) "
+							  "SELECT $1, m, $2, v, h, e::pg_catalog.float4[], t "
 							  "FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), "
-							  "pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(m, h, e, t) "
+							  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7)) "
+							  "AS u(m, h, e, t, v) "
 							  "ON CONFLICT DO NOTHING",
-							  6, types, values, NULL, false, 0) != SPI_OK_INSERT)
+							  7, types, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not write maester.embedding_cache");
 	maester_restore_user(&scope);
 	SPI_finish();
@@ -598,8 +751,8 @@ embed_run(EmbedState *st, int concurrency)
 		}
 		if (st->slots[i].cached)
 			continue;			/* the cache answered it */
-		/* worst case: a token per byte of UTF-8, and a couple more */
-		t = (int64) strlen(st->inputs[i]) + 2;
+		/* worst case: a token per byte of UTF-8 (in any server encoding), and a couple more */
+		t = maester_utf8_length(st->inputs[i]) + 2;
 		/*
 		 * An input that may be over the model's limit goes alone: if the
 		 * provider refuses it, no other input waits for the split
@@ -628,6 +781,8 @@ embed_run(EmbedState *st, int concurrency)
 
 		run_calls(&d);
 	}
+	/* (nothing is held once the probe has answered, which it always does) */
+	Assert(st->held == NIL);
 	if (st->cache)
 		cache_record(st);
 }

@@ -515,7 +515,8 @@ ep_object_start(void *state)
 
 	ep->depth++;
 	/* data is an array of objects, an embedding an array of numbers */
-	if ((ep->depth == 2 && in_data(ep)) || (ep->depth >= 5 && in_data(ep)))
+	if ((ep->depth == 2 && in_data(ep)) || (ep->depth >= 5 && in_data(ep)) ||
+		(ep->depth == 4 && in_data(ep) && ep->item_field && strcmp(ep->item_field, "embedding") == 0))
 		ep_problem(ep, pstrdup("the response's data is not an array of embeddings"));
 	if (ep->depth == 3 && ep->top_field && strcmp(ep->top_field, "data") == 0)
 	{
@@ -563,6 +564,8 @@ ep_array_start(void *state)
 		ep_problem(ep, pstrdup("the response's data is not an array of embeddings"));
 	if (ep->depth == 4 && ep->item_field && strcmp(ep->item_field, "embedding") == 0)
 	{
+		if (ep->has_embedding)
+			ep_problem(ep, pstrdup("an embedding of the response has two \"embedding\" members"));
 		ep->has_embedding = true;
 		ep->nbuf = 0;
 	}

@@ -189,3 +189,26 @@ maester_cut_short(const char *s, int max)
 		strcpy(out + cut, "...");
 	return out;
 }
+
+/*
+ * Bytes of `s` once converted to UTF-8, as providers receive it (in a
+ * LATIN1 or WIN1251 database a byte may become two or three).
+ */
+int64
+maester_utf8_length(const char *s)
+{
+	int			len;
+	char	   *u;
+	int64		n;
+
+	if (s == NULL)
+		return 0;
+	len = strlen(s);
+	if (GetDatabaseEncoding() == PG_UTF8 || GetDatabaseEncoding() == PG_SQL_ASCII)
+		return len;
+	u = pg_server_to_any(s, len, PG_UTF8);
+	n = strlen(u);
+	if (u != s)
+		pfree(u);
+	return n;
+}

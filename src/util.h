@@ -33,5 +33,6 @@ typedef struct OwnerScope
 extern void maester_become_owner(Oid relid, OwnerScope *scope);
 extern void maester_restore_user(OwnerScope *scope);
 extern Oid	maester_table_oid(const char *name);
+extern int64 maester_utf8_length(const char *s);
 
 #endif							/* MAESTER_UTIL_H */

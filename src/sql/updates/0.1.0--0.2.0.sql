@@ -435,15 +435,17 @@ CREATE TABLE maester.embedding_cache (
     tenant        text NOT NULL,
     model         text NOT NULL,
     dimensions    integer NOT NULL,
+    variant       text NOT NULL,
     input_sha256  bytea NOT NULL,
     embedding     real[] NOT NULL,
     input_tokens  integer NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    PRIMARY KEY (tenant, model, dimensions, input_sha256)
+    PRIMARY KEY (tenant, model, dimensions, variant, input_sha256)
 );
 
 COMMENT ON TABLE maester.embedding_cache IS
     'Embeddings maester.embed(options => {"cache": true}) keeps: by tenant (one tenant''s texts are never another''s hits), the model that made them (its identity), the dimensions asked (0: the model''s) and the SHA-256 of the input. Written by maester only; admins may delete rows.';
+COMMENT ON COLUMN maester.embedding_cache.variant IS 'SHA-256 hex of what else makes the vector: the provider and model id that answered, normalize, input_type and options.extra; a call hits only entries of its own.';
 COMMENT ON COLUMN maester.embedding_cache.input_tokens IS 'What the input cost when it was embedded (its share of the request), counted again in the ledger at $0 on a hit.';
 
 ALTER TABLE maester.embedding_cache ENABLE ROW LEVEL SECURITY;
