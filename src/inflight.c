@@ -465,12 +465,12 @@ target_drop_refused(const RouteTarget *t, GenRequest *gen, Span *span)
 		gen->stop = NIL;
 		appendStringInfo(&dropped, "%sstop", dropped.len ? "," : "");
 	}
-	/* Anthropic's temperature goes to 1 (OpenAI's to 2): the most it takes */
-	if (gen->has_temperature && gen->temperature > 1 &&
-		strcmp(t->provider->ops->kind, "anthropic") == 0)
+	/* a temperature above what the kind takes (Anthropic: 1) is its most */
+	if (gen->has_temperature && t->provider->ops->max_temperature > 0 &&
+		gen->temperature > t->provider->ops->max_temperature)
 	{
-		gen->temperature = 1;
-		trace_attr_num(span, "maester.request.temperature_clamped", 1);
+		gen->temperature = t->provider->ops->max_temperature;
+		trace_attr_num(span, "maester.request.temperature_clamped", gen->temperature);
 	}
 	if (dropped.len > 0)
 		trace_attr_str(span, "maester.request.dropped_params", dropped.data);

@@ -171,6 +171,8 @@ typedef struct ProviderOps
 	bool		(*parse_response) (Jsonb *jb, const GenRequest *req, GenResponse *out,
 								   char **problem);
 	int			default_max_tokens; /* sent when the call gives none; 0: none sent */
+	double		max_temperature;	/* the most it takes (a call's 0 to 2 is cut
+									 * to it); 0: 2 */
 	bool		deployments;	/* azure: with an api_version, the model is
 								 * the deployment in the URL */
 	/* embeddings; NULL: the kind has none */

@@ -447,4 +447,5 @@ const ProviderOps anthropic_ops = {
 	.build_body = anthropic_build_body,
 	.parse_response = anthropic_parse_response,
 	.default_max_tokens = ANTHROPIC_DEFAULT_MAX_TOKENS,
+	.max_temperature = 1.0,		/* Anthropic's range is 0 to 1 */
 };

@@ -24,7 +24,6 @@
 #include "postgres.h"
 
 #include <errno.h>
-#include <float.h>
 #include <math.h>
 
 #include "common/jsonapi.h"

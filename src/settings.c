@@ -39,6 +39,7 @@ char	   *maester_key_directory = NULL;
 bool		maester_capture_content = false;
 char	   *maester_tenant = NULL;
 char	   *maester_vector_kernels = NULL;
+const VectorKernels *maester_kernels = NULL;
 int			maester_ledger_timeout_ms = 5000;
 bool		maester_budget_allow_unpriced = false;
 char	   *maester_traceparent = NULL;
@@ -127,6 +128,14 @@ check_vector_kernels(char **newval, void **extra, GucSource source)
 	GUC_check_errdetail("This CPU does not run \"%s\" (it runs \"%s\"); use auto, scalar or one it runs.",
 						*newval, vector_kernels()->name);
 	return false;
+}
+
+/* ... and the kernels the vector functions use, chosen once per setting */
+static void
+assign_vector_kernels(const char *newval, void *extra)
+{
+	maester_kernels = newval && strcmp(newval, "auto") != 0 ?
+		vector_kernels_named(newval) : NULL;
 }
 
 /* maester.tenant: a non-empty name, of a tenant the role may act as */
@@ -278,7 +287,7 @@ settings_define(void)
 							   "auto",
 							   PGC_USERSET,
 							   0,
-							   check_vector_kernels, NULL, NULL);
+							   check_vector_kernels, assign_vector_kernels, NULL);
 
 	DefineCustomIntVariable("maester.ledger_timeout_ms",
 							"How long a call waits for the usage ledger before failing.",

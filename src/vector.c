@@ -24,14 +24,10 @@
 #include "vector_kernels.h"
 
 /* The kernels maester.vector_kernels names (auto: the best) */
-static const VectorKernels *
+static inline const VectorKernels *
 kernels(void)
 {
-	const VectorKernels *k = NULL;
-
-	if (maester_vector_kernels && strcmp(maester_vector_kernels, "auto") != 0)
-		k = vector_kernels_named(maester_vector_kernels);
-	return k ? k : vector_kernels();
+	return maester_kernels ? maester_kernels : vector_kernels();
 }
 
 /* The floats of a real[] argument; raises for a NULL element or a bad shape */
