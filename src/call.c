@@ -183,52 +183,6 @@ config_with_options(Jsonb *config, Jsonb *call_options)
 }
 
 /*
- * The checks of a call whose answer must follow a schema (response_format
- * json_schema): the version's checks and a json_schema check of that
- * schema -- a member of the object form (unless it has its own), an
- * assertion appended to the array forms; alone when there are no checks
- * (the default max_length does not fit a JSON answer).
- */
-static Jsonb *
-checks_with_schema(Jsonb *checks, const char *schema)
-{
-	const char *json;
-
-	if (checks == NULL)
-		json = psprintf("{\"json_schema\": %s}", schema);
-	else if (JB_ROOT_IS_OBJECT(checks) && json_get(&checks->root, "assert") == NULL)
-	{
-		if (json_get(&checks->root, "json_schema") != NULL)
-			return checks;
-		return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(checks),
-												  DirectFunctionCall1(jsonb_in, CStringGetDatum(
-																							   psprintf("{\"json_schema\": %s}", schema)))));
-	}
-	else
-	{
-		Jsonb	   *assertion = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
-																							   psprintf("[{\"type\": \"json_schema\", \"value\": %s}]", schema))));
-
-		if (JB_ROOT_IS_ARRAY(checks))
-			return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(checks),
-													  JsonbPGetDatum(assertion)));
-		/* {"assert": [...], ...} */
-		{
-			Datum		path = PointerGetDatum(construct_array((Datum[]) {CStringGetTextDatum("assert")},
-															   1, TEXTOID, -1, false, TYPALIGN_INT));
-			Datum		assertions = DirectFunctionCall2(jsonb_concat,
-														 JsonbPGetDatum(JsonbValueToJsonb(json_get(&checks->root, "assert"))),
-														 JsonbPGetDatum(assertion));
-
-			return DatumGetJsonbP(DirectFunctionCall4(jsonb_set, JsonbPGetDatum(checks), path,
-													  assertions, BoolGetDatum(true)));
-		}
-	}
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
-}
-
-
-/*
  * Worst case of a chat call's input tokens: a token per byte of the UTF-8
  * text the provider gets (byte-level BPE emits at least a byte per token),
  * plus the chat format's overhead (7 to 13 tokens measured:
@@ -406,12 +360,6 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 		maester_prompt_hash(system, content, g->prompt_hash);
 	}
 	request_check_options(&c->opts);
-	if (c->opts.gen.schema != NULL)
-	{
-		c->base_checks = g->checks;
-		c->schema_checked = true;
-		g->checks = checks_with_schema(g->checks, c->opts.gen.schema);
-	}
 	c->content = content;
 	c->system = system;
 	/* a provider answers an empty prompt with a 400 (billed by some): not sent */
@@ -864,11 +812,21 @@ evaluation_context(Call *c)
 {
 	Generation *g = &c->g;
 	double		latency_ms = c->rec ? c->rec->latency_ms : 0;
+	StringInfoData j;
 
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
-		g->cost ? psprintf("{\"latency_ms\": %.3f, \"cost_usd\": %s}", latency_ms,
-						   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(g->cost))))
-		: psprintf("{\"latency_ms\": %.3f}", latency_ms))));
+	initStringInfo(&j);
+	appendStringInfo(&j, "{\"latency_ms\": %.3f", latency_ms);
+	if (g->cost)
+		appendStringInfo(&j, ", \"cost_usd\": %s",
+						 DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(g->cost))));
+	/*
+	 * A response format's schema is checked too -- but not on a turn that
+	 * only calls tools, which is not the answer the schema describes
+	 */
+	if (c->opts.gen.schema && !(g->resp.content[0] == '\0' && g->resp.tool_calls != NULL))
+		appendStringInfo(&j, ", \"response_schema\": %s", c->opts.gen.schema);
+	appendStringInfoChar(&j, '}');
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(j.data)));
 }
 
 typedef struct EvalPass
@@ -892,21 +850,6 @@ evaluated_text(Generation *g)
 	if (g->resp.content[0] == '\0' && g->resp.tool_calls != NULL)
 		return g->resp.tool_calls;
 	return g->resp.content;
-}
-
-/*
- * The checks an answer is evaluated with: the version's, and a response
- * format's schema -- but not for a turn that only calls tools, which is
- * not the answer the schema describes
- */
-static Jsonb *
-evaluated_checks(Call *c)
-{
-	Generation *g = &c->g;
-
-	if (c->schema_checked && g->resp.content[0] == '\0' && g->resp.tool_calls != NULL)
-		return c->base_checks;
-	return g->checks;
 }
 
 static void
@@ -947,12 +890,13 @@ evaluation_error(Call *c, const char *message)
 static Jsonb *
 evaluate_pass(Call *c, RubricGrader grader, void *grader_arg, bool *ok)
 {
-	EvalPass	ep = {c, evaluation_context(c), grader, grader_arg, evaluated_checks(c), NULL};
+	EvalPass	ep = {c, evaluation_context(c), grader, grader_arg, c->g.checks, NULL};
 	Generation *g = &c->g;
 	ErrorData  *edata;
 
 	*ok = true;
-	if (ep.checks == NULL)
+	/* the articles' default alone cannot fail: no subtransaction for it */
+	if (ep.checks == NULL && json_get(&ep.ctx->root, "response_schema") == NULL)
 		return maester_evaluate(evaluated_text(g), strlen(evaluated_text(g)), NULL,
 								ep.ctx, NULL, NULL);
 	edata = maester_subxact(evaluate_pass_fn, &ep, CurrentMemoryContext);

@@ -153,8 +153,6 @@ struct Call
 	Call	  **spawned;		/* grading calls for run_calls to take */
 	int			nspawned;
 	void	   *driver_data;	/* its driver's own (embed.c: the inputs it holds) */
-	bool		schema_checked; /* g.checks has a response format's schema check */
-	Jsonb	   *base_checks;	/* and these are the checks without it */
 	/* a failed call */
 	int			sqlstate;
 	const char *error_class;

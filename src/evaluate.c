@@ -25,7 +25,8 @@
  * "threshold": 0.8}), an array of assertions (["is_json", {"type": "regex",
  * "value": "^ok", "weight": 2}]), or {"assert": [...], "threshold": x}.
  * NULL means the articles' default: non_empty and max_length 500.
- * `context` may give cost_usd and latency_ms (for cost_max, latency_max).
+ * `context` may give cost_usd and latency_ms (for cost_max, latency_max)
+ * and response_schema (a call's response format, checked after non_empty).
  *
  * Everything is computed in one pass over the checks, with the content
  * lower-cased at most once; the result jsonb is built directly.
@@ -979,6 +980,7 @@ evaluate_internal(const char *content, int len, Jsonb *checks, Jsonb *context,
 	JsonbParseState *st = NULL;
 	JsonbValue	v;
 	JsonbValue *res;
+	JsonbValue *response_schema;
 
 	if (context != NULL)
 	{
@@ -991,14 +993,19 @@ evaluate_internal(const char *content, int len, Jsonb *checks, Jsonb *context,
 
 	/* non_empty always runs, first */
 	run_assertion("non_empty", NULL, NULL, 1, &in, &metrics);
+	/* then a response format's schema (context.response_schema) */
+	if ((response_schema = in.context ? json_get(in.context, "response_schema") : NULL))
+		run_assertion("json_schema", response_schema, NULL, 1, &in, &metrics);
 
 	if (checks == NULL)
 	{
+		/* the default, but for a JSON answer, which max_length does not fit */
 		JsonbValue	p;
 
 		p.type = jbvNumeric;
 		p.val.numeric = int64_to_numeric(500);
-		run_assertion("max_length", &p, NULL, 1, &in, &metrics);
+		if (response_schema == NULL)
+			run_assertion("max_length", &p, NULL, 1, &in, &metrics);
 	}
 	else if (JB_ROOT_IS_SCALAR(checks))
 		ereport(ERROR,
