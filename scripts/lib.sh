@@ -145,6 +145,28 @@ maester_stop_mock() {
     MAESTER_MOCK_PID=
 }
 
+# A benchmark's setup: build and install, a work directory for $1, the
+# mock provider (unless MAESTER_BENCH_MOCK=0), a cluster on
+# MAESTER_BENCH_PORT (default $2) with the extra postgresql.conf lines
+# that follow, all torn down at exit; psql_q runs psql on it.  Sets work,
+# data and port.
+maester_bench_cluster() {
+    local name=$1
+    maester_setup
+    maester_build_install
+    work=$(maester_workdir "bench-$name")
+    data="$work/data"
+    port=${MAESTER_BENCH_PORT:-$2}
+    trap 'maester_stop_cluster "$data"; maester_stop_mock; rm -rf "$work"' EXIT
+    [ "${MAESTER_BENCH_MOCK:-1}" = 0 ] || maester_start_mock
+    maester_start_cluster "$data" "$port" "${@:3}"
+}
+
+psql_q() {
+    maester_as_pg psql -X -q -At -h "$data" -p "$port" -U postgres -d postgres \
+        -v ON_ERROR_STOP=1 "$@"
+}
+
 # Build each released version (src/sql/released) from its release commit
 # into its own relocated copy of the PostgreSQL installation under $1:
 # $1/VERSION/usr/lib/postgresql/15 (bin/, lib/) and .../usr/share/... --

@@ -22,28 +22,9 @@ n=${1:-1000}
 conc=${2:-64}
 lat=${3:-100}
 runs=${4:-3}
-maester_setup
-maester_build_install
-
-work=$(maester_workdir bench-batch)
-data="$work/data"
-port=${MAESTER_BENCH_PORT:-54351}
-cleanup() {
-    maester_stop_cluster "$data"
-    maester_stop_mock
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-maester_start_mock
-maester_start_cluster "$data" "$port" "maester.allow_insecure_hosts = '127.0.0.1'" \
+maester_bench_cluster batch 54351 "maester.allow_insecure_hosts = '127.0.0.1'" \
     "shared_buffers = 256MB" "fsync = ${MAESTER_BENCH_FSYNC:-on}" \
     "maester.job_concurrency = $conc"
-
-psql_q() {
-    maester_as_pg psql -X -q -At -h "$data" -p "$port" -U postgres -d postgres \
-        -v ON_ERROR_STOP=1 "$@"
-}
 psql_q <<SQL
 CREATE EXTENSION maester;
 INSERT INTO maester.provider (name, kind, base_url, models, circuit_failure_threshold)

@@ -23,27 +23,8 @@ conc=${2:-4}
 lat=${3:-50}
 dims=${4:-256}
 runs=${5:-3}
-maester_setup
-maester_build_install
-
-work=$(maester_workdir bench-embed)
-data="$work/data"
-port=${MAESTER_BENCH_PORT:-54361}
-cleanup() {
-    maester_stop_cluster "$data"
-    maester_stop_mock
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-maester_start_mock
-maester_start_cluster "$data" "$port" "maester.allow_insecure_hosts = '127.0.0.1'" \
+maester_bench_cluster embed 54361 "maester.allow_insecure_hosts = '127.0.0.1'" \
     "shared_buffers = 256MB" "fsync = ${MAESTER_BENCH_FSYNC:-on}"
-
-psql_q() {
-    maester_as_pg psql -X -q -At -h "$data" -p "$port" -U postgres -d postgres \
-        -v ON_ERROR_STOP=1 "$@"
-}
 psql_q <<SQL
 CREATE EXTENSION maester;
 INSERT INTO maester.provider (name, kind, base_url, models, circuit_failure_threshold)

@@ -21,27 +21,8 @@ n=${1:-200}
 conc=${2:-32}
 lat=${3:-100}
 runs=${4:-3}
-maester_setup
-maester_build_install
-
-work=$(maester_workdir bench-rubric)
-data="$work/data"
-port=${MAESTER_BENCH_PORT:-54353}
-cleanup() {
-    maester_stop_cluster "$data"
-    maester_stop_mock
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-maester_start_mock
-maester_start_cluster "$data" "$port" "maester.allow_insecure_hosts = '127.0.0.1'" \
+maester_bench_cluster rubric 54353 "maester.allow_insecure_hosts = '127.0.0.1'" \
     "shared_buffers = 256MB" "fsync = ${MAESTER_BENCH_FSYNC:-on}"
-
-psql_q() {
-    maester_as_pg psql -X -q -At -h "$data" -p "$port" -U postgres -d postgres \
-        -v ON_ERROR_STOP=1 "$@"
-}
 psql_q <<SQL
 CREATE EXTENSION maester;
 INSERT INTO maester.provider (name, kind, base_url, models, circuit_failure_threshold)

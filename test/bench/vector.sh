@@ -24,17 +24,7 @@ gcc -O2 -fno-strict-aliasing -fwrapv -I"$root/src" -o "$work/vector_kernels" \
 [ "${VECTOR_BENCH_SQL:-1}" = 1 ] || exit 0
 # the SQL part, on a throwaway cluster
 . "$root/scripts/lib.sh"
-maester_setup
-maester_build_install
-work2=$(maester_workdir bench-vector)
-data="$work2/data"
-port=${MAESTER_BENCH_PORT:-54371}
-cleanup() { maester_stop_cluster "$data"; rm -rf "$work2"; }
-trap cleanup EXIT
-maester_start_cluster "$data" "$port" "shared_buffers = 1GB" "work_mem = 256MB"
-psql_q() {
-    maester_as_pg psql -X -q -At -h "$data" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"
-}
+MAESTER_BENCH_MOCK=0 maester_bench_cluster vector 54371 "shared_buffers = 1GB" "work_mem = 256MB"
 psql_q -c "CREATE EXTENSION maester"
 echo
 echo "SQL: 100,000 rows of real[] in a table (cached in shared buffers), one query vector, one core"
