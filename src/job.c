@@ -78,6 +78,7 @@
 #include "tenant.h"
 #include "util.h"
 #include "job.h"
+#include "kb.h"
 #include "launcher.h"
 
 PGDLLEXPORT void maester_job_main(Datum arg);
@@ -458,6 +459,8 @@ jobs_release_orphans(JobWorker *w)
 					true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for waiting callbacks");
 	waiting = SPI_processed > 0;
+	/* and documents that wait with no knowledge worker */
+	kb_check_waiting(w->slot);
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();

@@ -8,7 +8,7 @@
  * The launcher is a static background worker (registered in _PG_init, so
  * only with shared_preload_libraries).  For every database with a slot
  * (ledger.c) it keeps one resident worker running (resident.c); it starts
- * the job workers and the callback worker a resident worker asks for,
+ * the job workers, the callback worker and the knowledge worker (kb.c) asked for,
  * within maester.max_extra_workers over the whole server; it frees the
  * slot of a database that is gone, or that turned out to have no maester.
  *
@@ -101,11 +101,14 @@ typedef enum WorkerKind
 {
 	WK_RESIDENT,
 	WK_JOBS,
-	WK_CALLBACKS
+	WK_CALLBACKS,
+	WK_KB
 } WorkerKind;
 
-static const char *const worker_function[] = {"maester_resident_main", "maester_job_main", "maester_callback_main"};
-static const char *const worker_type[] = {"maester worker", "maester job worker", "maester callback worker"};
+static const char *const worker_function[] = {"maester_resident_main", "maester_job_main",
+"maester_callback_main", "maester_kb_main"};
+static const char *const worker_type[] = {"maester worker", "maester job worker",
+"maester callback worker", "maester knowledge worker"};
 
 /* A worker the launcher started */
 typedef struct LaunchedWorker
@@ -302,6 +305,7 @@ typedef struct SlotView
 	bool		has_worker;
 	int			jobs_wanted;
 	bool		callbacks_wanted;
+	bool		kb_wanted;
 } SlotView;
 
 static SlotView
@@ -318,6 +322,7 @@ view_slot(LedgerSlot *slot)
 	v.has_worker = slot->worker_pid != 0;
 	v.jobs_wanted = slot->jobs_wanted;
 	v.callbacks_wanted = slot->callbacks_wanted;
+	v.kb_wanted = slot->kb_wanted && slot->kb_pid == 0;
 	LWLockRelease(slot->lock);
 	return v;
 }
@@ -384,6 +389,10 @@ launcher_pass(void)
 		if (v.callbacks_wanted && !worker_running(v.dboid, WK_CALLBACKS, 0) &&
 			extra < maester_max_extra_workers &&
 			start_worker(slot, v.dboid, WK_CALLBACKS, 0))
+			extra++;
+		if (v.kb_wanted && !worker_running(v.dboid, WK_KB, 0) &&
+			extra < maester_max_extra_workers &&
+			start_worker(slot, v.dboid, WK_KB, 0))
 			extra++;
 	}
 	list_free(dbs);
@@ -590,7 +599,7 @@ database_to_free(Node *stmt)
 static void
 stop_workers(LedgerSlot *slot, bool stop)
 {
-	pid_t		pids[MAESTER_MAX_JOB_WORKERS + 2];
+	pid_t		pids[MAESTER_MAX_JOB_WORKERS + 3];
 	int			n = 0;
 
 	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
@@ -601,6 +610,8 @@ stop_workers(LedgerSlot *slot, bool stop)
 			pids[n++] = slot->worker_pid;
 		if (slot->callback_pid)
 			pids[n++] = slot->callback_pid;
+		if (slot->kb_pid)
+			pids[n++] = slot->kb_pid;
 		for (int j = 0; j < MAESTER_MAX_JOB_WORKERS; j++)
 			if (slot->job_pid[j])
 				pids[n++] = slot->job_pid[j];
@@ -619,7 +630,7 @@ workers_gone(LedgerSlot *slot)
 	bool		gone;
 
 	LWLockAcquire(slot->lock, LW_SHARED);
-	gone = slot->worker_pid == 0 && slot->callback_pid == 0;
+	gone = slot->worker_pid == 0 && slot->callback_pid == 0 && slot->kb_pid == 0;
 	for (int j = 0; j < MAESTER_MAX_JOB_WORKERS; j++)
 		gone &= slot->job_pid[j] == 0;
 	LWLockRelease(slot->lock);

@@ -218,7 +218,8 @@ slot_free(LedgerSlot *slot, Oid dboid)
 
 	LWLockAcquire(ledger_shared->claim_lock, LW_EXCLUSIVE);
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	idle = slot->dboid == dboid && slot->worker_pid == 0 && slot->callback_pid == 0;
+	idle = slot->dboid == dboid && slot->worker_pid == 0 && slot->callback_pid == 0 &&
+		slot->kb_pid == 0;
 	for (int j = 0; j < MAESTER_MAX_JOB_WORKERS; j++)
 		idle &= slot->job_pid[j] == 0;
 	if (idle)

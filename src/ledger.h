@@ -157,6 +157,10 @@ typedef struct LedgerSlot
 	Latch	   *job_latch[MAESTER_MAX_JOB_WORKERS];
 	bool		callbacks_wanted;	/* job callbacks wait to be run */
 	pid_t		callback_pid;
+	/* the knowledge worker (src/kb.c) */
+	bool		kb_wanted;		/* documents wait for it */
+	pid_t		kb_pid;
+	Latch	   *kb_latch;
 	/* the rings follow: ledger_queue_size records, then span_queue_size kB */
 } LedgerSlot;
 

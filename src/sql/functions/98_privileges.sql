@@ -92,3 +92,18 @@ GRANT EXECUTE ON FUNCTION maester.inner_product(real[], real[]),
     TO maester_user, maester_reader, maester_admin;
 GRANT SELECT ON maester.embedding_cache TO maester_user, maester_reader;
 GRANT SELECT, DELETE ON maester.embedding_cache TO maester_admin;
+GRANT SELECT ON maester.kb, maester.embedding_profile, maester.document, maester.chunk,
+    maester.chunk_embedding, maester.kb_source, maester.kb_status
+    TO maester_user, maester_reader, maester_admin;
+GRANT EXECUTE ON FUNCTION
+    maester.kb_create(text, text, jsonb, regconfig, integer, text, text),
+    maester.ingest(text, text, text, text, text, jsonb),
+    maester.ingest(text, text, bytea, text, text, jsonb),
+    maester.kb_sync(text, regclass, name, name, name, name[], text),
+    maester.kb_unsync(text, regclass, boolean),
+    maester.kb_delete_document(text, text),
+    maester.kb_drop(text),
+    maester.kb_retry(text),
+    maester.kb_reindex(text, text, integer, text, text, boolean),
+    maester.kb_wait(text, interval) TO maester_user;
+GRANT EXECUTE ON FUNCTION maester.kb_price(text) TO maester_user, maester_reader;
