@@ -20,7 +20,7 @@ Endpoints (each also reachable under the keyless prefix /open):
     POST /openai/deployments/D/chat/completions?api-version=V   Azure (model D)
     GET  /_mock/requests   last 1000 model-endpoint requests, oldest first
     POST /_mock/reset      clear requests, flaky counters, connection stats
-    GET  /_mock/stats      {"requests", "open_connections", "connections_total"}
+    GET  /_mock/stats      {"requests", "embedding_inputs", "open_connections", "connections_total"}
     GET  /_mock/health     {"ok": true}
     POST /v1/traces        an OTLP/HTTP JSON collector: stores the spans it is sent
     GET  /_mock/traces     {"posts", "spans": [every span received, oldest first],
@@ -673,6 +673,7 @@ class State:
 
     def reset(self):
         self.seq = 0                                   # model requests since reset
+        self.embedding_inputs = 0                      # inputs sent to the embeddings endpoints
         self.requests = collections.deque(maxlen=1000)
         self.attempts = {}                             # (x-request-id, spec) -> count
         self.connections_total = 0
@@ -790,7 +791,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, {"ok": True})
         if path == "/_mock/stats":
             with st.lock:
-                doc = {"requests": st.seq, "open_connections": st.open_connections,
+                doc = {"requests": st.seq, "embedding_inputs": st.embedding_inputs,
+                       "open_connections": st.open_connections,
                        "connections_total": st.connections_total}
             return self._json(200, doc)
         if path == "/_mock/health":
@@ -859,6 +861,9 @@ class Handler(BaseHTTPRequestHandler):
             hmap[k] = hmap[k] + ", " + v if k in hmap else v
         with st.lock:
             st.seq += 1
+            if embeddings and parsed and isinstance(req, dict):
+                inp = req.get("input")
+                st.embedding_inputs += len(inp) if isinstance(inp, list) else 1
             st.requests.append({"seq": st.seq, "method": self.command, "path": self.path,
                                 "headers": hmap,
                                 "body": req if parsed else body.decode("utf-8", "replace"),

@@ -1,0 +1,238 @@
+-- Knowledge bases (issue #17), on real documents: pages of the PostgreSQL
+-- 15 manual (Debian's postgresql-doc-15) go through parse -> chunk ->
+-- embed -> index in the knowledge worker, against the mock's embeddings
+\getenv mock_url MAESTER_MOCK_URL
+SELECT set_config('test.mock_url', :'mock_url', false) IS NOT NULL AS ok;
+CREATE TEMP TABLE mock_out (line text);
+CREATE FUNCTION pg_temp.mock(path text) RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+  TRUNCATE mock_out;
+  EXECUTE format('COPY mock_out FROM PROGRAM %L WITH (FORMAT csv, QUOTE E''\x01'', DELIMITER E''\x02'')',
+                 'curl -s ' || current_setting('test.mock_url') || path);
+  RETURN (SELECT string_agg(line, E'\n')::jsonb FROM mock_out);
+END $$;
+-- inputs the mock has been sent for embedding so far
+CREATE FUNCTION pg_temp.inputs_sent() RETURNS bigint LANGUAGE sql AS $$
+  SELECT (pg_temp.mock('/_mock/stats') ->> 'embedding_inputs')::bigint $$;
+CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN EXECUTE q; RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$;
+CREATE FUNCTION pg_temp.page(f text) RETURNS text LANGUAGE sql SECURITY DEFINER AS $$
+  SELECT pg_read_file('/usr/share/doc/postgresql-doc-15/html/' || f) $$;
+CREATE TEMP TABLE pages AS
+  SELECT f FROM pg_ls_dir('/usr/share/doc/postgresql-doc-15/html') f
+   WHERE f LIKE 'sql-create%.html' ORDER BY f LIMIT 24;
+GRANT SELECT ON pages TO PUBLIC;
+
+INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit_failure_threshold, backoff_base_ms)
+VALUES ('kbmock', 'openai_compatible', :'mock_url' || '/v1', 'MAESTER_TEST_API_KEY', '{}', 0, 1);
+INSERT INTO maester.model (name, provider, provider_model, embedding_dimensions) VALUES
+    ('kb-emb', 'kbmock', 'text-embedding-3-small', 1536),
+    ('kb-emb-large', 'kbmock', 'text-embedding-3-large', 3072),
+    ('kb-emb-down', 'kbmock', 'fault-status-503', 256),
+    ('kb-emb-refuse', 'kbmock', 'emb-ctx-40', NULL);
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+SELECT name, '2020-01-01', 0.02, 0 FROM maester.model WHERE name LIKE 'kb-emb%';
+
+-- two tenants, each a role mapped to it
+CREATE ROLE kb_acme LOGIN IN ROLE maester_user;
+CREATE ROLE kb_globex LOGIN IN ROLE maester_user;
+INSERT INTO maester.tenant_member (role, tenant) VALUES ('kb_acme', 'acme'), ('kb_globex', 'globex');
+SET ROLE kb_acme;
+
+-- kb_create: bad inputs are refused with their SQLSTATE
+SELECT pg_temp.err($$ SELECT maester.kb_create('', 'kb-emb') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_create(NULL, 'kb-emb') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_create('x', 'no-such-model') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_create('x', 'kb-emb', '{"max_tokens": 5}') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_create('x', 'kb-emb', '{"chunk_size": 100}') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_create('x', 'kb-emb-large') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_create('x', 'kb-emb', dimensions => 0) $$);
+SELECT maester.kb_create('manual', 'kb-emb', '{"max_tokens": 256, "overlap_tokens": 32}') > 0 AS created;
+SELECT pg_temp.err($$ SELECT maester.kb_create('manual', 'kb-emb') $$);
+SELECT name, tenant, owner, chunking, fts_config FROM maester.kb;
+
+-- ingest: bad inputs
+SELECT pg_temp.err($$ SELECT maester.ingest('nope', 'a', 'text') $$);
+SELECT pg_temp.err($$ SELECT maester.ingest('manual', '', 'text') $$);
+SELECT pg_temp.err($$ SELECT maester.ingest('manual', 'a', NULL::text) $$);
+SELECT pg_temp.err($$ SELECT maester.ingest('manual', 'a', 'text', metadata => '[1]') $$);
+
+-- 24 pages of the manual, and one document of a type nothing parses: it
+-- fails alone
+SELECT count(maester.ingest('manual', f, pg_temp.page(f), 'text/html', metadata => jsonb_build_object('file', f)))
+  FROM pages;
+SELECT maester.ingest('manual', 'odd.bin', 'whatever', 'application/x-unknown') > 0 AS queued;
+SELECT pg_temp.inputs_sent() AS sent_before \gset
+SELECT maester.kb_wait('manual', '60 s') AS done;
+SELECT documents, queued, parsed, chunked, embedded, indexed, failed, chunks > 100 AS many_chunks,
+       embedded_share, tokens_pending, embedding_model, served_model, paused_reason
+  FROM maester.kb_status;
+SELECT external_id, stage, error_class, error_message FROM maester.document WHERE stage = 'failed';
+-- every chunk is its passage of the parsed text, within the token bound,
+-- under its section's headings, and has one vector of 1536 dimensions
+SELECT count(*) AS chunks,
+       count(*) FILTER (WHERE c.content = substr(d.parsed, c.start_offset + 1, c.end_offset - c.start_offset)) AS exact_passages,
+       max(c.token_estimate) <= 256 AS within_bound,
+       count(*) FILTER (WHERE cardinality(c.heading_path) > 0) > 0 AS under_headings,
+       count(*) FILTER (WHERE c.tsv @@ websearch_to_tsquery('english', 'aggregate')) > 0 AS searchable
+  FROM maester.chunk c JOIN maester.document d ON d.id = c.document_id;
+SELECT count(*) AS vectors, min(array_length(e.embedding, 1)) AS dims, max(array_length(e.embedding, 1)) AS dims_max
+  FROM maester.chunk_embedding e JOIN maester.kb k ON k.id = e.kb_id AND e.profile_id = k.profile_id;
+-- what was sent is what was embedded; the ledger holds it under the
+-- kb's tenant and owner, tagged with the kb and its documents
+SELECT pg_temp.inputs_sent() - :sent_before = (SELECT count(*) FROM maester.chunk) AS sent_each_chunk_once;
+RESET ROLE;
+SELECT tenant, role, purpose, status, count(*) > 0 AS calls, bool_and(tags ->> 'kb' = 'manual') AS tagged,
+       sum(jsonb_array_length(tags -> 'documents')) >= 24 AS documents_tagged, sum(cost_usd) > 0 AS billed
+  FROM maester.usage WHERE purpose = 'embedding' AND tenant = 'acme' GROUP BY 1, 2, 3, 4;
+SET ROLE kb_acme;
+
+-- the same content again: nothing is sent, nothing billed, no version
+SELECT pg_temp.inputs_sent() AS sent_before \gset
+SELECT count(DISTINCT maester.ingest('manual', f, pg_temp.page(f), 'text/html', metadata => jsonb_build_object('file', f)))
+  FROM pages;
+SELECT maester.kb_wait('manual', '60 s') AS done;
+SELECT pg_temp.inputs_sent() - :sent_before AS sent, count(*) AS versions FROM maester.document;
+
+-- a new title or metadata with the same content: kept, nothing sent
+SELECT maester.ingest('manual', f, pg_temp.page(f), 'text/html', 'A new title', '{"file": "renamed"}') > 0
+  FROM pages ORDER BY f LIMIT 1;
+SELECT title, metadata, version FROM maester.document WHERE external_id = (SELECT min(f) FROM pages);
+
+-- a changed page is a new version; only its changed chunks are sent (the
+-- others take the vectors the kb has), and it replaces the old at index
+SELECT pg_temp.inputs_sent() AS sent_before \gset
+SELECT maester.ingest('manual', f, replace(pg_temp.page(f), '</body>',
+                      '<p>An added paragraph on heptree access methods.</p></body>'), 'text/html') > 0
+  FROM pages ORDER BY f LIMIT 1;
+SELECT maester.kb_wait('manual', '60 s') AS done;
+SELECT version, stage, current, superseded_at IS NOT NULL AS superseded,
+       (SELECT count(*) FROM maester.chunk c WHERE c.document_id = d.id) > 0 AS has_chunks,
+       (SELECT count(*) FROM maester.chunk_embedding e JOIN maester.chunk c ON c.id = e.chunk_id
+         WHERE c.document_id = d.id) > 0 AS has_vectors
+  FROM maester.document d WHERE external_id = (SELECT min(f) FROM pages) ORDER BY version;
+SELECT pg_temp.inputs_sent() - :sent_before BETWEEN 1 AND 2 AS sent_only_changed_chunks;
+
+-- a provider failure pauses the queue (the document is not charged);
+-- meanwhile the current version keeps answering
+SELECT pg_temp.err($$ SELECT maester.kb_create('down', 'kb-emb-down') $$);
+SELECT maester.ingest('down', 'p1', pg_temp.page('sql-createrole.html'), 'text/html') > 0 AS queued;
+SELECT maester.kb_wait('down', '3 s') AS done;
+SELECT kb, chunked, failed, paused_reason LIKE 'embedding failed%' AS paused, paused_until > now() AS backing_off
+  FROM maester.kb_status WHERE kb = 'down';
+SELECT attempts, stage, error_class FROM maester.document d JOIN maester.kb k ON k.id = d.kb_id WHERE k.name = 'down';
+SELECT maester.kb_drop('down');
+
+-- an input the provider refuses fails its document, the others go on
+SELECT maester.kb_create('refusing', 'kb-emb-refuse', '{"max_tokens": 64, "overlap_tokens": 0}') > 0 AS created;
+SELECT maester.ingest('refusing', 'short', 'Vacuum reclaims storage.', 'text/plain') > 0,
+       maester.ingest('refusing', 'long', pg_temp.page('sql-vacuum.html'), 'text/html') > 0;
+SELECT maester.kb_wait('refusing', '60 s') AS done;
+SELECT external_id, stage, error_class, error_message LIKE 'the provider refused chunk%' AS refused
+  FROM maester.document d JOIN maester.kb k ON k.id = d.kb_id WHERE k.name = 'refusing' ORDER BY 1;
+SELECT paused_reason FROM maester.kb_status WHERE kb = 'refusing';
+SELECT maester.kb_drop('refusing');
+
+-- kb_retry queues failed documents again
+SELECT maester.kb_retry('manual') AS requeued;
+SELECT maester.kb_wait('manual', '60 s') AS done;
+SELECT external_id, stage FROM maester.document WHERE external_id = 'odd.bin';
+
+-- kb_delete_document
+SELECT maester.kb_delete_document('manual', 'odd.bin') AS deleted,
+       maester.kb_delete_document('manual', 'odd.bin') AS again;
+
+-- tenants: globex sees none of acme's rows, and reaches none of its kbs by name
+SET ROLE kb_globex;
+SELECT (SELECT count(*) FROM maester.kb) AS kbs, (SELECT count(*) FROM maester.document) AS documents,
+       (SELECT count(*) FROM maester.chunk) AS chunks, (SELECT count(*) FROM maester.chunk_embedding) AS vectors,
+       (SELECT count(*) FROM maester.kb_status) AS status, (SELECT count(*) FROM maester.embedding_profile) AS profiles;
+SELECT pg_temp.err($$ SELECT maester.ingest('manual', 'x', 'forged') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_delete_document('manual', (SELECT min(f) FROM pages)) $$);
+SELECT pg_temp.err($$ SELECT maester.kb_drop('manual') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_reindex('manual', 'kb-emb', dimensions => 64) $$);
+SELECT pg_temp.err($$ SET maester.tenant = 'acme' $$);
+-- nor can it write the tables, or call the internal functions
+SELECT pg_temp.err($$ INSERT INTO maester.kb (tenant, name, owner, profile_id, chunking, fts_config) VALUES ('acme', 'x', 'kb_globex', 1, '{}', 'english') $$);
+SELECT pg_temp.err($$ UPDATE maester.document SET stage = 'queued' $$);
+SELECT pg_temp.err($$ SELECT maester.ingest_as('acme', 'kb_acme', 'manual', 'x', 'forged', 'text/plain', NULL, '{}') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_put(k, 'x', 'forged', NULL, 'text/plain', NULL, '{}', NULL) FROM maester.kb k $$);
+-- its own kb of the same name is another one
+SELECT maester.kb_create('manual', 'kb-emb') > 0 AS created;
+SELECT name, tenant FROM maester.kb;
+SELECT maester.kb_drop('manual');
+SET ROLE kb_acme;
+
+-- kb_sync: a table kept in the kb by statement-level triggers
+RESET ROLE;
+CREATE TABLE kb_pages (id int PRIMARY KEY, body text, title text, section text, views int DEFAULT 0);
+ALTER TABLE kb_pages OWNER TO kb_acme;
+SET ROLE kb_acme;
+SELECT pg_temp.err($$ SELECT maester.kb_sync('manual', 'kb_pages', 'id', 'nope') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_sync('manual', 'maester.usage', 'request_id', 'model') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_sync('manual', 'kb_pages', 'id', 'views') $$);
+RESET ROLE;
+CREATE TABLE kb_other (id int PRIMARY KEY, body text);
+SET ROLE kb_acme;
+SELECT pg_temp.err($$ SELECT maester.kb_sync('manual', 'kb_other', 'id', 'body') $$);
+INSERT INTO kb_pages (id, body, title, section)
+SELECT row_number() OVER (ORDER BY f), regexp_replace(pg_temp.page(f), '<[^>]*>', ' ', 'g'), f, 'reference'
+  FROM pages ORDER BY f LIMIT 5;
+SELECT maester.kb_sync('manual', 'kb_pages', 'id', 'body', 'title', '{section}') AS ingested_now;
+SELECT pg_temp.err($$ SELECT maester.kb_sync('manual', 'kb_pages', 'id', 'body') $$);
+SELECT maester.kb_wait('manual', '60 s') AS done;
+SELECT count(*) AS synced, bool_and(stage = 'indexed') AS indexed, min(metadata ->> 'section') AS section
+  FROM maester.document WHERE source IS NOT NULL;
+-- an update of a column that is not synced sends nothing and makes no version
+SELECT pg_temp.inputs_sent() AS sent_before, (SELECT count(*) FROM maester.document) AS docs_before \gset
+UPDATE kb_pages SET views = views + 1;
+SELECT maester.kb_wait('manual', '60 s') AS done;
+SELECT pg_temp.inputs_sent() - :sent_before AS sent, (SELECT count(*) FROM maester.document) - :docs_before AS new_versions;
+-- a synced column: metadata changes in place, content makes a version
+UPDATE kb_pages SET section = 'changed' WHERE id = 1;
+UPDATE kb_pages SET body = body || ' An appended sentence about replication slots.' WHERE id = 2;
+SELECT maester.kb_wait('manual', '60 s') AS done;
+SELECT external_id, version, current, metadata ->> 'section' AS section FROM maester.document
+ WHERE source IS NOT NULL AND external_id IN ('1', '2') ORDER BY 1, 2;
+-- an id that changes, a delete, a NULL content, a truncate
+UPDATE kb_pages SET id = 50 WHERE id = 5;
+DELETE FROM kb_pages WHERE id = 4;
+UPDATE kb_pages SET body = NULL WHERE id = 3;
+SELECT string_agg(external_id, ',' ORDER BY external_id) AS synced_ids FROM maester.document
+ WHERE source IS NOT NULL AND (current OR superseded_at IS NULL);
+TRUNCATE kb_pages;
+SELECT count(*) AS after_truncate FROM maester.document WHERE source IS NOT NULL;
+SELECT maester.kb_unsync('manual', 'kb_pages') AS unsynced, maester.kb_unsync('manual', 'kb_pages') AS again;
+SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgname LIKE 'maester_kb_%';
+
+-- kb_reindex: the estimate first; the new profile is built beside the
+-- active one, then switched to at once; vector spaces never mix
+SELECT pg_temp.err($$ SELECT * FROM maester.kb_reindex('manual', 'kb-emb') $$);
+SELECT pg_temp.err($$ SELECT * FROM maester.kb_reindex('manual', 'kb-emb-large') $$);
+SELECT chunks = (SELECT count(*) FROM maester.chunk c JOIN maester.document d ON d.id = c.document_id
+                  WHERE d.superseded_at IS NULL) AS all_chunks, tokens > 0 AS tokens, estimated_cost_usd > 0 AS priced
+  FROM maester.kb_reindex('manual', 'kb-emb-large', dimensions => 512, dry_run => true);
+SELECT next_profile_id IS NULL AS dry_run_changed_nothing FROM maester.kb;
+SELECT profile_id > 0 AS started FROM maester.kb_reindex('manual', 'kb-emb-large', dimensions => 512);
+SELECT maester.kb_wait('manual', '60 s') AS done;
+SELECT p.model, p.dimensions, p.served_dimensions, k.next_profile_id IS NULL AS switched
+  FROM maester.kb k JOIN maester.embedding_profile p ON p.id = k.profile_id;
+SELECT count(DISTINCT e.profile_id) AS profiles, min(array_length(e.embedding, 1)) AS dims,
+       max(array_length(e.embedding, 1)) AS dims_max,
+       count(*) = (SELECT count(*) FROM maester.chunk c JOIN maester.document d ON d.id = c.document_id
+                    WHERE d.current) AS every_current_chunk
+  FROM maester.chunk_embedding e;
+
+-- the functions say what they do
+RESET ROLE;
+SELECT p.proname, obj_description(p.oid, 'pg_proc') IS NOT NULL AS commented
+  FROM pg_proc p WHERE p.pronamespace = 'maester'::regnamespace
+   AND (p.proname LIKE 'kb%' OR p.proname IN ('ingest', 'ingest_as', 'estimate_tokens'))
+   AND obj_description(p.oid, 'pg_proc') IS NULL;
+SELECT maester.kb_drop('manual') AS dropped FROM (SELECT set_config('maester.tenant', 'acme', false)) s;
+RESET maester.tenant;
+DROP TABLE kb_other, kb_pages;
+DELETE FROM maester.tenant_member WHERE role IN ('kb_acme', 'kb_globex');
+DROP ROLE kb_acme;
+DROP ROLE kb_globex;
