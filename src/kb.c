@@ -91,6 +91,7 @@ PGDLLEXPORT void maester_kb_main(Datum arg);
 #define KB_PARSE_BATCH 32
 #define KB_EMBED_DOCS 40		/* the documents' ids fit the calls' tags */
 #define KB_EMBED_INPUTS 2048
+#define KB_MAX_DIMENSIONS 2000	/* in line (PLAIN) in an 8 kB page */
 
 static bool KbToWake = false;
 static bool KbXactCallbackRegistered = false;
@@ -632,6 +633,14 @@ kb_embed_batch(int64 kb_id, int64 profile_id)
 					b.served_model = b.models[i];
 					b.served_dims = dims;
 				}
+				if (dims > KB_MAX_DIMENSIONS)
+				{
+					pause = psprintf("%s answered vectors of %d dimensions; a knowledge base keeps at most %d "
+									 "(ask for fewer with kb_reindex(..., dimensions => %d))",
+									 b.models[i] ? b.models[i] : "the model", dims, KB_MAX_DIMENSIONS,
+									 KB_MAX_DIMENSIONS);
+					continue;
+				}
 				if (b.models[i] == NULL || strcmp(b.models[i], b.served_model) != 0 ||
 					dims != b.served_dims)
 				{
@@ -681,6 +690,73 @@ kb_embed_batch(int64 kb_id, int64 profile_id)
 	return stored > 0 && pause == NULL;
 }
 
+/* 3. Index what is complete in a knowledge base; true when something moved */
+static bool
+kb_index_step(int64 kb_id, int64 unused)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Oid			t[1] = {INT8OID};
+	Datum		v[1] = {Int64GetDatum(kb_id)};
+	bool		isnull;
+	bool		moved = false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	pgstat_report_activity(STATE_RUNNING, "indexing documents");
+	if (SPI_execute_with_args("SELECT maester.kb_work_index($1)", 1, t, v, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not index documents");
+	if (SPI_processed == 1 &&
+		DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) > 0)
+		moved = true;
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+	return moved;
+}
+
+/*
+ * A step for one knowledge base; when it fails (a vector the table refuses,
+ * a trigger someone added...) the knowledge base pauses with the error instead of
+ * the worker stopping: other knowledge bases go on.
+ */
+static bool
+kb_guarded(bool (*step) (int64, int64), int64 kb_id, int64 profile_id)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ErrorData  *edata;
+	volatile bool moved = false;
+
+	PG_TRY();
+	{
+		moved = step(kb_id, profile_id);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		maester_rethrow_if_worker_error(edata);
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		kb_pause(kb_id, psprintf("internal failure: %s", edata->message));
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(cxt);
+		ereport(LOG, (errmsg("maester knowledge base %lld paused: %s", (long long) kb_id, edata->message)));
+	}
+	PG_END_TRY();
+	return moved;
+}
+
 /* 2 and 3 for every knowledge base with work; true when something moved */
 static bool
 kb_embed_round(void)
@@ -726,32 +802,12 @@ kb_embed_round(void)
 	for (int i = 0; i < n; i++)
 	{
 		CHECK_FOR_INTERRUPTS();
-		moved |= kb_embed_batch(kbs[i], profiles[i]);
+		moved |= kb_guarded(kb_embed_batch, kbs[i], profiles[i]);
 		if (nexts[i] != 0)
-			moved |= kb_embed_batch(kbs[i], nexts[i]);
+			moved |= kb_guarded(kb_embed_batch, kbs[i], nexts[i]);
 
 		/* 3. index what is complete */
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		{
-			Oid			t[1] = {INT8OID};
-			Datum		v[1] = {Int64GetDatum(kbs[i])};
-			bool		isnull;
-
-			pgstat_report_activity(STATE_RUNNING, "indexing documents");
-			if (SPI_execute_with_args("SELECT maester.kb_work_index($1)", 1, t, v, NULL, false, 0) != SPI_OK_SELECT)
-				elog(ERROR, "could not index documents");
-			if (SPI_processed == 1 &&
-				DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) > 0)
-				moved = true;
-		}
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		MemoryContextSwitchTo(cxt);
+		moved |= kb_guarded(kb_index_step, kbs[i], 0);
 	}
 	return moved;
 }

@@ -77,6 +77,13 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM maester.kb_check_model(model);
+    -- vectors are stored in line (STORAGE PLAIN), in one 8 kB page
+    IF coalesce(dimensions, (SELECT m.embedding_dimensions FROM maester.model m WHERE m.name = model)) > 2000 THEN
+        RAISE EXCEPTION 'model "%" makes vectors of % dimensions; a knowledge base keeps at most 2000', model,
+                        coalesce(dimensions, (SELECT m.embedding_dimensions FROM maester.model m WHERE m.name = model))
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Ask for fewer with dimensions => 2000 (or less): vectors are stored in line, uncompressed, for fast exact scans.';
+    END IF;
     h := encode(sha256(convert_to(jsonb_build_object(
             'model', model, 'dimensions', dimensions, 'normalize', normalized,
             'document_prefix', document_prefix, 'query_prefix', query_prefix)::text, 'UTF8')), 'hex');
