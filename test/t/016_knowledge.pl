@@ -1,0 +1,112 @@
+# The knowledge worker across crashes and restarts, on pages of the
+# PostgreSQL 15 manual (Debian's postgresql-doc-15):
+#
+# 1. A crash (SIGKILL of the knowledge worker: the postmaster restarts
+#    everything) while embedding requests are in flight: after recovery
+#    every document is indexed, every chunk has exactly one vector, the
+#    requests that were in flight are in the ledger (orphaned, charged at
+#    their estimate), every other row is settled, and no batch that had
+#    committed is sent again: what was sent beyond one input per chunk is
+#    at most what was in flight.
+# 2. A clean restart with documents still queued: the worker is started
+#    again by itself (nobody ingests) and finishes them.
+# 3. The worker exits when it has nothing to do, and no knowledge worker
+#    starts in a database without knowledge bases.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use MaesterMock;
+
+my $html = '/usr/share/doc/postgresql-doc-15/html';
+plan skip_all => "no $html (Debian's postgresql-doc-15)" unless -d $html;
+
+my $mock = MaesterMock->start;
+my $url = $mock->url;
+my $node = PostgreSQL::Test::Cluster->new('knowledge');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'maester'
+maester.allow_insecure_hosts = '127.0.0.1'
+restart_after_crash = on
+});
+$node->start;
+sub sq { return $node->safe_psql('postgres', $_[0]); }
+
+sq(qq{
+	CREATE EXTENSION maester;
+	INSERT INTO maester.provider (name, kind, base_url, models, circuit_failure_threshold, backoff_base_ms)
+	VALUES ('mock', 'openai_compatible', '$url/open/v1', '{}', 0, 1);
+	INSERT INTO maester.model (name, provider, provider_model, embedding_dimensions)
+	VALUES ('slow-emb', 'mock', 'fault-latency-1500', NULL);
+	INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+	VALUES ('slow-emb', '2020-01-01', 0.02, 0);
+	-- small chunks and 40 documents a batch: several batches, one after the other
+	SELECT maester.kb_create('manual', 'slow-emb', '{"max_tokens": 128, "overlap_tokens": 0}');
+	CREATE TABLE pages AS SELECT f FROM pg_ls_dir('$html') f WHERE f LIKE 'sql-%.html' ORDER BY f LIMIT 120;
+});
+my $inputs0 = $mock->stats->{embedding_inputs};
+sq(q{SELECT count(maester.ingest('manual', f, pg_read_file('} . $html . q{/' || f), 'text/html')) FROM pages});
+
+# 1. a crash with requests in flight, after some batches committed
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) > 0 FROM maester.chunk_embedding}), 'a first batch is stored');
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) > 0 FROM maester.usage WHERE status = 'pending'}), 'requests are in flight');
+my $pid = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'maester knowledge worker'});
+ok($pid =~ /^\d+$/, 'the knowledge worker runs');
+my $stored_before = sq(q{SELECT count(*) FROM maester.chunk_embedding});
+kill 'KILL', $pid;
+$node->poll_query_until('postgres', 'SELECT true') or die "no recovery";
+ok($node->poll_query_until('postgres',
+	q{SELECT maester.kb_wait('manual', '5 s') IS NOT NULL AND NOT EXISTS (SELECT FROM maester.document
+	   WHERE stage <> 'indexed')}, 't'), 'after the crash every document is indexed');
+is(sq(q{SELECT count(*) FROM maester.document}), 120, 'no document was lost');
+is(sq(q{SELECT count(*) FROM maester.chunk c WHERE (SELECT count(*) FROM maester.chunk_embedding e
+        WHERE e.chunk_id = c.id) <> 1}), 0, 'every chunk has exactly one vector');
+cmp_ok($stored_before, '>', 0, 'vectors were stored before the crash');
+is(sq(q{SELECT count(*) FROM maester.usage WHERE status = 'pending'}), 0, 'no ledger row is left pending');
+my ($orphaned, $orphan_cost) = split /\|/, sq(q{SELECT count(*), coalesce(bool_and(cost_usd = estimated_cost_usd), true)
+	FROM maester.usage WHERE status = 'orphaned'});
+cmp_ok($orphaned, '>=', 1, 'the requests in flight at the crash are in the ledger (orphaned)');
+is($orphan_cost, 't', 'and charged at their estimate');
+my ($chunks, $distinct) = split /\|/, sq(q{SELECT count(*), count(DISTINCT content_hash) FROM maester.chunk});
+my $sent = $mock->stats->{embedding_inputs} - $inputs0;
+# what may be sent twice: the batch in flight at the crash, at most 40
+# consecutive documents' chunks
+my $batch_max = sq(q{SELECT max(s) FROM (SELECT sum(n) OVER (ORDER BY document_id ROWS BETWEEN CURRENT ROW AND 39 FOLLOWING) AS s
+	FROM (SELECT document_id, count(*) AS n FROM maester.chunk GROUP BY 1) x) y});
+cmp_ok($sent, '>=', $distinct, 'every text was sent');
+cmp_ok($sent - $chunks, '<=', $batch_max, 'only the batch in flight at the crash was sent again');
+note("chunks $chunks, inputs sent $sent, orphaned requests $orphaned");
+
+# 2. a restart with documents waiting: the worker starts again by itself
+sq(q{SELECT maester.kb_create('later', 'slow-emb')});
+sq(q{SELECT count(maester.ingest('later', 'd' || i, 'Text of document ' || i || ' about vacuum and indexes.'))
+       FROM generate_series(1, 30) i});
+is(sq(q{SELECT count(*) FROM maester.document d JOIN maester.kb k ON k.id = d.kb_id
+        WHERE k.name = 'later' AND d.stage = 'indexed'}), 0, 'documents wait when the server stops');
+$node->stop('immediate');
+$node->start;
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) = 30 FROM maester.document d JOIN maester.kb k ON k.id = d.kb_id
+	   WHERE k.name = 'later' AND d.stage = 'indexed'}),
+	'after a restart they are indexed without a new ingest');
+
+# 3. idle: the worker exits; another database gets none
+ok($node->poll_query_until('postgres',
+	q{SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'maester knowledge worker')}),
+	'the idle knowledge worker exits');
+$node->safe_psql('postgres', 'CREATE DATABASE other');
+$node->safe_psql('other', 'CREATE EXTENSION maester');
+sleep 2;
+is($node->safe_psql('postgres',
+	q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'maester knowledge worker'}), 0,
+	'no knowledge worker for a database without knowledge bases');
+
+$node->stop;
+$mock->stop;
+done_testing();
