@@ -84,7 +84,8 @@ SELECT count(*) AS vectors, min(array_length(e.embedding, 1)) AS dims, max(array
 SELECT pg_temp.inputs_sent() - :sent_before = (SELECT count(*) FROM maester.chunk) AS sent_each_chunk_once;
 RESET ROLE;
 SELECT tenant, role, purpose, status, count(*) > 0 AS calls, bool_and(tags ->> 'kb' = 'manual') AS tagged,
-       sum(jsonb_array_length(tags -> 'documents')) >= 24 AS documents_tagged, sum(cost_usd) > 0 AS billed
+       bool_and(tags ->> 'documents' ~ '^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$') AS documents_tagged,
+       sum(cost_usd) > 0 AS billed
   FROM maester.usage WHERE purpose = 'embedding' AND tenant = 'acme' GROUP BY 1, 2, 3, 4;
 SET ROLE kb_acme;
 

@@ -25,8 +25,9 @@
  *		external failure such as pdftotext's is retried with backoff first);
  *	 2. for every knowledge base with chunks to embed and no pause: one
  *		batch per embedding profile it needs (the active one, and the one
- *		kb_reindex builds), of at most KB_EMBED_DOCS documents (their ids
- *		are the calls' tags) and KB_EMBED_INPUTS chunks.  Chunks whose text
+ *		kb_reindex builds), of at most KB_EMBED_INPUTS chunks (their
+ *		documents' ids, as ranges, are the calls' tags): maester.embed sends
+ *		them in several requests at once.  Chunks whose text
  *		already has a vector of the profile in the knowledge base take it
  *		(nothing sent).  The rest go through maester.embed, as the kb's
  *		owner and tenant: metered, budgeted, traced like every call.  An
@@ -88,8 +89,8 @@ PGDLLEXPORT void maester_kb_main(Datum arg);
 
 #define KB_IDLE_EXIT_MS 10000
 #define KB_POLL_MS 1000
-#define KB_PARSE_BATCH 32
-#define KB_EMBED_DOCS 40		/* the documents' ids fit the calls' tags */
+#define KB_PARSE_BATCH 128
+#define KB_EMBED_DOCS 1000		/* (and KB_EMBED_INPUTS chunks, and ranges of ids that fit the calls' tags) */
 #define KB_EMBED_INPUTS 2048
 #define KB_MAX_DIMENSIONS 2000	/* in line (PLAIN) in an 8 kB page */
 
@@ -542,6 +543,7 @@ kb_embed_batch(int64 kb_id, int64 profile_id)
 		MemoryContext old = MemoryContextSwitchTo(cxt);
 		Datum	   *texts = palloc(b.n * sizeof(Datum));
 		int64		lastdoc = -1;
+		bool		inrange = false;
 
 		b.chunks = palloc(b.n * sizeof(int64));
 		b.docs = palloc(b.n * sizeof(int64));
@@ -556,7 +558,8 @@ kb_embed_batch(int64 kb_id, int64 profile_id)
 			appendStringInfoString(&opts, ", \"kb\": ");
 			escape_json(&opts, b.kb_name);
 		}
-		appendStringInfoString(&opts, ", \"documents\": [");
+		/* the documents as ranges of ids ("1-40,45,47-60"): they come in id order */
+		appendStringInfoString(&opts, ", \"documents\": \"");
 		for (int i = 0; i < b.n; i++)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[i];
@@ -565,17 +568,29 @@ kb_embed_batch(int64 kb_id, int64 profile_id)
 
 			b.chunks[i] = DatumGetInt64(SPI_getbinval(tup, d, 1, &isnull));
 			b.docs[i] = DatumGetInt64(SPI_getbinval(tup, d, 2, &isnull));
-			if (b.docs[i] != lastdoc && opts.len > 400)
+			if (b.docs[i] != lastdoc)
 			{
-				b.n = i;		/* the next documents' chunks: next batch */
-				break;
+				if (lastdoc >= 0 && b.docs[i] == lastdoc + 1)
+					inrange = true;
+				else
+				{
+					if (opts.len > 440)
+					{
+						b.n = i;	/* the next documents' chunks: next batch */
+						break;
+					}
+					if (inrange)
+						appendStringInfo(&opts, "-" INT64_FORMAT, lastdoc);
+					appendStringInfo(&opts, "%s" INT64_FORMAT, lastdoc >= 0 ? "," : "", b.docs[i]);
+					inrange = false;
+				}
 			}
 			texts[i] = PointerGetDatum(PG_DETOAST_DATUM_COPY(SPI_getbinval(tup, d, 3, &isnull)));
-			if (b.docs[i] != lastdoc)
-				appendStringInfo(&opts, "%s" INT64_FORMAT, lastdoc >= 0 ? ", " : "", b.docs[i]);
 			lastdoc = b.docs[i];
 		}
-		appendStringInfoString(&opts, "]}}");
+		if (inrange)
+			appendStringInfo(&opts, "-" INT64_FORMAT, lastdoc);
+		appendStringInfoString(&opts, "\"}}");
 		b.options = opts.data;
 		b.inputs = PointerGetDatum(construct_array(texts, b.n, TEXTOID, -1, false, TYPALIGN_INT));
 		MemoryContextSwitchTo(old);
