@@ -218,6 +218,49 @@ SELECT id, line, round(maester.cosine_similarity(embedding,
 SELECT purpose, model, count(*) AS requests, sum(input_tokens) AS tokens
   FROM maester.usage WHERE purpose = 'embedding' GROUP BY 1, 2;
 
+-- The knowledge engine: the PostgreSQL 15 manual (Debian's
+-- postgresql-doc-15: 1,169 HTML pages) into a knowledge base.  ingest()
+-- returns at once; the knowledge worker parses, chunks, embeds (through
+-- the gateway: metered, budgeted) and indexes in the background.  Against
+-- a real provider the demo takes the first 60 pages (a few cents' worth).
+SELECT maester.kb_create('postgres-manual', 'text-embedding-3-small', dimensions => 256) AS kb;
+SELECT count(maester.ingest('postgres-manual', f,
+                            pg_read_file('/usr/share/doc/postgresql-doc-15/html/' || f), 'text/html')) AS ingested
+  FROM (SELECT f FROM pg_ls_dir('/usr/share/doc/postgresql-doc-15/html') f
+         WHERE f LIKE '%.html' ORDER BY f LIMIT CASE WHEN :'use_mock' THEN NULL ELSE 60 END) pages;
+-- progress while it runs: a line a second from maester.kb_status
+DO $$
+DECLARE
+    s record;
+BEGIN
+    LOOP
+        SELECT * INTO s FROM maester.kb_status WHERE kb = 'postgres-manual';
+        RAISE NOTICE '[%] % of % documents indexed, % chunks, % embedded, % tokens to go (about $%)',
+            rpad(repeat('#', (40 * s.indexed / greatest(s.documents, 1))::int), 40, '.'),
+            s.indexed, s.documents, s.chunks, coalesce(round(100 * s.embedded_share) || '%', '-'),
+            s.tokens_pending, coalesce(s.estimated_cost_usd, 0);
+        EXIT WHEN s.indexed + s.failed = s.documents AND s.documents > 0;
+        PERFORM pg_sleep(1);
+    END LOOP;
+END $$;
+SELECT documents, indexed, failed, chunks, embedded_share, embedding_model, served_model
+  FROM maester.kb_status;
+-- every passage points into its document's parsed text, under its headings
+SELECT d.title, c.heading_path, c.start_offset, c.end_offset, c.token_estimate,
+       left(c.content, 60) AS passage
+  FROM maester.chunk c JOIN maester.document d ON d.id = c.document_id
+ WHERE c.tsv @@ websearch_to_tsquery('english', 'vacuum freeze wraparound')
+ ORDER BY ts_rank_cd(c.tsv, websearch_to_tsquery('english', 'vacuum freeze wraparound')) DESC LIMIT 3;
+-- the same pages again: the same content sends and bills nothing
+SELECT count(*) AS calls_before FROM maester.usage \gset
+SELECT count(maester.ingest('postgres-manual', f,
+                            pg_read_file('/usr/share/doc/postgresql-doc-15/html/' || f), 'text/html')) AS ingested_again
+  FROM (SELECT f FROM pg_ls_dir('/usr/share/doc/postgresql-doc-15/html') f
+         WHERE f LIKE '%.html' ORDER BY f LIMIT CASE WHEN :'use_mock' THEN NULL ELSE 60 END) pages;
+SELECT maester.kb_wait('postgres-manual') AS done, (SELECT count(*) FROM maester.usage) - :calls_before AS new_calls;
+SELECT purpose, count(*) AS requests, sum(input_tokens) AS tokens, sum(cost_usd) AS cost_usd
+  FROM maester.usage WHERE tags ->> 'kb' = 'postgres-manual' GROUP BY 1;
+
 -- A budget: the demo tenant may spend $0.0003 a day; the next call whose
 -- worst case does not fit is refused before anything is sent.
 INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('default', 'day', 0.0003, 'block');
