@@ -47,6 +47,25 @@ $node->safe_psql('src', q{
 	-- a price an admin adds with a vendor's source is theirs
 	INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million, source)
 	VALUES ('gpt-5', '2025-08-07', 1.25, 10, 'openai.com/api/pricing');
+
+	-- a knowledge base: an indexed document with its chunk and vector, and
+	-- a table kept in sync (its documents wait: nothing answers here)
+	SET maester.tenant = 'acme';
+	SELECT maester.kb_create('kb', 'llama-embed', dimensions => 4);
+	RESET maester.tenant;
+	INSERT INTO maester.document (kb_id, tenant, external_id, version, content_hash, mime, content, parsed, stage, current)
+	SELECT id, 'acme', 'doc-1', 1, 'h', 'text/plain', 'Vacuum reclaims storage.', 'Vacuum reclaims storage.', 'indexed', true
+	  FROM maester.kb;
+	INSERT INTO maester.chunk (document_id, kb_id, tenant, seq, start_offset, end_offset, token_estimate, content,
+	                           content_hash, fts_config)
+	SELECT d.id, d.kb_id, 'acme', 1, 0, 24, 6, 'Vacuum reclaims storage.', '\x00', 'english' FROM maester.document d;
+	INSERT INTO maester.chunk_embedding (profile_id, chunk_id, kb_id, tenant, embedding)
+	SELECT k.profile_id, c.id, k.id, 'acme', '{0.5,0.5,0.5,0.5}' FROM maester.kb k, maester.chunk c;
+	CREATE TABLE notes (id int PRIMARY KEY, body text);
+	INSERT INTO notes VALUES (1, 'A note on indexes.');
+	SET maester.tenant = 'acme';
+	SELECT maester.kb_sync('kb', 'notes', 'id', 'body');
+	RESET maester.tenant;
 });
 
 # the configuration tables, every row and column
@@ -56,7 +75,15 @@ my $q_config = q{SELECT string_agg(r, E'\n' ORDER BY r) FROM (
 	UNION ALL SELECT 'route ' || to_jsonb(t)::text FROM maester.route t
 	UNION ALL SELECT 'route_target ' || to_jsonb(t)::text FROM maester.route_target t
 	UNION ALL SELECT 'price ' || to_jsonb(t)::text FROM maester.price t
-	UNION ALL SELECT 'shipped_removed ' || to_jsonb(t)::text FROM maester.shipped_removed t) s};
+	UNION ALL SELECT 'shipped_removed ' || to_jsonb(t)::text FROM maester.shipped_removed t
+	UNION ALL SELECT 'kb ' || (to_jsonb(t) - 'paused_reason' - 'paused_until' - 'pauses')::text FROM maester.kb t
+	UNION ALL SELECT 'embedding_profile ' || to_jsonb(t)::text FROM maester.embedding_profile t
+	UNION ALL SELECT 'document ' || (to_jsonb(t) - 'stage' - 'updated_at' - 'parsed' - 'attempts'
+	                                 - 'next_attempt_at' - 'error_class' - 'error_message')::text FROM maester.document t
+	UNION ALL SELECT 'chunk ' || to_jsonb(t)::text FROM maester.chunk t WHERE t.kb_id IS NOT NULL AND t.seq = 1
+	                                                                    AND t.content = 'Vacuum reclaims storage.'
+	UNION ALL SELECT 'chunk_embedding ' || to_jsonb(t)::text FROM maester.chunk_embedding t
+	UNION ALL SELECT 'kb_source ' || to_jsonb(t)::text FROM maester.kb_source t) s};
 my $before_c = $node->safe_psql('src', $q_config);
 like($before_c, qr/"name": "openai".*"shipped": false/, 'the edited openai row is no longer marked shipped');
 
@@ -136,6 +163,11 @@ is($node->safe_psql('dst',
 	q{SELECT count(*) FROM maester.prompt_label_history WHERE name = 'p'}),
 	$node->safe_psql('src', q{SELECT count(*) + 1 FROM maester.prompt_label_history WHERE name = 'p'}),
 	'history continues');
+
+# a kept table's triggers work in the restored database
+$node->safe_psql('dst', q{INSERT INTO notes VALUES (2, 'A second note.')});
+is($node->safe_psql('dst', q{SELECT string_agg(external_id, ',' ORDER BY external_id) FROM maester.document
+	WHERE source = 'notes'::regclass}), '1,2', 'a kept table stays in sync after a restore');
 
 $node->stop;
 done_testing();
