@@ -89,6 +89,42 @@ SELECT tenant, role, purpose, status, count(*) > 0 AS calls, bool_and(tags ->> '
   FROM maester.usage WHERE purpose = 'embedding' AND tenant = 'acme' GROUP BY 1, 2, 3, 4;
 SET ROLE kb_acme;
 
+-- a trace per document: kb_ingest (the root), kb_parse, kb_chunk,
+-- kb_embed (naming the embedding call's trace), kb_index
+RESET ROLE;
+SELECT string_agg(s.name, ' ' ORDER BY s.started_at, s.name = 'kb_ingest' DESC) AS spans,
+       bool_and(s.parent_span_id = d.span_id OR s.span_id = d.span_id) AS one_tree,
+       bool_and(s.tenant = 'acme') AS tenant
+  FROM maester.document d JOIN maester.span s ON s.trace_id = d.trace_id
+ WHERE d.external_id = (SELECT min(f) FROM pages);
+CREATE FUNCTION pg_temp.wait_for(q text, secs int) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE ok boolean;
+BEGIN
+  FOR i IN 1 .. secs * 20 LOOP
+    EXECUTE q INTO ok;
+    IF ok THEN RETURN true; END IF;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+  RETURN false;
+END $$;
+-- the embedding call's spans are children of the batch's root
+SELECT pg_temp.wait_for($q$
+  SELECT count(*) > 0 FROM maester.span b JOIN maester.span c ON c.trace_id = b.trace_id AND c.parent_span_id = b.span_id
+   WHERE b.name = 'kb_embed_batch' AND b.trace_id = (
+         SELECT s.attributes ->> 'maester.embed.trace_id' FROM maester.document d JOIN maester.span s
+             ON s.trace_id = d.trace_id AND s.name = 'kb_embed' WHERE d.external_id = (SELECT min(f) FROM pages))
+$q$, 10) AS batch_trace;
+SET ROLE kb_acme;
+-- an ingest joins the application's trace
+SET maester.traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+SELECT maester.ingest('manual', 'traced', 'A traced document about checkpoints.') > 0 AS queued;
+RESET maester.traceparent;
+SELECT maester.kb_wait('manual', '60 s') AS done;
+SELECT d.trace_id, s.parent_span_id AS parent, s.status
+  FROM maester.document d JOIN maester.span s ON s.trace_id = d.trace_id AND s.span_id = d.span_id
+ WHERE d.external_id = 'traced';
+SELECT maester.kb_delete_document('manual', 'traced');
+
 -- the same content again: nothing is sent, nothing billed, no version
 SELECT pg_temp.inputs_sent() AS sent_before \gset
 SELECT count(DISTINCT maester.ingest('manual', f, pg_temp.page(f), 'text/html', metadata => jsonb_build_object('file', f)))

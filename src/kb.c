@@ -411,12 +411,27 @@ typedef struct EmbedBatch
 	int64	   *chunks;
 	int64	   *docs;
 	Datum		inputs;			/* text[] */
+	char		trace_id[33];	/* the batch's trace */
+	char		span_id[17];
+	TimestampTz started;
 	/* what came back */
 	Datum	   *vectors;
 	char	  **models;
 	char	  **error_classes;
 	char	  **error_messages;
 } EmbedBatch;
+
+/* `n` random lowercase hex digits (a trace or span id) into buf[n + 1] */
+static void
+kb_random_hex(char *buf, int n)
+{
+	uint8		bytes[16];
+
+	if (!pg_strong_random(bytes, n / 2))
+		elog(ERROR, "could not generate a random trace id");
+	hex_encode((char *) bytes, n / 2, buf);
+	buf[n] = '\0';
+}
 
 /* Pause a knowledge base: its queue waits, backing off */
 static void
@@ -443,6 +458,9 @@ embed_call_fn(void *arg)
 	v[1] = CStringGetTextDatum(b->model);
 	v[2] = DirectFunctionCall1(jsonb_in, CStringGetDatum(b->options));
 	maester_set_tenant(b->tenant, GUC_ACTION_SAVE);
+	/* the call's spans: children of the batch's root span (kb_work_embedded) */
+	(void) set_config_option("maester.traceparent", psprintf("00-%s-%s-01", b->trace_id, b->span_id),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	SetUserIdAndSecContext(b->owner, SECURITY_LOCAL_USERID_CHANGE);
 	if (SPI_execute_with_args("SELECT e.ordinal, e.embedding, e.model, e.error_class, e.error_message "
 							  "FROM maester.embed($1, $2, $3) e", 3, t, v, NULL, false, 0) != SPI_OK_SELECT)
@@ -605,6 +623,9 @@ kb_embed_batch(int64 kb_id, int64 profile_id)
 		return false;
 
 	/* the call, and what it brought, in one transaction */
+	kb_random_hex(b.trace_id, 32);
+	kb_random_hex(b.span_id, 16);
+	b.started = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -683,6 +704,24 @@ kb_embed_batch(int64 kb_id, int64 profile_id)
 								 b.error_messages[i] ? b.error_messages[i] : "(no message)");
 		}
 		SPI_freeplan(insert);
+		if (stored > 0)
+		{
+			Oid			et[6] = {INT8OID, INT8ARRAYOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID};
+			Datum		ev[6];
+			Datum	   *dd = palloc(b.n * sizeof(Datum));
+
+			for (int i = 0; i < b.n; i++)
+				dd[i] = Int64GetDatum(b.docs[i]);
+			ev[0] = Int64GetDatum(b.kb_id);
+			ev[1] = PointerGetDatum(construct_array(dd, b.n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+			ev[2] = CStringGetTextDatum(b.trace_id);
+			ev[3] = CStringGetTextDatum(b.span_id);
+			ev[4] = TimestampTzGetDatum(b.started);
+			ev[5] = Int64GetDatum(b.profile_id);
+			if (SPI_execute_with_args("SELECT maester.kb_work_embedded($1, $2, $3, $4, $5, $6)",
+									  6, et, ev, NULL, false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not trace a batch");
+		}
 	}
 	if (pause != NULL)
 		kb_pause(kb_id, pause);

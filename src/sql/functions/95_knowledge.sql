@@ -164,6 +164,7 @@ DECLARE
     h text;
     last maester.document;
     did bigint;
+    tp text[];
 BEGIN
     IF external_id IS NULL OR external_id = '' THEN
         RAISE EXCEPTION 'a document needs a non-empty external id'
@@ -208,10 +209,16 @@ BEGIN
     DELETE FROM maester.document d
      WHERE d.kb_id = k.id AND d.external_id = kb_put.external_id
        AND NOT d.current AND d.superseded_at IS NULL;
+    -- its trace: the caller's (maester.traceparent), else a new one
+    tp := regexp_match(coalesce(current_setting('maester.traceparent', true), ''),
+                       '^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$');
     INSERT INTO maester.document AS d (kb_id, tenant, external_id, version, content_hash, mime,
-                                       title, metadata, content, content_binary, source)
+                                       title, metadata, content, content_binary, source,
+                                       trace_id, span_id, parent_span_id)
     VALUES (k.id, k.tenant, external_id, coalesce(last.version, 0) + 1, h, mime,
-            title, metadata, content, content_binary, source)
+            title, metadata, content, content_binary, source,
+            coalesce(tp[1], md5(random()::text || clock_timestamp()::text)),
+            left(md5(random()::text || clock_timestamp()::text), 16), tp[2])
     RETURNING d.id INTO did;
     PERFORM maester.kb_wake();
     RETURN did;
@@ -312,7 +319,8 @@ BEGIN
      WHERE c.document_id = d.id AND d.kb_id = k.id AND d.stage = 'failed';
     UPDATE maester.document d
        SET stage = 'queued', attempts = 0, next_attempt_at = NULL, error_class = NULL,
-           error_message = NULL, parsed = NULL, updated_at = now()
+           error_message = NULL, parsed = NULL, updated_at = now(),
+           span_id = left(md5(random()::text || clock_timestamp()::text), 16)
      WHERE d.kb_id = k.id AND d.stage = 'failed';
     GET DIAGNOSTICS n = ROW_COUNT;
     UPDATE maester.kb x SET paused_reason = NULL, paused_until = NULL, pauses = 0 WHERE x.id = k.id;
@@ -762,6 +770,31 @@ COMMENT ON VIEW maester.kb_status IS
 -- The knowledge worker's steps (src/kb.c): run as maester's owner, granted
 -- to no one.
 
+-- A span of a document's trace (the knowledge worker's steps)
+CREATE FUNCTION maester.kb_span(d maester.document, name text, started timestamptz,
+                                status text DEFAULT 'ok', attributes jsonb DEFAULT '{}', root boolean DEFAULT false)
+RETURNS text
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO maester.span (trace_id, span_id, parent_span_id, name, started_at, duration_us, status,
+                              attributes, tenant)
+    VALUES (d.trace_id,
+            CASE WHEN root THEN d.span_id ELSE left(md5(random()::text || clock_timestamp()::text), 16) END,
+            CASE WHEN root THEN d.parent_span_id ELSE d.span_id END,
+            name, started,
+            greatest(0, (extract(epoch FROM clock_timestamp() - started) * 1000000)::bigint), status,
+            jsonb_build_object('maester.kb_id', d.kb_id, 'maester.document.id', d.id,
+                               'maester.document.external_id', d.external_id,
+                               'maester.document.version', d.version) || attributes,
+            d.tenant)
+    ON CONFLICT DO NOTHING
+    RETURNING span_id
+$$;
+
+COMMENT ON FUNCTION maester.kb_span(maester.document, text, timestamptz, text, jsonb, boolean) IS
+    'Internal (knowledge worker): writes a span of a document''s trace, from started to now.';
+
 CREATE FUNCTION maester.kb_work_parse(doc bigint)
 RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
@@ -770,6 +803,7 @@ AS $$
 DECLARE
     d maester.document;
     p record;
+    t0 timestamptz := clock_timestamp();
 BEGIN
     SELECT * INTO d FROM maester.document x WHERE x.id = doc;
     IF NOT FOUND OR d.stage <> 'queued' THEN
@@ -783,6 +817,10 @@ BEGIN
     UPDATE maester.document x
        SET parsed = p.body, title = coalesce(x.title, p.title), stage = 'parsed', updated_at = now()
      WHERE x.id = doc;
+    PERFORM maester.kb_span(d, 'kb_parse', t0, 'ok',
+                            jsonb_build_object('maester.document.mime', d.mime,
+                                               'maester.document.bytes', coalesce(octet_length(d.content), octet_length(d.content_binary)),
+                                               'maester.document.parsed_characters', length(p.body)));
 END
 $$;
 
@@ -798,6 +836,7 @@ DECLARE
     d maester.document;
     k maester.kb;
     n integer;
+    t0 timestamptz := clock_timestamp();
 BEGIN
     SELECT * INTO d FROM maester.document x WHERE x.id = doc;
     IF NOT FOUND OR d.stage <> 'parsed' THEN
@@ -815,6 +854,11 @@ BEGIN
     UPDATE maester.document x
        SET stage = CASE WHEN n = 0 THEN 'embedded' ELSE 'chunked' END, updated_at = now()
      WHERE x.id = doc;
+    PERFORM maester.kb_span(d, 'kb_chunk', t0, 'ok',
+                            jsonb_build_object('maester.chunks', n, 'maester.chunking', k.chunking,
+                                               'maester.tokens_estimated',
+                                               (SELECT coalesce(sum(c.token_estimate), 0) FROM maester.chunk c
+                                                 WHERE c.document_id = doc)));
 END
 $$;
 
@@ -835,6 +879,11 @@ BEGIN
            error_class = kb_work_fail.error_class, error_message = left(message, 2000),
            updated_at = now()
      WHERE x.id = doc;
+    -- failed for good: the trace ends with its root span, in error
+    PERFORM maester.kb_span(x, 'kb_ingest', x.created_at, 'error',
+                            jsonb_build_object('maester.error_class', x.error_class,
+                                               'maester.error_message', x.error_message), true)
+       FROM maester.document x WHERE x.id = doc AND x.stage = 'failed';
 END
 $$;
 
@@ -906,6 +955,34 @@ $$;
 COMMENT ON FUNCTION maester.kb_work_batch(bigint, bigint, integer, integer) IS
     'Internal (knowledge worker): the next chunks to embed under a profile, for at most max_documents documents; chunks whose text already has a vector of the profile in the knowledge base take it first (nothing sent).';
 
+-- After a batch: a kb_embed span in each of its documents' traces, naming
+-- the embedding call's trace
+CREATE FUNCTION maester.kb_work_embedded(kb bigint, docs bigint[], call_trace text, call_span text,
+                                         started timestamptz, profile bigint)
+RETURNS bigint
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- the batch's own trace: its root, parent of the embedding call's spans
+    INSERT INTO maester.span (trace_id, span_id, name, started_at, duration_us, status, attributes, tenant)
+    SELECT call_trace, call_span, 'kb_embed_batch', started,
+           greatest(0, (extract(epoch FROM clock_timestamp() - started) * 1000000)::bigint), 'ok',
+           jsonb_build_object('maester.kb_id', k.id, 'maester.embedding_profile_id', profile,
+                              'maester.chunks', cardinality(docs),
+                              'maester.documents', (SELECT count(DISTINCT x) FROM unnest(docs) x)),
+           k.tenant
+      FROM maester.kb k WHERE k.id = kb
+    ON CONFLICT DO NOTHING;
+    SELECT count(maester.kb_span(d, 'kb_embed', started, 'ok',
+                                 jsonb_build_object('maester.embed.trace_id', call_trace,
+                                                    'maester.embedding_profile_id', profile,
+                                                    'maester.chunks', (SELECT count(*) FROM unnest(docs) x WHERE x = d.id))))
+      FROM maester.document d WHERE d.id IN (SELECT DISTINCT unnest(docs))
+$$;
+
+COMMENT ON FUNCTION maester.kb_work_embedded(bigint, bigint[], text, text, timestamptz, bigint) IS
+    'Internal (knowledge worker): a batch''s trace root (parent of its embedding call''s spans) and the kb_embed spans of its documents'' traces.';
+
 -- Documents with every vector become current; a complete reindex switches
 CREATE FUNCTION maester.kb_work_index(kb bigint)
 RETURNS integer
@@ -915,6 +992,7 @@ AS $$
 DECLARE
     k maester.kb;
     n integer;
+    t0 timestamptz := clock_timestamp();
 BEGIN
     SELECT * INTO k FROM maester.kb x WHERE x.id = kb FOR UPDATE;
     IF NOT FOUND THEN
@@ -935,11 +1013,18 @@ BEGIN
                  RETURNING o.id)
     DELETE FROM maester.chunk_embedding e USING maester.chunk c, old
      WHERE e.chunk_id = c.id AND c.document_id = old.id;
-    UPDATE maester.document d
-       SET stage = 'indexed', current = true, indexed_at = now(), updated_at = now(),
-           content = CASE WHEN d.content_binary IS NULL THEN d.content END
-     WHERE d.kb_id = kb AND d.stage = 'embedded';
-    GET DIAGNOSTICS n = ROW_COUNT;
+    WITH done AS (
+        UPDATE maester.document d
+           SET stage = 'indexed', current = true, indexed_at = now(), updated_at = now()
+         WHERE d.kb_id = kb AND d.stage = 'embedded'
+        RETURNING d.*)
+    SELECT count(*) INTO n
+      FROM done d,
+           LATERAL (SELECT maester.kb_span(d::maester.document, 'kb_index', t0),
+                           maester.kb_span(d::maester.document, 'kb_ingest', d.created_at, 'ok',
+                                           jsonb_build_object('maester.chunks',
+                                               (SELECT count(*) FROM maester.chunk c WHERE c.document_id = d.id),
+                                               'maester.embedding_profile_id', k.profile_id), true)) s;
     -- a reindex whose vectors are all there becomes the active profile
     IF k.next_profile_id IS NOT NULL AND NOT EXISTS (
            SELECT FROM maester.document d JOIN maester.chunk c ON c.document_id = d.id

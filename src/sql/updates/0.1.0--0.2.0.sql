@@ -536,6 +536,9 @@ CREATE TABLE maester.document (
     error_class      text,
     error_message    text,
     source           regclass,
+    trace_id         text NOT NULL,
+    span_id          text NOT NULL,
+    parent_span_id   text,
     created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     indexed_at       timestamptz,
@@ -554,6 +557,7 @@ COMMENT ON COLUMN maester.document.content_hash IS 'SHA-256 (hex) of the source 
 COMMENT ON COLUMN maester.document.parsed IS 'The text the parser made of the source (Markdown-like: headings, paragraphs, lists, fenced code): chunk offsets are characters into it.';
 COMMENT ON COLUMN maester.document.stage IS 'queued, parsed, chunked, embedded (every chunk has its vector), indexed (current and searchable), failed (see error_class and error_message; maester.kb_retry queues it again).';
 COMMENT ON COLUMN maester.document.current IS 'True for the version that answers (at most one per external id); false for a version still in the pipeline and for superseded ones.';
+COMMENT ON COLUMN maester.document.trace_id IS 'The document''s trace: the ingesting transaction''s maester.traceparent, or a new one. Its spans (kb_ingest, its root, then kb_parse, kb_chunk, kb_embed, kb_index) are in maester.span; kb_embed names the trace of the embedding call that made its vectors.';
 COMMENT ON COLUMN maester.document.source IS 'The table kb_sync keeps this document in sync with (NULL: maester.ingest).';
 
 CREATE TABLE maester.chunk (
