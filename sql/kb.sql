@@ -114,6 +114,9 @@ SELECT pg_temp.wait_for($q$
          SELECT s.attributes ->> 'maester.embed.trace_id' FROM maester.document d JOIN maester.span s
              ON s.trace_id = d.trace_id AND s.name = 'kb_embed' WHERE d.external_id = (SELECT min(f) FROM pages))
 $q$, 10) AS batch_trace;
+-- explain() reads both
+SELECT regexp_replace(regexp_replace(e, '\(\d+\.\d+ ms', '(N ms'), 'embedding_trace=[0-9a-f]{32}', 'embedding_trace=T') AS explain
+  FROM maester.explain((SELECT trace_id FROM maester.document WHERE external_id = (SELECT min(f) FROM pages) AND current)) e;
 SET ROLE kb_acme;
 -- an ingest joins the application's trace
 SET maester.traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';

@@ -32,7 +32,12 @@ BEGIN
     WITH RECURSIVE tree AS (
         SELECT s.*, 0 AS depth, ARRAY[s.started_at] AS path
           FROM maester.span s
-         WHERE s.trace_id OPERATOR(pg_catalog.=) $1 AND s.name OPERATOR(pg_catalog.=) 'llm_generate'
+         WHERE s.trace_id OPERATOR(pg_catalog.=) $1
+           -- the roots: spans whose parent is not in the trace (the
+           -- application's span, or none): calls, embeddings, documents
+           AND NOT EXISTS (SELECT FROM maester.span p
+                            WHERE p.trace_id OPERATOR(pg_catalog.=) s.trace_id
+                              AND p.span_id OPERATOR(pg_catalog.=) s.parent_span_id)
         UNION ALL
         SELECT s.*, t.depth OPERATOR(pg_catalog.+) 1, t.path OPERATOR(pg_catalog.||) s.started_at
           FROM maester.span s
@@ -58,6 +63,9 @@ BEGIN
                    OPERATOR(pg_catalog.||) (t.attributes ->> 'gen_ai.usage.output_tokens'),
                'cost=$' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.cost_usd'),
                'evaluation=' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.evaluation.status'),
+               'document=' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.document.external_id'),
+               'chunks=' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.chunks'),
+               'embedding_trace=' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.embed.trace_id'),
                'prompt=' OPERATOR(pg_catalog.||) (t.attributes ->> 'gen_ai.prompt.name') OPERATOR(pg_catalog.||) '@'
                    OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.prompt.version')), ''), '')
       FROM tree t
@@ -72,7 +80,7 @@ END
 $$;
 
 COMMENT ON FUNCTION maester.explain(text) IS
-    'The span tree of a traced call with timings, tokens, cost and evaluation, the way EXPLAIN ANALYZE reads; a trace whose spans did not all fit in the span queue says partial.';
+    'The span tree of a trace (a call, an embedding, a knowledge base document) with timings, tokens, cost and evaluation, the way EXPLAIN ANALYZE reads; a trace whose spans did not all fit in the span queue says partial.';
 
 
 CREATE FUNCTION maester.otlp_payload(after_seq bigint, max_spans integer DEFAULT 512,
