@@ -254,6 +254,15 @@ SELECT chunks = (SELECT count(*) FROM maester.chunk c JOIN maester.document d ON
                   WHERE d.superseded_at IS NULL) AS all_chunks, tokens > 0 AS tokens, estimated_cost_usd > 0 AS priced
   FROM maester.kb_reindex('manual', 'kb-emb-large', dimensions => 512, dry_run => true);
 SELECT next_profile_id IS NULL AS dry_run_changed_nothing FROM maester.kb;
+-- a blocking budget the estimate does not fit refuses it before anything is sent
+RESET ROLE;
+INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('acme', 'total', 0.000001, 'block');
+SET ROLE kb_acme;
+SELECT pg_temp.err($$ SELECT * FROM maester.kb_reindex('manual', 'kb-emb-large', dimensions => 512) $$);
+SELECT next_profile_id IS NULL AS refused FROM maester.kb;
+RESET ROLE;
+DELETE FROM maester.budget WHERE tenant = 'acme';
+SET ROLE kb_acme;
 SELECT profile_id > 0 AS started FROM maester.kb_reindex('manual', 'kb-emb-large', dimensions => 512);
 SELECT maester.kb_wait('manual', '60 s') AS done;
 SELECT p.model, p.dimensions, p.served_dimensions, k.next_profile_id IS NULL AS switched

@@ -642,8 +642,10 @@ kb_embed_batch(int64 kb_id, int64 profile_id)
 		SPIPlanPtr	insert;
 		Oid			it[3] = {INT8OID, INT8OID, FLOAT4ARRAYOID};
 
-		insert = SPI_prepare("INSERT INTO maester.chunk_embedding (profile_id, chunk_id, kb_id, tenant, embedding) "
-							 "SELECT $1, c.id, c.kb_id, c.tenant, $3 FROM maester.chunk c "
+		insert = SPI_prepare("INSERT INTO maester.chunk_embedding (profile_id, chunk_id, kb_id, document_id, live, "
+							 "tenant, embedding) "
+							 "SELECT $1, c.id, c.kb_id, c.document_id, d.current, c.tenant, $3 "
+							 "FROM maester.chunk c JOIN maester.document d ON d.id OPERATOR(pg_catalog.=) c.document_id "
 							 "WHERE c.id OPERATOR(pg_catalog.=) $2 ON CONFLICT DO NOTHING", 3, it);
 		if (insert == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));

@@ -59,8 +59,8 @@ $node->safe_psql('src', q{
 	INSERT INTO maester.chunk (document_id, kb_id, tenant, seq, start_offset, end_offset, token_estimate, content,
 	                           content_hash, fts_config)
 	SELECT d.id, d.kb_id, 'acme', 1, 0, 24, 6, 'Vacuum reclaims storage.', '\x00', 'english' FROM maester.document d;
-	INSERT INTO maester.chunk_embedding (profile_id, chunk_id, kb_id, tenant, embedding)
-	SELECT k.profile_id, c.id, k.id, 'acme', '{0.5,0.5,0.5,0.5}' FROM maester.kb k, maester.chunk c;
+	INSERT INTO maester.chunk_embedding (profile_id, chunk_id, kb_id, document_id, live, tenant, embedding)
+	SELECT k.profile_id, c.id, k.id, c.document_id, true, 'acme', '{0.5,0.5,0.5,0.5}' FROM maester.kb k, maester.chunk c;
 	CREATE TABLE notes (id int PRIMARY KEY, body text);
 	INSERT INTO notes VALUES (1, 'A note on indexes.');
 	SET maester.tenant = 'acme';

@@ -370,6 +370,7 @@ AS $$
 DECLARE
     k maester.kb := maester.kb_find(tenant, kb, true);
     cur maester.embedding_profile;
+    bs record;
 BEGIN
     IF embedding_model IS NULL THEN
         RAISE EXCEPTION 'kb_reindex needs the embedding model to move to'
@@ -391,6 +392,20 @@ BEGIN
     estimated_cost_usd := round(tokens * (maester.kb_price(embedding_model)).input_cost_per_million
                                 / 1000000, 6);
     IF NOT coalesce(dry_run, false) THEN
+        -- a blocking budget of the tenant that the estimate does not fit refuses it now
+        SELECT b.* INTO bs FROM maester.budget_status b
+         WHERE b.tenant = k.tenant AND b.action = 'block' AND b.prompt IS NULL
+           AND (b.model IS NULL OR maester.model_identity(b.model) = maester.model_identity(embedding_model))
+           AND b.remaining_usd < estimated_cost_usd
+         ORDER BY b.remaining_usd LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'reindexing knowledge base "%" would exceed budget % by % USD', kb, bs.id,
+                            estimated_cost_usd - bs.remaining_usd
+                USING ERRCODE = 'MB001',
+                      DETAIL = format('%s chunks, about %s tokens, estimated %s USD; the budget has %s USD left this %s.',
+                                      chunks, tokens, estimated_cost_usd, bs.remaining_usd, bs.period),
+                      HINT = 'kb_reindex(..., dry_run => true) estimates without starting.';
+        END IF;
         UPDATE maester.kb x SET next_profile_id = kb_reindex_as.profile_id, paused_reason = NULL,
                paused_until = NULL, pauses = 0
          WHERE x.id = k.id;
@@ -936,8 +951,9 @@ BEGIN
          WHERE NOT EXISTS (SELECT FROM maester.chunk_embedding x
                             WHERE x.chunk_id = c.id AND x.profile_id = profile)),
     reused AS (
-        INSERT INTO maester.chunk_embedding (profile_id, chunk_id, kb_id, tenant, embedding)
-        SELECT DISTINCT ON (c.id) profile, c.id, c.kb_id, c.tenant, e.embedding
+        INSERT INTO maester.chunk_embedding (profile_id, chunk_id, kb_id, document_id, live, tenant, embedding)
+        SELECT DISTINCT ON (c.id) profile, c.id, c.kb_id, c.document_id,
+               (SELECT d.current FROM maester.document d WHERE d.id = c.document_id), c.tenant, e.embedding
           FROM todo c
           JOIN maester.chunk o ON o.kb_id = c.kb_id AND o.content_hash = c.content_hash AND o.id <> c.id
           JOIN maester.chunk_embedding e ON e.chunk_id = o.id AND e.profile_id = profile
@@ -1013,6 +1029,9 @@ BEGIN
                  RETURNING o.id)
     DELETE FROM maester.chunk_embedding e USING maester.chunk c, old
      WHERE e.chunk_id = c.id AND c.document_id = old.id;
+    UPDATE maester.chunk_embedding e SET live = true
+      FROM maester.document d
+     WHERE e.document_id = d.id AND d.kb_id = kb AND d.stage = 'embedded' AND NOT e.live;
     WITH done AS (
         UPDATE maester.document d
            SET stage = 'indexed', current = true, indexed_at = now(), updated_at = now()
@@ -1043,3 +1062,12 @@ $$;
 
 COMMENT ON FUNCTION maester.kb_work_index(bigint) IS
     'Internal (knowledge worker): documents whose chunks all have vectors of the active profile become current (the version they replace stops answering); a reindex whose vectors are complete becomes the active profile, and the old vectors are deleted.';
+
+CREATE FUNCTION maester.search(kb text, query text, k integer DEFAULT 10, mode text DEFAULT 'hybrid',
+                               filter jsonb DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS SETOF maester.search_hit
+AS 'MODULE_PATHNAME', 'kb_search'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE ROWS 10;
+
+COMMENT ON FUNCTION maester.search(text, text, integer, text, jsonb, jsonb) IS
+    'Searches a knowledge base of the current tenant: mode vector (exact nearest neighbours in C over the active profile''s vectors, after the filters; the query is embedded by one maester.embed call), fts (websearch_to_tsquery and ts_rank_cd, AND first, OR when AND finds fewer than k) or hybrid (weighted reciprocal rank fusion). filter: documents whose metadata contains it. options: vector_weight, fts_weight (1), rrf_k (60), candidates per branch (4 k, at least 50).';

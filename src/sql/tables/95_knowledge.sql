@@ -133,6 +133,8 @@ CREATE TABLE maester.chunk_embedding (
     profile_id       bigint NOT NULL REFERENCES maester.embedding_profile (id),
     chunk_id         bigint NOT NULL REFERENCES maester.chunk (id) ON DELETE CASCADE,
     kb_id            bigint NOT NULL,
+    document_id      bigint NOT NULL,
+    live             boolean NOT NULL DEFAULT false,
     tenant           text NOT NULL,
     embedding        real[] NOT NULL,
     PRIMARY KEY (profile_id, chunk_id)
@@ -141,10 +143,12 @@ CREATE TABLE maester.chunk_embedding (
 -- vectors are 3-6x slower to scan)
 ALTER TABLE maester.chunk_embedding ALTER COLUMN embedding SET STORAGE PLAIN;
 CREATE INDEX chunk_embedding_chunk ON maester.chunk_embedding (chunk_id);
-CREATE INDEX chunk_embedding_kb ON maester.chunk_embedding (kb_id, profile_id);
+CREATE INDEX chunk_embedding_kb ON maester.chunk_embedding (kb_id, profile_id) WHERE live;
+CREATE INDEX chunk_embedding_document ON maester.chunk_embedding (document_id);
 
 COMMENT ON TABLE maester.chunk_embedding IS
     'A chunk''s vector under one embedding profile (real[], stored PLAIN: in line, uncompressed). A chunk may have vectors of two profiles while kb_reindex runs. Row-level security by tenant.';
+COMMENT ON COLUMN maester.chunk_embedding.live IS 'Its document is the current version: what search scans (a version still in the pipeline has vectors that do not answer yet).';
 
 CREATE TABLE maester.kb_source (
     kb_id            bigint NOT NULL REFERENCES maester.kb (id) ON DELETE CASCADE,
@@ -186,3 +190,27 @@ CREATE POLICY embedding_profile_tenant ON maester.embedding_profile FOR SELECT T
     USING (EXISTS (SELECT FROM maester.kb k WHERE embedding_profile.id OPERATOR(pg_catalog.=) ANY (ARRAY[k.profile_id, k.next_profile_id])));
 CREATE POLICY kb_source_tenant ON maester.kb_source FOR SELECT TO maester_user, maester_reader
     USING (EXISTS (SELECT FROM maester.kb k WHERE k.id OPERATOR(pg_catalog.=) kb_id));
+
+-- A hit of maester.search
+CREATE TYPE maester.search_hit AS (
+    rank              integer,
+    chunk_id          bigint,
+    document_id       bigint,
+    document_version  integer,
+    external_id       text,
+    title             text,
+    heading_path      text[],
+    start_offset      integer,
+    end_offset        integer,
+    snippet           text,
+    score             double precision,
+    vector_rank       integer,
+    vector_similarity double precision,
+    fts_rank          integer,
+    fts_score         double precision,
+    metadata          jsonb,
+    content           text
+);
+
+COMMENT ON TYPE maester.search_hit IS
+    'A hit of maester.search: the passage (chunk, its document version, section path, character offsets into the parsed text, a snippet), the fused score, and each branch''s rank and raw score (NULL when the branch did not find it).';
