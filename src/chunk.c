@@ -194,7 +194,8 @@ split_block(Chunker *k, int bs, int be)
 		CHECK_FOR_INTERRUPTS();
 		while (pos < be)
 		{
-			uend = kb_estimate_unit(k->u, be, pos, &cost);
+			/* costs as in the piece alone: nothing before ps */
+			uend = ps + kb_estimate_unit(k->u + ps, be - ps, pos - ps, &cost);
 			if (is_ws(k->u[pos]))
 			{
 				word_end = pos;
@@ -263,7 +264,7 @@ overlap_start(Chunker *k, int cs, int ce, int64 total, int64 room)
 		return -1;
 	while (pos < ce)
 	{
-		int			uend = kb_estimate_unit(k->u, ce, pos, &cost);
+		int			uend = cs + kb_estimate_unit(k->u + cs, ce - cs, pos - cs, &cost);
 
 		cum += cost;
 		if (is_ws(k->u[pos]) && uend < ce && total - cum <= room)
@@ -323,6 +324,17 @@ heading_path(Chunker *k)
 	return path;
 }
 
+/* The cost of the whitespace [e, s) between two spans, seeing what follows */
+static int64
+gap_cost(Chunker *k, int e, int s)
+{
+	int64		cost = 0;
+
+	if (s > e)
+		(void) kb_estimate_unit(k->u + e, s - e + 1, 0, &cost);
+	return cost;
+}
+
 /* Chunks the section whose blocks are k->spans; heading: it starts with one */
 static void
 chunk_section(Chunker *k, bool heading)
@@ -364,7 +376,7 @@ chunk_section(Chunker *k, bool heading)
 			cs = p->start, ce = p->end, ccost = p->cost, open = true;
 			continue;
 		}
-		gap = kb_estimate_raw(k->u + ce, p->start - ce);
+		gap = gap_cost(k, ce, p->start);
 		if (!p->glued && ccost + gap + p->cost <= k->budget)
 		{
 			ce = p->end;
@@ -375,10 +387,10 @@ chunk_section(Chunker *k, bool heading)
 		os = p->glued ? -1 :
 			overlap_start(k, cs, ce, ccost, Min(k->overlap, k->budget - gap - p->cost));
 		if (os >= 0)
-		{
-			cs = os;
 			ccost = kb_estimate_raw(k->u + os, ce - os) + gap + p->cost;
-		}
+		/* the tail alone may cost more than inside the chunk */
+		if (os >= 0 && ccost <= k->budget)
+			cs = os;
 		else
 		{
 			cs = p->start;
