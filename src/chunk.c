@@ -20,12 +20,12 @@
  * characters (only ASCII letter and digit runs are that long, so never
  * inside a multibyte character).  Pieces are packed greedily into chunks;
  * a chunk never spans two sections.  The next chunk of a section starts
- * inside the previous one's tail, at most overlap_tokens before its end:
- * at the earliest sentence start within that much (if it keeps at least
- * half of it), else at the earliest word start; never when the next piece
- * is the continuation of a word cut between characters.  Pieces cut from
- * a large block are at most max_tokens - overlap_tokens, so the overlap
- * fits.  A section holding nothing but its heading gives no chunk.
+ * inside the previous one's tail, whose estimate is at most
+ * overlap_tokens: at the earliest sentence start within that much (if it
+ * keeps at least half of it), else at the earliest word start; never when
+ * the next piece continues a word cut between characters.  Pieces cut
+ * from a large block are at most max_tokens - overlap_tokens, so the
+ * overlap fits.  A section holding nothing but its heading gives no chunk.
  *
  * Invariants: a chunk starts and ends at non-whitespace, its content is
  * exactly the body's characters [start, end), and its token_estimate (the
@@ -367,7 +367,8 @@ chunk_section(Chunker *k, bool heading)
 	for (int i = 0; i < k->npieces; i++)
 	{
 		Span	   *p = &k->pieces[i];
-		int64		gap;
+		int64		gap,
+					tail;
 		int			os;
 
 		CHECK_FOR_INTERRUPTS();
@@ -386,11 +387,13 @@ chunk_section(Chunker *k, bool heading)
 		emit_chunk(k, cs, ce, path, k->depth);
 		os = p->glued ? -1 :
 			overlap_start(k, cs, ce, ccost, Min(k->overlap, k->budget - gap - p->cost));
-		if (os >= 0)
-			ccost = kb_estimate_raw(k->u + os, ce - os) + gap + p->cost;
+		tail = os >= 0 ? kb_estimate_raw(k->u + os, ce - os) : 0;
 		/* the tail alone may cost more than inside the chunk */
-		if (os >= 0 && ccost <= k->budget)
+		if (os >= 0 && tail <= k->overlap && tail + gap + p->cost <= k->budget)
+		{
 			cs = os;
+			ccost = tail + gap + p->cost;
+		}
 		else
 		{
 			cs = p->start;
@@ -439,7 +442,7 @@ kb_chunk_text(const char *body, int len, KbChunking settings, bool markdown,
 	k.max_tokens = settings.max_tokens;
 	k.budget = kb_raw_budget(settings.max_tokens);
 	k.piece_budget = kb_raw_budget(settings.max_tokens - settings.overlap_tokens);
-	k.overlap = (int64) settings.overlap_tokens * 100;
+	k.overlap = kb_raw_budget(settings.overlap_tokens);
 
 	while (pos < k.ulen)
 	{

@@ -25,9 +25,9 @@
  *	 ASCII symbol, control		 PUNCT_COST each
  *	 whitespace run				 a single space 0 (it joins the next
  *								 word) but DIGIT_SPACE before a digit;
- *								 else NEWLINE_COST for a run holding line
- *								 breaks, plus SPACE_COST per SPACE_STEP
- *								 spaces or tabs after the last one
+ *								 else NEWLINE_COST per two line breaks,
+ *								 plus SPACE_COST per SPACE_STEP spaces
+ *								 or tabs after the last one
  *	 other character			 by UTF-8 length: 2 bytes WIDE2_COST,
  *								 3 bytes WIDE3_COST, 4 bytes WIDE4_COST
  *
@@ -39,7 +39,7 @@
  * (test/bench/tokens.sh): at 512 tokens, 99.9% of chunks are estimated at
  * or above their real count under both encodings, the median estimate is
  * 1.32 times the real count, and the worst chunk (a list of contributors'
- * names) is 12% above its estimate.  A text in another server encoding is
+ * names) is 13% above its estimate (test/bench/kb_tokens.sh).  A text in another server encoding is
  * converted to UTF-8 first (what a provider receives).  The cost of a unit
  * never falls when the text before it is cut away, so the chunker's sums
  * of pieces bound the estimate of their concatenation.
@@ -70,7 +70,7 @@ static const int16 cost_mixed[16] = {130, 130, 130, 225, 245, 250, 280, 280, 345
 #define SLOPE_MIXED		30
 
 #define PUNCT_COST		100		/* an ASCII symbol or control character */
-#define NEWLINE_COST	100		/* a whitespace run holding line breaks */
+#define NEWLINE_COST	100		/* per two line breaks of a whitespace run */
 #define SPACE_STEP		4		/* then SPACE_COST per SPACE_STEP spaces */
 #define SPACE_COST		100
 #define DIGIT_SPACE		100		/* a lone space before digits (not joined) */
@@ -164,24 +164,24 @@ kb_estimate_unit(const char *s, int len, int pos, int64 *cost)
 	}
 	else if (is_space(c))
 	{
-		bool		nl = false;
+		int64		breaks = 0;
 		int			spaces = 0;
 
 		while (i < len && is_space(u[i]))
 		{
 			if (u[i] == '\n' || u[i] == '\r' || u[i] == '\f' || u[i] == '\v')
 			{
-				nl = true;
+				breaks++;
 				spaces = 0;
 			}
 			else
 				spaces++;
 			i++;
 		}
-		if (!nl && spaces == 1)
+		if (breaks == 0 && spaces == 1)
 			*cost = (i < len && is_digit(u[i])) ? DIGIT_SPACE : 0;
 		else
-			*cost = (nl ? NEWLINE_COST : 0) +
+			*cost = ((breaks + 1) / 2) * NEWLINE_COST +
 				((spaces + SPACE_STEP - 1) / SPACE_STEP) * SPACE_COST;
 	}
 	else if (c < 0x80)
