@@ -35,14 +35,14 @@
  *
  * The tables are the mean tokens of the manual's words by shape and length
  * under the dearer of the two tokenizers; FACTOR and MARGIN were chosen
- * against js-tiktoken's counts of the manual's chunks and paragraphs
- * (test/bench/tokens.sh): at 512 tokens, 99.9% of chunks are estimated at
- * or above their real count under both encodings, the median estimate is
- * 1.32 times the real count, and the worst chunk (a list of contributors'
- * names) is 13% above its estimate (test/bench/kb_tokens.sh).  A text in another server encoding is
- * converted to UTF-8 first (what a provider receives).  The cost of a unit
- * never falls when the text before it is cut away, so the chunker's sums
- * of pieces bound the estimate of their concatenation.
+ * against js-tiktoken's counts of the manual's chunks and blocks
+ * (test/bench/kb_tokens.sh): at 512 tokens, 99.9% of chunks are estimated
+ * at or above their real count under both encodings, the median estimate
+ * is 1.32 times the real count, and the worst chunk (a list of
+ * contributors' names) is 13% above its estimate.  A text in another
+ * server encoding is converted to UTF-8 first (what a provider receives).
+ * The cost of a unit never falls when the text before it is cut away, so
+ * the chunker's sums of pieces bound the estimate of their concatenation.
  *
  *-------------------------------------------------------------------------
  */
