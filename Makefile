@@ -31,10 +31,11 @@ REGRESS_OPTS = --inputdir=. --temp-instance=tmp_check_regress \
 TAP_TESTS    = 1
 PROVE_TESTS  = $(sort $(wildcard test/t/*.pl))
 
-PG_CPPFLAGS  = -I$(srcdir)/src -DMAESTER_VERSION=\"$(EXTVERSION)\"
+PG_CPPFLAGS  = -I$(srcdir)/src -DMAESTER_VERSION=\"$(EXTVERSION)\" \
+               $(shell xml2-config --cflags)
 PG_CFLAGS    = -Wall -Wextra -Werror -Wno-unused-parameter \
                -Wno-missing-field-initializers -Wno-sign-compare
-SHLIB_LINK   = -lcurl
+SHLIB_LINK   = -lcurl -lxml2
 
 EXTRA_CLEAN  = tmp_check tmp_check_regress results regression.diffs regression.out
 
