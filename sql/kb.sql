@@ -37,7 +37,7 @@ SELECT name, '2020-01-01', 0.02, 0 FROM maester.model WHERE name LIKE 'kb-emb%';
 -- two tenants, each a role mapped to it
 CREATE ROLE kb_acme LOGIN IN ROLE maester_user;
 CREATE ROLE kb_globex LOGIN IN ROLE maester_user;
-INSERT INTO maester.tenant_member (role, tenant) VALUES ('kb_acme', 'acme'), ('kb_globex', 'globex');
+INSERT INTO maester.tenant_member (role, tenant) VALUES ('kb_acme', 'kb-acme'), ('kb_globex', 'kb-globex');
 SET ROLE kb_acme;
 
 -- kb_create: bad inputs are refused with their SQLSTATE
@@ -86,7 +86,7 @@ RESET ROLE;
 SELECT tenant, role, purpose, status, count(*) > 0 AS calls, bool_and(tags ->> 'kb' = 'manual') AS tagged,
        bool_and(tags ->> 'documents' ~ '^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$') AS documents_tagged,
        sum(cost_usd) > 0 AS billed
-  FROM maester.usage WHERE purpose = 'embedding' AND tenant = 'acme' GROUP BY 1, 2, 3, 4;
+  FROM maester.usage WHERE purpose = 'embedding' AND tenant = 'kb-acme' GROUP BY 1, 2, 3, 4;
 SET ROLE kb_acme;
 
 -- a trace per document: kb_ingest (the root), kb_parse, kb_chunk,
@@ -94,7 +94,7 @@ SET ROLE kb_acme;
 RESET ROLE;
 SELECT string_agg(s.name, ' ' ORDER BY s.started_at, s.name = 'kb_ingest' DESC) AS spans,
        bool_and(s.parent_span_id = d.span_id OR s.span_id = d.span_id) AS one_tree,
-       bool_and(s.tenant = 'acme') AS tenant
+       bool_and(s.tenant = 'kb-acme') AS tenant
   FROM maester.document d JOIN maester.span s ON s.trace_id = d.trace_id
  WHERE d.external_id = (SELECT min(f) FROM pages);
 CREATE FUNCTION pg_temp.wait_for(q text, secs int) RETURNS boolean LANGUAGE plpgsql AS $$
@@ -179,6 +179,38 @@ SELECT maester.kb_retry('manual') AS requeued;
 SELECT maester.kb_wait('manual', '60 s') AS done;
 SELECT external_id, stage FROM maester.document WHERE external_id = 'odd.bin';
 
+-- search: bad inputs
+SELECT pg_temp.err($$ SELECT * FROM maester.search('manual', 'x', 0) $$);
+SELECT pg_temp.err($$ SELECT * FROM maester.search('manual', 'x', mode => 'semantic') $$);
+SELECT pg_temp.err($$ SELECT * FROM maester.search('manual', 'x', filter => '[1]') $$);
+SELECT pg_temp.err($$ SELECT * FROM maester.search('manual', '   ') $$);
+SELECT pg_temp.err($$ SELECT * FROM maester.search('manual', 'x', options => '{"rrf": 1}') $$);
+SELECT pg_temp.err($$ SELECT * FROM maester.search('manual', 'x', options => '{"candidates": 5}') $$);
+SELECT pg_temp.err($$ SELECT * FROM maester.search('nope', 'x') $$);
+-- full text (AND semantics), vector (exact, over the active profile), hybrid
+SELECT rank, external_id, fts_rank, vector_rank FROM maester.search('manual', 'aggregate state transition function', 3, 'fts');
+SELECT count(*) AS embeddings_before FROM maester.usage WHERE purpose = 'embedding' \gset
+SELECT rank, external_id, fts_rank IS NULL AS no_fts, vector_similarity > 0 AS similar
+  FROM maester.search('manual', 'aggregate state transition function', 3, 'vector');
+SELECT count(*) - :embeddings_before AS query_embeddings FROM maester.usage WHERE purpose = 'embedding';
+SELECT rank, external_id, vector_rank, fts_rank,
+       round((coalesce(1.0 / (60 + vector_rank), 0) + coalesce(1.0 / (60 + fts_rank), 0))::numeric, 6)
+         = round(score::numeric, 6) AS rrf
+  FROM maester.search('manual', 'aggregate state transition function', 5);
+-- every hit is its passage of the current version, with a snippet
+SELECT count(*) AS hits, bool_and(h.content = substr(d.parsed, h.start_offset + 1, h.end_offset - h.start_offset)) AS exact,
+       bool_and(d.current AND d.version = h.document_version) AS current, bool_and(h.snippet <> '') AS snippets
+  FROM maester.search('manual', 'role password valid until', 10) h JOIN maester.document d ON d.id = h.document_id;
+-- a filter on the documents' metadata: exact search after the filter finds k hits
+SELECT count(*) AS hits, bool_and(external_id = 'sql-createrole.html') AS only_filtered
+  FROM maester.search('manual', 'aggregate state transition function', 5, filter => '{"file": "sql-createrole.html"}');
+-- AND finds nothing: the same words with OR
+SELECT count(*) > 0 AS found_with_or FROM maester.search('manual', 'aggregate zzqxjv', 3, 'fts');
+-- another tenant's kb is not found
+SET ROLE kb_globex;
+SELECT pg_temp.err($$ SELECT * FROM maester.search('manual', 'aggregate') $$);
+SET ROLE kb_acme;
+
 -- kb_delete_document
 SELECT maester.kb_delete_document('manual', 'odd.bin') AS deleted,
        maester.kb_delete_document('manual', 'odd.bin') AS again;
@@ -192,11 +224,11 @@ SELECT pg_temp.err($$ SELECT maester.ingest('manual', 'x', 'forged') $$);
 SELECT pg_temp.err($$ SELECT maester.kb_delete_document('manual', (SELECT min(f) FROM pages)) $$);
 SELECT pg_temp.err($$ SELECT maester.kb_drop('manual') $$);
 SELECT pg_temp.err($$ SELECT maester.kb_reindex('manual', 'kb-emb', dimensions => 64) $$);
-SELECT pg_temp.err($$ SET maester.tenant = 'acme' $$);
+SELECT pg_temp.err($$ SET maester.tenant = 'kb-acme' $$);
 -- nor can it write the tables, or call the internal functions
-SELECT pg_temp.err($$ INSERT INTO maester.kb (tenant, name, owner, profile_id, chunking, fts_config) VALUES ('acme', 'x', 'kb_globex', 1, '{}', 'english') $$);
+SELECT pg_temp.err($$ INSERT INTO maester.kb (tenant, name, owner, profile_id, chunking, fts_config) VALUES ('kb-acme', 'x', 'kb_globex', 1, '{}', 'english') $$);
 SELECT pg_temp.err($$ UPDATE maester.document SET stage = 'queued' $$);
-SELECT pg_temp.err($$ SELECT maester.ingest_as('acme', 'kb_acme', 'manual', 'x', 'forged', 'text/plain', NULL, '{}') $$);
+SELECT pg_temp.err($$ SELECT maester.ingest_as('kb-acme', 'kb_acme', 'manual', 'x', 'forged', 'text/plain', NULL, '{}') $$);
 SELECT pg_temp.err($$ SELECT maester.kb_put(k, 'x', 'forged', NULL, 'text/plain', NULL, '{}', NULL) FROM maester.kb k $$);
 -- its own kb of the same name is another one
 SELECT maester.kb_create('manual', 'kb-emb') > 0 AS created;
@@ -256,12 +288,13 @@ SELECT chunks = (SELECT count(*) FROM maester.chunk c JOIN maester.document d ON
 SELECT next_profile_id IS NULL AS dry_run_changed_nothing FROM maester.kb;
 -- a blocking budget the estimate does not fit refuses it before anything is sent
 RESET ROLE;
-INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('acme', 'total', 0.000001, 'block');
+INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('kb-acme', 'total', 0.000001, 'block');
 SET ROLE kb_acme;
-SELECT pg_temp.err($$ SELECT * FROM maester.kb_reindex('manual', 'kb-emb-large', dimensions => 512) $$);
+SELECT regexp_replace(pg_temp.err($$ SELECT * FROM maester.kb_reindex('manual', 'kb-emb-large', dimensions => 512) $$),
+                      'budget \d+ by [0-9.]+', 'budget N by X') AS err;
 SELECT next_profile_id IS NULL AS refused FROM maester.kb;
 RESET ROLE;
-DELETE FROM maester.budget WHERE tenant = 'acme';
+DELETE FROM maester.budget WHERE tenant = 'kb-acme';
 SET ROLE kb_acme;
 SELECT profile_id > 0 AS started FROM maester.kb_reindex('manual', 'kb-emb-large', dimensions => 512);
 SELECT maester.kb_wait('manual', '60 s') AS done;
@@ -279,7 +312,7 @@ SELECT p.proname, obj_description(p.oid, 'pg_proc') IS NOT NULL AS commented
   FROM pg_proc p WHERE p.pronamespace = 'maester'::regnamespace
    AND (p.proname LIKE 'kb%' OR p.proname IN ('ingest', 'ingest_as', 'estimate_tokens'))
    AND obj_description(p.oid, 'pg_proc') IS NULL;
-SELECT maester.kb_drop('manual') AS dropped FROM (SELECT set_config('maester.tenant', 'acme', false)) s;
+SELECT maester.kb_drop('manual') AS dropped FROM (SELECT set_config('maester.tenant', 'kb-acme', false)) s;
 RESET maester.tenant;
 DROP TABLE kb_other, kb_pages;
 DELETE FROM maester.tenant_member WHERE role IN ('kb_acme', 'kb_globex');
