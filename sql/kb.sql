@@ -30,9 +30,12 @@ INSERT INTO maester.model (name, provider, provider_model, embedding_dimensions)
     ('kb-emb', 'kbmock', 'text-embedding-3-small', 1536),
     ('kb-emb-large', 'kbmock', 'text-embedding-3-large', 3072),
     ('kb-emb-down', 'kbmock', 'fault-status-503', 256),
-    ('kb-emb-refuse', 'kbmock', 'emb-ctx-40', NULL);
+    ('kb-emb-refuse', 'kbmock', 'emb-ctx-40', NULL),
+    ('kb-answer', 'kbmock', 'mock-cite', NULL),
+    ('kb-answer-invent', 'kbmock', 'mock-cite-invent', NULL);
 INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
-SELECT name, '2020-01-01', 0.02, 0 FROM maester.model WHERE name LIKE 'kb-emb%';
+SELECT name, '2020-01-01', 0.02, 0 FROM maester.model WHERE name LIKE 'kb-emb%'
+UNION ALL SELECT provider_model, '2020-01-01', 1, 2 FROM maester.model WHERE name LIKE 'kb-answer%';
 
 -- two tenants, each a role mapped to it
 CREATE ROLE kb_acme LOGIN IN ROLE maester_user;
@@ -211,6 +214,56 @@ SET ROLE kb_globex;
 SELECT pg_temp.err($$ SELECT * FROM maester.search('manual', 'aggregate') $$);
 SET ROLE kb_acme;
 
+-- ask: search, numbered sources, the registered answer prompt, citations
+SELECT pg_temp.err($$ SELECT maester.ask('manual', '  ', 'kb-answer') $$);
+SELECT pg_temp.err($$ SELECT maester.ask('manual', 'x', 'kb-answer', 0) $$);
+SELECT pg_temp.err($$ SELECT maester.ask('manual', 'x', 'kb-answer', options => '{"temperature": 1}') $$);
+CREATE TEMP TABLE asked AS
+SELECT maester.ask('manual', 'How does CREATE ROLE define a role that can log in?', 'kb-answer', 4) AS r;
+SELECT r ->> 'answer' IS NOT NULL AS answered, jsonb_array_length(r -> 'citations') AS citations,
+       r -> 'evaluation' ->> 'status' AS status, r -> 'evaluation' -> 'citations_valid' AS valid,
+       r -> 'evaluation' -> 'citation_coverage' AS coverage,
+       (r -> 'evaluation' ->> 'citation_support')::numeric >= 0.5 AS supported,
+       r ->> 'prompt_name' AS prompt, r ->> 'prompt_version' AS version,
+       (r -> 'cost' ->> 'embedding_usd')::numeric > 0 AS embedding_cost,
+       (r -> 'cost' ->> 'generation_usd')::numeric > 0 AS generation_cost,
+       jsonb_array_length(r -> 'request_ids') AS requests, r -> 'sources' AS sources
+  FROM asked;
+-- every citation is its passage of the document version it names
+SELECT count(*) AS cited,
+       bool_and(starts_with(substr(d.parsed, (c ->> 'char_start')::int + 1,
+                                   (c ->> 'char_end')::int - (c ->> 'char_start')::int), c ->> 'quote')) AS exact,
+       bool_and(d.version = (c ->> 'document_version')::int) AS versions
+  FROM asked, jsonb_array_elements(r -> 'citations') c JOIN maester.document d ON d.id = (c ->> 'document_id')::bigint;
+-- the generation's ledger row carries the answer prompt's version and hash
+RESET ROLE;
+SELECT u.prompt_name, u.prompt_version, u.prompt_hash = (SELECT r ->> 'prompt_hash' FROM asked) AS hash,
+       u.tags ->> 'kb' AS kb, u.trace_id = (SELECT r ->> 'trace_id' FROM asked) AS same_trace
+  FROM maester.usage u WHERE u.request_id = (SELECT (r -> 'request_ids' ->> -1)::uuid FROM asked);
+-- one trace: ask, then retrieve, the query's embedding and the generation under it
+SELECT pg_temp.wait_for($q$ SELECT count(*) >= 4 FROM maester.span WHERE trace_id = (SELECT r ->> 'trace_id' FROM asked)
+                              AND name IN ('ask', 'retrieve', 'embed', 'llm_generate') $q$, 10) AS traced;
+SELECT string_agg(regexp_replace(e, '\s*\(.*$', ''), ' | ') AS explain
+  FROM maester.explain((SELECT r ->> 'trace_id' FROM asked)) e WHERE e !~ '^\s+->\s+(model_route|budget_check|cost_metering|prompt_render)';
+SET ROLE kb_acme;
+-- a citation of a source that was not given is reported, and the answer fails
+SELECT r -> 'invalid_citations' AS invented, r -> 'evaluation' ->> 'status' AS status
+  FROM maester.ask('manual', 'How does CREATE ROLE define a role that can log in?', 'kb-answer-invent', 4) r;
+SELECT maester.citation_checks('Roles log in [1]. They are global [3]. Nothing here.',
+                               ARRAY['A role that can log in is a user.', 'Roles are global objects.']);
+-- a budget that cannot fit the ask stops it before anything is sent
+SELECT pg_temp.inputs_sent() AS sent_before, (pg_temp.mock('/_mock/stats') ->> 'requests')::int AS requests_before \gset
+RESET ROLE;
+INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('kb-acme', 'total', 0.000001, 'block');
+SET ROLE kb_acme;
+SELECT pg_temp.err($$ SELECT maester.ask('manual', 'How does CREATE ROLE work?', 'kb-answer') $$) LIKE 'MB001%' AS blocked;
+SELECT (pg_temp.mock('/_mock/stats') ->> 'requests')::int - :requests_before AS requests_sent;
+RESET ROLE;
+DELETE FROM maester.budget WHERE tenant = 'kb-acme';
+SET ROLE kb_globex;
+SELECT pg_temp.err($$ SELECT maester.ask('manual', 'How does CREATE ROLE work?', 'kb-answer') $$);
+SET ROLE kb_acme;
+
 -- kb_delete_document
 SELECT maester.kb_delete_document('manual', 'odd.bin') AS deleted,
        maester.kb_delete_document('manual', 'odd.bin') AS again;
@@ -275,8 +328,54 @@ SELECT string_agg(external_id, ',' ORDER BY external_id) AS synced_ids FROM maes
  WHERE source IS NOT NULL AND (current OR superseded_at IS NULL);
 TRUNCATE kb_pages;
 SELECT count(*) AS after_truncate FROM maester.document WHERE source IS NOT NULL;
+-- a synced column whose type changes after kb_sync: the trigger refuses
+-- the write (it reads columns with maester's privileges: no user-defined
+-- cast may run there)
+RESET ROLE;
+CREATE TYPE kb_evil AS (x text);
+ALTER TYPE kb_evil OWNER TO kb_acme;
+SET ROLE kb_acme;
+ALTER TABLE kb_pages ALTER COLUMN title TYPE kb_evil USING row(title)::kb_evil;
+SELECT pg_temp.err($$ INSERT INTO kb_pages (id, body, title) VALUES (90, 'x', '(y)') $$);
+ALTER TABLE kb_pages ALTER COLUMN title TYPE text USING (title).x;
+-- a bulk insert keeps no lock per row
+INSERT INTO kb_pages (id, body) SELECT 1000 + i, 'Row ' || i || ' of a bulk load.' FROM generate_series(1, 10000) i;
+SELECT count(*) AS bulk_documents FROM maester.document WHERE source = 'kb_pages'::regclass AND external_id::int > 1000;
+DELETE FROM kb_pages WHERE id > 1000;
 SELECT maester.kb_unsync('manual', 'kb_pages') AS unsynced, maester.kb_unsync('manual', 'kb_pages') AS again;
 SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgname LIKE 'maester_kb_%';
+-- tables that cannot be kept: partitioned, with inheritance, another
+-- role's (even with TRIGGER: the first read is maester's), an id whose
+-- text depends on settings
+RESET ROLE;
+CREATE TABLE kb_parted (id int, body text) PARTITION BY RANGE (id);
+CREATE TABLE kb_parent (id int PRIMARY KEY, body text);
+CREATE TABLE kb_child () INHERITS (kb_parent);
+CREATE TABLE kb_ts (id timestamptz PRIMARY KEY, body text);
+ALTER TABLE kb_parted OWNER TO kb_acme;
+ALTER TABLE kb_parent OWNER TO kb_acme;
+ALTER TABLE kb_ts OWNER TO kb_acme;
+GRANT SELECT, TRIGGER ON kb_other TO kb_acme;
+SET ROLE kb_acme;
+SELECT pg_temp.err($$ SELECT maester.kb_sync('manual', 'kb_parted', 'id', 'body') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_sync('manual', 'kb_parent', 'id', 'body') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_sync('manual', 'kb_other', 'id', 'body') $$);
+SELECT pg_temp.err($$ SELECT maester.kb_sync('manual', 'kb_ts', 'id', 'body') $$);
+-- a kept table that is dropped: kb_unsync and kb_drop still work
+RESET ROLE;
+CREATE TABLE kb_gone (id int PRIMARY KEY, body text);
+ALTER TABLE kb_gone OWNER TO kb_acme;
+SET ROLE kb_acme;
+SELECT maester.kb_create('doomed', 'kb-emb') > 0 AS created;
+SELECT maester.kb_sync('doomed', 'kb_gone', 'id', 'body') AS ingested;
+DROP TABLE kb_gone;
+SELECT maester.kb_drop('doomed') AS dropped;
+SELECT pg_temp.err($$ SELECT maester.kb_create(E'bad\nname', 'kb-emb') $$);
+RESET ROLE;
+DROP TABLE kb_parted, kb_parent, kb_child, kb_ts;
+DROP TYPE kb_evil;
+SET ROLE kb_acme;
+
 
 -- kb_reindex: the estimate first; the new profile is built beside the
 -- active one, then switched to at once; vector spaces never mix
@@ -296,6 +395,10 @@ SELECT next_profile_id IS NULL AS refused FROM maester.kb;
 RESET ROLE;
 DELETE FROM maester.budget WHERE tenant = 'kb-acme';
 SET ROLE kb_acme;
+-- a reindex is cancelled by asking for the active profile again
+SELECT profile_id > 0 AS started FROM maester.kb_reindex('manual', 'kb-emb-down', dimensions => 64);
+SELECT chunks, tokens FROM maester.kb_reindex('manual', 'kb-emb');
+SELECT next_profile_id IS NULL AS cancelled, paused_reason IS NULL AS running FROM maester.kb;
 SELECT profile_id > 0 AS started FROM maester.kb_reindex('manual', 'kb-emb-large', dimensions => 512);
 SELECT maester.kb_wait('manual', '60 s') AS done;
 SELECT p.model, p.dimensions, p.served_dimensions, k.next_profile_id IS NULL AS switched

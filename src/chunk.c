@@ -542,7 +542,7 @@ setting_int(JsonbValue *v, const char *key)
 KbChunking
 kb_chunking_from_jsonb(Jsonb *settings)
 {
-	KbChunking	c = {KB_DEFAULT_MAX_TOKENS, -1};
+	KbChunking	c = {KB_DEFAULT_MAX_TOKENS, INT_MIN};	/* INT_MIN: not given */
 	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken tok;
@@ -580,9 +580,9 @@ kb_chunking_from_jsonb(Jsonb *settings)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("chunking setting \"max_tokens\" must be between %d and %d, not %d",
 						KB_MIN_MAX_TOKENS, KB_MAX_MAX_TOKENS, c.max_tokens)));
-	if (c.overlap_tokens < 0)
+	if (c.overlap_tokens == INT_MIN)
 		c.overlap_tokens = Min(KB_DEFAULT_OVERLAP, c.max_tokens / 2);
-	else if (c.overlap_tokens > c.max_tokens / 2)
+	else if (c.overlap_tokens < 0 || c.overlap_tokens > c.max_tokens / 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("chunking setting \"overlap_tokens\" must be between 0 and %d (max_tokens / 2), not %d",

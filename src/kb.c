@@ -328,14 +328,18 @@ doc_fail(int64 doc, const char *error_class, const char *message, bool retry)
 		elog(ERROR, "could not record a document's failure");
 }
 
-/* SQLSTATE classes of failures outside the document: tried again later */
+/*
+ * SQLSTATE classes of failures outside the document (system errors such as
+ * pdftotext timing out or not starting, lack of resources): tried again
+ * later.  Everything else -- pdftotext refusing the document (38000), an
+ * unsupported type, bad bytes -- is the document's.
+ */
 static bool
 external_error(int sqlerrcode)
 {
 	char	   *state = unpack_sql_state(sqlerrcode);
 
-	return strncmp(state, "38", 2) == 0 || strncmp(state, "58", 2) == 0 ||
-		strncmp(state, "53", 2) == 0;
+	return strncmp(state, "58", 2) == 0 || strncmp(state, "53", 2) == 0;
 }
 
 /* 1. Parse and chunk waiting documents; true when there were some */
@@ -353,10 +357,14 @@ kb_parse_round(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	pgstat_report_activity(STATE_RUNNING, "parsing and chunking documents");
-	kb_exec(psprintf("SELECT d.id, d.stage FROM maester.document d "
-					 "WHERE d.stage OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'parsed']) "
-					 "AND (d.next_attempt_at IS NULL OR d.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()) "
-					 "ORDER BY d.id LIMIT %d FOR UPDATE SKIP LOCKED", KB_PARSE_BATCH),
+	/* each kb's oldest first, in turn: one kb's backlog does not hold up the others */
+	kb_exec(psprintf("SELECT d.id, d.stage FROM maester.document d WHERE d.id OPERATOR(pg_catalog.=) ANY (ARRAY("
+					 "SELECT w.id FROM (SELECT x.id, pg_catalog.row_number() OVER (PARTITION BY x.kb_id ORDER BY x.id) AS turn "
+					 "FROM maester.document x "
+					 "WHERE x.stage OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'parsed']) "
+					 "AND (x.next_attempt_at IS NULL OR x.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())) w "
+					 "WHERE w.turn OPERATOR(pg_catalog.<=) %d ORDER BY w.turn, w.id LIMIT %d)) "
+					 "ORDER BY d.id FOR UPDATE SKIP LOCKED", KB_PARSE_BATCH, KB_PARSE_BATCH),
 			SPI_OK_SELECT);
 	n = (int) SPI_processed;
 	for (int i = 0; i < n; i++)
@@ -540,7 +548,8 @@ kb_embed_batch(int64 kb_id, int64 profile_id)
 		if (isnull)
 			b.served_dims = 0;
 		initStringInfo(&opts);
-		appendStringInfo(&opts, "{\"normalize\": %s, \"input_type\": \"document\"",
+		/* a provider that hangs holds up the kb's queue for at most a minute a batch */
+		appendStringInfo(&opts, "{\"normalize\": %s, \"input_type\": \"document\", \"timeout_ms\": 60000",
 						 DatumGetBool(SPI_getbinval(tup, d, 6, &isnull)) ? "true" : "false");
 		if (dims)
 			appendStringInfo(&opts, ", \"dimensions\": %s", dims);
@@ -797,6 +806,18 @@ kb_guarded(bool (*step) (int64, int64), int64 kb_id, int64 profile_id)
 		FlushErrorState();
 		AbortCurrentTransaction();
 		maester_rethrow_if_worker_error(edata);
+		/*
+		 * A lock someone holds (an open transaction), or a deadlock with a
+		 * user's write of the same documents (the worker gives way: its
+		 * deadlock_timeout is shorter): this kb waits a round, unpaused.
+		 */
+		if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+			edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED)
+		{
+			FreeErrorData(edata);
+			MemoryContextSwitchTo(cxt);
+			return false;
+		}
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
@@ -930,6 +951,9 @@ maester_kb_main(Datum arg)
 	KbWorkerRole = GetUserId();
 	SetConfigOption("application_name", "maester knowledge worker", PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
+	/* a row someone keeps locked never holds up the other kbs for long */
+	SetConfigOption("lock_timeout", "2000", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("deadlock_timeout", "100", PGC_SUSET, PGC_S_SESSION);
 
 	idle_since = GetCurrentTimestamp();
 	PG_TRY();

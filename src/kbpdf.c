@@ -209,9 +209,10 @@ pdf_wait(PdfFiles *f)
 			ereport(ERROR,
 					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 					 errmsg("could not wait for pdftotext: %m")));
+		/* (a system error, not the document's: the worker tries again later) */
 		if (GetCurrentTimestamp() >= deadline)
 			ereport(ERROR,
-					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+					(errcode(ERRCODE_IO_ERROR),
 					 errmsg("pdftotext did not finish within %d seconds", PDF_TIMEOUT_MS / 1000)));
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 delay, PG_WAIT_EXTENSION);
@@ -235,7 +236,7 @@ pdf_run(PdfFiles *f, const char *data, int len, int *out_len)
 	{
 		f->pid = 0;
 		ereport(ERROR,
-				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				(errcode(ERRCODE_IO_ERROR),
 				 errmsg("could not start pdftotext: %m")));
 	}
 	status = pdf_wait(f);

@@ -410,6 +410,25 @@ class EmbedAnswer:
         return doc
 
 
+def cited_answer(prompt, invent):
+    """A grounded answer to maester.ask's prompt ("[n] title\ncontent" sources
+    then "Question: ..."): the first sentence of each of the first three
+    sources, each followed by its [n]; with invent, one more sentence citing
+    a source that is not there."""
+    out = []
+    for m in re.finditer(r"^\[(\d+)\] [^\n]*\n(.+?)(?=\n\n\[\d+\] |\n\nQuestion: |\Z)", prompt, re.S | re.M):
+        text = " ".join(m.group(2).replace("#", " ").split())
+        first = re.split(r"(?<=[.!?])\s", text, 1)[0].rstrip(".!?")
+        out.append("%s [%s]." % (first[:300], m.group(1)))
+        if len(out) == 3:
+            break
+    if not out:
+        return "The sources do not answer the question."
+    if invent:
+        out.append("It is also documented elsewhere [%d]." % (len(out) + 40))
+    return " ".join(out)
+
+
 class Answer:
     """Everything needed to render a normal (deterministic) answer."""
 
@@ -497,6 +516,8 @@ class Answer:
                 raise ClientError("'messages' must contain the word 'json' in some form, to use "
                                   "'response_format' of type 'json_object'.")
             content = json.dumps({"model": model, "summary": prompt_text[:80]})
+        elif isinstance(model, str) and model.startswith("mock-cite"):
+            content = cited_answer(prompt_text, model == "mock-cite-invent")
         else:
             tag = "MockAnthropic" if kind == "anthropic" else "Mock"
             content = "[%s:%s] Generated response for prompt: %s" % (tag, model, prompt_text)

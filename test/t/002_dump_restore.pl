@@ -53,8 +53,10 @@ $node->safe_psql('src', q{
 	SET maester.tenant = 'acme';
 	SELECT maester.kb_create('kb', 'llama-embed', dimensions => 4);
 	RESET maester.tenant;
-	INSERT INTO maester.document (kb_id, tenant, external_id, version, content_hash, mime, content, parsed, stage, current)
-	SELECT id, 'acme', 'doc-1', 1, 'h', 'text/plain', 'Vacuum reclaims storage.', 'Vacuum reclaims storage.', 'indexed', true
+	INSERT INTO maester.document (kb_id, tenant, external_id, version, content_hash, mime, content, parsed, stage, current,
+	                              trace_id, span_id)
+	SELECT id, 'acme', 'doc-1', 1, 'h', 'text/plain', 'Vacuum reclaims storage.', 'Vacuum reclaims storage.', 'indexed', true,
+	       '0af7651916cd43dd8448eb211c80319c', 'b7ad6b7169203331'
 	  FROM maester.kb;
 	INSERT INTO maester.chunk (document_id, kb_id, tenant, seq, start_offset, end_offset, token_estimate, content,
 	                           content_hash, fts_config)

@@ -45,7 +45,7 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF lock THEN
-        SELECT * INTO k FROM maester.kb x WHERE x.tenant = kb_find.tenant AND x.name = kb FOR UPDATE;
+        SELECT * INTO k FROM maester.kb x WHERE x.tenant = kb_find.tenant AND x.name = kb FOR NO KEY UPDATE;
     ELSE
         SELECT * INTO k FROM maester.kb x WHERE x.tenant = kb_find.tenant AND x.name = kb;
     END IF;
@@ -78,11 +78,20 @@ BEGIN
     END IF;
     PERFORM maester.kb_check_model(model);
     -- vectors are stored in line (STORAGE PLAIN), in one 8 kB page
-    IF coalesce(dimensions, (SELECT m.embedding_dimensions FROM maester.model m WHERE m.name = model)) > 2000 THEN
+    IF dimensions > 2000 THEN
+        RAISE EXCEPTION 'a knowledge base keeps vectors of at most 2000 dimensions, not %', dimensions
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Vectors are stored in line, uncompressed, for fast exact scans.';
+    END IF;
+    IF dimensions IS NULL AND (SELECT m.embedding_dimensions FROM maester.model m WHERE m.name = model) > 2000 THEN
         RAISE EXCEPTION 'model "%" makes vectors of % dimensions; a knowledge base keeps at most 2000', model,
-                        coalesce(dimensions, (SELECT m.embedding_dimensions FROM maester.model m WHERE m.name = model))
+                        (SELECT m.embedding_dimensions FROM maester.model m WHERE m.name = model)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Ask for fewer with dimensions => 2000 (or less): vectors are stored in line, uncompressed, for fast exact scans.';
+    END IF;
+    IF length(document_prefix) > 1000 OR length(query_prefix) > 1000 THEN
+        RAISE EXCEPTION 'document and query prefixes have at most 1000 characters'
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     h := encode(sha256(convert_to(jsonb_build_object(
             'model', model, 'dimensions', dimensions, 'normalize', normalized,
@@ -128,8 +137,8 @@ DECLARE
     kid bigint;
     pid bigint;
 BEGIN
-    IF name IS NULL OR name = '' OR length(name) > 200 THEN
-        RAISE EXCEPTION 'a knowledge base needs a name of 1 to 200 characters'
+    IF name IS NULL OR name = '' OR length(name) > 200 OR name ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'a knowledge base needs a name of 1 to 200 characters, without control characters'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF fts_config IS NULL THEN
@@ -165,6 +174,7 @@ DECLARE
     last maester.document;
     did bigint;
     tp text[];
+    attempt int;
 BEGIN
     IF external_id IS NULL OR external_id = '' THEN
         RAISE EXCEPTION 'a document needs a non-empty external id'
@@ -189,8 +199,13 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     h := encode(sha256(coalesce(content_binary, convert_to(content, 'UTF8'))), 'hex');
-    -- one ingest of an external id at a time: the version read below is the last
-    PERFORM pg_advisory_xact_lock(hashtextextended('maester.kb_put:' || k.id || ':' || external_id, 0));
+    -- its trace: the caller's (maester.traceparent), else a new one
+    tp := regexp_match(coalesce(current_setting('maester.traceparent', true), ''),
+                       '^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$');
+    -- the next version; an ingest of the same external id that commits
+    -- meanwhile takes it first (the unique key says so, and this one reads
+    -- again): no lock is held per document
+    FOR attempt IN 1 .. 3 LOOP
     SELECT * INTO last FROM maester.document d
      WHERE d.kb_id = k.id AND d.external_id = kb_put.external_id
      ORDER BY d.version DESC LIMIT 1;
@@ -209,9 +224,6 @@ BEGIN
     DELETE FROM maester.document d
      WHERE d.kb_id = k.id AND d.external_id = kb_put.external_id
        AND NOT d.current AND d.superseded_at IS NULL;
-    -- its trace: the caller's (maester.traceparent), else a new one
-    tp := regexp_match(coalesce(current_setting('maester.traceparent', true), ''),
-                       '^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$');
     INSERT INTO maester.document AS d (kb_id, tenant, external_id, version, content_hash, mime,
                                        title, metadata, content, content_binary, source,
                                        trace_id, span_id, parent_span_id)
@@ -219,9 +231,17 @@ BEGIN
             title, metadata, content, content_binary, source,
             coalesce(tp[1], md5(random()::text || clock_timestamp()::text)),
             left(md5(random()::text || clock_timestamp()::text), 16), tp[2])
+    ON CONFLICT ON CONSTRAINT document_kb_id_external_id_version_key DO NOTHING
     RETURNING d.id INTO did;
-    PERFORM maester.kb_wake();
-    RETURN did;
+    IF did IS NOT NULL THEN
+        PERFORM maester.kb_wake();
+        RETURN did;
+    END IF;
+    last := NULL;
+    END LOOP;
+    RAISE EXCEPTION 'document "%" is being ingested by another transaction', external_id
+        USING ERRCODE = 'serialization_failure',
+              HINT = 'Retry the transaction (under REPEATABLE READ or SERIALIZABLE the version it read is old).';
 END
 $$;
 
@@ -357,7 +377,7 @@ AS 'MODULE_PATHNAME', 'kb_dispatch'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION maester.kb_reindex(text, text, integer, text, text, boolean) IS
-    'Moves a knowledge base to another embedding profile, blue/green: the new vectors are made in the background while retrieval keeps the active profile, which is switched at once when every current document has its new vectors (the old ones are then deleted). Returns the new profile, the chunks and estimated tokens to embed and their estimated cost (NULL: no price known); dry_run only estimates. Budgets apply to its calls: a refusal pauses the queue with the reason.';
+    'Moves a knowledge base to another embedding profile, blue/green (the active profile again cancels a reindex that runs): the new vectors are made in the background while retrieval keeps the active profile, which is switched at once when every current document has its new vectors (the old ones are then deleted). Returns the new profile, the chunks and estimated tokens to embed and their estimated cost (NULL: no price known); dry_run only estimates. Budgets apply to its calls: a refusal pauses the queue with the reason.';
 
 CREATE FUNCTION maester.kb_reindex_as(tenant text, role name, kb text, embedding_model text,
                                       dimensions integer, document_prefix text, query_prefix text,
@@ -381,8 +401,18 @@ BEGIN
                                      coalesce(document_prefix, cur.document_prefix),
                                      coalesce(query_prefix, cur.query_prefix));
     IF profile_id = k.profile_id THEN
-        RAISE EXCEPTION 'knowledge base "%" already uses this embedding profile', kb
-            USING ERRCODE = 'invalid_parameter_value';
+        IF k.next_profile_id IS NULL OR coalesce(dry_run, false) THEN
+            RAISE EXCEPTION 'knowledge base "%" already uses this embedding profile', kb
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- back to the active profile: the reindex running is cancelled
+        DELETE FROM maester.chunk_embedding e WHERE e.kb_id = k.id AND e.profile_id = k.next_profile_id;
+        UPDATE maester.kb x SET next_profile_id = NULL, paused_reason = NULL, paused_until = NULL, pauses = 0
+         WHERE x.id = k.id;
+        chunks := 0;
+        tokens := 0;
+        estimated_cost_usd := 0;
+        RETURN;
     END IF;
     SELECT count(*), coalesce(sum(c.token_estimate), 0) INTO chunks, tokens
       FROM maester.chunk c JOIN maester.document d ON d.id = c.document_id
@@ -455,6 +485,50 @@ $$;
 COMMENT ON FUNCTION maester.kb_wait_as(text, name, text, interval) IS
     'Internal: maester.kb_wait for a tenant.';
 
+-- kb_sync: the columns a kb_source names, checked against the table as it
+-- is now: NULL when they are fine, else what is wrong.  The triggers read
+-- these columns with maester's privileges, so each must be of a built-in
+-- base type (no user-defined cast, output function or operator may run
+-- there), the content text-like or bytea, and the id of a type whose text
+-- form depends on no setting (the external id must not change with
+-- TimeZone or DateStyle).  Checked at kb_sync and at every trigger run
+-- (a column's type may change after kb_sync).
+CREATE FUNCTION maester.kb_sync_check(source regclass, id_column name, content_column name,
+                                      title_column name, metadata_columns name[])
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    col name;
+    typ oid;
+BEGIN
+    FOREACH col IN ARRAY ARRAY[id_column, content_column, title_column] || coalesce(metadata_columns, '{}') LOOP
+        CONTINUE WHEN col IS NULL;
+        SELECT a.atttypid INTO typ FROM pg_attribute a
+         WHERE a.attrelid = source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RETURN format('column "%s" of %s does not exist', col, source);
+        END IF;
+        IF typ >= 16384 OR (SELECT t.typtype FROM pg_type t WHERE t.oid = typ) <> 'b' THEN
+            RETURN format('column "%s" of %s is of type %s, not a built-in type', col, source, format_type(typ, NULL));
+        END IF;
+        IF col = content_column AND typ NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype, 'bytea'::regtype) THEN
+            RETURN format('the content column "%s" must be text, varchar, char or bytea, not %s', col, format_type(typ, NULL));
+        END IF;
+        IF col = id_column AND typ NOT IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype,
+                                           'text'::regtype, 'varchar'::regtype, 'bpchar'::regtype, 'uuid'::regtype) THEN
+            RETURN format('the id column "%s" must be an integer, numeric, text or uuid (whose text does not depend on settings), not %s',
+                          col, format_type(typ, NULL));
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION maester.kb_sync_check(regclass, name, name, name, name[]) IS
+    'Internal: NULL when the columns kb_sync keeps are fine as the table is now (built-in base types; content text-like or bytea; id an integer, numeric, text or uuid), else what is wrong.';
+
 -- kb_sync: the SELECT of (ext, content, title, metadata) from a relation
 -- (a transition table of the source, or the source), per its kb_source row;
 -- changed: only rows whose synced columns differ from maester_old's
@@ -510,6 +584,7 @@ DECLARE
     k maester.kb;
     s maester.kb_source;
     r record;
+    problem text;
 BEGIN
     SELECT * INTO s FROM maester.kb_source x
      WHERE x.kb_id = TG_ARGV[0]::bigint AND x.source = TG_RELID;
@@ -517,6 +592,13 @@ BEGIN
         RETURN NULL;
     END IF;
     SELECT * INTO k FROM maester.kb x WHERE x.id = s.kb_id;
+    -- the columns as they are now (a type may have changed since kb_sync)
+    problem := maester.kb_sync_check(TG_RELID, s.id_column, s.content_column, s.title_column, s.metadata_columns);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'table % can no longer be kept in knowledge base "%": %', TG_RELID::regclass, k.name, problem
+            USING ERRCODE = 'datatype_mismatch',
+                  HINT = 'Change the column back, or maester.kb_unsync the table.';
+    END IF;
     IF TG_OP = 'TRUNCATE' THEN
         DELETE FROM maester.document d WHERE d.kb_id = k.id AND d.source = TG_RELID;
         RETURN NULL;
@@ -566,7 +648,7 @@ AS 'MODULE_PATHNAME', 'kb_dispatch'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION maester.kb_sync(text, regclass, name, name, name, name[], text) IS
-    'Keeps a table in a knowledge base of the current tenant: every row is a document (external id: id_column as text; content: content_column, text or bytea; title and metadata from the other columns), ingested now and kept current by statement-level triggers on INSERT, UPDATE, DELETE and TRUNCATE. An update that changes none of these columns sends nothing; a NULL content removes the document. The caller needs the SELECT and TRIGGER privileges on the table; the columns must be of built-in types. Returns how many rows were ingested now.';
+    'Keeps a table in a knowledge base of the current tenant: every row is a document (external id: id_column as text; content: content_column, text or bytea; title and metadata from the other columns), ingested now and kept current by statement-level triggers on INSERT, UPDATE, DELETE and TRUNCATE. An update that changes none of these columns sends nothing; a NULL content removes the document. The caller must own the table (a plain table, without inheritance or forced row-level security); the columns must be of built-in types, the id an integer, numeric, text or uuid. Returns how many rows were ingested now.';
 
 CREATE FUNCTION maester.kb_sync_as(tenant text, role name, kb text, source regclass, id_column name,
                                    content_column name, title_column name, metadata_columns name[],
@@ -578,8 +660,7 @@ AS $$
 DECLARE
     k maester.kb := maester.kb_find(tenant, kb, true);
     s maester.kb_source;
-    col name;
-    typ oid;
+    problem text;
     n bigint := 0;
     r record;
 BEGIN
@@ -587,8 +668,9 @@ BEGIN
         RAISE EXCEPTION 'kb_sync needs the table, its id column and its content column'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '"%" is not a table', source
+    -- locked first, so that nothing changes between the checks and the first read
+    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) IS DISTINCT FROM 'r' THEN
+        RAISE EXCEPTION '"%" is not a table (partitioned tables, views and foreign tables cannot be kept)', source
             USING ERRCODE = 'wrong_object_type';
     END IF;
     IF source::oid < 16384 OR (SELECT c.relnamespace FROM pg_class c WHERE c.oid = source)
@@ -596,35 +678,33 @@ BEGIN
         RAISE EXCEPTION 'table % cannot be kept in a knowledge base', source
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF NOT has_table_privilege(role, source, 'TRIGGER') OR NOT has_table_privilege(role, source, 'SELECT') THEN
+    -- the first read is maester's: only the table's owner may ask for it
+    -- (row-level security does not apply to an owner, unless forced)
+    IF NOT pg_has_role(role, (SELECT c.relowner FROM pg_class c WHERE c.oid = source), 'USAGE')
+       OR NOT has_schema_privilege(role, (SELECT c.relnamespace FROM pg_class c WHERE c.oid = source), 'USAGE') THEN
         RAISE EXCEPTION 'permission denied for table %', source
             USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'kb_sync needs the SELECT and TRIGGER privileges on the table.';
+                  DETAIL = 'kb_sync needs a table the caller owns, in a schema it may use.';
+    END IF;
+    EXECUTE format('LOCK TABLE %s IN SHARE MODE', source);
+    IF (SELECT c.relforcerowsecurity FROM pg_class c WHERE c.oid = source) THEN
+        RAISE EXCEPTION 'table % forces row-level security on its owner: it cannot be kept in a knowledge base', source
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = source OR i.inhrelid = source) THEN
+        RAISE EXCEPTION 'table % has inheritance parents or children: it cannot be kept in a knowledge base', source
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Statement-level triggers do not fire for the rows of other tables of the hierarchy.';
     END IF;
     IF EXISTS (SELECT FROM maester.kb_source x WHERE x.kb_id = k.id AND x.source = kb_sync_as.source) THEN
         RAISE EXCEPTION 'table % is already kept in knowledge base "%"', source, kb
             USING ERRCODE = 'duplicate_object', HINT = 'maester.kb_unsync it first.';
     END IF;
-    -- every column exists and is of a built-in type (the triggers read them
-    -- with the privileges of maester's owner: no user-defined cast or output
-    -- function may run there)
-    FOREACH col IN ARRAY ARRAY[id_column, content_column, title_column] || coalesce(metadata_columns, '{}') LOOP
-        CONTINUE WHEN col IS NULL;
-        SELECT a.atttypid INTO typ FROM pg_attribute a
-         WHERE a.attrelid = source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'column "%" of % does not exist', col, source
-                USING ERRCODE = 'undefined_column';
-        END IF;
-        IF typ >= 16384 OR (SELECT t.typtype FROM pg_type t WHERE t.oid = typ) <> 'b' THEN
-            RAISE EXCEPTION 'column "%" of % is of type %, not a built-in type', col, source, format_type(typ, NULL)
-                USING ERRCODE = 'datatype_mismatch';
-        END IF;
-        IF col = content_column AND typ NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype, 'bytea'::regtype) THEN
-            RAISE EXCEPTION 'the content column "%" must be text, varchar, char or bytea, not %', col, format_type(typ, NULL)
-                USING ERRCODE = 'datatype_mismatch';
-        END IF;
-    END LOOP;
+    problem := maester.kb_sync_check(source, id_column, content_column, title_column, metadata_columns);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION '%', problem
+            USING ERRCODE = CASE WHEN problem LIKE '%does not exist' THEN 'undefined_column' ELSE 'datatype_mismatch' END;
+    END IF;
     INSERT INTO maester.kb_source AS x (kb_id, source, id_column, content_column, title_column,
                                         metadata_columns, mime, content_is_bytea)
     VALUES (k.id, source, id_column, content_column, title_column, metadata_columns,
@@ -682,9 +762,12 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'maester_kb_' || k.id || '_' || op, source);
-    END LOOP;
+    -- (a table dropped since has no triggers left to drop)
+    IF EXISTS (SELECT FROM pg_class c WHERE c.oid = source) THEN
+        FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'maester_kb_' || k.id || '_' || op, source);
+        END LOOP;
+    END IF;
     IF NOT coalesce(keep_documents, true) THEN
         DELETE FROM maester.document d WHERE d.kb_id = k.id AND d.source = kb_unsync_as.source;
     ELSE
@@ -748,7 +831,7 @@ SELECT k.tenant, k.name AS kb, k.id AS kb_id,
   FROM maester.kb k
   JOIN maester.embedding_profile p ON p.id = k.profile_id
   LEFT JOIN LATERAL (
-      SELECT count(*) FILTER (WHERE x.superseded_at IS NULL) AS documents,
+      SELECT count(DISTINCT x.external_id) FILTER (WHERE x.superseded_at IS NULL) AS documents,
              count(*) FILTER (WHERE x.stage = 'queued') AS queued,
              count(*) FILTER (WHERE x.stage = 'parsed') AS parsed,
              count(*) FILTER (WHERE x.stage = 'chunked') AS chunked,
@@ -1010,7 +1093,7 @@ DECLARE
     n integer;
     t0 timestamptz := clock_timestamp();
 BEGIN
-    SELECT * INTO k FROM maester.kb x WHERE x.id = kb FOR UPDATE;
+    SELECT * INTO k FROM maester.kb x WHERE x.id = kb FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN 0;
     END IF;

@@ -31,7 +31,8 @@ CREATE TABLE maester.kb (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant           text NOT NULL,
     name             text NOT NULL CHECK (name OPERATOR(pg_catalog.<>) '' AND
-                                          pg_catalog.length(name) OPERATOR(pg_catalog.<=) 200),
+                                          pg_catalog.length(name) OPERATOR(pg_catalog.<=) 200 AND
+                                          name OPERATOR(pg_catalog.!~) '[[:cntrl:]]'),
     owner            name NOT NULL,
     profile_id       bigint NOT NULL REFERENCES maester.embedding_profile (id),
     next_profile_id  bigint REFERENCES maester.embedding_profile (id),

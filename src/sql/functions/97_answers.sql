@@ -1,0 +1,265 @@
+-- src/sql/functions/97_answers.sql: Answers with citations: maester.ask.
+--
+-- Re-created: this file runs when the extension is created and again at
+-- every update (CREATE FUNCTION, CREATE VIEW and CREATE TRIGGER then become
+-- CREATE OR REPLACE); see src/sql/README.
+--
+-- ask runs as the caller (its search, its call, its budgets and ledger
+-- rows are the caller's); what it writes as maester (the answer prompt
+-- when it is missing, the ask's spans) goes through kb_dispatch (src/kb.c),
+-- which takes the caller's tenant itself.
+
+-- The answer prompt, registered when missing (first ask)
+CREATE FUNCTION maester.kb_answer_prompt()
+RETURNS text
+AS 'MODULE_PATHNAME', 'kb_dispatch'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.kb_answer_prompt() IS
+    'Internal: registers maester.ask''s answer prompt (maester_answer, version v1) when the registry has none, and returns its name.';
+
+CREATE FUNCTION maester.kb_answer_prompt_as(tenant text, role name)
+RETURNS text
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM maester.prompt p WHERE p.name = 'maester_answer') THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('maester.kb_answer_prompt', 0));
+        IF NOT EXISTS (SELECT FROM maester.prompt p WHERE p.name = 'maester_answer') THEN
+            PERFORM maester.prompt_register('maester_answer',
+                template => E'Sources:\n\n{sources}\n\nQuestion: {question}',
+                version => 'v1',
+                system_template => 'You answer questions from the numbered sources you are given, and from nothing else. '
+                    'After every sentence that uses a source, cite it with its number in square brackets, like [2] or [1][3]. '
+                    'Cite only numbers that are in the sources. If the sources do not answer the question, say so in one sentence '
+                    'and cite nothing.',
+                description => 'maester.ask''s answer prompt: numbered sources, then the question; the model cites sources as [n]. Register a new version (and point the label production at it) to change it.');
+        END IF;
+    END IF;
+    RETURN 'maester_answer';
+END
+$$;
+
+COMMENT ON FUNCTION maester.kb_answer_prompt_as(text, name) IS
+    'Internal: maester.kb_answer_prompt as the owner.';
+
+-- A span of an ask's trace, in the caller's tenant
+CREATE FUNCTION maester.kb_ask_span(trace_id text, span_id text, parent_span_id text, name text,
+                                    started timestamptz, status text, attributes jsonb)
+RETURNS void
+AS 'MODULE_PATHNAME', 'kb_dispatch'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.kb_ask_span(text, text, text, text, timestamptz, text, jsonb) IS
+    'Internal: writes a span of maester.ask''s trace in the caller''s tenant.';
+
+CREATE FUNCTION maester.kb_ask_span_as(tenant text, role name, trace_id text, span_id text, parent_span_id text,
+                                       name text, started timestamptz, status text, attributes jsonb)
+RETURNS void
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO maester.span (trace_id, span_id, parent_span_id, name, started_at, duration_us, status,
+                              attributes, tenant)
+    SELECT trace_id, span_id, parent_span_id, name, started,
+           greatest(0, (extract(epoch FROM clock_timestamp() - started) * 1000000)::bigint),
+           coalesce(status, 'ok'), coalesce(attributes, '{}'), tenant
+     WHERE trace_id ~ '^[0-9a-f]{32}$' AND span_id ~ '^[0-9a-f]{16}$'
+       AND name = ANY (ARRAY['ask', 'retrieve'])
+    ON CONFLICT DO NOTHING
+$$;
+
+COMMENT ON FUNCTION maester.kb_ask_span_as(text, name, text, text, text, text, timestamptz, text, jsonb) IS
+    'Internal: maester.kb_ask_span as the owner.';
+
+-- The checks of an answer against its sources, without a model
+CREATE FUNCTION maester.citation_checks(answer text, sources text[], fts_config regconfig DEFAULT 'english')
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cited int[];
+    invalid int[];
+    sentences int := 0;
+    with_citation int := 0;
+    support float8 := 0;
+    supported int := 0;
+    s text;
+    nums int[];
+    words text[];
+    src text[];
+    found int;
+BEGIN
+    IF answer IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT array_agg(DISTINCT m[1]::int) INTO cited
+      FROM regexp_matches(answer, '\[(\d{1,6})\]', 'g') m;
+    SELECT array_agg(c ORDER BY c) INTO invalid
+      FROM unnest(coalesce(cited, '{}')) c WHERE c < 1 OR c > coalesce(cardinality(sources), 0);
+    FOR s IN SELECT x FROM regexp_split_to_table(answer, '(?<=[.!?])\s+|\n+') x WHERE x ~ '\w' LOOP
+        sentences := sentences + 1;
+        SELECT array_agg(DISTINCT m[1]::int) INTO nums FROM regexp_matches(s, '\[(\d{1,6})\]', 'g') m;
+        CONTINUE WHEN nums IS NULL;
+        with_citation := with_citation + 1;
+        -- the share of the sentence's content words (lexemes) found in the sources it cites
+        words := tsvector_to_array(to_tsvector(fts_config, regexp_replace(s, '\[\d+\]', ' ', 'g')));
+        CONTINUE WHEN cardinality(words) = 0;
+        SELECT array_agg(DISTINCT l) INTO src
+          FROM unnest(nums) n, unnest(tsvector_to_array(to_tsvector(fts_config, sources[n]))) l
+         WHERE n BETWEEN 1 AND cardinality(sources);
+        SELECT count(*) INTO found FROM unnest(words) w WHERE w = ANY (coalesce(src, '{}'));
+        support := support + found::float8 / cardinality(words);
+        supported := supported + 1;
+    END LOOP;
+    RETURN jsonb_build_object(
+        'citations_valid', invalid IS NULL,
+        'invalid_citations', coalesce(to_jsonb(invalid), '[]'),
+        'citation_coverage', CASE WHEN sentences > 0 THEN round((with_citation::numeric / sentences), 4) END,
+        'citation_support', CASE WHEN supported > 0 THEN round((support / supported)::numeric, 4) END);
+END
+$$;
+
+COMMENT ON FUNCTION maester.citation_checks(text, text[], regconfig) IS
+    'Checks an answer''s [n] citations against its numbered sources, without a model: citations_valid (every [n] names a source; the others are listed in invalid_citations), citation_coverage (the share of sentences with a citation), citation_support (over cited sentences, the share of their content words -- lexemes of fts_config -- found in the sources they cite).';
+
+CREATE FUNCTION maester.ask(kb text, question text, model text DEFAULT NULL, k integer DEFAULT 8,
+                            options jsonb DEFAULT '{}')
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+    t1 timestamptz;
+    tp text[];
+    trace text;
+    root text := left(md5(random()::text || clock_timestamp()::text), 16);
+    saved_tp text := current_setting('maester.traceparent', true);
+    hits maester.search_hit[];
+    n int;
+    sources text;
+    texts text[];
+    g maester.generation;
+    cites jsonb;
+    checks jsonb;
+    emb_cost numeric;
+    emb_ids jsonb;
+    prof record;
+    key text;
+    mode text := coalesce(options ->> 'mode', 'hybrid');
+    status text;
+    result jsonb;
+BEGIN
+    IF question IS NULL OR btrim(question) = '' THEN
+        RAISE EXCEPTION 'ask needs a question' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF k IS NULL OR k < 1 OR k > 50 THEN
+        RAISE EXCEPTION 'k must be between 1 and 50, not %', k USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'ask options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR key IN SELECT jsonb_object_keys(options) LOOP
+        IF key <> ALL (ARRAY['mode', 'filter', 'search', 'prompt_version', 'generate', 'min_coverage', 'min_support']) THEN
+            RAISE EXCEPTION 'unknown ask option "%"', key
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'ask options are mode, filter, search (search''s options), prompt_version, generate (llm_generate''s options), min_coverage and min_support.';
+        END IF;
+    END LOOP;
+    -- one trace: the application's, else a new one; every step is under the ask's root span
+    tp := regexp_match(coalesce(saved_tp, ''), '^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$');
+    trace := coalesce(tp[1], md5(random()::text || clock_timestamp()::text));
+    PERFORM set_config('maester.traceparent', format('00-%s-%s-01', trace, root), true);
+
+    -- retrieve
+    t1 := clock_timestamp();
+    SELECT array_agg(s ORDER BY s.rank) INTO hits
+      FROM maester.search(kb, question, k, mode, options -> 'filter', coalesce(options -> 'search', '{}')) s;
+    n := coalesce(cardinality(hits), 0);
+    SELECT p.id, p.model, p.served_model, p.dimensions INTO prof
+      FROM maester.kb x JOIN maester.embedding_profile p ON p.id = x.profile_id
+     WHERE x.tenant = maester.current_tenant() AND x.name = kb;
+    PERFORM maester.kb_ask_span(trace, left(md5(random()::text || clock_timestamp()::text), 16), root, 'retrieve', t1, 'ok',
+        jsonb_build_object('maester.kb', kb, 'maester.search.mode', mode, 'maester.search.k', k, 'maester.search.hits', n,
+                           'maester.embedding_profile_id', prof.id,
+                           'maester.search.ranks', (SELECT jsonb_agg(jsonb_build_object('chunk', h.chunk_id,
+                                                          'vector', h.vector_rank, 'fts', h.fts_rank) ORDER BY h.rank)
+                                                      FROM unnest(hits) h)));
+    IF n = 0 THEN
+        PERFORM maester.kb_ask_span(trace, root, coalesce(tp[2], NULL), 'ask', t0, 'ok',
+            jsonb_build_object('maester.kb', kb, 'maester.ask.sources', 0));
+        PERFORM set_config('maester.traceparent', coalesce(saved_tp, ''), true);
+        RETURN jsonb_build_object('answer', NULL, 'reason', 'no source matched the question', 'citations', '[]'::jsonb,
+                                  'trace_id', trace, 'embedding_profile', prof.id);
+    END IF;
+
+    -- numbered sources, then the registered answer prompt through the gateway
+    SELECT string_agg(format('[%s] %s%s%s', h.rank, coalesce(h.title, h.external_id),
+                             CASE WHEN cardinality(h.heading_path) > 0
+                                  THEN ' > ' || array_to_string(h.heading_path, ' > ') ELSE '' END,
+                             E'\n' || h.content), E'\n\n' ORDER BY h.rank),
+           array_agg(h.content ORDER BY h.rank)
+      INTO sources, texts
+      FROM unnest(hits) h;
+    g := maester.llm_generate(prompt_name => maester.kb_answer_prompt(),
+                              prompt_version => options ->> 'prompt_version',
+                              variables => jsonb_build_object('question', question, 'sources', sources),
+                              model => model,
+                              options => coalesce(options -> 'generate', '{}')
+                                         || jsonb_build_object('tags', coalesce(options -> 'generate' -> 'tags', '{}')
+                                                                       || jsonb_build_object('kb', kb, 'ask', trace)));
+
+    -- citations: every [n] of the answer, with its passage
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'n', c.n, 'chunk_id', h.chunk_id, 'document_id', h.document_id,
+               'document_version', h.document_version, 'external_id', h.external_id, 'title', h.title,
+               'section', h.heading_path, 'char_start', h.start_offset, 'char_end', h.end_offset,
+               'quote', left(h.content, 300)) ORDER BY c.n), '[]')
+      INTO cites
+      FROM (SELECT DISTINCT m[1]::int AS n FROM regexp_matches(coalesce(g.content, ''), '\[(\d{1,6})\]', 'g') m) c
+      JOIN unnest(hits) h ON h.rank = c.n;
+    checks := maester.citation_checks(g.content, texts,
+                                      (SELECT x.fts_config FROM maester.kb x
+                                        WHERE x.tenant = maester.current_tenant() AND x.name = kb));
+    status := CASE WHEN g.content IS NULL OR g.content = '' THEN 'error'
+                   WHEN NOT (checks ->> 'citations_valid')::boolean
+                        OR coalesce((checks ->> 'citation_coverage')::numeric, 0) < coalesce((options ->> 'min_coverage')::numeric, 0.5)
+                        OR coalesce((checks ->> 'citation_support')::numeric, 0) < coalesce((options ->> 'min_support')::numeric, 0.5)
+                   THEN 'fail' ELSE 'pass' END;
+    -- what the query's embedding cost (its ledger rows are in this trace)
+    SELECT sum(u.cost_usd), jsonb_agg(u.request_id) INTO emb_cost, emb_ids
+      FROM maester.usage u WHERE u.trace_id = trace AND u.purpose = 'embedding';
+
+    result := jsonb_build_object(
+        'answer', g.content,
+        'citations', cites,
+        'invalid_citations', checks -> 'invalid_citations',
+        'trace_id', trace,
+        'request_ids', coalesce(emb_ids, '[]') || to_jsonb(g.request_id),
+        'embedding_profile', jsonb_build_object('id', prof.id, 'model', prof.model, 'served_model', prof.served_model,
+                                                'dimensions', prof.dimensions),
+        'model', g.model,
+        'prompt_name', g.prompt_name, 'prompt_version', g.prompt_version, 'prompt_hash', g.prompt_hash,
+        'cost', jsonb_build_object('embedding_usd', coalesce(emb_cost, 0), 'generation_usd', g.cost_usd,
+                                   'total_usd', coalesce(emb_cost, 0) + coalesce(g.cost_usd, 0)),
+        'evaluation', jsonb_build_object('status', status) || checks,
+        'sources', n);
+    PERFORM maester.kb_ask_span(trace, root, tp[2], 'ask', t0, CASE WHEN status = 'error' THEN 'error' ELSE 'ok' END,
+        jsonb_build_object('maester.kb', kb, 'maester.ask.sources', n, 'maester.ask.citations', jsonb_array_length(cites),
+                           'maester.evaluation.status', status, 'maester.cost_usd', result -> 'cost' -> 'total_usd',
+                           'gen_ai.request.model', model, 'gen_ai.response.model', g.model));
+    PERFORM set_config('maester.traceparent', coalesce(saved_tp, ''), true);
+    RETURN result;
+END
+$$;
+
+COMMENT ON FUNCTION maester.ask(text, text, text, integer, jsonb) IS
+    'Answers a question from a knowledge base of the current tenant, with citations: maester.search (k sources), the registered answer prompt maester_answer over the numbered sources, llm_generate (routing, fallback, budgets), and the answer''s [n] markers as citations down to the passage (chunk, document version, section, character offsets). Returns {answer, citations, invalid_citations, trace_id, request_ids, embedding_profile, model, prompt_name, prompt_version, prompt_hash, cost, evaluation, sources}; evaluation holds citation_checks and passes when every citation is valid and coverage and support are at least min_coverage and min_support (0.5). options: mode, filter, search, prompt_version, generate (llm_generate''s options), min_coverage, min_support.';
+
+GRANT EXECUTE ON FUNCTION maester.ask(text, text, text, integer, jsonb),
+    maester.citation_checks(text, text[], regconfig),
+    maester.kb_answer_prompt(), maester.kb_ask_span(text, text, text, text, timestamptz, text, jsonb)
+    TO maester_user;
