@@ -264,6 +264,17 @@ SET ROLE kb_globex;
 SELECT pg_temp.err($$ SELECT maester.ask('manual', 'How does CREATE ROLE work?', 'kb-answer') $$);
 SET ROLE kb_acme;
 
+-- kb_eval: recall@k, MRR and nDCG per mode, stored per run
+SELECT pg_temp.err($$ SELECT * FROM maester.kb_eval('manual', '[]') $$);
+SELECT pg_temp.err($$ SELECT * FROM maester.kb_eval('manual', '[{"query": "x"}]') $$);
+SELECT pg_temp.err($$ SELECT * FROM maester.kb_eval('manual', '[{"query": "x", "relevant": ["a"]}]', modes => '{bm25}') $$);
+SELECT mode, cases, round(recall::numeric, 3) AS recall, round(mrr::numeric, 3) AS mrr, round(ndcg::numeric, 3) AS ndcg
+  FROM maester.kb_eval('manual', '[{"query": "aggregate state transition function", "relevant": ["sql-createaggregate.html"]},
+                                   {"query": "role password valid until", "relevant": ["sql-createrole.html"]},
+                                   {"query": "create a new cast between two types", "relevant": ["sql-createcast.html"]},
+                                   {"query": "no such words zzqx", "relevant": ["sql-createtable.html"]}]', 3, '{fts}');
+SELECT count(*) AS runs, min(details -> 3 ->> 'first_relevant_rank') IS NULL AS missed FROM maester.kb_eval_run;
+
 -- kb_delete_document
 SELECT maester.kb_delete_document('manual', 'odd.bin') AS deleted,
        maester.kb_delete_document('manual', 'odd.bin') AS again;

@@ -12,6 +12,8 @@
 #    again by itself (nobody ingests) and finishes them.
 # 3. The worker exits when it has nothing to do, and no knowledge worker
 #    starts in a database without knowledge bases.
+# 4. Retrieval on the whole manual with kb_eval and the glossary question
+#    set (test/fixtures/glossary.json): recall@10, MRR, nDCG@10 per mode.
 use strict;
 use warnings;
 use FindBin;
@@ -105,6 +107,27 @@ sleep 2;
 is($node->safe_psql('postgres',
 	q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'maester knowledge worker'}), 0,
 	'no knowledge worker for a database without knowledge bases');
+
+# 4. retrieval on the whole manual, measured with kb_eval on the glossary
+# question set (test/fixtures/glossary.json: term -> the pages its
+# definition links to); the mock's embeddings are word hashes: lexical
+my $cases = do { local $/; open(my $fh, '<', "$FindBin::RealBin/../fixtures/glossary.json") or die; <$fh> };
+$cases =~ s/'/''/g;
+sq(qq{INSERT INTO maester.model (name, provider, provider_model) VALUES ('fast-emb', 'mock', 'text-embedding-3-small');
+	SELECT maester.kb_create('manual-all', 'fast-emb', dimensions => 64);
+	SELECT count(maester.ingest('manual-all', f, pg_read_file('$html/' || f), 'text/html'))
+	  FROM pg_ls_dir('$html') f WHERE f LIKE '%.html'});
+ok($node->poll_query_until('postgres', q{SELECT maester.kb_wait('manual-all', '10 s')}), 'the manual is indexed');
+my $eval = sq(qq{SELECT string_agg(mode || ' ' || cases || ' ' || round(recall::numeric, 3) || ' ' || round(mrr::numeric, 3)
+	|| ' ' || round(ndcg::numeric, 3), E'\n' ORDER BY mode) FROM maester.kb_eval('manual-all', '$cases', 10)});
+note("kb_eval on the glossary (mode cases recall\@10 MRR nDCG\@10):\n$eval");
+my %m = map { my @f = split / /; ($f[0] => { cases => $f[1], recall => $f[2], mrr => $f[3], ndcg => $f[4] }) } split /\n/, $eval;
+is($m{fts}{cases}, 61, 'every glossary case was asked');
+cmp_ok($m{fts}{recall}, '>=', 0.5, 'full text finds the defining page for half the terms or more');
+cmp_ok($m{vector}{recall}, '>=', 0.3, 'vector search (word-hash embeddings) finds a third or more');
+cmp_ok($m{hybrid}{recall}, '>=', $m{vector}{recall}, 'hybrid finds at least what vector search finds');
+cmp_ok($m{hybrid}{mrr}, '>', 0, 'MRR measured');
+is(sq(q{SELECT count(DISTINCT run) || ' ' || count(*) FROM maester.kb_eval_run}), '1 3', 'the run is stored, a row per mode');
 
 $node->stop;
 $mock->stop;

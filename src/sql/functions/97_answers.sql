@@ -263,3 +263,104 @@ GRANT EXECUTE ON FUNCTION maester.ask(text, text, text, integer, jsonb),
     maester.citation_checks(text, text[], regconfig),
     maester.kb_answer_prompt(), maester.kb_ask_span(text, text, text, text, timestamptz, text, jsonb)
     TO maester_user;
+
+-- Retrieval evaluation
+CREATE FUNCTION maester.kb_eval_record(kb text, run uuid, mode text, k integer, cases integer,
+                                       recall double precision, mrr double precision, ndcg double precision,
+                                       details jsonb)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'kb_dispatch'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.kb_eval_record(text, uuid, text, integer, integer, double precision, double precision, double precision, jsonb) IS
+    'Internal: records a mode of a kb_eval run for the caller''s tenant.';
+
+CREATE FUNCTION maester.kb_eval_record_as(tenant text, role name, kb text, run uuid, mode text, k integer, cases integer,
+                                          recall double precision, mrr double precision, ndcg double precision,
+                                          details jsonb)
+RETURNS bigint
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO maester.kb_eval_run (run, tenant, kb_id, profile_id, mode, k, cases, recall, mrr, ndcg, details, created_by)
+    SELECT run, k.tenant, k.id, k.profile_id, mode, kb_eval_record_as.k, cases, recall, mrr, ndcg, details, role
+      FROM maester.kb_find(tenant, kb) k
+    RETURNING id
+$$;
+
+COMMENT ON FUNCTION maester.kb_eval_record_as(text, name, text, uuid, text, integer, integer, double precision, double precision, double precision, jsonb) IS
+    'Internal: maester.kb_eval_record as the owner.';
+
+CREATE FUNCTION maester.kb_eval(kb text, cases jsonb, k integer DEFAULT 10,
+                                modes text[] DEFAULT '{fts,vector,hybrid}')
+RETURNS SETOF maester.kb_eval_run
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    run uuid := md5(random()::text || clock_timestamp()::text)::uuid;
+    m text;
+    c jsonb;
+    found_docs text[];
+    rel text[];
+    first_rank int;
+    n int;
+    sum_recall float8;
+    sum_rr float8;
+    sum_ndcg float8;
+    dcg float8;
+    idcg float8;
+    details jsonb;
+    rid bigint;
+BEGIN
+    IF cases IS NULL OR jsonb_typeof(cases) <> 'array' OR jsonb_array_length(cases) = 0 THEN
+        RAISE EXCEPTION 'kb_eval needs a non-empty JSON array of cases {"query": ..., "relevant": [external ids]}'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF k IS NULL OR k < 1 OR k > 100 THEN
+        RAISE EXCEPTION 'k must be between 1 and 100, not %', k USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR c IN SELECT x FROM jsonb_array_elements(cases) x LOOP
+        IF jsonb_typeof(c -> 'query') IS DISTINCT FROM 'string' OR jsonb_typeof(c -> 'relevant') IS DISTINCT FROM 'array'
+           OR jsonb_array_length(c -> 'relevant') = 0 THEN
+            RAISE EXCEPTION 'a kb_eval case must be {"query": "...", "relevant": ["external id", ...]}, not %', left(c::text, 200)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
+    FOREACH m IN ARRAY coalesce(modes, '{}') LOOP
+        IF m <> ALL (ARRAY['fts', 'vector', 'hybrid']) THEN
+            RAISE EXCEPTION 'kb_eval modes are fts, vector and hybrid, not "%"', m USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        n := 0; sum_recall := 0; sum_rr := 0; sum_ndcg := 0; details := '[]';
+        FOR c IN SELECT x FROM jsonb_array_elements(cases) x LOOP
+            rel := ARRAY(SELECT jsonb_array_elements_text(c -> 'relevant'));
+            -- the documents found, each at the rank of its best passage
+            SELECT array_agg(e ORDER BY r) INTO found_docs
+              FROM (SELECT h.external_id AS e, min(h.rank) AS r
+                      FROM maester.search(kb, c ->> 'query', k, m) h GROUP BY h.external_id) f;
+            found_docs := coalesce(found_docs, '{}');
+            SELECT min(i) INTO first_rank FROM generate_subscripts(found_docs, 1) i WHERE found_docs[i] = ANY (rel);
+            SELECT coalesce(sum(1.0 / log(2, i + 1)), 0) INTO dcg
+              FROM generate_subscripts(found_docs, 1) i WHERE found_docs[i] = ANY (rel);
+            SELECT sum(1.0 / log(2, i + 1)) INTO idcg FROM generate_series(1, least(cardinality(rel), k)) i;
+            n := n + 1;
+            sum_recall := sum_recall + (SELECT count(DISTINCT x) FROM unnest(rel) x WHERE x = ANY (found_docs))::float8
+                                       / (SELECT count(DISTINCT x) FROM unnest(rel) x);
+            sum_rr := sum_rr + coalesce(1.0 / first_rank, 0);
+            sum_ndcg := sum_ndcg + dcg / idcg;
+            details := details || jsonb_build_array(jsonb_build_object('query', c ->> 'query', 'relevant', to_jsonb(rel),
+                                                   'found', to_jsonb(found_docs), 'first_relevant_rank', first_rank));
+        END LOOP;
+        rid := maester.kb_eval_record(kb, run, m, k, n, sum_recall / n, sum_rr / n, sum_ndcg / n, details);
+        RETURN QUERY SELECT * FROM maester.kb_eval_run r WHERE r.id = rid;
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION maester.kb_eval(text, jsonb, integer, text[]) IS
+    'Measures retrieval on a knowledge base of the current tenant: for each mode (fts, vector, hybrid), each case {"query", "relevant": [external ids]} is searched with maester.search (top k passages, counted per document at its best passage''s rank), and recall@k, MRR and nDCG@k (binary relevance) are averaged over the cases; each mode is a row of maester.kb_eval_run (with the active profile), returned.';
+
+GRANT EXECUTE ON FUNCTION maester.kb_eval(text, jsonb, integer, text[]),
+    maester.kb_eval_record(text, uuid, text, integer, integer, double precision, double precision, double precision, jsonb)
+    TO maester_user;
+GRANT SELECT ON maester.kb_eval_run TO maester_user, maester_reader, maester_admin;

@@ -43,3 +43,5 @@ SELECT pg_catalog.pg_extension_config_dump('maester.chunk', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.chunk_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.chunk_embedding', '');
 SELECT pg_catalog.pg_extension_config_dump('maester.kb_source', '');
+SELECT pg_catalog.pg_extension_config_dump('maester.kb_eval_run', '');
+SELECT pg_catalog.pg_extension_config_dump('maester.kb_eval_run_id_seq', '');

@@ -677,3 +677,30 @@ CREATE TYPE maester.search_hit AS (
 
 COMMENT ON TYPE maester.search_hit IS
     'A hit of maester.search: the passage (chunk, its document version, section path, character offsets into the parsed text, a snippet), the fused score, and each branch''s rank and raw score (NULL when the branch did not find it).';
+
+-- Retrieval evaluations (maester.kb_eval): one row per mode of a run
+CREATE TABLE maester.kb_eval_run (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run         uuid NOT NULL,
+    tenant      text NOT NULL,
+    kb_id       bigint NOT NULL REFERENCES maester.kb (id) ON DELETE CASCADE,
+    profile_id  bigint NOT NULL REFERENCES maester.embedding_profile (id),
+    mode        text NOT NULL,
+    k           integer NOT NULL,
+    cases       integer NOT NULL,
+    recall      double precision,
+    mrr         double precision,
+    ndcg        double precision,
+    details     jsonb NOT NULL DEFAULT '[]',
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_by  name NOT NULL
+);
+
+COMMENT ON TABLE maester.kb_eval_run IS
+    'Retrieval evaluations (maester.kb_eval): per run and search mode, recall@k, MRR and nDCG@k over the cases, with the profile the kb had, so that profiles and modes can be compared. Row-level security by tenant.';
+COMMENT ON COLUMN maester.kb_eval_run.details IS 'Per case: the query, the relevant external ids, the documents found in rank order, and the rank of the first relevant one.';
+
+ALTER TABLE maester.kb_eval_run ENABLE ROW LEVEL SECURITY;
+CREATE POLICY kb_eval_run_admin ON maester.kb_eval_run FOR ALL TO maester_admin USING (true);
+CREATE POLICY kb_eval_run_tenant ON maester.kb_eval_run FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
