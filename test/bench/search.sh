@@ -87,7 +87,7 @@ SELECT d.id, d.kb_id, d.tenant, g.s, 0, 1, 1, a.s || ' ' || b.s || ' ' || c.s, '
 CREATE TEMP TABLE vecs AS
 SELECT j, (SELECT array_agg(x / n) FROM unnest(v) x) AS v
   FROM (SELECT j, v, sqrt((SELECT sum(x * x) FROM unnest(v) x)) AS n
-          FROM (SELECT j, (SELECT array_agg((random() * 2 - 1)::real) FROM generate_series(1, $d) WHERE j > 0) AS v
+          FROM (SELECT j, (SELECT array_agg((random() * 2 - 1)::real) FROM generate_series(1, $d) WHERE j >= 0) AS v
                   FROM generate_series(0, 999) j) a) b;
 INSERT INTO maester.chunk_embedding (profile_id, chunk_id, kb_id, document_id, live, tenant, embedding)
 SELECT k.profile_id, c.id, k.id, c.document_id, true, k.tenant, v.v::real[]
