@@ -19,9 +19,9 @@
  * resident worker's periodic check after a restart), within
  * maester.max_extra_workers; it exits when idle for KB_IDLE_EXIT_MS.
  * Each round:
- *	 1. parse and chunk up to KB_PARSE_BATCH waiting documents, each in a
- *		subtransaction of one transaction, so that a document that fails
- *		fails alone (stage failed, with error_class and error_message; an
+ *	 1. parse and chunk up to KB_PARSE_BATCH waiting documents, each step
+ *		of each in a subtransaction, so that a document that fails fails
+ *		alone (stage failed, with error_class and error_message; an
  *		external failure such as pdftotext's is retried with backoff first);
  *	 2. for every knowledge base with chunks to embed and no pause: one
  *		batch per embedding profile it needs (the active one, and the one
@@ -90,6 +90,7 @@ PGDLLEXPORT void maester_kb_main(Datum arg);
 #define KB_IDLE_EXIT_MS 10000
 #define KB_POLL_MS 1000
 #define KB_PARSE_BATCH 128
+#define KB_PARSE_GROUP 30		/* documents a transaction: 60 subtransactions at most */
 #define KB_EMBED_DOCS 1000		/* (and KB_EMBED_INPUTS chunks, and ranges of ids that fit the calls' tags) */
 #define KB_EMBED_INPUTS 2048
 #define KB_MAX_DIMENSIONS 2000	/* in line (PLAIN) in an 8 kB page */
@@ -347,7 +348,7 @@ static bool
 kb_parse_round(void)
 {
 	int64		docs[KB_PARSE_BATCH];
-	char	   *stages[KB_PARSE_BATCH];
+	bool		queued[KB_PARSE_BATCH];
 	int			n;
 	MemoryContext cxt = CurrentMemoryContext;
 
@@ -357,14 +358,20 @@ kb_parse_round(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	pgstat_report_activity(STATE_RUNNING, "parsing and chunking documents");
-	/* each kb's oldest first, in turn: one kb's backlog does not hold up the others */
-	kb_exec(psprintf("SELECT d.id, d.stage FROM maester.document d WHERE d.id OPERATOR(pg_catalog.=) ANY (ARRAY("
-					 "SELECT w.id FROM (SELECT x.id, pg_catalog.row_number() OVER (PARTITION BY x.kb_id ORDER BY x.id) AS turn "
+
+	/*
+	 * Each kb's oldest first, in turn: one kb's backlog does not hold up the
+	 * others.  No row lock: this is the database's only knowledge worker,
+	 * and a lock held across the steps' subtransactions would turn every
+	 * document row into a multixact that later scans pay for.
+	 */
+	kb_exec(psprintf("SELECT w.id, w.stage OPERATOR(pg_catalog.=) 'queued' "
+					 "FROM (SELECT x.id, x.stage, pg_catalog.row_number() OVER (PARTITION BY x.kb_id ORDER BY x.id) AS turn "
 					 "FROM maester.document x "
 					 "WHERE x.stage OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'parsed']) "
 					 "AND (x.next_attempt_at IS NULL OR x.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())) w "
-					 "WHERE w.turn OPERATOR(pg_catalog.<=) %d ORDER BY w.turn, w.id LIMIT %d)) "
-					 "ORDER BY d.id FOR UPDATE SKIP LOCKED", KB_PARSE_BATCH, KB_PARSE_BATCH),
+					 "WHERE w.turn OPERATOR(pg_catalog.<=) %d ORDER BY w.turn, w.id LIMIT %d",
+					 KB_PARSE_BATCH, KB_PARSE_BATCH),
 			SPI_OK_SELECT);
 	n = (int) SPI_processed;
 	for (int i = 0; i < n; i++)
@@ -372,34 +379,57 @@ kb_parse_round(void)
 		bool		isnull;
 
 		docs[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		stages[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
-	}
-	for (int i = 0; i < n; i++)
-	{
-		DocStep		s = {"maester.kb_work_parse", docs[i]};
-		ErrorData  *edata = NULL;
-		const char *step = "parse";
-
-		CHECK_FOR_INTERRUPTS();
-		if (strcmp(stages[i], "queued") == 0)
-			edata = maester_subxact(doc_step_fn, &s, cxt);
-		if (edata == NULL)
-		{
-			s.fn = "maester.kb_work_chunk";
-			step = "chunk";
-			edata = maester_subxact(doc_step_fn, &s, cxt);
-		}
-		if (edata != NULL)
-		{
-			maester_rethrow_if_worker_error(edata);
-			doc_fail(docs[i], step, edata->message, external_error(edata->sqlerrcode));
-			FreeErrorData(edata);
-		}
+		queued[i] = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 	}
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(cxt);
+
+	/*
+	 * Groups of KB_PARSE_GROUP documents a transaction, each step of each in
+	 * a subtransaction (so that a document that fails fails alone): fewer
+	 * than the 64 subtransactions a snapshot keeps track of (past that,
+	 * every session's visibility checks slow down), committed without
+	 * waiting for the WAL flush: a step lost in a crash is done again, and
+	 * nothing was billed for it.
+	 */
+	for (int g = 0; g < n; g += KB_PARSE_GROUP)
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION);
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		for (int i = g; i < Min(n, g + KB_PARSE_GROUP); i++)
+		{
+			DocStep		s = {"maester.kb_work_parse", docs[i]};
+			ErrorData  *edata = NULL;
+			const char *step = "parse";
+
+			CHECK_FOR_INTERRUPTS();
+			if (queued[i])
+				edata = maester_subxact(doc_step_fn, &s, cxt);
+			if (edata == NULL)
+			{
+				s.fn = "maester.kb_work_chunk";
+				step = "chunk";
+				edata = maester_subxact(doc_step_fn, &s, cxt);
+			}
+			if (edata != NULL)
+			{
+				maester_rethrow_if_worker_error(edata);
+				doc_fail(docs[i], step, edata->message, external_error(edata->sqlerrcode));
+				FreeErrorData(edata);
+			}
+		}
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		SetConfigOption("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION);
+		MemoryContextSwitchTo(cxt);
+	}
 	return n > 0;
 }
 

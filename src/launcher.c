@@ -197,6 +197,20 @@ start_worker(LedgerSlot *slot, Oid dboid, WorkerKind kind, int index)
 								worker_type[kind], dboid),
 						 errhint("Raise max_worker_processes (maester needs the launcher, one worker per database that uses it, and up to maester.max_extra_workers more).")));
 		}
+		else
+		{
+			/* an on-demand worker waits for a free slot: say so, once a minute */
+			static TimestampTz last_said = 0;
+
+			if (TimestampDifferenceExceeds(last_said, GetCurrentTimestamp(), 60000))
+			{
+				last_said = GetCurrentTimestamp();
+				ereport(LOG,
+						(errmsg("maester launcher could not start the %s for database %u: no background worker slot is free (max_worker_processes = %d)",
+								worker_type[kind], dboid, max_worker_processes),
+						 errhint("Raise max_worker_processes; the launcher tries again.")));
+			}
+		}
 		return false;
 	}
 	if (nlaunched == maxlaunched)
