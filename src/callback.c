@@ -204,23 +204,6 @@ callback_exit(int code, Datum arg)
 	wake_launcher();
 }
 
-/*
- * SIGTERM: stop, and stop the callback that runs now at its next
- * interrupt check, as a cancel that the shutdown request tells apart from
- * the callback's own errors.
- */
-static void
-callback_sigterm(SIGNAL_ARGS)
-{
-	int			save_errno = errno;
-
-	ShutdownRequestPending = true;
-	QueryCancelPending = true;
-	InterruptPending = true;
-	SetLatch(MyLatch);
-	errno = save_errno;
-}
-
 /* The callback worker's main */
 void
 maester_callback_main(Datum arg)
@@ -256,7 +239,7 @@ maester_callback_main(Datum arg)
 	idle_since = GetCurrentTimestamp();
 	PG_TRY();
 	{
-		pqsignal(SIGTERM, callback_sigterm);
+		pqsignal(SIGTERM, maester_worker_sigterm);
 		while (!ShutdownRequestPending)
 		{
 			if (ConfigReloadPending)
@@ -282,19 +265,7 @@ maester_callback_main(Datum arg)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		HOLD_INTERRUPTS();
-		MemoryContextSwitchTo(TopMemoryContext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		if (!ShutdownRequestPending)
-		{
-			ereport(LOG, (errmsg("maester callback worker failed: %s", edata->message)));
-			proc_exit(1);
-		}
-		proc_exit(0);
+		maester_worker_exit_after_error("maester callback worker");
 	}
 	PG_END_TRY();
 	proc_exit(0);

@@ -937,19 +937,6 @@ kb_exit(int code, Datum arg)
 	wake_launcher();
 }
 
-/* SIGTERM: stop at the next interrupt check, as a cancel of what runs */
-static void
-kb_sigterm(SIGNAL_ARGS)
-{
-	int			save_errno = errno;
-
-	ShutdownRequestPending = true;
-	QueryCancelPending = true;
-	InterruptPending = true;
-	SetLatch(MyLatch);
-	errno = save_errno;
-}
-
 /* The knowledge worker's main */
 void
 maester_kb_main(Datum arg)
@@ -991,7 +978,7 @@ maester_kb_main(Datum arg)
 		MemoryContext round = AllocSetContextCreate(TopMemoryContext, "maester knowledge round",
 													ALLOCSET_DEFAULT_SIZES);
 
-		pqsignal(SIGTERM, kb_sigterm);
+		pqsignal(SIGTERM, maester_worker_sigterm);
 		while (!ShutdownRequestPending)
 		{
 			bool		moved;
@@ -1045,19 +1032,7 @@ maester_kb_main(Datum arg)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		HOLD_INTERRUPTS();
-		MemoryContextSwitchTo(TopMemoryContext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		if (!ShutdownRequestPending)
-		{
-			ereport(LOG, (errmsg("maester knowledge worker failed: %s", edata->message)));
-			proc_exit(1);
-		}
-		proc_exit(0);
+		maester_worker_exit_after_error("maester knowledge worker");
 	}
 	PG_END_TRY();
 	proc_exit(0);

@@ -26,6 +26,9 @@
 #include "catalog/pg_class.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -211,4 +214,45 @@ maester_utf8_length(const char *s)
 	if (u != s)
 		pfree(u);
 	return n;
+}
+
+/*
+ * SIGTERM of a worker that runs user code or long steps (the callback
+ * worker, the knowledge worker): stop, and stop what runs now at its next
+ * interrupt check, as a cancel that ShutdownRequestPending tells apart from
+ * the code's own errors.
+ */
+void
+maester_worker_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	ShutdownRequestPending = true;
+	QueryCancelPending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/*
+ * The end of such a worker after an error escaped its loop (in PG_CATCH):
+ * a failure is logged and exits 1 (the launcher starts a successor), a
+ * shutdown exits 0.
+ */
+void
+maester_worker_exit_after_error(const char *who)
+{
+	ErrorData  *edata;
+
+	HOLD_INTERRUPTS();
+	MemoryContextSwitchTo(TopMemoryContext);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	if (!ShutdownRequestPending)
+	{
+		ereport(LOG, (errmsg("%s failed: %s", who, edata->message)));
+		proc_exit(1);
+	}
+	proc_exit(0);
 }

@@ -16,6 +16,8 @@ extern bool maester_shmem_ready;
 
 extern void maester_require_preload(void);
 extern void maester_rethrow_if_worker_error(ErrorData *edata);
+extern void maester_worker_sigterm(SIGNAL_ARGS);
+extern void maester_worker_exit_after_error(const char *who) pg_attribute_noreturn();
 extern ErrorData *maester_subxact(void (*fn) (void *), void *arg,
 								  MemoryContext errcxt);
 extern Oid	maester_relation_owner(Oid relid);
