@@ -261,6 +261,29 @@ SELECT maester.kb_wait('postgres-manual') AS done, (SELECT count(*) FROM maester
 SELECT purpose, count(*) AS requests, sum(input_tokens) AS tokens, sum(cost_usd) AS cost_usd
   FROM maester.usage WHERE tags ->> 'kb' = 'postgres-manual' GROUP BY 1;
 
+-- Answers with citations: search (hybrid), the numbered sources, the
+-- registered answer prompt maester_answer, the [n] markers as citations down
+-- to the passage, checked without a model.  (With the mock, mock-cite
+-- answers with each source's first sentence; with a key, gpt-4.1-mini.)
+SELECT CASE WHEN :'use_mock' THEN 'mock-cite' ELSE 'gpt-4.1-mini' END AS answer_model \gset
+CREATE TEMP TABLE answers AS
+SELECT q AS question, maester.ask('postgres-manual', q, :'answer_model', 4) AS r
+  FROM unnest(ARRAY['How do I create a role that can log in?',
+                    'What does VACUUM FREEZE do?',
+                    'How do I add a column to an existing table?']) q;
+SELECT question, left(r ->> 'answer', 160) AS answer,
+       jsonb_path_query_array(r -> 'citations', '$[*].external_id') AS cited,
+       r -> 'evaluation' ->> 'status' AS evaluation, r -> 'cost' ->> 'total_usd' AS cost_usd
+  FROM answers;
+-- the first answer's citations, down to the characters of the passage
+SELECT c ->> 'n' AS n, c ->> 'external_id' AS page, c -> 'section' AS section,
+       c ->> 'char_start' AS char_start, c ->> 'char_end' AS char_end
+  FROM answers, jsonb_array_elements(r -> 'citations') c
+ WHERE question = 'How do I create a role that can log in?';
+-- one trace per ask: retrieve, the query's embedding, the generation
+SELECT pg_sleep(0.5);
+SELECT * FROM maester.explain((SELECT r ->> 'trace_id' FROM answers LIMIT 1));
+
 -- A budget: the demo tenant may spend $0.0003 a day; the next call whose
 -- worst case does not fit is refused before anything is sent.
 INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('default', 'day', 0.0003, 'block');
