@@ -51,6 +51,9 @@ UPDATE maester.route_target SET provider = 'mock'
  WHERE route = 'default' AND position = 1;
 UPDATE maester.model SET provider = 'mock' WHERE name = 'text-embedding-3-small';
 UPDATE maester.route_target SET provider = 'mock' WHERE route = 'default_embedding';
+-- the mock's citing answers (maester.ask below), priced like gpt-4.1-mini
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+VALUES ('mock-cite', '2020-01-01', 0.40, 1.60);
 \endif
 \set ECHO queries
 SELECT name, kind, base_url, api_key_env, models, enabled FROM maester.provider ORDER BY priority, name;
