@@ -275,6 +275,12 @@ SELECT mode, cases, round(recall::numeric, 3) AS recall, round(mrr::numeric, 3) 
                                    {"query": "no such words zzqx", "relevant": ["sql-createtable.html"]}]', 3, '{fts}');
 SELECT count(*) AS runs, min(details -> 3 ->> 'first_relevant_rank') IS NULL AS missed FROM maester.kb_eval_run;
 
+-- kb_retention: superseded versions older than the interval go
+SELECT pg_temp.err($$ SELECT maester.kb_retention('manual', interval '-1 day') $$);
+SELECT maester.kb_retention('manual', interval '1 day') AS kept_recent,
+       maester.kb_retention('manual', interval '0') AS deleted;
+SELECT count(*) AS superseded_left FROM maester.document WHERE superseded_at IS NOT NULL;
+
 -- kb_delete_document
 SELECT maester.kb_delete_document('manual', 'odd.bin') AS deleted,
        maester.kb_delete_document('manual', 'odd.bin') AS again;

@@ -661,10 +661,42 @@ kb_embed_batch(int64 kb_id, int64 profile_id)
 	if (b.n == 0)
 		return false;
 
-	/* the call, and what it brought, in one transaction */
+	/*
+	 * The batch is made durable before it is sent (maester.kb_batch), and
+	 * deleted in the transaction that stores what it brought: a batch left
+	 * after a crash was sent, and is never sent again by itself.
+	 */
 	kb_random_hex(b.trace_id, 32);
 	kb_random_hex(b.span_id, 16);
 	b.started = GetCurrentTimestamp();
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	{
+		Oid			mt[5] = {TEXTOID, INT8OID, INT8OID, INT8ARRAYOID, INT4OID};
+		Datum		mv[5];
+		Datum	   *dd = palloc(b.n * sizeof(Datum));
+
+		for (int i = 0; i < b.n; i++)
+			dd[i] = Int64GetDatum(b.docs[i]);
+		mv[0] = CStringGetTextDatum(b.trace_id);
+		mv[1] = Int64GetDatum(b.kb_id);
+		mv[2] = Int64GetDatum(b.profile_id);
+		mv[3] = PointerGetDatum(construct_array(dd, b.n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		mv[4] = Int32GetDatum(b.n);
+		if (SPI_execute_with_args("INSERT INTO maester.kb_batch (trace_id, kb_id, profile_id, documents, chunks) "
+								  "SELECT $1, $2, $3, ARRAY(SELECT DISTINCT pg_catalog.unnest($4)), $5",
+								  5, mt, mv, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not record a batch");
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+
+	/* the call, and what it brought, in one transaction */
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -763,6 +795,14 @@ kb_embed_batch(int64 kb_id, int64 profile_id)
 									  6, et, ev, NULL, false, 0) != SPI_OK_SELECT)
 				elog(ERROR, "could not trace a batch");
 		}
+	}
+	{
+		Oid			dt[1] = {TEXTOID};
+		Datum		dv[1] = {CStringGetTextDatum(b.trace_id)};
+
+		if (SPI_execute_with_args("DELETE FROM maester.kb_batch WHERE trace_id OPERATOR(pg_catalog.=) $1",
+								  1, dt, dv, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not finish a batch");
 	}
 	if (pause != NULL)
 		kb_pause(kb_id, pause);
@@ -880,6 +920,8 @@ kb_embed_round(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* batches a crash interrupted (this is the database's only knowledge worker) */
+	kb_exec("SELECT maester.kb_work_interrupted()", SPI_OK_SELECT);
 	kb_exec("SELECT k.id, k.profile_id, k.next_profile_id FROM maester.kb k "
 			"WHERE (k.paused_until IS NULL OR k.paused_until OPERATOR(pg_catalog.<=) pg_catalog.now()) "
 			"AND (k.next_profile_id IS NOT NULL OR EXISTS (SELECT FROM maester.document d "

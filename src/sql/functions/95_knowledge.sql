@@ -335,11 +335,16 @@ DECLARE
     k maester.kb := maester.kb_find(tenant, kb, true);
     n integer;
 BEGIN
+    -- (an interrupted batch's documents keep their chunks and vectors: only
+    -- what was in flight is sent again)
     DELETE FROM maester.chunk c USING maester.document d
-     WHERE c.document_id = d.id AND d.kb_id = k.id AND d.stage = 'failed';
+     WHERE c.document_id = d.id AND d.kb_id = k.id AND d.stage = 'failed'
+       AND d.error_class IS DISTINCT FROM 'interrupted';
     UPDATE maester.document d
-       SET stage = 'queued', attempts = 0, next_attempt_at = NULL, error_class = NULL,
-           error_message = NULL, parsed = NULL, updated_at = now(),
+       SET stage = CASE WHEN d.error_class = 'interrupted' THEN 'chunked' ELSE 'queued' END,
+           attempts = 0, next_attempt_at = NULL, error_class = NULL,
+           error_message = NULL, parsed = CASE WHEN d.error_class = 'interrupted' THEN d.parsed END,
+           updated_at = now(),
            span_id = left(md5(random()::text || clock_timestamp()::text), 16)
      WHERE d.kb_id = k.id AND d.stage = 'failed';
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -1154,3 +1159,64 @@ LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE ROWS 10;
 
 COMMENT ON FUNCTION maester.search(text, text, integer, text, jsonb, jsonb) IS
     'Searches a knowledge base of the current tenant: mode vector (exact nearest neighbours in C over the active profile''s vectors, after the filters; the query is embedded by one maester.embed call), fts (websearch_to_tsquery and ts_rank_cd, AND first, OR when AND finds fewer than k) or hybrid (weighted reciprocal rank fusion). filter: documents whose metadata contains it. options: vector_weight, fts_weight (1), rrf_k (60), candidates per branch (4 k, at least 50).';
+
+-- Batches a crash interrupted: never sent again by themselves
+CREATE FUNCTION maester.kb_work_interrupted()
+RETURNS integer
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b maester.kb_batch;
+    n integer := 0;
+BEGIN
+    FOR b IN DELETE FROM maester.kb_batch RETURNING * LOOP
+        n := n + 1;
+        IF b.profile_id = (SELECT k.profile_id FROM maester.kb k WHERE k.id = b.kb_id) THEN
+            UPDATE maester.document d
+               SET stage = 'failed', error_class = 'interrupted', updated_at = now(),
+                   error_message = format('an embedding request for it was in flight when the knowledge worker stopped (trace %s): it may have been answered and billed (see maester.usage), so it is not sent again by itself; maester.kb_retry sends it again', b.trace_id)
+             WHERE d.id = ANY (b.documents) AND d.stage = 'chunked';
+        ELSE
+            UPDATE maester.kb k
+               SET paused_reason = format('a reindex batch was in flight when the knowledge worker stopped (trace %s): it may have been billed, so it is not sent again by itself; maester.kb_retry goes on', b.trace_id),
+                   paused_until = 'infinity'
+             WHERE k.id = b.kb_id;
+        END IF;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION maester.kb_work_interrupted() IS
+    'Internal (knowledge worker): batches left in maester.kb_batch by a crash: their documents fail (interrupted), or the kb''s reindex pauses, until kb_retry.';
+
+CREATE FUNCTION maester.kb_retention(kb text, older_than interval)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'kb_dispatch'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.kb_retention(text, interval) IS
+    'Deletes the versions of a knowledge base''s documents that were superseded longer ago than older_than (with their chunks: answers given from them can no longer cite their passages), and returns how many went.';
+
+CREATE FUNCTION maester.kb_retention_as(tenant text, role name, kb text, older_than interval)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k maester.kb := maester.kb_find(tenant, kb);
+    n integer;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a positive interval' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    DELETE FROM maester.document d
+     WHERE d.kb_id = k.id AND NOT d.current AND d.superseded_at < now() - older_than;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION maester.kb_retention_as(text, name, text, interval) IS
+    'Internal: maester.kb_retention for a tenant.';

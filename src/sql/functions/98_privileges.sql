@@ -108,3 +108,4 @@ GRANT EXECUTE ON FUNCTION
     maester.kb_wait(text, interval) TO maester_user;
 GRANT EXECUTE ON FUNCTION maester.kb_price(text) TO maester_user, maester_reader;
 GRANT EXECUTE ON FUNCTION maester.search(text, text, integer, text, jsonb, jsonb) TO maester_user;
+GRANT EXECUTE ON FUNCTION maester.kb_retention(text, interval) TO maester_user;

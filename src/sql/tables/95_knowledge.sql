@@ -242,3 +242,19 @@ ALTER TABLE maester.kb_eval_run ENABLE ROW LEVEL SECURITY;
 CREATE POLICY kb_eval_run_admin ON maester.kb_eval_run FOR ALL TO maester_admin USING (true);
 CREATE POLICY kb_eval_run_tenant ON maester.kb_eval_run FOR SELECT TO maester_user, maester_reader
     USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+
+-- Embedding batches in flight (the knowledge worker's)
+CREATE TABLE maester.kb_batch (
+    trace_id    text PRIMARY KEY,
+    kb_id       bigint NOT NULL REFERENCES maester.kb (id) ON DELETE CASCADE,
+    profile_id  bigint NOT NULL,
+    documents   bigint[] NOT NULL,
+    chunks      integer NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE maester.kb_batch IS
+    'Embedding batches in flight: made durable before the knowledge worker sends one, deleted in the transaction that stores its vectors. One left after a crash was sent and may have been billed: it is not sent again by itself (its documents fail with error_class interrupted, or a reindex pauses); maester.kb_retry sends it again. Admins only.';
+
+ALTER TABLE maester.kb_batch ENABLE ROW LEVEL SECURITY;
+CREATE POLICY kb_batch_admin ON maester.kb_batch FOR ALL TO maester_admin USING (true);
