@@ -251,6 +251,14 @@ SELECT r -> 'invalid_citations' AS invented, r -> 'evaluation' ->> 'status' AS s
   FROM maester.ask('manual', 'How does CREATE ROLE define a role that can log in?', 'kb-answer-invent', 4) r;
 SELECT maester.citation_checks('Roles log in [1]. They are global [3]. Nothing here.',
                                ARRAY['A role that can log in is a user.', 'Roles are global objects.']);
+-- the same checks in evaluate(), for registered checks and eval suites
+SELECT m ->> 'name' AS check, m -> 'score' AS score, m -> 'passed' AS passed, m ->> 'reason' AS reason
+  FROM jsonb_array_elements(maester.evaluate('Roles log in [1]. They are global [3]. Nothing here.',
+         '{"citations_valid": true, "citation_coverage": 0.5, "citation_support": 0.6}',
+         '{"sources": ["A role that can log in is a user.", "Roles are global objects."]}') -> 'metrics') m;
+SELECT pg_temp.err($$ SELECT maester.evaluate('x [1]', '{"citation_support": 2}', '{"sources": []}') $$);
+SELECT pg_temp.err($$ SELECT maester.evaluate('x [1]', '{"citations_valid": true}') $$);
+SELECT maester.validate_checks('{"citation_coverage": 0.8, "citations_valid": true}') IS NOT NULL AS valid_checks;
 -- a budget that cannot fit the ask stops it before anything is sent
 SELECT pg_temp.inputs_sent() AS sent_before, (pg_temp.mock('/_mock/stats') ->> 'requests')::int AS requests_before \gset
 RESET ROLE;

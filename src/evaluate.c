@@ -25,11 +25,9 @@
  * "threshold": 0.8}), an array of assertions (["is_json", {"type": "regex",
  * "value": "^ok", "weight": 2}]), or {"assert": [...], "threshold": x}.
  * NULL means the articles' default: non_empty and max_length 500.
- * `context` may give cost_usd and latency_ms (for cost_max, latency_max)
- * and response_schema (a call's response format, checked after non_empty).
- *
- * Everything is computed in one pass over the checks, with the content
- * lower-cased at most once; the result jsonb is built directly.
+ * `context` may give cost_usd and latency_ms (for cost_max, latency_max),
+ * response_schema (checked after non_empty), sources (citecheck.c).
+ * One pass over the checks, the content lower-cased once at most.
  *
  * This file is the checks alone: it calls no model.  An llm_rubric check
  * is handed to the caller's grader (RubricGrader), which the call machine
@@ -58,10 +56,11 @@
 #include "utils/varlena.h"
 
 #include "catalog.h"
+#include "citecheck.h"
 #include "evaluate.h"
 #include "jsonutil.h"
 
-#define KNOWN_CHECKS "non_empty, required_terms, max_length, min_length, max_words, contains, icontains, contains_any, contains_all, not_contains, starts_with, equals, regex, is_json, json_schema, levenshtein, cost_max, latency_max, llm_rubric (and not_ before any of them)"
+#define KNOWN_CHECKS "non_empty, required_terms, max_length, min_length, max_words, contains, icontains, contains_any, contains_all, not_contains, starts_with, equals, regex, is_json, json_schema, levenshtein, cost_max, latency_max, llm_rubric, citations_valid, citation_coverage, citation_support (and not_ before any of them)"
 
 /* The content being evaluated, with what checks derive from it */
 typedef struct EvalInput
@@ -850,7 +849,8 @@ run_check(const char *name, JsonbValue *param, JsonbContainer *extra,
 				   &m->score, &m->passed, &m->reason);
 	}
 	else
-		return false;
+		return citecheck_run(name, param, in->context, in->s, in->len, in->validate_only,
+							 &m->score, &m->passed, &m->reason);
 	return true;
 }
 

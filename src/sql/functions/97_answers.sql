@@ -151,6 +151,8 @@ DECLARE
     key text;
     mode text := coalesce(options ->> 'mode', 'hybrid');
     status text;
+    cfg regconfig;
+    evaluation jsonb;
     result jsonb;
 BEGIN
     IF question IS NULL OR btrim(question) = '' THEN
@@ -221,14 +223,15 @@ BEGIN
       INTO cites
       FROM (SELECT DISTINCT m[1]::int AS n FROM regexp_matches(coalesce(g.content, ''), '\[(\d{1,6})\]', 'g') m) c
       JOIN unnest(hits) h ON h.rank = c.n;
-    checks := maester.citation_checks(g.content, texts,
-                                      (SELECT x.fts_config FROM maester.kb x
-                                        WHERE x.tenant = maester.current_tenant() AND x.name = kb));
-    status := CASE WHEN g.content IS NULL OR g.content = '' THEN 'error'
-                   WHEN NOT (checks ->> 'citations_valid')::boolean
-                        OR coalesce((checks ->> 'citation_coverage')::numeric, 0) < coalesce((options ->> 'min_coverage')::numeric, 0.5)
-                        OR coalesce((checks ->> 'citation_support')::numeric, 0) < coalesce((options ->> 'min_support')::numeric, 0.5)
-                   THEN 'fail' ELSE 'pass' END;
+    cfg := (SELECT x.fts_config FROM maester.kb x WHERE x.tenant = maester.current_tenant() AND x.name = kb);
+    checks := maester.citation_checks(g.content, texts, cfg);
+    -- evaluate()'s citation checks (citecheck.c), with the figures
+    evaluation := maester.evaluate(coalesce(g.content, ''),
+                      jsonb_build_object('citations_valid', true,
+                                         'citation_coverage', coalesce((options ->> 'min_coverage')::numeric, 0.5),
+                                         'citation_support', coalesce((options ->> 'min_support')::numeric, 0.5)),
+                      jsonb_build_object('sources', to_jsonb(texts), 'fts_config', cfg::text)) || checks;
+    status := evaluation ->> 'status';
     -- what the query's embedding cost (its ledger rows are in this trace)
     SELECT sum(u.cost_usd), jsonb_agg(u.request_id) INTO emb_cost, emb_ids
       FROM maester.usage u WHERE u.trace_id = trace AND u.purpose = 'embedding';
@@ -245,9 +248,9 @@ BEGIN
         'prompt_name', g.prompt_name, 'prompt_version', g.prompt_version, 'prompt_hash', g.prompt_hash,
         'cost', jsonb_build_object('embedding_usd', coalesce(emb_cost, 0), 'generation_usd', g.cost_usd,
                                    'total_usd', coalesce(emb_cost, 0) + coalesce(g.cost_usd, 0)),
-        'evaluation', jsonb_build_object('status', status) || checks,
+        'evaluation', evaluation,
         'sources', n);
-    PERFORM maester.kb_ask_span(trace, root, tp[2], 'ask', t0, CASE WHEN status = 'error' THEN 'error' ELSE 'ok' END,
+    PERFORM maester.kb_ask_span(trace, root, tp[2], 'ask', t0, 'ok',
         jsonb_build_object('maester.kb', kb, 'maester.ask.sources', n, 'maester.ask.citations', jsonb_array_length(cites),
                            'maester.evaluation.status', status, 'maester.cost_usd', result -> 'cost' -> 'total_usd',
                            'gen_ai.request.model', model, 'gen_ai.response.model', g.model));
