@@ -34,8 +34,9 @@ INSERT INTO maester.model (name, provider, provider_model, embedding_dimensions)
     ('kb-answer', 'kbmock', 'mock-cite', NULL),
     ('kb-answer-invent', 'kbmock', 'mock-cite-invent', NULL);
 INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
-SELECT name, '2020-01-01', 0.02, 0 FROM maester.model WHERE name LIKE 'kb-emb%'
-UNION ALL SELECT provider_model, '2020-01-01', 1, 2 FROM maester.model WHERE name LIKE 'kb-answer%';
+SELECT name, '2020-01-01'::timestamptz, 0.02, 0 FROM maester.model WHERE name LIKE 'kb-emb%'
+UNION ALL SELECT provider_model, '2020-01-01', 1, 2 FROM maester.model WHERE name LIKE 'kb-answer%'
+UNION ALL SELECT name, '2020-01-01', 1, 2 FROM maester.model WHERE name LIKE 'kb-answer%';
 
 -- two tenants, each a role mapped to it
 CREATE ROLE kb_acme LOGIN IN ROLE maester_user;
@@ -265,6 +266,16 @@ RESET ROLE;
 INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('kb-acme', 'total', 0.000001, 'block');
 SET ROLE kb_acme;
 SELECT pg_temp.err($$ SELECT maester.ask('manual', 'How does CREATE ROLE work?', 'kb-answer') $$) LIKE 'MB001%' AS blocked;
+SELECT (pg_temp.mock('/_mock/stats') ->> 'requests')::int - :requests_before AS requests_sent;
+RESET ROLE;
+DELETE FROM maester.budget WHERE tenant = 'kb-acme';
+-- a budget with room for the query's embedding but not for the answer's
+-- worst case: refused before anything is sent either
+INSERT INTO maester.budget (tenant, period, limit_usd, action)
+SELECT 'kb-acme', 'total', sum(cost_usd) + 0.0001, 'block' FROM maester.usage WHERE tenant = 'kb-acme';
+SET ROLE kb_acme;
+SELECT regexp_replace(pg_temp.err($$ SELECT maester.ask('manual', 'How does CREATE ROLE work?', 'kb-answer') $$),
+                      'budget \d+ by [0-9.]+', 'budget N by X') AS err;
 SELECT (pg_temp.mock('/_mock/stats') ->> 'requests')::int - :requests_before AS requests_sent;
 RESET ROLE;
 DELETE FROM maester.budget WHERE tenant = 'kb-acme';

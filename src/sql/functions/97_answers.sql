@@ -153,6 +153,8 @@ DECLARE
     status text;
     cfg regconfig;
     evaluation jsonb;
+    worst numeric;
+    bs record;
     result jsonb;
 BEGIN
     IF question IS NULL OR btrim(question) = '' THEN
@@ -171,6 +173,30 @@ BEGIN
                       HINT = 'ask options are mode, filter, search (search''s options), prompt_version, generate (llm_generate''s options), min_coverage and min_support.';
         END IF;
     END LOOP;
+    -- the whole ask's worst case, before anything is sent: the question's
+    -- embedding, then k chunks of the kb's bound and the question in, the
+    -- output limit out; a blocking budget of the tenant it does not fit
+    -- refuses it now (each call then reserves its own part as usual)
+    SELECT p.id, p.model, p.served_model, p.dimensions, x.tenant, (x.chunking ->> 'max_tokens')::int AS max_tokens
+      INTO prof
+      FROM maester.kb x JOIN maester.embedding_profile p ON p.id = x.profile_id
+     WHERE x.tenant = maester.current_tenant() AND x.name = kb;
+    IF FOUND THEN
+        worst := coalesce(octet_length(question) * (maester.kb_price(coalesce(prof.served_model, prof.model))).input_cost_per_million / 1000000, 0)
+               + coalesce((k * prof.max_tokens + octet_length(question) + 400) * (maester.kb_price(coalesce(model, 'default'))).input_cost_per_million / 1000000
+                          + coalesce((options -> 'generate' ->> 'max_tokens')::int, 1024) * (maester.kb_price(coalesce(model, 'default'))).output_cost_per_million / 1000000, 0);
+        SELECT b.* INTO bs FROM maester.budget_status b
+         WHERE b.tenant = prof.tenant AND b.action = 'block' AND b.prompt IS NULL AND b.model IS NULL
+           AND b.remaining_usd < worst
+         ORDER BY b.remaining_usd LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'the ask would exceed budget % by % USD at worst', bs.id, round(worst - bs.remaining_usd, 8)
+                USING ERRCODE = 'MB001',
+                      DETAIL = format('The query''s embedding, %s sources of up to %s tokens and the answer''s output limit: at most %s USD; the budget has %s USD left this %s.',
+                                      k, prof.max_tokens, round(worst, 8), bs.remaining_usd, bs.period),
+                      HINT = 'Ask with fewer sources (k), a smaller generate.max_tokens, or raise the budget.';
+        END IF;
+    END IF;
     -- one trace: the application's, else a new one; every step is under the ask's root span
     tp := regexp_match(coalesce(saved_tp, ''), '^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$');
     trace := coalesce(tp[1], md5(random()::text || clock_timestamp()::text));
@@ -181,9 +207,6 @@ BEGIN
     SELECT array_agg(s ORDER BY s.rank) INTO hits
       FROM maester.search(kb, question, k, mode, options -> 'filter', coalesce(options -> 'search', '{}')) s;
     n := coalesce(cardinality(hits), 0);
-    SELECT p.id, p.model, p.served_model, p.dimensions INTO prof
-      FROM maester.kb x JOIN maester.embedding_profile p ON p.id = x.profile_id
-     WHERE x.tenant = maester.current_tenant() AND x.name = kb;
     PERFORM maester.kb_ask_span(trace, left(md5(random()::text || clock_timestamp()::text), 16), root, 'retrieve', t1, 'ok',
         jsonb_build_object('maester.kb', kb, 'maester.search.mode', mode, 'maester.search.k', k, 'maester.search.hits', n,
                            'maester.embedding_profile_id', prof.id,
