@@ -48,7 +48,7 @@ parse_ms=$(echo "$parse_ms" | tail -1)
 
 echo "method: $pages pages of the PostgreSQL 15 manual ($chars characters of HTML) ingested with maester.ingest"
 echo "        in one statement, then the knowledge worker parses, chunks (512 tokens, overlap 64), embeds"
-echo "        (batches of at most 40 documents; requests of 2,048 inputs / 300,000 worst-case tokens, $conc in flight)"
+echo "        (batches of up to 2,048 chunks; requests of 2,048 inputs / 300,000 worst-case tokens, $conc in flight)"
 echo "        and indexes them; mock latency $lat ms, $dims dimensions; fsync = ${MAESTER_BENCH_FSYNC:-on}; $(nproc) cores;"
 echo "        wall time from before the ingest to the last document indexed (maester.kb_wait)"
 echo "parse + chunk alone, one backend: $parse_ms ms"
