@@ -89,6 +89,8 @@ SELECT j, (SELECT array_agg(x / n) FROM unnest(v) x) AS v
   FROM (SELECT j, v, sqrt((SELECT sum(x * x) FROM unnest(v) x)) AS n
           FROM (SELECT j, (SELECT array_agg((random() * 2 - 1)::real) FROM generate_series(1, $d) WHERE j >= 0) AS v
                   FROM generate_series(0, 999) j) a) b;
+CREATE UNIQUE INDEX ON vecs (j);
+ANALYZE vecs;
 INSERT INTO maester.chunk_embedding (profile_id, chunk_id, kb_id, document_id, live, tenant, embedding)
 SELECT k.profile_id, c.id, k.id, c.document_id, true, k.tenant, v.v::real[]
   FROM maester.kb k JOIN maester.chunk c ON c.kb_id = k.id JOIN vecs v ON v.j = c.id % 1000
