@@ -16,7 +16,8 @@
 #     PostgreSQL manual (Debian's postgresql-doc-15), at N up to 100,000.
 # One core: no parallel query, no JIT; shared_buffers large enough to hold
 # the vectors (the scan reads them from memory).
-# Usage: test/bench/search.sh [R] [sizes...]   (MAESTER_BENCH_BIG=1: also 1,000,000 x 1,536, 6 GB)
+# Usage: test/bench/search.sh [R] [sizes...]   (MAESTER_BENCH_BIG=1: also 1,000,000 x 1,536, 6 GB;
+#        MAESTER_BENCH_DIMS="1536": some dimensions only)
 set -euo pipefail
 . "$(dirname "$0")/../../scripts/lib.sh"
 
@@ -62,7 +63,7 @@ echo "        'embed' is the query's maester.embed call alone (to the mock); 'sc
 echo "        C limit: scan_c, the same count and length of vectors in memory, top-10, maester's kernels / a plain C loop;"
 echo "        fts: mode 'fts' over chunks of 3 sentences of the manual ($nsent sentences), AND semantics"
 printf "%-9s %-5s %9s %9s %9s %9s %12s %11s %11s %9s %9s\n" N dims search_p50 search_p99 embed_p50 scan_ms chunks/s C_limit_ms C_plain_ms fts_p50 fts_p99
-for d in 384 1536; do
+for d in ${MAESTER_BENCH_DIMS:-384 1536}; do
     for n in "${sizes[@]}"; do
         if [ "$d" = 1536 ] && [ "$n" -gt 100000 ] && [ "${MAESTER_BENCH_BIG:-0}" != 1 ]; then
             continue            # 6 GB of vectors: MAESTER_BENCH_BIG=1 to run it
@@ -94,7 +95,7 @@ ANALYZE vecs;
 INSERT INTO maester.chunk_embedding (profile_id, chunk_id, kb_id, document_id, live, tenant, embedding)
 SELECT k.profile_id, c.id, k.id, c.document_id, true, k.tenant, v.v::real[]
   FROM maester.kb k JOIN maester.chunk c ON c.kb_id = k.id JOIN vecs v ON v.j = c.id % 1000
- WHERE k.name = 'b' AND c.seq <= 100 AND c.id <= (SELECT min(id) FROM maester.chunk WHERE kb_id = k.id) + $n - 1;
+ WHERE k.name = 'b' AND c.seq <= 100 AND c.id <= (SELECT min(x.id) FROM maester.chunk x) + $n - 1;
 VACUUM ANALYZE maester.chunk_embedding, maester.chunk, maester.document;
 SQL
         out=$(psql_q <<SQL
