@@ -83,6 +83,7 @@
 #include "router.h"
 #include "settings.h"
 #include "tenant.h"
+#include "trace.h"
 #include "util.h"
 
 PGDLLEXPORT void maester_kb_main(Datum arg);
@@ -459,18 +460,6 @@ typedef struct EmbedBatch
 	char	  **error_messages;
 } EmbedBatch;
 
-/* `n` random lowercase hex digits (a trace or span id) into buf[n + 1] */
-static void
-kb_random_hex(char *buf, int n)
-{
-	uint8		bytes[16];
-
-	if (!pg_strong_random(bytes, n / 2))
-		elog(ERROR, "could not generate a random trace id");
-	hex_encode((char *) bytes, n / 2, buf);
-	buf[n] = '\0';
-}
-
 /* Pause a knowledge base: its queue waits, backing off */
 static void
 kb_pause(int64 kb_id, const char *reason)
@@ -666,8 +655,8 @@ kb_embed_batch(int64 kb_id, int64 profile_id)
 	 * deleted in the transaction that stores what it brought: a batch left
 	 * after a crash was sent, and is never sent again by itself.
 	 */
-	kb_random_hex(b.trace_id, 32);
-	kb_random_hex(b.span_id, 16);
+	trace_random_hex(b.trace_id, 16);
+	trace_random_hex(b.span_id, 8);
 	b.started = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();

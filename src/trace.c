@@ -39,8 +39,9 @@
 #include "settings.h"
 #include "trace.h"
 
-static void
-random_hex(char *out, int bytes)
+/* `bytes` random bytes as lowercase hex into out[2 * bytes + 1] (ids) */
+void
+trace_random_hex(char *out, int bytes)
 {
 	uint8		b[16];
 
@@ -106,7 +107,7 @@ trace_begin(CallTrace *t, const char *root_name, const CallTrace *parent,
 		strlcpy(t->trace_id, parent->trace_id, sizeof(t->trace_id));
 		strlcpy(t->app_parent, under ? under->span_id : parent->root_id, sizeof(t->app_parent));
 		t->app_sampled = parent->sampled;
-		random_hex(t->root_id, 8);
+		trace_random_hex(t->root_id, 8);
 		t->sampled = parent->sampled;
 	}
 	else
@@ -124,8 +125,8 @@ trace_begin(CallTrace *t, const char *root_name, const CallTrace *parent,
 			}
 		}
 		if (t->app_parent[0] == '\0')
-			random_hex(t->trace_id, 16);
-		random_hex(t->root_id, 8);
+			trace_random_hex(t->trace_id, 16);
+		trace_random_hex(t->root_id, 8);
 		t->sampled = maester_trace_sample_rate >= 1.0 ||
 			(maester_trace_sample_rate > 0 && pg_prng_double(&pg_global_prng_state) < maester_trace_sample_rate);
 	}
@@ -146,7 +147,7 @@ trace_span_start(CallTrace *t, const char *name)
 		s = &t->spans[t->nspans++];
 	memset(s, 0, sizeof(*s));
 	s->name = name;
-	random_hex(s->span_id, 8);
+	trace_random_hex(s->span_id, 8);
 	strlcpy(s->parent_id, t->root_id, sizeof(s->parent_id));
 	s->start = GetCurrentTimestamp();
 	s->duration_us = -1;

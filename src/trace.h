@@ -37,6 +37,7 @@ typedef struct CallTrace
 	Span		spans[TRACE_MAX_SPANS];
 } CallTrace;
 
+extern void trace_random_hex(char *out, int bytes);
 extern void trace_begin(CallTrace *t, const char *root_name,
 						const CallTrace *parent, const Span *under);
 extern Span *trace_span_start(CallTrace *t, const char *name);

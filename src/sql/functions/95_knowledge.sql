@@ -1034,7 +1034,7 @@ BEGIN
                           AND NOT EXISTS (SELECT FROM maester.chunk_embedding e
                                            WHERE e.chunk_id = c.id AND e.profile_id = profile))
          ORDER BY d.id LIMIT max_documents),
-    todo AS (
+    unembedded AS (
         SELECT c.* FROM docs w JOIN maester.chunk c ON c.document_id = w.id
          WHERE NOT EXISTS (SELECT FROM maester.chunk_embedding x
                             WHERE x.chunk_id = c.id AND x.profile_id = profile)),
@@ -1042,14 +1042,14 @@ BEGIN
         INSERT INTO maester.chunk_embedding (profile_id, chunk_id, kb_id, document_id, live, tenant, embedding)
         SELECT DISTINCT ON (c.id) profile, c.id, c.kb_id, c.document_id,
                (SELECT d.current FROM maester.document d WHERE d.id = c.document_id), c.tenant, e.embedding
-          FROM todo c
+          FROM unembedded c
           JOIN maester.chunk o ON o.kb_id = c.kb_id AND o.content_hash = c.content_hash AND o.id <> c.id
           JOIN maester.chunk_embedding e ON e.chunk_id = o.id AND e.profile_id = profile
          ORDER BY c.id
         ON CONFLICT DO NOTHING
         RETURNING chunk_embedding.chunk_id)
     SELECT c.id, c.document_id, prefix || c.content
-      FROM todo c
+      FROM unembedded c
      WHERE c.id NOT IN (SELECT r.chunk_id FROM reused r)
      ORDER BY c.document_id, c.seq
      LIMIT max_inputs;
