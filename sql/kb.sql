@@ -230,6 +230,25 @@ SELECT r ->> 'answer' IS NOT NULL AS answered, jsonb_array_length(r -> 'citation
        (r -> 'cost' ->> 'generation_usd')::numeric > 0 AS generation_cost,
        jsonb_array_length(r -> 'request_ids') AS requests, r -> 'sources' AS sources
   FROM asked;
+-- the ask reserved both calls as one amount before sending: what each
+-- call reserved for itself fits in it, and nothing stays reserved
+RESET ROLE;
+SELECT count(*) AS calls,
+       sum(u.estimated_cost_usd) <= (SELECT (r -> 'cost' ->> 'reserved_usd')::numeric FROM asked) AS within_reserved,
+       (SELECT (r -> 'cost' ->> 'reserved_usd')::numeric >= (r -> 'cost' ->> 'total_usd')::numeric FROM asked) AS covers_cost,
+       (SELECT max(k.max_source_bytes) > 0 FROM maester.kb k WHERE k.tenant = 'kb-acme') AS source_bound
+  FROM maester.usage u WHERE u.trace_id = (SELECT r ->> 'trace_id' FROM asked) AND u.status = 'ok';
+SELECT count(*) FILTER (WHERE reserved_usd <> 0) AS still_reserved FROM maester.budget_counters();
+-- the largest source ask may send is within the kb's bound
+SELECT max(octet_length(coalesce(d.title, d.external_id)) + octet_length(c.content)
+           + CASE WHEN cardinality(c.heading_path) > 0 THEN 3 + octet_length(array_to_string(c.heading_path, ' > ')) ELSE 0 END + 8)
+       = (SELECT k.max_source_bytes FROM maester.kb k WHERE k.tenant = 'kb-acme' AND k.name = 'manual') AS bound_is_max
+  FROM maester.chunk c JOIN maester.document d ON d.id = c.document_id JOIN maester.kb k ON k.id = c.kb_id
+ WHERE k.tenant = 'kb-acme' AND k.name = 'manual';
+SET ROLE kb_acme;
+SELECT pg_temp.err($$ SELECT maester.ask('manual', 'x', 'kb-answer', options => '{"max_tokens": 0}') $$);
+SELECT pg_temp.err($$ SELECT maester.ask('manual', 'x', 'kb-answer', options => '{"max_tokens": "ten"}') $$);
+SELECT pg_temp.err($$ SELECT maester.ask('manual', 'x', 'kb-answer', options => '{"generate": [1]}') $$);
 -- every citation is its passage of the document version it names
 SELECT count(*) AS cited,
        bool_and(starts_with(substr(d.parsed, (c ->> 'char_start')::int + 1,
@@ -275,7 +294,7 @@ INSERT INTO maester.budget (tenant, period, limit_usd, action)
 SELECT 'kb-acme', 'total', sum(cost_usd) + 0.0001, 'block' FROM maester.usage WHERE tenant = 'kb-acme';
 SET ROLE kb_acme;
 SELECT regexp_replace(pg_temp.err($$ SELECT maester.ask('manual', 'How does CREATE ROLE work?', 'kb-answer') $$),
-                      'budget \d+ by [0-9.]+', 'budget N by X') AS err;
+                      'budget \d+ (.*) by [0-9.]+', 'budget N \1 by X') AS err;
 SELECT (pg_temp.mock('/_mock/stats') ->> 'requests')::int - :requests_before AS requests_sent;
 RESET ROLE;
 DELETE FROM maester.budget WHERE tenant = 'kb-acme';
@@ -293,6 +312,49 @@ SELECT mode, cases, round(recall::numeric, 3) AS recall, round(mrr::numeric, 3) 
                                    {"query": "create a new cast between two types", "relevant": ["sql-createcast.html"]},
                                    {"query": "no such words zzqx", "relevant": ["sql-createtable.html"]}]', 3, '{fts}');
 SELECT count(*) AS runs, min(details -> 3 ->> 'first_relevant_rank') IS NULL AS missed FROM maester.kb_eval_run;
+-- the cases in a table of the caller's (relevant as text[], jsonb or text), read under its row-level security
+CREATE TEMP TABLE eval_cases (query text, relevant text[], visible boolean DEFAULT true);
+INSERT INTO eval_cases VALUES ('aggregate state transition function', '{sql-createaggregate.html}'),
+                              ('role password valid until', '{sql-createrole.html,sql-alterrole.html}'),
+                              ('create a new cast between two types', '{sql-createcast.html}');
+SELECT mode, cases, round(recall::numeric, 3) AS recall, round(mrr::numeric, 3) AS mrr
+  FROM maester.kb_eval('manual', 'eval_cases'::regclass, 3, '{fts}');
+SELECT mode, cases, round(recall::numeric, 3) AS recall FROM maester.kb_eval('manual', 'eval_cases', 3, '{fts}');
+CREATE TEMP VIEW eval_one AS SELECT query, relevant[1] AS relevant FROM eval_cases;
+CREATE TEMP VIEW eval_json AS SELECT query, to_jsonb(relevant) AS relevant FROM eval_cases;
+SELECT (SELECT details FROM maester.kb_eval('manual', 'eval_one', 3, '{fts}'))
+       = (SELECT details FROM maester.kb_eval('manual', '[{"query": "aggregate state transition function", "relevant": ["sql-createaggregate.html"]},
+                                                          {"query": "role password valid until", "relevant": ["sql-createrole.html"]},
+                                                          {"query": "create a new cast between two types", "relevant": ["sql-createcast.html"]}]', 3, '{fts}'))
+       AS text_form_same,
+       (SELECT recall FROM maester.kb_eval('manual', 'eval_json', 3, '{fts}'))
+       = (SELECT recall FROM maester.kb_eval('manual', 'eval_cases', 3, '{fts}')) AS jsonb_form_same;
+SELECT pg_temp.err($$ SELECT * FROM maester.kb_eval('manual', 'no_such_cases') $$);
+CREATE TEMP TABLE bad_cases (question text, relevant text[]);
+SELECT pg_temp.err($$ SELECT * FROM maester.kb_eval('manual', 'bad_cases') $$);
+CREATE TEMP TABLE bad_types (query text, relevant int);
+SELECT pg_temp.err($$ SELECT * FROM maester.kb_eval('manual', 'bad_types') $$);
+SELECT pg_temp.err($$ SELECT * FROM maester.kb_eval('manual', NULL::regclass) $$);
+CREATE TEMP TABLE empty_cases (query text, relevant text[]);
+SELECT pg_temp.err($$ SELECT * FROM maester.kb_eval('manual', 'empty_cases') $$);
+-- a table the caller may not read is refused; row-level security decides which cases it sees
+RESET ROLE;
+CREATE TABLE public.kb_eval_secret (query text, relevant text[], owner_ok boolean);
+INSERT INTO public.kb_eval_secret VALUES ('aggregate state transition function', '{sql-createaggregate.html}', true),
+                                         ('role password valid until', '{sql-createrole.html}', false);
+SET ROLE kb_acme;
+SELECT pg_temp.err($$ SELECT * FROM maester.kb_eval('manual', 'public.kb_eval_secret') $$);
+RESET ROLE;
+GRANT SELECT ON public.kb_eval_secret TO kb_acme;
+ALTER TABLE public.kb_eval_secret ENABLE ROW LEVEL SECURITY;
+CREATE POLICY only_ok ON public.kb_eval_secret USING (owner_ok);
+SET ROLE kb_acme;
+SELECT cases FROM maester.kb_eval('manual', 'public.kb_eval_secret', 3, '{fts}');
+RESET ROLE;
+DROP TABLE public.kb_eval_secret;
+DROP VIEW eval_one, eval_json;
+DROP TABLE eval_cases, bad_cases, bad_types, empty_cases;
+SET ROLE kb_acme;
 
 -- kb_retention: superseded versions older than the interval go
 SELECT pg_temp.err($$ SELECT maester.kb_retention('manual', interval '-1 day') $$);

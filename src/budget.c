@@ -502,6 +502,7 @@ budget_exit(int code, Datum arg)
 {
 	if (LoadingIdx >= 0 && budget_shared != NULL)
 		load_abandon(LoadingIdx);
+	budget_envelope_close();
 }
 
 /*
@@ -598,6 +599,252 @@ applies(BudgetConf *b, const char *tenant, const char *prompt, const char *model
 }
 
 /*
+ * Load the counters of budgets conf[0..n) for the current period and
+ * return with the lock held exclusively and st[] set, every one loaded.
+ */
+static void
+lock_loaded(BudgetConf **conf, int n, BudgetState **st, TimestampTz now)
+{
+	bool		all_loaded = false;
+
+	while (!all_loaded)
+	{
+		for (int i = 0; i < n; i++)
+			ensure_loaded(conf[i], now);
+		LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
+		all_loaded = true;
+		for (int i = 0; i < n && all_loaded; i++)
+		{
+			st[i] = state_for(conf[i]);
+			all_loaded = st[i]->loaded;
+		}
+		if (!all_loaded)
+		{
+			/* a period began, or a scope changed, meanwhile: load again */
+			LWLockRelease(budget_shared->lock);
+			CHECK_FOR_INTERRUPTS();
+			now = GetCurrentTimestamp();
+		}
+	}
+}
+
+/*
+ * An envelope: one reservation for several calls that belong together
+ * (maester.ask: the question's embedding, then the answer), taken before
+ * the first is sent, so that a concurrent spender cannot let the first
+ * through and block the second.  Each call of this backend for the
+ * envelope's tenant then reserves as usual, but what the envelope holds
+ * in a budget pays for its reservation there first; what is left goes
+ * back when the envelope is closed: by its owner, at the end of its
+ * (sub)transaction, or at exit.  Only blocking budgets are held: a warn
+ * budget never refuses and a downgrade budget changes the call, not the
+ * envelope.  Backend-local; one at a time.
+ */
+typedef struct BudgetEnvelope
+{
+	bool		open;
+	SubTransactionId subid;		/* opened in this subtransaction */
+	char		tenant[BUDGET_SCOPE_LEN];
+	int			n;
+	int			idx[BUDGET_MAX_APPLICABLE];
+	int64		ids[BUDGET_MAX_APPLICABLE];
+	int64		left[BUDGET_MAX_APPLICABLE];	/* nano-dollars still held */
+} BudgetEnvelope;
+
+static BudgetEnvelope Envelope;
+static bool EnvelopeCallbacks = false;
+
+/* What the envelope still holds in state `s` for a call of `tenant`; lock held */
+static int64
+envelope_held(BudgetState *s, const char *tenant, int *j)
+{
+	if (!Envelope.open || strcmp(Envelope.tenant, tenant) != 0)
+		return 0;
+	for (int i = 0; i < Envelope.n; i++)
+		if (Envelope.idx[i] == s - budget_shared->states && Envelope.ids[i] == s->id &&
+			s->dboid == MyDatabaseId)
+		{
+			*j = i;
+			return Envelope.left[i];
+		}
+	return 0;
+}
+
+/* How much of a reservation of `est` in `s` the envelope pays; lock held */
+static int64
+envelope_take(BudgetState *s, const char *tenant, int64 est)
+{
+	int			j;
+
+	return Min(envelope_held(s, tenant, &j), est);
+}
+
+/* The envelope gives `take` of what it holds in `s` to a call; lock held */
+static void
+envelope_spend(BudgetState *s, int64 take)
+{
+	int			j;
+
+	if (take > 0 && envelope_held(s, Envelope.tenant, &j) >= take)
+		Envelope.left[j] -= take;
+}
+
+/*
+ * Give back what the envelope still holds.  No catalog access and no
+ * error: it also serves the abort and exit paths.
+ */
+void
+budget_envelope_close(void)
+{
+	if (!Envelope.open)
+		return;
+	Envelope.open = false;
+	if (budget_shared == NULL)
+		return;
+	LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < Envelope.n; i++)
+	{
+		BudgetState *s = &budget_shared->states[Envelope.idx[i]];
+
+		if (s->dboid == MyDatabaseId && s->id == Envelope.ids[i])
+			s->reserved = nano_sub_floor(s->reserved, Envelope.left[i]);
+	}
+	LWLockRelease(budget_shared->lock);
+	Envelope.n = 0;
+}
+
+static void
+envelope_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			budget_envelope_close();
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+envelope_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						  SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && Envelope.open && Envelope.subid == mySubid)
+		budget_envelope_close();
+}
+
+/* Does budget `b` apply to part `p` of an envelope? */
+static bool
+applies_part(BudgetConf *b, const BudgetPart *p)
+{
+	return (b->prompt == NULL || (p->prompt && strcmp(b->prompt, p->prompt) == 0)) &&
+		(b->model == NULL || (p->model && strcmp(b->model, p->model) == 0));
+}
+
+/*
+ * Open an envelope for `tenant`: in each blocking budget of the tenant,
+ * reserve what the parts it applies to may cost at worst, or raise MB001
+ * (`what` names the calls in the message's detail, `hint` is the hint) and
+ * reserve nothing.  A part with no price (estimate NULL) is refused by a
+ * blocking budget as its call would be, unless
+ * maester.budget_allow_unpriced.  Closes an envelope still open first.
+ */
+void
+budget_envelope_open(const char *tenant, const BudgetPart *parts, int nparts,
+					 const char *what, const char *hint)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	BudgetConf *conf[BUDGET_MAX_APPLICABLE];
+	BudgetState *st[BUDGET_MAX_APPLICABLE];
+	int64		share[BUDGET_MAX_APPLICABLE];
+	int			n = 0;
+
+	budget_envelope_close();
+	if (!EnvelopeCallbacks)
+	{
+		RegisterXactCallback(envelope_xact_callback, NULL);
+		RegisterSubXactCallback(envelope_subxact_callback, NULL);
+		EnvelopeCallbacks = true;
+	}
+	if (!ExitRegistered)
+	{
+		before_shmem_exit(budget_exit, (Datum) 0);
+		ExitRegistered = true;
+	}
+	budget_fresh();
+	for (int i = 0; i < nbudgets && n < BUDGET_MAX_APPLICABLE; i++)
+	{
+		BudgetConf *b = &budgets[i];
+		int64		sum = 0;
+
+		if (b->action != 'b' || strcmp(b->tenant, tenant) != 0)
+			continue;
+		for (int p = 0; p < nparts; p++)
+		{
+			if (!applies_part(b, &parts[p]))
+				continue;
+			if (parts[p].estimate == NULL && !maester_budget_allow_unpriced)
+				ereport(ERROR,
+						(errcode(ERRCODE_MAESTER_BUDGET_EXCEEDED),
+						 errmsg("budget %lld of tenant \"%s\" blocks model \"%s\", which has no price",
+								(long long) b->id, tenant, parts[p].model ? parts[p].model : "?"),
+						 errdetail("A budget cannot bound the cost of an unpriced model; nothing was sent."),
+						 errhint("Add the model's price to maester.price, or set maester.budget_allow_unpriced.")));
+			if (parts[p].estimate != NULL)
+				sum = nano_add(sum, usd_to_nano(parts[p].estimate));
+		}
+		if (sum > 0)
+		{
+			share[n] = sum;
+			conf[n++] = b;
+		}
+	}
+	if (n == 0)
+		return;
+
+	lock_loaded(conf, n, st, now);
+	for (int i = 0; i < n; i++)
+	{
+		BudgetState *s = st[i];
+		int64		used = nano_add(nano_add(s->spent, s->reserved), s->inflight);
+
+		if (nano_add(used, share[i]) > conf[i]->limit)
+		{
+			int64		spent = s->spent;
+
+			LWLockRelease(budget_shared->lock);
+			ereport(ERROR,
+					(errcode(ERRCODE_MAESTER_BUDGET_EXCEEDED),
+					 errmsg("budget %lld of tenant \"%s\" would be exceeded by %s USD at worst",
+							(long long) conf[i]->id, tenant,
+							nano_text(nano_add(used, share[i]) - conf[i]->limit)),
+					 errdetail("Limit %s USD per %s; spent %s USD, reserved %s USD by calls in flight; %s could cost up to %s USD together. Nothing was sent.",
+							   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(conf[i]->limit_usd))),
+							   conf[i]->period == 'd' ? "day" : conf[i]->period == 'm' ? "month" : "all time",
+							   nano_text(spent), nano_text(used - spent), what, nano_text(share[i])),
+					 hint ? errhint("%s", hint) : 0));
+		}
+	}
+	for (int i = 0; i < n; i++)
+	{
+		st[i]->reserved = nano_add(st[i]->reserved, share[i]);
+		Envelope.idx[i] = st[i] - budget_shared->states;
+		Envelope.ids[i] = st[i]->id;
+		Envelope.left[i] = share[i];
+	}
+	Envelope.n = n;
+	strlcpy(Envelope.tenant, tenant, sizeof(Envelope.tenant));
+	Envelope.subid = GetCurrentSubTransactionId();
+	Envelope.open = true;
+	LWLockRelease(budget_shared->lock);
+}
+
+/*
  * Reserve the worst case `estimate` (NULL: unpriced) of an attempt to
  * `model` in every budget that applies.  Returns BUDGET_OK with `hold`
  * filled; BUDGET_DOWNGRADE with *downgrade set when a downgrade budget
@@ -618,7 +865,7 @@ budget_reserve(const char *tenant, const char *prompt, const char *model,
 	BudgetConf *violated = NULL;
 	int64		v_spent = 0;
 	int64		v_reserved = 0;
-	bool		all_loaded = false;
+	int64		take[BUDGET_MAX_APPLICABLE];
 
 	memset(hold, 0, sizeof(*hold));
 	budget_fresh();
@@ -641,29 +888,14 @@ budget_reserve(const char *tenant, const char *prompt, const char *model,
 		violated = conf[0];
 
 	/* check and reserve together, once every counter is loaded */
-	for (int tries = 0; !all_loaded; tries++)
-	{
-		for (int i = 0; i < n; i++)
-			ensure_loaded(conf[i], now);
-		LWLockAcquire(budget_shared->lock, LW_EXCLUSIVE);
-		all_loaded = true;
-		for (int i = 0; i < n && all_loaded; i++)
-		{
-			st[i] = state_for(conf[i]);
-			all_loaded = st[i]->loaded;
-		}
-		if (!all_loaded)
-		{
-			/* a period began, or a scope changed, meanwhile: load again */
-			LWLockRelease(budget_shared->lock);
-			CHECK_FOR_INTERRUPTS();
-			now = GetCurrentTimestamp();
-		}
-	}
+	lock_loaded(conf, n, st, now);
+	for (int i = 0; i < n; i++)
+		take[i] = envelope_take(st[i], tenant, est);
 	for (int i = 0; i < n && violated == NULL; i++)
 	{
 		BudgetState *s = st[i];
-		int64		total = nano_add(nano_add(nano_add(s->spent, s->reserved), s->inflight), est);
+		int64		total = nano_sub_floor(nano_add(nano_add(nano_add(s->spent, s->reserved), s->inflight), est),
+										   take[i]);
 
 		if (conf[i]->action != 'w' && total > conf[i]->limit)
 		{
@@ -681,7 +913,9 @@ budget_reserve(const char *tenant, const char *prompt, const char *model,
 			if (conf[i]->action == 'w' &&
 				nano_add(nano_add(nano_add(s->spent, s->reserved), s->inflight), est) > conf[i]->limit)
 				hold->warn_id = conf[i]->id;
-			s->reserved = nano_add(s->reserved, est);
+			/* what the ask's envelope held for this call becomes the call's */
+			envelope_spend(s, take[i]);
+			s->reserved = nano_add(nano_sub_floor(s->reserved, take[i]), est);
 			hold->idx[hold->n] = s - budget_shared->states;
 			hold->ids[hold->n] = s->id;
 			hold->n++;

@@ -36,6 +36,14 @@ typedef enum BudgetVerdict
 	BUDGET_DOWNGRADE
 } BudgetVerdict;
 
+/* A part of an envelope: what one of its calls may cost at worst */
+typedef struct BudgetPart
+{
+	const char *prompt;			/* its prompt's name, or NULL */
+	const char *model;			/* its model's identity (budgets' model), or NULL */
+	Numeric		estimate;		/* NULL: unpriced */
+} BudgetPart;
+
 extern Size budget_shmem_size(void);
 extern void budget_shmem_init(void);
 extern void budget_init(void);
@@ -47,5 +55,8 @@ extern void budget_settle(BudgetHold *hold, Numeric actual);
 extern void budget_settle_at_estimate(BudgetHold *hold);
 extern void budget_hold_durable(BudgetHold *hold);
 extern void budget_forget_database(Oid dboid);
+extern void budget_envelope_open(const char *tenant, const BudgetPart *parts, int nparts,
+								 const char *what, const char *hint);
+extern void budget_envelope_close(void);
 
 #endif							/* MAESTER_BUDGET_H */

@@ -213,6 +213,51 @@ attempt_cost(Call *c, RouteTarget *t, TimestampTz ts, bool *priced)
 						g->resp.cache_write_1h_tokens, ts, priced);
 }
 
+/*
+ * The worst case of an attempt of `c` on `t` sending max_tokens `out`:
+ * every input token (a token per byte) at the input rate -- or, for a
+ * call that writes the prompt cache, at the write rate -- and `out`
+ * output tokens.  NULL (and *priced false) when `t` has no price.
+ */
+static Numeric
+attempt_worst_cost(Call *c, RouteTarget *t, int out, TimestampTz ts, bool *priced)
+{
+	const char *names[3] = {t->model, t->name, c->g.requested_model};
+	int64		writes = c->opts.gen.cache_at != CACHE_NONE ? c->cs.est_input_tokens : 0;
+
+	return maester_cost(names, lengthof(names), c->cs.est_input_tokens, out, 0, writes,
+						c->opts.gen.cache_1h ? writes : 0, ts, priced);
+}
+
+/*
+ * The most the first attempt of prepared call `c` may cost, over every
+ * target it may be sent to (its fallbacks too): NULL when one has no
+ * price.  *identity is its first target's identity (budgets' model).
+ */
+Numeric
+call_worst_cost(Call *c, const char **identity)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	Numeric		worst = NULL;
+
+	*identity = c->ntargets > 0 ? c->plan->targets[0].name : NULL;
+	for (int i = 0; i < c->ntargets; i++)
+	{
+		RouteTarget *t = &c->plan->targets[i];
+		bool		priced;
+		Numeric		cost;
+
+		cost = attempt_worst_cost(c, t, c->opts.gen.embedding ? 0 : target_max_tokens(t, c->opts.gen.max_tokens),
+								  now, &priced);
+		if (!priced)
+			return NULL;
+		if (worst == NULL || DatumGetBool(DirectFunctionCall2(numeric_gt, NumericGetDatum(cost),
+															  NumericGetDatum(worst))))
+			worst = cost;
+	}
+	return worst;
+}
+
 /* Fill the PENDING record of an attempt; returns the estimate (or NULL) */
 Numeric
 attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
@@ -243,15 +288,7 @@ attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
 		strlcpy(r->tags, g->tags, sizeof(r->tags));
 	/* what the request sends (target_max_tokens) */
 	r->max_tokens = c->opts.gen.embedding ? 0 : target_max_tokens(t, max_tokens);
-	{
-		const char *names[3] = {t->model, t->name, g->requested_model};
-		/* a call that writes the prompt cache may pay the write rate for all of it */
-		int64		writes = c->opts.gen.cache_at != CACHE_NONE ? c->cs.est_input_tokens : 0;
-
-		estimate = maester_cost(names, lengthof(names), c->cs.est_input_tokens,
-								r->max_tokens, 0, writes, c->opts.gen.cache_1h ? writes : 0,
-								r->ts, &priced);
-	}
+	estimate = attempt_worst_cost(c, t, r->max_tokens, r->ts, &priced);
 	numeric_to_field(estimate, r->estimate, sizeof(r->estimate));
 	r->priced = priced;
 	return estimate;

@@ -41,6 +41,7 @@ extern int64 estimate_tokens(const char *s);
 extern int	target_max_tokens(const RouteTarget *t, int asked);
 extern int	target_output_limit(const RouteTarget *t);
 extern Numeric attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r);
+extern Numeric call_worst_cost(Call *c, const char **identity);
 extern void attempt_record_blocked(LedgerSlot *slot, LedgerRecord *r);
 extern void attempt_warn_overrun(Call *c, RouteTarget *t, Numeric reserved,
 								 Numeric billed, int max_tokens);

@@ -95,6 +95,61 @@ my ($ret, $out, $err) = $node->psql('postgres', q{SET maester.tenant = 'hammer';
 	SELECT maester.llm_generate('more', 'mock-b', max_tokens => 2000)});
 like($err, qr/budget 1 of tenant "hammer" would be exceeded by [0-9.]+ USD/, 'after a restart the budget is still spent');
 
+# maester.ask's envelope: the embedding and the answer reserved as one
+# amount before either is sent.  While session A holds it, B's call that
+# would fit the budget without it is refused; A's own call draws on it; the
+# rest goes back at commit, rollback, rollback to savepoint, and exit.
+$node->safe_psql('postgres', q{
+	INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('asker', 'total', 0.05, 'block');
+	SELECT maester.prompt_register('ask_like', '{question} {sources}');
+});
+my $reserved = q{SELECT reserved_usd FROM maester.budget_status WHERE tenant = 'asker'};
+my $open = q{SELECT maester.ask_budget_open('mock-b', repeat('q', 100), 'ask_like', NULL,
+	jsonb_build_object('question', 'x', 'sources', repeat('y', 300)), 'mock-b', 100, '{}')};
+my $spend = q{SELECT cost_usd FROM maester.llm_generate('spend some money please', 'mock-b', max_tokens => 100)};
+my $ea = $node->background_psql('postgres', on_error_stop => 0);
+$ea->query_safe(q{SET maester.tenant = 'asker'});
+$ea->query_safe('BEGIN');
+# embedding (8 + 100 + 2 tokens) and answer (16 + 302 tokens in, 100 out) at 50 / 150 USD per million
+is($ea->query_safe($open), '0.0364', 'the envelope is both calls\' worst case');
+is($node->safe_psql('postgres', $reserved), '0.0364', 'it is reserved in the budget');
+($ret, $out, $err) = $node->psql('postgres', "SET maester.tenant = 'asker'; $spend");
+like($err, qr/budget \d+ of tenant "asker" would be exceeded/,
+	'a concurrent call that fits the budget but not beside the envelope is refused');
+like($ea->query_safe($spend), qr/^0\.\d+$/, 'the envelope\'s own call goes through');
+is($node->safe_psql('postgres', $reserved), '0.01945',
+	'it drew its reservation from the envelope (0.0364 - 0.01695 left)');
+$ea->query_safe('COMMIT');
+is($node->safe_psql('postgres', $reserved), '0', 'commit gives back the rest');
+like($node->safe_psql('postgres', "SET maester.tenant = 'asker'; $spend"), qr/^0\.\d+$/,
+	'then the other session\'s call fits');
+$ea->query_safe('BEGIN');
+$ea->query_safe($open);
+$ea->query_safe('ROLLBACK');
+is($node->safe_psql('postgres', $reserved), '0', 'rollback gives it back');
+$ea->query_safe('BEGIN');
+$ea->query_safe('SAVEPOINT s');
+$ea->query_safe($open);
+$ea->query_safe('ROLLBACK TO SAVEPOINT s');
+is($ea->query_safe($reserved), '0', 'rollback to a savepoint gives it back');
+$ea->query_safe('COMMIT');
+$ea->query_safe($open);
+$ea->query_safe($open);
+is($node->safe_psql('postgres', $reserved), '0', 'an envelope ends with its transaction, and one replaces another');
+$ea->query_safe('BEGIN');
+$ea->query_safe($open);
+my $pid = $ea->query_safe('SELECT pg_backend_pid()');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+$node->poll_query_until('postgres', "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $pid)")
+	or die 'the terminated session is still there';
+is($node->safe_psql('postgres', $reserved), '0', 'a backend that exits gives it back');
+($ret, $out, $err) = $node->psql('postgres', q{SET maester.tenant = 'asker';
+	SELECT maester.ask_budget_open('mock-b', 'q', 'ask_like', NULL,
+		'{"question": "x", "sources": "y"}', 'mock-b', 1000, '{}')});
+like($err, qr/budget \d+ of tenant "asker" would be exceeded by [0-9.]+ USD at worst.*the ask's query embedding and answer could cost up to 0\.1515/s,
+	'an envelope that does not fit is refused, naming its worst case');
+is($node->safe_psql('postgres', $reserved), '0', 'and reserves nothing');
+
 $node->stop;
 $mock->stop;
 done_testing();

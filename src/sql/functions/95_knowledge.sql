@@ -954,6 +954,14 @@ BEGIN
            sha256(convert_to(c.content, 'UTF8')), k.fts_config
       FROM maester.kb_chunk(d.parsed, k.chunking) c;
     GET DIAGNOSTICS n = ROW_COUNT;
+    -- the largest source ask may send (its format: "[n] title > path\ncontent\n\n")
+    UPDATE maester.kb x SET max_source_bytes = m.bytes
+      FROM (SELECT max(octet_length(coalesce(d.title, d.external_id)) + octet_length(c.content)
+                       + CASE WHEN cardinality(c.heading_path) > 0
+                              THEN 3 + octet_length(array_to_string(c.heading_path, ' > ')) ELSE 0 END
+                       + 8) AS bytes
+              FROM maester.chunk c WHERE c.document_id = doc) m
+     WHERE x.id = d.kb_id AND m.bytes > x.max_source_bytes;
     UPDATE maester.document x
        SET stage = CASE WHEN n = 0 THEN 'embedded' ELSE 'chunked' END, updated_at = now()
      WHERE x.id = doc;

@@ -125,6 +125,25 @@ $$;
 COMMENT ON FUNCTION maester.citation_checks(text, text[], regconfig) IS
     'Checks an answer''s [n] citations against its numbered sources, without a model: citations_valid (every [n] names a source; the others are listed in invalid_citations), citation_coverage (the share of sentences with a citation), citation_support (over cited sentences, the share of their content words -- lexemes of fts_config -- found in the sources they cite).';
 
+-- The ask's joint reservation (askbudget.c)
+CREATE FUNCTION maester.ask_budget_open(embedding_model text, embedding_input text, prompt_name text,
+                                        prompt_version text, variables jsonb, model text, max_tokens integer,
+                                        options jsonb)
+RETURNS numeric
+AS 'MODULE_PATHNAME', 'ask_budget_open'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.ask_budget_open(text, text, text, text, jsonb, text, integer, jsonb) IS
+    'Internal (maester.ask): reserves in each blocking budget of the caller''s tenant, as one amount, what the ask''s two calls may cost at worst -- the embedding of embedding_input (NULL: none) with embedding_model, and llm_generate of the prompt with these variables, model, max_tokens and options, each prepared as it will be sent and priced at its dearest target -- or raises MB001 and sends nothing. Returns the amount in USD (NULL: a part has no price). The two calls then reserve out of it; maester.ask_budget_close or the end of the transaction gives back the rest.';
+
+CREATE FUNCTION maester.ask_budget_close()
+RETURNS void
+AS 'MODULE_PATHNAME', 'ask_budget_close'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION maester.ask_budget_close() IS
+    'Internal (maester.ask): gives back what the ask''s reservation still holds.';
+
 CREATE FUNCTION maester.ask(kb text, question text, model text DEFAULT NULL, k integer DEFAULT 8,
                             options jsonb DEFAULT '{}')
 RETURNS jsonb
@@ -154,7 +173,8 @@ DECLARE
     cfg regconfig;
     evaluation jsonb;
     worst numeric;
-    bs record;
+    gen_options jsonb;
+    prompt text;
     result jsonb;
 BEGIN
     IF question IS NULL OR btrim(question) = '' THEN
@@ -167,35 +187,41 @@ BEGIN
         RAISE EXCEPTION 'ask options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOR key IN SELECT jsonb_object_keys(options) LOOP
-        IF key <> ALL (ARRAY['mode', 'filter', 'search', 'prompt_version', 'generate', 'min_coverage', 'min_support']) THEN
+        IF key <> ALL (ARRAY['mode', 'filter', 'search', 'prompt_version', 'max_tokens', 'generate', 'min_coverage', 'min_support']) THEN
             RAISE EXCEPTION 'unknown ask option "%"', key
                 USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'ask options are mode, filter, search (search''s options), prompt_version, generate (llm_generate''s options), min_coverage and min_support.';
+                      HINT = 'ask options are mode, filter, search (search''s options), prompt_version, max_tokens, generate (llm_generate''s options), min_coverage and min_support.';
         END IF;
     END LOOP;
-    -- the whole ask's worst case, before anything is sent: the question's
-    -- embedding, then k chunks of the kb's bound and the question in, the
-    -- output limit out; a blocking budget of the tenant it does not fit
-    -- refuses it now (each call then reserves its own part as usual)
-    SELECT p.id, p.model, p.served_model, p.dimensions, x.tenant, (x.chunking ->> 'max_tokens')::int AS max_tokens
+    IF options ? 'max_tokens' AND NOT coalesce(CASE WHEN jsonb_typeof(options -> 'max_tokens') = 'number'
+                                                    THEN (options ->> 'max_tokens')::numeric BETWEEN 1 AND 2147483647
+                                                         AND (options ->> 'max_tokens')::numeric % 1 = 0 END, false) THEN
+        RAISE EXCEPTION 'ask option max_tokens must be a positive integer, not %', options -> 'max_tokens'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    gen_options := coalesce(options -> 'generate', '{}');
+    IF jsonb_typeof(gen_options) <> 'object' THEN
+        RAISE EXCEPTION 'ask option generate must be a JSON object (llm_generate''s options)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    gen_options := gen_options || jsonb_build_object('tags', coalesce(gen_options -> 'tags', '{}')
+                                                             || jsonb_build_object('kb', kb));
+    SELECT p.id, p.model, p.served_model, p.dimensions, p.query_prefix, x.tenant, x.max_source_bytes
       INTO prof
       FROM maester.kb x JOIN maester.embedding_profile p ON p.id = x.profile_id
      WHERE x.tenant = maester.current_tenant() AND x.name = kb;
-    IF FOUND THEN
-        worst := coalesce(octet_length(question) * (maester.kb_price(coalesce(prof.served_model, prof.model))).input_cost_per_million / 1000000, 0)
-               + coalesce((k * prof.max_tokens + octet_length(question) + 400) * (maester.kb_price(coalesce(model, 'default'))).input_cost_per_million / 1000000
-                          + coalesce((options -> 'generate' ->> 'max_tokens')::int, 1024) * (maester.kb_price(coalesce(model, 'default'))).output_cost_per_million / 1000000, 0);
-        SELECT b.* INTO bs FROM maester.budget_status b
-         WHERE b.tenant = prof.tenant AND b.action = 'block' AND b.prompt IS NULL AND b.model IS NULL
-           AND b.remaining_usd < worst
-         ORDER BY b.remaining_usd LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'the ask would exceed budget % by % USD at worst', bs.id, round(worst - bs.remaining_usd, 8)
-                USING ERRCODE = 'MB001',
-                      DETAIL = format('The query''s embedding, %s sources of up to %s tokens and the answer''s output limit: at most %s USD; the budget has %s USD left this %s.',
-                                      k, prof.max_tokens, round(worst, 8), bs.remaining_usd, bs.period),
-                      HINT = 'Ask with fewer sources (k), a smaller generate.max_tokens, or raise the budget.';
-        END IF;
+    prompt := maester.kb_answer_prompt();
+    -- the whole ask reserved as one amount before anything is sent
+    -- (askbudget.c): the question's embedding, and the answer over k
+    -- sources of the kb's largest with the output limit, each at its
+    -- dearest target; the two calls then take their reservations from it
+    IF prof.id IS NOT NULL THEN
+        worst := maester.ask_budget_open(
+            prof.model,
+            CASE WHEN mode <> 'fts' THEN coalesce(prof.query_prefix, '') || question END,
+            prompt, options ->> 'prompt_version',
+            jsonb_build_object('question', question, 'sources', repeat('x', k * prof.max_source_bytes)),
+            model, (options ->> 'max_tokens')::int, gen_options);
     END IF;
     -- one trace: the application's, else a new one; every step is under the ask's root span
     tp := regexp_match(coalesce(saved_tp, ''), '^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$');
@@ -214,6 +240,7 @@ BEGIN
                                                           'vector', h.vector_rank, 'fts', h.fts_rank) ORDER BY h.rank)
                                                       FROM unnest(hits) h)));
     IF n = 0 THEN
+        PERFORM maester.ask_budget_close();
         PERFORM maester.kb_ask_span(trace, root, coalesce(tp[2], NULL), 'ask', t0, 'ok',
             jsonb_build_object('maester.kb', kb, 'maester.ask.sources', 0));
         PERFORM set_config('maester.traceparent', coalesce(saved_tp, ''), true);
@@ -229,13 +256,13 @@ BEGIN
            array_agg(h.content ORDER BY h.rank)
       INTO sources, texts
       FROM unnest(hits) h;
-    g := maester.llm_generate(prompt_name => maester.kb_answer_prompt(),
+    g := maester.llm_generate(prompt_name => prompt,
                               prompt_version => options ->> 'prompt_version',
                               variables => jsonb_build_object('question', question, 'sources', sources),
                               model => model,
-                              options => coalesce(options -> 'generate', '{}')
-                                         || jsonb_build_object('tags', coalesce(options -> 'generate' -> 'tags', '{}')
-                                                                       || jsonb_build_object('kb', kb, 'ask', trace)));
+                              max_tokens => (options ->> 'max_tokens')::int,
+                              options => jsonb_set(gen_options, '{tags,ask}', to_jsonb(trace)));
+    PERFORM maester.ask_budget_close();
 
     -- citations: every [n] of the answer, with its passage
     SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -270,12 +297,14 @@ BEGIN
         'model', g.model,
         'prompt_name', g.prompt_name, 'prompt_version', g.prompt_version, 'prompt_hash', g.prompt_hash,
         'cost', jsonb_build_object('embedding_usd', coalesce(emb_cost, 0), 'generation_usd', g.cost_usd,
-                                   'total_usd', coalesce(emb_cost, 0) + coalesce(g.cost_usd, 0)),
+                                   'total_usd', coalesce(emb_cost, 0) + coalesce(g.cost_usd, 0),
+                                   'reserved_usd', worst),
         'evaluation', evaluation,
         'sources', n);
     PERFORM maester.kb_ask_span(trace, root, tp[2], 'ask', t0, 'ok',
         jsonb_build_object('maester.kb', kb, 'maester.ask.sources', n, 'maester.ask.citations', jsonb_array_length(cites),
                            'maester.evaluation.status', status, 'maester.cost_usd', result -> 'cost' -> 'total_usd',
+                           'maester.reserved_usd', worst,
                            'gen_ai.request.model', model, 'gen_ai.response.model', g.model));
     PERFORM set_config('maester.traceparent', coalesce(saved_tp, ''), true);
     RETURN result;
@@ -283,11 +312,12 @@ END
 $$;
 
 COMMENT ON FUNCTION maester.ask(text, text, text, integer, jsonb) IS
-    'Answers a question from a knowledge base of the current tenant, with citations: maester.search (k sources), the registered answer prompt maester_answer over the numbered sources, llm_generate (routing, fallback, budgets), and the answer''s [n] markers as citations down to the passage (chunk, document version, section, character offsets). Returns {answer, citations, invalid_citations, trace_id, request_ids, embedding_profile, model, prompt_name, prompt_version, prompt_hash, cost, evaluation, sources}; evaluation holds citation_checks and passes when every citation is valid and coverage and support are at least min_coverage and min_support (0.5). options: mode, filter, search, prompt_version, generate (llm_generate''s options), min_coverage, min_support.';
+    'Answers a question from a knowledge base of the current tenant, with citations: maester.search (k sources), the registered answer prompt maester_answer over the numbered sources, llm_generate (routing, fallback, budgets), and the answer''s [n] markers as citations down to the passage (chunk, document version, section, character offsets). Returns {answer, citations, invalid_citations, trace_id, request_ids, embedding_profile, model, prompt_name, prompt_version, prompt_hash, cost, evaluation, sources}; evaluation holds citation_checks and passes when every citation is valid and coverage and support are at least min_coverage and min_support (0.5); cost.reserved_usd is what the whole ask reserved against the tenant''s blocking budgets before anything was sent (MB001 when it does not fit). options: mode, filter, search, prompt_version, max_tokens, generate (llm_generate''s options), min_coverage, min_support.';
 
 GRANT EXECUTE ON FUNCTION maester.ask(text, text, text, integer, jsonb),
     maester.citation_checks(text, text[], regconfig),
-    maester.kb_answer_prompt(), maester.kb_ask_span(text, text, text, text, timestamptz, text, jsonb)
+    maester.kb_answer_prompt(), maester.kb_ask_span(text, text, text, text, timestamptz, text, jsonb),
+    maester.ask_budget_open(text, text, text, text, jsonb, text, integer, jsonb), maester.ask_budget_close()
     TO maester_user;
 
 -- Retrieval evaluation
@@ -386,7 +416,70 @@ $$;
 COMMENT ON FUNCTION maester.kb_eval(text, jsonb, integer, text[]) IS
     'Measures retrieval on a knowledge base of the current tenant: for each mode (fts, vector, hybrid), each case {"query", "relevant": [external ids]} is searched with maester.search (top k passages, counted per document at its best passage''s rank), and recall@k, MRR and nDCG@k (binary relevance) are averaged over the cases; each mode is a row of maester.kb_eval_run (with the active profile), returned.';
 
+-- The cases in a table (or view) of the caller's: read as the caller, so
+-- its privileges and row-level security apply
+CREATE FUNCTION maester.kb_eval(kb text, cases regclass, k integer DEFAULT 10,
+                                modes text[] DEFAULT '{fts,vector,hybrid}')
+RETURNS SETOF maester.kb_eval_run
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    qtype regtype;
+    rtype regtype;
+    j jsonb;
+BEGIN
+    IF cases IS NULL THEN
+        RAISE EXCEPTION 'kb_eval needs its cases' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT a.atttypid INTO qtype FROM pg_attribute a
+     WHERE a.attrelid = cases AND a.attname = 'query' AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT a.atttypid INTO rtype FROM pg_attribute a
+     WHERE a.attrelid = cases AND a.attname = 'relevant' AND a.attnum > 0 AND NOT a.attisdropped;
+    IF qtype IS NULL OR rtype IS NULL THEN
+        RAISE EXCEPTION 'relation % has no column %', cases, CASE WHEN qtype IS NULL THEN 'query' ELSE 'relevant' END
+            USING ERRCODE = 'undefined_column',
+                  HINT = 'kb_eval''s cases table has a column query (text) and a column relevant (text[], jsonb array, or text: the external ids of the documents that answer it).';
+    END IF;
+    IF qtype NOT IN ('text'::regtype, 'character varying'::regtype)
+       OR rtype NOT IN ('text[]'::regtype, 'character varying[]'::regtype, 'jsonb'::regtype,
+                        'text'::regtype, 'character varying'::regtype) THEN
+        RAISE EXCEPTION 'columns query % and relevant % of relation % have the wrong types', qtype, rtype, cases
+            USING ERRCODE = 'datatype_mismatch',
+                  HINT = 'query is text; relevant is text[], a jsonb array, or text (one external id).';
+    END IF;
+    EXECUTE format('SELECT jsonb_agg(jsonb_build_object(''query'', c.query, ''relevant'','
+                   '  CASE WHEN c.relevant IS NULL OR jsonb_typeof(to_jsonb(c.relevant)) = ''array'' THEN to_jsonb(c.relevant)'
+                   '       ELSE jsonb_build_array(c.relevant) END)) FROM %s c', cases)
+       INTO j;
+    RETURN QUERY SELECT * FROM maester.kb_eval(kb, coalesce(j, '[]'), k, modes);
+END
+$$;
+
+COMMENT ON FUNCTION maester.kb_eval(text, regclass, integer, text[]) IS
+    'maester.kb_eval over the rows of a table or view of the caller''s (read with the caller''s privileges and row-level security): column query (text) and column relevant (text[], jsonb array, or text: the external ids of the documents that answer it).';
+
+-- A literal: JSON cases when it is a JSON array, else the name of a table
+CREATE FUNCTION maester.kb_eval(kb text, cases text, k integer DEFAULT 10,
+                                modes text[] DEFAULT '{fts,vector,hybrid}')
+RETURNS SETOF maester.kb_eval_run
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF cases ~ '^\s*\[' THEN
+        RETURN QUERY SELECT * FROM maester.kb_eval(kb, cases::jsonb, k, modes);
+    ELSE
+        RETURN QUERY SELECT * FROM maester.kb_eval(kb, cases::regclass, k, modes);
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION maester.kb_eval(text, text, integer, text[]) IS
+    'maester.kb_eval with its cases as text: a JSON array of cases, or else the name of a table or view of cases (see the regclass form).';
+
 GRANT EXECUTE ON FUNCTION maester.kb_eval(text, jsonb, integer, text[]),
+    maester.kb_eval(text, regclass, integer, text[]), maester.kb_eval(text, text, integer, text[]),
     maester.kb_eval_record(text, uuid, text, integer, integer, double precision, double precision, double precision, jsonb)
     TO maester_user;
 GRANT SELECT ON maester.kb_eval_run TO maester_user, maester_reader, maester_admin;

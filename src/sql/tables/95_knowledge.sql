@@ -41,6 +41,7 @@ CREATE TABLE maester.kb (
     paused_reason    text,
     paused_until     timestamptz,
     pauses           integer NOT NULL DEFAULT 0,
+    max_source_bytes integer NOT NULL DEFAULT 0,
     created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     UNIQUE (tenant, name)
 );
@@ -51,6 +52,7 @@ COMMENT ON COLUMN maester.kb.owner IS 'The role that created it: the embedding c
 COMMENT ON COLUMN maester.kb.profile_id IS 'The active embedding profile: the one retrieval uses.';
 COMMENT ON COLUMN maester.kb.next_profile_id IS 'The profile kb_reindex builds in the background; it becomes profile_id at once when every current document has its vectors.';
 COMMENT ON COLUMN maester.kb.paused_reason IS 'Why the queue waits (a failure that belongs to no document: unknown model, missing key, open circuit, budget); NULL when it runs. No document''s retries are charged for it.';
+COMMENT ON COLUMN maester.kb.max_source_bytes IS 'The most UTF-8 bytes one of its chunks takes as a numbered source of maester.ask (title, section path and text), over every chunk it ever had: what ask reserves per source against budgets before anything is sent.';
 COMMENT ON COLUMN maester.kb.paused_until IS 'When the paused queue is tried again (backing off, up to 10 minutes); kb_retry tries at once.';
 
 CREATE TABLE maester.document (
