@@ -18,11 +18,13 @@
 
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
+#include "datatype/timestamp.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
+#include "utils/timestamp.h"
 
 #include "jsonutil.h"
 #include "ledger.h"
@@ -374,6 +376,68 @@ option_cache_control(JsonbValue *v, GenRequest *gen)
 }
 
 /*
+ * options.cache: true, false, or {"ttl": "<interval>", "any_temperature":
+ * <boolean>}; an object turns the cache on.
+ */
+static void
+option_cache(JsonbValue *v, CallOptions *o)
+{
+	const char *what = "true, false or {\"ttl\": \"<interval>\", \"any_temperature\": true}";
+
+	o->cache_given = true;
+	o->cache_ttl_us = 0;
+	o->cache_any_temperature = false;
+	if (v->type == jbvBool)
+	{
+		o->cache = v->val.boolean;
+		return;
+	}
+	if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+		option_error("cache", what);
+	o->cache = true;
+	{
+		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
+		JsonbValue	k,
+					e;
+		JsonbIteratorToken tok;
+
+		while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+		{
+			if (tok != WJB_KEY)
+				continue;
+			(void) JsonbIteratorNext(&it, &e, true);
+			if (k.val.string.len == 3 && memcmp(k.val.string.val, "ttl", 3) == 0)
+			{
+				Interval   *iv;
+				int64		us;
+
+				if (e.type != jbvString)
+					option_error("cache.ttl", "an interval, like \"1 hour\"");
+				iv = DatumGetIntervalP(DirectFunctionCall3(interval_in,
+														   CStringGetDatum(pnstrdup(e.val.string.val, e.val.string.len)),
+														   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
+				/* months and days as 30 and 1 days, as interval comparison does */
+				us = iv->time + ((int64) iv->month * DAYS_PER_MONTH + iv->day) * USECS_PER_DAY;
+				if (iv->month < 0 || iv->day < 0 || us <= 0 || us > (int64) 3650 * USECS_PER_DAY)
+					option_error("cache.ttl", "an interval above 0 and at most 10 years");
+				o->cache_ttl_us = us;
+			}
+			else if (k.val.string.len == 15 && memcmp(k.val.string.val, "any_temperature", 15) == 0)
+			{
+				if (e.type != jbvBool)
+					option_error("cache.any_temperature", "a boolean");
+				o->cache_any_temperature = e.val.boolean;
+			}
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("unknown member \"%.*s\" of option \"cache\"", k.val.string.len, k.val.string.val),
+						 errhint("cache is %s.", what)));
+		}
+	}
+}
+
+/*
  * Parse and check the options object (NULL: the defaults), each option on
  * its own; raises 22023.  request_check_options checks them together.
  */
@@ -485,6 +549,17 @@ request_parse_options_alone(Jsonb *opts, CallOptions *o)
 										   (int) sizeof(((LedgerRecord *) NULL)->tags)));
 			o->tags = t.data;
 		}
+		else if (strcmp(key, "sticky_key") == 0)
+		{
+			if (v.type == jbvNull)
+				o->sticky_key = NULL;
+			else if (v.type != jbvString || v.val.string.len == 0 || v.val.string.len > STICKY_KEY_MAX)
+				option_error(key, psprintf("a non-empty string of at most %d bytes", STICKY_KEY_MAX));
+			else
+				o->sticky_key = pnstrdup(v.val.string.val, v.val.string.len);
+		}
+		else if (strcmp(key, "cache") == 0)
+			option_cache(&v, o);
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

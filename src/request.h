@@ -13,7 +13,8 @@
 
 #include "provider.h"
 
-#define KNOWN_OPTIONS "temperature, top_p, stop, response_format, tools, tool_choice, cache_control, timeout_ms, max_attempts, fallback, tags, extra"
+#define KNOWN_OPTIONS "temperature, top_p, stop, response_format, tools, tool_choice, cache_control, timeout_ms, max_attempts, fallback, tags, extra, sticky_key, cache"
+#define STICKY_KEY_MAX 256		/* bytes of options.sticky_key */
 #define REQUEST_KEYS "prompt, messages, model, max_tokens, system, prompt_name, variables, prompt_version, options"
 
 /* Per-call options, from the options jsonb */
@@ -24,6 +25,15 @@ typedef struct CallOptions
 	int			max_attempts;	/* 0: each provider's own */
 	bool		fallback;
 	char	   *tags;			/* JSON text of options.tags, or NULL */
+	char	   *sticky_key;		/* options.sticky_key: the same key lands on
+								 * the same rollout arm and route target;
+								 * NULL: none */
+	/* options.cache: the response cache (respcache.c) */
+	bool		cache_given;	/* options.cache was given (else the prompt
+								 * version's config decides) */
+	bool		cache;			/* look up and keep the answer */
+	int64		cache_ttl_us;	/* how long an answer is kept; 0: the default */
+	bool		cache_any_temperature;	/* also with a temperature above 0 */
 } CallOptions;
 
 /* The arguments of one call, as llm_generate takes them */
