@@ -54,6 +54,7 @@
 #include "rubric.h"
 #include "settings.h"
 #include "stat.h"
+#include "strategy.h"
 #include "tenant.h"
 #include "util.h"
 
@@ -267,6 +268,7 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	Call	   *c = palloc0(sizeof(Call));
 	Generation *g = &c->g;
+	Span	   *route_span;
 	text	   *content;
 	text	   *system = NULL;
 	int			max_tokens = a->max_tokens;
@@ -370,15 +372,11 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 				 g->prompt_name ?
 				 errdetail("Prompt \"%s\" rendered to an empty text.", g->prompt_name) : 0));
 
-	/* route */
-	{
-		Span	   *span = trace_span_start(g->trace, "model_route");
-
-		trace_attr_str(span, "gen_ai.request.model", g->requested_model ? g->requested_model : "(default route)");
-		c->plan = router_plan(g->requested_model);
-		trace_attr_num(span, "maester.route.targets", c->plan->ntargets);
-		trace_span_end(span, NULL);
-	}
+	/* route (its strategy orders the targets once the call's size is known) */
+	route_span = trace_span_start(g->trace, "model_route");
+	trace_attr_str(route_span, "gen_ai.request.model", g->requested_model ? g->requested_model : "(default route)");
+	c->plan = router_plan(g->requested_model);
+	trace_attr_num(route_span, "maester.route.targets", c->plan->ntargets);
 	if (content != NULL)
 	{
 		GenMessage *user = palloc0(sizeof(GenMessage));
@@ -413,6 +411,8 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 	}
 
 	c->cs.est_input_tokens = worst_input_tokens(&c->opts.gen);
+	route_strategy_apply(c, route_span);
+	trace_span_end(route_span, NULL);
 	call_ready_to_start(c);
 	MemoryContextSwitchTo(old);
 	return c;

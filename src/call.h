@@ -64,6 +64,8 @@ typedef struct Generation
 	const char *last_provider;	/* the last target tried, for statistics */
 	const char *last_model;
 	const char *traceparent;	/* header value for the current attempt */
+	const char *route_strategy; /* its route's strategy (strategy.c), or NULL */
+	const char *route_reason;	/* why the first target was chosen */
 } Generation;
 
 /* State of one call across its targets */

@@ -286,6 +286,11 @@ attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
 	strlcpy(r->purpose, g->purpose, sizeof(r->purpose));
 	if (g->tags)
 		strlcpy(r->tags, g->tags, sizeof(r->tags));
+	if (g->route_strategy)
+	{
+		strlcpy(r->route_strategy, g->route_strategy, sizeof(r->route_strategy));
+		ledger_copy_name(r->route_reason, g->route_reason ? g->route_reason : "", sizeof(r->route_reason));
+	}
 	/* what the request sends (target_max_tokens) */
 	r->max_tokens = c->opts.gen.embedding ? 0 : target_max_tokens(t, max_tokens);
 	estimate = attempt_worst_cost(c, t, r->max_tokens, r->ts, &priced);

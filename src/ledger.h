@@ -77,6 +77,8 @@ typedef struct LedgerRecord
 	char		provider_finish_reason[48];	/* as the provider said it */
 	char		provider_request_id[128];	/* its request id header */
 	double		eval_score;
+	char		route_strategy[16]; /* "" = not a route */
+	char		route_reason[256];
 } LedgerRecord;
 
 /*

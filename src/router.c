@@ -99,6 +99,9 @@ typedef struct RouteConf
 	int			ntargets;
 	char	  **providers;
 	char	  **models;
+	int		   *weights;
+	char	   *strategy;		/* route.strategy */
+	bool		sticky_tenant;	/* route.sticky = 'tenant' */
 } RouteConf;
 
 static MemoryContext RouterContext = NULL;
@@ -314,7 +317,9 @@ router_load(void)
 
 		n = load_query("SELECT r.name, "
 					   "COALESCE(pg_catalog.array_agg(t.provider ORDER BY t.position) FILTER (WHERE t.provider IS NOT NULL), '{}'::pg_catalog.text[]), "
-					   "COALESCE(pg_catalog.array_agg(t.model ORDER BY t.position) FILTER (WHERE t.provider IS NOT NULL), '{}'::pg_catalog.text[]) "
+					   "COALESCE(pg_catalog.array_agg(t.model ORDER BY t.position) FILTER (WHERE t.provider IS NOT NULL), '{}'::pg_catalog.text[]), "
+					   "COALESCE(pg_catalog.array_agg(t.weight::pg_catalog.text ORDER BY t.position) FILTER (WHERE t.provider IS NOT NULL), '{}'::pg_catalog.text[]), "
+					   "r.strategy, r.sticky IS NOT NULL "
 					   "FROM maester.route r LEFT JOIN maester.route_target t "
 					   "ON t.route OPERATOR(pg_catalog.=) r.name GROUP BY r.name");
 		routes = MemoryContextAllocZero(RouterContext, sizeof(RouteConf) * Max(n, 1));
@@ -322,10 +327,18 @@ router_load(void)
 		{
 			HeapTuple	t = SPI_tuptable->vals[i];
 			TupleDesc	d = SPI_tuptable->tupdesc;
+			char	  **w;
+			bool		isnull;
 
 			routes[i].name = col_string(t, d, 1);
 			routes[i].ntargets = col_text_array(t, d, 2, &routes[i].providers);
 			(void) col_text_array(t, d, 3, &routes[i].models);
+			(void) col_text_array(t, d, 4, &w);
+			routes[i].weights = MemoryContextAlloc(RouterContext, sizeof(int) * Max(routes[i].ntargets, 1));
+			for (int k = 0; k < routes[i].ntargets; k++)
+				routes[i].weights[k] = atoi(w[k]);
+			routes[i].strategy = col_string(t, d, 5);
+			routes[i].sticky_tenant = DatumGetBool(SPI_getbinval(t, d, 6, &isnull));
 		}
 		nroutes = n;
 
@@ -707,6 +720,9 @@ router_plan(const char *requested)
 					 errmsg("route \"%s\" has no targets", name),
 					 errhint("Add targets with INSERT INTO maester.route_target.")));
 		plan->is_route = true;
+		plan->route = pstrdup(routes[i].name);
+		plan->strategy = pstrdup(routes[i].strategy);
+		plan->sticky_tenant = routes[i].sticky_tenant;
 		plan->ntargets = routes[i].ntargets;
 		plan->targets = palloc0(sizeof(RouteTarget) * plan->ntargets);
 		for (int k = 0; k < plan->ntargets; k++)
@@ -714,6 +730,8 @@ router_plan(const char *requested)
 			plan->targets[k].provider = copy_provider(find_provider(routes[i].providers[k]));
 			plan->targets[k].model = pstrdup(routes[i].models[k]);
 			plan->targets[k].name = target_identity(routes[i].providers[k], routes[i].models[k]);
+			plan->targets[k].weight = routes[i].weights[k];
+			plan->targets[k].position = k + 1;
 			if (plan->targets[k].provider == NULL)
 				elog(ERROR, "provider \"%s\" of route \"%s\" not found",
 					 routes[i].providers[k], name);

@@ -61,6 +61,8 @@ typedef struct RouteTarget
 	bool		native_schema;	/* Anthropic: output_config.format */
 	int			embedding_dimensions;	/* an embedding model's; 0: unknown */
 	int			max_input_tokens;	/* its input limit; 0: unknown */
+	int			weight;			/* route_target.weight (strategy weighted) */
+	int			position;		/* its place in the route, from 1 */
 } RouteTarget;
 
 /* The ordered targets for a requested model (or route) */
@@ -68,6 +70,9 @@ typedef struct RoutePlan
 {
 	const char *requested;		/* what the caller asked for */
 	bool		is_route;		/* a named route (or the default route) */
+	const char *route;			/* its name */
+	const char *strategy;		/* route.strategy; NULL: not a route */
+	bool		sticky_tenant;	/* route.sticky = 'tenant' */
 	int			ntargets;
 	RouteTarget *targets;
 } RoutePlan;

@@ -28,6 +28,7 @@
 #include "utils/numeric.h"
 
 #include "catalog.h"
+#include "router.h"
 #include "settings.h"
 #include "stat.h"
 #include "util.h"
@@ -35,6 +36,7 @@
 #define STAT_NAMELEN 128
 #define STAT_SUBBUCKETS 4		/* per octave */
 #define STAT_BUCKETS (32 * STAT_SUBBUCKETS)
+#define STAT_RECENT_WEIGHT 0.2	/* of the latest call in the moving averages */
 
 static const char *const error_classes[] = {
 	"rate_limited", "server_error", "overloaded", "auth", "not_found",
@@ -59,6 +61,10 @@ typedef struct StatEntry
 	int64		cost_nano;
 	int64		class_errors[N_CLASSES];	/* failed attempts by class */
 	int64		latency[STAT_BUCKETS];	/* calls by latency bucket */
+	/* recent behaviour, for route strategies (strategy.c) */
+	double		recent_ms;		/* moving average of successful calls' latency */
+	double		recent_failing; /* moving average of failure (0 or 1 an attempt) */
+	int64		recent_ok;		/* successful calls in the average */
 } StatEntry;
 
 typedef struct StatShared
@@ -162,6 +168,9 @@ stat_attempt(const char *provider, const char *model, const char *error_class,
 		e->attempts++;
 		if (error_class)
 			e->class_errors[class_index(error_class)]++;
+		/* a failure of the caller's making (cancelled) says nothing of the model */
+		if (error_class == NULL || strcmp(error_class, "cancelled") != 0)
+			e->recent_failing += STAT_RECENT_WEIGHT * ((error_class ? 1.0 : 0.0) - e->recent_failing);
 		e->input_tokens += input_tokens;
 		e->output_tokens += output_tokens;
 		e->cost_nano += cost_nano;
@@ -189,8 +198,54 @@ stat_call(const char *provider, const char *model, bool failed, int attempts,
 		if (fallback)
 			e->fallbacks++;
 		e->latency[latency_bucket(latency_ms)]++;
+		if (!failed)
+		{
+			e->recent_ms = e->recent_ok == 0 ? latency_ms :
+				e->recent_ms + STAT_RECENT_WEIGHT * (latency_ms - e->recent_ms);
+			e->recent_ok++;
+		}
 	}
 	LWLockRelease(stat_shared->lock);
+}
+
+/*
+ * The recent behaviour of `model` (a target's model id) at `provider` in
+ * this database: the moving average of its successful calls' latency (ms),
+ * of its attempts' failures (0 to 1), and how many attempts it has seen.  Calls are
+ * counted under the model that answered, which may be the id with a
+ * snapshot suffix (gpt-4.1-mini-2025-04-14 for gpt-4.1-mini): the entry
+ * with the most calls among those counts.  False when there is none.
+ */
+bool
+stat_recent(const char *provider, const char *model, double *ms, double *failing,
+			int64 *calls)
+{
+	StatEntry  *best = NULL;
+	size_t		len = strlen(model);
+
+	if (stat_shared == NULL)
+		return false;
+	LWLockAcquire(stat_shared->lock, LW_SHARED);
+	for (int i = 0; i < stat_shared->n; i++)
+	{
+		StatEntry  *e = &stat_shared->entries[i];
+
+		if (e->dboid != MyDatabaseId || strcmp(e->provider, provider) != 0 ||
+			strncmp(e->model, model, len) != 0 ||
+			(e->model[len] != '\0' &&
+			 (e->model[len] != '-' || !model_snapshot_suffix(e->model + len + 1))))
+			continue;
+		if (best == NULL || e->attempts > best->attempts)
+			best = e;
+	}
+	if (best != NULL)
+	{
+		*ms = best->recent_ok > 0 ? best->recent_ms : NAN;
+		*failing = best->recent_failing;
+		*calls = best->attempts;
+	}
+	LWLockRelease(stat_shared->lock);
+	return best != NULL;
 }
 
 /* The latency (ms) at quantile q of a histogram: the bucket's midpoint */

@@ -18,5 +18,7 @@ extern void stat_attempt(const char *provider, const char *model,
 						 int64 output_tokens, Numeric cost);
 extern void stat_call(const char *provider, const char *model, bool failed,
 					  int attempts, bool fallback, double latency_ms);
+extern bool stat_recent(const char *provider, const char *model, double *ms,
+						double *failing, int64 *calls);
 
 #endif							/* MAESTER_STAT_H */

@@ -67,7 +67,9 @@ BEGIN
                'chunks=' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.chunks'),
                'embedding_trace=' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.embed.trace_id'),
                'prompt=' OPERATOR(pg_catalog.||) (t.attributes ->> 'gen_ai.prompt.name') OPERATOR(pg_catalog.||) '@'
-                   OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.prompt.version')), ''), '')
+                   OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.prompt.version'),
+               'route=' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.route.strategy') OPERATOR(pg_catalog.||) ' ('
+                   OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.route.reason') OPERATOR(pg_catalog.||) ')'), ''), '')
       FROM tree t
      ORDER BY t.path;
     -- (another tenant's trace is not found either)

@@ -92,7 +92,11 @@ COMMENT ON COLUMN maester.model.structured_output IS 'How a json_schema response
 CREATE TABLE maester.route (
     name        text PRIMARY KEY,
     description text,
-    shipped     boolean NOT NULL DEFAULT false
+    shipped     boolean NOT NULL DEFAULT false,
+    strategy    text NOT NULL DEFAULT 'ordered'
+        CHECK (strategy OPERATOR(pg_catalog.=) ANY
+               (ARRAY['ordered', 'weighted', 'lowest_latency', 'lowest_cost', 'best_evaluation'])),
+    sticky      text CHECK (sticky OPERATOR(pg_catalog.=) 'tenant')
 );
 
 COMMENT ON TABLE maester.route IS
@@ -104,12 +108,16 @@ CREATE TABLE maester.route_target (
     provider text NOT NULL REFERENCES maester.provider (name) ON UPDATE CASCADE,
     model    text NOT NULL,
     PRIMARY KEY (route, position),
-    shipped  boolean NOT NULL DEFAULT false
+    shipped  boolean NOT NULL DEFAULT false,
+    weight   integer NOT NULL DEFAULT 1 CHECK (weight BETWEEN 0 AND 1000000)
 );
 
 COMMENT ON TABLE maester.route_target IS
     'The targets of a route, tried in position order: each target''s attempts, then the next target.';
 COMMENT ON COLUMN maester.route_target.model IS 'The model id sent to the provider.';
+COMMENT ON COLUMN maester.route.strategy IS 'Which target a call tries first, the others following as its fallbacks: ordered (position order), weighted (drawn by weight), lowest_latency (recent mean latency in this database), lowest_cost (the call''s worst case at each target''s prices), best_evaluation (the tenant''s recent evaluation scores of the prompt version per model). The choice and why are on the call''s ledger rows and model_route span.';
+COMMENT ON COLUMN maester.route.sticky IS 'tenant: a weighted route draws by a hash of the tenant, so that a tenant always lands on the same target (options.sticky_key, when given, is hashed instead). NULL: each call draws at random unless it gives a sticky_key.';
+COMMENT ON COLUMN maester.route_target.weight IS 'Its share of a weighted route''s calls (weight / the sum of the route''s weights); 0: fallback only. Other strategies ignore it.';
 COMMENT ON COLUMN maester.route.shipped IS 'True for a row as maester ships it; maester clears it when an admin edits the row, and pg_dump keeps every row where it is false.';
 COMMENT ON COLUMN maester.route_target.shipped IS 'True for a row as maester ships it; maester clears it when an admin edits the row, and pg_dump keeps every row where it is false.';
 

@@ -48,6 +48,8 @@ CREATE TABLE maester.usage (
     reasoning_tokens    bigint,
     cache_write_1h_tokens bigint,
     service_tier        text,
+    route_strategy      text,
+    route_reason        text,
     PRIMARY KEY (request_id, attempt)
 );
 
@@ -55,6 +57,8 @@ CREATE INDEX usage_ts_brin ON maester.usage USING brin (ts);
 CREATE INDEX usage_tenant_day ON maester.usage (tenant, ((ts AT TIME ZONE 'UTC')::date));
 CREATE INDEX usage_pending ON maester.usage (ts) WHERE status OPERATOR(pg_catalog.=) 'pending';
 CREATE INDEX usage_overrun ON maester.usage (tenant, ts) WHERE overrun_usd IS NOT NULL;
+CREATE INDEX usage_evaluated ON maester.usage (tenant, prompt_name, prompt_version, ts)
+    WHERE eval_status IS NOT NULL;
 
 COMMENT ON TABLE maester.usage IS
     'The ledger: one row per attempt of every model call, written by the maester ledger worker (never by the caller''s transaction), so that no rollback, error or crash loses it. Row-level security by tenant for maester_user and maester_reader.';
@@ -70,6 +74,8 @@ COMMENT ON COLUMN maester.usage.provider_request_id IS 'The provider''s id of th
 COMMENT ON COLUMN maester.usage.reasoning_tokens IS 'Of output_tokens, those the model spent reasoning (OpenAI completion_tokens_details.reasoning_tokens, Anthropic output_tokens_details.thinking_tokens).';
 COMMENT ON COLUMN maester.usage.cache_write_1h_tokens IS 'Of cache_write_tokens, those written for an hour (Anthropic cache_creation.ephemeral_1h_input_tokens), priced at price.cache_creation_1h_input_cost_per_million.';
 COMMENT ON COLUMN maester.usage.service_tier IS 'The service tier that served the call, as the provider said it (OpenAI service_tier, Anthropic usage.service_tier).';
+COMMENT ON COLUMN maester.usage.route_strategy IS 'The strategy of the route the call went through (maester.route.strategy); NULL: a model, not a route.';
+COMMENT ON COLUMN maester.usage.route_reason IS 'Why the route''s strategy put its first target first (weight and draw, recent latency, worst-case cost, evaluation score), e.g. "openai/gpt-4.1-mini: weight 90 of 100, drawn at random".';
 COMMENT ON COLUMN maester.usage.overrun_usd IS 'How much the settled cost exceeded the worst case reserved before sending (estimated_cost_usd), when it did: the provider reported more tokens than the prompt''s bytes and max_tokens allow. NULL otherwise.';
 COMMENT ON COLUMN maester.usage.model_name IS 'The model''s identity, the name prices and budgets know it by: the maester.model row''s name when a row covers the call, else the model id without a snapshot date (NULL for rows of 0.1.0).';
 COMMENT ON COLUMN maester.usage.max_tokens IS 'Output tokens reserved by the estimate (the call''s max_tokens, else 4096).';

@@ -468,6 +468,24 @@ SELECT m.name, 'openai', m.name, m.description, m.dims, 8192, true
  WHERE EXISTS (SELECT FROM maester.provider p WHERE p.name OPERATOR(pg_catalog.=) 'openai')
 ON CONFLICT DO NOTHING;
 
+-- route strategies (issue #19): which target a call tries first, by
+-- weight, latency, cost or evaluation; the choice is on the ledger row
+ALTER TABLE maester.route
+    ADD COLUMN strategy text NOT NULL DEFAULT 'ordered'
+        CHECK (strategy OPERATOR(pg_catalog.=) ANY
+               (ARRAY['ordered', 'weighted', 'lowest_latency', 'lowest_cost', 'best_evaluation'])),
+    ADD COLUMN sticky text CHECK (sticky OPERATOR(pg_catalog.=) 'tenant');
+ALTER TABLE maester.route_target
+    ADD COLUMN weight integer NOT NULL DEFAULT 1 CHECK (weight BETWEEN 0 AND 1000000);
+COMMENT ON COLUMN maester.route.strategy IS 'Which target a call tries first, the others following as its fallbacks: ordered (position order), weighted (drawn by weight), lowest_latency (recent mean latency in this database), lowest_cost (the call''s worst case at each target''s prices), best_evaluation (the tenant''s recent evaluation scores of the prompt version per model). The choice and why are on the call''s ledger rows and model_route span.';
+COMMENT ON COLUMN maester.route.sticky IS 'tenant: a weighted route draws by a hash of the tenant, so that a tenant always lands on the same target (options.sticky_key, when given, is hashed instead). NULL: each call draws at random unless it gives a sticky_key.';
+COMMENT ON COLUMN maester.route_target.weight IS 'Its share of a weighted route''s calls (weight / the sum of the route''s weights); 0: fallback only. Other strategies ignore it.';
+ALTER TABLE maester.usage ADD COLUMN route_strategy text, ADD COLUMN route_reason text;
+COMMENT ON COLUMN maester.usage.route_strategy IS 'The strategy of the route the call went through (maester.route.strategy); NULL: a model, not a route.';
+COMMENT ON COLUMN maester.usage.route_reason IS 'Why the route''s strategy put its first target first (weight and draw, recent latency, worst-case cost, evaluation score), e.g. "openai/gpt-4.1-mini: weight 90 of 100, drawn at random".';
+CREATE INDEX usage_evaluated ON maester.usage (tenant, prompt_name, prompt_version, ts)
+    WHERE eval_status IS NOT NULL;
+
 -- Knowledge bases (src/sql/tables/95_knowledge.sql)
 -- What makes a vector: immutable, like a prompt version.  "Which embedding
 -- version was used?" is a column of every embedding, never a guess.
