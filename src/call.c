@@ -50,6 +50,7 @@
 #include "message.h"
 #include "registry.h"
 #include "request.h"
+#include "respcache.h"
 #include "sha256.h"
 #include "rubric.h"
 #include "settings.h"
@@ -141,7 +142,7 @@ call_note_failure(Call *c, const char *provider, const Failure *f)
 /* The options a prompt version's config may supply (request.c parses them) */
 static const char *const config_options[] = {
 	"temperature", "top_p", "stop", "response_format", "tools", "tool_choice", "cache_control",
-	"timeout_ms", "max_attempts", "fallback", "tags"
+	"timeout_ms", "max_attempts", "fallback", "tags", "cache"
 };
 
 /*
@@ -413,6 +414,7 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 	c->cs.est_input_tokens = worst_input_tokens(&c->opts.gen);
 	route_strategy_apply(c, route_span);
 	trace_span_end(route_span, NULL);
+	respcache_lookup(c);
 	call_ready_to_start(c);
 	MemoryContextSwitchTo(old);
 	return c;
@@ -529,8 +531,12 @@ call_succeeded_finish(Call *c)
 	if (g->evaluation)
 		trace_attr_str(root, "maester.evaluation.status",
 					   json_get_string(&g->evaluation->root, "status"));
+	if (c->cache_state != RESPCACHE_OFF)
+		trace_attr_str(root, "maester.cache", respcache_state_name(c->cache_state));
 	trace_flush(g->trace, "ok", c->tenant, &g->request_id);
-	stat_call(g->provider, g->model, false, g->attempts, g->fallback_used, g->latency_ms);
+	/* a cached answer says nothing of the model's latency */
+	if (c->cache_state != RESPCACHE_HIT)
+		stat_call(g->provider, g->model, false, g->attempts, g->fallback_used, g->latency_ms);
 
 	ereport(maester_routing_log_level,
 			(errmsg("model_routed requested_model=%s selected_provider=%s model=%s fallback_used=%s attempts=%d",
@@ -539,7 +545,8 @@ call_succeeded_finish(Call *c)
 					g->attempts),
 			 errhidestmt(true)));
 
-	/* last: the only step that writes in the caller's transaction */
+	/* last: the only steps that write in the caller's transaction */
+	respcache_store(c);
 	if (maester_capture_content && !c->opts.gen.embedding)
 		capture_call(g, c->content, c->system, c->args.messages, c->args.variables, c->args.options,
 					 c->opts.gen.max_tokens);
@@ -648,6 +655,7 @@ generation_values(Generation *g, Datum *values, bool *nulls)
 		nulls[24] = true;
 }
 
+
 /* Raise the error of a FAILED call, as llm_generate does */
 void
 call_raise(Call *c)
@@ -666,6 +674,7 @@ call_generation_values(Call *c, Datum *values, bool *nulls)
 	if (c->g.trace == NULL)
 		return false;
 	generation_values(&c->g, values, nulls);
+	values[25] = BoolGetDatum(c->cache_state == RESPCACHE_HIT);
 	return true;
 }
 

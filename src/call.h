@@ -35,7 +35,7 @@
  * CALL_GENERATION_NATTS_0_1 are 0.1.0's, which maester.batch_result has
  * before its error fields (the later ones come after them)
  */
-#define CALL_GENERATION_NATTS 25
+#define CALL_GENERATION_NATTS 26
 #define CALL_GENERATION_NATTS_0_1 22
 
 /* Everything a call returns (maester.generation) and identifies it */
@@ -155,6 +155,11 @@ struct Call
 	Call	  **spawned;		/* grading calls for run_calls to take */
 	int			nspawned;
 	void	   *driver_data;	/* its driver's own (embed.c: the inputs it holds) */
+	/* the response cache (respcache.c) */
+	int			cache_state;	/* RESPCACHE_*: off, skipped, miss, hit */
+	uint8		cache_key[32];	/* SHA-256 of what makes the answer */
+	int64		cache_ttl_us;
+	Numeric		cache_saved;	/* a hit: what the answer cost when it was made */
 	/* a failed call */
 	int			sqlstate;
 	const char *error_class;

@@ -31,6 +31,7 @@
 #include "utils/timestamp.h"
 
 #include "inflight.h"
+#include "respcache.h"
 #include "jsonutil.h"
 #include "meter.h"
 #include "settings.h"
@@ -286,6 +287,8 @@ attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
 	strlcpy(r->purpose, g->purpose, sizeof(r->purpose));
 	if (g->tags)
 		strlcpy(r->tags, g->tags, sizeof(r->tags));
+	if (c->cache_state != RESPCACHE_OFF)
+		strlcpy(r->cache, respcache_state_name(c->cache_state), sizeof(r->cache));
 	if (g->route_strategy)
 	{
 		strlcpy(r->route_strategy, g->route_strategy, sizeof(r->route_strategy));

@@ -79,6 +79,8 @@ typedef struct LedgerRecord
 	double		eval_score;
 	char		route_strategy[16]; /* "" = not a route */
 	char		route_reason[256];
+	char		cache[8];		/* response cache: hit, miss, skipped; "" = off */
+	char		saved[48];		/* a hit: what the answer cost when made */
 } LedgerRecord;
 
 /*

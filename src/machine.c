@@ -82,6 +82,7 @@
 #include "ledger.h"
 #include "maester.h"
 #include "provider.h"
+#include "respcache.h"
 #include "router.h"
 #include "secrets.h"
 #include "settings.h"
@@ -740,7 +741,10 @@ call_move(Call *c, CallSet *set)
 		switch (c->phase)
 		{
 			case PHASE_TARGET:
-				phase_target(c);
+				if (c->cache_state == RESPCACHE_HIT)	/* DONE, nothing sent */
+					set->settle_seq = Max(set->settle_seq, respcache_hit(c));
+				else
+					phase_target(c);
 				continue;
 			case PHASE_ATTEMPT:
 				{

@@ -180,10 +180,10 @@ write_record(LedgerRecord *r)
 	memset(n, ' ', sizeof(n));
 	if (InsertPlan == NULL)
 	{
-		Oid			t[25] = {UUIDOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
+		Oid			t[27] = {UUIDOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
 			TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 			TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID,
-		INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+		INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 		Oid			st[25] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
 			INT8OID, INT8OID, INT8OID, INT8OID, BOOLOID, TEXTOID, BOOLOID,
 			FLOAT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID, BOOLOID, TEXTOID, FLOAT8OID,
@@ -193,11 +193,12 @@ write_record(LedgerRecord *r)
 			"INSERT INTO maester.usage (request_id, attempt, ts, tenant, role, trace_id, "
 			" prompt_name, prompt_version, prompt_hash, provider, requested_model, model, "
 			" status, backend_pid, server_epoch, estimated_cost_usd, purpose, tags, "
-			" max_tokens, priced, error_class, cost_usd, model_name, route_strategy, route_reason) "
+			" max_tokens, priced, error_class, cost_usd, model_name, route_strategy, route_reason, "
+			" cache, saved_usd) "
 			"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
 			" $16::pg_catalog.numeric, $17, $18::pg_catalog.jsonb, $19, $20, $21, $22::pg_catalog.numeric, $23, "
-			" $24, $25) "
-			"ON CONFLICT (request_id, attempt) DO NOTHING", 25, t);
+			" $24, $25, $26, $27::pg_catalog.numeric) "
+			"ON CONFLICT (request_id, attempt) DO NOTHING", 27, t);
 		if (InsertPlan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(InsertPlan);
@@ -256,6 +257,10 @@ write_record(LedgerRecord *r)
 		n[23] = NULL_IF_EMPTY(r->route_strategy) ? 'n' : ' ';
 		v[24] = CStringGetTextDatum(r->route_reason);
 		n[24] = NULL_IF_EMPTY(r->route_reason) ? 'n' : ' ';
+		v[25] = CStringGetTextDatum(r->cache);
+		n[25] = NULL_IF_EMPTY(r->cache) ? 'n' : ' ';
+		v[26] = CStringGetTextDatum(r->saved);
+		n[26] = NULL_IF_EMPTY(r->saved) ? 'n' : ' ';
 		rc = SPI_execute_plan(InsertPlan, v, n, false, 0);
 		if (rc != SPI_OK_INSERT)
 			elog(ERROR, "could not write a ledger row: %s", SPI_result_code_string(rc));
@@ -324,7 +329,8 @@ record_json(LedgerRecord *r)
 		{"provider_request_id", r->provider_request_id}, {"service_tier", r->service_tier},
 		{"cost_usd", r->cost}, {"estimated_cost_usd", r->estimate},
 		{"tags", r->tags}, {"eval_status", r->eval_status},
-		{"route_strategy", r->route_strategy}, {"route_reason", r->route_reason}};
+		{"route_strategy", r->route_strategy}, {"route_reason", r->route_reason},
+		{"cache", r->cache}, {"saved_usd", r->saved}};
 
 	snprintf(uuid, sizeof(uuid),
 			 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",

@@ -31,6 +31,7 @@
 char	   *maester_allow_insecure_hosts = NULL;
 char	   *maester_key_hosts = NULL;
 int			maester_max_response_bytes = 10 * 1024 * 1024;
+int			maester_cache_ttl = 3600;
 int			maester_request_timeout_ms = 120000;
 int			maester_max_output_tokens = 131072;
 int			maester_retry_after_max_ms = 60000;
@@ -238,6 +239,16 @@ settings_define(void)
 							1, INT_MAX,
 							PGC_USERSET,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("maester.cache_ttl",
+							"How long the response cache keeps an answer, when the call and its prompt version say nothing.",
+							"options.cache.ttl sets it per call, the prompt version's config per version.",
+							&maester_cache_ttl,
+							3600,
+							1, 315360000,
+							PGC_USERSET,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("maester.max_output_tokens",

@@ -16,6 +16,7 @@
 extern char *maester_allow_insecure_hosts;
 extern int	maester_max_response_bytes;
 extern int	maester_request_timeout_ms;
+extern int	maester_cache_ttl;
 extern int	maester_max_output_tokens;
 extern const struct VectorKernels *maester_kernels;	/* NULL: the best */
 extern int	maester_retry_after_max_ms;

@@ -19,7 +19,7 @@ AS 'MODULE_PATHNAME', 'llm_generate'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION maester.llm_generate(text, text, integer, text, text, jsonb, text, jsonb, jsonb) IS
-    'Calls a model through the gateway: exactly one of prompt (raw text), messages (a conversation: [{role, content}], roles system, user, assistant, tool) and prompt_name (rendered from the registry with variables and prompt_version). model is a model, alias or route; NULL uses the route default. options: temperature, top_p, stop, response_format (json, json_object, json_schema), tools, tool_choice, timeout_ms, max_attempts, fallback, tags, extra.';
+    'Calls a model through the gateway: exactly one of prompt (raw text), messages (a conversation: [{role, content}], roles system, user, assistant, tool) and prompt_name (rendered from the registry with variables and prompt_version). model is a model, alias or route; NULL uses the route default. options: temperature, top_p, stop, response_format (json, json_object, json_schema), tools, tool_choice, timeout_ms, max_attempts, fallback, tags, extra, sticky_key (the same key lands on the same target of a weighted route and the same arm of a prompt rollout), cache (true, or {ttl, any_temperature}: the response cache; a call that samples is not cached unless any_temperature).';
 
 CREATE FUNCTION maester.embed(
     input   text[],

@@ -99,3 +99,55 @@ LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 
 COMMENT ON FUNCTION maester.worker_status() IS
     'This database''s maester workers: the resident worker (pid, ready), ledger records queued and written, records that went to maester.dead_letter, bytes of spans queued, spans written and dropped, job workers running, the callback worker, and why the worker could not be started, if so; counters since the server started.';
+
+-- The response cache (respcache.c): its figures come from the ledger
+CREATE VIEW maester.cache_stats WITH (security_invoker = true) AS
+SELECT s.tenant, s.prompt, s.model, s.hits, s.misses, s.skipped,
+       pg_catalog.round(s.hits::numeric OPERATOR(pg_catalog./)
+                        NULLIF(s.hits OPERATOR(pg_catalog.+) s.misses, 0), 4) AS hit_rate,
+       s.saved_usd, s.first_at, s.last_hit_at
+  FROM (SELECT u.tenant,
+               u.prompt_name AS prompt,
+               u.requested_model AS model,
+               pg_catalog.count(DISTINCT u.request_id) FILTER (WHERE u.cache OPERATOR(pg_catalog.=) 'hit') AS hits,
+               pg_catalog.count(DISTINCT u.request_id) FILTER (WHERE u.cache OPERATOR(pg_catalog.=) 'miss') AS misses,
+               pg_catalog.count(DISTINCT u.request_id) FILTER (WHERE u.cache OPERATOR(pg_catalog.=) 'skipped') AS skipped,
+               COALESCE(pg_catalog.sum(u.saved_usd), 0) AS saved_usd,
+               pg_catalog.min(u.ts) AS first_at,
+               pg_catalog.max(u.ts) FILTER (WHERE u.cache OPERATOR(pg_catalog.=) 'hit') AS last_hit_at
+          FROM maester.usage u
+         WHERE u.cache IS NOT NULL
+         GROUP BY u.tenant, u.prompt_name, u.requested_model) s;
+
+COMMENT ON VIEW maester.cache_stats IS
+    'The response cache per tenant, prompt and model asked for, from the ledger: calls it answered (hits), calls it could not (misses: sent, and their answers kept), calls that asked for it but sample (skipped), the hit rate, and saved_usd, what the answers it returned had cost when they were made. Users and readers see their own tenant''s.';
+COMMENT ON COLUMN maester.cache_stats.hit_rate IS 'hits / (hits + misses); skipped calls do not count.';
+COMMENT ON COLUMN maester.cache_stats.saved_usd IS 'The sum of the hits'' saved_usd: what the cached answers had cost.';
+
+CREATE FUNCTION maester.response_cache_invalidate(prompt text DEFAULT NULL, model text DEFAULT NULL,
+                                         older_than interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must not be negative, not %', older_than
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- row-level security keeps a user to its own tenant's entries
+    DELETE FROM maester.response_cache c
+     WHERE c.tenant OPERATOR(pg_catalog.=) maester.current_tenant()
+       AND (response_cache_invalidate.prompt IS NULL OR c.prompt_name OPERATOR(pg_catalog.=) response_cache_invalidate.prompt)
+       AND (response_cache_invalidate.model IS NULL OR response_cache_invalidate.model OPERATOR(pg_catalog.=) ANY
+            (ARRAY[c.requested_model, c.model, c.model_name]))
+       AND (older_than IS NULL OR c.created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) older_than));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION maester.response_cache_invalidate(text, text, interval) IS
+    'Deletes the current tenant''s response cache entries: of one prompt, of one model (the model or route asked for, or the model that answered), made longer ago than older_than, or all of them (every filter given must match); returns how many. Expired entries are never returned and are replaced by the next answer.';

@@ -69,7 +69,9 @@ BEGIN
                'prompt=' OPERATOR(pg_catalog.||) (t.attributes ->> 'gen_ai.prompt.name') OPERATOR(pg_catalog.||) '@'
                    OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.prompt.version'),
                'route=' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.route.strategy') OPERATOR(pg_catalog.||) ' ('
-                   OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.route.reason') OPERATOR(pg_catalog.||) ')'), ''), '')
+                   OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.route.reason') OPERATOR(pg_catalog.||) ')',
+               'cache=' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.cache'),
+               'saved=$' OPERATOR(pg_catalog.||) (t.attributes ->> 'maester.cache.saved_usd')), ''), '')
       FROM tree t
      ORDER BY t.path;
     -- (another tenant's trace is not found either)

@@ -109,3 +109,8 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION maester.kb_price(text) TO maester_user, maester_reader;
 GRANT EXECUTE ON FUNCTION maester.search(text, text, integer, text, jsonb, jsonb) TO maester_user;
 GRANT EXECUTE ON FUNCTION maester.kb_retention(text, interval) TO maester_user;
+GRANT SELECT ON maester.response_cache TO maester_user, maester_reader;
+GRANT DELETE ON maester.response_cache TO maester_user;
+GRANT SELECT, DELETE ON maester.response_cache TO maester_admin;
+GRANT SELECT ON maester.cache_stats TO maester_user, maester_reader, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.response_cache_invalidate(text, text, interval) TO maester_user, maester_admin;

@@ -30,7 +30,8 @@ CREATE TYPE maester.generation AS (
     evaluation          jsonb,
     tool_calls          jsonb,
     parsed              jsonb,
-    refusal             text
+    refusal             text,
+    cached              boolean
 );
 
 COMMENT ON TYPE maester.generation IS
@@ -78,12 +79,14 @@ CREATE TYPE maester.batch_result AS (
     error_detail        text,
     tool_calls          jsonb,
     parsed              jsonb,
-    refusal             text
+    refusal             text,
+    cached              boolean
 );
 
 COMMENT ON COLUMN maester.generation.tool_calls IS 'The tools the model called (options.tools): [{id, name, arguments}], arguments as JSON, for OpenAI and Anthropic alike; NULL when it called none. Append it to messages as an assistant message''s tool_calls to continue a tool loop.';
 COMMENT ON COLUMN maester.generation.parsed IS 'With response_format json_schema or json_object: the answer parsed as JSON (NULL when it is not JSON); the schema is checked by the evaluation''s json_schema check.';
 COMMENT ON COLUMN maester.generation.refusal IS 'A refusal''s text (OpenAI message.refusal; Anthropic stop_reason refusal), kept apart from content, which is then empty; finish_reason is refusal.';
+COMMENT ON COLUMN maester.generation.cached IS 'True when the response cache answered (options.cache): nothing was sent, cost_usd is 0, and evaluation is the one the answer had when it was made.';
 
 CREATE TYPE maester.embedding_result AS (
     ordinal       integer,

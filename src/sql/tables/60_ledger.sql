@@ -50,6 +50,8 @@ CREATE TABLE maester.usage (
     service_tier        text,
     route_strategy      text,
     route_reason        text,
+    cache               text CHECK (cache OPERATOR(pg_catalog.=) ANY (ARRAY['hit', 'miss', 'skipped'])),
+    saved_usd           numeric,
     PRIMARY KEY (request_id, attempt)
 );
 
@@ -75,6 +77,8 @@ COMMENT ON COLUMN maester.usage.reasoning_tokens IS 'Of output_tokens, those the
 COMMENT ON COLUMN maester.usage.cache_write_1h_tokens IS 'Of cache_write_tokens, those written for an hour (Anthropic cache_creation.ephemeral_1h_input_tokens), priced at price.cache_creation_1h_input_cost_per_million.';
 COMMENT ON COLUMN maester.usage.service_tier IS 'The service tier that served the call, as the provider said it (OpenAI service_tier, Anthropic usage.service_tier).';
 COMMENT ON COLUMN maester.usage.route_strategy IS 'The strategy of the route the call went through (maester.route.strategy); NULL: a model, not a route.';
+COMMENT ON COLUMN maester.usage.cache IS 'The response cache (options.cache): hit (answered from the cache: status cached, cost 0), miss (sent, and its answer kept), skipped (asked for, but the call samples: a temperature that is not 0); NULL: not asked for.';
+COMMENT ON COLUMN maester.usage.saved_usd IS 'A cache hit: what the answer cost when it was made, which this call did not spend.';
 COMMENT ON COLUMN maester.usage.route_reason IS 'Why the route''s strategy put its first target first (weight and draw, recent latency, worst-case cost, evaluation score), e.g. "openai/gpt-4.1-mini: weight 90 of 100, drawn at random".';
 COMMENT ON COLUMN maester.usage.overrun_usd IS 'How much the settled cost exceeded the worst case reserved before sending (estimated_cost_usd), when it did: the provider reported more tokens than the prompt''s bytes and max_tokens allow. NULL otherwise.';
 COMMENT ON COLUMN maester.usage.model_name IS 'The model''s identity, the name prices and budgets know it by: the maester.model row''s name when a row covers the call, else the model id without a snapshot date (NULL for rows of 0.1.0).';
@@ -82,7 +86,7 @@ COMMENT ON COLUMN maester.usage.max_tokens IS 'Output tokens reserved by the est
 COMMENT ON COLUMN maester.usage.estimated_cost_usd IS 'Worst-case cost reserved before the request left: estimated input tokens plus max_tokens at the output price.';
 COMMENT ON COLUMN maester.usage.cost_usd IS 'Exact cost in USD: at the price in force for ok calls; 0 for errors the provider answered; the estimate for timeouts, cancelled and orphaned attempts, which may have been billed; NULL when unpriced.';
 COMMENT ON COLUMN maester.usage.priced IS 'False when the model had no price (cost NULL).';
-COMMENT ON COLUMN maester.usage.status IS 'pending (in flight), ok, error, timeout, cancelled, orphaned (its backend died mid-call; charged at the estimate), blocked (refused by a budget), cached (embeddings the cache answered: cost 0, estimated_cost_usd what they would have cost).';
+COMMENT ON COLUMN maester.usage.status IS 'pending (in flight), ok, error, timeout, cancelled, orphaned (its backend died mid-call; charged at the estimate), blocked (refused by a budget), cached (the embedding cache answered: cost 0, estimated_cost_usd what they would have cost; or the response cache: cost 0, saved_usd what the answer had cost).';
 COMMENT ON COLUMN maester.usage.error_class IS 'rate_limited, server_error, overloaded, auth, not_found, bad_request, redirect, timeout, connection, network, bad_response, too_large, cancelled.';
 COMMENT ON COLUMN maester.usage.eval_status IS 'The evaluation of a successful attempt''s output: pass, fail, or error (a check could not run).';
 COMMENT ON COLUMN maester.usage.eval_score IS 'The evaluation''s reliability score (0 to 1).';
@@ -138,4 +142,50 @@ COMMENT ON COLUMN maester.embedding_cache.input_tokens IS 'What the input cost w
 ALTER TABLE maester.embedding_cache ENABLE ROW LEVEL SECURITY;
 CREATE POLICY embedding_cache_admin ON maester.embedding_cache FOR ALL TO maester_admin USING (true);
 CREATE POLICY embedding_cache_tenant ON maester.embedding_cache FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+
+-- the response cache (issue #19)
+CREATE TABLE maester.response_cache (
+    tenant                 text NOT NULL,
+    key                    bytea NOT NULL,
+    requested_model        text,
+    prompt_name            text,
+    prompt_version         text,
+    provider               text NOT NULL,
+    model                  text NOT NULL,
+    model_name             text NOT NULL,
+    content                text,
+    refusal                text,
+    tool_calls             jsonb,
+    parsed                 jsonb,
+    finish_reason          text,
+    provider_finish_reason text,
+    response_id            text,
+    input_tokens           bigint NOT NULL,
+    output_tokens          bigint NOT NULL,
+    cached_input_tokens    bigint NOT NULL,
+    cache_write_tokens     bigint NOT NULL,
+    reasoning_tokens       bigint NOT NULL,
+    cost_usd               numeric,
+    evaluation             jsonb,
+    source_request_id      uuid NOT NULL,
+    created_at             timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    expires_at             timestamptz NOT NULL,
+    PRIMARY KEY (tenant, key)
+);
+
+CREATE INDEX response_cache_expires ON maester.response_cache (expires_at);
+
+COMMENT ON TABLE maester.response_cache IS
+    'Answers the response cache keeps (options.cache, or a prompt version''s config.cache): per tenant (one tenant''s answers are never another''s hits), keyed by the SHA-256 of what makes the answer (the prompt''s hash, prompt name and version, the model or route asked for, max_tokens, the options that change the answer), until expires_at. Written by maester only; a tenant reads and deletes its own (maester.response_cache_invalidate).';
+COMMENT ON COLUMN maester.response_cache.key IS 'SHA-256 of the call''s prompt hash, prompt name and version, requested model, max_tokens and its options but tags, timeout_ms, max_attempts, fallback, sticky_key, cache and cache_control, each followed by a zero byte.';
+COMMENT ON COLUMN maester.response_cache.cost_usd IS 'What the answer cost when it was made: each hit''s ledger row counts it as saved_usd.';
+COMMENT ON COLUMN maester.response_cache.evaluation IS 'The answer''s evaluation when it was made, returned with each hit (an answer whose evaluation failed is not kept).';
+COMMENT ON COLUMN maester.response_cache.source_request_id IS 'The call that made the answer (its ledger rows).';
+
+ALTER TABLE maester.response_cache ENABLE ROW LEVEL SECURITY;
+CREATE POLICY response_cache_admin ON maester.response_cache FOR ALL TO maester_admin USING (true);
+CREATE POLICY response_cache_tenant ON maester.response_cache FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+CREATE POLICY response_cache_tenant_delete ON maester.response_cache FOR DELETE TO maester_user
     USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));

@@ -486,6 +486,63 @@ COMMENT ON COLUMN maester.usage.route_reason IS 'Why the route''s strategy put i
 CREATE INDEX usage_evaluated ON maester.usage (tenant, prompt_name, prompt_version, ts)
     WHERE eval_status IS NOT NULL;
 
+-- the response cache (issue #19): hits and misses on the ledger rows, and
+-- the generation says whether the cache answered
+ALTER TYPE maester.generation ADD ATTRIBUTE cached boolean;
+ALTER TYPE maester.batch_result ADD ATTRIBUTE cached boolean;
+COMMENT ON COLUMN maester.generation.cached IS 'True when the response cache answered (options.cache): nothing was sent, cost_usd is 0, and evaluation is the one the answer had when it was made.';
+ALTER TABLE maester.usage
+    ADD COLUMN cache text CHECK (cache OPERATOR(pg_catalog.=) ANY (ARRAY['hit', 'miss', 'skipped'])),
+    ADD COLUMN saved_usd numeric;
+COMMENT ON COLUMN maester.usage.cache IS 'The response cache (options.cache): hit (answered from the cache: status cached, cost 0), miss (sent, and its answer kept), skipped (asked for, but the call samples: a temperature that is not 0); NULL: not asked for.';
+COMMENT ON COLUMN maester.usage.saved_usd IS 'A cache hit: what the answer cost when it was made, which this call did not spend.';
+COMMENT ON COLUMN maester.usage.status IS 'pending (in flight), ok, error, timeout, cancelled, orphaned (its backend died mid-call; charged at the estimate), blocked (refused by a budget), cached (the embedding cache answered: cost 0, estimated_cost_usd what they would have cost; or the response cache: cost 0, saved_usd what the answer had cost).';
+-- the response cache (issue #19)
+CREATE TABLE maester.response_cache (
+    tenant                 text NOT NULL,
+    key                    bytea NOT NULL,
+    requested_model        text,
+    prompt_name            text,
+    prompt_version         text,
+    provider               text NOT NULL,
+    model                  text NOT NULL,
+    model_name             text NOT NULL,
+    content                text,
+    refusal                text,
+    tool_calls             jsonb,
+    parsed                 jsonb,
+    finish_reason          text,
+    provider_finish_reason text,
+    response_id            text,
+    input_tokens           bigint NOT NULL,
+    output_tokens          bigint NOT NULL,
+    cached_input_tokens    bigint NOT NULL,
+    cache_write_tokens     bigint NOT NULL,
+    reasoning_tokens       bigint NOT NULL,
+    cost_usd               numeric,
+    evaluation             jsonb,
+    source_request_id      uuid NOT NULL,
+    created_at             timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    expires_at             timestamptz NOT NULL,
+    PRIMARY KEY (tenant, key)
+);
+
+CREATE INDEX response_cache_expires ON maester.response_cache (expires_at);
+
+COMMENT ON TABLE maester.response_cache IS
+    'Answers the response cache keeps (options.cache, or a prompt version''s config.cache): per tenant (one tenant''s answers are never another''s hits), keyed by the SHA-256 of what makes the answer (the prompt''s hash, prompt name and version, the model or route asked for, max_tokens, the options that change the answer), until expires_at. Written by maester only; a tenant reads and deletes its own (maester.response_cache_invalidate).';
+COMMENT ON COLUMN maester.response_cache.key IS 'SHA-256 of the call''s prompt hash, prompt name and version, requested model, max_tokens and its options but tags, timeout_ms, max_attempts, fallback, sticky_key, cache and cache_control, each followed by a zero byte.';
+COMMENT ON COLUMN maester.response_cache.cost_usd IS 'What the answer cost when it was made: each hit''s ledger row counts it as saved_usd.';
+COMMENT ON COLUMN maester.response_cache.evaluation IS 'The answer''s evaluation when it was made, returned with each hit (an answer whose evaluation failed is not kept).';
+COMMENT ON COLUMN maester.response_cache.source_request_id IS 'The call that made the answer (its ledger rows).';
+
+ALTER TABLE maester.response_cache ENABLE ROW LEVEL SECURITY;
+CREATE POLICY response_cache_admin ON maester.response_cache FOR ALL TO maester_admin USING (true);
+CREATE POLICY response_cache_tenant ON maester.response_cache FOR SELECT TO maester_user, maester_reader
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+CREATE POLICY response_cache_tenant_delete ON maester.response_cache FOR DELETE TO maester_user
+    USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
+
 -- Knowledge bases (src/sql/tables/95_knowledge.sql)
 -- What makes a vector: immutable, like a prompt version.  "Which embedding
 -- version was used?" is a column of every embedding, never a guess.
