@@ -424,6 +424,9 @@ route_strategy_apply(Call *c, Span *span)
 	plan->targets = sorted;
 	c->g.route_reason = reason;
 
+	/* an ordered chain is what it always was: the trace says no more */
+	if (strcmp(strategy, "ordered") == 0)
+		return;
 	trace_attr_str(span, "maester.route.strategy", strategy);
 	trace_attr_str(span, "maester.route.reason", reason);
 	{
