@@ -31,7 +31,7 @@ END $$;
 -- a call; what it returned, and how many requests reached the provider
 CREATE TEMP TABLE calls (n serial, label text, request_id uuid, content text, cached boolean, cost numeric, sent int);
 GRANT ALL ON calls, calls_n_seq TO PUBLIC;
-CREATE FUNCTION pg_temp.call(label text, prompt text, options jsonb, max_tokens int DEFAULT 32, model text DEFAULT 'mock-cache')
+CREATE FUNCTION pg_temp.call(label text, prompt text, options jsonb, max_tokens int DEFAULT 32, model text DEFAULT 'cache-a')
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE before int := pg_temp.sent(); g maester.generation;
 BEGIN
@@ -42,16 +42,18 @@ BEGIN
 END $$;
 
 INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit_failure_threshold, max_attempts)
-VALUES ('cmock', 'openai_compatible', :'mock_url' || '/v1', 'MAESTER_TEST_API_KEY', '{mock-cache%}', 0, 1);
+VALUES ('cachemock', 'openai_compatible', :'mock_url' || '/v1', 'MAESTER_TEST_API_KEY', '{}', 0, 1);
+INSERT INTO maester.model (name, provider, provider_model) VALUES
+    ('cache-a', 'cachemock', 'mock-cache'), ('cache-b', 'cachemock', 'mock-cache-b');
 INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
-VALUES ('mock-cache', '2020-01-01', 2, 8), ('mock-cache-b', '2020-01-01', 2, 8);
+VALUES ('cache-a', '2020-01-01', 2, 8), ('cache-b', '2020-01-01', 2, 8);
 
 -- bad options
-SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'mock-cache', options => '{"cache": "yes"}') $$);
-SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'mock-cache', options => '{"cache": {"ttl": "-1 hour"}}') $$);
-SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'mock-cache', options => '{"cache": {"ttl": "a while"}}') $$);
-SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'mock-cache', options => '{"cache": {"ttl": 60}}') $$);
-SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'mock-cache', options => '{"cache": {"size": 1}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'cache-a', options => '{"cache": "yes"}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'cache-a', options => '{"cache": {"ttl": "-1 hour"}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'cache-a', options => '{"cache": {"ttl": "a while"}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'cache-a', options => '{"cache": {"ttl": 60}}') $$);
+SELECT pg_temp.err($$ SELECT maester.llm_generate('x', 'cache-a', options => '{"cache": {"size": 1}}') $$);
 
 -- a call that samples (no temperature: the provider's default is 1) is not cached
 SELECT pg_temp.call('sampled', 'What is a tuple?', '{"cache": true}');
@@ -67,7 +69,7 @@ SELECT a.content = f.content AS same_answer, a.cost = 0 AS free, f.cost > 0 AS f
 SELECT pg_temp.call('other', 'What is a tuple?', '{"cache": true, "temperature": 0}', max_tokens => 33);
 SELECT pg_temp.call('other', 'What is a tuple?', '{"cache": true, "temperature": 0, "stop": ["."]}');
 SELECT pg_temp.call('other', 'What is a tuple ?', '{"cache": true, "temperature": 0}');
-SELECT pg_temp.call('other', 'What is a tuple?', '{"cache": true, "temperature": 0}', model => 'mock-cache-b');
+SELECT pg_temp.call('other', 'What is a tuple?', '{"cache": true, "temperature": 0}', model => 'cache-b');
 SELECT pg_temp.call('other', 'What is a tuple?', '{"temperature": 0}');
 -- any_temperature: a sampled answer is kept too, when asked
 SELECT pg_temp.call('any', 'Name a colour.', '{"cache": {"any_temperature": true}, "temperature": 0.9}');
@@ -86,7 +88,7 @@ SELECT c.label, u.status, u.cache, u.cost_usd = 0 AS free, u.saved_usd = (SELECT
   FROM calls c JOIN maester.usage u USING (request_id) WHERE c.label IN ('first', 'again') ORDER BY c.n;
 SELECT string_agg(DISTINCT u.cache, ',') AS sampled_rows FROM calls c JOIN maester.usage u USING (request_id) WHERE c.label = 'sampled';
 SELECT hits, misses, skipped, hit_rate, saved_usd = (SELECT sum(u.saved_usd) FROM maester.usage u WHERE u.cache = 'hit') AS saved
-  FROM maester.cache_stats WHERE model = 'mock-cache' AND prompt IS NULL;
+  FROM maester.cache_stats WHERE model = 'cache-a' AND prompt IS NULL;
 
 -- the trace: a cache_lookup span, and explain
 SELECT pg_temp.wait_for($q$ SELECT count(*) > 0 FROM maester.span s JOIN maester.usage u ON u.trace_id = s.trace_id
@@ -100,28 +102,28 @@ SELECT (maester.prompt_register('cached_prompt', 'Define {term}.', version => 'v
                                 config => '{"cache": {"ttl": "10 minutes"}, "temperature": 0}')).version AS registered;
 CREATE FUNCTION pg_temp.by_prompt(options jsonb DEFAULT '{}') RETURNS boolean LANGUAGE sql AS $$
   SELECT cached FROM maester.llm_generate(prompt_name => 'cached_prompt', variables => '{"term": "heap"}',
-                                          model => 'mock-cache', options => options) $$;
+                                          model => 'cache-a', options => options) $$;
 SELECT pg_temp.by_prompt() AS first, pg_temp.by_prompt() AS second, pg_temp.by_prompt('{"cache": false}') AS off;
 SELECT prompt, hits, misses FROM maester.cache_stats WHERE prompt = 'cached_prompt';
 -- an answer that fails its evaluation is not kept
 SELECT (maester.prompt_register('picky', 'Define {term}.', version => 'v1', config => '{"cache": true, "temperature": 0}',
                                 checks => '{"required_terms": ["nowhere-in-the-answer"]}')).version AS registered;
-SELECT (maester.llm_generate(prompt_name => 'picky', variables => '{"term": "heap"}', model => 'mock-cache')).cached AS first,
-       (maester.llm_generate(prompt_name => 'picky', variables => '{"term": "heap"}', model => 'mock-cache')).cached AS second;
+SELECT (maester.llm_generate(prompt_name => 'picky', variables => '{"term": "heap"}', model => 'cache-a')).cached AS first,
+       (maester.llm_generate(prompt_name => 'picky', variables => '{"term": "heap"}', model => 'cache-a')).cached AS second;
 SELECT count(*) AS kept FROM maester.response_cache WHERE prompt_name = 'picky';
 
 -- batches share it
 SELECT count(*) FILTER (WHERE cached) AS hits, count(*) AS calls
-  FROM maester.generate_batch(ARRAY(SELECT format('{"prompt": "batch %s", "model": "mock-cache", "options": {"cache": true, "temperature": 0}}', i)::jsonb
+  FROM maester.generate_batch(ARRAY(SELECT format('{"prompt": "batch %s", "model": "cache-a", "options": {"cache": true, "temperature": 0}}', i)::jsonb
                                       FROM generate_series(1, 5) i));
 SELECT count(*) FILTER (WHERE cached) AS hits, count(*) AS calls
-  FROM maester.generate_batch(ARRAY(SELECT format('{"prompt": "batch %s", "model": "mock-cache", "options": {"cache": true, "temperature": 0}}', i)::jsonb
+  FROM maester.generate_batch(ARRAY(SELECT format('{"prompt": "batch %s", "model": "cache-a", "options": {"cache": true, "temperature": 0}}', i)::jsonb
                                       FROM generate_series(1, 5) i));
 
 -- a read-only transaction cannot keep an answer: a WARNING, not an error
 BEGIN READ ONLY;
 SELECT content IS NOT NULL AS answered, cached
-  FROM maester.llm_generate('Read-only question', 'mock-cache', 32, options => '{"cache": true, "temperature": 0}');
+  FROM maester.llm_generate('Read-only question', 'cache-a', 32, options => '{"cache": true, "temperature": 0}');
 COMMIT;
 
 -- never across tenants: another tenant's same call is sent, and sees none of these entries
@@ -138,7 +140,7 @@ SELECT count(*) AS bob_sees, count(*) FILTER (WHERE tenant <> 'cache-bob') AS ot
 -- users cannot write the cache, nor delete another tenant's entries
 SELECT pg_temp.err($$ INSERT INTO maester.response_cache (tenant, key, provider, model, model_name, input_tokens, output_tokens,
                         cached_input_tokens, cache_write_tokens, reasoning_tokens, source_request_id, expires_at)
-                      VALUES ('cache-alice', '\x00', 'cmock', 'm', 'm', 0, 0, 0, 0, 0, gen_random_uuid(), now() + interval '1 day') $$);
+                      VALUES ('cache-alice', '\x00', 'cachemock', 'm', 'm', 0, 0, 0, 0, 0, gen_random_uuid(), now() + interval '1 day') $$);
 SELECT pg_temp.err($$ UPDATE maester.response_cache SET content = 'poisoned' $$);
 SELECT pg_temp.err($$ SET maester.tenant = 'cache-alice' $$);
 SELECT maester.response_cache_invalidate() AS bob_deleted;
@@ -153,7 +155,7 @@ SELECT pg_temp.err($$ SELECT maester.response_cache_invalidate(older_than => int
 SELECT maester.response_cache_invalidate(older_than => interval '1 day') AS none_that_old;
 SELECT maester.response_cache_invalidate(prompt => 'cached_prompt') AS by_prompt;
 SELECT pg_temp.by_prompt() AS after_invalidation;
-SELECT maester.response_cache_invalidate(model => 'mock-cache-b') AS by_model;
+SELECT maester.response_cache_invalidate(model => 'cache-b') AS by_model;
 SELECT maester.response_cache_invalidate() > 0 AS all_of_tenant;
 SELECT count(*) AS left_of_tenant FROM maester.response_cache WHERE tenant = 'default';
 DELETE FROM maester.tenant_member WHERE role IN ('cache_alice', 'cache_bob');

@@ -27,7 +27,7 @@ BEGIN
 END $$;
 
 INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit_failure_threshold, backoff_base_ms, max_attempts)
-VALUES ('rmock', 'openai_compatible', :'mock_url' || '/v1', 'MAESTER_TEST_API_KEY', '{}', 0, 1, 1);
+VALUES ('routemock', 'openai_compatible', :'mock_url' || '/v1', 'MAESTER_TEST_API_KEY', '{}', 0, 1, 1);
 INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million) VALUES
     ('mock-dear', '2020-01-01', 10, 30),
     ('mock-cheap', '2020-01-01', 0.1, 0.4),
@@ -38,10 +38,10 @@ SELECT pg_temp.err($$ INSERT INTO maester.route (name, strategy) VALUES ('bad', 
 SELECT pg_temp.err($$ INSERT INTO maester.route (name, sticky) VALUES ('bad', 'role') $$);
 INSERT INTO maester.route (name, strategy) VALUES ('canary', 'weighted');
 SELECT pg_temp.err($$ INSERT INTO maester.route_target (route, position, provider, model, weight)
-                      VALUES ('canary', 9, 'rmock', 'mock-x', -1) $$);
+                      VALUES ('canary', 9, 'routemock', 'mock-x', -1) $$);
 INSERT INTO maester.route_target (route, position, provider, model, weight) VALUES
-    ('canary', 1, 'rmock', 'mock-stable', 90),
-    ('canary', 2, 'rmock', 'mock-canary', 10);
+    ('canary', 1, 'routemock', 'mock-stable', 90),
+    ('canary', 2, 'routemock', 'mock-canary', 10);
 
 -- weighted: a 90/10 canary, drawn at random per call
 CREATE TEMP TABLE drawn AS SELECT m FROM pg_temp.calls('canary', 400) m;
@@ -69,8 +69,8 @@ UPDATE maester.route SET sticky = NULL WHERE name = 'canary';
 -- the chosen target fails: the others follow; weight 0 is fallback only
 INSERT INTO maester.route (name, strategy) VALUES ('fragile', 'weighted');
 INSERT INTO maester.route_target (route, position, provider, model, weight) VALUES
-    ('fragile', 1, 'rmock', 'mock-spare', 0),
-    ('fragile', 2, 'rmock', 'fault-status-503', 1);
+    ('fragile', 1, 'routemock', 'mock-spare', 0),
+    ('fragile', 2, 'routemock', 'fault-status-503', 1);
 SELECT model, attempts, fallback_used FROM maester.llm_generate('fall back', 'fragile', 16);
 SELECT attempt, model, status, route_strategy, route_reason FROM maester.usage
  WHERE requested_model = 'fragile' ORDER BY attempt;
@@ -81,8 +81,8 @@ SELECT DISTINCT route_reason FROM unweighted JOIN maester.usage u USING (request
 -- lowest_cost: the call's worst case at each target's prices; unpriced last
 INSERT INTO maester.route (name, strategy) VALUES ('thrift', 'lowest_cost');
 INSERT INTO maester.route_target (route, position, provider, model) VALUES
-    ('thrift', 1, 'rmock', 'mock-unpriced'), ('thrift', 2, 'rmock', 'mock-dear'),
-    ('thrift', 3, 'rmock', 'mock-cheap'), ('thrift', 4, 'rmock', 'mock-mid');
+    ('thrift', 1, 'routemock', 'mock-unpriced'), ('thrift', 2, 'routemock', 'mock-dear'),
+    ('thrift', 3, 'routemock', 'mock-cheap'), ('thrift', 4, 'routemock', 'mock-mid');
 SELECT DISTINCT m FROM pg_temp.calls('thrift', 3) m;
 SELECT DISTINCT route_reason FROM maester.usage WHERE requested_model = 'thrift';
 -- its fallbacks are in cost order too: the cheapest fails, the next cheapest answers
@@ -97,7 +97,7 @@ SELECT string_agg(g.model || ':' || g.attempts, ' ') AS calls
 -- lowest_latency: each target is measured first (5 calls), then the fastest wins
 INSERT INTO maester.route (name, strategy) VALUES ('quick', 'lowest_latency');
 INSERT INTO maester.route_target (route, position, provider, model) VALUES
-    ('quick', 1, 'rmock', 'fault-latency-80'), ('quick', 2, 'rmock', 'mock-fast');
+    ('quick', 1, 'routemock', 'fault-latency-80'), ('quick', 2, 'routemock', 'mock-fast');
 SELECT string_agg(m, ' ') AS order_of_calls FROM pg_temp.calls('quick', 14) m;
 SELECT regexp_replace(route_reason, '[0-9.]+ ms', 'N ms') AS reason, count(*) FROM maester.usage
  WHERE requested_model = 'quick' GROUP BY 1 ORDER BY 2 DESC, 1;
@@ -107,7 +107,7 @@ SELECT (maester.prompt_register('judged', 'Say something about {x}', version => 
                                 checks => '{"required_terms": ["mock-good"]}')).version AS registered;
 INSERT INTO maester.route (name, strategy) VALUES ('judge', 'best_evaluation');
 INSERT INTO maester.route_target (route, position, provider, model) VALUES
-    ('judge', 1, 'rmock', 'mock-bad'), ('judge', 2, 'rmock', 'mock-good');
+    ('judge', 1, 'routemock', 'mock-bad'), ('judge', 2, 'routemock', 'mock-good');
 CREATE FUNCTION pg_temp.judged(n int) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE s text := '';
 BEGIN
@@ -138,13 +138,13 @@ SELECT pg_temp.judged(1) AS other_tenant_measures_first;
 RESET maester.tenant;
 
 -- ordered (the default): position order; a model (not a route) has no strategy
-INSERT INTO maester.route (name) VALUES ('chain');
+INSERT INTO maester.route (name) VALUES ('plain-chain');
 INSERT INTO maester.route_target (route, position, provider, model) VALUES
-    ('chain', 1, 'rmock', 'mock-first'), ('chain', 2, 'rmock', 'mock-second');
-SELECT model FROM maester.llm_generate('x', 'chain', 16);
-SELECT route_strategy, route_reason FROM maester.usage WHERE requested_model = 'chain';
-INSERT INTO maester.model (name, provider, provider_model) VALUES ('solo', 'rmock', 'mock-solo');
-CREATE TEMP TABLE solo AS SELECT request_id FROM maester.llm_generate('x', 'solo', 16);
+    ('plain-chain', 1, 'routemock', 'mock-first'), ('plain-chain', 2, 'routemock', 'mock-second');
+SELECT model FROM maester.llm_generate('x', 'plain-chain', 16);
+SELECT route_strategy, route_reason FROM maester.usage WHERE requested_model = 'plain-chain';
+INSERT INTO maester.model (name, provider, provider_model) VALUES ('route-solo', 'routemock', 'mock-solo');
+CREATE TEMP TABLE solo AS SELECT request_id FROM maester.llm_generate('x', 'route-solo', 16);
 SELECT route_strategy IS NULL AS no_strategy FROM solo JOIN maester.usage USING (request_id);
 
 -- the trace says it too: the model_route span, and explain
@@ -157,8 +157,8 @@ SELECT regexp_replace(e, '^.*(route=.*)$', '\1') AS explain_route
   FROM traced, maester.explain(traced.trace_id) e WHERE e LIKE '%route=%';
 
 -- an embedding route is never reordered: vectors of two models do not mix
-INSERT INTO maester.route (name, strategy) VALUES ('emb', 'weighted');
+INSERT INTO maester.route (name, strategy) VALUES ('route-emb', 'weighted');
 INSERT INTO maester.route_target (route, position, provider, model, weight) VALUES
-    ('emb', 1, 'rmock', 'text-embedding-3-small', 0), ('emb', 2, 'rmock', 'text-embedding-3-large', 1);
-SELECT DISTINCT e.model FROM generate_series(1, 3) i, LATERAL maester.embed(ARRAY['a' || i, 'b'], 'emb') e;
-SELECT DISTINCT route_strategy IS NULL AS not_reordered FROM maester.usage WHERE requested_model = 'emb';
+    ('route-emb', 1, 'routemock', 'text-embedding-3-small', 0), ('route-emb', 2, 'routemock', 'text-embedding-3-large', 1);
+SELECT DISTINCT e.model FROM generate_series(1, 3) i, LATERAL maester.embed(ARRAY['a' || i, 'b'], 'route-emb') e;
+SELECT DISTINCT route_strategy IS NULL AS not_reordered FROM maester.usage WHERE requested_model = 'route-emb';
