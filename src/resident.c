@@ -75,6 +75,8 @@ PGDLLEXPORT void maester_resident_main(Datum arg);
 
 #define WORKER_BATCH 256
 #define ORPHAN_CHECK_MS 10000
+#define CACHE_PURGE_MS 60000
+#define CACHE_PURGE_ROWS 10000
 
 static LedgerSlot *WorkerSlot = NULL;
 
@@ -103,6 +105,48 @@ mark_orphan_fn(void *arg)
 							  2, types, o->args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not mark an orphaned ledger row");
 	o->marked = SPI_processed;
+}
+
+static void
+purge_fn(void *arg)
+{
+	if (SPI_execute("DELETE FROM maester.response_cache c WHERE c.ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+					"SELECT e.ctid FROM maester.response_cache e "
+					"WHERE e.expires_at OPERATOR(pg_catalog.<) pg_catalog.now() LIMIT " CppAsString2(CACHE_PURGE_ROWS) "))",
+					false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not delete expired response cache entries");
+	*(uint64 *) arg = SPI_processed;
+}
+
+/*
+ * Delete expired response cache entries (respcache.c), at most
+ * CACHE_PURGE_ROWS a time, every CACHE_PURGE_MS: lookups never return
+ * them, this keeps the table from growing with keys never asked again.
+ * A failure is a LOG line; the worker goes on.
+ */
+static void
+purge_expired_cache(void)
+{
+	uint64		n = 0;
+	ErrorData  *edata;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	edata = maester_subxact(purge_fn, &n, cxt);
+	if (edata != NULL)
+	{
+		maester_rethrow_if_worker_error(edata);
+		ereport(LOG,
+				(errmsg("maester worker could not delete expired response cache entries: %s",
+						edata->message)));
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	if (n > 0)
+		elog(DEBUG1, "maester: deleted " UINT64_FORMAT " expired response cache entries", n);
 }
 
 /*
@@ -558,6 +602,7 @@ typedef struct Resident
 	MemoryContext ledgercxt;
 	MemoryContext spancxt;
 	TimestampTz next_orphans;
+	TimestampTz next_purge;		/* of expired response cache entries */
 	long		span_wait;		/* ms until spans are due, -1: none */
 	int64		dropped_logged;	/* spans_dropped when last logged */
 	Oid			self;			/* the worker's own role */
@@ -615,6 +660,11 @@ resident_round(void *arg)
 		jobs_release_orphans(res->jobs);
 		log_dropped(res);
 		res->next_orphans = now + (TimestampTz) ORPHAN_CHECK_MS * 1000;
+	}
+	if (now >= res->next_purge)
+	{
+		purge_expired_cache();
+		res->next_purge = now + (TimestampTz) CACHE_PURGE_MS * 1000;
 	}
 	if (ShutdownRequestPending)
 		return true;
