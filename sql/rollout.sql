@@ -151,6 +151,15 @@ SELECT version, weight, share, calls, pass_rate FROM maester.rollout_compare('ro
 SELECT pg_temp.err($$ SELECT * FROM maester.rollout_compare('ro', 'nope') $$);
 SELECT pg_temp.err($$ SELECT * FROM maester.rollout_compare(NULL, 'production') $$);
 
+-- an evaluation run evaluates one version: not a label in a rollout (run
+-- each arm, then eval_compare the runs)
+INSERT INTO maester.eval_suite (name, prompt) VALUES ('ro_suite', 'ro');
+INSERT INTO maester.eval_case (suite, case_name, variables) VALUES ('ro_suite', 'one', '{"x": 1}');
+SELECT pg_temp.err($$ SELECT maester.eval_run('ro_suite', 'production') $$);
+SELECT id AS run_v1, prompt_version FROM maester.eval_run('ro_suite', 'v1') \gset
+SELECT id AS run_v2, prompt_version FROM maester.eval_run('ro_suite', 'v2') \gset
+SELECT case_name, passed_a, passed_b, better FROM maester.eval_compare(:run_v1, :run_v2) ORDER BY case_name;
+
 -- bad rollouts: unknown prompt or version 42704; weights not positive
 -- integers, not an object, empty or too large 22023; nulls 22004
 \set VERBOSITY default

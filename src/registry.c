@@ -80,6 +80,9 @@
 #include "sha256.h"
 #include "template.h"
 
+/* a rollout's weights add up to at most this (prompt_label_guard's bound) */
+#define ROLLOUT_MAX_TOTAL 1000000
+
 /* key: name, a unit separator, the ref ("" for latest) */
 #define PROMPT_CACHE_KEYSIZE (2 * (MAESTER_NAME_MAXLEN * 4) + 2)
 
@@ -106,7 +109,7 @@ typedef struct PromptCacheEntry
 	int			narms;
 	struct PromptCacheEntry **arms;
 	uint64	   *upto;			/* cumulative weights */
-	uint64		total;			/* their sum, at most 1,000,000 */
+	uint64		total;			/* their sum, at most ROLLOUT_MAX_TOTAL */
 	uint64		seed;			/* hash of name and label, for sticky keys */
 	char	   *label;
 	char	   *weights;		/* the weights' jsonb text, for spans */
@@ -555,6 +558,7 @@ prompt_cache_load_rollout(PromptCacheEntry *entry, const char *name, const char 
 	int			narms;
 	char	  **versions;
 	uint64	   *weights;
+	uint64		total = 0;
 	char	   *weights_text = NULL;
 	StringInfoData seed;
 
@@ -611,31 +615,36 @@ prompt_cache_load_rollout(PromptCacheEntry *entry, const char *name, const char 
 
 		versions[i] = MemoryContextStrdup(callcxt, SPI_getvalue(tup, desc, 1));
 		w = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		if (isnull || w <= 0 || w > 1000000)
+		if (isnull || w <= 0 || w > ROLLOUT_MAX_TOTAL)
 			elog(ERROR, "rollout of prompt \"%s\" label \"%s\" has a bad weight", name, label);
 		weights[i] = (uint64) w;
+		total += (uint64) w;
 		if (i == 0)
 			weights_text = MemoryContextStrdup(callcxt, SPI_getvalue(tup, desc, 3));
 	}
 	SPI_finish();
+	if (total > ROLLOUT_MAX_TOTAL)
+		elog(ERROR, "rollout of prompt \"%s\" label \"%s\" weighs more than %d",
+			 name, label, ROLLOUT_MAX_TOTAL);
+
+	/* the seed of sticky keys: the same key on another label lands apart */
+	initStringInfo(&seed);
+	appendStringInfo(&seed, "%s\x1f%s", name, label);
 
 	oldcxt = MemoryContextSwitchTo(PromptCacheContext);
 	entry->name = cstring_to_text(name);
 	entry->label = pstrdup(label);
 	entry->weights = pstrdup(weights_text);
+	entry->seed = hash_bytes_extended((const unsigned char *) seed.data, seed.len, 0);
+	entry->total = total;
 	entry->arms = palloc0(sizeof(PromptCacheEntry *) * narms);
 	entry->upto = palloc(sizeof(uint64) * narms);
-	entry->total = 0;
+	total = 0;
 	for (int i = 0; i < narms; i++)
 	{
-		entry->total += weights[i];
-		entry->upto[i] = entry->total;
+		total += weights[i];
+		entry->upto[i] = total;
 	}
-	if (entry->total > 1000000)
-		elog(ERROR, "rollout of prompt \"%s\" label \"%s\" weighs more than 1000000", name, label);
-	initStringInfo(&seed);
-	appendStringInfo(&seed, "%s\x1f%s", name, label);
-	entry->seed = hash_bytes_extended((const unsigned char *) seed.data, seed.len, 0);
 	MemoryContextSwitchTo(oldcxt);
 
 	/*
@@ -668,7 +677,7 @@ prompt_pick_arm(PromptCacheEntry *entry, const char *sticky_key, int keylen)
 
 		/*
 		 * The key's place in [0, 1) as 32 bits, scaled to the weights: exact
-		 * in 64 bits since total is at most 1,000,000.
+		 * in 64 bits since total is at most ROLLOUT_MAX_TOTAL.
 		 */
 		point = ((h >> 32) * entry->total) >> 32;
 	}
