@@ -313,9 +313,18 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 		RenderedPrompt rp;
 		Span	   *span = trace_span_start(g->trace, "prompt_render");
 
-		maester_render(a->prompt_name, a->prompt_version, a->variables, &rp);
+		maester_render_sticky(a->prompt_name, a->prompt_version, a->variables,
+							  c->opts.sticky_key, &rp);
 		trace_attr_str(span, "gen_ai.prompt.name", rp.name);
 		trace_attr_str(span, "maester.prompt.version", rp.version);
+		if (rp.rollout_label != NULL)
+		{
+			/* the version was picked by a rollout: which, and how */
+			trace_attr_str(span, "maester.prompt.rollout", rp.rollout_label);
+			trace_attr_str(span, "maester.prompt.rollout.weights", rp.rollout_weights);
+			trace_attr_str(span, "maester.prompt.rollout.pick",
+						   c->opts.sticky_key ? "sticky" : "random");
+		}
 		trace_span_end(span, NULL);
 		if ((rp.system != NULL || rp.messages != NIL) && a->system != NULL)
 			ereport(ERROR,

@@ -13,6 +13,19 @@
  *	 - cache_invalidate: after any change to prompt_version or
  *	   prompt_label, queue a relcache invalidation of that table.
  *
+ * Rollouts.  A label may split its renders over several versions by weight
+ * (prompt_label.weights, {"v2": 90, "v3": 10}; checked by the label's
+ * trigger).  Its cache entry then holds no template but its arms: the
+ * entries of those versions, in registration order, with cumulative
+ * weights.  Every render by the label picks an arm.  With a sticky key,
+ * the key is hashed (hash_bytes_extended) with a seed made of the prompt
+ * and label names, and the top 32 bits of the hash, scaled to the total
+ * weight, name the arm: the same key always lands on the same arm while the
+ * weights stay, and when the newest arm's weight grows (a two-arm rollout
+ * ramped up) keys only move to it, never away.  Without a key the pick is
+ * pg_prng's, per render.  Weights live in the label table, so a change of
+ * them reaches the cache like a label move.
+ *
  * The render cache.  Each backend keeps, in PromptCacheContext, a hash table
  * from "name<US>ref" (ref = version or label, empty for latest) to the
  * resolved version with its compiled templates.  Correctness rests on
@@ -39,6 +52,8 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "common/hashfn.h"
+#include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -61,8 +76,12 @@
 #include "maester.h"
 #include "message.h"
 #include "registry.h"
+#include "request.h"
 #include "sha256.h"
 #include "template.h"
+
+/* a rollout's weights add up to at most this (prompt_label_guard's bound) */
+#define ROLLOUT_MAX_TOTAL 1000000
 
 /* key: name, a unit separator, the ref ("" for latest) */
 #define PROMPT_CACHE_KEYSIZE (2 * (MAESTER_NAME_MAXLEN * 4) + 2)
@@ -80,6 +99,20 @@ typedef struct PromptCacheEntry
 	CompiledTemplate **msgs;
 	Jsonb	   *checks;			/* the version's evaluation checks, or NULL */
 	Jsonb	   *config;			/* the version's config (model, options), or NULL */
+
+	/*
+	 * A label in a rollout (narms > 0): none of the above but `name`; a
+	 * render picks one of `arms` (version entries, in registration order):
+	 * arm i covers the points from upto[i - 1] to upto[i] - 1 of 0 ..
+	 * total - 1.
+	 */
+	int			narms;
+	struct PromptCacheEntry **arms;
+	uint64	   *upto;			/* cumulative weights */
+	uint64		total;			/* their sum, at most ROLLOUT_MAX_TOTAL */
+	uint64		seed;			/* hash of name and label, for sticky keys */
+	char	   *label;
+	char	   *weights;		/* the weights' jsonb text, for spans */
 } PromptCacheEntry;
 
 static MemoryContext PromptCacheContext = NULL;
@@ -90,6 +123,9 @@ static Oid	PromptVersionRelid = InvalidOid;
 static Oid	PromptLabelRelid = InvalidOid;
 static SPIPlanPtr LoadPlan = NULL;
 static SPIPlanPtr ExistsPlan = NULL;
+static SPIPlanPtr RolloutPlan = NULL;
+
+static PromptCacheEntry *prompt_cache_lookup(const char *name, const char *ref);
 
 /* Relcache callback: mark the cache stale if one of our tables changed */
 static void
@@ -507,6 +543,153 @@ report_not_found(const char *name, const char *ref)
 }
 
 /*
+ * If `label` is a label of prompt `name` in a rollout, make `entry` (whose
+ * key is set) that rollout: look its arms up in the cache (loading them)
+ * and sum their weights.  Returns false, changing nothing, for any other
+ * ref: a version, a plain label, or nothing at all.
+ */
+static bool
+prompt_cache_load_rollout(PromptCacheEntry *entry, const char *name, const char *label)
+{
+	MemoryContext callcxt = CurrentMemoryContext;
+	MemoryContext oldcxt;
+	Datum		args[2];
+	int			rc;
+	int			narms;
+	char	  **versions;
+	uint64	   *weights;
+	uint64		total = 0;
+	char	   *weights_text = NULL;
+	StringInfoData seed;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (RolloutPlan == NULL)
+	{
+		Oid			argtypes[2] = {TEXTOID, TEXTOID};
+		SPIPlanPtr	plan;
+
+		/*
+		 * The arms in registration order, so that the newest version is the
+		 * last arm (see the header: ramping it up moves keys only to it).
+		 * The label trigger checked that every key is a version of the
+		 * prompt and every weight a positive integer, adding up to at most
+		 * 1,000,000.
+		 */
+		plan = SPI_prepare("SELECT w.key, (w.value)::pg_catalog.int8, l.weights::pg_catalog.text "
+						   "FROM maester.prompt_label l "
+						   "CROSS JOIN LATERAL pg_catalog.jsonb_each(l.weights) w "
+						   "JOIN maester.prompt_version v ON v.name OPERATOR(pg_catalog.=) l.name "
+						   "AND v.version OPERATOR(pg_catalog.=) w.key "
+						   "WHERE l.name OPERATOR(pg_catalog.=) $1 "
+						   "AND l.label OPERATOR(pg_catalog.=) $2 "
+						   "ORDER BY v.seq",
+						   2, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		RolloutPlan = plan;
+	}
+	args[0] = CStringGetTextDatum(name);
+	args[1] = CStringGetTextDatum(label);
+	rc = SPI_execute_snapshot(RolloutPlan, args, NULL, GetLatestSnapshot(),
+							  InvalidSnapshot, true, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
+	narms = (int) SPI_processed;
+	if (narms == 0)
+	{
+		SPI_finish();
+		return false;
+	}
+
+	/* copy the arms out of SPI's memory before SPI_finish frees it */
+	versions = MemoryContextAlloc(callcxt, sizeof(char *) * narms);
+	weights = MemoryContextAlloc(callcxt, sizeof(uint64) * narms);
+	for (int i = 0; i < narms; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		w;
+
+		versions[i] = MemoryContextStrdup(callcxt, SPI_getvalue(tup, desc, 1));
+		w = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		if (isnull || w <= 0 || w > ROLLOUT_MAX_TOTAL)
+			elog(ERROR, "rollout of prompt \"%s\" label \"%s\" has a bad weight", name, label);
+		weights[i] = (uint64) w;
+		total += (uint64) w;
+		if (i == 0)
+			weights_text = MemoryContextStrdup(callcxt, SPI_getvalue(tup, desc, 3));
+	}
+	SPI_finish();
+	if (total > ROLLOUT_MAX_TOTAL)
+		elog(ERROR, "rollout of prompt \"%s\" label \"%s\" weighs more than %d",
+			 name, label, ROLLOUT_MAX_TOTAL);
+
+	/* the seed of sticky keys: the same key on another label lands apart */
+	initStringInfo(&seed);
+	appendStringInfo(&seed, "%s\x1f%s", name, label);
+
+	oldcxt = MemoryContextSwitchTo(PromptCacheContext);
+	entry->name = cstring_to_text(name);
+	entry->label = pstrdup(label);
+	entry->weights = pstrdup(weights_text);
+	entry->seed = hash_bytes_extended((const unsigned char *) seed.data, seed.len, 0);
+	entry->total = total;
+	entry->arms = palloc0(sizeof(PromptCacheEntry *) * narms);
+	entry->upto = palloc(sizeof(uint64) * narms);
+	total = 0;
+	for (int i = 0; i < narms; i++)
+	{
+		total += weights[i];
+		entry->upto[i] = total;
+	}
+	MemoryContextSwitchTo(oldcxt);
+
+	/*
+	 * The arms are entries of their own, shared with renders by version.
+	 * Each is looked up by its version name, which no label of the prompt
+	 * may share.
+	 */
+	for (int i = 0; i < narms; i++)
+		entry->arms[i] = prompt_cache_lookup(name, versions[i]);
+	entry->narms = narms;
+	return true;
+}
+
+/*
+ * Pick the entry a render of `entry` uses: itself, or for a rollout one of
+ * its arms by weight, by `sticky_key` (keylen bytes) or, without one, at
+ * random.
+ */
+static PromptCacheEntry *
+prompt_pick_arm(PromptCacheEntry *entry, const char *sticky_key, int keylen)
+{
+	uint64		point;
+
+	if (entry->narms == 0)
+		return entry;
+	if (sticky_key != NULL)
+	{
+		uint64		h = hash_bytes_extended((const unsigned char *) sticky_key,
+											keylen, entry->seed);
+
+		/*
+		 * The key's place in [0, 1) as 32 bits, scaled to the weights: exact
+		 * in 64 bits since total is at most ROLLOUT_MAX_TOTAL.
+		 */
+		point = ((h >> 32) * entry->total) >> 32;
+	}
+	else
+		point = pg_prng_uint64_range(&pg_global_prng_state, 0, entry->total - 1);
+	for (int i = 0; i < entry->narms; i++)
+		if (point < entry->upto[i])
+			return entry->arms[i];
+	return entry->arms[entry->narms - 1];	/* not reached */
+}
+
+/*
  * Load the entry for (name, ref) from the registry into `entry`, whose key
  * is already set.  ref NULL means the label "latest".
  */
@@ -522,6 +705,27 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 	MemoryContext oldcxt;
 	text	   *tmpl_text;
 	text	   *sys_text = NULL;
+
+	/*
+	 * The table OIDs, for the invalidation callback: known before the
+	 * queries run, so that an invalidation arriving while they take their
+	 * locks is not missed.
+	 */
+	if (!OidIsValid(PromptVersionRelid))
+	{
+		Oid			nsp = get_namespace_oid("maester", false);
+
+		PromptVersionRelid = get_relname_relid("prompt_version", nsp);
+		PromptLabelRelid = get_relname_relid("prompt_label", nsp);
+	}
+
+	/* "latest" is the same as no ref at all */
+	if (ref != NULL && strcmp(ref, "latest") == 0)
+		ref = NULL;
+
+	/* a label in a rollout is its arms; anything else is one version */
+	if (ref != NULL && prompt_cache_load_rollout(entry, name, ref))
+		return;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -556,22 +760,6 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 		LoadPlan = plan;
 	}
 
-	/*
-	 * The table OIDs, for the invalidation callback: known before the query
-	 * runs, so that an invalidation arriving while it takes its locks is not
-	 * missed.
-	 */
-	if (!OidIsValid(PromptVersionRelid))
-	{
-		Oid			nsp = get_namespace_oid("maester", false);
-
-		PromptVersionRelid = get_relname_relid("prompt_version", nsp);
-		PromptLabelRelid = get_relname_relid("prompt_label", nsp);
-	}
-
-	/* "latest" is the same as no ref at all */
-	if (ref != NULL && strcmp(ref, "latest") == 0)
-		ref = NULL;
 	args[0] = CStringGetTextDatum(name);
 	args[1] = ref ? CStringGetTextDatum(ref) : (Datum) 0;
 	rc = SPI_execute_snapshot(LoadPlan, args, ref ? "  " : " n", GetLatestSnapshot(),
@@ -643,6 +831,7 @@ prompt_cache_lookup(const char *name, const char *ref)
 	{
 		/* fill the entry; drop it again if loading fails */
 		entry->tmpl = NULL;
+		entry->narms = 0;
 		PG_TRY();
 		{
 			prompt_cache_load(entry, name, ref);
@@ -802,10 +991,12 @@ check_lookup_names(const char *name, const char *ref)
 
 /*
  * Render prompt `name` at version or label `ref` (NULL: latest) for C
- * callers (the gateway).  Strings in `out` are palloc'd.
+ * callers (the gateway).  A label in a rollout picks its version by
+ * `sticky_key` (NULL: at random).  Strings in `out` are palloc'd.
  */
 void
-maester_render(const char *name, const char *ref, Jsonb *vars, RenderedPrompt *out)
+maester_render_sticky(const char *name, const char *ref, Jsonb *vars,
+					  const char *sticky_key, RenderedPrompt *out)
 {
 	PromptCacheEntry *entry;
 
@@ -813,6 +1004,14 @@ maester_render(const char *name, const char *ref, Jsonb *vars, RenderedPrompt *o
 	check_lookup_names(name, ref);
 	prompt_cache_check();
 	entry = prompt_cache_lookup(name, ref);
+	out->rollout_label = out->rollout_weights = NULL;
+	if (entry->narms > 0)
+	{
+		out->rollout_label = pstrdup(entry->label);
+		out->rollout_weights = pstrdup(entry->weights);
+		entry = prompt_pick_arm(entry, sticky_key,
+								sticky_key ? strlen(sticky_key) : 0);
+	}
 	out->name = text_to_cstring(entry->name);
 	out->version = text_to_cstring(entry->version);
 	out->checks = entry->checks;
@@ -821,14 +1020,23 @@ maester_render(const char *name, const char *ref, Jsonb *vars, RenderedPrompt *o
 	rendered_hash(out->system, out->content, out->messages, out->hash);
 }
 
+/* maester_render_sticky without a sticky key */
+void
+maester_render(const char *name, const char *ref, Jsonb *vars, RenderedPrompt *out)
+{
+	maester_render_sticky(name, ref, vars, NULL, out);
+}
+
 PG_FUNCTION_INFO_V1(prompt_render);
 /*
  * maester.prompt_render(name text, variables jsonb DEFAULT '{}',
- *						 version text DEFAULT NULL)
+ *						 version text DEFAULT NULL,
+ *						 sticky_key text DEFAULT NULL)
  *	 RETURNS maester.rendered_prompt
  *
- * `version` is a version or a label; NULL means latest.  `hash` is
- * maester_prompt_hash() of what was rendered.
+ * `version` is a version or a label; NULL means latest.  A label in a
+ * rollout picks one of its versions by `sticky_key`, or at random without
+ * one.  `hash` is maester_prompt_hash() of what was rendered.
  */
 Datum
 prompt_render(PG_FUNCTION_ARGS)
@@ -836,6 +1044,7 @@ prompt_render(PG_FUNCTION_ARGS)
 	RenderCallCache *rc = (RenderCallCache *) fcinfo->flinfo->fn_extra;
 	text	   *name_t;
 	text	   *ref_t = NULL;
+	text	   *key_t = NULL;
 	Jsonb	   *vars = NULL;
 	PromptCacheEntry *entry;
 	text	   *content;
@@ -858,6 +1067,15 @@ prompt_render(PG_FUNCTION_ARGS)
 	}
 	if (!PG_ARGISNULL(2))
 		ref_t = PG_GETARG_TEXT_PP(2);
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
+	{
+		key_t = PG_GETARG_TEXT_PP(3);
+		if (VARSIZE_ANY_EXHDR(key_t) == 0 || VARSIZE_ANY_EXHDR(key_t) > STICKY_KEY_MAX)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("sticky_key must be a non-empty text of at most %d bytes",
+							STICKY_KEY_MAX)));
+	}
 
 	if (rc == NULL)
 	{
@@ -894,6 +1112,10 @@ prompt_render(PG_FUNCTION_ARGS)
 		rc->generation = PromptCacheGeneration;
 		rc->entry = entry;
 	}
+	/* a rollout's label: this render's version */
+	if (entry->narms > 0)
+		entry = prompt_pick_arm(entry, key_t ? VARDATA_ANY(key_t) : NULL,
+								key_t ? VARSIZE_ANY_EXHDR(key_t) : 0);
 
 	render_entry(entry, vars, &content, &system, &messages);
 	hash = (text *) palloc(VARHDRSZ + MAESTER_SHA256_HEXLEN + 1);

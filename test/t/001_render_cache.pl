@@ -1,5 +1,6 @@
 # The per-backend render cache follows changes made by other sessions:
-# new versions, label moves, rollbacks, and even a re-created extension.
+# new versions, label moves, rollouts and their weights, rollbacks, and
+# even a re-created extension.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -33,8 +34,48 @@ $node->safe_psql('postgres',
 	q{SELECT maester.prompt_set_label('p', 'production', 'v2')});
 is($a->query_safe($prod), 'v2', 'A sees the label move');
 
-# an uncommitted registration is invisible until it commits
+# rollouts: A sees a split, its end and a change of weights at once.  A
+# renders 200 sticky keys by the label (the key differs per row, so every
+# row is rendered): "v1 count/distinct versions".
 my $b = $node->background_psql('postgres');
+my $split = q{SELECT count(*) FILTER (WHERE r.version = 'v1') || '/' || count(DISTINCT r.version)
+  FROM generate_series(1, 200) k,
+       LATERAL maester.prompt_render('p', '{"x": 1}', 'production', 'key-' || k) r};
+is($a->query_safe($split), '0/1', 'A renders production = v2 for every key');
+$node->safe_psql('postgres',
+	q{SELECT maester.prompt_set_rollout('p', 'production', '{"v1": 50, "v2": 50}')});
+like($a->query_safe($split), qr{^\d+/2$}, 'A sees the rollout B set');
+my $fifty = $a->query_safe($split);
+ok($fifty =~ m{^(\d+)/} && $1 >= 60 && $1 <= 140, "keys spread 50/50 ($fifty)");
+
+# a change of weights alone (the main arm stays v1)
+$node->safe_psql('postgres',
+	q{SELECT maester.prompt_set_rollout('p', 'production', '{"v1": 99, "v2": 1}')});
+my $ninety_nine = $a->query_safe($split);
+ok($ninety_nine =~ m{^(\d+)/} && $1 >= 185, "A sees the new weights ($ninety_nine)");
+
+# an uncommitted end of the rollout is invisible until it commits
+$b->query_safe('BEGIN');
+$b->query_safe(q{SELECT maester.prompt_set_label('p', 'production', 'v1')});
+is($a->query_safe($split), $ninety_nine, 'uncommitted end of the rollout is not visible');
+$b->query_safe('COMMIT');
+is($a->query_safe($split), '200/1', 'A sees the rollout ended');
+
+# a rolled-back rollout never becomes visible
+$b->query_safe('BEGIN');
+$b->query_safe(q{SELECT maester.prompt_set_rollout('p', 'production', '{"v1": 1, "v2": 1}')});
+$b->query_safe('ROLLBACK');
+is($a->query_safe($split), '200/1', 'rolled-back rollout is not visible');
+
+# inside one long transaction of A, a rollout B commits is seen at once
+$a->query_safe('BEGIN');
+is($a->query_safe($split), '200/1', 'A in a transaction renders v1');
+$node->safe_psql('postgres',
+	q{SELECT maester.prompt_set_rollout('p', 'production', '{"v1": 50, "v2": 50}')});
+is($a->query_safe($split), $fifty, 'A sees the rollout within its transaction, the same keys on the same arms');
+$a->query_safe('COMMIT');
+
+# an uncommitted registration is invisible until it commits
 $b->query_safe('BEGIN');
 $b->query_safe(q{SELECT maester.prompt_register('p', 'three {x}')});
 is($a->query_safe($render), 'v2:two 1', 'uncommitted v3 is not visible');

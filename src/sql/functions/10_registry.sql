@@ -56,6 +56,10 @@ RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    arm    record;
+    weight numeric;
+    total  numeric := 0;
 BEGIN
     -- latest is not a stored label: it is always the newest version
     IF (TG_OP OPERATOR(pg_catalog.<>) 'INSERT' AND OLD.label OPERATOR(pg_catalog.=) 'latest') OR
@@ -85,6 +89,67 @@ BEGIN
                   DETAIL = 'A label may not share its name with a version of the same prompt.';
     END IF;
 
+    -- moving a rollout's label to a version (UPDATE ... SET version) ends
+    -- the rollout, as prompt_set_label does
+    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' AND OLD.weights IS NOT NULL
+       AND NEW.version IS DISTINCT FROM OLD.version
+       AND NEW.weights IS NOT DISTINCT FROM OLD.weights THEN
+        NEW.weights := NULL;
+    END IF;
+
+    -- a rollout: {"version": weight, ...}; its main arm is the version
+    -- column (the heaviest weight, on a tie the earliest registered), and
+    -- a rollout of one version is a plain label
+    IF NEW.weights IS NOT NULL THEN
+        IF pg_catalog.jsonb_typeof(NEW.weights) OPERATOR(pg_catalog.<>) 'object' THEN
+            RAISE EXCEPTION 'rollout weights must be a JSON object, not %', pg_catalog.jsonb_typeof(NEW.weights)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Map each version to a positive integer weight, e.g. {"v2": 90, "v3": 10}.';
+        END IF;
+        IF NEW.weights OPERATOR(pg_catalog.=) '{}'::jsonb THEN
+            RAISE EXCEPTION 'a rollout needs at least one version'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Map each version to a positive integer weight, e.g. {"v2": 90, "v3": 10}.';
+        END IF;
+        FOR arm IN SELECT w.key, w.value FROM pg_catalog.jsonb_each(NEW.weights) w LOOP
+            IF pg_catalog.jsonb_typeof(arm.value) OPERATOR(pg_catalog.<>) 'number' THEN
+                weight := NULL;
+            ELSE
+                weight := arm.value::numeric;
+            END IF;
+            IF weight IS NULL OR weight OPERATOR(pg_catalog.<>) pg_catalog.trunc(weight)
+               OR weight OPERATOR(pg_catalog.<) 1 THEN
+                RAISE EXCEPTION 'weight of version "%" must be a positive integer, not %', arm.key, arm.value
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Weights are relative: {"v2": 90, "v3": 10} sends 90% of renders to v2.';
+            END IF;
+            IF NOT EXISTS (SELECT FROM maester.prompt_version v
+                           WHERE v.name OPERATOR(pg_catalog.=) NEW.name
+                             AND v.version OPERATOR(pg_catalog.=) arm.key) THEN
+                RAISE EXCEPTION 'prompt "%" has no version "%"', NEW.name, arm.key
+                    USING ERRCODE = 'undefined_object',
+                          DETAIL = 'A rollout''s keys are versions of the prompt, not labels.',
+                          HINT = 'See maester.prompt_versions for its versions.';
+            END IF;
+            total := total OPERATOR(pg_catalog.+) weight;
+        END LOOP;
+        IF total OPERATOR(pg_catalog.>) 1000000 THEN
+            RAISE EXCEPTION 'rollout weights add up to %, more than 1000000', total
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Weights are relative: use smaller numbers in the same proportions.';
+        END IF;
+        SELECT pg_catalog.jsonb_object_agg(w.key, w.value::numeric::bigint),
+               (pg_catalog.array_agg(w.key ORDER BY w.value::numeric DESC, v.seq))[1]
+          INTO NEW.weights, NEW.version
+          FROM pg_catalog.jsonb_each(NEW.weights) w
+          JOIN maester.prompt_version v ON v.name OPERATOR(pg_catalog.=) NEW.name
+                                       AND v.version OPERATOR(pg_catalog.=) w.key;
+        IF (SELECT pg_catalog.count(*) FROM pg_catalog.jsonb_object_keys(NEW.weights))
+           OPERATOR(pg_catalog.=) 1 THEN
+            NEW.weights := NULL;
+        END IF;
+    END IF;
+
     NEW.moved_at := pg_catalog.now();
     NEW.moved_by := CURRENT_USER;
     RETURN NEW;
@@ -92,7 +157,7 @@ END
 $$;
 
 COMMENT ON FUNCTION maester.prompt_label_guard() IS
-    'Trigger: validates label names, refuses latest, and stamps who moved a label and when.';
+    'Trigger: validates label names and rollout weights (versions of the prompt, positive integers adding up to at most 1,000,000), sets a rollout''s main arm as its version, refuses latest, and stamps who moved a label and when.';
 
 CREATE TRIGGER prompt_label_guard
     BEFORE INSERT OR UPDATE OR DELETE ON maester.prompt_label
@@ -110,18 +175,19 @@ BEGIN
         INSERT INTO maester.prompt_label_history (name, label, from_version, to_version)
         VALUES (OLD.name, OLD.label, OLD.version, NULL);
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        INSERT INTO maester.prompt_label_history (name, label, from_version, to_version)
-        VALUES (NEW.name, NEW.label, NULL, NEW.version);
-    ELSIF OLD.version OPERATOR(pg_catalog.<>) NEW.version THEN
-        INSERT INTO maester.prompt_label_history (name, label, from_version, to_version)
-        VALUES (NEW.name, NEW.label, OLD.version, NEW.version);
+        INSERT INTO maester.prompt_label_history (name, label, from_version, to_version, weights)
+        VALUES (NEW.name, NEW.label, NULL, NEW.version, NEW.weights);
+    ELSIF OLD.version OPERATOR(pg_catalog.<>) NEW.version
+          OR OLD.weights IS DISTINCT FROM NEW.weights THEN
+        INSERT INTO maester.prompt_label_history (name, label, from_version, to_version, weights)
+        VALUES (NEW.name, NEW.label, OLD.version, NEW.version, NEW.weights);
     END IF;
     RETURN NULL;
 END
 $$;
 
 COMMENT ON FUNCTION maester.prompt_label_record() IS
-    'Trigger: records every label move in maester.prompt_label_history.';
+    'Trigger: records every label move and every change of a rollout''s weights in maester.prompt_label_history.';
 
 CREATE TRIGGER prompt_label_record
     AFTER INSERT OR UPDATE OR DELETE ON maester.prompt_label
@@ -309,8 +375,8 @@ BEGIN
 
     INSERT INTO maester.prompt_label AS l (name, label, version)
     VALUES (p_name, p_label, p_version)
-    ON CONFLICT (name, label) DO UPDATE SET version = EXCLUDED.version
-        WHERE l.version OPERATOR(pg_catalog.<>) EXCLUDED.version;
+    ON CONFLICT (name, label) DO UPDATE SET version = EXCLUDED.version, weights = NULL
+        WHERE l.version OPERATOR(pg_catalog.<>) EXCLUDED.version OR l.weights IS NOT NULL;
 
     SELECT * INTO result FROM maester.prompt_label l
     WHERE l.name OPERATOR(pg_catalog.=) p_name AND l.label OPERATOR(pg_catalog.=) p_label;
@@ -319,7 +385,54 @@ END
 $$;
 
 COMMENT ON FUNCTION maester.prompt_set_label(text, text, text) IS
-    'Points a label (e.g. production) of a prompt at one of its versions; the move is recorded in maester.prompt_label_history. latest cannot be set by hand.';
+    'Points a label (e.g. production) of a prompt at one of its versions, ending its rollout if it had one; the move is recorded in maester.prompt_label_history. latest cannot be set by hand.';
+
+CREATE FUNCTION maester.prompt_set_rollout(name text, label text, versions jsonb)
+RETURNS maester.prompt_label
+LANGUAGE plpgsql
+VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_name    text := prompt_set_rollout.name;
+    p_label   text := prompt_set_rollout.label;
+    p_weights jsonb := prompt_set_rollout.versions;
+    result    maester.prompt_label;
+BEGIN
+    IF p_name IS NULL OR p_label IS NULL OR p_weights IS NULL THEN
+        RAISE EXCEPTION 'name, label and versions must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM maester.check_name('label', p_label);
+    IF p_label OPERATOR(pg_catalog.=) 'latest' THEN
+        RAISE EXCEPTION 'label "latest" is maintained automatically'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'It always points at the most recently registered version.',
+                  HINT = 'Roll out under another label such as production.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM maester.prompt p WHERE p.name OPERATOR(pg_catalog.=) p_name) THEN
+        RAISE EXCEPTION 'prompt "%" does not exist', p_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+
+    -- the label trigger checks the weights, sets the main arm as version
+    -- and turns a rollout of one version into a plain label; EXCLUDED is
+    -- the row as it made it
+    INSERT INTO maester.prompt_label AS l (name, label, version, weights)
+    VALUES (p_name, p_label, NULL, p_weights)
+    ON CONFLICT (name, label) DO UPDATE SET version = EXCLUDED.version, weights = EXCLUDED.weights
+        WHERE l.version OPERATOR(pg_catalog.<>) EXCLUDED.version
+           OR l.weights IS DISTINCT FROM EXCLUDED.weights;
+
+    SELECT * INTO result FROM maester.prompt_label l
+    WHERE l.name OPERATOR(pg_catalog.=) p_name AND l.label OPERATOR(pg_catalog.=) p_label;
+    RETURN result;
+END
+$$;
+
+COMMENT ON FUNCTION maester.prompt_set_rollout(text, text, jsonb) IS
+    'Splits a label''s renders over versions by weight: versions is {"v2": 90, "v3": 10} (versions of the prompt, positive integer weights adding up to at most 1,000,000). prompt_render and llm_generate by the label pick a version by weight, the same sticky key always the same one. A rollout of one version makes the label plain; prompt_set_label ends a rollout. Recorded in maester.prompt_label_history. Bad weights: 22023; unknown prompt or version: 42704.';
 
 CREATE FUNCTION maester.prompt_unset_label(name text, label text)
 RETURNS boolean
@@ -345,15 +458,16 @@ COMMENT ON FUNCTION maester.prompt_unset_label(text, text) IS
     'Removes a label from a prompt (recorded in the history); returns false if it was not set. latest cannot be removed.';
 
 CREATE FUNCTION maester.prompt_render(
-    name      text,
-    variables jsonb DEFAULT '{}',
-    version   text DEFAULT NULL)
+    name       text,
+    variables  jsonb DEFAULT '{}',
+    version    text DEFAULT NULL,
+    sticky_key text DEFAULT NULL)
 RETURNS maester.rendered_prompt
 AS 'MODULE_PATHNAME', 'prompt_render'
-LANGUAGE C STABLE CALLED ON NULL INPUT PARALLEL UNSAFE;
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 
-COMMENT ON FUNCTION maester.prompt_render(text, jsonb, text) IS
-    'Renders a prompt version (version is a version or a label; NULL means latest) with a JSON object of variables; returns content, system prompt and SHA-256 hash. Missing variables raise 22023; unknown prompts, versions or labels 42704.';
+COMMENT ON FUNCTION maester.prompt_render(text, jsonb, text, text) IS
+    'Renders a prompt version (version is a version or a label; NULL means latest) with a JSON object of variables; returns content, system prompt and SHA-256 hash. A label in a rollout picks one of its versions by weight: the same sticky_key (a non-empty text of at most 256 bytes) always the same version, without one at random (hence VOLATILE). Missing variables raise 22023; unknown prompts, versions or labels 42704.';
 
 CREATE VIEW maester.prompt_versions AS
 SELECT v.name,
@@ -368,7 +482,8 @@ SELECT v.name,
              UNION ALL
              (SELECT l.label FROM maester.prompt_label l
                WHERE l.name OPERATOR(pg_catalog.=) v.name
-                 AND l.version OPERATOR(pg_catalog.=) v.version
+                 AND (l.version OPERATOR(pg_catalog.=) v.version
+                      OR l.weights OPERATOR(pg_catalog.?) v.version)
                ORDER BY l.label)) AS labels,
        v.template_hash,
        v.variables,
@@ -377,4 +492,4 @@ SELECT v.name,
 
 COMMENT ON VIEW maester.prompt_versions IS
     'Every prompt version with its labels, for people and BI tools.';
-COMMENT ON COLUMN maester.prompt_versions.labels IS 'Labels that point at this version: latest first for the newest version, then the set labels in order.';
+COMMENT ON COLUMN maester.prompt_versions.labels IS 'Labels that point at this version: latest first for the newest version, then the set labels in order (a label in a rollout shows on each of its versions).';

@@ -89,6 +89,107 @@ COMMENT ON COLUMN maester.cost_by_prompt_version.total_cost_usd IS 'Total cost i
 COMMENT ON COLUMN maester.cost_by_prompt_version.pass_rate IS 'Share of evaluated outputs whose evaluation passed.';
 COMMENT ON COLUMN maester.cost_by_prompt_version.mean_score IS 'Mean reliability score of the evaluated outputs.';
 
+CREATE FUNCTION maester.rollout_compare(
+    name  text,
+    label text,
+    since timestamptz DEFAULT pg_catalog.now() OPERATOR(pg_catalog.-) interval '7 days',
+    OUT version        text,
+    OUT weight         integer,
+    OUT share          numeric,
+    OUT calls          bigint,
+    OUT attempts       bigint,
+    OUT errors         bigint,
+    OUT error_rate     double precision,
+    OUT cost_usd       numeric,
+    OUT avg_cost_usd   numeric,
+    OUT p50_latency_ms double precision,
+    OUT p95_latency_ms double precision,
+    OUT evaluated      bigint,
+    OUT pass_rate      numeric,
+    OUT mean_score     double precision)
+RETURNS SETOF record
+LANGUAGE plpgsql
+STABLE CALLED ON NULL INPUT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_name  text := rollout_compare.name;
+    p_label text := rollout_compare.label;
+    p_since timestamptz := rollout_compare.since;
+BEGIN
+    IF p_name IS NULL OR p_label IS NULL THEN
+        RAISE EXCEPTION 'name and label must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT FROM maester.prompt_label l
+                   WHERE l.name OPERATOR(pg_catalog.=) p_name
+                     AND l.label OPERATOR(pg_catalog.=) p_label) THEN
+        RAISE EXCEPTION 'prompt "%" has no label "%"', p_name, p_label
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'See maester.prompt_label for the labels set.';
+    END IF;
+
+    -- the label's arms now (a plain label: its one version), and what the
+    -- ledger says of each: the caller's invoker rights and the ledger's
+    -- row-level security decide which rows count, so a tenant compares its
+    -- own calls only
+    RETURN QUERY
+    WITH arm AS (
+        SELECT w.key AS version, (w.value)::integer AS weight
+          FROM maester.prompt_label l, pg_catalog.jsonb_each(l.weights) w
+         WHERE l.name OPERATOR(pg_catalog.=) p_name
+           AND l.label OPERATOR(pg_catalog.=) p_label
+        UNION ALL
+        SELECT l.version, NULL::integer
+          FROM maester.prompt_label l
+         WHERE l.name OPERATOR(pg_catalog.=) p_name
+           AND l.label OPERATOR(pg_catalog.=) p_label
+           AND l.weights IS NULL
+    ), ledger AS (
+        SELECT u.prompt_version AS version,
+               pg_catalog.count(DISTINCT u.request_id) AS calls,
+               pg_catalog.count(*) AS attempts,
+               pg_catalog.count(*) FILTER (WHERE u.status OPERATOR(pg_catalog.<>) ALL
+                                           (ARRAY['ok', 'cached', 'pending'])) AS errors,
+               COALESCE(pg_catalog.sum(u.cost_usd), 0) AS cost_usd,
+               pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY u.latency_ms) AS p50,
+               pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY u.latency_ms) AS p95,
+               pg_catalog.count(*) FILTER (WHERE u.eval_status IS NOT NULL) AS evaluated,
+               pg_catalog.avg(CASE WHEN u.eval_status OPERATOR(pg_catalog.=) 'pass' THEN 1.0 ELSE 0.0 END)
+                   FILTER (WHERE u.eval_status IS NOT NULL) AS pass_rate,
+               pg_catalog.avg(u.eval_score) AS mean_score
+          FROM maester.usage u
+         WHERE u.prompt_name OPERATOR(pg_catalog.=) p_name
+           AND u.prompt_version OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT a.version FROM arm a))
+           AND (p_since IS NULL OR u.ts OPERATOR(pg_catalog.>=) p_since)
+         GROUP BY u.prompt_version
+    )
+    SELECT a.version,
+           a.weight,
+           CASE WHEN a.weight IS NULL THEN 1::numeric
+                ELSE pg_catalog.round(a.weight::numeric OPERATOR(pg_catalog./)
+                                      (pg_catalog.sum(a.weight) OVER ()), 4) END,
+           COALESCE(g.calls, 0),
+           COALESCE(g.attempts, 0),
+           COALESCE(g.errors, 0),
+           g.errors::double precision OPERATOR(pg_catalog./) g.attempts,
+           COALESCE(g.cost_usd, 0),
+           g.cost_usd OPERATOR(pg_catalog./) g.calls,
+           g.p50,
+           g.p95,
+           COALESCE(g.evaluated, 0),
+           g.pass_rate,
+           g.mean_score
+      FROM arm a
+      LEFT JOIN ledger g ON g.version OPERATOR(pg_catalog.=) a.version
+     ORDER BY a.weight DESC NULLS FIRST, a.version;
+END
+$$;
+
+COMMENT ON FUNCTION maester.rollout_compare(text, text, timestamptz) IS
+    'Compares the arms of a label''s rollout (a plain label: its one version) from the ledger since a time (default a week ago; NULL: all): per version its weight and share, calls, attempts, failed attempts and their rate, cost (total and per call), attempt latency p50/p95, and the evaluation pass rate and mean score. Ledger rows count by prompt version, however the version was asked for; users see their own tenant''s rows only (row-level security of maester.usage).';
+
 CREATE FUNCTION maester.worker_status(
     OUT worker_pid integer, OUT ready boolean, OUT ledger_queued bigint,
     OUT ledger_written bigint, OUT dead_letters bigint, OUT span_queue_bytes bigint,

@@ -45,6 +45,16 @@ BEGIN
         RAISE EXCEPTION 'evaluation suite "%" does not exist', eval_run_calls.suite
             USING ERRCODE = 'undefined_object';
     END IF;
+    -- a run evaluates one version: a label in a rollout would mix its arms
+    IF EXISTS (SELECT FROM maester.prompt_label l
+               WHERE l.name OPERATOR(pg_catalog.=) s.prompt
+                 AND l.label OPERATOR(pg_catalog.=) eval_run_calls.prompt_version
+                 AND l.weights IS NOT NULL) THEN
+        RAISE EXCEPTION 'label "%" of prompt "%" is in a rollout', eval_run_calls.prompt_version, s.prompt
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'An evaluation run evaluates one version; the label splits its renders over several.',
+                  HINT = 'Run the suite on each version of the rollout and compare the runs with maester.eval_compare().';
+    END IF;
 
     -- every case through the batch path, `concurrency` at a time
     cases := ARRAY(SELECT ec FROM maester.eval_case ec

@@ -10,7 +10,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA maester FROM PUBLIC;
 GRANT SELECT ON maester.prompt_versions TO maester_reader;
 
 GRANT SELECT ON maester.prompt, maester.prompt_version, maester.prompt_label TO maester_user;
-GRANT EXECUTE ON FUNCTION maester.prompt_render(text, jsonb, text),
+GRANT EXECUTE ON FUNCTION maester.prompt_render(text, jsonb, text, text),
                           maester.template_variables(text),
                           maester.check_name(text, text) TO maester_user;
 
@@ -114,3 +114,5 @@ GRANT DELETE ON maester.response_cache TO maester_user;
 GRANT SELECT, DELETE ON maester.response_cache TO maester_admin;
 GRANT SELECT ON maester.cache_stats TO maester_user, maester_reader, maester_admin;
 GRANT EXECUTE ON FUNCTION maester.response_cache_invalidate(text, text, interval) TO maester_user, maester_admin;
+GRANT EXECUTE ON FUNCTION maester.prompt_set_rollout(text, text, jsonb) TO maester_admin;
+GRANT EXECUTE ON FUNCTION maester.rollout_compare(text, text, timestamptz) TO maester_user, maester_admin;

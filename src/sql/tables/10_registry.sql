@@ -60,6 +60,7 @@ CREATE TABLE maester.prompt_label (
     version  text NOT NULL,
     moved_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     moved_by name NOT NULL DEFAULT CURRENT_USER,
+    weights  jsonb,
     PRIMARY KEY (name, label),
     FOREIGN KEY (name, version) REFERENCES maester.prompt_version (name, version)
 );
@@ -68,6 +69,8 @@ COMMENT ON TABLE maester.prompt_label IS
     'Movable pointers to versions (production, staging, ...). latest is not stored here: it is always the version with the highest seq, and cannot be set by hand.';
 COMMENT ON COLUMN maester.prompt_label.moved_at IS 'When the label last moved.';
 COMMENT ON COLUMN maester.prompt_label.moved_by IS 'Role that last moved the label.';
+COMMENT ON COLUMN maester.prompt_label.version IS 'The version the label points at; during a rollout, its main arm (the heaviest weight, on a tie the earliest registered).';
+COMMENT ON COLUMN maester.prompt_label.weights IS 'A rollout: {"version": weight, ...} with positive integer weights over two or more versions; renders by the label pick one by weight (sticky by a key, else at random). NULL: a plain label, always version. Set by maester.prompt_set_rollout(), cleared by maester.prompt_set_label().';
 
 CREATE TABLE maester.prompt_label_history (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -76,13 +79,15 @@ CREATE TABLE maester.prompt_label_history (
     from_version text,
     to_version   text,
     moved_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    moved_by     name NOT NULL DEFAULT CURRENT_USER
+    moved_by     name NOT NULL DEFAULT CURRENT_USER,
+    weights      jsonb
 );
 
 CREATE INDEX ON maester.prompt_label_history (name, label, id);
 
 COMMENT ON TABLE maester.prompt_label_history IS
-    'Every move of a label: who, when, from which version to which (from_version NULL: label created; to_version NULL: label removed). Append-only, written by the registry.';
+    'Every move of a label: who, when, from which version to which (from_version NULL: label created; to_version NULL: label removed), and every change of a rollout''s weights. Append-only, written by the registry.';
+COMMENT ON COLUMN maester.prompt_label_history.weights IS 'The label''s rollout weights after the change ({"version": weight, ...}); NULL: a plain label (or removed). to_version is then the rollout''s main arm.';
 
 CREATE TYPE maester.rendered_prompt AS (
     name          text,

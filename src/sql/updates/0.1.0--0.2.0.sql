@@ -543,6 +543,20 @@ CREATE POLICY response_cache_tenant ON maester.response_cache FOR SELECT TO maes
 CREATE POLICY response_cache_tenant_delete ON maester.response_cache FOR DELETE TO maester_user
     USING (tenant OPERATOR(pg_catalog.=) (SELECT maester.current_tenant()));
 
+-- prompt rollouts (issue #19): a label may split its renders over several
+-- versions by weight (prompt_label.weights), and its history records every
+-- change of the weights; prompt_render takes a sticky key (a fourth
+-- argument: the three-argument function is dropped, the re-created file
+-- makes the new one)
+ALTER TABLE maester.prompt_label ADD COLUMN weights jsonb;
+ALTER TABLE maester.prompt_label_history ADD COLUMN weights jsonb;
+COMMENT ON COLUMN maester.prompt_label.version IS 'The version the label points at; during a rollout, its main arm (the heaviest weight, on a tie the earliest registered).';
+COMMENT ON COLUMN maester.prompt_label.weights IS 'A rollout: {"version": weight, ...} with positive integer weights over two or more versions; renders by the label pick one by weight (sticky by a key, else at random). NULL: a plain label, always version. Set by maester.prompt_set_rollout(), cleared by maester.prompt_set_label().';
+COMMENT ON TABLE maester.prompt_label_history IS
+    'Every move of a label: who, when, from which version to which (from_version NULL: label created; to_version NULL: label removed), and every change of a rollout''s weights. Append-only, written by the registry.';
+COMMENT ON COLUMN maester.prompt_label_history.weights IS 'The label''s rollout weights after the change ({"version": weight, ...}); NULL: a plain label (or removed). to_version is then the rollout''s main arm.';
+DROP FUNCTION maester.prompt_render(text, jsonb, text);
+
 -- Knowledge bases (src/sql/tables/95_knowledge.sql)
 -- What makes a vector: immutable, like a prompt version.  "Which embedding
 -- version was used?" is a column of every embedding, never a guess.
