@@ -143,7 +143,11 @@ col_int8(HeapTuple t, TupleDesc d, int col)
 	return isnull ? 0 : DatumGetInt64(v);
 }
 
-/* Read the entry of the call's key, if any is live, as the table's owner */
+/*
+ * Read the entry of the call's key, if any is live, as the table's owner,
+ * in a snapshot of its own: an answer kept earlier in the same statement
+ * (SELECT llm_generate(...) FROM generate_series(1, 20)) is a hit too.
+ */
 static void
 lookup_read(Call *c)
 {
@@ -164,7 +168,7 @@ lookup_read(Call *c)
 								  "FROM maester.response_cache "
 								  "WHERE tenant OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2 "
 								  "AND expires_at OPERATOR(pg_catalog.>) pg_catalog.now()",
-								  2, types, values, NULL, true, 1) != SPI_OK_SELECT)
+								  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read maester.response_cache");
 	}
 	PG_FINALLY();

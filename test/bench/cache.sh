@@ -49,6 +49,8 @@ VALUES ('nginx', 'openai_compatible', 'http://127.0.0.1:$nport/v1', '{}', 0),
        ('mock', 'openai_compatible', '$MAESTER_MOCK_URL/v1', '{}', 0);
 INSERT INTO maester.model (name, provider, provider_model)
 VALUES ('bench-nginx', 'nginx', 'bench-model'), ('bench-slow', 'mock', 'fault-latency-300');
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+VALUES ('bench-nginx', '2020-01-01', 0.4, 1.6), ('bench-slow', '2020-01-01', 0.4, 1.6);
 CREATE TABLE lat (label text, us double precision);
 SQL
 
