@@ -54,6 +54,9 @@ UPDATE maester.route_target SET provider = 'mock' WHERE route = 'default_embeddi
 -- the mock's citing answers (maester.ask below), priced like gpt-4.1-mini
 INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
 VALUES ('mock-cite', '2020-01-01', 0.40, 1.60);
+\set gw_provider mock
+\else
+\set gw_provider openai
 \endif
 \set ECHO queries
 SELECT name, kind, base_url, api_key_env, models, enabled FROM maester.provider ORDER BY priority, name;
@@ -286,6 +289,30 @@ SELECT c ->> 'n' AS n, c ->> 'external_id' AS page, c -> 'section' AS section,
 -- one trace per ask: retrieve, the query's embedding, the generation
 SELECT pg_sleep(0.5);
 SELECT * FROM maester.explain((SELECT r ->> 'trace_id' FROM answers LIMIT 1));
+
+-- Routing beyond a fallback chain: a 90/10 canary between two models,
+-- sticky per user (the same user always lands on the same model); the
+-- strategy and why are on every ledger row.
+INSERT INTO maester.route (name, strategy) VALUES ('canary', 'weighted');
+INSERT INTO maester.route_target (route, position, provider, model, weight) VALUES
+    ('canary', 1, :'gw_provider', 'gpt-4.1-mini', 90), ('canary', 2, :'gw_provider', 'gpt-4.1-nano', 10);
+SELECT g.model, count(*) AS users
+  FROM generate_series(1, 40) i,
+       LATERAL maester.llm_generate('Greet user ' || i || ' in three words.', 'canary', 20,
+                                    options => jsonb_build_object('sticky_key', 'user-' || i)) g
+ GROUP BY 1 ORDER BY 2 DESC;
+SELECT route_strategy, route_reason FROM maester.usage WHERE requested_model = 'canary' LIMIT 2;
+
+-- The response cache (opt-in, per tenant, only for calls that do not
+-- sample): the same question twice; the second is answered at once, sends
+-- nothing, and is a ledger row at $0 with the cost it saved.
+SELECT cached, cost_usd, round(latency_ms::numeric, 1) AS ms, left(content, 60) AS content
+  FROM maester.llm_generate('What is MVCC, in one sentence?', 'gpt-4.1-mini', 60,
+                            options => '{"cache": true, "temperature": 0}');
+SELECT cached, cost_usd, round(latency_ms::numeric, 1) AS ms, left(content, 60) AS content
+  FROM maester.llm_generate('What is MVCC, in one sentence?', 'gpt-4.1-mini', 60,
+                            options => '{"cache": true, "temperature": 0}');
+SELECT prompt, model, hits, misses, hit_rate, saved_usd FROM maester.cache_stats;
 
 -- A budget: the demo tenant may spend $0.0003 a day; the next call whose
 -- worst case does not fit is refused before anything is sent.
