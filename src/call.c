@@ -46,6 +46,7 @@
 #include "call.h"
 #include "capture.h"
 #include "evaluate.h"
+#include "inflight.h"
 #include "jsonutil.h"
 #include "message.h"
 #include "registry.h"
@@ -541,7 +542,7 @@ call_succeeded_finish(Call *c)
 		trace_attr_str(root, "maester.evaluation.status",
 					   json_get_string(&g->evaluation->root, "status"));
 	if (c->cache_state != RESPCACHE_OFF)
-		trace_attr_str(root, "maester.cache", respcache_state_name(c->cache_state));
+		trace_attr_str(root, "maester.cache", cache_state_name(c->cache_state));
 	trace_flush(g->trace, "ok", c->tenant, &g->request_id);
 	/* a cached answer says nothing of the model's latency */
 	if (c->cache_state != RESPCACHE_HIT)

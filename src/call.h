@@ -106,6 +106,12 @@ typedef struct Grade
 	char	   *answer;			/* the grader's text */
 } Grade;
 
+/* Call.cache_state: the response cache (respcache.c) */
+#define RESPCACHE_OFF		0
+#define RESPCACHE_SKIPPED	1	/* asked for, but the call samples */
+#define RESPCACHE_MISS		2
+#define RESPCACHE_HIT		3
+
 typedef struct InFlight InFlight;	/* inflight.h */
 typedef struct Call Call;
 
@@ -160,6 +166,7 @@ struct Call
 	uint8		cache_key[32];	/* SHA-256 of what makes the answer */
 	int64		cache_ttl_us;
 	Numeric		cache_saved;	/* a hit: what the answer cost when it was made */
+	char	   *cache_model_name;	/* a hit: the identity of the model that made it */
 	/* a failed call */
 	int			sqlstate;
 	const char *error_class;

@@ -31,7 +31,6 @@
 #include "utils/timestamp.h"
 
 #include "inflight.h"
-#include "respcache.h"
 #include "jsonutil.h"
 #include "meter.h"
 #include "settings.h"
@@ -259,19 +258,38 @@ call_worst_cost(Call *c, const char **identity)
 	return worst;
 }
 
-/* Fill the PENDING record of an attempt; returns the estimate (or NULL) */
-Numeric
-attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
+/* A call's RESPCACHE_* state as the ledger and the trace name it */
+const char *
+cache_state_name(int state)
+{
+	switch (state)
+	{
+		case RESPCACHE_SKIPPED:
+			return "skipped";
+		case RESPCACHE_MISS:
+			return "miss";
+		case RESPCACHE_HIT:
+			return "hit";
+	}
+	return "";
+}
+
+/*
+ * A PENDING record of call `c` answered by `provider` and `model`
+ * (`model_name` its identity): what every row of the call says of it --
+ * who, which trace, which prompt, why this route, the cache -- at attempt
+ * `attempt`, status `status`.
+ */
+void
+call_record_pending(Call *c, LedgerRecord *r, int attempt, const char *status,
+					const char *provider, const char *model, const char *model_name)
 {
 	Generation *g = &c->g;
-	int			max_tokens = c->opts.gen.max_tokens;
-	Numeric		estimate;
-	bool		priced;
 
 	memset(r, 0, sizeof(*r));
 	r->kind = LEDGER_PENDING;
 	r->request_id = g->request_id;
-	r->attempt = g->attempts;
+	r->attempt = attempt;
 	r->ts = GetCurrentTimestamp();
 	ledger_copy_name(r->tenant, c->tenant, sizeof(r->tenant));
 	ledger_copy_name(r->role, GetUserNameFromId(GetUserId(), false), sizeof(r->role));
@@ -279,21 +297,32 @@ attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
 	strlcpy(r->prompt_hash, g->prompt_hash, sizeof(r->prompt_hash));
 	ledger_copy_name(r->prompt_name, g->prompt_name, sizeof(r->prompt_name));
 	ledger_copy_name(r->prompt_version, g->prompt_version, sizeof(r->prompt_version));
-	ledger_copy_name(r->provider, t->provider->name, sizeof(r->provider));
+	ledger_copy_name(r->provider, provider, sizeof(r->provider));
 	ledger_copy_name(r->requested_model, g->requested_model, sizeof(r->requested_model));
-	ledger_copy_name(r->model, t->model, sizeof(r->model));
-	ledger_copy_name(r->model_name, t->name, sizeof(r->model_name));
-	strlcpy(r->status, "pending", sizeof(r->status));
+	ledger_copy_name(r->model, model, sizeof(r->model));
+	ledger_copy_name(r->model_name, model_name, sizeof(r->model_name));
+	strlcpy(r->status, status, sizeof(r->status));
 	strlcpy(r->purpose, g->purpose, sizeof(r->purpose));
 	if (g->tags)
 		strlcpy(r->tags, g->tags, sizeof(r->tags));
 	if (c->cache_state != RESPCACHE_OFF)
-		strlcpy(r->cache, respcache_state_name(c->cache_state), sizeof(r->cache));
+		strlcpy(r->cache, cache_state_name(c->cache_state), sizeof(r->cache));
 	if (g->route_strategy)
 	{
 		strlcpy(r->route_strategy, g->route_strategy, sizeof(r->route_strategy));
 		ledger_copy_name(r->route_reason, g->route_reason ? g->route_reason : "", sizeof(r->route_reason));
 	}
+}
+
+/* Fill the PENDING record of an attempt; returns the estimate (or NULL) */
+Numeric
+attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r)
+{
+	int			max_tokens = c->opts.gen.max_tokens;
+	Numeric		estimate;
+	bool		priced;
+
+	call_record_pending(c, r, c->g.attempts, "pending", t->provider->name, t->model, t->name);
 	/* what the request sends (target_max_tokens) */
 	r->max_tokens = c->opts.gen.embedding ? 0 : target_max_tokens(t, max_tokens);
 	estimate = attempt_worst_cost(c, t, r->max_tokens, r->ts, &priced);

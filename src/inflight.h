@@ -40,6 +40,9 @@ extern int64 estimate_tokens(const char *s);
 
 extern int	target_max_tokens(const RouteTarget *t, int asked);
 extern int	target_output_limit(const RouteTarget *t);
+extern const char *cache_state_name(int state);
+extern void call_record_pending(Call *c, LedgerRecord *r, int attempt, const char *status,
+								const char *provider, const char *model, const char *model_name);
 extern Numeric attempt_record_pending(Call *c, RouteTarget *t, LedgerRecord *r);
 extern Numeric call_worst_cost(Call *c, const char **identity);
 extern void attempt_record_blocked(LedgerSlot *slot, LedgerRecord *r);

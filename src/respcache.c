@@ -47,6 +47,7 @@
 
 #include "call.h"
 #include "catalog.h"
+#include "inflight.h"
 #include "jsonutil.h"
 #include "ledger.h"
 #include "respcache.h"
@@ -60,21 +61,6 @@
 static const char *const call_only_options[] = {
 	"tags", "timeout_ms", "max_attempts", "fallback", "sticky_key", "cache", "cache_control"
 };
-
-const char *
-respcache_state_name(int state)
-{
-	switch (state)
-	{
-		case RESPCACHE_SKIPPED:
-			return "skipped";
-		case RESPCACHE_MISS:
-			return "miss";
-		case RESPCACHE_HIT:
-			return "hit";
-	}
-	return "";
-}
 
 /* The call's options as canonical JSON text, without the call-only ones */
 static char *
@@ -164,7 +150,7 @@ lookup_read(Call *c)
 	{
 		if (SPI_execute_with_args("SELECT provider, model, content, refusal, tool_calls::pg_catalog.text, parsed, "
 								  "finish_reason, provider_finish_reason, response_id, input_tokens, output_tokens, "
-								  "cached_input_tokens, cache_write_tokens, reasoning_tokens, cost_usd, evaluation "
+								  "cached_input_tokens, cache_write_tokens, reasoning_tokens, cost_usd, evaluation, model_name "
 								  "FROM maester.response_cache "
 								  "WHERE tenant OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2 "
 								  "AND expires_at OPERATOR(pg_catalog.>) pg_catalog.now()",
@@ -254,9 +240,10 @@ respcache_lookup(Call *c)
 			MemoryContextSwitchTo(old);
 		}
 		g->priced = true;
+		c->cache_model_name = col_copy(cxt, t, d, 17);
 	}
 	SPI_finish();
-	trace_attr_str(span, "maester.cache", respcache_state_name(c->cache_state));
+	trace_attr_str(span, "maester.cache", cache_state_name(c->cache_state));
 	if (c->cache_state == RESPCACHE_HIT && c->cache_saved)
 		trace_attr_raw(span, "maester.cache.saved_usd",
 					   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(c->cache_saved))));
@@ -272,29 +259,13 @@ uint64
 respcache_hit(Call *c)
 {
 	Generation *g = &c->g;
-	LedgerRecord *r = palloc0(sizeof(LedgerRecord));
+	LedgerRecord *r = palloc(sizeof(LedgerRecord));
 	LedgerSlot *slot = c->cs.slot;
 	const char *st = g->evaluation ? json_get_string(&g->evaluation->root, "status") : NULL;
 	uint64		seq;
 
-	r->kind = LEDGER_PENDING;
-	r->request_id = g->request_id;
-	r->attempt = 1;
-	r->ts = r->settled_at = GetCurrentTimestamp();
-	ledger_copy_name(r->tenant, c->tenant, sizeof(r->tenant));
-	ledger_copy_name(r->role, GetUserNameFromId(GetUserId(), false), sizeof(r->role));
-	strlcpy(r->trace_id, g->trace_id, sizeof(r->trace_id));
-	strlcpy(r->prompt_hash, g->prompt_hash, sizeof(r->prompt_hash));
-	ledger_copy_name(r->prompt_name, g->prompt_name, sizeof(r->prompt_name));
-	ledger_copy_name(r->prompt_version, g->prompt_version, sizeof(r->prompt_version));
-	ledger_copy_name(r->provider, g->provider, sizeof(r->provider));
-	ledger_copy_name(r->requested_model, g->requested_model, sizeof(r->requested_model));
-	ledger_copy_name(r->model, g->model, sizeof(r->model));
-	ledger_copy_name(r->model_name, g->model, sizeof(r->model_name));
-	strlcpy(r->status, "cached", sizeof(r->status));
-	strlcpy(r->purpose, g->purpose, sizeof(r->purpose));
-	if (g->tags)
-		strlcpy(r->tags, g->tags, sizeof(r->tags));
+	call_record_pending(c, r, 1, "cached", g->provider, g->model, c->cache_model_name);
+	r->settled_at = r->ts;
 	strlcpy(r->cost, "0", sizeof(r->cost));
 	strlcpy(r->cache, "hit", sizeof(r->cache));
 	if (c->cache_saved)
