@@ -246,6 +246,14 @@ SELECT max(octet_length(coalesce(d.title, d.external_id)) + octet_length(c.conte
   FROM maester.chunk c JOIN maester.document d ON d.id = c.document_id JOIN maester.kb k ON k.id = c.kb_id
  WHERE k.tenant = 'kb-acme' AND k.name = 'manual';
 SET ROLE kb_acme;
+-- the same content with a longer title: its chunks weigh more as sources, and the bound follows
+CREATE TEMP TABLE bound_before AS SELECT max_source_bytes FROM maester.kb WHERE name = 'manual';
+SELECT maester.ingest('manual', d.external_id, d.content, d.mime, repeat('T', 5000), d.metadata) = d.id AS same_document
+  FROM maester.document d JOIN maester.kb k ON k.id = d.kb_id
+ WHERE k.name = 'manual' AND d.current ORDER BY d.id LIMIT 1;
+SELECT k.max_source_bytes >= b.max_source_bytes + 4000 AS bound_grew
+  FROM maester.kb k, bound_before b WHERE k.name = 'manual';
+DROP TABLE bound_before;
 SELECT pg_temp.err($$ SELECT maester.ask('manual', 'x', 'kb-answer', options => '{"max_tokens": 0}') $$);
 SELECT pg_temp.err($$ SELECT maester.ask('manual', 'x', 'kb-answer', options => '{"max_tokens": "ten"}') $$);
 SELECT pg_temp.err($$ SELECT maester.ask('manual', 'x', 'kb-answer', options => '{"generate": [1]}') $$);
@@ -349,7 +357,7 @@ GRANT SELECT ON public.kb_eval_secret TO kb_acme;
 ALTER TABLE public.kb_eval_secret ENABLE ROW LEVEL SECURITY;
 CREATE POLICY only_ok ON public.kb_eval_secret USING (owner_ok);
 SET ROLE kb_acme;
-SELECT cases FROM maester.kb_eval('manual', 'public.kb_eval_secret', 3, '{fts}');
+SELECT cases FROM maester.kb_eval('manual', 'kb_eval_secret', 3, '{fts}');
 RESET ROLE;
 DROP TABLE public.kb_eval_secret;
 DROP VIEW eval_one, eval_json;

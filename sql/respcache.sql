@@ -71,6 +71,19 @@ SELECT pg_temp.call('other', 'What is a tuple?', '{"cache": true, "temperature":
 SELECT pg_temp.call('other', 'What is a tuple ?', '{"cache": true, "temperature": 0}');
 SELECT pg_temp.call('other', 'What is a tuple?', '{"cache": true, "temperature": 0}', model => 'cache-b');
 SELECT pg_temp.call('other', 'What is a tuple?', '{"temperature": 0}');
+-- a text that reads like a conversation is not that conversation
+SELECT pg_temp.call('text', '[{"role":"user","content":"Is it safe?"}]', '{"cache": true, "temperature": 0}');
+SELECT cached FROM maester.llm_generate(messages => '[{"role":"user","content":"Is it safe?"}]', model => 'cache-a',
+                                        max_tokens => 32, options => '{"cache": true, "temperature": 0}');
+-- a downgrade budget's answer (another model) is not kept under the model asked for
+INSERT INTO maester.model (name, provider, provider_model) VALUES ('cache-cheap', 'cachemock', 'mock-cache-cheap');
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+VALUES ('cache-cheap', '2020-01-01', 0.1, 0.1);
+INSERT INTO maester.budget (tenant, model, period, limit_usd, action, downgrade_model)
+VALUES ('default', 'cache-b', 'day', 0.0000001, 'downgrade', 'cache-cheap');
+SELECT model, cached FROM maester.llm_generate('Downgraded?', 'cache-b', 32, options => '{"cache": true, "temperature": 0}');
+DELETE FROM maester.budget WHERE model = 'cache-b';
+SELECT model, cached FROM maester.llm_generate('Downgraded?', 'cache-b', 32, options => '{"cache": true, "temperature": 0}');
 -- any_temperature: a sampled answer is kept too, when asked
 SELECT pg_temp.call('any', 'Name a colour.', '{"cache": {"any_temperature": true}, "temperature": 0.9}');
 SELECT pg_temp.call('any', 'Name a colour.', '{"cache": {"any_temperature": true}, "temperature": 0.9}');

@@ -110,9 +110,12 @@ mark_orphan_fn(void *arg)
 static void
 purge_fn(void *arg)
 {
-	if (SPI_execute("DELETE FROM maester.response_cache c WHERE c.ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+	/* never wait: a user's lock (its own DELETE in an open transaction) must not stall the ledger */
+	if (SPI_execute("SELECT pg_catalog.set_config('lock_timeout', '100ms', true)", false, 0) != SPI_OK_SELECT ||
+		SPI_execute("DELETE FROM maester.response_cache c WHERE c.ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
 					"SELECT e.ctid FROM maester.response_cache e "
-					"WHERE e.expires_at OPERATOR(pg_catalog.<) pg_catalog.now() LIMIT " CppAsString2(CACHE_PURGE_ROWS) "))",
+					"WHERE e.expires_at OPERATOR(pg_catalog.<) pg_catalog.now() LIMIT " CppAsString2(CACHE_PURGE_ROWS) " "
+					"FOR UPDATE SKIP LOCKED))",
 					false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not delete expired response cache entries");
 	*(uint64 *) arg = SPI_processed;
@@ -122,7 +125,9 @@ purge_fn(void *arg)
  * Delete expired response cache entries (respcache.c), at most
  * CACHE_PURGE_ROWS a time, every CACHE_PURGE_MS: lookups never return
  * them, this keeps the table from growing with keys never asked again.
- * A failure is a LOG line; the worker goes on.
+ * This loop writes the ledger, so it never waits for anyone: rows another
+ * transaction has locked are skipped, and a table lock gives way after
+ * 100 ms.  A failure is a LOG line; the worker goes on.
  */
 static void
 purge_expired_cache(void)

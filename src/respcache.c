@@ -6,8 +6,9 @@
  *
  * Opt-in: options.cache (true, or {"ttl": "1 hour", "any_temperature":
  * true}), or the prompt version's config.cache.  The key is the SHA-256 of
- * everything that makes the answer: the prompt's hash (the rendered text,
- * or the conversation's canonical form), the prompt name and version (a
+ * everything that makes the answer: whether it is a text or a
+ * conversation, the prompt's hash (the rendered text, or the
+ * conversation's canonical form), the prompt name and version (a
  * version's config is immutable), the model or route asked for, max_tokens,
  * and every option except those that change only how the call is made
  * (tags, timeout_ms, max_attempts, fallback, sticky_key, cache,
@@ -17,8 +18,8 @@
  *
  * A call that samples -- a temperature that is not 0, or none at all (the
  * providers' default is 1) -- is not cached unless any_temperature says
- * so: its ledger rows say cache = skipped.  An answer whose evaluation
- * failed is not kept.
+ * so: its ledger rows say cache = skipped.  An answer whose evaluation did
+ * not pass is not kept, nor one a downgrade budget sent to another model.
  *
  * A hit is found when the call is prepared; the call machine then finishes
  * it at once (no budget, no pacing, no circuit, nothing sent): one ledger
@@ -84,11 +85,12 @@ static void
 cache_key(Call *c)
 {
 	Generation *g = &c->g;
-	const char *parts[14];
-	int			lens[14];
+	const char *parts[16];
+	int			lens[16];
 	int			n = 0;
 	char	   *mt = psprintf("%d", c->opts.gen.max_tokens);
-	const char *vals[7] = {"maester response cache 1", g->prompt_hash,
+	/* a text's hash and a conversation's can be the same: say which it is */
+	const char *vals[8] = {"maester response cache 1", c->args.messages ? "messages" : "text", g->prompt_hash,
 		g->prompt_name ? g->prompt_name : "", g->prompt_version ? g->prompt_version : "",
 	g->requested_model ? g->requested_model : "", mt, answer_options(c)};
 
@@ -387,8 +389,10 @@ store_fn(void *arg)
 }
 
 /*
- * A miss that succeeded: keep its answer, unless its evaluation failed.
- * Never the call's error: a cache that cannot be written is a WARNING.
+ * A miss that succeeded: keep its answer, unless its evaluation did not
+ * pass (failed, or could not be made) or a downgrade budget sent it to
+ * another model.  Never the call's error: a cache that cannot be written
+ * is a WARNING.
  */
 void
 respcache_store(Call *c)
@@ -396,10 +400,11 @@ respcache_store(Call *c)
 	const char *st;
 	ErrorData  *edata;
 
-	if (c->cache_state != RESPCACHE_MISS || c->g.provider == NULL)
+	/* a budget's downgrade answered with another model than the key names */
+	if (c->cache_state != RESPCACHE_MISS || c->g.provider == NULL || c->cs.downgraded)
 		return;
 	st = c->g.evaluation ? json_get_string(&c->g.evaluation->root, "status") : NULL;
-	if (st && strcmp(st, "fail") == 0)
+	if (st && strcmp(st, "pass") != 0)
 		return;
 	edata = maester_subxact(store_fn, c, CurrentMemoryContext);
 	if (edata != NULL)

@@ -22,7 +22,8 @@
  *	best_evaluation by the mean evaluation score, else the pass rate, of
  *					the tenant's calls of this prompt version answered by
  *					each model in the last 7 days (the ledger, read again
- *					by a backend every 30 s or every 5 calls it routes)
+ *					by a backend every 30 s, or every 5 calls it routes
+ *					while a target is still being measured)
  *
  * The three that measure try first, in position order, any target with
  * fewer than STRATEGY_MIN_SAMPLES attempts (or evaluated calls) behind it,
@@ -78,6 +79,7 @@ typedef struct EvalStats
 	char	   *version;
 	TimestampTz read_at;
 	int			uses;			/* calls routed by it since */
+	bool		measuring;		/* a target had too few calls to judge */
 	int			n;
 	char	  **models;			/* model identities (usage.model_name) */
 	int64	   *calls;
@@ -153,8 +155,12 @@ eval_stats(const char *tenant, const char *prompt, const char *version)
 		if (c->tenant && strcmp(c->tenant, tenant) == 0 && strcmp(c->prompt, prompt) == 0 &&
 			strcmp(c->version, version) == 0)
 		{
-			/* fresh for 30 s, or until it routed as many calls as a target needs */
-			if (now - c->read_at < EVAL_REFRESH_US && c->uses < STRATEGY_MIN_SAMPLES)
+			/*
+			 * fresh for 30 s; while a target is being measured, only until
+			 * it routed as many calls as a target needs
+			 */
+			if (now - c->read_at < EVAL_REFRESH_US &&
+				(!c->measuring || c->uses < STRATEGY_MIN_SAMPLES))
 			{
 				c->uses++;
 				return c;
@@ -196,6 +202,7 @@ eval_stats(const char *tenant, const char *prompt, const char *version)
 	e->version = pstrdup(version);
 	e->read_at = now;
 	e->uses = 1;
+	e->measuring = false;
 	e->n = (int) SPI_processed;
 	e->models = e->n ? palloc(sizeof(char *) * e->n) : NULL;
 	e->calls = e->n ? palloc(sizeof(int64) * e->n) : NULL;
@@ -323,7 +330,8 @@ route_strategy_apply(Call *c, Span *span)
 			if (calls < STRATEGY_MIN_SAMPLES)
 			{
 				r[i].klass = 0;
-				r[i].why = psprintf("%s: " INT64_FORMAT " attempts so far, measured first", target_label(t), calls);
+				r[i].why = psprintf("%s: not measured yet (fewer than %d attempts), tried first",
+									target_label(t), STRATEGY_MIN_SAMPLES);
 			}
 			else if (isnan(ms) || failing >= 0.5)
 			{
@@ -389,6 +397,7 @@ route_strategy_apply(Call *c, Span *span)
 				if (m < 0 || e->calls[m] < STRATEGY_MIN_SAMPLES)
 				{
 					r[i].klass = 0;
+					e->measuring = true;
 					r[i].why = psprintf("%s: " INT64_FORMAT " evaluated calls of %s@%s so far, measured first",
 										target_label(t), m < 0 ? 0 : e->calls[m],
 										c->g.prompt_name, c->g.prompt_version);

@@ -6,6 +6,8 @@
 # 3. The resident worker deletes expired entries (it checks at start and
 #    every minute), never live ones.
 # 4. A tenant's entries are never another's hits, also across sessions.
+# 5. A user's locks on expired entries never stall the purge (nor, with
+#    it, the ledger the same worker writes).
 use strict;
 use warnings;
 use FindBin;
@@ -94,6 +96,34 @@ is($node->safe_psql('postgres', $q, extra_params => [ '-U', 't_one' ]), 't', 'te
 is($node->safe_psql('postgres', $q, extra_params => [ '-U', 't_two' ]), 'f', 'tenant two: its own miss');
 is($node->safe_psql('postgres', q{SELECT count(DISTINCT tenant) FROM maester.response_cache
 	WHERE content IS NOT NULL AND requested_model = 'quick' AND tenant IN ('one', 'two')}), '2', 'one entry each');
+
+# 5. a user holding locks on expired entries (its own DELETE, left open)
+#    never stalls the worker's purge, which writes the ledger too: the purge
+#    skips the locked rows and takes the others
+$node->safe_psql('postgres', q{
+	SELECT maester.llm_generate('expiring ' || i, 'quick', options => '{"cache": {"ttl": "1 second"}, "temperature": 0}')
+	  FROM generate_series(1, 3) i},
+	extra_params => [ '-U', 't_one' ]);
+$node->safe_psql('postgres', q{
+	SELECT maester.llm_generate('expiring too ' || i, 'quick', options => '{"cache": {"ttl": "1 second"}, "temperature": 0}')
+	  FROM generate_series(1, 4) i},
+	extra_params => [ '-U', 't_two' ]);
+sleep 2;
+my $locker = $node->background_psql('postgres', extra_params => [ '-U', 't_one' ]);
+$locker->query_safe('BEGIN');
+$locker->query_safe(q{DELETE FROM maester.response_cache WHERE expires_at < now()});
+# a new resident worker purges at once
+$node->safe_psql('postgres', q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+	WHERE backend_type = 'maester worker' AND datname = 'postgres'});
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM maester.response_cache
+	WHERE tenant = 'two' AND expires_at < now()}),
+	'the purge deleted the expired entries nobody had locked');
+is($node->safe_psql('postgres', q{SELECT cached IS NOT NULL FROM maester.llm_generate('a probe', 'quick')},
+	extra_params => [ '-U', 't_two' ]), 't', 'and the ledger goes on while the locks are held');
+$locker->query_safe('ROLLBACK');
+$locker->quit;
+is($node->safe_psql('postgres', q{SELECT count(*) FROM maester.response_cache
+	WHERE tenant = 'one' AND expires_at < now()}), '3', 'the locked entries are left for a later purge');
 
 $node->stop;
 $mock->stop;

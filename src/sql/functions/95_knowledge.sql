@@ -163,6 +163,27 @@ COMMENT ON FUNCTION maester.kb_create_as(text, name, text, text, jsonb, regconfi
     'Internal: maester.kb_create for a tenant and role.';
 
 -- One document version in: see maester.ingest
+-- The largest source maester.ask may send of a document's chunks (its
+-- format: "[n] title > path\ncontent\n\n"): the kb's bound only grows
+CREATE FUNCTION maester.kb_note_source_bytes(doc bigint)
+RETURNS void
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE maester.kb x SET max_source_bytes = m.bytes
+      FROM (SELECT d.kb_id,
+                   max(octet_length(coalesce(d.title, d.external_id)) + octet_length(c.content)
+                       + CASE WHEN cardinality(c.heading_path) > 0
+                              THEN 3 + octet_length(array_to_string(c.heading_path, ' > ')) ELSE 0 END
+                       + 8) AS bytes
+              FROM maester.document d JOIN maester.chunk c ON c.document_id = d.id
+             WHERE d.id = doc GROUP BY d.kb_id) m
+     WHERE x.id = m.kb_id AND m.bytes > x.max_source_bytes
+$$;
+
+COMMENT ON FUNCTION maester.kb_note_source_bytes(bigint) IS
+    'Internal: raises the document''s knowledge base''s max_source_bytes to the largest of its chunks as a source of maester.ask (title, section path and text).';
+
 CREATE FUNCTION maester.kb_put(k maester.kb, external_id text, content text, content_binary bytea,
                                mime text, title text, metadata jsonb, source regclass)
 RETURNS bigint
@@ -217,6 +238,8 @@ BEGIN
                SET title = coalesce(kb_put.title, d.title), metadata = kb_put.metadata,
                    updated_at = now()
              WHERE d.id = last.id;
+            -- a longer title makes its chunks weigh more as ask's sources
+            PERFORM maester.kb_note_source_bytes(last.id);
         END IF;
         RETURN last.id;
     END IF;
@@ -954,14 +977,7 @@ BEGIN
            sha256(convert_to(c.content, 'UTF8')), k.fts_config
       FROM maester.kb_chunk(d.parsed, k.chunking) c;
     GET DIAGNOSTICS n = ROW_COUNT;
-    -- the largest source ask may send (its format: "[n] title > path\ncontent\n\n")
-    UPDATE maester.kb x SET max_source_bytes = m.bytes
-      FROM (SELECT max(octet_length(coalesce(d.title, d.external_id)) + octet_length(c.content)
-                       + CASE WHEN cardinality(c.heading_path) > 0
-                              THEN 3 + octet_length(array_to_string(c.heading_path, ' > ')) ELSE 0 END
-                       + 8) AS bytes
-              FROM maester.chunk c WHERE c.document_id = doc) m
-     WHERE x.id = d.kb_id AND m.bytes > x.max_source_bytes;
+    PERFORM maester.kb_note_source_bytes(doc);
     UPDATE maester.document x
        SET stage = CASE WHEN n = 0 THEN 'embedded' ELSE 'chunked' END, updated_at = now()
      WHERE x.id = doc;

@@ -460,17 +460,17 @@ COMMENT ON FUNCTION maester.kb_eval(text, regclass, integer, text[]) IS
     'maester.kb_eval over the rows of a table or view of the caller''s (read with the caller''s privileges and row-level security): column query (text) and column relevant (text[], jsonb array, or text: the external ids of the documents that answer it).';
 
 -- A literal: JSON cases when it is a JSON array, else the name of a table
+-- (no SET search_path: a table's name resolves in the caller's)
 CREATE FUNCTION maester.kb_eval(kb text, cases text, k integer DEFAULT 10,
                                 modes text[] DEFAULT '{fts,vector,hybrid}')
 RETURNS SETOF maester.kb_eval_run
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF cases ~ '^\s*\[' THEN
-        RETURN QUERY SELECT * FROM maester.kb_eval(kb, cases::jsonb, k, modes);
+    IF cases OPERATOR(pg_catalog.~) '^\s*\[' THEN
+        RETURN QUERY SELECT * FROM maester.kb_eval(kb, cases::pg_catalog.jsonb, k, modes);
     ELSE
-        RETURN QUERY SELECT * FROM maester.kb_eval(kb, cases::regclass, k, modes);
+        RETURN QUERY SELECT * FROM maester.kb_eval(kb, cases::pg_catalog.regclass, k, modes);
     END IF;
 END
 $$;

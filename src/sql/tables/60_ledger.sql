@@ -60,7 +60,7 @@ CREATE INDEX usage_tenant_day ON maester.usage (tenant, ((ts AT TIME ZONE 'UTC')
 CREATE INDEX usage_pending ON maester.usage (ts) WHERE status OPERATOR(pg_catalog.=) 'pending';
 CREATE INDEX usage_overrun ON maester.usage (tenant, ts) WHERE overrun_usd IS NOT NULL;
 CREATE INDEX usage_evaluated ON maester.usage (tenant, prompt_name, prompt_version, ts)
-    WHERE eval_status IS NOT NULL;
+    INCLUDE (model_name, eval_status, eval_score) WHERE eval_status IS NOT NULL;
 
 COMMENT ON TABLE maester.usage IS
     'The ledger: one row per attempt of every model call, written by the maester ledger worker (never by the caller''s transaction), so that no rollback, error or crash loses it. Row-level security by tenant for maester_user and maester_reader.';

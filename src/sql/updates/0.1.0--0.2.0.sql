@@ -484,7 +484,7 @@ ALTER TABLE maester.usage ADD COLUMN route_strategy text, ADD COLUMN route_reaso
 COMMENT ON COLUMN maester.usage.route_strategy IS 'The strategy of the route the call went through (maester.route.strategy); NULL: a model, not a route.';
 COMMENT ON COLUMN maester.usage.route_reason IS 'Why the route''s strategy put its first target first (weight and draw, recent latency, worst-case cost, evaluation score), e.g. "openai/gpt-4.1-mini: weight 90 of 100, drawn at random".';
 CREATE INDEX usage_evaluated ON maester.usage (tenant, prompt_name, prompt_version, ts)
-    WHERE eval_status IS NOT NULL;
+    INCLUDE (model_name, eval_status, eval_score) WHERE eval_status IS NOT NULL;
 
 -- the response cache (issue #19): hits and misses on the ledger rows, and
 -- the generation says whether the cache answered
