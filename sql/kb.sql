@@ -515,8 +515,26 @@ SELECT count(DISTINCT e.profile_id) AS profiles, min(array_length(e.embedding, 1
                     WHERE d.current) AS every_current_chunk
   FROM maester.chunk_embedding e;
 
--- the functions say what they do
+-- a rollout of the answer prompt: each ask reserves the version it sends
 RESET ROLE;
+SELECT (maester.prompt_register('maester_answer',
+          'Sources, at length: {sources}' || repeat(' Read them all.', 2000) || ' Question: {question}',
+          version => 'long')).version AS registered;
+SELECT label, weights FROM maester.prompt_set_rollout('maester_answer', 'production', '{"v1": 1, "long": 1}');
+SET ROLE kb_acme;
+CREATE TEMP TABLE rolled AS
+SELECT maester.ask('manual', 'How does CREATE ROLE define a role that can log in?', 'kb-answer', 4,
+                   '{"prompt_version": "production"}') AS r
+  FROM generate_series(1, 16);
+RESET ROLE;
+SELECT count(DISTINCT r ->> 'prompt_version') AS versions_used,
+       bool_and((SELECT sum(u.estimated_cost_usd) FROM maester.usage u
+                  WHERE u.trace_id = r ->> 'trace_id' AND u.status = 'ok')
+                <= (r -> 'cost' ->> 'reserved_usd')::numeric) AS each_within_reserved
+  FROM rolled;
+DROP TABLE rolled;
+
+-- the functions say what they do
 SELECT p.proname, obj_description(p.oid, 'pg_proc') IS NOT NULL AS commented
   FROM pg_proc p WHERE p.pronamespace = 'maester'::regnamespace
    AND (p.proname LIKE 'kb%' OR p.proname IN ('ingest', 'ingest_as', 'estimate_tokens'))

@@ -175,6 +175,7 @@ DECLARE
     worst numeric;
     gen_options jsonb;
     prompt text;
+    answer_version text;
     result jsonb;
 BEGIN
     IF question IS NULL OR btrim(question) = '' THEN
@@ -211,6 +212,10 @@ BEGIN
       FROM maester.kb x JOIN maester.embedding_profile p ON p.id = x.profile_id
      WHERE x.tenant = maester.current_tenant() AND x.name = kb;
     prompt := maester.kb_answer_prompt();
+    -- the version (a label in a rollout picks one): the same for the
+    -- reservation and for the call
+    answer_version := (maester.prompt_render(prompt, jsonb_build_object('question', question, 'sources', ''),
+                                             options ->> 'prompt_version', gen_options ->> 'sticky_key')).version;
     -- the whole ask reserved as one amount before anything is sent
     -- (askbudget.c): the question's embedding, and the answer over k
     -- sources of the kb's largest with the output limit, each at its
@@ -219,7 +224,7 @@ BEGIN
         worst := maester.ask_budget_open(
             prof.model,
             CASE WHEN mode <> 'fts' THEN coalesce(prof.query_prefix, '') || question END,
-            prompt, options ->> 'prompt_version',
+            prompt, answer_version,
             jsonb_build_object('question', question, 'sources', repeat('x', k * prof.max_source_bytes)),
             model, (options ->> 'max_tokens')::int, gen_options);
     END IF;
@@ -257,7 +262,7 @@ BEGIN
       INTO sources, texts
       FROM unnest(hits) h;
     g := maester.llm_generate(prompt_name => prompt,
-                              prompt_version => options ->> 'prompt_version',
+                              prompt_version => answer_version,
                               variables => jsonb_build_object('question', question, 'sources', sources),
                               model => model,
                               max_tokens => (options ->> 'max_tokens')::int,
