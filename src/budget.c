@@ -51,6 +51,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
@@ -636,7 +637,9 @@ lock_loaded(BudgetConf **conf, int n, BudgetState **st, TimestampTz now)
  * envelope's tenant then reserves as usual, but what the envelope holds
  * in a budget pays for its reservation there first; what is left goes
  * back when the envelope is closed: by its owner, at the end of its
- * (sub)transaction, or at exit.  Only blocking budgets are held: a warn
+ * statement (the release of the resource owner it was opened under: a
+ * session cannot keep it while it idles in a transaction), at the end of
+ * its (sub)transaction, or at exit.  Only blocking budgets are held: a warn
  * budget never refuses and a downgrade budget changes the call, not the
  * envelope.  Backend-local; one at a time.
  */
@@ -644,6 +647,8 @@ typedef struct BudgetEnvelope
 {
 	bool		open;
 	SubTransactionId subid;		/* opened in this subtransaction */
+	ResourceOwner owner;		/* and under this resource owner: the
+								 * statement's portal, normally */
 	char		tenant[BUDGET_SCOPE_LEN];
 	int			n;
 	int			idx[BUDGET_MAX_APPLICABLE];
@@ -738,6 +743,16 @@ envelope_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		budget_envelope_close();
 }
 
+/* A resource owner is released (with itself as CurrentResourceOwner) */
+static void
+envelope_resowner_callback(ResourceReleasePhase phase, bool isCommit, bool isTopLevel,
+						   void *arg)
+{
+	if (phase == RESOURCE_RELEASE_AFTER_LOCKS && Envelope.open &&
+		Envelope.owner != NULL && CurrentResourceOwner == Envelope.owner)
+		budget_envelope_close();
+}
+
 /* Does budget `b` apply to part `p` of an envelope? */
 static bool
 applies_part(BudgetConf *b, const BudgetPart *p)
@@ -769,6 +784,7 @@ budget_envelope_open(const char *tenant, const BudgetPart *parts, int nparts,
 	{
 		RegisterXactCallback(envelope_xact_callback, NULL);
 		RegisterSubXactCallback(envelope_subxact_callback, NULL);
+		RegisterResourceReleaseCallback(envelope_resowner_callback, NULL);
 		EnvelopeCallbacks = true;
 	}
 	if (!ExitRegistered)
@@ -840,6 +856,7 @@ budget_envelope_open(const char *tenant, const BudgetPart *parts, int nparts,
 	Envelope.n = n;
 	strlcpy(Envelope.tenant, tenant, sizeof(Envelope.tenant));
 	Envelope.subid = GetCurrentSubTransactionId();
+	Envelope.owner = CurrentResourceOwner;
 	Envelope.open = true;
 	LWLockRelease(budget_shared->lock);
 }

@@ -98,47 +98,62 @@ like($err, qr/budget 1 of tenant "hammer" would be exceeded by [0-9.]+ USD/, 'af
 # maester.ask's envelope: the embedding and the answer reserved as one
 # amount before either is sent.  While session A holds it, B's call that
 # would fit the budget without it is refused; A's own call draws on it; the
-# rest goes back at commit, rollback, rollback to savepoint, and exit.
+# rest goes back at the end of A's statement -- also inside an open
+# transaction, so a session cannot keep it while it idles -- at a
+# subtransaction's abort, and at exit.
 $node->safe_psql('postgres', q{
 	INSERT INTO maester.budget (tenant, period, limit_usd, action) VALUES ('asker', 'total', 0.05, 'block');
 	SELECT maester.prompt_register('ask_like', '{question} {sources}');
+	CREATE TABLE envelope_seen (what text, reserved numeric);
+	GRANT ALL ON envelope_seen TO PUBLIC;
 });
 my $reserved = q{SELECT reserved_usd FROM maester.budget_status WHERE tenant = 'asker'};
-my $open = q{SELECT maester.ask_budget_open('mock-b', repeat('q', 100), 'ask_like', NULL,
+my $holds = q{SELECT reserved_usd = 0.0364 FROM maester.budget_status WHERE tenant = 'asker'};
+my $open = q{maester.ask_budget_open('mock-b', repeat('q', 100), 'ask_like', NULL,
 	jsonb_build_object('question', 'x', 'sources', repeat('y', 300)), 'mock-b', 100, '{}')};
 my $spend = q{SELECT cost_usd FROM maester.llm_generate('spend some money please', 'mock-b', max_tokens => 100)};
 my $ea = $node->background_psql('postgres', on_error_stop => 0);
 $ea->query_safe(q{SET maester.tenant = 'asker'});
-$ea->query_safe('BEGIN');
+# A opens the envelope, waits for B to try, makes its own call, notes what is reserved
+$ea->{stdin} .= qq{DO \$\$ BEGIN
+	PERFORM $open;
+	WHILE NOT EXISTS (SELECT FROM envelope_seen WHERE what = 'b tried') LOOP PERFORM pg_sleep(0.02); END LOOP;
+	PERFORM maester.llm_generate('spend some money please', 'mock-b', max_tokens => 100);
+	INSERT INTO envelope_seen SELECT 'a spent', reserved_usd FROM maester.budget_status WHERE tenant = 'asker';
+END \$\$;
+};
+$ea->{run}->pump_nb;
 # embedding (8 + 100 + 2 tokens) and answer (16 + 302 tokens in, 100 out) at 50 / 150 USD per million
-is($ea->query_safe($open), '0.0364', 'the envelope is both calls\' worst case');
-is($node->safe_psql('postgres', $reserved), '0.0364', 'it is reserved in the budget');
+ok($node->poll_query_until('postgres', $holds), 'the envelope holds both calls\' worst case');
 ($ret, $out, $err) = $node->psql('postgres', "SET maester.tenant = 'asker'; $spend");
 like($err, qr/budget \d+ of tenant "asker" would be exceeded/,
 	'a concurrent call that fits the budget but not beside the envelope is refused');
-like($ea->query_safe($spend), qr/^0\.\d+$/, 'the envelope\'s own call goes through');
-is($node->safe_psql('postgres', $reserved), '0.01945',
+$node->safe_psql('postgres', q{INSERT INTO envelope_seen VALUES ('b tried', NULL)});
+ok($node->poll_query_until('postgres', q{SELECT EXISTS (SELECT FROM envelope_seen WHERE what = 'a spent')}),
+	'the envelope\'s own call goes through');
+is($node->safe_psql('postgres', q{SELECT reserved FROM envelope_seen WHERE what = 'a spent'}), '0.01945',
 	'it drew its reservation from the envelope (0.0364 - 0.01695 left)');
-$ea->query_safe('COMMIT');
-is($node->safe_psql('postgres', $reserved), '0', 'commit gives back the rest');
+$ea->query_safe('SELECT 1');
+is($node->safe_psql('postgres', $reserved), '0', 'the end of the statement gives back the rest');
 like($node->safe_psql('postgres', "SET maester.tenant = 'asker'; $spend"), qr/^0\.\d+$/,
 	'then the other session\'s call fits');
 $ea->query_safe('BEGIN');
-$ea->query_safe($open);
+$ea->query_safe("SELECT $open");
+is($node->safe_psql('postgres', $reserved), '0', 'an envelope ends with its statement, in an open transaction too');
 $ea->query_safe('ROLLBACK');
-is($node->safe_psql('postgres', $reserved), '0', 'rollback gives it back');
-$ea->query_safe('BEGIN');
-$ea->query_safe('SAVEPOINT s');
-$ea->query_safe($open);
-$ea->query_safe('ROLLBACK TO SAVEPOINT s');
-is($ea->query_safe($reserved), '0', 'rollback to a savepoint gives it back');
-$ea->query_safe('COMMIT');
-$ea->query_safe($open);
-$ea->query_safe($open);
-is($node->safe_psql('postgres', $reserved), '0', 'an envelope ends with its transaction, and one replaces another');
-$ea->query_safe('BEGIN');
-$ea->query_safe($open);
+$ea->query_safe(qq{DO \$\$ DECLARE r numeric; BEGIN
+	BEGIN PERFORM $open; RAISE EXCEPTION 'the ask fails'; EXCEPTION WHEN OTHERS THEN NULL; END;
+	SELECT reserved_usd INTO r FROM maester.budget_status WHERE tenant = 'asker';
+	IF r <> 0 THEN RAISE EXCEPTION 'still reserved after the subtransaction: %', r; END IF;
+	PERFORM $open; PERFORM $open;
+	SELECT reserved_usd INTO r FROM maester.budget_status WHERE tenant = 'asker';
+	IF r <> 0.0364 THEN RAISE EXCEPTION 'a second envelope did not replace the first: %', r; END IF;
+END \$\$});
+pass('a subtransaction\'s abort gives it back, and one envelope replaces another');
 my $pid = $ea->query_safe('SELECT pg_backend_pid()');
+$ea->{stdin} .= "SELECT $open, pg_sleep(60);\n";
+$ea->{run}->pump_nb;
+ok($node->poll_query_until('postgres', $holds), 'a long statement holds it');
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
 $node->poll_query_until('postgres', "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $pid)")
 	or die 'the terminated session is still there';
