@@ -176,6 +176,7 @@ DECLARE
     gen_options jsonb;
     prompt text;
     answer_version text;
+    retrieve_span text;
     result jsonb;
 BEGIN
     IF question IS NULL OR btrim(question) = '' THEN
@@ -233,12 +234,15 @@ BEGIN
     trace := coalesce(tp[1], md5(random()::text || clock_timestamp()::text));
     PERFORM set_config('maester.traceparent', format('00-%s-%s-01', trace, root), true);
 
-    -- retrieve
+    -- retrieve (the query's embedding is a child of its span)
     t1 := clock_timestamp();
+    retrieve_span := left(md5(random()::text || clock_timestamp()::text), 16);
+    PERFORM set_config('maester.traceparent', format('00-%s-%s-01', trace, retrieve_span), true);
     SELECT array_agg(s ORDER BY s.rank) INTO hits
       FROM maester.search(kb, question, k, mode, options -> 'filter', coalesce(options -> 'search', '{}')) s;
+    PERFORM set_config('maester.traceparent', format('00-%s-%s-01', trace, root), true);
     n := coalesce(cardinality(hits), 0);
-    PERFORM maester.kb_ask_span(trace, left(md5(random()::text || clock_timestamp()::text), 16), root, 'retrieve', t1, 'ok',
+    PERFORM maester.kb_ask_span(trace, retrieve_span, root, 'retrieve', t1, 'ok',
         jsonb_build_object('maester.kb', kb, 'maester.search.mode', mode, 'maester.search.k', k, 'maester.search.hits', n,
                            'maester.embedding_profile_id', prof.id,
                            'maester.search.ranks', (SELECT jsonb_agg(jsonb_build_object('chunk', h.chunk_id,
