@@ -687,7 +687,7 @@ record_end(JobWorker *w, Call *c)
 		INT8OID, INT8OID, BOOLOID, FLOAT8OID, INT4OID, BOOLOID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, NUMERICOID, BOOLOID, JSONBOID,
 		JSONBOID, JSONBOID, TEXTOID,
-	BOOLOID};					/* (cached: the ledger row says it) */
+	BOOLOID};
 	bool		ok = c->phase == PHASE_DONE;
 	bool		has_g;
 	const char *status;
@@ -741,7 +741,7 @@ record_end(JobWorker *w, Call *c)
 							  "result = CASE WHEN $3 THEN ROW($7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
 							  "$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)::maester.job_result END, "
 							  "tool_calls = CASE WHEN $3 THEN $29 END, parsed = CASE WHEN $3 THEN $30 END, "
-							  "refusal = CASE WHEN $3 THEN $31 END, "
+							  "refusal = CASE WHEN $3 THEN $31 END, cached = CASE WHEN $3 THEN $32 END, "
 							  "worker_pid = NULL, cancel_requested = false "
 							  "FROM (SELECT q.id FROM maester.job q WHERE q.id = $1 FOR UPDATE SKIP LOCKED) l "
 							  "WHERE j.id = l.id RETURNING j.callback IS NOT NULL",

@@ -8,6 +8,7 @@
 # 4. A tenant's entries are never another's hits, also across sessions.
 # 5. A user's locks on expired entries never stall the purge (nor, with
 #    it, the ledger the same worker writes).
+# 6. Jobs use the cache too, and job.cached says so.
 use strict;
 use warnings;
 use FindBin;
@@ -124,6 +125,20 @@ $locker->query_safe('ROLLBACK');
 $locker->quit;
 is($node->safe_psql('postgres', q{SELECT count(*) FROM maester.response_cache
 	WHERE tenant = 'one' AND expires_at < now()}), '3', 'the locked entries are left for a later purge');
+
+# 6. jobs use the cache too, and say so
+my $submit = q{SELECT maester.submit('{"prompt": "a job''s question", "model": "quick",
+	"options": {"cache": true, "temperature": 0}}')};
+my @jobs;
+for (1 .. 2)
+{
+	my $id = $node->safe_psql('postgres', $submit);
+	ok($node->poll_query_until('postgres', "SELECT status = 'done' FROM maester.job WHERE id = $id"), "job $id done");
+	push @jobs, $id;
+}
+is($node->safe_psql('postgres', qq{SELECT string_agg(cached::text || ' ' || ((result).cost_usd = 0)::text, ', ' ORDER BY id)
+	FROM maester.job WHERE id IN ($jobs[0], $jobs[1])}), 'false false, true true',
+	'the second job was answered by the cache, at $0');
 
 $node->stop;
 $mock->stop;

@@ -32,7 +32,7 @@ CREATE TYPE maester.job_result AS (
 );
 
 COMMENT ON TYPE maester.job_result IS
-    'A job''s result: the maester.generation fields of 0.1.0, frozen, so that dumps of any version restore (a stored composite value must have every attribute of its type). Fields the generation gained since are columns of maester.job (tool_calls, parsed, refusal).';
+    'A job''s result: the maester.generation fields of 0.1.0, frozen, so that dumps of any version restore (a stored composite value must have every attribute of its type). Fields the generation gained since are columns of maester.job (tool_calls, parsed, refusal, cached).';
 
 -- Asynchronous jobs: requests queued with maester.submit and run by the
 -- database's resident worker (and job workers) through the same gateway.
@@ -63,7 +63,8 @@ CREATE TABLE maester.job (
     callback_done_at timestamptz,
     tool_calls       jsonb,
     parsed           jsonb,
-    refusal          text
+    refusal          text,
+    cached           boolean
 );
 
 CREATE INDEX job_queued ON maester.job (id) WHERE status OPERATOR(pg_catalog.=) 'queued';
@@ -85,6 +86,7 @@ COMMENT ON COLUMN maester.job.result IS 'The call''s result when it is done: mae
 COMMENT ON COLUMN maester.job.tool_calls IS 'The result''s maester.generation.tool_calls.';
 COMMENT ON COLUMN maester.job.parsed IS 'The result''s maester.generation.parsed.';
 COMMENT ON COLUMN maester.job.refusal IS 'The result''s maester.generation.refusal.';
+COMMENT ON COLUMN maester.job.cached IS 'The result''s maester.generation.cached: the response cache answered.';
 
 ALTER TABLE maester.job ENABLE ROW LEVEL SECURITY;
 CREATE POLICY job_admin ON maester.job FOR ALL TO maester_admin USING (true);

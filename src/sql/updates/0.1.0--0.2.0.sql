@@ -490,6 +490,10 @@ CREATE INDEX usage_evaluated ON maester.usage (tenant, prompt_name, prompt_versi
 -- the generation says whether the cache answered
 ALTER TYPE maester.generation ADD ATTRIBUTE cached boolean;
 ALTER TYPE maester.batch_result ADD ATTRIBUTE cached boolean;
+ALTER TABLE maester.job ADD COLUMN cached boolean;
+COMMENT ON COLUMN maester.job.cached IS 'The result''s maester.generation.cached: the response cache answered.';
+COMMENT ON TYPE maester.job_result IS
+    'A job''s result: the maester.generation fields of 0.1.0, frozen, so that dumps of any version restore (a stored composite value must have every attribute of its type). Fields the generation gained since are columns of maester.job (tool_calls, parsed, refusal, cached).';
 COMMENT ON COLUMN maester.generation.cached IS 'True when the response cache answered (options.cache): nothing was sent, cost_usd is 0, and evaluation is the one the answer had when it was made.';
 ALTER TABLE maester.usage
     ADD COLUMN cache text CHECK (cache OPERATOR(pg_catalog.=) ANY (ARRAY['hit', 'miss', 'skipped'])),
