@@ -17,8 +17,8 @@ BEGIN
     SELECT pv.* INTO v FROM maester.prompt_version pv
      WHERE pv.name = p_name
        AND pv.version = COALESCE(p_version,
-             (SELECT l.version FROM maester.prompt_label l
-               WHERE l.name = p_name AND l.label = 'latest'));
+             (SELECT l.version FROM maester.prompt_version l
+               WHERE l.name = p_name ORDER BY l.seq DESC LIMIT 1));
     IF NOT FOUND THEN
         RAISE EXCEPTION 'prompt "%" not found', p_name USING ERRCODE = 'undefined_object';
     END IF;
@@ -33,7 +33,7 @@ BEGIN
     END LOOP;
     out := replace(replace(out, chr(1), '{'), chr(2), '}');
     r := ROW(v.name, v.version, out, NULL,
-             encode(sha256(convert_to(out, 'UTF8')), 'hex'), v.template_hash);
+             encode(sha256(convert_to(out, 'UTF8')), 'hex'), v.template_hash, NULL);
     RETURN r;
 END
 $$;
