@@ -156,6 +156,30 @@ SELECT s.attributes ->> 'maester.route.strategy' AS strategy, s.attributes ->> '
 SELECT regexp_replace(e, '^.*(route=.*)$', '\1') AS explain_route
   FROM traced, maester.explain(traced.trace_id) e WHERE e LIKE '%route=%';
 
+-- a target that cannot be tried (its provider disabled) is never first,
+-- even unmeasured: with fallback false the call still has one to try
+INSERT INTO maester.provider (name, kind, base_url, api_key_env, models, circuit_failure_threshold, enabled)
+VALUES ('routeoff', 'openai_compatible', :'mock_url' || '/v1', 'MAESTER_TEST_API_KEY', '{}', 0, false);
+INSERT INTO maester.route (name, strategy) VALUES ('half-off', 'lowest_latency');
+INSERT INTO maester.route_target (route, position, provider, model) VALUES
+    ('half-off', 1, 'routeoff', 'mock-off'), ('half-off', 2, 'routemock', 'mock-on');
+SELECT model FROM maester.llm_generate('x', 'half-off', 16, options => '{"fallback": false}');
+SELECT DISTINCT route_reason FROM maester.usage WHERE requested_model = 'half-off';
+UPDATE maester.route SET strategy = 'weighted' WHERE name = 'half-off';
+UPDATE maester.route_target SET weight = 1000 WHERE route = 'half-off' AND position = 1;
+SELECT count(*) FILTER (WHERE m = 'mock-on') AS on_target, count(*) AS calls
+  FROM pg_temp.calls('half-off', 10, '{"fallback": false}') m;
+-- a budget that downgrades a call to a route: the route's strategy orders it
+INSERT INTO maester.model (name, provider, provider_model) VALUES ('route-premium', 'routemock', 'mock-premium');
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+VALUES ('route-premium', '2020-01-01', 100, 100);
+INSERT INTO maester.budget (tenant, model, period, limit_usd, action, downgrade_model)
+VALUES ('default', 'route-premium', 'total', 0.0000001, 'downgrade', 'canary');
+CREATE TEMP TABLE downgraded AS SELECT request_id, model FROM maester.llm_generate('x', 'route-premium', 16);
+SELECT d.model LIKE 'mock-%' AS served, u.route_strategy, u.route_reason LIKE '%weight%' AS drawn
+  FROM downgraded d JOIN maester.usage u USING (request_id) WHERE u.status = 'ok';
+DELETE FROM maester.budget WHERE model = 'route-premium';
+
 -- an embedding route is never reordered: vectors of two models do not mix
 INSERT INTO maester.route (name, strategy) VALUES ('route-emb', 'weighted');
 INSERT INTO maester.route_target (route, position, provider, model, weight) VALUES
@@ -164,4 +188,4 @@ SELECT DISTINCT e.model FROM generate_series(1, 3) i, LATERAL maester.embed(ARRA
 SELECT DISTINCT route_strategy IS NULL AS not_reordered FROM maester.usage WHERE requested_model = 'route-emb';
 
 -- leave the shared regression database's routes as they were
-DELETE FROM maester.route WHERE name IN ('canary', 'fragile', 'thrift', 'quick', 'judge', 'plain-chain', 'route-emb');
+DELETE FROM maester.route WHERE name IN ('canary', 'fragile', 'thrift', 'quick', 'judge', 'plain-chain', 'route-emb', 'half-off');

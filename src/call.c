@@ -56,7 +56,6 @@
 #include "rubric.h"
 #include "settings.h"
 #include "stat.h"
-#include "strategy.h"
 #include "tenant.h"
 #include "util.h"
 

@@ -224,6 +224,9 @@ typedef struct GradeAnswers
 	int			next;
 } GradeAnswers;
 
+/* strategy.c: order a route's targets by its strategy (span: model_route, or NULL) */
+extern void route_strategy_apply(Call *c, Span *span);
+
 /* machine.c */
 extern void run_calls(CallDriver *d);
 

@@ -396,6 +396,7 @@ phase_attempt(Call *c, CallSet *set)
 		appendStringInfo(&cs->log, "%sbudget: downgrade to %s",
 						 cs->log.len ? "; " : "", downgrade);
 		c->plan = router_plan(downgrade);
+		route_strategy_apply(c, NULL);	/* a route downgraded to has its strategy too */
 		c->ntargets = c->opts.fallback ? c->plan->ntargets : Min(c->plan->ntargets, 1);
 		cs->downgraded = true;
 		c->g.fallback_used = true;

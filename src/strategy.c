@@ -28,7 +28,10 @@
  * The three that measure try first, in position order, any target with
  * fewer than STRATEGY_MIN_SAMPLES attempts (or evaluated calls) behind it,
  * so that every target gets measured; a target whose recent attempts
- * mostly fail (a moving average, stat.c) goes last.  The strategy and why its first target was chosen are on the
+ * mostly fail (a moving average, stat.c) goes last.  Every strategy puts
+ * last, and never draws, a target that cannot be tried (its provider
+ * disabled, or its key not set): it would never be measured.  A route a
+ * budget downgrades a call to is ordered by its own strategy too.  The strategy and why its first target was chosen are on the
  * model_route span and on each of the call's ledger rows.  Embedding calls
  * are never reordered: vectors of two models are not comparable.
  *
@@ -52,8 +55,8 @@
 #include "catalog.h"
 #include "inflight.h"
 #include "meter.h"
+#include "secrets.h"
 #include "stat.h"
-#include "strategy.h"
 #include "util.h"
 
 #define STRATEGY_MIN_SAMPLES 5
@@ -226,15 +229,15 @@ eval_stats(const char *tenant, const char *prompt, const char *version)
 	return e;
 }
 
-/* Draw a target by weight: the index into the plan, or -1 when none has weight */
+/* Draw a usable target by weight: the index into the plan, or -1 when none has weight */
 static int
-weighted_pick(RoutePlan *plan, const char *key, int64 *total_out)
+weighted_pick(RoutePlan *plan, const bool *usable, const char *key, int64 *total_out)
 {
 	int64		total = 0;
 	uint64		draw;
 
 	for (int i = 0; i < plan->ntargets; i++)
-		total += plan->targets[i].weight;
+		total += usable[i] ? plan->targets[i].weight : 0;
 	*total_out = total;
 	if (total <= 0)
 		return -1;
@@ -249,11 +252,33 @@ weighted_pick(RoutePlan *plan, const char *key, int64 *total_out)
 		draw = pg_prng_uint64_range(&pg_global_prng_state, 0, (uint64) total - 1);
 	for (int i = 0; i < plan->ntargets; i++)
 	{
+		if (!usable[i])
+			continue;
 		if (draw < (uint64) plan->targets[i].weight)
 			return i;
 		draw -= plan->targets[i].weight;
 	}
 	return plan->ntargets - 1;	/* not reached */
+}
+
+/*
+ * Can the target be tried at all: its provider enabled, its key set?  One
+ * that cannot is put last by every strategy (it would never be measured,
+ * so it would stay "to measure", first, forever; with fallback false the
+ * call would have nothing to try).
+ */
+static bool
+target_usable(RouteTarget *t)
+{
+	char	   *missing = NULL;
+	char	   *key;
+
+	if (!t->provider->enabled)
+		return false;
+	key = maester_provider_key(t->provider->name, t->provider->api_key_env, t->provider->api_key_file,
+							   provider_url(t->provider), &missing);
+	maester_forget_key(key);
+	return missing == NULL;
 }
 
 /* Do most of the target's recent attempts fail (over enough of them)? */
@@ -287,13 +312,19 @@ route_strategy_apply(Call *c, Span *span)
 	const char *strategy = plan->strategy;
 	char	   *reason = NULL;
 	RouteTarget *sorted;
+	bool	   *usable;
 
+	c->g.route_strategy = c->g.route_reason = NULL;
 	if (!plan->is_route || strategy == NULL || c->opts.gen.embedding)
 		return;
 	c->g.route_strategy = strategy;
 	r = palloc0(sizeof(Ranked) * Max(n, 1));
+	usable = palloc(sizeof(bool) * Max(n, 1));
 	for (int i = 0; i < n; i++)
+	{
 		r[i].index = i;
+		usable[i] = n < 2 || strcmp(strategy, "ordered") == 0 || target_usable(&plan->targets[i]);
+	}
 
 	if (n < 2 || strcmp(strategy, "ordered") == 0)
 		reason = pstrdup(n < 2 ? "the route has one target" : "in position order");
@@ -305,13 +336,13 @@ route_strategy_apply(Call *c, Span *span)
 
 		if (key == NULL && plan->sticky_tenant)
 			key = c->tenant;
-		pick = weighted_pick(plan, key, &total);
+		pick = weighted_pick(plan, usable, key, &total);
+		for (int i = 0; i < n; i++)
+			r[i].klass = i == pick ? 0 : usable[i] ? 1 : 2;
 		if (pick < 0)
-			reason = pstrdup("no target has a weight: in position order");
+			reason = pstrdup("no target that can be tried has a weight: in position order");
 		else
 		{
-			for (int i = 0; i < n; i++)
-				r[i].klass = i == pick ? 0 : 1;
 			reason = psprintf("%s: weight %d of " INT64_FORMAT ", %s", target_label(&plan->targets[pick]),
 							  plan->targets[pick].weight, total,
 							  c->opts.sticky_key ? "by sticky key" : key ? "by tenant" : "drawn at random");
@@ -327,7 +358,12 @@ route_strategy_apply(Call *c, Span *span)
 			int64		calls = 0;
 
 			(void) stat_recent(t->provider->name, t->model, &ms, &failing, &calls);
-			if (calls < STRATEGY_MIN_SAMPLES)
+			if (!usable[i])
+			{
+				r[i].klass = 2;
+				r[i].why = psprintf("%s: cannot be tried (provider disabled, or no key)", target_label(t));
+			}
+			else if (calls < STRATEGY_MIN_SAMPLES)
 			{
 				r[i].klass = 0;
 				r[i].why = psprintf("%s: not measured yet (fewer than %d attempts), tried first",
@@ -359,7 +395,12 @@ route_strategy_apply(Call *c, Span *span)
 											target_max_tokens(t, c->opts.gen.max_tokens), 0, 0, 0,
 											now, &priced);
 
-			if (!priced || cost == NULL)
+			if (!usable[i])
+			{
+				r[i].klass = 2;
+				r[i].why = psprintf("%s: cannot be tried (provider disabled, or no key)", target_label(t));
+			}
+			else if (!priced || cost == NULL)
 			{
 				r[i].klass = 2;
 				r[i].why = psprintf("%s: no price", target_label(t));
@@ -394,7 +435,12 @@ route_strategy_apply(Call *c, Span *span)
 				for (int k = 0; k < e->n && m < 0; k++)
 					if (strcmp(e->models[k], t->name) == 0)
 						m = k;
-				if (m < 0 || e->calls[m] < STRATEGY_MIN_SAMPLES)
+				if (!usable[i])
+				{
+					r[i].klass = 2;
+					r[i].why = psprintf("%s: cannot be tried (provider disabled, or no key)", target_label(t));
+				}
+				else if (m < 0 || e->calls[m] < STRATEGY_MIN_SAMPLES)
 				{
 					r[i].klass = 0;
 					e->measuring = true;
@@ -434,7 +480,7 @@ route_strategy_apply(Call *c, Span *span)
 	c->g.route_reason = reason;
 
 	/* an ordered chain is what it always was: the trace says no more */
-	if (strcmp(strategy, "ordered") == 0)
+	if (strcmp(strategy, "ordered") == 0 || span == NULL)
 		return;
 	trace_attr_str(span, "maester.route.strategy", strategy);
 	trace_attr_str(span, "maester.route.reason", reason);
