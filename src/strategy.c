@@ -55,7 +55,6 @@
 #include "catalog.h"
 #include "inflight.h"
 #include "meter.h"
-#include "secrets.h"
 #include "stat.h"
 #include "util.h"
 
@@ -262,23 +261,25 @@ weighted_pick(RoutePlan *plan, const bool *usable, const char *key, int64 *total
 }
 
 /*
- * Can the target be tried at all: its provider enabled, its key set?  One
- * that cannot is put last by every strategy (it would never be measured,
- * so it would stay "to measure", first, forever; with fallback false the
- * call would have nothing to try).
+ * Can the target be tried at all: its provider enabled, its key variable
+ * set?  One that cannot is put last by every strategy (it would never be
+ * measured, so it would stay "to measure", first, forever; with fallback
+ * false the call would have nothing to try).  Only a cheap look: no key
+ * is read or copied here, and a key's configuration errors stay those of
+ * the attempt that uses it (machine.c fetches the key of the target it
+ * tries); a key file counts as set.
  */
 static bool
 target_usable(RouteTarget *t)
 {
-	char	   *missing = NULL;
-	char	   *key;
+	const char *v;
 
 	if (!t->provider->enabled)
 		return false;
-	key = maester_provider_key(t->provider->name, t->provider->api_key_env, t->provider->api_key_file,
-							   provider_url(t->provider), &missing);
-	maester_forget_key(key);
-	return missing == NULL;
+	if (t->provider->api_key_env == NULL)
+		return true;
+	v = getenv(t->provider->api_key_env);
+	return v != NULL && v[0] != '\0';
 }
 
 /* Do most of the target's recent attempts fail (over enough of them)? */
