@@ -120,7 +120,7 @@ ask_budget_open(PG_FUNCTION_ARGS)
 PG_FUNCTION_INFO_V1(ask_budget_close);
 /*
  * maester.ask_budget_close() RETURNS void: gives back what the ask's
- * envelope still holds (the end of the transaction does it too).
+ * envelope still holds (the end of the statement does it too).
  */
 Datum
 ask_budget_close(PG_FUNCTION_ARGS)

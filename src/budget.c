@@ -636,19 +636,19 @@ lock_loaded(BudgetConf **conf, int n, BudgetState **st, TimestampTz now)
  * through and block the second.  Each call of this backend for the
  * envelope's tenant then reserves as usual, but what the envelope holds
  * in a budget pays for its reservation there first; what is left goes
- * back when the envelope is closed: by its owner, at the end of its
- * statement (the release of the resource owner it was opened under: a
- * session cannot keep it while it idles in a transaction), at the end of
- * its (sub)transaction, or at exit.  Only blocking budgets are held: a warn
+ * back when the envelope is closed: by its owner, or when the resource
+ * owner it was opened under is released -- the statement's portal, or a
+ * subtransaction's owner, at the latest the transaction's (so a session
+ * cannot keep it while it idles in a transaction, and an error gives it
+ * back) -- or at exit.  Only blocking budgets are held: a warn
  * budget never refuses and a downgrade budget changes the call, not the
  * envelope.  Backend-local; one at a time.
  */
 typedef struct BudgetEnvelope
 {
 	bool		open;
-	SubTransactionId subid;		/* opened in this subtransaction */
-	ResourceOwner owner;		/* and under this resource owner: the
-								 * statement's portal, normally */
+	ResourceOwner owner;		/* opened under it: the statement's portal,
+								 * normally */
 	char		tenant[BUDGET_SCOPE_LEN];
 	int			n;
 	int			idx[BUDGET_MAX_APPLICABLE];
@@ -718,38 +718,13 @@ budget_envelope_close(void)
 	Envelope.n = 0;
 }
 
-static void
-envelope_xact_callback(XactEvent event, void *arg)
-{
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-		case XACT_EVENT_PREPARE:
-			budget_envelope_close();
-			break;
-		default:
-			break;
-	}
-}
-
-static void
-envelope_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-						  SubTransactionId parentSubid, void *arg)
-{
-	if (event == SUBXACT_EVENT_ABORT_SUB && Envelope.open && Envelope.subid == mySubid)
-		budget_envelope_close();
-}
-
 /* A resource owner is released (with itself as CurrentResourceOwner) */
 static void
 envelope_resowner_callback(ResourceReleasePhase phase, bool isCommit, bool isTopLevel,
 						   void *arg)
 {
 	if (phase == RESOURCE_RELEASE_AFTER_LOCKS && Envelope.open &&
-		Envelope.owner != NULL && CurrentResourceOwner == Envelope.owner)
+		CurrentResourceOwner == Envelope.owner)
 		budget_envelope_close();
 }
 
@@ -780,10 +755,10 @@ budget_envelope_open(const char *tenant, const BudgetPart *parts, int nparts,
 	int			n = 0;
 
 	budget_envelope_close();
+	if (CurrentResourceOwner == NULL)
+		elog(ERROR, "a budget envelope needs a resource owner");
 	if (!EnvelopeCallbacks)
 	{
-		RegisterXactCallback(envelope_xact_callback, NULL);
-		RegisterSubXactCallback(envelope_subxact_callback, NULL);
 		RegisterResourceReleaseCallback(envelope_resowner_callback, NULL);
 		EnvelopeCallbacks = true;
 	}
@@ -855,7 +830,6 @@ budget_envelope_open(const char *tenant, const BudgetPart *parts, int nparts,
 	}
 	Envelope.n = n;
 	strlcpy(Envelope.tenant, tenant, sizeof(Envelope.tenant));
-	Envelope.subid = GetCurrentSubTransactionId();
 	Envelope.owner = CurrentResourceOwner;
 	Envelope.open = true;
 	LWLockRelease(budget_shared->lock);

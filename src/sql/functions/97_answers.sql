@@ -134,7 +134,7 @@ AS 'MODULE_PATHNAME', 'ask_budget_open'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION maester.ask_budget_open(text, text, text, text, jsonb, text, integer, jsonb) IS
-    'Internal (maester.ask): reserves in each blocking budget of the caller''s tenant, as one amount, what the ask''s two calls may cost at worst -- the embedding of embedding_input (NULL: none) with embedding_model, and llm_generate of the prompt with these variables, model, max_tokens and options, each prepared as it will be sent and priced at its dearest target -- or raises MB001 and sends nothing. Returns the amount in USD (NULL: a part has no price). The two calls then reserve out of it; maester.ask_budget_close or the end of the transaction gives back the rest.';
+    'Internal (maester.ask): reserves in each blocking budget of the caller''s tenant, as one amount, what the ask''s two calls may cost at worst -- the embedding of embedding_input (NULL: none) with embedding_model, and llm_generate of the prompt with these variables, model, max_tokens and options, each prepared as it will be sent and priced at its dearest target -- or raises MB001 and sends nothing. Returns the amount in USD (NULL: a part has no price). The two calls then reserve out of it; maester.ask_budget_close or the end of the statement that opened it gives back the rest.';
 
 CREATE FUNCTION maester.ask_budget_close()
 RETURNS void
