@@ -313,8 +313,8 @@ prepare(CallArgs *a, int ordinal, MemoryContext cxt, const pg_uuid_t *request_id
 		RenderedPrompt rp;
 		Span	   *span = trace_span_start(g->trace, "prompt_render");
 
-		maester_render_sticky(a->prompt_name, a->prompt_version, a->variables,
-							  c->opts.sticky_key, &rp);
+		maester_render(a->prompt_name, a->prompt_version, a->variables,
+					   c->opts.sticky_key, &rp);
 		trace_attr_str(span, "gen_ai.prompt.name", rp.name);
 		trace_attr_str(span, "maester.prompt.version", rp.version);
 		if (rp.rollout_label != NULL)

@@ -995,8 +995,8 @@ check_lookup_names(const char *name, const char *ref)
  * `sticky_key` (NULL: at random).  Strings in `out` are palloc'd.
  */
 void
-maester_render_sticky(const char *name, const char *ref, Jsonb *vars,
-					  const char *sticky_key, RenderedPrompt *out)
+maester_render(const char *name, const char *ref, Jsonb *vars,
+			   const char *sticky_key, RenderedPrompt *out)
 {
 	PromptCacheEntry *entry;
 
@@ -1018,13 +1018,6 @@ maester_render_sticky(const char *name, const char *ref, Jsonb *vars,
 	out->config = entry->config;
 	render_entry(entry, vars, &out->content, &out->system, &out->messages);
 	rendered_hash(out->system, out->content, out->messages, out->hash);
-}
-
-/* maester_render_sticky without a sticky key */
-void
-maester_render(const char *name, const char *ref, Jsonb *vars, RenderedPrompt *out)
-{
-	maester_render_sticky(name, ref, vars, NULL, out);
 }
 
 PG_FUNCTION_INFO_V1(prompt_render);

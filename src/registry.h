@@ -30,9 +30,7 @@ typedef struct RenderedPrompt
 
 extern void registry_init(void);
 extern void maester_render(const char *name, const char *ref, Jsonb *vars,
-						   RenderedPrompt *out);
-extern void maester_render_sticky(const char *name, const char *ref, Jsonb *vars,
-								  const char *sticky_key, RenderedPrompt *out);
+						   const char *sticky_key, RenderedPrompt *out);
 extern void maester_prompt_hash(text *system, text *content, char *hex_out);
 
 #endif							/* MAESTER_REGISTRY_H */
