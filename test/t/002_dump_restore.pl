@@ -70,6 +70,16 @@ $node->safe_psql('src', q{
 	RESET maester.tenant;
 });
 
+# The knowledge worker chunks the synced note in the background (its
+# embedding then waits: nothing answers here), and chunking raises
+# kb.max_source_bytes: the snapshot is taken once that is done, so that
+# what it compares does not move under it.
+$node->poll_query_until('src', q{SELECT stage IN ('chunked', 'embedded', 'indexed', 'failed')
+	FROM maester.document WHERE external_id = '1'})
+  or die 'the synced note was never chunked';
+is($node->safe_psql('src', q{SELECT max_source_bytes > 0 FROM maester.kb}), 't',
+	'chunking the note counted its bytes (the dump must carry them)');
+
 # the configuration tables, every row and column
 my $q_config = q{SELECT string_agg(r, E'\n' ORDER BY r) FROM (
 	SELECT 'provider ' || to_jsonb(t)::text AS r FROM maester.provider t
