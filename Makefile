@@ -43,6 +43,12 @@ PG_CONFIG   ?= pg_config
 PGXS        := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# SHA-256 through OpenSSL's EVP interface (src/sha256.c), as the server is
+# built (with_ssl is PGXS's, hence after the include)
+ifeq ($(with_ssl),openssl)
+SHLIB_LINK  += -lcrypto
+endif
+
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
 	sh src/sql/assemble.sh install $(EXTVERSION) > $@.tmp && mv $@.tmp $@
 

@@ -5,7 +5,7 @@ MAESTER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_BINDIR=$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
 
 # Debian packages the build, the demo and the tests need
-MAESTER_PACKAGES=(postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev
+MAESTER_PACKAGES=(postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev libssl-dev
                   libipc-run-perl make gcc python3 rsync curl
                   libxml2-dev poppler-utils postgresql-doc-15 shared-mime-info)
 

@@ -1,26 +1,89 @@
 /*-------------------------------------------------------------------------
  *
  * sha256.c
- *	  SHA-256 hex digests through PostgreSQL's cryptohash API.
+ *	  SHA-256 digests: OpenSSL's EVP interface with the digest fetched once,
+ *	  or PostgreSQL's cryptohash API in a server built without OpenSSL.
  *
- * Creating a cryptohash context allocates (with OpenSSL, an EVP context) and
- * registers it with the current resource owner; doing that per rendered
- * prompt would cost more than the rendering.  So each backend creates one
- * context, once, under a resource owner of its own that is never released,
- * and re-initialises it for every digest.  The context is never used
- * re-entrantly: nothing between init and final can call back into here.
+ * Prompt rendering hashes every prompt it renders, so the cost of setting
+ * up a digest matters more than the hashing of a short text.
+ *
+ * - PostgreSQL's cryptohash API (pg_cryptohash_init) initialises its EVP
+ *   context with EVP_sha256(), and OpenSSL 3 looks that digest up again in
+ *   its provider registry at every init (an implicit fetch, under locks):
+ *   about three quarters of a render's time.  OpenSSL 3 documents explicit
+ *   fetching as the fix (crypto(7), "Performance"): with OpenSSL (USE_OPENSSL,
+ *   as Debian's server is built) the digest is fetched once per backend
+ *   with EVP_MD_fetch and every init reuses it.
+ * - Either way one context per backend is made on first use and
+ *   re-initialised for every digest: creating one allocates, and a
+ *   cryptohash context also registers with the current resource owner (so
+ *   it is made under a resource owner of its own that is never released).
+ *   The context is never used re-entrantly: nothing between init and final
+ *   can call back into here.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#ifdef USE_OPENSSL
+#include <openssl/evp.h>
+#else
 #include "common/cryptohash.h"
+#include "utils/resowner.h"
+#endif
 #include "common/sha2.h"
 #include "utils/builtins.h"
-#include "utils/resowner.h"
 
 #include "maester.h"
 #include "sha256.h"
+
+#ifdef USE_OPENSSL
+
+static EVP_MD_CTX *sha256_ctx = NULL;
+static EVP_MD *sha256_md = NULL;
+
+/* This backend's context and digest, made on first use */
+static EVP_MD_CTX *
+get_sha256_ctx(void)
+{
+	if (sha256_md == NULL)
+	{
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+		sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+#else
+		sha256_md = (EVP_MD *) EVP_sha256();	/* (no providers to look up) */
+#endif
+		if (sha256_md == NULL)
+			elog(ERROR, "could not fetch OpenSSL's SHA-256 digest");
+	}
+	if (sha256_ctx == NULL)
+	{
+		sha256_ctx = EVP_MD_CTX_new();
+		if (sha256_ctx == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory")));
+	}
+	return sha256_ctx;
+}
+
+/* The digest of the concatenation of `parts`, its 32 bytes into `digest` */
+void
+maester_sha256(const char *const *parts, const int *lens, int nparts, uint8 *digest)
+{
+	EVP_MD_CTX *ctx = get_sha256_ctx();
+	unsigned int len = 0;
+
+	if (EVP_DigestInit_ex(ctx, sha256_md, NULL) != 1)
+		elog(ERROR, "could not initialize SHA-256 context");
+	for (int i = 0; i < nparts; i++)
+		if (EVP_DigestUpdate(ctx, parts[i], (size_t) lens[i]) != 1)
+			elog(ERROR, "could not update SHA-256 context");
+	if (EVP_DigestFinal_ex(ctx, digest, &len) != 1 || len != PG_SHA256_DIGEST_LENGTH)
+		elog(ERROR, "could not finalize SHA-256 context");
+}
+
+#else							/* !USE_OPENSSL */
 
 static pg_cryptohash_ctx *sha256_ctx = NULL;
 
@@ -53,23 +116,7 @@ get_sha256_ctx(void)
 	return sha256_ctx;
 }
 
-/*
- * Write the lowercase hex SHA-256 of the concatenation of `parts` (each of
- * `lens[i]` bytes) into `hex_out`, which must hold MAESTER_SHA256_HEXLEN + 1
- * bytes; it is NUL-terminated.
- */
-void
-maester_sha256_hex(const char *const *parts, const int *lens, int nparts,
-				   char *hex_out)
-{
-	uint8		digest[PG_SHA256_DIGEST_LENGTH];
-
-	maester_sha256(parts, lens, nparts, digest);
-	hex_encode((const char *) digest, sizeof(digest), hex_out);
-	hex_out[MAESTER_SHA256_HEXLEN] = '\0';
-}
-
-/* The same digest, its 32 bytes into `digest` */
+/* The digest of the concatenation of `parts`, its 32 bytes into `digest` */
 void
 maester_sha256(const char *const *parts, const int *lens, int nparts, uint8 *digest)
 {
@@ -85,4 +132,22 @@ maester_sha256(const char *const *parts, const int *lens, int nparts, uint8 *dig
 	if (pg_cryptohash_final(ctx, digest, PG_SHA256_DIGEST_LENGTH) < 0)
 		elog(ERROR, "could not finalize SHA-256 context: %s",
 			 pg_cryptohash_error(ctx));
+}
+
+#endif							/* USE_OPENSSL */
+
+/*
+ * Write the lowercase hex SHA-256 of the concatenation of `parts` (each of
+ * `lens[i]` bytes) into `hex_out`, which must hold MAESTER_SHA256_HEXLEN + 1
+ * bytes; it is NUL-terminated.
+ */
+void
+maester_sha256_hex(const char *const *parts, const int *lens, int nparts,
+				   char *hex_out)
+{
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+
+	maester_sha256(parts, lens, nparts, digest);
+	hex_encode((const char *) digest, sizeof(digest), hex_out);
+	hex_out[MAESTER_SHA256_HEXLEN] = '\0';
 }

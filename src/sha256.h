@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * sha256.h
- *	  SHA-256 hex digests through PostgreSQL's cryptohash API.
+ *	  SHA-256 digests (OpenSSL's EVP with the digest fetched once, see sha256.c).
  *
  *-------------------------------------------------------------------------
  */

@@ -10,6 +10,11 @@
 #     all its children: the backend, the worker writing ledger and spans,
 #     the WAL writer...; from /proc, exited children included).
 #  3. Throughput: pgbench, 16 sessions calling llm_generate against nginx.
+#  4. The floor, in the same run: the disk's write + fdatasync of a WAL
+#     page (test/bench/flush_floor.c, in the data directory), two of which
+#     every call waits for; and, after each untraced round, the same calls
+#     with fsync turned off by a reload, so that what the flushes cost and
+#     what the rest costs are told apart.
 # The cluster runs with fsync = on (MAESTER_BENCH_FSYNC=off to compare).
 # Usage: test/bench/gateway.sh [calls] [pgbench_seconds]   (2000, 15)
 set -euo pipefail
@@ -35,6 +40,7 @@ trap cleanup EXIT
 
 # the C baseline client
 gcc -O2 -o "$work/direct_http" "$work/test/bench/direct_http.c" -lcurl
+gcc -O2 -o "$work/flush_floor" "$work/test/bench/flush_floor.c"
 
 # nginx answering every POST with a canned completion
 maester_start_nginx "$work/nginx" "$nport"
@@ -102,6 +108,7 @@ SQL
 # (the CPU of each run covers its 200 warm-up calls too; the worker has
 # written every span of a traced run before the CPU is read again)
 : >"$work/cpu.txt"
+: >"$work/nofsync.txt"
 wait_spans() {
     for _ in $(seq 1 200); do
         [ "$(psql_q -c "SELECT spans_queued FROM maester.trace_status()")" = 0 ] && return
@@ -119,9 +126,21 @@ for round in 1 2 3 4 5; do
     c3=$(cluster_cpu)
     psql_q -c "TRUNCATE lat"
     echo "$round $c0 $c1 $c2 $c3" >>"$work/cpu.txt"
+    # the floor: the same untraced calls with fsync turned off by a reload
+    # (unless the cluster runs with fsync off already), right after
+    if [ "${MAESTER_BENCH_FSYNC:-on}" = on ]; then
+        psql_q -c "ALTER SYSTEM SET fsync = off" -c "SELECT pg_reload_conf()" >/dev/null
+        sleep 0.5
+        sql_latencies bench-nginx 0 >>"$work/nofsync.txt"
+        psql_q -c "TRUNCATE lat"
+        psql_q -c "ALTER SYSTEM RESET fsync" -c "SELECT pg_reload_conf()" >/dev/null
+        sleep 0.5
+    fi
     cat "$work/traced_$round.txt" >>"$work/sql_nginx.txt"
 done
 dropped=$(psql_q -c "SELECT spans_dropped FROM maester.trace_status()")
+# the floor: the disk's own write + fdatasync
+maester_as_pg "$work/flush_floor" "$data" "$calls" >"$work/flush.txt"
 "$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" 200 >/dev/null
 "$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" "$calls" >"$work/direct_mock.txt"
 sql_latencies bench-mock >"$work/sql_mock.txt"
@@ -176,6 +195,14 @@ print("  traced:   " + ", ".join(f"{x:.2f}" for x in cpu_t) + f"  (median {stati
 print("  untraced: " + ", ".join(f"{x:.2f}" for x in cpu_u) + f"  (median {statistics.median(cpu_u):.2f})")
 print(f"  tracing costs {statistics.median(cpu_t) - statistics.median(cpu_u):.2f} CPU s per 10,000 calls "
       f"({(statistics.median(cpu_t) - statistics.median(cpu_u)) * 100:.0f} us a call)")
+fl = load("flush")
+print(f"the floor: write + fdatasync of an 8 kB page in the data directory, {calls} times: "
+      f"p50 {p(fl,.5):.0f} us, p99 {p(fl,.99):.0f} us (a call waits for two)")
+nf = load("nofsync")
+if nf:
+    print(f"untraced calls with fsync turned off (a reload after each untraced round), same cluster: p50/p99 {p(nf,.5):.0f}/{p(nf,.99):.0f} us; "
+          f"the flushes cost {p(allun,.5) - p(nf,.5):.0f} us of the untraced p50, "
+          f"the rest of the call {p(nf,.5) - p(load('direct_nginx'),.5):.0f} us over direct")
 print(f"throughput: pgbench -c 16 -j 2 -M prepared -T {seconds}, llm_generate against nginx: "
       f"{float(tps):,.0f} calls/s ({failed} failed)")
 PY
