@@ -42,11 +42,12 @@
  * a WaitEventSet at every wait instead costs an epoll_create, an
  * epoll_ctl for each socket and a close: with 64 transfers in flight, an
  * eighth of a busy job worker's CPU.  Both descriptors are counted
- * (ReserveExternalFD) and live as long as the process.  Elsewhere, or when
- * the epoll set cannot be kept (an epoll_ctl failed), a WaitEventSet is
- * created and freed around each wait (they are not tracked by resource
- * owners in PostgreSQL 15), and interrupts are checked only after it is
- * freed.
+ * (ReserveExternalFD) and live as long as the process; a socket the set
+ * cannot take (epoll_ctl fails) fails the calls in flight, as too many
+ * sockets do.  Elsewhere than Linux, or when the two could not be made, a
+ * WaitEventSet is created and freed around each wait (they are not tracked
+ * by resource owners in PostgreSQL 15), and interrupts are checked only
+ * after it is freed.
  *
  *-------------------------------------------------------------------------
  */
@@ -102,7 +103,7 @@ static bool http_socket_overflow = false;
  * and the process's WaitEventSet over MyLatch, postmaster death and it.
  */
 static int	http_epfd = -1;
-static bool http_epoll_broken = false;	/* an epoll_ctl failed: slow way */
+static int	http_epoll_errno = 0;	/* an epoll_ctl failed: raised at the next step */
 static WaitEventSet *http_wait_set = NULL;
 static int	http_wait_latch_pos = -1;
 static struct epoll_event http_epoll_ready[HTTP_MAX_SOCKETS];
@@ -113,7 +114,7 @@ http_epoll_update(curl_socket_t s, int what, bool known)
 {
 	struct epoll_event ev;
 
-	if (http_epfd < 0 || http_epoll_broken)
+	if (http_epfd < 0)
 		return;
 	if (what == CURL_POLL_REMOVE)
 	{
@@ -136,7 +137,7 @@ http_epoll_update(curl_socket_t s, int what, bool known)
 		if (epoll_ctl(http_epfd, known ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, s, &ev) == 0)
 			return;
 	}
-	http_epoll_broken = true;
+	http_epoll_errno = errno;
 }
 #endif
 
@@ -845,13 +846,24 @@ http_step(long max_wait_ms)
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("too many concurrent HTTP connections")));
 	}
+#ifdef HTTP_EPOLL
+	if (http_epoll_errno != 0)
+	{
+		/* (the caller then aborts every transfer: no socket is left out) */
+		errno = http_epoll_errno;
+		http_epoll_errno = 0;
+		ereport(ERROR,
+				(errcode_for_socket_access(),
+				 errmsg("could not watch an HTTP connection: %m")));
+	}
+#endif
 
 	/* sleep until a socket is ready, curl's timer fires, or the latch */
 	if (curl_multi_timeout(multi, &timeout) != CURLM_OK || timeout < 0)
 		timeout = 1000;
 	timeout = Min(timeout, Max(max_wait_ms, 0));
 #ifdef HTTP_EPOLL
-	if (http_epfd >= 0 && !http_epoll_broken)
+	if (http_epfd >= 0)
 		nready = http_epoll_wait(timeout, ready);
 	else
 #endif
