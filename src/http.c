@@ -42,12 +42,12 @@
  * a WaitEventSet at every wait instead costs an epoll_create, an
  * epoll_ctl for each socket and a close: with 64 transfers in flight, an
  * eighth of a busy job worker's CPU.  Both descriptors are counted
- * (ReserveExternalFD) and live as long as the process; a socket the set
- * cannot take (epoll_ctl fails) fails the calls in flight, as too many
- * sockets do.  Elsewhere than Linux, or when the two could not be made, a
- * WaitEventSet is created and freed around each wait (they are not tracked
- * by resource owners in PostgreSQL 15), and interrupts are checked only
- * after it is freed.
+ * (AcquireExternalFD) and live as long as the process; a socket the set
+ * cannot take (epoll_ctl fails) fails the step it happened in, as too many
+ * sockets do.  Elsewhere than Linux, or when the two cannot be had (no
+ * descriptor to spare), a WaitEventSet is created and freed around each
+ * wait (they are not tracked by resource owners in PostgreSQL 15), and
+ * interrupts are checked only after it is freed.
  *
  *-------------------------------------------------------------------------
  */
@@ -198,10 +198,27 @@ http_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp
 static void
 http_epoll_init(void)
 {
-	int			fd = epoll_create1(EPOLL_CLOEXEC);
+	int			fd;
 
-	if (fd < 0)
+	/*
+	 * Two descriptors: ours, and the set's own, which CreateWaitEventSet
+	 * counts itself (and raises when none is left).  Without both, wait the
+	 * slow way.
+	 */
+	if (!AcquireExternalFD())
 		return;
+	if (!AcquireExternalFD())
+	{
+		ReleaseExternalFD();
+		return;
+	}
+	ReleaseExternalFD();		/* (CreateWaitEventSet takes it again) */
+	fd = epoll_create1(EPOLL_CLOEXEC);
+	if (fd < 0)
+	{
+		ReleaseExternalFD();
+		return;
+	}
 	PG_TRY();
 	{
 		http_wait_set = CreateWaitEventSet(TopMemoryContext, 3);
@@ -213,16 +230,34 @@ http_epoll_init(void)
 	PG_CATCH();
 	{
 		if (http_wait_set != NULL)
-			FreeWaitEventSet(http_wait_set);
+			FreeWaitEventSet(http_wait_set);	/* (gives its descriptor back) */
 		http_wait_set = NULL;
 		close(fd);
+		ReleaseExternalFD();
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	/* the two descriptors (ours and the set's) count against the limit */
-	ReserveExternalFD();
-	ReserveExternalFD();
 	http_epfd = fd;
+}
+
+/*
+ * A socket the epoll set could not take: the transfers in flight cannot
+ * all be waited for, so the step fails (its caller aborts them all).
+ */
+static void
+http_raise_epoll_error(void)
+{
+	int			e = http_epoll_errno;
+
+	if (e == 0)
+		return;
+	http_epoll_errno = 0;
+	errno = e;
+	ereport(ERROR,
+			(errcode(e == ENOMEM ? ERRCODE_OUT_OF_MEMORY :
+					 e == ENOSPC ? ERRCODE_CONFIGURATION_LIMIT_EXCEEDED : ERRCODE_SYSTEM_ERROR),
+			 errmsg("could not watch an HTTP connection: %m"),
+			 e == ENOSPC ? errhint("Raise the kernel's fs.epoll.max_user_watches.") : 0));
 }
 #endif
 
@@ -251,7 +286,11 @@ http_get_multi(void)
 		curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, http_socket_cb);
 		curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long) HTTP_IDLE_CONNECTIONS);
 		http_multi = m;
-		http_fd_reserved = AcquireExternalFD();
+		/* the slow way's wait takes a descriptor for each set it makes */
+#ifdef HTTP_EPOLL
+		if (http_epfd < 0)
+#endif
+			http_fd_reserved = AcquireExternalFD();
 	}
 	return http_multi;
 }
@@ -847,15 +886,7 @@ http_step(long max_wait_ms)
 				 errmsg("too many concurrent HTTP connections")));
 	}
 #ifdef HTTP_EPOLL
-	if (http_epoll_errno != 0)
-	{
-		/* (the caller then aborts every transfer: no socket is left out) */
-		errno = http_epoll_errno;
-		http_epoll_errno = 0;
-		ereport(ERROR,
-				(errcode_for_socket_access(),
-				 errmsg("could not watch an HTTP connection: %m")));
-	}
+	http_raise_epoll_error();
 #endif
 
 	/* sleep until a socket is ready, curl's timer fires, or the latch */
@@ -928,6 +959,9 @@ http_step(long max_wait_ms)
 	if (nready == 0)
 		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
 	http_collect(multi);
+#ifdef HTTP_EPOLL
+	http_raise_epoll_error();	/* in the step it happened, not a later call's */
+#endif
 }
 
 /*

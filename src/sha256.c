@@ -26,6 +26,7 @@
 #include "postgres.h"
 
 #ifdef USE_OPENSSL
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #else
 #include "common/cryptohash.h"
@@ -42,6 +43,19 @@
 static EVP_MD_CTX *sha256_ctx = NULL;
 static EVP_MD *sha256_md = NULL;
 
+/* An EVP step failed: say OpenSSL's reason, and leave its error queue empty */
+static void sha256_failed(const char *what) pg_attribute_noreturn();
+
+static void
+sha256_failed(const char *what)
+{
+	unsigned long e = ERR_get_error();
+	const char *reason = e ? ERR_reason_error_string(e) : NULL;
+
+	ERR_clear_error();
+	elog(ERROR, "could not %s: %s", what, reason ? reason : "no reason given");
+}
+
 /* This backend's context and digest, made on first use */
 static EVP_MD_CTX *
 get_sha256_ctx(void)
@@ -54,11 +68,15 @@ get_sha256_ctx(void)
 		sha256_md = (EVP_MD *) EVP_sha256();	/* (no providers to look up) */
 #endif
 		if (sha256_md == NULL)
-			elog(ERROR, "could not fetch OpenSSL's SHA-256 digest");
+			sha256_failed("fetch OpenSSL's SHA-256 digest");
 	}
 	if (sha256_ctx == NULL)
 	{
+#if OPENSSL_VERSION_NUMBER >= 0x10100000L
 		sha256_ctx = EVP_MD_CTX_new();
+#else
+		sha256_ctx = EVP_MD_CTX_create();
+#endif
 		if (sha256_ctx == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OUT_OF_MEMORY),
@@ -75,12 +93,12 @@ maester_sha256(const char *const *parts, const int *lens, int nparts, uint8 *dig
 	unsigned int len = 0;
 
 	if (EVP_DigestInit_ex(ctx, sha256_md, NULL) != 1)
-		elog(ERROR, "could not initialize SHA-256 context");
+		sha256_failed("initialize a SHA-256 context");
 	for (int i = 0; i < nparts; i++)
 		if (EVP_DigestUpdate(ctx, parts[i], (size_t) lens[i]) != 1)
-			elog(ERROR, "could not update SHA-256 context");
+			sha256_failed("update a SHA-256 context");
 	if (EVP_DigestFinal_ex(ctx, digest, &len) != 1 || len != PG_SHA256_DIGEST_LENGTH)
-		elog(ERROR, "could not finalize SHA-256 context");
+		sha256_failed("finalize a SHA-256 context");
 }
 
 #else							/* !USE_OPENSSL */
