@@ -10,7 +10,8 @@
 #   evaluation, spans.
 #   Then the same N requests as asynchronous jobs (maester.submit, one job
 #   worker with maester.job_concurrency = C): wall time from the submitting
-#   commit to the last job's end, and jobs per second.
+#   commit to the last job's end, jobs per second, and the resident
+#   worker's CPU for each run.
 #   Then the backend's peak memory (VmHWM) after batches of N and of 10*N
 #   fast requests (mock-1, no latency): bounded memory means no growth
 #   proportional to the number of requests.
@@ -57,9 +58,21 @@ median=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[in
 awk -v m="$median" -v i="$ideal_ms" -v n="$n" 'BEGIN {
     printf "batch: median %d ms for %d requests; ideal %d ms; ratio %.2fx; %.0f requests/s\n", m, n, i, m / i, n * 1000 / m }'
 
-# the async path: N jobs submitted in one transaction
+# the async path: N jobs submitted in one transaction, run by the
+# resident worker; its CPU (user + system, from /proc) per run, counted
+# once the batches' spans are written
+worker_cpu_ms() {
+    local pid
+    pid=$(psql_q -c "SELECT worker_pid FROM maester.worker_status()")
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%d\n", ($12 + $13) * 1000 / hz }' "/proc/$pid/stat"
+}
+for _ in $(seq 1 200); do
+    [ "$(psql_q -c "SELECT spans_queued FROM maester.trace_status()")" = 0 ] && break
+    sleep 0.05
+done
 jobs=()
 for r in $(seq 1 "$runs"); do
+    cpu0=$(worker_cpu_ms)
     out=$(psql_q <<SQL
 SELECT count(maester.submit(jsonb_build_object('prompt', 'event ' || i, 'model', 'fault-latency-$lat', 'max_tokens', 30),
                             submission => 'bench-$r'))
@@ -75,8 +88,9 @@ SELECT round(extract(epoch FROM max(finished_at) - min(submitted_at)) * 1000) ||
   FROM maester.job WHERE submission = 'bench-$r';
 SQL
 )
+    cpu1=$(worker_cpu_ms)
     ms=$(echo "$out" | tail -1 | cut -d' ' -f1)
-    echo "  jobs run $r: $(echo "$out" | tail -1 | awk '{printf "%d ms, %d/%d done", $1, $2, $3}')"
+    echo "  jobs run $r: $(echo "$out" | tail -1 | awk '{printf "%d ms, %d/%d done", $1, $2, $3}'), worker CPU $((cpu1 - cpu0)) ms"
     jobs+=("$ms")
 done
 jmedian=$(printf '%s\n' "${jobs[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
