@@ -537,30 +537,13 @@ prepare_job(JobWorker *w, int ei, Jsonb *request, pg_uuid_t *request_id)
 
 /*
  * The statements a job worker runs at every poll and for every job (the
- * cancellations, the claim, the end) are planned once per process, not
- * parsed and planned at every execution, which took about a fifth of a
- * busy job worker's time.  The plan cache replans them when maester.job
- * changes.
+ * cancellations, the claim, the end), planned once per process: parsed and
+ * planned at every execution they took about a fifth of a busy job
+ * worker's time.
  */
 static SPIPlanPtr CancelPlan = NULL;
 static SPIPlanPtr ClaimPlan = NULL;
 static SPIPlanPtr EndPlan = NULL;
-
-static SPIPlanPtr
-kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
-{
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(p) != 0)
-			elog(ERROR, "SPI_keepplan failed");
-		*plan = p;
-	}
-	return *plan;
-}
 
 /*
  * One look at the table: cancellations of our running jobs, and new jobs
@@ -595,7 +578,7 @@ poll_jobs(JobWorker *w)
 	if (w->live > 0)
 	{
 		values[0] = Int32GetDatum(w->index);
-		if (SPI_execute_plan(kept_plan(&CancelPlan,
+		if (SPI_execute_plan(maester_kept_plan(&CancelPlan,
 									   "SELECT id FROM maester.job WHERE status = 'running' "
 									   "AND cancel_requested AND worker = $1", 1, types),
 							 values, NULL, true, 0) != SPI_OK_SELECT)
@@ -621,7 +604,7 @@ poll_jobs(JobWorker *w)
 		values[0] = Int32GetDatum(w->index);
 		values[1] = Int32GetDatum(MyProcPid);
 		values[2] = Int32GetDatum(room);
-		if (SPI_execute_plan(kept_plan(&ClaimPlan,
+		if (SPI_execute_plan(maester_kept_plan(&ClaimPlan,
 									   "UPDATE maester.job j SET status = 'running', "
 									   "started_at = pg_catalog.clock_timestamp(), attempts = j.attempts + 1, "
 									   "worker = $1, worker_pid = $2, request_id = pg_catalog.gen_random_uuid(), "
@@ -765,7 +748,7 @@ record_end(JobWorker *w, Call *c)
 		values[6 + k] = has_g ? g[k] : (Datum) 0;
 		nulls[6 + k] = has_g && !gnulls[k] ? ' ' : 'n';
 	}
-	if (SPI_execute_plan(kept_plan(&EndPlan,
+	if (SPI_execute_plan(maester_kept_plan(&EndPlan,
 								   "UPDATE maester.job j SET status = $2, "
 								   "finished_at = pg_catalog.clock_timestamp(), trace_id = $8, "
 								   "error_code = $4, error_class = $5, error_message = $6, "

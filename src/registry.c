@@ -79,6 +79,7 @@
 #include "request.h"
 #include "sha256.h"
 #include "template.h"
+#include "util.h"
 
 /* a rollout's weights add up to at most this (prompt_label_guard's bound) */
 #define ROLLOUT_MAX_TOTAL 1000000
@@ -517,15 +518,11 @@ report_not_found(const char *name, const char *ref)
 	if (ExistsPlan == NULL)
 	{
 		Oid			argtypes[1] = {TEXTOID};
-		SPIPlanPtr	plan;
 
-		plan = SPI_prepare("SELECT 1 FROM maester.prompt p "
-						   "WHERE p.name OPERATOR(pg_catalog.=) $1",
-						   1, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		ExistsPlan = plan;
+		(void) maester_kept_plan(&ExistsPlan,
+								 "SELECT 1 FROM maester.prompt p "
+								 "WHERE p.name OPERATOR(pg_catalog.=) $1",
+								 1, argtypes);
 	}
 	rc = SPI_execute_snapshot(ExistsPlan, &arg, NULL, GetLatestSnapshot(),
 							  InvalidSnapshot, true, false, 1);
@@ -567,7 +564,6 @@ prompt_cache_load_rollout(PromptCacheEntry *entry, const char *name, const char 
 	if (RolloutPlan == NULL)
 	{
 		Oid			argtypes[2] = {TEXTOID, TEXTOID};
-		SPIPlanPtr	plan;
 
 		/*
 		 * The arms in registration order, so that the newest version is the
@@ -576,19 +572,16 @@ prompt_cache_load_rollout(PromptCacheEntry *entry, const char *name, const char 
 		 * prompt and every weight a positive integer, adding up to at most
 		 * 1,000,000.
 		 */
-		plan = SPI_prepare("SELECT w.key, (w.value)::pg_catalog.int8, l.weights::pg_catalog.text "
-						   "FROM maester.prompt_label l "
-						   "CROSS JOIN LATERAL pg_catalog.jsonb_each(l.weights) w "
-						   "JOIN maester.prompt_version v ON v.name OPERATOR(pg_catalog.=) l.name "
-						   "AND v.version OPERATOR(pg_catalog.=) w.key "
-						   "WHERE l.name OPERATOR(pg_catalog.=) $1 "
-						   "AND l.label OPERATOR(pg_catalog.=) $2 "
-						   "ORDER BY v.seq",
-						   2, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		RolloutPlan = plan;
+		(void) maester_kept_plan(&RolloutPlan,
+								 "SELECT w.key, (w.value)::pg_catalog.int8, l.weights::pg_catalog.text "
+								 "FROM maester.prompt_label l "
+								 "CROSS JOIN LATERAL pg_catalog.jsonb_each(l.weights) w "
+								 "JOIN maester.prompt_version v ON v.name OPERATOR(pg_catalog.=) l.name "
+								 "AND v.version OPERATOR(pg_catalog.=) w.key "
+								 "WHERE l.name OPERATOR(pg_catalog.=) $1 "
+								 "AND l.label OPERATOR(pg_catalog.=) $2 "
+								 "ORDER BY v.seq",
+								 2, argtypes);
 	}
 	args[0] = CStringGetTextDatum(name);
 	args[1] = CStringGetTextDatum(label);
@@ -733,7 +726,6 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 	if (LoadPlan == NULL)
 	{
 		Oid			argtypes[2] = {TEXTOID, TEXTOID};
-		SPIPlanPtr	plan;
 
 		/*
 		 * A ref is a version or a label; the registry refuses a label named
@@ -742,22 +734,19 @@ prompt_cache_load(PromptCacheEntry *entry, const char *name, const char *ref)
 		 * version registered last (highest seq); latest is not a stored
 		 * label, so nothing can make it disagree with registration order.
 		 */
-		plan = SPI_prepare("SELECT v.version, v.template, v.system_template, v.template_hash, v.checks, "
-						   "v.config, v.messages "
-						   "FROM maester.prompt_version v "
-						   "WHERE v.name OPERATOR(pg_catalog.=) $1 "
-						   "AND ($2 IS NULL "
-						   "     OR v.version OPERATOR(pg_catalog.=) $2 "
-						   "     OR v.version OPERATOR(pg_catalog.=) "
-						   "        (SELECT l.version FROM maester.prompt_label l "
-						   "         WHERE l.name OPERATOR(pg_catalog.=) $1 "
-						   "         AND l.label OPERATOR(pg_catalog.=) $2)) "
-						   "ORDER BY v.seq DESC LIMIT 1",
-						   2, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		LoadPlan = plan;
+		(void) maester_kept_plan(&LoadPlan,
+								 "SELECT v.version, v.template, v.system_template, v.template_hash, v.checks, "
+								 "v.config, v.messages "
+								 "FROM maester.prompt_version v "
+								 "WHERE v.name OPERATOR(pg_catalog.=) $1 "
+								 "AND ($2 IS NULL "
+								 "     OR v.version OPERATOR(pg_catalog.=) $2 "
+								 "     OR v.version OPERATOR(pg_catalog.=) "
+								 "        (SELECT l.version FROM maester.prompt_label l "
+								 "         WHERE l.name OPERATOR(pg_catalog.=) $1 "
+								 "         AND l.label OPERATOR(pg_catalog.=) $2)) "
+								 "ORDER BY v.seq DESC LIMIT 1",
+								 2, argtypes);
 	}
 
 	args[0] = CStringGetTextDatum(name);

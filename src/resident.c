@@ -216,6 +216,39 @@ recover_orphans(void)
 static SPIPlanPtr InsertPlan = NULL;
 static SPIPlanPtr SettlePlan = NULL;
 
+/* The ledger's two statements, planned once (maester_kept_plan) */
+static const char *const InsertSql =
+	"INSERT INTO maester.usage (request_id, attempt, ts, tenant, role, trace_id, "
+	" prompt_name, prompt_version, prompt_hash, provider, requested_model, model, "
+	" status, backend_pid, server_epoch, estimated_cost_usd, purpose, tags, "
+	" max_tokens, priced, error_class, cost_usd, model_name, route_strategy, route_reason, "
+	" cache, saved_usd) "
+	"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+	" $16::pg_catalog.numeric, $17, $18::pg_catalog.jsonb, $19, $20, $21, $22::pg_catalog.numeric, $23, "
+	" $24, $25, $26, $27::pg_catalog.numeric) "
+	"ON CONFLICT (request_id, attempt) DO NOTHING";
+static Oid InsertTypes[27] = {UUIDOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID,
+	INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+
+static const char *const SettleSql =
+	"UPDATE maester.usage SET status = $3, error_class = $4, model = COALESCE($5, model), "
+	" input_tokens = $6, output_tokens = $7, cached_input_tokens = $8, "
+	" cache_write_tokens = $9, usage_estimated = $10, "
+	" cost_usd = CASE WHEN $12 THEN $11::pg_catalog.numeric ELSE estimated_cost_usd END, "
+	" overrun_usd = CASE WHEN $12 AND $11::pg_catalog.numeric OPERATOR(pg_catalog.>) estimated_cost_usd "
+	"   THEN $11::pg_catalog.numeric OPERATOR(pg_catalog.-) estimated_cost_usd END, "
+	" priced = priced AND $16, latency_ms = $13, http_status = $14, settled_at = $15, "
+	" fallback_used = $17, eval_status = $18, eval_score = $19, "
+	" finish_reason = $20, provider_finish_reason = $21, provider_request_id = $22, "
+	" reasoning_tokens = $23, cache_write_1h_tokens = $24, service_tier = $25 "
+	"WHERE request_id OPERATOR(pg_catalog.=) $1 AND attempt OPERATOR(pg_catalog.=) $2";
+static Oid SettleTypes[25] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
+	INT8OID, INT8OID, INT8OID, INT8OID, BOOLOID, TEXTOID, BOOLOID,
+	FLOAT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID, BOOLOID, TEXTOID, FLOAT8OID,
+	TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID};
+
 #define NULL_IF_EMPTY(s) ((s)[0] == '\0')
 
 /* Write one record through SPI (in the worker's batch transaction) */
@@ -227,48 +260,6 @@ write_record(LedgerRecord *r)
 	int			rc;
 
 	memset(n, ' ', sizeof(n));
-	if (InsertPlan == NULL)
-	{
-		Oid			t[27] = {UUIDOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
-			TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-			TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID,
-		INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-		Oid			st[25] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
-			INT8OID, INT8OID, INT8OID, INT8OID, BOOLOID, TEXTOID, BOOLOID,
-			FLOAT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID, BOOLOID, TEXTOID, FLOAT8OID,
-		TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID};
-
-		InsertPlan = SPI_prepare(
-			"INSERT INTO maester.usage (request_id, attempt, ts, tenant, role, trace_id, "
-			" prompt_name, prompt_version, prompt_hash, provider, requested_model, model, "
-			" status, backend_pid, server_epoch, estimated_cost_usd, purpose, tags, "
-			" max_tokens, priced, error_class, cost_usd, model_name, route_strategy, route_reason, "
-			" cache, saved_usd) "
-			"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
-			" $16::pg_catalog.numeric, $17, $18::pg_catalog.jsonb, $19, $20, $21, $22::pg_catalog.numeric, $23, "
-			" $24, $25, $26, $27::pg_catalog.numeric) "
-			"ON CONFLICT (request_id, attempt) DO NOTHING", 27, t);
-		if (InsertPlan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(InsertPlan);
-		SettlePlan = SPI_prepare(
-			"UPDATE maester.usage SET status = $3, error_class = $4, model = COALESCE($5, model), "
-			" input_tokens = $6, output_tokens = $7, cached_input_tokens = $8, "
-			" cache_write_tokens = $9, usage_estimated = $10, "
-			" cost_usd = CASE WHEN $12 THEN $11::pg_catalog.numeric ELSE estimated_cost_usd END, "
-			" overrun_usd = CASE WHEN $12 AND $11::pg_catalog.numeric OPERATOR(pg_catalog.>) estimated_cost_usd "
-			"   THEN $11::pg_catalog.numeric OPERATOR(pg_catalog.-) estimated_cost_usd END, "
-			" priced = priced AND $16, latency_ms = $13, http_status = $14, settled_at = $15, "
-			" fallback_used = $17, eval_status = $18, eval_score = $19, "
-			" finish_reason = $20, provider_finish_reason = $21, provider_request_id = $22, "
-			" reasoning_tokens = $23, cache_write_1h_tokens = $24, service_tier = $25 "
-			"WHERE request_id OPERATOR(pg_catalog.=) $1 AND attempt OPERATOR(pg_catalog.=) $2",
-			25, st);
-		if (SettlePlan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(SettlePlan);
-	}
-
 	if (r->kind == LEDGER_PENDING)
 	{
 		v[0] = UUIDPGetDatum(&r->request_id);
@@ -310,7 +301,8 @@ write_record(LedgerRecord *r)
 		n[25] = NULL_IF_EMPTY(r->cache) ? 'n' : ' ';
 		v[26] = CStringGetTextDatum(r->saved);
 		n[26] = NULL_IF_EMPTY(r->saved) ? 'n' : ' ';
-		rc = SPI_execute_plan(InsertPlan, v, n, false, 0);
+		rc = SPI_execute_plan(maester_kept_plan(&InsertPlan, InsertSql, 27, InsertTypes),
+							  v, n, false, 0);
 		if (rc != SPI_OK_INSERT)
 			elog(ERROR, "could not write a ledger row: %s", SPI_result_code_string(rc));
 	}
@@ -353,7 +345,8 @@ write_record(LedgerRecord *r)
 		n[22] = n[23] = r->has_usage ? ' ' : 'n';
 		v[24] = CStringGetTextDatum(r->service_tier);
 		n[24] = NULL_IF_EMPTY(r->service_tier) ? 'n' : ' ';
-		rc = SPI_execute_plan(SettlePlan, v, n, false, 0);
+		rc = SPI_execute_plan(maester_kept_plan(&SettlePlan, SettleSql, 25, SettleTypes),
+							  v, n, false, 0);
 		if (rc != SPI_OK_UPDATE)
 			elog(ERROR, "could not settle a ledger row: %s", SPI_result_code_string(rc));
 	}
@@ -524,7 +517,6 @@ write_batch(LedgerRecord *batch, int n, MemoryContext cxt)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		InsertPlan = SettlePlan = NULL;		/* prepare them again */
 		maester_rethrow_if_worker_error(edata);
 		ok = false;
 	}

@@ -43,6 +43,15 @@
 #define SPAN_LOCK_TIMEOUT "50ms"
 
 static SPIPlanPtr SpanPlan = NULL;
+static const char *const SpanSql =
+	"INSERT INTO maester.span (trace_id, span_id, parent_span_id, name, started_at, "
+	" duration_us, status, attributes, tenant, request_id) "
+	"SELECT s.t, s.s, s.p, s.n, s.st, s.d, s.stat, s.a::pg_catalog.jsonb, s.ten, s.r "
+	"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+	"  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
+	"  pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), "
+	"  pg_catalog.unnest($10)) AS s(t, s, p, n, st, d, stat, a, ten, r) "
+	"ON CONFLICT (trace_id, span_id) DO NOTHING";
 static char *SpanBuf = NULL;
 static Size SpanLen = 0;		/* a chunk taken, not yet all written */
 static Size SpanOff = 0;		/* how much of it is written */
@@ -100,21 +109,6 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
 		SPI_connect();
 		stepcxt = AllocSetContextCreate(cxt, "maester span step", ALLOCSET_DEFAULT_SIZES);
 		PushActiveSnapshot(GetTransactionSnapshot());
-		if (SpanPlan == NULL)
-		{
-			SpanPlan = SPI_prepare(
-				"INSERT INTO maester.span (trace_id, span_id, parent_span_id, name, started_at, "
-				" duration_us, status, attributes, tenant, request_id) "
-				"SELECT s.t, s.s, s.p, s.n, s.st, s.d, s.stat, s.a::pg_catalog.jsonb, s.ten, s.r "
-				"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
-				"  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
-				"  pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), "
-				"  pg_catalog.unnest($10)) AS s(t, s, p, n, st, d, stat, a, ten, r) "
-				"ON CONFLICT (trace_id, span_id) DO NOTHING", 10, arraytypes);
-			if (SpanPlan == NULL)
-				elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-			SPI_keepplan(SpanPlan);
-		}
 		while (k < n)
 		{
 			int			step = Min(SPAN_STEP, n - k);
@@ -161,7 +155,8 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
 															 typalign[c]));
 			}
 			MemoryContextSwitchTo(was);
-			rc = SPI_execute_plan(SpanPlan, args, NULL, false, 0);
+			rc = SPI_execute_plan(maester_kept_plan(&SpanPlan, SpanSql, 10, arraytypes),
+								  args, NULL, false, 0);
 			if (rc != SPI_OK_INSERT)
 				elog(ERROR, "could not write spans: %s", SPI_result_code_string(rc));
 			MemoryContextReset(stepcxt);
@@ -186,7 +181,6 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		SpanPlan = NULL;		/* it may be half-made; prepare it again */
 		maester_rethrow_if_worker_error(edata);
 		if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
 			result = SPANS_LOCKED;

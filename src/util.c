@@ -24,6 +24,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "postmaster/interrupt.h"
@@ -255,4 +256,27 @@ maester_worker_exit_after_error(const char *who)
 		proc_exit(1);
 	}
 	proc_exit(0);
+}
+
+/*
+ * A statement a process runs again and again (a worker's ledger rows, spans,
+ * jobs), planned once and kept for the process (SPI must be connected):
+ * *plan is set only once the plan is kept, so an error on the way leaves
+ * it NULL, to be prepared at the next use.  The plan cache replans it when
+ * what it reads changes.
+ */
+SPIPlanPtr
+maester_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(p) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		*plan = p;
+	}
+	return *plan;
 }

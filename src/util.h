@@ -36,5 +36,7 @@ extern void maester_become_owner(Oid relid, OwnerScope *scope);
 extern void maester_restore_user(OwnerScope *scope);
 extern Oid	maester_table_oid(const char *name);
 extern int64 maester_utf8_length(const char *s);
+extern struct _SPI_plan *maester_kept_plan(struct _SPI_plan **plan, const char *sql,
+										   int nargs, Oid *types);
 
 #endif							/* MAESTER_UTIL_H */
