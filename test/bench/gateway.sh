@@ -12,9 +12,17 @@
 #  3. Throughput: pgbench, 16 sessions calling llm_generate against nginx.
 #  4. The floor, in the same run: the disk's write + fdatasync of a WAL
 #     page (test/bench/flush_floor.c, in the data directory), two of which
-#     every call waits for; and, after each untraced round, the same calls
-#     with fsync turned off by a reload, so that what the flushes cost and
-#     what the rest costs are told apart.
+#     every call waits for; a latch round trip between two processes
+#     (test/bench/handoff_floor.c: kill, signalfd and epoll, as PostgreSQL
+#     15's latches on Linux), two of which every call makes with the
+#     resident worker, once free to run on either CPU and once pinned to
+#     one (README: pinning the backend and the worker together did not
+#     make calls faster); and, after each untraced round, the same
+#     calls with fsync turned off by a reload, so that what the flushes
+#     cost and what the rest costs are told apart.
+# The bench model is priced, as a user's would be, so every call meters
+# its cost (before 2026-12-03 it was not, and every call also raised the
+# "has no price" WARNING).
 # The cluster runs with fsync = on (MAESTER_BENCH_FSYNC=off to compare).
 # Usage: test/bench/gateway.sh [calls] [pgbench_seconds]   (2000, 15)
 set -euo pipefail
@@ -41,6 +49,7 @@ trap cleanup EXIT
 # the C baseline client
 gcc -O2 -o "$work/direct_http" "$work/test/bench/direct_http.c" -lcurl
 gcc -O2 -o "$work/flush_floor" "$work/test/bench/flush_floor.c"
+gcc -O2 -o "$work/handoff_floor" "$work/test/bench/handoff_floor.c"
 
 # nginx answering every POST with a canned completion
 maester_start_nginx "$work/nginx" "$nport"
@@ -59,6 +68,8 @@ VALUES ('nginx', 'openai_compatible', 'http://127.0.0.1:$nport/v1', '{}', 0),
        ('mock', 'openai_compatible', '$MAESTER_MOCK_URL/v1', '{}', 0);
 INSERT INTO maester.model (name, provider, provider_model)
 VALUES ('bench-nginx', 'nginx', 'bench-model'), ('bench-mock', 'mock', 'bench-model');
+INSERT INTO maester.price (model, valid_from, input_cost_per_million, output_cost_per_million)
+VALUES ('bench-model', '2020-01-01', 2.5, 10);
 CREATE TABLE lat (upstream text, us double precision);
 SQL
 
@@ -141,6 +152,9 @@ done
 dropped=$(psql_q -c "SELECT spans_dropped FROM maester.trace_status()")
 # the floor: the disk's own write + fdatasync
 maester_as_pg "$work/flush_floor" "$data" "$calls" >"$work/flush.txt"
+# the floor: the hand-offs' round trips, on either CPU, then on one
+"$work/handoff_floor" $((calls * 5)) >"$work/handoff.txt"
+taskset -c 0 "$work/handoff_floor" $((calls * 5)) >"$work/handoff_pinned.txt"
 "$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" 200 >/dev/null
 "$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" "$calls" >"$work/direct_mock.txt"
 sql_latencies bench-mock >"$work/sql_mock.txt"
@@ -198,6 +212,10 @@ print(f"  tracing costs {statistics.median(cpu_t) - statistics.median(cpu_u):.2f
 fl = load("flush")
 print(f"the floor: write + fdatasync of an 8 kB page in the data directory, {calls} times: "
       f"p50 {p(fl,.5):.0f} us, p99 {p(fl,.99):.0f} us (a call waits for two)")
+ho, hp = load("handoff"), load("handoff_pinned")
+print(f"the floor: a latch round trip between two processes (kill, signalfd, epoll), {len(ho)} times: "
+      f"p50 {p(ho,.5):.0f} us, p99 {p(ho,.99):.0f} us; both pinned to one CPU: p50 {p(hp,.5):.0f} us, "
+      f"p99 {p(hp,.99):.0f} us (a call makes two)")
 nf = load("nofsync")
 if nf:
     print(f"untraced calls with fsync turned off (a reload after each untraced round), same cluster: p50/p99 {p(nf,.5):.0f}/{p(nf,.99):.0f} us; "
