@@ -8,7 +8,8 @@
 #  2. Tracing's cost: rounds of traced and untraced calls, their latency
 #     and the cluster's CPU seconds per 10,000 calls (the postmaster and
 #     all its children: the backend, the worker writing ledger and spans,
-#     the WAL writer...; from /proc, exited children included).
+#     the WAL writer...; from /proc, exited children included), and the
+#     resident worker's part of it.
 #  3. Throughput: pgbench, 16 sessions calling llm_generate against nginx.
 #  4. The floor, in the same run: the disk's write + fdatasync of a WAL
 #     page (test/bench/flush_floor.c, in the data directory), two of which
@@ -90,6 +91,15 @@ cluster_cpu() {
     echo "$total $hz" | awk '{ printf "%.3f\n", $1 / $2 }'
 }
 
+# CPU seconds used so far by the database's resident worker
+worker_cpu() {
+    local pid hz f
+    pid=$(psql_q -c "SELECT worker_pid FROM maester.worker_status()")
+    hz=$(getconf CLK_TCK)
+    read -r -a f < <(sed 's/.*) //' "/proc/$pid/stat")
+    echo "$(( f[11] + f[12] )) $hz" | awk '{ printf "%.3f\n", $1 / $2 }'
+}
+
 # llm_generate latencies, timed around each call in one session
 # ($2: maester.trace_sample_rate, 1 unless given)
 sql_latencies() {
@@ -127,16 +137,16 @@ wait_spans() {
     done
 }
 for round in 1 2 3 4 5; do
-    c0=$(cluster_cpu)
+    w0=$(worker_cpu); c0=$(cluster_cpu)
     sql_latencies bench-nginx 1 >"$work/traced_$round.txt"
     wait_spans
-    c1=$(cluster_cpu)
+    c1=$(cluster_cpu); w1=$(worker_cpu)
     psql_q -c "TRUNCATE lat"
-    c2=$(cluster_cpu)
+    w2=$(worker_cpu); c2=$(cluster_cpu)
     sql_latencies bench-nginx 0 >"$work/untraced_$round.txt"
-    c3=$(cluster_cpu)
+    c3=$(cluster_cpu); w3=$(worker_cpu)
     psql_q -c "TRUNCATE lat"
-    echo "$round $c0 $c1 $c2 $c3" >>"$work/cpu.txt"
+    echo "$round $c0 $c1 $c2 $c3 $w0 $w1 $w2 $w3" >>"$work/cpu.txt"
     # the floor: the same untraced calls with fsync turned off by a reload
     # (unless the cluster runs with fsync off already), right after
     if [ "${MAESTER_BENCH_FSYNC:-on}" = on ]; then
@@ -199,16 +209,21 @@ allun = [x for r in range(1, 6) for x in load(f"untraced_{r}")]
 print(f"all rounds: traced p50/p99 {p(alltr,.5):.0f}/{p(alltr,.99):.0f} us, "
       f"untraced p50/p99 {p(allun,.5):.0f}/{p(allun,.99):.0f} us; spans dropped: {dropped}")
 per = 10000.0 / (calls + 200)
-cpu_t, cpu_u = [], []
+cpu_t, cpu_u, wcpu_t, wcpu_u = [], [], [], []
 for line in open(f"{work}/cpu.txt"):
-    r, c0, c1, c2, c3 = line.split()
+    r, c0, c1, c2, c3, w0, w1, w2, w3 = line.split()
     cpu_t.append((float(c1) - float(c0)) * per)
     cpu_u.append((float(c3) - float(c2)) * per)
+    wcpu_t.append((float(w1) - float(w0)) * per)
+    wcpu_u.append((float(w3) - float(w2)) * per)
 print(f"cluster CPU seconds per 10,000 calls (postmaster and all its children, {calls + 200} calls a run):")
 print("  traced:   " + ", ".join(f"{x:.2f}" for x in cpu_t) + f"  (median {statistics.median(cpu_t):.2f})")
 print("  untraced: " + ", ".join(f"{x:.2f}" for x in cpu_u) + f"  (median {statistics.median(cpu_u):.2f})")
 print(f"  tracing costs {statistics.median(cpu_t) - statistics.median(cpu_u):.2f} CPU s per 10,000 calls "
       f"({(statistics.median(cpu_t) - statistics.median(cpu_u)) * 100:.0f} us a call)")
+print("  of which the resident worker (ledger, spans): traced " + ", ".join(f"{x:.2f}" for x in wcpu_t) +
+      f" (median {statistics.median(wcpu_t):.2f}); untraced " + ", ".join(f"{x:.2f}" for x in wcpu_u) +
+      f" (median {statistics.median(wcpu_u):.2f}); the rest is mostly the calling backend")
 fl = load("flush")
 print(f"the floor: write + fdatasync of an 8 kB page in the data directory, {calls} times: "
       f"p50 {p(fl,.5):.0f} us, p99 {p(fl,.99):.0f} us (a call waits for two)")
