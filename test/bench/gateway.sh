@@ -20,7 +20,11 @@
 #     one (README: pinning the backend and the worker together did not
 #     make calls faster); and, after each untraced round, the same
 #     calls with fsync turned off by a reload, so that what the flushes
-#     cost and what the rest costs are told apart.
+#     cost and what the rest costs are told apart; and what it costs the
+#     calling backend to make a 600-byte record durable itself, outside
+#     its transaction, instead of handing it to the worker (a WAL logical
+#     message and XLogFlush, test/bench/durable_floor, an extension built
+#     and installed for the run and uninstalled after it).
 # The bench model is priced, as a user's would be, so every call meters
 # its cost (before 2026-12-03 it was not, and every call also raised the
 # "has no price" WARNING).
@@ -41,6 +45,7 @@ port=${MAESTER_BENCH_PORT:-54349}
 nport=${MAESTER_BENCH_NGINX_PORT:-18089}
 cleanup() {
     maester_stop_cluster "$data"
+    maester_sudo make -C "$work/test/bench/durable_floor" -s uninstall >/dev/null 2>&1 || true
     maester_stop_mock
     maester_stop_nginx "$work/nginx"
     rm -rf "$work"
@@ -51,6 +56,9 @@ trap cleanup EXIT
 gcc -O2 -o "$work/direct_http" "$work/test/bench/direct_http.c" -lcurl
 gcc -O2 -o "$work/flush_floor" "$work/test/bench/flush_floor.c"
 gcc -O2 -o "$work/handoff_floor" "$work/test/bench/handoff_floor.c"
+# the benchmark-only extension for the durable-record floor (test/bench/durable_floor)
+make -C "$work/test/bench/durable_floor" -s
+maester_sudo make -C "$work/test/bench/durable_floor" -s install >/dev/null
 
 # nginx answering every POST with a canned completion
 maester_start_nginx "$work/nginx" "$nport"
@@ -64,6 +72,7 @@ psql_q() {
 }
 psql_q <<SQL
 CREATE EXTENSION maester;
+CREATE EXTENSION durable_floor;
 INSERT INTO maester.provider (name, kind, base_url, models, circuit_failure_threshold)
 VALUES ('nginx', 'openai_compatible', 'http://127.0.0.1:$nport/v1', '{}', 0),
        ('mock', 'openai_compatible', '$MAESTER_MOCK_URL/v1', '{}', 0);
@@ -162,6 +171,8 @@ done
 dropped=$(psql_q -c "SELECT spans_dropped FROM maester.trace_status()")
 # the floor: the disk's own write + fdatasync
 maester_as_pg "$work/flush_floor" "$data" "$calls" >"$work/flush.txt"
+# the floor: a record made durable by the calling backend itself
+psql_q -c "COPY (SELECT * FROM durable_floor($calls, 600)) TO STDOUT" >"$work/durable.txt"
 # the floor: the hand-offs' round trips, on either CPU, then on one
 "$work/handoff_floor" $((calls * 5)) >"$work/handoff.txt"
 taskset -c 0 "$work/handoff_floor" $((calls * 5)) >"$work/handoff_pinned.txt"
@@ -231,6 +242,10 @@ ho, hp = load("handoff"), load("handoff_pinned")
 print(f"the floor: a latch round trip between two processes (kill, signalfd, epoll), {len(ho)} times: "
       f"p50 {p(ho,.5):.0f} us, p99 {p(ho,.99):.0f} us; both pinned to one CPU: p50 {p(hp,.5):.0f} us, "
       f"p99 {p(hp,.99):.0f} us (a call makes two)")
+du = load("durable")
+print(f"the floor: a 600-byte WAL record made durable by the calling backend itself, outside its transaction "
+      f"(a logical message and XLogFlush, test/bench/durable_floor), {len(du)} times: "
+      f"p50 {p(du,.5):.0f} us, p99 {p(du,.99):.0f} us")
 nf = load("nofsync")
 if nf:
     print(f"untraced calls with fsync turned off (a reload after each untraced round), same cluster: p50/p99 {p(nf,.5):.0f}/{p(nf,.99):.0f} us; "

@@ -1,0 +1,2 @@
+CREATE FUNCTION durable_floor(n integer, bytes integer) RETURNS SETOF float8
+AS 'MODULE_PATHNAME' LANGUAGE C STRICT VOLATILE;
