@@ -16,7 +16,7 @@
 #     every call waits for; a latch round trip between two processes
 #     (test/bench/handoff_floor.c: kill, signalfd and epoll, as PostgreSQL
 #     15's latches on Linux), two of which every call makes with the
-#     resident worker, once free to run on either CPU and once pinned to
+#     resident worker, once free to run on any CPU and once pinned to
 #     one (README: pinning the backend and the worker together did not
 #     make calls faster); and, after each untraced round, the same
 #     calls with fsync turned off by a reload, so that what the flushes
@@ -26,8 +26,8 @@
 #     message and XLogFlush, test/bench/durable_floor, an extension built
 #     and installed for the run and uninstalled after it).
 # The bench model is priced, as a user's would be, so every call meters
-# its cost (before 2026-12-03 it was not, and every call also raised the
-# "has no price" WARNING).
+# its cost (before 2026-12-03 it was not, and each session raised the
+# "has no price" WARNING once).
 # The cluster runs with fsync = on (MAESTER_BENCH_FSYNC=off to compare).
 # Usage: test/bench/gateway.sh [calls] [pgbench_seconds]   (2000, 15)
 set -euo pipefail
@@ -45,7 +45,8 @@ port=${MAESTER_BENCH_PORT:-54349}
 nport=${MAESTER_BENCH_NGINX_PORT:-18089}
 cleanup() {
     maester_stop_cluster "$data"
-    maester_sudo make -C "$work/test/bench/durable_floor" -s uninstall >/dev/null 2>&1 || true
+    maester_sudo make -C "$work/test/bench/durable_floor" -s uninstall >/dev/null 2>&1 ||
+        echo "gateway.sh: could not uninstall the durable_floor benchmark extension" >&2
     maester_stop_mock
     maester_stop_nginx "$work/nginx"
     rm -rf "$work"
@@ -104,6 +105,10 @@ cluster_cpu() {
 worker_cpu() {
     local pid hz f
     pid=$(psql_q -c "SELECT worker_pid FROM maester.worker_status()")
+    if ! [[ $pid =~ ^[0-9]+$ ]] || [ ! -r "/proc/$pid/stat" ]; then
+        echo "gateway.sh: no resident worker to measure (worker_pid: '$pid')" >&2
+        exit 1
+    fi
     hz=$(getconf CLK_TCK)
     read -r -a f < <(sed 's/.*) //' "/proc/$pid/stat")
     echo "$(( f[11] + f[12] )) $hz" | awk '{ printf "%.3f\n", $1 / $2 }'
@@ -173,9 +178,9 @@ dropped=$(psql_q -c "SELECT spans_dropped FROM maester.trace_status()")
 maester_as_pg "$work/flush_floor" "$data" "$calls" >"$work/flush.txt"
 # the floor: a record made durable by the calling backend itself
 psql_q -c "COPY (SELECT * FROM durable_floor($calls, 600)) TO STDOUT" >"$work/durable.txt"
-# the floor: the hand-offs' round trips, on either CPU, then on one
-"$work/handoff_floor" $((calls * 5)) >"$work/handoff.txt"
-taskset -c 0 "$work/handoff_floor" $((calls * 5)) >"$work/handoff_pinned.txt"
+# the floor: the hand-offs' round trips, on any CPU, then on one
+timeout 300 "$work/handoff_floor" $((calls * 5)) >"$work/handoff.txt"
+timeout 300 taskset -c 0 "$work/handoff_floor" $((calls * 5)) >"$work/handoff_pinned.txt"
 "$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" 200 >/dev/null
 "$work/direct_http" "$MAESTER_MOCK_URL/v1/chat/completions" "$calls" >"$work/direct_mock.txt"
 sql_latencies bench-mock >"$work/sql_mock.txt"
@@ -234,7 +239,7 @@ print(f"  tracing costs {statistics.median(cpu_t) - statistics.median(cpu_u):.2f
       f"({(statistics.median(cpu_t) - statistics.median(cpu_u)) * 100:.0f} us a call)")
 print("  of which the resident worker (ledger, spans): traced " + ", ".join(f"{x:.2f}" for x in wcpu_t) +
       f" (median {statistics.median(wcpu_t):.2f}); untraced " + ", ".join(f"{x:.2f}" for x in wcpu_u) +
-      f" (median {statistics.median(wcpu_u):.2f}); the rest is mostly the calling backend")
+      f" (median {statistics.median(wcpu_u):.2f}); the rest: the calling backend, the WAL writer and the others")
 fl = load("flush")
 print(f"the floor: write + fdatasync of an 8 kB page in the data directory, {calls} times: "
       f"p50 {p(fl,.5):.0f} us, p99 {p(fl,.99):.0f} us (a call waits for two)")
@@ -243,7 +248,7 @@ print(f"the floor: a latch round trip between two processes (kill, signalfd, epo
       f"p50 {p(ho,.5):.0f} us, p99 {p(ho,.99):.0f} us; both pinned to one CPU: p50 {p(hp,.5):.0f} us, "
       f"p99 {p(hp,.99):.0f} us (a call makes two)")
 du = load("durable")
-print(f"the floor: a 600-byte WAL record made durable by the calling backend itself, outside its transaction "
+print(f"the floor: a 600-byte WAL record flushed by the calling backend itself, outside its transaction "
       f"(a logical message and XLogFlush, test/bench/durable_floor), {len(du)} times: "
       f"p50 {p(du,.5):.0f} us, p99 {p(du,.99):.0f} us")
 nf = load("nofsync")

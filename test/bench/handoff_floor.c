@@ -13,10 +13,12 @@
  *
  *   handoff_floor N
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -42,17 +44,38 @@ wait_set(int *sfd)
 	return ep;
 }
 
-/* Sleep until woken, and drain the signalfd, as a latch wait does */
+/*
+ * Sleep until woken, and drain the signalfd, as a latch wait does.  The
+ * other side is gone if nothing comes for 10 s: give up rather than hang.
+ */
 static void
 sleep_until_woken(int ep, int sfd)
 {
 	struct epoll_event ev;
 	struct signalfd_siginfo info[8];
+	int			n;
 
-	while (epoll_wait(ep, &ev, 1, -1) != 1)
-		;
+	while ((n = epoll_wait(ep, &ev, 1, 10000)) != 1)
+	{
+		if (n == 0 || errno != EINTR)
+		{
+			fprintf(stderr, "handoff_floor: no wake-up for 10 s (the other process is gone?)\n");
+			exit(1);
+		}
+	}
 	while (read(sfd, info, sizeof(info)) > 0)
 		;
+}
+
+/* Wake `pid`; it must still be there */
+static void
+wake(pid_t pid)
+{
+	if (kill(pid, SIGURG) != 0)
+	{
+		perror("handoff_floor: kill");
+		exit(1);
+	}
 }
 
 int
@@ -83,24 +106,25 @@ main(int argc, char **argv)
 	ep = wait_set(&sfd);
 	if (child == 0)
 	{
-		/* the worker's side: woken, it wakes the caller back */
+		/* the worker's side: woken, it wakes the caller back (and dies with it) */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(1);
 		for (int i = 0; i < n; i++)
 		{
 			sleep_until_woken(ep, sfd);
-			kill(parent, SIGURG);
+			wake(parent);
 		}
 		_exit(0);
 	}
 
-	/* let the child reach its first sleep */
-	usleep(100000);
 	for (int i = 0; i < n; i++)
 	{
 		struct timespec a,
 					b;
 
 		clock_gettime(CLOCK_MONOTONIC, &a);
-		kill(child, SIGURG);
+		wake(child);
 		sleep_until_woken(ep, sfd);
 		clock_gettime(CLOCK_MONOTONIC, &b);
 		printf("%.1f\n", (b.tv_sec - a.tv_sec) * 1e6 + (b.tv_nsec - a.tv_nsec) / 1e3);
