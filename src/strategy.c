@@ -301,6 +301,20 @@ target_label(RouteTarget *t)
 }
 
 /*
+ * A target that cannot be tried goes last, whatever the strategy measures
+ * (nothing is measured for it); true when `t` is one.
+ */
+static bool
+ranked_unusable(Ranked *r, RouteTarget *t, bool usable)
+{
+	if (usable)
+		return false;
+	r->klass = 2;
+	r->why = psprintf("%s: cannot be tried (provider disabled, or no key)", target_label(t));
+	return true;
+}
+
+/*
  * Order the targets of call `c`'s plan by its route's strategy; note the
  * strategy and the reason on the call (its ledger rows) and on `span`.
  */
@@ -358,13 +372,10 @@ route_strategy_apply(Call *c, Span *span)
 						failing = 0;
 			int64		calls = 0;
 
+			if (ranked_unusable(&r[i], t, usable[i]))
+				continue;
 			(void) stat_recent(t->provider->name, t->model, &ms, &failing, &calls);
-			if (!usable[i])
-			{
-				r[i].klass = 2;
-				r[i].why = psprintf("%s: cannot be tried (provider disabled, or no key)", target_label(t));
-			}
-			else if (calls < STRATEGY_MIN_SAMPLES)
+			if (calls < STRATEGY_MIN_SAMPLES)
 			{
 				r[i].klass = 0;
 				r[i].why = psprintf("%s: not measured yet (fewer than %d attempts), tried first",
@@ -392,16 +403,14 @@ route_strategy_apply(Call *c, Span *span)
 			RouteTarget *t = &plan->targets[i];
 			const char *names[3] = {t->model, t->name, c->g.requested_model};
 			bool		priced;
-			Numeric		cost = maester_cost(names, lengthof(names), c->cs.est_input_tokens,
-											target_max_tokens(t, c->opts.gen.max_tokens), 0, 0, 0,
-											now, &priced);
+			Numeric		cost;
 
-			if (!usable[i])
-			{
-				r[i].klass = 2;
-				r[i].why = psprintf("%s: cannot be tried (provider disabled, or no key)", target_label(t));
-			}
-			else if (!priced || cost == NULL)
+			if (ranked_unusable(&r[i], t, usable[i]))
+				continue;
+			cost = maester_cost(names, lengthof(names), c->cs.est_input_tokens,
+								target_max_tokens(t, c->opts.gen.max_tokens), 0, 0, 0,
+								now, &priced);
+			if (!priced || cost == NULL)
 			{
 				r[i].klass = 2;
 				r[i].why = psprintf("%s: no price", target_label(t));
@@ -433,15 +442,12 @@ route_strategy_apply(Call *c, Span *span)
 				RouteTarget *t = &plan->targets[i];
 				int			m = -1;
 
+				if (ranked_unusable(&r[i], t, usable[i]))
+					continue;
 				for (int k = 0; k < e->n && m < 0; k++)
 					if (strcmp(e->models[k], t->name) == 0)
 						m = k;
-				if (!usable[i])
-				{
-					r[i].klass = 2;
-					r[i].why = psprintf("%s: cannot be tried (provider disabled, or no key)", target_label(t));
-				}
-				else if (m < 0 || e->calls[m] < STRATEGY_MIN_SAMPLES)
+				if (m < 0 || e->calls[m] < STRATEGY_MIN_SAMPLES)
 				{
 					r[i].klass = 0;
 					e->measuring = true;

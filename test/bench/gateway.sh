@@ -84,34 +84,38 @@ VALUES ('bench-model', '2020-01-01', 2.5, 10);
 CREATE TABLE lat (upstream text, us double precision);
 SQL
 
+# utime + stime of process $1 in clock ticks, and with a second argument
+# those of its reaped children too (after ") ", field 3 is the state, so
+# utime (14) is index 11, stime 12, cutime 13, cstime 14)
+proc_ticks() {
+    local f
+    read -r -a f < <(sed 's/.*) //' "/proc/$1/stat") || return 1
+    echo $(( f[11] + f[12] ${2:+ + f[13] + f[14]} ))
+}
+ticks_to_seconds() { echo "$1 $(getconf CLK_TCK)" | awk '{ printf "%.3f\n", $1 / $2 }'; }
+
 # CPU seconds used so far by the cluster: the postmaster, its live
 # children, and the children it has reaped (cutime/cstime)
 cluster_cpu() {
-    local pm hz total=0 f
+    local pm total t
     pm=$(head -1 "$data/postmaster.pid")
-    hz=$(getconf CLK_TCK)
-    read -r -a f < <(sed 's/.*) //' "/proc/$pm/stat")
-    # after ") ": field 3 is state, so utime (14) is index 11, stime 12, cutime 13, cstime 14
-    total=$(( f[11] + f[12] + f[13] + f[14] ))
+    total=$(proc_ticks "$pm" reaped)
     for c in $(ps -o pid= --ppid "$pm"); do
-        [ -r "/proc/$c/stat" ] || continue
-        read -r -a f < <(sed 's/.*) //' "/proc/$c/stat") || continue
-        total=$(( total + f[11] + f[12] ))
+        t=$(proc_ticks "$c" 2>/dev/null) || continue
+        total=$(( total + t ))
     done
-    echo "$total $hz" | awk '{ printf "%.3f\n", $1 / $2 }'
+    ticks_to_seconds "$total"
 }
 
 # CPU seconds used so far by the database's resident worker
 worker_cpu() {
-    local pid hz f
+    local pid
     pid=$(psql_q -c "SELECT worker_pid FROM maester.worker_status()")
     if ! [[ $pid =~ ^[0-9]+$ ]] || [ ! -r "/proc/$pid/stat" ]; then
         echo "gateway.sh: no resident worker to measure (worker_pid: '$pid')" >&2
         exit 1
     fi
-    hz=$(getconf CLK_TCK)
-    read -r -a f < <(sed 's/.*) //' "/proc/$pid/stat")
-    echo "$(( f[11] + f[12] )) $hz" | awk '{ printf "%.3f\n", $1 / $2 }'
+    ticks_to_seconds "$(proc_ticks "$pid")"
 }
 
 # llm_generate latencies, timed around each call in one session
