@@ -72,6 +72,7 @@
 #include "ledger.h"
 #include "settings.h"
 #include "stat.h"
+#include "walledger.h"
 
 #define REGISTRY_FILE "pg_stat/maester_databases"
 /* how long a command waits for a database's workers to exit */
@@ -376,6 +377,8 @@ launcher_pass(void)
 				budget_forget_database(v.dboid);
 				circuit_forget_database(v.dboid);
 				stat_forget_database(v.dboid);
+				/* and its replication slot, which would keep WAL forever */
+				wal_ledger_drop(v.dboid);
 				ereport(LOG,
 						(errmsg("maester launcher freed the slot of database %u, %s",
 								v.dboid, v.no_extension ? "which has no maester" : "which is gone")));

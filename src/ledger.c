@@ -12,7 +12,10 @@
  * does the request leave; afterwards it queues the SETTLE record and waits
  * again, so that a call that returned is on disk.  The worker commits
  * whatever is queued in one transaction (group commit), so concurrent
- * callers share commits.
+ * callers share commits.  What makes a record durable is, when the
+ * database's worker holds its replication slot, the record's own WAL
+ * message, which the caller flushes itself while the worker writes the
+ * row (walledger.c); otherwise the worker's synchronous commit.
  *
  * Shared memory: LedgerShared, then maester.max_databases slots, each a
  * LedgerSlot followed by two rings: maester.ledger_queue_size fixed-size
@@ -53,6 +56,7 @@
 #include "ledger.h"
 #include "maester.h"
 #include "settings.h"
+#include "walledger.h"
 
 LedgerShared *ledger_shared = NULL;
 
@@ -320,10 +324,14 @@ ledger_enqueue(LedgerSlot *slot, LedgerRecord *rec)
 	{
 		Latch	   *wl;
 		uint64		seq = 0;
+		XLogRecPtr	lsn = 0;
 
 		LWLockAcquire(slot->lock, LW_EXCLUSIVE);
 		if (slot->head - slot->tail < (uint64) ledger_shared->queue_size)
 		{
+			/* in WAL in the ring's order (walledger.c), never the worker's own */
+			lsn = slot->wal_ready && slot->worker_pid != MyProcPid ? wal_ledger_log(rec) : 0;
+			rec->lsn = lsn;
 			seq = ++slot->next_seq;
 			rec->seq = seq;
 			memcpy(&ledger_ring(slot)[slot->head % ledger_shared->queue_size],
@@ -335,7 +343,12 @@ ledger_enqueue(LedgerSlot *slot, LedgerRecord *rec)
 		if (wl)
 			SetLatch(wl);
 		if (seq != 0)
+		{
+			/* durable while the worker writes the row */
+			if (lsn != 0)
+				wal_ledger_flush(lsn);
 			return seq;
+		}
 
 		/* full: the worker is behind, or gone (or it is us: do not wait for ourselves) */
 		if (slot->worker_pid == MyProcPid ||
@@ -364,6 +377,7 @@ ledger_try_enqueue(LedgerSlot *slot, LedgerRecord *rec)
 	rec->procno = MyProc ? MyProc->pgprocno : 0;
 	rec->backend_pid = MyProcPid;
 	rec->epoch = ledger_shared->epoch;
+	rec->lsn = 0;				/* no message: the worker's commit makes it durable */
 	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
 	if (slot->head - slot->tail < (uint64) ledger_shared->queue_size)
 	{

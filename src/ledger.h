@@ -34,6 +34,10 @@ typedef enum LedgerKind
 typedef struct LedgerRecord
 {
 	uint64		seq;			/* assigned when queued */
+	uint64		lsn;			/* the end of its WAL message, made durable by
+								 * its backend (walledger.c); 0: none, the
+								 * worker's commit makes it durable */
+	uint32		layout;			/* LEDGER_RECORD_LAYOUT, for WAL replay */
 	LedgerKind	kind;
 	int			procno;			/* the backend to wake when it is durable */
 	int			backend_pid;
@@ -83,6 +87,9 @@ typedef struct LedgerRecord
 	char		saved[48];		/* a hit: what the answer cost when made */
 } LedgerRecord;
 
+/* bump when LedgerRecord changes: WAL replay skips records of another */
+#define LEDGER_RECORD_LAYOUT 1
+
 /*
  * One span in the span queue: a header and its attributes (a JSON object,
  * NUL-terminated).  Records are of varying length, a multiple of 8; a
@@ -128,6 +135,8 @@ typedef struct LedgerSlot
 	pid_t		worker_pid;		/* 0: none */
 	Latch	   *worker_latch;
 	bool		ready;			/* it has recovered and serves */
+	bool		wal_ready;		/* backends make records durable in WAL
+								 * themselves (walledger.c) */
 	bool		no_extension;	/* it found no maester in the database */
 	bool		has_extension;	/* it found maester (maybe waiting for UPDATE) */
 	bool		stopping;		/* DROP/RENAME DATABASE waits for the workers */

@@ -39,6 +39,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -70,6 +71,7 @@
 #include "settings.h"
 #include "spanwrite.h"
 #include "util.h"
+#include "walledger.h"
 
 PGDLLEXPORT void maester_resident_main(Datum arg);
 
@@ -441,6 +443,29 @@ dead_letter_fn(void *arg)
 }
 
 /*
+ * Are all `n` records durable already, each by its WAL message
+ * (walledger.c)?  Then their transaction commits without waiting for a
+ * flush; the end of the last message is *msg_end.
+ */
+static bool
+batch_in_wal(LedgerRecord *batch, int n, XLogRecPtr *msg_end)
+{
+	*msg_end = 0;
+	if (wal_ledger_sync_standbys())
+		return false;			/* the commit waits for them (walledger.c) */
+	for (int i = 0; i < n; i++)
+	{
+		if (batch[i].lsn == 0)
+			return false;
+		*msg_end = Max(*msg_end, batch[i].lsn);
+	}
+	if (n > 0)
+		(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+	return n > 0;
+}
+
+/*
  * Write `n` records, one subtransaction each (after their batch failed):
  * a record that fails goes to the dead letter table.  Returns how many
  * were dead-lettered.
@@ -449,10 +474,13 @@ static int
 write_one_by_one(LedgerRecord *batch, int n, MemoryContext cxt)
 {
 	int			dead = 0;
+	XLogRecPtr	msg_end;
+	bool		in_wal;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	maester_check_catalog();
+	in_wal = batch_in_wal(batch, n, &msg_end);
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	for (int i = 0; i < n; i++)
@@ -466,7 +494,7 @@ write_one_by_one(LedgerRecord *batch, int n, MemoryContext cxt)
 		maester_rethrow_if_worker_error(o.edata);
 		dead++;
 		/* its caller must not send: it hears so before durable_seq passes it */
-		if (batch[i].kind == LEDGER_PENDING)
+		if (batch[i].kind == LEDGER_PENDING && batch[i].seq != 0)
 			ledger_note_dead(WorkerSlot, batch[i].seq);
 		ereport(LOG,
 				(errmsg("maester worker could not write a ledger record of request %s: %s",
@@ -486,7 +514,38 @@ write_one_by_one(LedgerRecord *batch, int n, MemoryContext cxt)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	if (in_wal)
+		wal_ledger_applied(XactLastCommitEnd, msg_end);
 	return dead;
+}
+
+static bool write_batch(LedgerRecord *batch, int n, MemoryContext cxt);
+
+/*
+ * Records read back from WAL at start (walledger.c): written as a batch,
+ * or one by one when that fails, committed synchronously (they have no
+ * `lsn`), before stale PENDING rows are marked orphaned.
+ */
+static void
+replay_apply(LedgerRecord *batch, int n, void *arg)
+{
+	MemoryContext cxt = (MemoryContext) arg;
+	MemoryContext old;
+
+	MemoryContextReset(cxt);
+	old = MemoryContextSwitchTo(cxt);
+	if (!write_batch(batch, n, cxt))
+		(void) write_one_by_one(batch, n, cxt);
+	MemoryContextSwitchTo(old);
+}
+
+/* Backends make their records durable themselves, or not (walledger.c) */
+static void
+set_wal_ready(bool ready)
+{
+	LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
+	WorkerSlot->wal_ready = ready;
+	LWLockRelease(WorkerSlot->lock);
 }
 
 /* Write `n` records in one transaction; false (nothing written) on an error */
@@ -498,9 +557,13 @@ write_batch(LedgerRecord *batch, int n, MemoryContext cxt)
 
 	PG_TRY();
 	{
+		XLogRecPtr	msg_end;
+		bool		in_wal;
+
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		maester_check_catalog();	/* the catalog must be ours */
+		in_wal = batch_in_wal(batch, n, &msg_end);
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		for (int i = 0; i < n; i++)
@@ -508,6 +571,8 @@ write_batch(LedgerRecord *batch, int n, MemoryContext cxt)
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		if (in_wal)
+			wal_ledger_applied(XactLastCommitEnd, msg_end);
 	}
 	PG_CATCH();
 	{
@@ -644,9 +709,18 @@ resident_round(void *arg)
 	{
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
+		/* maester.ledger_wal may have changed: off, rows are written first */
+		as_self(res);
+		if (!maester_ledger_wal)
+		{
+			set_wal_ready(false);
+			(void) write_ledger(res->ledgercxt, true);
+		}
+		set_wal_ready(wal_ledger_start(WorkerSlot, replay_apply, res->ledgercxt));
 	}
 	as_self(res);
 	(void) write_ledger(res->ledgercxt, false);
+	wal_ledger_advance(WorkerSlot);
 	/* a chunk of spans stops early when a ledger record waits */
 	res->span_wait = spans_write_due(WorkerSlot, false, ledger_waiting, res->spancxt);
 	export_step(&res->exporter);
@@ -743,6 +817,12 @@ resident_exit(int code, Datum arg)
 		return;
 	LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
 	if (WorkerSlot->worker_pid == MyProcPid)
+		WorkerSlot->wal_ready = false;
+	LWLockRelease(WorkerSlot->lock);
+	/* the replication slot is free before the next worker may start */
+	wal_ledger_release();
+	LWLockAcquire(WorkerSlot->lock, LW_EXCLUSIVE);
+	if (WorkerSlot->worker_pid == MyProcPid)
 	{
 		WorkerSlot->worker_pid = 0;
 		WorkerSlot->worker_latch = NULL;
@@ -759,6 +839,7 @@ maester_resident_main(Datum arg)
 	Oid			dboid = DatumGetObjectId(arg);
 	LedgerSlot *slot;
 	bool		taken = false;
+	bool		wal_ready;
 	Resident   *res;
 	CallDriver	d;
 
@@ -807,13 +888,17 @@ maester_resident_main(Datum arg)
 	/* its own queries resolve nothing through a user's schema */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
 
-	pgstat_report_activity(STATE_RUNNING, "recovering orphaned ledger rows");
-	recover_orphans();
-
 	res = MemoryContextAllocZero(TopMemoryContext, sizeof(Resident));
 	res->self = GetUserId();
 	res->ledgercxt = AllocSetContextCreate(TopMemoryContext, "maester ledger batch",
 										   ALLOCSET_DEFAULT_SIZES);
+
+	/* what WAL holds that may not be written yet, then the orphans */
+	pgstat_report_activity(STATE_RUNNING, "replaying ledger records from WAL");
+	wal_ready = wal_ledger_start(slot, replay_apply, res->ledgercxt);
+	pgstat_report_activity(STATE_RUNNING, "recovering orphaned ledger rows");
+	recover_orphans();
+
 	res->spancxt = AllocSetContextCreate(TopMemoryContext, "maester span batch",
 										 ALLOCSET_DEFAULT_SIZES);
 	res->next_orphans = GetCurrentTimestamp() + (TimestampTz) ORPHAN_CHECK_MS * 1000;
@@ -823,6 +908,7 @@ maester_resident_main(Datum arg)
 
 	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
 	slot->ready = true;
+	slot->wal_ready = wal_ready;
 	slot->start_error[0] = '\0';
 	LWLockRelease(slot->lock);
 	wake_launcher();

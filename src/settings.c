@@ -42,6 +42,7 @@ char	   *maester_tenant = NULL;
 char	   *maester_vector_kernels = NULL;
 const VectorKernels *maester_kernels = NULL;
 int			maester_ledger_timeout_ms = 5000;
+bool		maester_ledger_wal = true;
 bool		maester_budget_allow_unpriced = false;
 char	   *maester_traceparent = NULL;
 double		maester_trace_sample_rate = 1.0;
@@ -309,6 +310,15 @@ settings_define(void)
 							PGC_SUSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("maester.ledger_wal",
+							 "Backends make their ledger records durable in WAL themselves.",
+							 "Each PENDING and SETTLE record is also a WAL message its caller flushes while the resident worker writes the row, so the worker commits without waiting for a flush; a replication slot per database (maester_ledger_<oid>) keeps that WAL until the rows are durable. Off, or without a free replication slot: the worker's synchronous commits make records durable.",
+							 &maester_ledger_wal,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomStringVariable("maester.traceparent",
 							   "The application's W3C traceparent: calls become children of its span.",

@@ -32,6 +32,7 @@ extern bool maester_capture_content;
 /* the ledger, tenants and budgets */
 extern char *maester_tenant;
 extern int	maester_ledger_timeout_ms;
+extern bool maester_ledger_wal;
 extern bool maester_budget_allow_unpriced;
 
 /* tracing */

@@ -21,6 +21,7 @@ my $node = PostgreSQL::Test::Cluster->new('ledger');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'maester'
+wal_level = replica
 maester.allow_insecure_hosts = '127.0.0.1'
 max_connections = 40
 restart_after_crash = on

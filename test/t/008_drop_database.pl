@@ -17,6 +17,7 @@ my $node = PostgreSQL::Test::Cluster->new('dropdb');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'maester'
+wal_level = replica
 maester.allow_insecure_hosts = '127.0.0.1'
 maester.max_databases = 1
 });

@@ -19,6 +19,7 @@ my $node = PostgreSQL::Test::Cluster->new('batch');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'maester'
+wal_level = replica
 maester.allow_insecure_hosts = '127.0.0.1'
 });
 $node->start;

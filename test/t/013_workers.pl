@@ -57,6 +57,7 @@ my $node = PostgreSQL::Test::Cluster->new('slots');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'maester'
+wal_level = replica
 maester.allow_insecure_hosts = '127.0.0.1'
 maester.max_databases = 2
 });
@@ -98,6 +99,7 @@ $node = PostgreSQL::Test::Cluster->new('five');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'maester'
+wal_level = replica
 maester.allow_insecure_hosts = '127.0.0.1'
 });
 $node->start;
@@ -195,6 +197,7 @@ $node = PostgreSQL::Test::Cluster->new('noslot');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'maester'
+wal_level = replica
 maester.allow_insecure_hosts = '127.0.0.1'
 max_worker_processes = 3
 maester.ledger_timeout_ms = 30000

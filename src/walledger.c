@@ -1,0 +1,577 @@
+/*-------------------------------------------------------------------------
+ *
+ * walledger.c
+ *	  Ledger records made durable by the backends that make them, as WAL
+ *	  records, so that the resident worker's commits need not wait for a
+ *	  flush.
+ *
+ * Before, a call waited twice for the resident worker to commit a ledger
+ * row with synchronous commit: the worker's statement, its commit and
+ * its WAL flush, one after the other, on every call's path.  Now a
+ * backend queueing a PENDING or SETTLE record also writes it to WAL as a
+ * non-transactional logical message (LogLogicalMessage: it survives the
+ * caller's ROLLBACK and needs no wal_level = logical), and flushes it
+ * itself (and waits for synchronous standbys, as a commit would) while
+ * the worker inserts the row and commits with synchronous_commit off.
+ * The caller still waits until the row is committed -- visible, and in
+ * the dead letter table's care if it was refused -- but no longer for the
+ * worker's flush: the flush and the worker's statement run side by side.
+ *
+ * A crash can lose the worker's last asynchronous commits, never the
+ * messages.  So each database's worker keeps a physical replication
+ * slot, maester_ledger_<database oid>, whose restart_lsn is a point
+ * before which every maester message of the database has its row
+ * durably written: the slot keeps the WAL after it, and a worker that
+ * starts reads that WAL back (the WAL reader, read_local_xlog_page) and
+ * writes every record again -- idempotently: INSERT ... ON CONFLICT DO
+ * NOTHING for PENDING, an UPDATE to the same values for SETTLE -- before
+ * stale PENDING rows are marked orphaned.
+ *
+ * The slot's restart_lsn moves (every WAL_ADVANCE_MS) to the end of the
+ * last message whose batch's commit is flushed (by the WAL writer, or by
+ * the worker when that took more than WAL_FORCE_MS), or, when the ring is
+ * empty and every batch is flushed, to the current WAL position: a
+ * backend writes its message and queues its record under the slot's
+ * lock, so the ring holds every message written before that position
+ * that is not yet written.  It is saved to disk every WAL_SAVE_MS and at
+ * every checkpoint; after a crash, the saved one is older, and the replay
+ * reads more, idempotently.
+ *
+ * Without a slot (max_replication_slots is 0 or all are used, wal_level
+ * is minimal, or maester.ledger_wal is off), and while synchronous
+ * standbys are configured (synchronous_standby_names), records are made durable by
+ * the worker's synchronous commits, as before.  Turning maester.ledger_wal
+ * off drops the slot once every row is durable: a slot left behind would
+ * keep WAL, and PostgreSQL refuses to start with wal_level = minimal while
+ * a physical slot exists.  A record the worker
+ * queues itself (a job's call), or that is queued on an error path
+ * (ledger_try_enqueue), has no message, and the batch holding it is
+ * committed synchronously.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlog_internal.h"
+#include "access/xlogreader.h"
+#include "access/xlogutils.h"
+#include "miscadmin.h"
+#include "replication/message.h"
+#include "replication/slot.h"
+#include "replication/syncrep.h"
+#include "storage/lwlock.h"
+#include "storage/spin.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "settings.h"
+#include "walledger.h"
+
+#define WAL_LEDGER_PREFIX "maester.ledger"
+#define WAL_ADVANCE_MS 50
+#define WAL_SAVE_MS 10000
+#define WAL_FORCE_MS 1000
+#define WAL_REPLAY_BATCH 256
+#define WAL_PENDING_MAX 64
+
+/* batches committed asynchronously whose commit may not be flushed yet */
+typedef struct PendingBatch
+{
+	XLogRecPtr	commit_end;
+	XLogRecPtr	msg_end;		/* the end of its last message */
+} PendingBatch;
+
+static PendingBatch Pending[WAL_PENDING_MAX];
+static int	NPending = 0;
+static bool HaveSlot = false;	/* this worker holds its database's slot */
+static TimestampTz LastAdvance = 0;
+static TimestampTz LastSave = 0;
+static TimestampTz LastForce = 0;
+
+/*
+ * A record in WAL is its bytes with each string field cut after its NUL
+ * (a record is about 3 kB, mostly unused string room; cut, about 500
+ * bytes).  The string fields, in the order of LedgerRecord; every other
+ * byte is copied as it is.
+ */
+#define STRING_FIELD(f) {offsetof(LedgerRecord, f), sizeof(((LedgerRecord *) 0)->f)}
+static const struct
+{
+	uint16		off;
+	uint16		size;
+}			StringFields[] =
+{
+	STRING_FIELD(tenant), STRING_FIELD(role), STRING_FIELD(trace_id),
+	STRING_FIELD(prompt_hash), STRING_FIELD(prompt_name), STRING_FIELD(prompt_version),
+	STRING_FIELD(provider), STRING_FIELD(requested_model), STRING_FIELD(model),
+	STRING_FIELD(model_name), STRING_FIELD(status), STRING_FIELD(error_class),
+	STRING_FIELD(purpose), STRING_FIELD(cost), STRING_FIELD(estimate),
+	STRING_FIELD(service_tier), STRING_FIELD(tags), STRING_FIELD(eval_status),
+	STRING_FIELD(finish_reason), STRING_FIELD(provider_finish_reason),
+	STRING_FIELD(provider_request_id), STRING_FIELD(route_strategy),
+	STRING_FIELD(route_reason), STRING_FIELD(cache), STRING_FIELD(saved)
+};
+
+/* `rec` into `buf` (room for a whole record); returns the bytes used */
+static Size
+record_pack(const LedgerRecord *rec, char *buf)
+{
+	const char *src = (const char *) rec;
+	Size		at = 0;
+	Size		len = 0;
+
+	for (int i = 0; i < lengthof(StringFields); i++)
+	{
+		Size		off = StringFields[i].off;
+		Size		n = strnlen(src + off, StringFields[i].size - 1);
+
+		Assert(off >= at);
+		memcpy(buf + len, src + at, off - at);
+		len += off - at;
+		memcpy(buf + len, src + off, n);
+		buf[len + n] = '\0';
+		len += n + 1;
+		at = off + StringFields[i].size;
+	}
+	memcpy(buf + len, src + at, sizeof(LedgerRecord) - at);
+	return len + sizeof(LedgerRecord) - at;
+}
+
+/* `len` bytes of `buf` into `rec`; false if they are not a packed record */
+static bool
+record_unpack(const char *buf, Size len, LedgerRecord *rec)
+{
+	char	   *dst = (char *) rec;
+	Size		at = 0;
+	Size		pos = 0;
+
+	memset(rec, 0, sizeof(LedgerRecord));
+	for (int i = 0; i < lengthof(StringFields); i++)
+	{
+		Size		off = StringFields[i].off;
+		Size		n;
+
+		if (pos + (off - at) > len)
+			return false;
+		memcpy(dst + at, buf + pos, off - at);
+		pos += off - at;
+		n = strnlen(buf + pos, Min(len - pos, StringFields[i].size));
+		if (n >= StringFields[i].size || pos + n >= len)
+			return false;		/* no NUL within the field's room */
+		memcpy(dst + off, buf + pos, n);
+		pos += n + 1;
+		at = off + StringFields[i].size;
+	}
+	if (len - pos != sizeof(LedgerRecord) - at)
+		return false;
+	memcpy(dst + at, buf + pos, sizeof(LedgerRecord) - at);
+	return true;
+}
+
+static void
+slot_name(char *name, Oid dboid)
+{
+	snprintf(name, NAMEDATALEN, "maester_ledger_%u", dboid);
+}
+
+/*
+ * A backend: write `rec` to WAL (under the slot's lock, see the header);
+ * returns the end of the message.  Not flushed yet: wal_ledger_flush.
+ */
+XLogRecPtr
+wal_ledger_log(LedgerRecord *rec)
+{
+	static char buf[sizeof(LedgerRecord)];
+
+	rec->layout = LEDGER_RECORD_LAYOUT;
+	rec->lsn = 0;
+	return LogLogicalMessage(WAL_LEDGER_PREFIX, buf, record_pack(rec, buf), false);
+}
+
+/* A backend: make its message durable, as a commit would be */
+void
+wal_ledger_flush(XLogRecPtr lsn)
+{
+	XLogFlush(lsn);
+	SyncRepWaitForLSN(lsn, false);
+}
+
+/*
+ * Are synchronous standbys configured?  Then the worker's commits wait
+ * for them, as before (wal_ready stays off): a backend's message reaches
+ * a standby, but a row committed asynchronously may not have when the
+ * standby is promoted, and the new primary's worker (with a new slot)
+ * would not replay it.
+ */
+bool
+wal_ledger_sync_standbys(void)
+{
+	return SyncRepStandbyNames != NULL && SyncRepStandbyNames[0] != '\0';
+}
+
+/*
+ * Read back the WAL from `from` to the flush position: every maester
+ * ledger message of this database goes to `apply`, a batch at a time.
+ * Returns where it stopped.
+ */
+static XLogRecPtr
+replay(XLogRecPtr from, WalLedgerApply apply, void *arg)
+{
+	XLogRecPtr	end = GetFlushRecPtr(NULL);
+	XLogRecPtr	oldest;
+	XLogRecPtr	first;
+	ReadLocalXLogPageNoWaitPrivate *priv;
+	XLogReaderState *xr;
+	LedgerRecord *batch;
+	int			n = 0;
+	int64		total = 0;
+	int64		skipped = 0;
+
+	/* WAL before a removed segment held no record left to write (header) */
+	XLogSegNoOffsetToRecPtr(XLogGetLastRemovedSegno() + 1, 0, wal_segment_size, oldest);
+	if (from < oldest)
+		from = oldest;
+	if (from >= end)
+		return end;
+
+	priv = palloc0(sizeof(ReadLocalXLogPageNoWaitPrivate));
+	xr = XLogReaderAllocate(wal_segment_size, NULL,
+							XL_ROUTINE(.page_read = &read_local_xlog_page_no_wait,
+									   .segment_open = &wal_segment_open,
+									   .segment_close = &wal_segment_close),
+							priv);
+	if (xr == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory"),
+				 errdetail("Failed while allocating a WAL reading processor.")));
+	first = XLogFindNextRecord(xr, from);
+	if (XLogRecPtrIsInvalid(first))
+	{
+		XLogReaderFree(xr);
+		return from;
+	}
+	batch = palloc(sizeof(LedgerRecord) * WAL_REPLAY_BATCH);
+	XLogBeginRead(xr, first);
+	for (;;)
+	{
+		char	   *errormsg = NULL;
+		xl_logical_message *m;
+
+		CHECK_FOR_INTERRUPTS();
+		if (XLogReadRecord(xr, &errormsg) == NULL)
+		{
+			if (!priv->end_of_wal && errormsg)
+				ereport(ERROR,
+						(errcode_for_file_access(),
+						 errmsg("could not read WAL at %X/%X: %s",
+								LSN_FORMAT_ARGS(xr->EndRecPtr), errormsg)));
+			break;
+		}
+		if (xr->ReadRecPtr >= end)
+			break;
+		if (XLogRecGetRmid(xr) != RM_LOGICALMSG_ID ||
+			(XLogRecGetInfo(xr) & ~XLR_INFO_MASK) != XLOG_LOGICAL_MESSAGE)
+			continue;
+		m = (xl_logical_message *) XLogRecGetData(xr);
+		if (m->dbId != MyDatabaseId || m->transactional ||
+			m->prefix_size != sizeof(WAL_LEDGER_PREFIX) ||
+			strcmp(m->message, WAL_LEDGER_PREFIX) != 0)
+			continue;
+		if (!record_unpack(m->message + m->prefix_size, m->message_size, &batch[n]) ||
+			batch[n].layout != LEDGER_RECORD_LAYOUT)
+		{
+			skipped++;
+			continue;
+		}
+		/* nobody waits for it: no sequence number, nobody to wake */
+		batch[n].seq = 0;
+		batch[n].procno = -1;
+		batch[n].lsn = 0;
+		n++;
+		total++;
+		if (n == WAL_REPLAY_BATCH)
+		{
+			apply(batch, n, arg);
+			n = 0;
+		}
+	}
+	if (n > 0)
+		apply(batch, n, arg);
+	XLogReaderFree(xr);
+	pfree(batch);
+	if (skipped > 0)
+		ereport(WARNING,
+				(errmsg("maester worker skipped " INT64_FORMAT " ledger records in WAL written by another maester library",
+						skipped),
+				 errdetail("Their layout is not this library's; their rows may be missing from maester.usage.")));
+	ereport(LOG,
+			(errmsg("maester worker replayed " INT64_FORMAT " ledger records from WAL, %X/%X to %X/%X",
+					total, LSN_FORMAT_ARGS(first), LSN_FORMAT_ARGS(end))));
+	return end;
+}
+
+/* Move the slot's restart_lsn to `lsn` (never back) */
+static void
+slot_move(XLogRecPtr lsn, bool save)
+{
+	if (lsn <= MyReplicationSlot->data.restart_lsn)
+		return;
+	SpinLockAcquire(&MyReplicationSlot->mutex);
+	MyReplicationSlot->data.restart_lsn = lsn;
+	SpinLockRelease(&MyReplicationSlot->mutex);
+	ReplicationSlotMarkDirty();
+	ReplicationSlotsComputeRequiredLSN();
+	if (save)
+	{
+		ReplicationSlotSave();
+		LastSave = GetCurrentTimestamp();
+	}
+}
+
+/*
+ * Drop the slot this worker holds, once every row is durable (the caller
+ * wrote what the ring held after backends stopped writing messages):
+ * with maester.ledger_wal off no slot stays behind, so that nothing
+ * keeps WAL and wal_level may be lowered to minimal.
+ */
+static void
+drop_own(void)
+{
+	char		name[NAMEDATALEN];
+	MemoryContext cxt = CurrentMemoryContext;
+
+	XLogFlush(GetXLogInsertRecPtr());
+	NPending = 0;
+	HaveSlot = false;
+	ReplicationSlotRelease();
+	slot_name(name, MyDatabaseId);
+	PG_TRY();
+	{
+		StartTransactionCommand();
+		ReplicationSlotDrop(name, true);
+		CommitTransactionCommand();
+		ereport(LOG,
+				(errmsg("maester worker dropped replication slot \"%s\": maester.ledger_wal is off", name)));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		if (MyReplicationSlot != NULL)
+			ReplicationSlotRelease();
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		ereport(LOG,
+				(errmsg("maester worker could not drop replication slot \"%s\": %s", name, edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+}
+
+/*
+ * The resident worker, at start and after a reload: take the database's
+ * slot (or create it), and when it was there, write again what its WAL
+ * holds; with maester.ledger_wal off, then drop it.  Returns whether
+ * backends may make their records durable themselves (slot->wal_ready).
+ * Without a slot, WARNs why, once.
+ */
+bool
+wal_ledger_start(LedgerSlot *slot, WalLedgerApply apply, void *arg)
+{
+	static bool told = false;
+	char		name[NAMEDATALEN];
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (RecoveryInProgress())
+		return false;			/* a standby writes no ledger */
+	if (HaveSlot)
+	{
+		if (!maester_ledger_wal)
+			drop_own();
+		return HaveSlot && !wal_ledger_sync_standbys();
+	}
+	slot_name(name, MyDatabaseId);
+	PG_TRY();
+	{
+		StartTransactionCommand();
+		if (SearchNamedReplicationSlot(name, true) != NULL)
+		{
+			XLogRecPtr	from;
+			XLogRecPtr	to;
+
+			ReplicationSlotAcquire(name, true);
+			from = MyReplicationSlot->data.restart_lsn;
+			CommitTransactionCommand();
+			MemoryContextSwitchTo(cxt);
+			to = replay(from, apply, arg);
+			/* what was replayed is committed synchronously: durable */
+			slot_move(to, true);
+			HaveSlot = true;
+		}
+		else if (maester_ledger_wal)
+		{
+			/* max_replication_slots > 0, wal_level replica or logical */
+			CheckSlotRequirements();
+			ReplicationSlotCreate(name, false, RS_PERSISTENT, false);
+			ReplicationSlotReserveWal();
+			ReplicationSlotMarkDirty();
+			ReplicationSlotSave();
+			CommitTransactionCommand();
+			HaveSlot = true;
+			ereport(LOG,
+					(errmsg("maester worker created replication slot \"%s\" for the ledger's WAL records",
+							name)));
+		}
+		else
+			CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		if (MyReplicationSlot != NULL)
+			ReplicationSlotRelease();
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		if (!told)
+			ereport(WARNING,
+					(errmsg("maester worker for database %u makes the ledger durable by its own commits: %s",
+							MyDatabaseId, edata->message),
+					 errhint("A call then waits for the worker's WAL flush; maester.ledger_wal needs a free replication slot (max_replication_slots) and wal_level replica or logical.")));
+		told = true;
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	LastAdvance = GetCurrentTimestamp();
+	LastSave = LastAdvance;
+	if (HaveSlot && !maester_ledger_wal)
+		drop_own();
+	return HaveSlot && !wal_ledger_sync_standbys();
+}
+
+/*
+ * The resident worker committed a batch asynchronously: its commit ends
+ * at `commit_end`, its last message at `msg_end`.
+ */
+void
+wal_ledger_applied(XLogRecPtr commit_end, XLogRecPtr msg_end)
+{
+	if (!HaveSlot)
+		return;
+	if (NPending == WAL_PENDING_MAX)
+	{
+		/* rare: flush, and remember only this batch */
+		XLogFlush(commit_end);
+		NPending = 0;
+	}
+	Pending[NPending].commit_end = commit_end;
+	Pending[NPending].msg_end = msg_end;
+	NPending++;
+}
+
+/* The resident worker, each round: move the slot on (see the header) */
+void
+wal_ledger_advance(LedgerSlot *slot)
+{
+	TimestampTz now;
+	XLogRecPtr	flushed;
+	XLogRecPtr	target = InvalidXLogRecPtr;
+	int			i = 0;
+
+	if (!HaveSlot)
+		return;
+	now = GetCurrentTimestamp();
+	if (!TimestampDifferenceExceeds(LastAdvance, now, WAL_ADVANCE_MS))
+		return;
+	LastAdvance = now;
+	/* the WAL writer flushes asynchronous commits; if it is slow, we do */
+	if (NPending > 0 && TimestampDifferenceExceeds(LastForce, now, WAL_FORCE_MS))
+	{
+		XLogFlush(Pending[NPending - 1].commit_end);
+		LastForce = now;
+	}
+	flushed = GetFlushRecPtr(NULL);
+	while (i < NPending && Pending[i].commit_end <= flushed)
+		target = Pending[i++].msg_end;
+	if (i > 0)
+	{
+		memmove(Pending, Pending + i, sizeof(PendingBatch) * (NPending - i));
+		NPending -= i;
+	}
+	if (NPending == 0)
+	{
+		XLogRecPtr	insert = InvalidXLogRecPtr;
+
+		LWLockAcquire(slot->lock, LW_SHARED);
+		if (slot->head == slot->tail)
+			insert = GetXLogInsertRecPtr();
+		LWLockRelease(slot->lock);
+		if (!XLogRecPtrIsInvalid(insert))
+			target = Max(target, Min(insert, flushed));
+	}
+	if (!XLogRecPtrIsInvalid(target))
+		slot_move(target, TimestampDifferenceExceeds(LastSave, now, WAL_SAVE_MS));
+}
+
+/* The resident worker, on its way out: its slot is free for the next */
+void
+wal_ledger_release(void)
+{
+	if (MyReplicationSlot != NULL)
+		ReplicationSlotRelease();
+	HaveSlot = false;
+}
+
+/*
+ * The launcher: drop the slot of a database that is gone or has no
+ * maester any more (it would keep WAL forever).  A failure is a LOG line.
+ */
+void
+wal_ledger_drop(Oid dboid)
+{
+	char		name[NAMEDATALEN];
+	MemoryContext cxt = CurrentMemoryContext;
+
+	slot_name(name, dboid);
+	if (SearchNamedReplicationSlot(name, true) == NULL)
+		return;
+	PG_TRY();
+	{
+		StartTransactionCommand();
+		ReplicationSlotDrop(name, true);
+		CommitTransactionCommand();
+		ereport(LOG, (errmsg("maester launcher dropped replication slot \"%s\"", name)));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		if (MyReplicationSlot != NULL)
+			ReplicationSlotRelease();
+		ereport(LOG,
+				(errmsg("maester launcher could not drop replication slot \"%s\": %s",
+						name, edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+}

@@ -1,0 +1,32 @@
+/*-------------------------------------------------------------------------
+ *
+ * walledger.h
+ *	  Ledger records made durable by their backends, in WAL (walledger.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef MAESTER_WALLEDGER_H
+#define MAESTER_WALLEDGER_H
+
+#include "access/xlogdefs.h"
+
+#include "ledger.h"
+
+/* applies `n` records read back from WAL (resident.c) */
+typedef void (*WalLedgerApply) (LedgerRecord *batch, int n, void *arg);
+
+/* backends */
+extern XLogRecPtr wal_ledger_log(LedgerRecord *rec);
+extern void wal_ledger_flush(XLogRecPtr lsn);
+
+/* the resident worker */
+extern bool wal_ledger_start(LedgerSlot *slot, WalLedgerApply apply, void *arg);
+extern void wal_ledger_applied(XLogRecPtr commit_end, XLogRecPtr msg_end);
+extern void wal_ledger_advance(LedgerSlot *slot);
+extern void wal_ledger_release(void);
+extern bool wal_ledger_sync_standbys(void);
+
+/* the launcher, for a database that is gone or has no maester */
+extern void wal_ledger_drop(Oid dboid);
+
+#endif							/* MAESTER_WALLEDGER_H */
