@@ -58,6 +58,7 @@
 
 #include "budget.h"
 #include "catalog.h"
+#include "ledger.h"
 #include "maester.h"
 #include "router.h"
 #include "settings.h"
@@ -608,6 +609,12 @@ lock_loaded(BudgetConf **conf, int n, BudgetState **st, TimestampTz now)
 {
 	bool		all_loaded = false;
 
+	/*
+	 * The ledger is summed only once its worker serves: after a crash it
+	 * first writes again the rows that WAL holds (walledger.c).
+	 */
+	if (n > 0)
+		(void) ledger_attach();
 	while (!all_loaded)
 	{
 		for (int i = 0; i < n; i++)

@@ -451,8 +451,9 @@ static bool
 batch_in_wal(LedgerRecord *batch, int n, XLogRecPtr *msg_end)
 {
 	*msg_end = 0;
-	if (wal_ledger_sync_standbys())
-		return false;			/* the commit waits for them (walledger.c) */
+	/* no slot of ours keeps their WAL, or the commit must wait for standbys */
+	if (!wal_ledger_holding() || wal_ledger_sync_standbys())
+		return false;
 	for (int i = 0; i < n; i++)
 	{
 		if (batch[i].lsn == 0)

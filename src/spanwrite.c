@@ -202,8 +202,8 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
  * full (or `all`, on the way out).  The chunk stops between inserts when
  * `yield` says a ledger record waits (a caller waits for it), what is left
  * of it is written at the next round; but the fuller the span queue, the
- * more spans go in before it may stop (one insert when the queue is nearly
- * empty, 9 at a quarter full, 17 at half full): spans keep
+ * more spans go in before it may stop (one insert up to half full, then
+ * one more per 1/64 of the queue: 17 at three quarters, 33 full): spans keep
  * up under load instead of being dropped.  Returns how long until spans are
  * due (ms), -1 when none wait.
  */
@@ -249,7 +249,9 @@ spans_write_due(LedgerSlot *slot, bool all, bool (*yield) (void), MemoryContext 
 
 		MemoryContextReset(cxt);
 		w = write_spans(SpanBuf + SpanOff, SpanLen - SpanOff, SpanCount, cxt, yield,
-						SPAN_STEP * (int) (1 + queued * 32 / ledger_shared->span_bytes),
+						SPAN_STEP * (int) (1 + (queued > ledger_shared->span_bytes / 2 ?
+												(queued - ledger_shared->span_bytes / 2) * 64 /
+												ledger_shared->span_bytes : 0)),
 						&done_len, &done_n);
 		if (w == SPANS_LOCKED && !all)
 		{

@@ -57,13 +57,18 @@
 #include "access/xlog_internal.h"
 #include "access/xlogreader.h"
 #include "access/xlogutils.h"
+#include "common/hmac.h"
 #include "miscadmin.h"
+#include "port.h"
+#include "postmaster/interrupt.h"
 #include "replication/message.h"
 #include "replication/slot.h"
 #include "replication/syncrep.h"
+#include "storage/fd.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "settings.h"
@@ -75,6 +80,9 @@
 #define WAL_FORCE_MS 1000
 #define WAL_REPLAY_BATCH 256
 #define WAL_PENDING_MAX 64
+#define WAL_KEY_FILE "maester_ledger.key"
+#define WAL_KEY_LEN 32
+#define WAL_MAC_LEN 32			/* HMAC-SHA-256 */
 
 /* batches committed asynchronously whose commit may not be flushed yet */
 typedef struct PendingBatch
@@ -89,6 +97,7 @@ static bool HaveSlot = false;	/* this worker holds its database's slot */
 static TimestampTz LastAdvance = 0;
 static TimestampTz LastSave = 0;
 static TimestampTz LastForce = 0;
+static uint8 *WalKey = NULL;	/* in shared memory, set by the postmaster */
 
 /*
  * A record in WAL is its bytes with each string field cut after its NUL
@@ -113,6 +122,106 @@ static const struct
 	STRING_FIELD(provider_request_id), STRING_FIELD(route_strategy),
 	STRING_FIELD(route_reason), STRING_FIELD(cache), STRING_FIELD(saved)
 };
+
+static bool read_or_make_key(uint8 *key);
+
+/*
+ * The key ledger messages are signed with, kept in the data directory
+ * (WAL_KEY_FILE, 0600) so that it outlives restarts: anyone may write a
+ * logical message with our prefix, only the server can sign it.  Read,
+ * or made, by the postmaster at shared memory init; false (records are
+ * then made durable by the worker's commits) when it cannot be.
+ */
+bool
+wal_ledger_key(uint8 *key)
+{
+	WalKey = NULL;
+	if (!read_or_make_key(key))
+		return false;
+	WalKey = key;
+	return true;
+}
+
+static bool
+read_or_make_key(uint8 *key)
+{
+	char		tmp[MAXPGPATH];
+	int			fd;
+	int			n;
+
+	fd = OpenTransientFile(WAL_KEY_FILE, O_RDONLY | PG_BINARY);
+	if (fd >= 0)
+	{
+		n = read(fd, key, WAL_KEY_LEN);
+		CloseTransientFile(fd);
+		if (n == WAL_KEY_LEN)
+			return true;
+		ereport(WARNING,
+				(errmsg("maester: file \"%s\" does not hold a key; remove it to make a new one", WAL_KEY_FILE)));
+		return false;
+	}
+	if (!pg_strong_random(key, WAL_KEY_LEN))
+		return false;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", WAL_KEY_FILE);
+	fd = OpenTransientFilePerm(tmp, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, S_IRUSR | S_IWUSR);
+	if (fd < 0)
+	{
+		ereport(WARNING, (errcode_for_file_access(), errmsg("maester: could not create file \"%s\": %m", tmp)));
+		return false;
+	}
+	n = write(fd, key, WAL_KEY_LEN);
+	if (n != WAL_KEY_LEN || pg_fsync(fd) != 0)
+	{
+		ereport(WARNING, (errcode_for_file_access(), errmsg("maester: could not write file \"%s\": %m", tmp)));
+		CloseTransientFile(fd);
+		return false;
+	}
+	CloseTransientFile(fd);
+	return durable_rename(tmp, WAL_KEY_FILE, WARNING) == 0;
+}
+
+/* The MAC of `len` bytes of `data` into `mac` (WAL_MAC_LEN bytes) */
+static bool
+sign(const char *data, Size len, uint8 *mac)
+{
+	static ResourceOwner own = NULL;
+	ResourceOwner was = CurrentResourceOwner;
+	pg_hmac_ctx *ctx;
+	bool		ok;
+
+	if (WalKey == NULL)
+		return false;
+	/* OpenSSL's contexts are tracked by a resource owner: the worker may have none */
+	if (CurrentResourceOwner == NULL)
+	{
+		if (own == NULL)
+			own = ResourceOwnerCreate(NULL, "maester ledger signature");
+		CurrentResourceOwner = own;
+	}
+	ctx = pg_hmac_create(PG_SHA256);
+	ok = ctx != NULL &&
+		pg_hmac_init(ctx, WalKey, WAL_KEY_LEN) == 0 &&
+		pg_hmac_update(ctx, (const uint8 *) data, len) == 0 &&
+		pg_hmac_final(ctx, mac, WAL_MAC_LEN) == 0;
+	if (ctx != NULL)
+		pg_hmac_free(ctx);
+	CurrentResourceOwner = was;
+	return ok;
+}
+
+/* Is the message `msg` (`len` bytes, its MAC last) one we signed? */
+static bool
+signed_by_us(const char *msg, Size len)
+{
+	uint8		mac[WAL_MAC_LEN];
+	uint8		diff = 0;
+
+	if (len <= WAL_MAC_LEN || !sign(msg, len - WAL_MAC_LEN, mac))
+		return false;
+	for (int i = 0; i < WAL_MAC_LEN; i++)
+		diff |= mac[i] ^ (uint8) msg[len - WAL_MAC_LEN + i];
+	return diff == 0;
+}
 
 /* `rec` into `buf` (room for a whole record); returns the bytes used */
 static Size
@@ -183,11 +292,17 @@ slot_name(char *name, Oid dboid)
 XLogRecPtr
 wal_ledger_log(LedgerRecord *rec)
 {
-	static char buf[sizeof(LedgerRecord)];
+	static char buf[sizeof(LedgerRecord) + WAL_MAC_LEN];
+	Size		len;
 
 	rec->layout = LEDGER_RECORD_LAYOUT;
 	rec->lsn = 0;
-	return LogLogicalMessage(WAL_LEDGER_PREFIX, buf, record_pack(rec, buf), false);
+	len = record_pack(rec, buf);
+	if (!sign(buf, len, (uint8 *) buf + len))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not sign a ledger record")));
+	return LogLogicalMessage(WAL_LEDGER_PREFIX, buf, len + WAL_MAC_LEN, false);
 }
 
 /* A backend: make its message durable, as a commit would be */
@@ -212,96 +327,144 @@ wal_ledger_sync_standbys(void)
 }
 
 /*
- * Read back the WAL from `from` to the flush position: every maester
- * ledger message of this database goes to `apply`, a batch at a time.
- * Returns where it stopped.
+ * Read back the WAL from `from` to `end`: every ledger message of this
+ * database signed with this server's key goes to `apply`, a batch at a
+ * time.  Returns where it stopped: `end`, or where WAL could not be read
+ * (with a WARNING: rows after it may be missing), or InvalidXLogRecPtr
+ * when the worker is asked to stop (the next one reads it all again).
  */
 static XLogRecPtr
-replay(XLogRecPtr from, WalLedgerApply apply, void *arg)
+replay(XLogRecPtr from, XLogRecPtr end, WalLedgerApply apply, void *arg)
 {
-	XLogRecPtr	end = GetFlushRecPtr(NULL);
-	XLogRecPtr	oldest;
-	XLogRecPtr	first;
-	ReadLocalXLogPageNoWaitPrivate *priv;
-	XLogReaderState *xr;
-	LedgerRecord *batch;
-	int			n = 0;
-	int64		total = 0;
-	int64		skipped = 0;
+	MemoryContext cxt = CurrentMemoryContext;
+	ReadLocalXLogPageNoWaitPrivate *priv = palloc0(sizeof(ReadLocalXLogPageNoWaitPrivate));
+	LedgerRecord *batch = palloc(sizeof(LedgerRecord) * WAL_REPLAY_BATCH);
+	XLogReaderState *volatile xr = NULL;
+	volatile XLogRecPtr reached = from;
+	volatile int64 total = 0;
+	volatile int64 unsigned_msgs = 0;
+	volatile int64 skipped = 0;
+	volatile bool stopped = false;
 
-	/* WAL before a removed segment held no record left to write (header) */
-	XLogSegNoOffsetToRecPtr(XLogGetLastRemovedSegno() + 1, 0, wal_segment_size, oldest);
-	if (from < oldest)
-		from = oldest;
 	if (from >= end)
 		return end;
-
-	priv = palloc0(sizeof(ReadLocalXLogPageNoWaitPrivate));
-	xr = XLogReaderAllocate(wal_segment_size, NULL,
-							XL_ROUTINE(.page_read = &read_local_xlog_page_no_wait,
-									   .segment_open = &wal_segment_open,
-									   .segment_close = &wal_segment_close),
-							priv);
-	if (xr == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory"),
-				 errdetail("Failed while allocating a WAL reading processor.")));
-	first = XLogFindNextRecord(xr, from);
-	if (XLogRecPtrIsInvalid(first))
+	PG_TRY();
 	{
-		XLogReaderFree(xr);
-		return from;
-	}
-	batch = palloc(sizeof(LedgerRecord) * WAL_REPLAY_BATCH);
-	XLogBeginRead(xr, first);
-	for (;;)
-	{
-		char	   *errormsg = NULL;
-		xl_logical_message *m;
+		XLogRecPtr	first;
+		int			n = 0;
 
-		CHECK_FOR_INTERRUPTS();
-		if (XLogReadRecord(xr, &errormsg) == NULL)
+		xr = XLogReaderAllocate(wal_segment_size, NULL,
+								XL_ROUTINE(.page_read = &read_local_xlog_page_no_wait,
+										   .segment_open = &wal_segment_open,
+										   .segment_close = &wal_segment_close),
+								priv);
+		if (xr == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory"),
+					 errdetail("Failed while allocating a WAL reading processor.")));
+		first = XLogFindNextRecord(xr, from);
+		if (XLogRecPtrIsInvalid(first))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("no WAL record after %X/%X", LSN_FORMAT_ARGS(from))));
+		XLogBeginRead(xr, first);
+		for (;;)
 		{
-			if (!priv->end_of_wal && errormsg)
-				ereport(ERROR,
-						(errcode_for_file_access(),
-						 errmsg("could not read WAL at %X/%X: %s",
-								LSN_FORMAT_ARGS(xr->EndRecPtr), errormsg)));
-			break;
+			char	   *errormsg = NULL;
+			xl_logical_message *m;
+			Size		len;
+
+			CHECK_FOR_INTERRUPTS();
+			if (ShutdownRequestPending)
+			{
+				stopped = true;
+				break;
+			}
+			if (XLogReadRecord(xr, &errormsg) == NULL)
+			{
+				if (errormsg)
+					ereport(ERROR,
+							(errcode(ERRCODE_DATA_CORRUPTED),
+							 errmsg("could not read WAL at %X/%X: %s",
+									LSN_FORMAT_ARGS(xr->EndRecPtr), errormsg)));
+				break;			/* the end of WAL */
+			}
+			if (xr->ReadRecPtr >= end)
+				break;
+			reached = xr->ReadRecPtr;
+			if (XLogRecGetRmid(xr) != RM_LOGICALMSG_ID ||
+				(XLogRecGetInfo(xr) & ~XLR_INFO_MASK) != XLOG_LOGICAL_MESSAGE)
+				continue;
+			m = (xl_logical_message *) XLogRecGetData(xr);
+			if (m->dbId != MyDatabaseId || m->transactional ||
+				m->prefix_size != sizeof(WAL_LEDGER_PREFIX) ||
+				strcmp(m->message, WAL_LEDGER_PREFIX) != 0)
+				continue;
+			len = m->message_size;
+			if (XLogRecGetDataLen(xr) < offsetof(xl_logical_message, message) + m->prefix_size + len)
+				continue;
+			/* anyone may write a message (pg_logical_emit_message): ours are signed */
+			if (!signed_by_us(m->message + m->prefix_size, len))
+			{
+				unsigned_msgs++;
+				continue;
+			}
+			if (!record_unpack(m->message + m->prefix_size, len - WAL_MAC_LEN, &batch[n]) ||
+				batch[n].layout != LEDGER_RECORD_LAYOUT)
+			{
+				skipped++;
+				continue;
+			}
+			/* nobody waits for it: no sequence number, nobody to wake */
+			batch[n].seq = 0;
+			batch[n].procno = -1;
+			batch[n].lsn = 0;
+			n++;
+			total++;
+			if (n == WAL_REPLAY_BATCH)
+			{
+				apply(batch, n, arg);
+				n = 0;
+			}
 		}
-		if (xr->ReadRecPtr >= end)
-			break;
-		if (XLogRecGetRmid(xr) != RM_LOGICALMSG_ID ||
-			(XLogRecGetInfo(xr) & ~XLR_INFO_MASK) != XLOG_LOGICAL_MESSAGE)
-			continue;
-		m = (xl_logical_message *) XLogRecGetData(xr);
-		if (m->dbId != MyDatabaseId || m->transactional ||
-			m->prefix_size != sizeof(WAL_LEDGER_PREFIX) ||
-			strcmp(m->message, WAL_LEDGER_PREFIX) != 0)
-			continue;
-		if (!record_unpack(m->message + m->prefix_size, m->message_size, &batch[n]) ||
-			batch[n].layout != LEDGER_RECORD_LAYOUT)
-		{
-			skipped++;
-			continue;
-		}
-		/* nobody waits for it: no sequence number, nobody to wake */
-		batch[n].seq = 0;
-		batch[n].procno = -1;
-		batch[n].lsn = 0;
-		n++;
-		total++;
-		if (n == WAL_REPLAY_BATCH)
-		{
+		if (n > 0 && !stopped)
 			apply(batch, n, arg);
-			n = 0;
-		}
+		if (!stopped)
+			reached = end;
 	}
-	if (n > 0)
-		apply(batch, n, arg);
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		if (xr != NULL)
+			XLogReaderFree(xr);
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		ereport(WARNING,
+				(errmsg("maester worker could not replay the ledger's WAL after %X/%X: %s",
+						LSN_FORMAT_ARGS(reached), edata->message),
+				 errdetail("Rows of calls made before the last crash, between %X/%X and %X/%X, may be missing from maester.usage.",
+						   LSN_FORMAT_ARGS(reached), LSN_FORMAT_ARGS(end))));
+		FreeErrorData(edata);
+		return end;				/* not a reason to keep WAL forever */
+	}
+	PG_END_TRY();
 	XLogReaderFree(xr);
 	pfree(batch);
+	if (stopped)
+		return InvalidXLogRecPtr;
+	if (unsigned_msgs > 0)
+		ereport(WARNING,
+				(errmsg("maester worker ignored " INT64_FORMAT " ledger messages in WAL not signed with this server's key",
+						unsigned_msgs),
+				 errdetail("Someone wrote messages with the prefix \"%s\" (pg_logical_emit_message); they were not written to maester.usage.",
+						   WAL_LEDGER_PREFIX)));
 	if (skipped > 0)
 		ereport(WARNING,
 				(errmsg("maester worker skipped " INT64_FORMAT " ledger records in WAL written by another maester library",
@@ -309,7 +472,7 @@ replay(XLogRecPtr from, WalLedgerApply apply, void *arg)
 				 errdetail("Their layout is not this library's; their rows may be missing from maester.usage.")));
 	ereport(LOG,
 			(errmsg("maester worker replayed " INT64_FORMAT " ledger records from WAL, %X/%X to %X/%X",
-					total, LSN_FORMAT_ARGS(first), LSN_FORMAT_ARGS(end))));
+					total, LSN_FORMAT_ARGS(from), LSN_FORMAT_ARGS(end))));
 	return end;
 }
 
@@ -397,7 +560,7 @@ wal_ledger_start(LedgerSlot *slot, WalLedgerApply apply, void *arg)
 	{
 		if (!maester_ledger_wal)
 			drop_own();
-		return HaveSlot && !wal_ledger_sync_standbys();
+		return HaveSlot && WalKey != NULL && !wal_ledger_sync_standbys();
 	}
 	slot_name(name, MyDatabaseId);
 	PG_TRY();
@@ -408,14 +571,31 @@ wal_ledger_start(LedgerSlot *slot, WalLedgerApply apply, void *arg)
 			XLogRecPtr	from;
 			XLogRecPtr	to;
 
+			XLogRecPtr	end;
+			XLogRecPtr	oldest;
+
 			ReplicationSlotAcquire(name, true);
 			from = MyReplicationSlot->data.restart_lsn;
 			CommitTransactionCommand();
 			MemoryContextSwitchTo(cxt);
-			to = replay(from, apply, arg);
-			/* what was replayed is committed synchronously: durable */
-			slot_move(to, true);
 			HaveSlot = true;
+			/* an earlier worker's asynchronous commits are made durable first */
+			XLogFlush(GetXLogInsertRecPtr());
+			end = GetFlushRecPtr(NULL);
+			if (XLogRecPtrIsInvalid(from))
+			{
+				ereport(WARNING,
+						(errmsg("replication slot \"%s\" of the ledger was invalidated", name),
+						 errdetail("max_slot_wal_keep_size let WAL it kept be removed; rows of calls made before the last crash may be missing from maester.usage.")));
+				from = end;
+			}
+			/* (WAL before a removed segment held only rows already durable) */
+			XLogSegNoOffsetToRecPtr(XLogGetLastRemovedSegno() + 1, 0, wal_segment_size, oldest);
+			from = Max(from, oldest);
+			to = replay(from, end, apply, arg);
+			/* what was replayed is committed synchronously: durable */
+			if (!XLogRecPtrIsInvalid(to))
+				slot_move(to, true);
 		}
 		else if (maester_ledger_wal)
 		{
@@ -461,7 +641,7 @@ wal_ledger_start(LedgerSlot *slot, WalLedgerApply apply, void *arg)
 	LastSave = LastAdvance;
 	if (HaveSlot && !maester_ledger_wal)
 		drop_own();
-	return HaveSlot && !wal_ledger_sync_standbys();
+	return HaveSlot && WalKey != NULL && !wal_ledger_sync_standbys();
 }
 
 /*
@@ -532,9 +712,19 @@ wal_ledger_advance(LedgerSlot *slot)
 void
 wal_ledger_release(void)
 {
+	/* its own asynchronous commits are durable before the next worker reads */
+	if (HaveSlot)
+		XLogFlush(GetXLogInsertRecPtr());
 	if (MyReplicationSlot != NULL)
 		ReplicationSlotRelease();
 	HaveSlot = false;
+}
+
+/* Does this worker hold its database's slot (so that it may commit asynchronously)? */
+bool
+wal_ledger_holding(void)
+{
+	return HaveSlot;
 }
 
 /*

@@ -9,6 +9,9 @@
 #    writer asleep for 10 s, so that the worker's last asynchronous
 #    commits are lost: every call is 'ok' after the restart, because the
 #    worker replayed the records from WAL (the log says how many).
+#    Messages another role writes with the ledger's prefix
+#    (pg_logical_emit_message, which anyone may call) are not signed with
+#    the server's key: they are ignored, with a WARNING.
 # 3. An immediate shutdown while a call is in flight at the provider: its
 #    PENDING row is there after the restart, orphaned and charged at its
 #    estimate (the request may have been billed).
@@ -71,21 +74,32 @@ ok($node->poll_query_until('postgres',
 	qq{SELECT restart_lsn >= '$after' FROM pg_replication_slots WHERE slot_name = $slot}),
 	'the slot passes the WAL of calls whose rows are durable');
 
-# 2. an immediate shutdown right after calls returned
+# 2. an immediate shutdown right after calls returned (the calls' flushes
+# make the forger's messages, written before them, durable too)
+# anyone may write a logical message with the ledger's prefix: a forger
+sq(q{CREATE ROLE mallory LOGIN});
+$node->safe_psql('postgres', q{
+	SELECT pg_logical_emit_message(false, 'maester.ledger', decode(repeat('ab', 600), 'hex'));
+	SELECT pg_logical_emit_message(false, 'maester.ledger', decode(repeat('00', 32), 'hex'));
+	SELECT pg_logical_emit_message(false, 'maester.ledger', ''::bytea);}, extra_params => [ '-U', 'mallory' ]);
 sq(q{CREATE TABLE returned (request_id uuid)});
 sq(q{INSERT INTO returned SELECT (maester.llm_generate('crash ' || i, 'mock-priced')).request_id
 	FROM generate_series(1, 20) i});
+my $rows = sq(q{SELECT count(*) FROM maester.usage});
 my $offset = -s $node->logfile;
 $node->stop('immediate');
 $node->start;
 ok($node->wait_for_log(qr/maester worker replayed ([1-9]\d*) ledger records from WAL/, $offset),
 	'the worker replayed the records from WAL');
+ok($node->wait_for_log(qr/maester worker ignored 3 ledger messages in WAL not signed with this server's key/, $offset),
+	'messages a role wrote with the ledger\'s prefix are ignored, with a WARNING');
 wait_worker();
 is(sq(q{SELECT count(*) FILTER (WHERE u.status = 'ok' AND u.cost_usd > 0) || ' of ' || count(*)
 	FROM returned r LEFT JOIN maester.usage u USING (request_id)}),
 	'20 of 20', 'every call that returned is settled after the crash');
 is(sq(q{SELECT count(*) FROM maester.usage WHERE status IN ('pending', 'orphaned')}), '0',
 	'nothing was left pending or orphaned');
+is(sq(q{SELECT count(*) FROM maester.usage}), $rows, 'no row came from the forged messages');
 is(sq(q{SELECT count(*) FROM (SELECT request_id, attempt FROM maester.usage GROUP BY 1, 2 HAVING count(*) > 1) d}),
 	'0', 'the replay counted nothing twice');
 
