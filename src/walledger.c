@@ -65,6 +65,7 @@
 #include "replication/slot.h"
 #include "replication/syncrep.h"
 #include "storage/fd.h"
+#include <sys/stat.h>
 #include "storage/lwlock.h"
 #include "storage/spin.h"
 #include "utils/memutils.h"
@@ -476,6 +477,40 @@ replay(XLogRecPtr from, XLogRecPtr end, WalLedgerApply apply, void *arg)
 	return end;
 }
 
+/*
+ * The first position at or after `from` whose WAL segment is still there.
+ * A checkpoint removes WAL up to the slot's restart_lsn in memory, which
+ * may be a little ahead of the one saved to disk: after a crash, the
+ * saved one can point into a removed segment, whose records were all
+ * written already (the slot had passed them).
+ */
+static XLogRecPtr
+first_present(XLogRecPtr from, XLogRecPtr end)
+{
+	TimeLineID	tli = GetWALInsertionTimeLine();
+	XLogSegNo	seg;
+	XLogSegNo	endseg;
+	XLogRecPtr	at = from;
+
+	XLByteToSeg(from, seg, wal_segment_size);
+	XLByteToSeg(end, endseg, wal_segment_size);
+	for (; seg < endseg; seg++)
+	{
+		char		path[MAXPGPATH];
+		struct stat st;
+
+		XLogFilePath(path, tli, seg, wal_segment_size);
+		if (stat(path, &st) == 0)
+			break;
+		XLogSegNoOffsetToRecPtr(seg + 1, 0, wal_segment_size, at);
+	}
+	if (at != from)
+		ereport(LOG,
+				(errmsg("maester worker reads the ledger's WAL from %X/%X, the first segment still there (its slot says %X/%X)",
+						LSN_FORMAT_ARGS(at), LSN_FORMAT_ARGS(from))));
+	return at;
+}
+
 /* Move the slot's restart_lsn to `lsn` (never back) */
 static void
 slot_move(XLogRecPtr lsn, bool save)
@@ -591,7 +626,7 @@ wal_ledger_start(LedgerSlot *slot, WalLedgerApply apply, void *arg)
 			}
 			/* (WAL before a removed segment held only rows already durable) */
 			XLogSegNoOffsetToRecPtr(XLogGetLastRemovedSegno() + 1, 0, wal_segment_size, oldest);
-			from = Max(from, oldest);
+			from = first_present(Max(from, oldest), end);
 			to = replay(from, end, apply, arg);
 			/* what was replayed is committed synchronously: durable */
 			if (!XLogRecPtrIsInvalid(to))

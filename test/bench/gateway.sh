@@ -28,7 +28,9 @@
 # The bench model is priced, as a user's would be, so every call meters
 # its cost (before 2026-12-03 it was not, and each session raised the
 # "has no price" WARNING once).
-# The cluster runs with fsync = on (MAESTER_BENCH_FSYNC=off to compare).
+# The cluster runs with fsync = on (MAESTER_BENCH_FSYNC=off to compare)
+# and maester.ledger_wal = on (MAESTER_BENCH_LEDGER_WAL=off: the worker's
+# synchronous commits make ledger rows durable, as before 2026-12-03).
 # Usage: test/bench/gateway.sh [calls] [pgbench_seconds]   (2000, 15)
 set -euo pipefail
 . "$(dirname "$0")/../../scripts/lib.sh"
@@ -65,7 +67,8 @@ maester_sudo make -C "$work/test/bench/durable_floor" -s install >/dev/null
 maester_start_nginx "$work/nginx" "$nport"
 maester_start_mock
 maester_start_cluster "$data" "$port" "maester.allow_insecure_hosts = '127.0.0.1'" \
-    "max_connections = 40" "shared_buffers = 256MB" "fsync = ${MAESTER_BENCH_FSYNC:-on}"
+    "max_connections = 40" "shared_buffers = 256MB" "fsync = ${MAESTER_BENCH_FSYNC:-on}" \
+    "maester.ledger_wal = ${MAESTER_BENCH_LEDGER_WAL:-on}"
 
 psql_q() {
     maester_as_pg psql -X -q -At -h "$data" -p "$port" -U postgres -d postgres \
@@ -197,9 +200,9 @@ maester_as_pg pgbench -n -h "$data" -p "$port" -U postgres -c 16 -j 2 -M prepare
 tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.txt" | tail -1)
 failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$work/pgbench.txt")
 
-python3 - "$work" "$calls" "$seconds" "$tps" "${failed:-0}" "$dropped" <<'PY'
+python3 - "$work" "$calls" "$seconds" "$tps" "${failed:-0}" "$dropped" "${MAESTER_BENCH_LEDGER_WAL:-on}" <<'PY'
 import statistics, sys
-work, calls, seconds, tps, failed, dropped = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+work, calls, seconds, tps, failed, dropped, ledger_wal = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
 def load(name):
     return [float(x) for x in open(f"{work}/{name}.txt") if x.strip()]
 def p(xs, q):
@@ -209,6 +212,8 @@ print(f"method: {calls} sequential calls per upstream after 200 warm-up calls, o
 print("        llm_generate timed with clock_timestamp() around each call in PL/pgSQL;")
 print("        direct = the same request body from a C client on libcurl, keep-alive;")
 print("        added = median(llm_generate) - median(direct), and the same for p99.")
+print("ledger: " + ("each record a WAL message its caller flushes while the worker writes the row (maester.ledger_wal = on)"
+                   if ledger_wal == "on" else "the worker's synchronous commits (maester.ledger_wal = off)"))
 print(f"{'upstream':10}{'direct p50':>12}{'direct p99':>12}{'gw p50':>10}{'gw p99':>10}{'added p50':>11}{'added p99':>11}  (microseconds)")
 for up in ("nginx", "mock"):
     d, s = load("direct_" + up), load("sql_" + up)
