@@ -280,6 +280,27 @@ record_unpack(const char *buf, Size len, LedgerRecord *rec)
 	return true;
 }
 
+/*
+ * In a PG_CATCH: the error, its transaction aborted, and with `release`
+ * the replication slot released; a cancel or a shutdown goes on up.
+ */
+static ErrorData *
+caught(MemoryContext cxt, bool release)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	if (release && MyReplicationSlot != NULL)
+		ReplicationSlotRelease();
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+		ReThrowError(edata);
+	return edata;
+}
+
 static void
 slot_name(char *name, Oid dboid)
 {
@@ -438,15 +459,9 @@ replay(XLogRecPtr from, XLogRecPtr end, WalLedgerApply apply, void *arg)
 	{
 		ErrorData  *edata;
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
 		if (xr != NULL)
 			XLogReaderFree(xr);
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-			ReThrowError(edata);
+		edata = caught(cxt, false);
 		ereport(WARNING,
 				(errmsg("maester worker could not replay the ledger's WAL after %X/%X: %s",
 						LSN_FORMAT_ARGS(reached), edata->message),
@@ -556,17 +571,8 @@ drop_own(void)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = caught(cxt, true);
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		if (MyReplicationSlot != NULL)
-			ReplicationSlotRelease();
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-			ReThrowError(edata);
 		ereport(LOG,
 				(errmsg("maester worker could not drop replication slot \"%s\": %s", name, edata->message)));
 		FreeErrorData(edata);
@@ -651,17 +657,8 @@ wal_ledger_start(LedgerSlot *slot, WalLedgerApply apply, void *arg)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = caught(cxt, true);
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		if (MyReplicationSlot != NULL)
-			ReplicationSlotRelease();
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-			ReThrowError(edata);
 		if (!told)
 			ereport(WARNING,
 					(errmsg("maester worker for database %u makes the ledger durable by its own commits: %s",
@@ -784,14 +781,8 @@ wal_ledger_drop(Oid dboid)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = caught(cxt, true);
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		if (MyReplicationSlot != NULL)
-			ReplicationSlotRelease();
 		ereport(LOG,
 				(errmsg("maester launcher could not drop replication slot \"%s\": %s",
 						name, edata->message)));
