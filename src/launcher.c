@@ -412,6 +412,20 @@ launcher_pass(void)
 			start_worker(slot, v.dboid, WK_KB, 0))
 			extra++;
 	}
+	/* ledger slots of databases that are gone (walledger.c) */
+	{
+		List	   *slot_dbs = wal_ledger_idle_slot_dbs();
+		ListCell   *lc;
+
+		if (slot_dbs != NIL && !listed)
+			dbs = list_databases();
+		foreach(lc, slot_dbs)
+		{
+			if (!list_member_oid(dbs, lfirst_oid(lc)))
+				wal_ledger_drop(lfirst_oid(lc));
+		}
+		list_free(slot_dbs);
+	}
 	list_free(dbs);
 	if (registry_changed)
 		registry_write(registry);

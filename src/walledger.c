@@ -68,6 +68,7 @@
 #include <sys/stat.h>
 #include "storage/lwlock.h"
 #include "storage/spin.h"
+#include "nodes/pg_list.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
@@ -757,6 +758,40 @@ bool
 wal_ledger_holding(void)
 {
 	return HaveSlot;
+}
+
+/*
+ * The launcher, each pass: the databases of the ledger's slots that no
+ * process holds.  It drops those whose database is gone: a slot whose
+ * first drop failed, or left from a server life in which its database
+ * was dropped while no worker ran, would keep WAL forever.
+ */
+List *
+wal_ledger_idle_slot_dbs(void)
+{
+	List	   *dbs = NIL;
+
+	if (max_replication_slots <= 0 || ReplicationSlotCtl == NULL)
+		return NIL;
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	for (int i = 0; i < max_replication_slots; i++)
+	{
+		ReplicationSlot *rs = &ReplicationSlotCtl->replication_slots[i];
+		unsigned int dboid;
+		char		rest;
+		pid_t		active;
+
+		if (!rs->in_use)
+			continue;
+		SpinLockAcquire(&rs->mutex);
+		active = rs->active_pid;
+		SpinLockRelease(&rs->mutex);
+		if (active == 0 &&
+			sscanf(NameStr(rs->data.name), "maester_ledger_%u%c", &dboid, &rest) == 1)
+			dbs = lappend_oid(dbs, (Oid) dboid);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	return dbs;
 }
 
 /*

@@ -9,6 +9,7 @@
 #define MAESTER_WALLEDGER_H
 
 #include "access/xlogdefs.h"
+#include "nodes/pg_list.h"
 
 #include "ledger.h"
 
@@ -32,5 +33,6 @@ extern bool wal_ledger_holding(void);
 
 /* the launcher, for a database that is gone or has no maester */
 extern void wal_ledger_drop(Oid dboid);
+extern List *wal_ledger_idle_slot_dbs(void);
 
 #endif							/* MAESTER_WALLEDGER_H */

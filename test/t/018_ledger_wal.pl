@@ -22,7 +22,8 @@
 # 5. Without a free replication slot (max_replication_slots = 0): a
 #    WARNING says so, calls work, and a crash right after a call keeps it.
 # 6. DROP EXTENSION and DROP DATABASE drop the database's slot (it would
-#    keep WAL forever); CREATE EXTENSION makes a new one.
+#    keep WAL forever), and so does the launcher for a slot left over from
+#    a database that is gone; CREATE EXTENSION makes a new one.
 use strict;
 use warnings;
 use FindBin;
@@ -145,6 +146,12 @@ sq(q{DROP DATABASE other});
 ok($node->poll_query_until('postgres',
 	"SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name = '$other_slot'"),
 	'DROP DATABASE drops its slot');
+# a slot of a database that is gone, left over (its drop failed, or the
+# database was dropped while no worker ran): the launcher drops it too
+sq(q{SELECT pg_create_physical_replication_slot('maester_ledger_4000000000', true)});
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name = 'maester_ledger_4000000000'"),
+	'a left-over slot of a database that is gone is dropped');
 my $pg_slot = sq("SELECT $slot");
 sq(q{DROP EXTENSION maester});
 ok($node->poll_query_until('postgres',
