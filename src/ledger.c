@@ -104,7 +104,7 @@ ledger_shmem_init(void)
 		ledger_shared->span_bytes = (Size) maester_span_queue_kb * 1024;
 		ledger_shared->slot_size = slot_size();
 		ledger_shared->claim_lock = &locks[maester_max_databases].lock;
-		ledger_shared->wal_key_ok = wal_ledger_key(ledger_shared->wal_key);
+		(void) wal_ledger_key(ledger_shared->wal_key);	/* none: no WAL records */
 		for (int i = 0; i < ledger_shared->nslots; i++)
 		{
 			LedgerSlot *slot = ledger_slot(i);

@@ -188,7 +188,6 @@ typedef struct LedgerShared
 	Size		span_bytes;		/* bytes of each span ring */
 	Size		slot_size;
 	/* the key ledger records in WAL are signed with (walledger.c) */
-	bool		wal_key_ok;
 	uint8		wal_key[32];
 	char		slots[FLEXIBLE_ARRAY_MEMBER];
 } LedgerShared;

@@ -712,12 +712,12 @@ resident_round(void *arg)
 		ProcessConfigFile(PGC_SIGHUP);
 		/* maester.ledger_wal may have changed: off, rows are written first */
 		as_self(res);
-		if (!maester_ledger_wal)
+		if (!maester_ledger_wal && wal_ledger_holding())
 		{
 			set_wal_ready(false);
 			(void) write_ledger(res->ledgercxt, true);
 		}
-		set_wal_ready(wal_ledger_start(WorkerSlot, replay_apply, res->ledgercxt));
+		set_wal_ready(wal_ledger_start(replay_apply, res->ledgercxt));
 	}
 	as_self(res);
 	(void) write_ledger(res->ledgercxt, false);
@@ -896,7 +896,7 @@ maester_resident_main(Datum arg)
 
 	/* what WAL holds that may not be written yet, then the orphans */
 	pgstat_report_activity(STATE_RUNNING, "replaying ledger records from WAL");
-	wal_ready = wal_ledger_start(slot, replay_apply, res->ledgercxt);
+	wal_ready = wal_ledger_start(replay_apply, res->ledgercxt);
 	pgstat_report_activity(STATE_RUNNING, "recovering orphaned ledger rows");
 	recover_orphans();
 

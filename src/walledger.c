@@ -462,6 +462,7 @@ replay(XLogRecPtr from, XLogRecPtr end, WalLedgerApply apply, void *arg)
 
 		if (xr != NULL)
 			XLogReaderFree(xr);
+		pfree(batch);
 		edata = caught(cxt, false);
 		ereport(WARNING,
 				(errmsg("maester worker could not replay the ledger's WAL after %X/%X: %s",
@@ -583,27 +584,17 @@ drop_own(void)
 }
 
 /*
- * The resident worker, at start and after a reload: take the database's
- * slot (or create it), and when it was there, write again what its WAL
- * holds; with maester.ledger_wal off, then drop it.  Returns whether
- * backends may make their records durable themselves (slot->wal_ready).
- * Without a slot, WARNs why, once.
+ * Take the database's slot, or create it (with maester.ledger_wal on),
+ * and when it was there, write again what its WAL holds.  Without a slot,
+ * WARNs why, once.
  */
-bool
-wal_ledger_start(LedgerSlot *slot, WalLedgerApply apply, void *arg)
+static void
+take_slot(WalLedgerApply apply, void *arg)
 {
 	static bool told = false;
 	char		name[NAMEDATALEN];
 	MemoryContext cxt = CurrentMemoryContext;
 
-	if (RecoveryInProgress())
-		return false;			/* a standby writes no ledger */
-	if (HaveSlot)
-	{
-		if (!maester_ledger_wal)
-			drop_own();
-		return HaveSlot && WalKey != NULL && !wal_ledger_sync_standbys();
-	}
 	slot_name(name, MyDatabaseId);
 	PG_TRY();
 	{
@@ -612,7 +603,6 @@ wal_ledger_start(LedgerSlot *slot, WalLedgerApply apply, void *arg)
 		{
 			XLogRecPtr	from;
 			XLogRecPtr	to;
-
 			XLogRecPtr	end;
 			XLogRecPtr	oldest;
 
@@ -660,6 +650,8 @@ wal_ledger_start(LedgerSlot *slot, WalLedgerApply apply, void *arg)
 	{
 		ErrorData  *edata = caught(cxt, true);
 
+		HaveSlot = false;
+		NPending = 0;
 		if (!told)
 			ereport(WARNING,
 					(errmsg("maester worker for database %u makes the ledger durable by its own commits: %s",
@@ -672,6 +664,21 @@ wal_ledger_start(LedgerSlot *slot, WalLedgerApply apply, void *arg)
 	MemoryContextSwitchTo(cxt);
 	LastAdvance = GetCurrentTimestamp();
 	LastSave = LastAdvance;
+}
+
+/*
+ * The resident worker, at start and after a reload: take the database's
+ * slot (take_slot) unless it holds it; with maester.ledger_wal off, then
+ * drop it.  Returns whether backends may make their records durable
+ * themselves (slot->wal_ready).
+ */
+bool
+wal_ledger_start(WalLedgerApply apply, void *arg)
+{
+	if (RecoveryInProgress())
+		return false;			/* a standby writes no ledger */
+	if (!HaveSlot)
+		take_slot(apply, arg);
 	if (HaveSlot && !maester_ledger_wal)
 		drop_own();
 	return HaveSlot && WalKey != NULL && !wal_ledger_sync_standbys();

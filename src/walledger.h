@@ -24,7 +24,7 @@ extern XLogRecPtr wal_ledger_log(LedgerRecord *rec);
 extern void wal_ledger_flush(XLogRecPtr lsn);
 
 /* the resident worker */
-extern bool wal_ledger_start(LedgerSlot *slot, WalLedgerApply apply, void *arg);
+extern bool wal_ledger_start(WalLedgerApply apply, void *arg);
 extern void wal_ledger_applied(XLogRecPtr commit_end, XLogRecPtr msg_end);
 extern void wal_ledger_advance(LedgerSlot *slot);
 extern void wal_ledger_release(void);
