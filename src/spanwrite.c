@@ -7,30 +7,48 @@
  * Spans gather in the queue for SPAN_NAP_MS after the first one (or until
  * the queue is half full), then go in chunks of at most SPAN_CHUNK spans,
  * one transaction each with synchronous_commit off (nobody waits for
- * spans), inserted SPAN_STEP at a time.  Between two inserts the chunk
- * stops (commits what is in) when a ledger record waits; the fuller the
- * span queue, the later: one insert is the most a ledger record waits
- * behind while spans keep up.  The resident worker writes
- * queued ledger records before each chunk, and a chunk waits at
- * most SPAN_LOCK_TIMEOUT for a lock on maester.span (someone's LOCK TABLE):
- * then it is kept and tried again SPAN_NAP_MS later, while new spans wait
- * in the queue (and are dropped, counted, when it is full).  A chunk that
- * cannot be written for another reason must not stop the worker: it is
- * dropped with a WARNING (and counted with the dropped spans).
+ * spans).  Each span goes straight into the table and its indexes
+ * (table_tuple_insert, then ExecInsertIndexTuples, as COPY FROM does),
+ * with no statement to plan and start per insert, so that the chunk can
+ * stop after any span: it commits what is in when a ledger record waits,
+ * the fuller the span queue the later.  One span (about 10 us of the
+ * worker's CPU) is what a ledger record waits behind while spans keep up.
+ *
+ * That is only for the table as the extension made it.  When maester.span
+ * has triggers, rules, CHECK constraints or columns of its own (see
+ * direct_ok), or when a direct chunk fails (say on a unique index of the
+ * user's), the chunk goes through INSERT ... ON CONFLICT DO NOTHING
+ * instead, SPAN_STEP spans a statement, which honours all of them.
+ *
+ * The resident worker writes queued ledger records before each chunk, and
+ * a chunk waits at most SPAN_LOCK_TIMEOUT for a lock on maester.span
+ * (someone's LOCK TABLE): then it is kept and tried again SPAN_NAP_MS
+ * later, while new spans wait in the queue (and are dropped, counted, when
+ * it is full).  A chunk that cannot be written for another reason must not
+ * stop the worker: it is dropped with a WARNING (and counted with the
+ * dropped spans).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/dependency.h"
 #include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -51,7 +69,7 @@ static const char *const SpanSql =
 	"  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
 	"  pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), "
 	"  pg_catalog.unnest($10)) AS s(t, s, p, n, st, d, stat, a, ten, r) "
-	"ON CONFLICT (trace_id, span_id) DO NOTHING";
+	"ON CONFLICT DO NOTHING";
 static char *SpanBuf = NULL;
 static Size SpanLen = 0;		/* a chunk taken, not yet all written */
 static Size SpanOff = 0;		/* how much of it is written */
@@ -66,110 +84,289 @@ typedef enum SpanWrite
 	SPANS_FAILED
 } SpanWrite;
 
+/* The columns of maester.span as the extension makes it, in order */
+#define SPAN_NCOLS 11
+static const struct
+{
+	const char *name;
+	Oid			type;
+	bool		notnull;
+}			SpanCols[SPAN_NCOLS] =
+{
+	{"trace_id", TEXTOID, true},
+	{"span_id", TEXTOID, true},
+	{"parent_span_id", TEXTOID, false},
+	{"name", TEXTOID, true},
+	{"started_at", TIMESTAMPTZOID, true},
+	{"duration_us", INT8OID, true},
+	{"status", TEXTOID, true},
+	{"attributes", JSONBOID, true},
+	{"tenant", TEXTOID, true},
+	{"request_id", UUIDOID, false},
+	{"seq", INT8OID, true},
+};
+
+/* What the direct path writes with, for one transaction */
+typedef struct SpanTarget
+{
+	Relation	rel;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
+	int			col[SPAN_NCOLS];	/* where each of SpanCols is in the slot */
+	Oid			seq;			/* the identity sequence of seq */
+	CommandId	cid;
+} SpanTarget;
+
+/* a direct chunk failed, and said so: not again until one succeeds */
+static bool DirectFailedLogged = false;
+
 /*
- * Write the `n` spans in `buf` (SpanRecords) in one transaction, in inserts
- * of SPAN_STEP spans.  Between inserts, once `min_n` are in, `yield` (when
- * given) says whether to stop early: the transaction then commits what it has inserted, and
- * *done_len / *done_n tell how much of `buf` that was (all of it, unless
- * it yielded; nothing when it failed).
+ * Is maester.span, open in t->rel, as the extension made it, so that a
+ * span can be stored without the executor's INSERT?  Anything an INSERT
+ * would do beyond storing the row and its index entries (triggers,
+ * foreign keys (triggers too), rules, CHECK constraints, defaults of
+ * added columns, generated columns, partitions) makes it not; so does a
+ * column whose type or nullability is not ours.  Dropped columns do not
+ * count.  Its indexes, whatever they are, are kept by
+ * ExecInsertIndexTuples.  Fills t->col and t->seq.
+ */
+static bool
+direct_ok(SpanTarget *t)
+{
+	Relation	rel = t->rel;
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			k = 0;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->trigdesc != NULL ||
+		rel->rd_rules != NULL ||
+		(desc->constr != NULL && (desc->constr->num_check > 0 ||
+								  desc->constr->has_generated_stored)))
+		return false;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(desc, i);
+
+		if (a->attisdropped)
+			continue;
+		if (k == SPAN_NCOLS || a->atttypid != SpanCols[k].type ||
+			a->attnotnull != SpanCols[k].notnull ||
+			strcmp(NameStr(a->attname), SpanCols[k].name) != 0 || a->attgenerated != '\0' ||
+			a->attidentity != (k == SPAN_NCOLS - 1 ? ATTRIBUTE_IDENTITY_ALWAYS : '\0'))
+			return false;
+		t->col[k++] = i;
+	}
+	if (k != SPAN_NCOLS)
+		return false;
+	t->seq = getIdentitySequence(RelationGetRelid(rel), t->col[SPAN_NCOLS - 1] + 1, true);
+	return OidIsValid(t->seq);
+}
+
+/*
+ * Open maester.span (locked, under lock_timeout) for the direct path; false
+ * (nothing open, the lock kept) when it is not the extension's table.
+ */
+static bool
+direct_open(SpanTarget *t)
+{
+	t->rel = table_openrv(makeRangeVar("maester", "span", -1), RowExclusiveLock);
+	if (!direct_ok(t))
+	{
+		table_close(t->rel, NoLock);
+		return false;
+	}
+	t->estate = CreateExecutorState();
+	t->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(t->rri, t->rel, 1, NULL, 0);
+	ExecOpenIndices(t->rri, false);
+	t->slot = table_slot_create(t->rel, NULL);
+	t->cid = GetCurrentCommandId(true);
+	return true;
+}
+
+static void
+direct_close(SpanTarget *t)
+{
+	ExecDropSingleTupleTableSlot(t->slot);
+	ExecCloseIndices(t->rri);
+	table_close(t->rel, NoLock);
+	FreeExecutorState(t->estate);
+}
+
+/* Store span `r` and its index entries */
+static void
+direct_insert(SpanTarget *t, const SpanRecord *r)
+{
+	TupleTableSlot *slot = t->slot;
+	Datum	   *v = slot->tts_values;
+	bool	   *null = slot->tts_isnull;
+	const int  *c = t->col;
+	MemoryContext old = MemoryContextSwitchTo(GetPerTupleMemoryContext(t->estate));
+	pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
+
+	ExecClearTuple(slot);
+	memset(null, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);	/* dropped ones */
+	for (int i = 0; i < SPAN_NCOLS; i++)
+		null[c[i]] = false;
+	v[c[0]] = CStringGetTextDatum(r->trace_id);
+	v[c[1]] = CStringGetTextDatum(r->span_id);
+	v[c[2]] = CStringGetTextDatum(r->parent_span_id);
+	null[c[2]] = r->parent_span_id[0] == '\0';
+	v[c[3]] = CStringGetTextDatum(r->name);
+	v[c[4]] = TimestampTzGetDatum(r->ts);
+	v[c[5]] = Int64GetDatum(r->duration_us);
+	v[c[6]] = CStringGetTextDatum(r->status);
+	v[c[7]] = DirectFunctionCall1(jsonb_in, CStringGetDatum(r->attrs[0] ? r->attrs : "{}"));
+	v[c[8]] = CStringGetTextDatum(r->tenant);
+	*u = r->request_id;
+	v[c[9]] = UUIDPGetDatum(u);
+	null[c[9]] = !r->has_request_id;
+	v[c[10]] = Int64GetDatum(nextval_internal(t->seq, false));
+	ExecStoreVirtualTuple(slot);
+	table_tuple_insert(t->rel, slot, t->cid, 0, NULL);
+	if (t->rri->ri_NumIndices > 0)
+		(void) ExecInsertIndexTuples(t->rri, slot, t->estate, false, false, NULL, NIL);
+	MemoryContextSwitchTo(old);
+	ResetPerTupleExprContext(t->estate);
+}
+
+/*
+ * Insert spans from `buf` (at *off, *k of them in) with the SPI statement,
+ * SPAN_STEP a statement, until `n` are in or, once `min_n` are, `yield`
+ * says to stop.
+ */
+static void
+spi_insert(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
+		   int min_n, Size *off, int *k)
+{
+	Oid			elemtypes[10] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
+	INT8OID, TEXTOID, TEXTOID, TEXTOID, UUIDOID};
+	Oid			arraytypes[10] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TIMESTAMPTZARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	UUIDARRAYOID};
+	int16		typlen[10];
+	bool		typbyval[10];
+	char		typalign[10];
+	MemoryContext stepcxt;
+
+	for (int c = 0; c < 10; c++)
+		get_typlenbyvalalign(elemtypes[c], &typlen[c], &typbyval[c], &typalign[c]);
+	SPI_connect();
+	stepcxt = AllocSetContextCreate(cxt, "maester span step", ALLOCSET_DEFAULT_SIZES);
+	while (*k < n)
+	{
+		int			step = Min(SPAN_STEP, n - *k);
+		Datum	   *cols[10];
+		bool	   *nulls[10];
+		Datum		args[10];
+		int			i = 0;
+		int			rc;
+		MemoryContext was = MemoryContextSwitchTo(stepcxt);
+
+		for (int c = 0; c < 10; c++)
+		{
+			cols[c] = palloc(sizeof(Datum) * step);
+			nulls[c] = palloc0(sizeof(bool) * step);
+		}
+		for (; *off < len && i < step; *off += ((SpanRecord *) (buf + *off))->len)
+		{
+			SpanRecord *r = (SpanRecord *) (buf + *off);
+			pg_uuid_t  *u;
+
+			cols[0][i] = CStringGetTextDatum(r->trace_id);
+			cols[1][i] = CStringGetTextDatum(r->span_id);
+			cols[2][i] = CStringGetTextDatum(r->parent_span_id);
+			nulls[2][i] = r->parent_span_id[0] == '\0';
+			cols[3][i] = CStringGetTextDatum(r->name);
+			cols[4][i] = TimestampTzGetDatum(r->ts);
+			cols[5][i] = Int64GetDatum(r->duration_us);
+			cols[6][i] = CStringGetTextDatum(r->status);
+			cols[7][i] = CStringGetTextDatum(r->attrs[0] ? r->attrs : "{}");
+			cols[8][i] = CStringGetTextDatum(r->tenant);
+			u = palloc(sizeof(pg_uuid_t));
+			*u = r->request_id;
+			cols[9][i] = UUIDPGetDatum(u);
+			nulls[9][i] = !r->has_request_id;
+			i++;
+		}
+		for (int c = 0; c < 10; c++)
+		{
+			int			dims[1] = {i};
+			int			lbs[1] = {1};
+
+			args[c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
+														 elemtypes[c], typlen[c], typbyval[c],
+														 typalign[c]));
+		}
+		MemoryContextSwitchTo(was);
+		rc = SPI_execute_plan(maester_kept_plan(&SpanPlan, SpanSql, 10, arraytypes),
+							  args, NULL, false, 0);
+		if (rc != SPI_OK_INSERT)
+			elog(ERROR, "could not write spans: %s", SPI_result_code_string(rc));
+		MemoryContextReset(stepcxt);
+		*k += i;
+		if (i < step)
+			break;				/* (the buffer ended: cannot happen) */
+		/* a ledger record waits: commit what is in, the rest next round */
+		if (*k < n && *k >= min_n && yield != NULL && yield())
+			break;
+	}
+	SPI_finish();
+}
+
+/*
+ * Write the `n` spans in `buf` (SpanRecords) in one transaction, directly
+ * (`direct`, when the table allows it) or with the SPI statement.  Once
+ * `min_n` are in, `yield` (when given) says after each span (each
+ * statement) whether to stop early: the transaction then commits what it
+ * has inserted, and *done_len / *done_n tell how much of `buf` that was
+ * (all of it, unless it yielded; nothing when it failed).  A direct chunk
+ * that fails is tried again at once with the statement.
  */
 static SpanWrite
 write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
-			int min_n, Size *done_len, int *done_n)
+			int min_n, bool direct, Size *done_len, int *done_n)
 {
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	volatile SpanWrite result = SPANS_WRITTEN;
+	volatile bool tried_direct = false;
 
 	*done_len = 0;
 	*done_n = 0;
 	PG_TRY();
 	{
-		Oid			elemtypes[10] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
-		INT8OID, TEXTOID, TEXTOID, TEXTOID, UUIDOID};
-		Oid			arraytypes[10] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-			TIMESTAMPTZARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		UUIDARRAYOID};
-		int16		typlen[10];
-		bool		typbyval[10];
-		char		typalign[10];
-		MemoryContext stepcxt;
+		SpanTarget	t;
 		Size		off = 0;
 		int			k = 0;
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		maester_check_catalog();
-		/* (type lookups need the transaction) */
-		for (int c = 0; c < 10; c++)
-			get_typlenbyvalalign(elemtypes[c], &typlen[c], &typbyval[c], &typalign[c]);
 		(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
 		(void) set_config_option("lock_timeout", SPAN_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
-		SPI_connect();
-		stepcxt = AllocSetContextCreate(cxt, "maester span step", ALLOCSET_DEFAULT_SIZES);
 		PushActiveSnapshot(GetTransactionSnapshot());
-		while (k < n)
+		if (direct && direct_open(&t))
 		{
-			int			step = Min(SPAN_STEP, n - k);
-			Datum	   *cols[10];
-			bool	   *nulls[10];
-			Datum		args[10];
-			int			i = 0;
-			int			rc;
-			MemoryContext was = MemoryContextSwitchTo(stepcxt);
-
-			for (int c = 0; c < 10; c++)
+			tried_direct = true;
+			while (k < n && off < len)
 			{
-				cols[c] = palloc(sizeof(Datum) * step);
-				nulls[c] = palloc0(sizeof(bool) * step);
+				direct_insert(&t, (SpanRecord *) (buf + off));
+				off += ((SpanRecord *) (buf + off))->len;
+				k++;
+				/* a ledger record waits: commit what is in, the rest next round */
+				if (k < n && k >= min_n && yield != NULL && yield())
+					break;
 			}
-			for (; off < len && i < step; off += ((SpanRecord *) (buf + off))->len)
-			{
-				SpanRecord *r = (SpanRecord *) (buf + off);
-				pg_uuid_t  *u;
-
-				cols[0][i] = CStringGetTextDatum(r->trace_id);
-				cols[1][i] = CStringGetTextDatum(r->span_id);
-				cols[2][i] = CStringGetTextDatum(r->parent_span_id);
-				nulls[2][i] = r->parent_span_id[0] == '\0';
-				cols[3][i] = CStringGetTextDatum(r->name);
-				cols[4][i] = TimestampTzGetDatum(r->ts);
-				cols[5][i] = Int64GetDatum(r->duration_us);
-				cols[6][i] = CStringGetTextDatum(r->status);
-				cols[7][i] = CStringGetTextDatum(r->attrs[0] ? r->attrs : "{}");
-				cols[8][i] = CStringGetTextDatum(r->tenant);
-				u = palloc(sizeof(pg_uuid_t));
-				*u = r->request_id;
-				cols[9][i] = UUIDPGetDatum(u);
-				nulls[9][i] = !r->has_request_id;
-				i++;
-			}
-			for (int c = 0; c < 10; c++)
-			{
-				int			dims[1] = {i};
-				int			lbs[1] = {1};
-
-				args[c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
-															 elemtypes[c], typlen[c], typbyval[c],
-															 typalign[c]));
-			}
-			MemoryContextSwitchTo(was);
-			rc = SPI_execute_plan(maester_kept_plan(&SpanPlan, SpanSql, 10, arraytypes),
-								  args, NULL, false, 0);
-			if (rc != SPI_OK_INSERT)
-				elog(ERROR, "could not write spans: %s", SPI_result_code_string(rc));
-			MemoryContextReset(stepcxt);
-			k += i;
-			if (i < step)
-				break;			/* (the buffer ended: cannot happen) */
-			/* a ledger record waits: commit what is in, the rest next round */
-			if (k < n && k >= min_n && yield != NULL && yield())
-				break;
+			direct_close(&t);
 		}
-		SPI_finish();
+		else
+			spi_insert(buf, len, n, cxt, yield, min_n * SPAN_STEP, &off, &k);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		if (tried_direct)
+			DirectFailedLogged = false;
 		*done_len = off;
 		*done_n = k;
 	}
@@ -184,6 +381,16 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
 		maester_rethrow_if_worker_error(edata);
 		if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
 			result = SPANS_LOCKED;
+		else if (tried_direct)
+		{
+			if (!DirectFailedLogged)
+				ereport(LOG,
+						(errmsg("maester worker writes a chunk of spans with INSERT ... ON CONFLICT DO NOTHING: %s",
+								edata->message),
+						 errdetail("Storing them directly failed.  This is not logged again until storing a chunk directly succeeds.")));
+			DirectFailedLogged = true;
+			result = SPANS_FAILED;
+		}
 		else
 		{
 			ereport(WARNING,
@@ -193,6 +400,8 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(old);
+	if (result == SPANS_FAILED && tried_direct)
+		return write_spans(buf, len, n, cxt, yield, min_n, false, done_len, done_n);
 	return result;
 }
 
@@ -202,9 +411,10 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
  * full (or `all`, on the way out).  The chunk stops between inserts when
  * `yield` says a ledger record waits (a caller waits for it), what is left
  * of it is written at the next round; but the fuller the span queue, the
- * more spans go in before it may stop (one insert up to half full, then
- * one more per 1/64 of the queue: 17 at three quarters, 33 full): spans keep
- * up under load instead of being dropped.  Returns how long until spans are
+ * more spans go in before it may stop (one span up to half full, then one
+ * more per 1/64 of the queue: 17 at three quarters, 33 full; as many
+ * statements of SPAN_STEP spans when they go through the INSERT): spans
+ * keep up under load instead of being dropped.  Returns how long until spans are
  * due (ms), -1 when none wait.
  */
 long
@@ -249,10 +459,10 @@ spans_write_due(LedgerSlot *slot, bool all, bool (*yield) (void), MemoryContext 
 
 		MemoryContextReset(cxt);
 		w = write_spans(SpanBuf + SpanOff, SpanLen - SpanOff, SpanCount, cxt, yield,
-						SPAN_STEP * (int) (1 + (queued > ledger_shared->span_bytes / 2 ?
-												(queued - ledger_shared->span_bytes / 2) * 64 /
-												ledger_shared->span_bytes : 0)),
-						&done_len, &done_n);
+						SPAN_YIELD_AFTER * (int) (1 + (queued > ledger_shared->span_bytes / 2 ?
+													   (queued - ledger_shared->span_bytes / 2) * 64 /
+													   ledger_shared->span_bytes : 0)),
+						true, &done_len, &done_n);
 		if (w == SPANS_LOCKED && !all)
 		{
 			RetryAt = now + (TimestampTz) SPAN_NAP_MS * 1000;
