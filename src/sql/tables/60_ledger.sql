@@ -31,7 +31,7 @@ CREATE TABLE maester.usage (
     priced              boolean NOT NULL,
     latency_ms          double precision,
     status              text NOT NULL CHECK (status OPERATOR(pg_catalog.=) ANY
-        (ARRAY['pending', 'ok', 'error', 'timeout', 'cancelled', 'orphaned', 'blocked', 'cached'])),
+        ('{pending,ok,error,timeout,cancelled,orphaned,blocked,cached}'::pg_catalog.text[])),
     error_class         text,
     http_status         integer,
     fallback_used       boolean,
@@ -50,7 +50,7 @@ CREATE TABLE maester.usage (
     service_tier        text,
     route_strategy      text,
     route_reason        text,
-    cache               text CHECK (cache OPERATOR(pg_catalog.=) ANY (ARRAY['hit', 'miss', 'skipped'])),
+    cache               text CHECK (cache OPERATOR(pg_catalog.=) ANY ('{hit,miss,skipped}'::pg_catalog.text[])),
     saved_usd           numeric,
     PRIMARY KEY (request_id, attempt)
 );

@@ -429,7 +429,7 @@ COMMENT ON COLUMN maester.usage.purpose IS 'generation, evaluation for calls mad
 -- the embedding cache (issue #16): hits are ledger rows of status cached
 ALTER TABLE maester.usage DROP CONSTRAINT usage_status_check,
     ADD CONSTRAINT usage_status_check CHECK (status OPERATOR(pg_catalog.=) ANY
-        (ARRAY['pending', 'ok', 'error', 'timeout', 'cancelled', 'orphaned', 'blocked', 'cached']));
+        ('{pending,ok,error,timeout,cancelled,orphaned,blocked,cached}'::pg_catalog.text[]));
 COMMENT ON COLUMN maester.usage.status IS 'pending (in flight), ok, error, timeout, cancelled, orphaned (its backend died mid-call; charged at the estimate), blocked (refused by a budget), cached (embeddings the cache answered: cost 0, estimated_cost_usd what they would have cost).';
 CREATE TABLE maester.embedding_cache (
     tenant        text NOT NULL,
@@ -496,7 +496,7 @@ COMMENT ON TYPE maester.job_result IS
     'A job''s result: the maester.generation fields of 0.1.0, frozen, so that dumps of any version restore (a stored composite value must have every attribute of its type). Fields the generation gained since are columns of maester.job (tool_calls, parsed, refusal, cached).';
 COMMENT ON COLUMN maester.generation.cached IS 'True when the response cache answered (options.cache): nothing was sent, cost_usd is 0, and evaluation is the one the answer had when it was made.';
 ALTER TABLE maester.usage
-    ADD COLUMN cache text CHECK (cache OPERATOR(pg_catalog.=) ANY (ARRAY['hit', 'miss', 'skipped'])),
+    ADD COLUMN cache text CHECK (cache OPERATOR(pg_catalog.=) ANY ('{hit,miss,skipped}'::pg_catalog.text[])),
     ADD COLUMN saved_usd numeric;
 COMMENT ON COLUMN maester.usage.cache IS 'The response cache (options.cache): hit (answered from the cache: status cached, cost 0), miss (sent, and its answer kept), skipped (asked for, but the call samples: a temperature that is not 0); NULL: not asked for.';
 COMMENT ON COLUMN maester.usage.saved_usd IS 'A cache hit: what the answer cost when it was made, which this call did not spend.';
