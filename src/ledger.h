@@ -192,8 +192,14 @@ typedef struct LedgerShared
 	char		slots[FLEXIBLE_ARRAY_MEMBER];
 } LedgerShared;
 
-/* the span writer gathers spans for this long before it writes them */
-#define SPAN_NAP_MS 100
+/*
+ * The span writer gathers spans for this long before it writes them: a
+ * millisecond, so that span writing is spread over the calls instead of
+ * coming in bursts (spanwrite.c), and a locked maester.span is tried
+ * again after SPAN_RETRY_MS.
+ */
+#define SPAN_NAP_MS 1
+#define SPAN_RETRY_MS 100
 
 extern LedgerShared *ledger_shared;
 

@@ -4,15 +4,20 @@
  *	  The resident worker's writing of spans: from the span queue to
  *	  maester.span, in batches, without waiting for a flush.
  *
- * Spans gather in the queue for SPAN_NAP_MS after the first one (or until
- * the queue is half full), then go in chunks of at most SPAN_CHUNK spans,
- * one transaction each with synchronous_commit off (nobody waits for
- * spans).  Each span goes straight into the table and its indexes
+ * Spans gather in the queue for SPAN_NAP_MS (1 ms) after the first one (or
+ * until the queue is half full), then go in chunks of at most SPAN_CHUNK
+ * spans, one transaction each with synchronous_commit off (nobody waits
+ * for spans).  Each span goes straight into the table and its indexes
  * (table_tuple_insert, then ExecInsertIndexTuples, as COPY FROM does),
  * with no statement to plan and start per insert, so that the chunk can
- * stop after any span: it commits what is in when a ledger record waits,
- * the fuller the span queue the later.  One span (about 10 us of the
- * worker's CPU) is what a ledger record waits behind while spans keep up.
+ * stop before any span: it commits what is in when a ledger record waits,
+ * and does not start while one does, until the span queue is half full;
+ * above that, more spans go in first the fuller it is.  One span (about
+ * 10 us of the worker's CPU) is what a ledger record waits behind while
+ * spans keep up.  The short gathering spreads the writing over the calls:
+ * gathered for 100 ms, spans came in bursts of tens of milliseconds that
+ * kept both cores of the benchmark VM busy, and the calls made meanwhile
+ * waited longer for their flushes (README, Benchmarks).
  *
  * That is only for the table as the extension made it.  When maester.span
  * has triggers, rules, CHECK constraints or columns of its own (see
@@ -22,7 +27,7 @@
  *
  * The resident worker writes queued ledger records before each chunk, and
  * a chunk waits at most SPAN_LOCK_TIMEOUT for a lock on maester.span
- * (someone's LOCK TABLE): then it is kept and tried again SPAN_NAP_MS
+ * (someone's LOCK TABLE): then it is kept and tried again SPAN_RETRY_MS
  * later, while new spans wait in the queue (and are dropped, counted, when
  * it is full).  A chunk that cannot be written for another reason must not
  * stop the worker: it is dropped with a WARNING (and counted with the
@@ -317,7 +322,7 @@ spi_insert(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
 /*
  * Write the `n` spans in `buf` (SpanRecords) in one transaction, directly
  * (`direct`, when the table allows it) or with the SPI statement.  Once
- * `min_n` are in, `yield` (when given) says after each span (each
+ * `min_n` are in, `yield` (when given) says before each span (after each
  * statement) whether to stop early: the transaction then commits what it
  * has inserted, and *done_len / *done_n tell how much of `buf` that was
  * (all of it, unless it yielded; nothing when it failed).  A direct chunk
@@ -352,12 +357,12 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
 			tried_direct = true;
 			while (k < n && off < len)
 			{
+				/* a ledger record waits: commit what is in, the rest next round */
+				if (k >= min_n && yield != NULL && yield())
+					break;
 				direct_insert(&t, (SpanRecord *) (buf + off));
 				off += ((SpanRecord *) (buf + off))->len;
 				k++;
-				/* a ledger record waits: commit what is in, the rest next round */
-				if (k < n && k >= min_n && yield != NULL && yield())
-					break;
 			}
 			direct_close(&t);
 		}
@@ -408,14 +413,14 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
 /*
  * Write a chunk of up to SPAN_CHUNK waiting spans when they are due:
  * SPAN_NAP_MS after the first one came, or at once when the queue is half
- * full (or `all`, on the way out).  The chunk stops between inserts when
- * `yield` says a ledger record waits (a caller waits for it), what is left
- * of it is written at the next round; but the fuller the span queue, the
- * more spans go in before it may stop (one span up to half full, then one
- * more per 1/64 of the queue: 17 at three quarters, 33 full; as many
- * statements of SPAN_STEP spans when they go through the INSERT): spans
- * keep up under load instead of being dropped.  Returns how long until spans are
- * due (ms), -1 when none wait.
+ * full (or `all`, on the way out).  The chunk does not start, and stops
+ * before a span, when `yield` says a ledger record waits (a caller waits
+ * for it); what is left of it is written at the next round.  But above
+ * half full, spans go in before it may stop, the more the fuller the span
+ * queue (one more per 1/64 of the queue: 17 at three quarters, 33 full;
+ * as many statements of SPAN_STEP spans when they go through the INSERT),
+ * so that spans keep up under load instead of being dropped.  Returns how
+ * long until spans are due (ms), -1 when none wait.
  */
 long
 spans_write_due(LedgerSlot *slot, bool all, bool (*yield) (void), MemoryContext cxt)
@@ -457,16 +462,22 @@ spans_write_due(LedgerSlot *slot, bool all, bool (*yield) (void), MemoryContext 
 		Size		done_len;
 		int			done_n;
 
+		int			min_n = 0;
+
+		/* above half full, spans go in before a ledger record may stop them */
+		if (queued > ledger_shared->span_bytes / 2)
+			min_n = 1 + (int) ((queued - ledger_shared->span_bytes / 2) * 64 /
+							   ledger_shared->span_bytes);
+		/* a ledger record waits already: it goes first */
+		if (min_n == 0 && yield != NULL && yield())
+			return 0;
 		MemoryContextReset(cxt);
-		w = write_spans(SpanBuf + SpanOff, SpanLen - SpanOff, SpanCount, cxt, yield,
-						SPAN_YIELD_AFTER * (int) (1 + (queued > ledger_shared->span_bytes / 2 ?
-													   (queued - ledger_shared->span_bytes / 2) * 64 /
-													   ledger_shared->span_bytes : 0)),
+		w = write_spans(SpanBuf + SpanOff, SpanLen - SpanOff, SpanCount, cxt, yield, min_n,
 						true, &done_len, &done_n);
 		if (w == SPANS_LOCKED && !all)
 		{
-			RetryAt = now + (TimestampTz) SPAN_NAP_MS * 1000;
-			return SPAN_NAP_MS;
+			RetryAt = now + (TimestampTz) SPAN_RETRY_MS * 1000;
+			return SPAN_RETRY_MS;
 		}
 		LWLockAcquire(slot->lock, LW_EXCLUSIVE);
 		if (w == SPANS_WRITTEN)

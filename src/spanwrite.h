@@ -11,7 +11,6 @@
 #include "ledger.h"
 
 #define SPAN_CHUNK 512			/* spans in one transaction, at most */
-#define SPAN_YIELD_AFTER 1		/* spans a ledger record waits behind, at least */
 #define SPAN_STEP 8			/* spans per statement when they cannot go directly */
 
 extern long spans_write_due(LedgerSlot *slot, bool all, bool (*yield) (void),
