@@ -367,7 +367,7 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
 			direct_close(&t);
 		}
 		else
-			spi_insert(buf, len, n, cxt, yield, min_n * SPAN_STEP, &off, &k);
+			spi_insert(buf, len, n, cxt, yield, min_n, &off, &k);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		if (tried_direct)
@@ -417,10 +417,10 @@ write_spans(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
  * before a span, when `yield` says a ledger record waits (a caller waits
  * for it); what is left of it is written at the next round.  But above
  * half full, spans go in before it may stop, the more the fuller the span
- * queue (one more per 1/64 of the queue: 17 at three quarters, 33 full;
- * as many statements of SPAN_STEP spans when they go through the INSERT),
- * so that spans keep up under load instead of being dropped.  Returns how
- * long until spans are due (ms), -1 when none wait.
+ * queue (SPAN_STEP more per 1/64 of the queue: 136 at three quarters, 264
+ * full), so that under load, when a ledger record always waits, spans
+ * keep up instead of being dropped.  Returns how long until spans are due
+ * (ms), -1 when none wait.
  */
 long
 spans_write_due(LedgerSlot *slot, bool all, bool (*yield) (void), MemoryContext cxt)
@@ -466,8 +466,8 @@ spans_write_due(LedgerSlot *slot, bool all, bool (*yield) (void), MemoryContext 
 
 		/* above half full, spans go in before a ledger record may stop them */
 		if (queued > ledger_shared->span_bytes / 2)
-			min_n = 1 + (int) ((queued - ledger_shared->span_bytes / 2) * 64 /
-							   ledger_shared->span_bytes);
+			min_n = SPAN_STEP * (1 + (int) ((queued - ledger_shared->span_bytes / 2) * 64 /
+											ledger_shared->span_bytes));
 		/* a ledger record waits already: it goes first */
 		if (min_n == 0 && yield != NULL && yield())
 			return 0;
