@@ -69,7 +69,7 @@ static SPIPlanPtr SpanPlan = NULL;
 static const char *const SpanSql =
 	"INSERT INTO maester.span (trace_id, span_id, parent_span_id, name, started_at, "
 	" duration_us, status, attributes, tenant, request_id) "
-	"SELECT s.t, s.s, s.p, s.n, s.st, s.d, s.stat, s.a::pg_catalog.jsonb, s.ten, s.r "
+	"SELECT s.t, s.s, s.p, s.n, s.st, s.d, s.stat, s.a, s.ten, s.r "
 	"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
 	"  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
 	"  pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), "
@@ -198,35 +198,51 @@ direct_close(SpanTarget *t)
 	FreeExecutorState(t->estate);
 }
 
+/*
+ * The values of span `r` for the columns of SpanCols but seq (which the
+ * table gives), in the current memory context.
+ */
+static void
+span_values(const SpanRecord *r, Datum *v, bool *null)
+{
+	pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
+
+	memset(null, false, sizeof(bool) * (SPAN_NCOLS - 1));
+	v[0] = CStringGetTextDatum(r->trace_id);
+	v[1] = CStringGetTextDatum(r->span_id);
+	v[2] = CStringGetTextDatum(r->parent_span_id);
+	null[2] = r->parent_span_id[0] == '\0';
+	v[3] = CStringGetTextDatum(r->name);
+	v[4] = TimestampTzGetDatum(r->ts);
+	v[5] = Int64GetDatum(r->duration_us);
+	v[6] = CStringGetTextDatum(r->status);
+	v[7] = DirectFunctionCall1(jsonb_in, CStringGetDatum(r->attrs[0] ? r->attrs : "{}"));
+	v[8] = CStringGetTextDatum(r->tenant);
+	*u = r->request_id;
+	v[9] = UUIDPGetDatum(u);
+	null[9] = !r->has_request_id;
+}
+
 /* Store span `r` and its index entries */
 static void
 direct_insert(SpanTarget *t, const SpanRecord *r)
 {
 	TupleTableSlot *slot = t->slot;
-	Datum	   *v = slot->tts_values;
-	bool	   *null = slot->tts_isnull;
-	const int  *c = t->col;
+	Datum		v[SPAN_NCOLS];
+	bool		null[SPAN_NCOLS];
 	MemoryContext old = MemoryContextSwitchTo(GetPerTupleMemoryContext(t->estate));
-	pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
 
 	ExecClearTuple(slot);
-	memset(null, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);	/* dropped ones */
+	/* dropped columns are null */
+	memset(slot->tts_isnull, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);
+	span_values(r, v, null);
+	v[SPAN_NCOLS - 1] = Int64GetDatum(nextval_internal(t->seq, false));
+	null[SPAN_NCOLS - 1] = false;
 	for (int i = 0; i < SPAN_NCOLS; i++)
-		null[c[i]] = false;
-	v[c[0]] = CStringGetTextDatum(r->trace_id);
-	v[c[1]] = CStringGetTextDatum(r->span_id);
-	v[c[2]] = CStringGetTextDatum(r->parent_span_id);
-	null[c[2]] = r->parent_span_id[0] == '\0';
-	v[c[3]] = CStringGetTextDatum(r->name);
-	v[c[4]] = TimestampTzGetDatum(r->ts);
-	v[c[5]] = Int64GetDatum(r->duration_us);
-	v[c[6]] = CStringGetTextDatum(r->status);
-	v[c[7]] = DirectFunctionCall1(jsonb_in, CStringGetDatum(r->attrs[0] ? r->attrs : "{}"));
-	v[c[8]] = CStringGetTextDatum(r->tenant);
-	*u = r->request_id;
-	v[c[9]] = UUIDPGetDatum(u);
-	null[c[9]] = !r->has_request_id;
-	v[c[10]] = Int64GetDatum(nextval_internal(t->seq, false));
+	{
+		slot->tts_values[t->col[i]] = v[i];
+		slot->tts_isnull[t->col[i]] = null[i];
+	}
 	ExecStoreVirtualTuple(slot);
 	table_tuple_insert(t->rel, slot, t->cid, 0, NULL);
 	if (t->rri->ri_NumIndices > 0)
@@ -245,9 +261,9 @@ spi_insert(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
 		   int min_n, Size *off, int *k)
 {
 	Oid			elemtypes[10] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
-	INT8OID, TEXTOID, TEXTOID, TEXTOID, UUIDOID};
+	INT8OID, TEXTOID, JSONBOID, TEXTOID, UUIDOID};
 	Oid			arraytypes[10] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TIMESTAMPTZARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TIMESTAMPTZARRAYOID, INT8ARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTARRAYOID,
 	UUIDARRAYOID};
 	int16		typlen[10];
 	bool		typbyval[10];
@@ -271,27 +287,19 @@ spi_insert(char *buf, Size len, int n, MemoryContext cxt, bool (*yield) (void),
 		for (int c = 0; c < 10; c++)
 		{
 			cols[c] = palloc(sizeof(Datum) * step);
-			nulls[c] = palloc0(sizeof(bool) * step);
+			nulls[c] = palloc(sizeof(bool) * step);
 		}
 		for (; *off < len && i < step; *off += ((SpanRecord *) (buf + *off))->len)
 		{
-			SpanRecord *r = (SpanRecord *) (buf + *off);
-			pg_uuid_t  *u;
+			Datum		v[SPAN_NCOLS];
+			bool		null[SPAN_NCOLS];
 
-			cols[0][i] = CStringGetTextDatum(r->trace_id);
-			cols[1][i] = CStringGetTextDatum(r->span_id);
-			cols[2][i] = CStringGetTextDatum(r->parent_span_id);
-			nulls[2][i] = r->parent_span_id[0] == '\0';
-			cols[3][i] = CStringGetTextDatum(r->name);
-			cols[4][i] = TimestampTzGetDatum(r->ts);
-			cols[5][i] = Int64GetDatum(r->duration_us);
-			cols[6][i] = CStringGetTextDatum(r->status);
-			cols[7][i] = CStringGetTextDatum(r->attrs[0] ? r->attrs : "{}");
-			cols[8][i] = CStringGetTextDatum(r->tenant);
-			u = palloc(sizeof(pg_uuid_t));
-			*u = r->request_id;
-			cols[9][i] = UUIDPGetDatum(u);
-			nulls[9][i] = !r->has_request_id;
+			span_values((SpanRecord *) (buf + *off), v, null);
+			for (int c = 0; c < 10; c++)
+			{
+				cols[c][i] = v[c];
+				nulls[c][i] = null[c];
+			}
 			i++;
 		}
 		for (int c = 0; c < 10; c++)

@@ -111,6 +111,13 @@ is($n3, $per_call, 'with a trigger and a column of the user\'s, the spans are wr
 is($node->safe_psql('postgres', "SELECT count(*) FROM span_audit WHERE trace_id = '$t3'"),
 	$n3, 'the trigger fired for each span');
 is(spans_of($t3, " AND note = 'the default'"), $n3, 'the added column got its default');
+is($node->safe_psql('postgres', qq{
+	SELECT count(*) FILTER (WHERE parent_span_id IS NULL AND request_id IS NOT NULL)
+	       || '/' || count(*) FILTER (WHERE attributes ->> 'gen_ai.request.model' = 'mock-1'
+	                                   AND name = 'model_generate')
+	       || '/' || bool_and(jsonb_typeof(attributes) = 'object')
+	  FROM maester.span WHERE trace_id = '$t3'}),
+	'1/1/true', 'through the INSERT too: the root\'s request id and no parent, jsonb attributes');
 $node->safe_psql('postgres', q{
 	DROP TRIGGER span_audit ON maester.span; ALTER TABLE maester.span DROP COLUMN note});
 
